@@ -1,0 +1,3 @@
+from machinectl_py.cli import main
+
+raise SystemExit(main())

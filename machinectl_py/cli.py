@@ -1,0 +1,83 @@
+"""The `pymachine` command: dispatch a verb to the module that owns it.
+
+Only the chosen verb's module is imported, so `pymachine run` pays for nothing else
+(start-up time is a feature: see bench/). Every module's entry point takes the verb's
+arguments and returns the exit code. One handler here turns PymachineError into a
+one-line message and docker's exit codes; tracebacks only with PYMACHINE_DEBUG=1.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+# verb -> (module, function, one-line summary). Order is the order of `pymachine --help`.
+VERBS: dict[str, tuple[str, str, str]] = {
+    "run": ("machinectl_py.cmd_run", "main", "run a command in a new container, in the foreground"),
+    "image": ("machinectl_py.images.cli", "main", "import, list, inspect, tag, export and remove images"),
+    "images": ("machinectl_py.images.cli", "main_ls", "list images (same as `image ls`)"),
+    "commit": ("machinectl_py.images.cli", "main_commit", "make a new image from a container's changes"),
+}
+
+USAGE = """\
+usage: pymachine [--version] [--help] COMMAND [ARG...]
+
+pymachine runs containers as systemd units: each container is a unit in
+machine.slice, registered with systemd-machined, logging to journald.
+
+Commands:
+{verbs}
+
+Run 'pymachine COMMAND --help' for the options of a command.
+
+Exit status: the container's own exit code for run/exec; otherwise 0 on success,
+125 when pymachine itself fails, 126 when the command cannot be invoked, 127 when
+the command is not found.
+"""
+
+
+def usage() -> str:
+    width = max(len(v) for v in VERBS)
+    lines = [f"  {verb:<{width}}  {summary}" for verb, (_, _, summary) in VERBS.items()]
+    return USAGE.format(verbs="\n".join(lines))
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    if not args or args[0] in ("-h", "--help", "help"):
+        sys.stdout.write(usage())
+        return 0 if args else 2
+    if args[0] == "--version":
+        from machinectl_py import __version__
+
+        print(f"pymachine {__version__}")
+        return 0
+    verb = args[0]
+    if verb not in VERBS:
+        print(f"pymachine: unknown command {verb!r}; see 'pymachine --help'", file=sys.stderr)
+        return 2
+    module_name, func_name, _ = VERBS[verb]
+    return run_verb(module_name, func_name, args[1:])
+
+
+def run_verb(module_name: str, func_name: str, args: list[str]) -> int:
+    from machinectl_py.errors import PymachineError
+
+    try:
+        import importlib
+
+        module = importlib.import_module(module_name)
+        result: int = getattr(module, func_name)(args)
+        return result
+    except PymachineError as e:
+        print(f"pymachine: {e.message}", file=sys.stderr)
+        if e.hint:
+            print(f"hint: {e.hint}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        return 130
+    except OSError as e:
+        if os.environ.get("PYMACHINE_DEBUG"):
+            raise
+        print(f"pymachine: {e}", file=sys.stderr)
+        return 125

@@ -1,0 +1,167 @@
+"""The container spec: one frozen description of a container, built from flags or a TOML file.
+
+Everything here is pure: parsing and validation happen before any side effect, so a
+bad name or size never leaves anything behind.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import secrets
+from collections.abc import Mapping, Sequence
+
+from machinectl_py.errors import UsageError
+
+# machined's rule for machine names (machine_name_is_valid() in systemd):
+# 1-64 characters of [a-zA-Z0-9-_.], no leading dot, no "..".
+_NAME_RE = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+_HOSTNAME_RE = re.compile(r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*")
+
+_SIZE_UNITS = {
+    "": 1, "b": 1,
+    "k": 1024, "kb": 1024, "kib": 1024,
+    "m": 1024**2, "mb": 1024**2, "mib": 1024**2,
+    "g": 1024**3, "gb": 1024**3, "gib": 1024**3,
+    "t": 1024**4, "tb": 1024**4, "tib": 1024**4,
+}
+_SIZE_RE = re.compile(r"(\d+(?:\.\d+)?)\s*([a-zA-Z]*)")
+
+NETWORK_MODES = ("host", "private")
+RESTART_POLICIES = ("no", "on-failure", "always")
+USEC_PER_SEC = 1_000_000
+# The kernel refuses cgroup memory limits this small to be useful; docker's floor is 6 MiB.
+MIN_MEMORY = 6 * 1024**2
+
+
+def validate_name(name: str, what: str = "container name") -> str:
+    if not _NAME_RE.fullmatch(name) or name.startswith(".") or ".." in name:
+        raise UsageError(
+            f"invalid {what} {name!r}",
+            hint="use 1-64 characters of [a-zA-Z0-9-_.], not starting with '.' and without '..'",
+        )
+    return name
+
+
+def validate_hostname(hostname: str) -> str:
+    if len(hostname) > 64 or not _HOSTNAME_RE.fullmatch(hostname):
+        raise UsageError(f"invalid hostname {hostname!r}", hint="use letters, digits, '-' and '.', at most 64")
+    return hostname
+
+
+def hostname_for(name: str) -> str:
+    """The default hostname: the container name, if it is a valid hostname."""
+    candidate = name.replace("_", "-").strip("-.")[:64] or "container"
+    return candidate if _HOSTNAME_RE.fullmatch(candidate) else "container"
+
+
+def parse_size(text: str, what: str = "size") -> int:
+    """'64M' -> 67108864. Units are powers of 1024, as in docker and systemd."""
+    m = _SIZE_RE.fullmatch(text.strip())
+    factor = _SIZE_UNITS.get(m.group(2).lower()) if m else None
+    if m is None or factor is None:
+        raise UsageError(f"invalid {what} {text!r}", hint="use a number with an optional unit: 512K, 64M, 1.5G")
+    value = int(float(m.group(1)) * factor)
+    if value <= 0:
+        raise UsageError(f"invalid {what} {text!r}: must be greater than zero")
+    return value
+
+
+def parse_memory(text: str) -> int:
+    value = parse_size(text, "memory limit")
+    if value < MIN_MEMORY:
+        raise UsageError(f"invalid memory limit {text!r}: the minimum is 6M")
+    return value
+
+
+def parse_cpus(text: str) -> int:
+    """'1.5' CPUs -> CPUQuotaPerSecUSec in microseconds (1.5 s of CPU time per second)."""
+    try:
+        cpus = float(text)
+    except ValueError:
+        raise UsageError(f"invalid CPU count {text!r}", hint="use a positive number such as 0.5 or 2") from None
+    if not (cpus > 0) or cpus > 4096:
+        raise UsageError(f"invalid CPU count {text!r}: must be greater than 0 and at most 4096")
+    # systemd rounds quotas to 10 ms per second; keep at least that much.
+    return max(10_000, round(cpus * USEC_PER_SEC))
+
+
+def parse_count(text: str, what: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise UsageError(f"invalid {what} {text!r}: must be a whole number") from None
+    if value <= 0:
+        raise UsageError(f"invalid {what} {text!r}: must be greater than zero")
+    return value
+
+
+def parse_env(items: Sequence[str]) -> dict[str, str]:
+    env: dict[str, str] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not key or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", key) or not sep:
+            raise UsageError(f"invalid environment variable {item!r}", hint="use KEY=VALUE")
+        env[key] = value
+    return env
+
+
+def generate_name() -> str:
+    return "pm-" + secrets.token_hex(5)
+
+
+@dataclasses.dataclass(frozen=True)
+class Limits:
+    memory_max: int | None = None  # bytes -> MemoryMax
+    cpu_quota_usec: int | None = None  # per second -> CPUQuotaPerSecUSec
+    tasks_max: int | None = None  # -> TasksMax
+
+
+@dataclasses.dataclass(frozen=True)
+class Volume:
+    """A mount into the container: a host path, a named volume, or an anonymous one."""
+
+    target: str  # absolute path inside the container
+    source: str | None = None  # host path (absolute) or volume name; None = anonymous
+    read_only: bool = False
+
+    @property
+    def is_bind(self) -> bool:
+        return self.source is not None and self.source.startswith("/")
+
+
+@dataclasses.dataclass(frozen=True)
+class ContainerSpec:
+    name: str
+    image: str
+    command: tuple[str, ...] | None = None  # None: the image's Entrypoint/Cmd
+    hostname: str | None = None
+    network: str = "host"
+    env: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    workdir: str | None = None
+    user: str | None = None
+    limits: Limits = Limits()
+    volumes: tuple[Volume, ...] = ()
+    restart: str = "no"
+    remove: bool = False  # --rm
+    tty: bool = False
+    interactive: bool = False
+
+    @property
+    def effective_hostname(self) -> str:
+        return self.hostname or hostname_for(self.name)
+
+    def validate(self) -> ContainerSpec:
+        validate_name(self.name)
+        if self.hostname is not None:
+            validate_hostname(self.hostname)
+        if self.network not in NETWORK_MODES:
+            raise UsageError(f"invalid network mode {self.network!r}", hint="use 'host' or 'private'")
+        if self.restart not in RESTART_POLICIES:
+            raise UsageError(f"invalid restart policy {self.restart!r}", hint="use no, on-failure or always")
+        if self.workdir is not None and not self.workdir.startswith("/"):
+            raise UsageError(f"invalid working directory {self.workdir!r}: must be absolute")
+        for vol in self.volumes:
+            if not vol.target.startswith("/") or vol.target == "/":
+                raise UsageError(f"invalid volume target {vol.target!r}: must be an absolute path other than /")
+        return self
