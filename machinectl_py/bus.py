@@ -1,0 +1,275 @@
+"""The D-Bus layer: a small synchronous client over libsystemd's sd-bus.
+
+Every D-Bus call pymachine makes goes through `Bus.call()`. Arguments are Python values
+marshalled by their D-Bus signature: basic types as int/str/bool/float, arrays as lists
+(or bytes for `ay`), structs as tuples, dicts as dict, variants as (signature, value)
+pairs. Replies come back the same way, variants unwrapped to their value.
+
+sd-bus connections must not cross fork(): only the process that opened a Bus uses it,
+and children close its descriptor with all others before they exec.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+from machinectl_py._native import ffi, lib
+
+DEFAULT_TIMEOUT_USEC = 30_000_000  # runc waits 30 s for a systemd job, and so do we
+_MESSAGE_SIGNAL = 4
+
+
+class BusError(Exception):
+    """A D-Bus call failed: `name` is the D-Bus error name (or errno's), `message` the text."""
+
+    def __init__(self, name: str, message: str) -> None:
+        super().__init__(f"{message} ({name})")
+        self.name = name
+        self.message = message
+
+
+def _check(rc: int, what: str) -> int:
+    if rc < 0:
+        import os
+
+        raise BusError(f"errno.{-rc}", f"{what}: {os.strerror(-rc)}")
+    return rc
+
+
+def split_signature(signature: str) -> list[str]:
+    """'sa(sv)u' -> ['s', 'a(sv)', 'u']: the complete types of a signature."""
+    types: list[str] = []
+    i = 0
+    while i < len(signature):
+        end = _complete_type_end(signature, i)
+        types.append(signature[i:end])
+        i = end
+    return types
+
+
+def _complete_type_end(sig: str, i: int) -> int:
+    c = sig[i]
+    if c == "a":
+        return _complete_type_end(sig, i + 1)
+    if c in "({":
+        close = ")" if c == "(" else "}"
+        depth = 0
+        for j in range(i, len(sig)):
+            if sig[j] == c:
+                depth += 1
+            elif sig[j] == close:
+                depth -= 1
+                if depth == 0:
+                    return j + 1
+        raise ValueError(f"unbalanced D-Bus signature {sig!r}")
+    return i + 1
+
+
+_BASIC_C_TYPES = {
+    "y": "uint8_t *", "b": "int *", "n": "int16_t *", "q": "uint16_t *", "i": "int32_t *",
+    "u": "uint32_t *", "x": "int64_t *", "t": "uint64_t *", "d": "double *", "h": "int *",
+}
+_STRING_TYPES = "sog"
+
+
+class Message:
+    """Builds (append) or reads (read) one sd-bus message."""
+
+    def __init__(self, ptr: Any) -> None:
+        self.ptr = ptr
+
+    def close(self) -> None:
+        if self.ptr != ffi.NULL:
+            lib.sd_bus_message_unref(self.ptr)
+            self.ptr = ffi.NULL
+
+    # -- writing --
+    def append(self, signature: str, values: Sequence[Any]) -> None:
+        types = split_signature(signature)
+        if len(types) != len(values):
+            raise ValueError(f"signature {signature!r} wants {len(types)} values, got {len(values)}")
+        for t, v in zip(types, values, strict=True):
+            self._append_one(t, v)
+
+    def _append_one(self, t: str, value: Any) -> None:
+        c = t[0]
+        m = self.ptr
+        if c in _STRING_TYPES:
+            _check(lib.sd_bus_message_append_basic(m, c.encode(), str(value).encode()), "append")
+        elif c in _BASIC_C_TYPES:
+            box = ffi.new(_BASIC_C_TYPES[c], int(value) if c != "d" else float(value))
+            _check(lib.sd_bus_message_append_basic(m, c.encode(), box), "append")
+        elif c == "v":
+            inner_sig, inner = value
+            _check(lib.sd_bus_message_open_container(m, b"v", inner_sig.encode()), "open variant")
+            self._append_one(inner_sig, inner)
+            _check(lib.sd_bus_message_close_container(m), "close variant")
+        elif c == "a":
+            self._append_array(t[1:], value)
+        elif c == "(":
+            inner = t[1:-1]
+            _check(lib.sd_bus_message_open_container(m, b"r", inner.encode()), "open struct")
+            self.append(inner, tuple(value))
+            _check(lib.sd_bus_message_close_container(m), "close struct")
+        else:
+            raise ValueError(f"unsupported D-Bus type {t!r}")
+
+    def _append_array(self, elem: str, value: Any) -> None:
+        m = self.ptr
+        if elem == "y":
+            raw = bytes(value)
+            _check(lib.sd_bus_message_append_array(m, b"y", raw, len(raw)), "append bytes")
+            return
+        _check(lib.sd_bus_message_open_container(m, b"a", elem.encode()), "open array")
+        if elem.startswith("{"):
+            key_t, val_t = split_signature(elem[1:-1])
+            for k, v in dict(value).items():
+                _check(lib.sd_bus_message_open_container(m, b"e", elem[1:-1].encode()), "open dict entry")
+                self._append_one(key_t, k)
+                self._append_one(val_t, v)
+                _check(lib.sd_bus_message_close_container(m), "close dict entry")
+        else:
+            for item in value:
+                self._append_one(elem, item)
+        _check(lib.sd_bus_message_close_container(m), "close array")
+
+    # -- reading --
+    def read_all(self) -> list[Any]:
+        values = []
+        while True:
+            item = self._read_next()
+            if item is _END:
+                return values
+            values.append(item)
+
+    def _read_next(self) -> Any:
+        m = self.ptr
+        ctype = ffi.new("char *")
+        contents = ffi.new("const char **")
+        if _check(lib.sd_bus_message_peek_type(m, ctype, contents), "peek") == 0:
+            return _END
+        c = ctype[0].decode()
+        inner = ffi.string(contents[0]).decode() if contents[0] != ffi.NULL else ""
+        if c in _STRING_TYPES:
+            out = ffi.new("const char **")
+            _check(lib.sd_bus_message_read_basic(m, c.encode(), out), "read")
+            return ffi.string(out[0]).decode("utf-8", "replace")
+        if c in _BASIC_C_TYPES:
+            box = ffi.new(_BASIC_C_TYPES[c])
+            _check(lib.sd_bus_message_read_basic(m, c.encode(), box), "read")
+            return bool(box[0]) if c == "b" else box[0]
+        if c == "a" and inner == "y":
+            ptr = ffi.new("const void **")
+            size = ffi.new("size_t *")
+            _check(lib.sd_bus_message_read_array(m, b"y", ptr, size), "read bytes")
+            return bytes(ffi.buffer(ptr[0], size[0])) if size[0] else b""
+        ckey = {"a": b"a", "v": b"v", "r": b"r", "e": b"e"}[c]
+        _check(lib.sd_bus_message_enter_container(m, ckey, inner.encode()), "enter")
+        items = self.read_all()
+        _check(lib.sd_bus_message_exit_container(m), "exit")
+        if c == "v":
+            return items[0]
+        if c in "re":
+            return tuple(items)
+        if inner.startswith("{"):
+            return dict(items)
+        return items
+
+
+_END = object()
+
+
+class Bus:
+    """One connection to the system bus (or to systemd's private socket)."""
+
+    def __init__(self, ptr: Any) -> None:
+        self._ptr = ptr
+
+    @classmethod
+    def system(cls) -> Bus:
+        box = ffi.new("sd_bus **")
+        _check(lib.sd_bus_open_system(box), "connect to the system bus")
+        return cls(box[0])
+
+    def close(self) -> None:
+        if self._ptr is not None:
+            lib.sd_bus_flush_close_unref(self._ptr)
+            self._ptr = None
+
+    def __enter__(self) -> Bus:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def call(self, destination: str, path: str, interface: str, member: str,
+             signature: str = "", *args: Any, timeout_usec: int = DEFAULT_TIMEOUT_USEC) -> list[Any]:
+        box = ffi.new("sd_bus_message **")
+        _check(lib.sd_bus_message_new_method_call(
+            self._ptr, box, destination.encode(), path.encode(), interface.encode(), member.encode()),
+            f"{member}: new message")
+        request = Message(box[0])
+        try:
+            if signature:
+                request.append(signature, args)
+            error = ffi.new("sd_bus_error *")
+            reply_box = ffi.new("sd_bus_message **")
+            rc = lib.sd_bus_call(self._ptr, request.ptr, timeout_usec, error, reply_box)
+            if rc < 0:
+                name = ffi.string(error.name).decode() if error.name != ffi.NULL else f"errno.{-rc}"
+                import os
+
+                text = ffi.string(error.message).decode() if error.message != ffi.NULL else os.strerror(-rc)
+                lib.sd_bus_error_free(error)
+                raise BusError(name, text)
+            reply = Message(reply_box[0])
+            try:
+                return reply.read_all()
+            finally:
+                reply.close()
+        finally:
+            request.close()
+
+    def add_match(self, rule: str) -> None:
+        """Ask the bus to route matching signals to us; `signals()` then yields them."""
+        self.call("org.freedesktop.DBus", "/org/freedesktop/DBus", "org.freedesktop.DBus", "AddMatch", "s", rule)
+
+    def signals(self, timeout_usec: int) -> Iterator[tuple[str, str, str, list[Any]]]:
+        """Yield (path, interface, member, args) of incoming signals until `timeout_usec` passes."""
+        import time
+
+        deadline = time.monotonic() + timeout_usec / 1e6
+        box = ffi.new("sd_bus_message **")
+        while True:
+            rc = _check(lib.sd_bus_process(self._ptr, box), "process")
+            if box[0] != ffi.NULL:
+                msg = Message(box[0])
+                box[0] = ffi.NULL
+                try:
+                    kind = ffi.new("uint8_t *")
+                    lib.sd_bus_message_get_type(msg.ptr, kind)
+                    if kind[0] == _MESSAGE_SIGNAL:
+                        yield (_opt_str(lib.sd_bus_message_get_path(msg.ptr)),
+                               _opt_str(lib.sd_bus_message_get_interface(msg.ptr)),
+                               _opt_str(lib.sd_bus_message_get_member(msg.ptr)),
+                               msg.read_all())
+                finally:
+                    msg.close()
+                continue
+            if rc > 0:
+                continue
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            _check(lib.sd_bus_wait(self._ptr, int(left * 1e6)), "wait")
+
+    def wait_for_signal(self, accept: Callable[[str, str, str, list[Any]], bool], timeout_usec: int) -> bool:
+        for path, iface, member, args in self.signals(timeout_usec):
+            if accept(path, iface, member, args):
+                return True
+        return False
+
+
+def _opt_str(ptr: Any) -> str:
+    return "" if ptr == ffi.NULL else ffi.string(ptr).decode()

@@ -1,0 +1,161 @@
+"""The child side: what the container's first process does between fork() and exec().
+
+Runs in a forked copy of pymachine that is PID 1 of the new PID namespace. It never
+touches the D-Bus connection (sd-bus connections must not cross fork()) and never
+returns: it execs the payload or _exits with docker's codes, after writing the reason
+to the status pipe. The parent holds it on the `go` pipe until systemd has put it in
+its scope, so the payload never runs outside its cgroup.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import errno
+import fcntl
+import os
+import signal
+import socket
+import struct
+from collections.abc import Mapping
+
+from machinectl_py import mounts
+from machinectl_py import syscalls as sc
+from machinectl_py.errors import EXIT_CANNOT_INVOKE, EXIT_ERROR, EXIT_NOT_FOUND
+from machinectl_py.plan import CgroupLayout, Op, Overlay, cgroup_plan
+
+_SIOCGIFFLAGS = 0x8913
+_SIOCSIFFLAGS = 0x8914
+_IFF_UP = 0x1
+
+
+@dataclasses.dataclass(frozen=True)
+class ChildPlan:
+    container_dir: str  # cwd while mounting the overlay (its options use relative names)
+    rootfs: str
+    overlay: Overlay
+    ops: tuple[Op, ...]
+    cgroup_layout: CgroupLayout
+    hostname: str
+    private_network: bool
+    argv: tuple[str, ...]
+    env: Mapping[str, str]
+    workdir: str
+    capability_mask: int
+    stdin_devnull: bool = True
+
+
+def child_main(plan: ChildPlan, go_fd: int, status_fd: int, stdout_fd: int, stderr_fd: int,
+               parent_pid: int) -> None:
+    """Never returns."""
+    code = EXIT_ERROR
+    try:
+        prepare(plan, go_fd, status_fd, parent_pid)
+        code = EXIT_CANNOT_INVOKE
+        launch(plan, status_fd, stdout_fd, stderr_fd)
+    except BaseException as e:  # noqa: BLE001 - the child must never unwind into the parent's code
+        _report(status_fd, code if not isinstance(e, _ExecFailed) else e.code, _describe(e))
+    os._exit(code)
+
+
+class _ExecFailed(Exception):
+    def __init__(self, code: int, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def _describe(e: BaseException) -> str:
+    if isinstance(e, OSError) and e.filename:
+        return f"{e.strerror}: {e.filename}"
+    return str(e) or type(e).__name__
+
+
+def _report(status_fd: int, code: int, message: str) -> None:
+    try:
+        os.write(status_fd, f"{code}:{message}".encode()[:4000])
+    except OSError:
+        pass
+    os._exit(code)
+
+
+def prepare(plan: ChildPlan, go_fd: int, status_fd: int, parent_pid: int) -> None:
+    # If pymachine dies, the container dies with it (it is the init of its PID namespace).
+    sc.set_parent_death_signal(signal.SIGKILL)
+    if os.getppid() != parent_pid:
+        os._exit(EXIT_ERROR)
+    os.setsid()
+    os.umask(0)
+    flags = sc.CLONE_NEWNS | sc.CLONE_NEWUTS | sc.CLONE_NEWIPC
+    if plan.private_network:
+        flags |= sc.CLONE_NEWNET
+    sc.unshare(flags)
+    # Nothing mounted from here on may propagate back to the host.
+    sc.mount(None, "/", None, sc.MS_REC | sc.MS_PRIVATE)
+    os.chdir(plan.container_dir)
+    mounts.mount_overlay(plan.overlay, plan.rootfs)
+    mounts.apply(plan.rootfs, plan.ops)
+    # Wait until the parent has put us in the container's scope.
+    if os.read(go_fd, 1) != b"g":
+        os._exit(EXIT_ERROR)
+    os.close(go_fd)
+    # Now our cgroup is the scope: a new cgroup namespace makes it the container's root.
+    sc.unshare(sc.CLONE_NEWCGROUP)
+    mounts.apply(plan.rootfs, cgroup_plan(plan.cgroup_layout))
+    sc.sethostname(plan.hostname)
+    if plan.private_network:
+        bring_up_loopback()
+    mounts.pivot_into(plan.rootfs)
+    if plan.cgroup_layout.mode != "unified":
+        mounts.remount_read_only("/", "/sys/fs/cgroup")
+    os.umask(0o022)
+
+
+def launch(plan: ChildPlan, status_fd: int, stdout_fd: int, stderr_fd: int) -> None:
+    drop_capabilities(plan.capability_mask)
+    stdin = os.open("/dev/null", os.O_RDONLY) if plan.stdin_devnull else 0
+    for src, dst in ((stdin, 0), (stdout_fd, 1), (stderr_fd, 2)):
+        if src != dst:
+            os.dup2(src, dst)
+    os.set_inheritable(status_fd, False)
+    keep_status = os.dup2(status_fd, 3, inheritable=False)
+    # No host file descriptor may reach the container (CVE-2024-21626): close all above 3,
+    # and fd 3 (the status pipe) closes itself on exec.
+    sc.close_fds_from(4)
+    try:
+        os.chdir(plan.workdir)
+    except OSError as e:
+        raise _ExecFailed(EXIT_CANNOT_INVOKE, f"cannot change to working directory {plan.workdir}: {e.strerror}") \
+            from None
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGPIPE, signal.SIGCHLD):
+        signal.signal(sig, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_SETMASK, [])
+    try:
+        os.execvpe(plan.argv[0], list(plan.argv), dict(plan.env))
+    except OSError as e:
+        code = EXIT_NOT_FOUND if e.errno in (errno.ENOENT, errno.ENOTDIR) else EXIT_CANNOT_INVOKE
+        what = "executable file not found" if code == EXIT_NOT_FOUND else e.strerror
+        _report(keep_status, code, f"cannot run {plan.argv[0]!r}: {what}")
+
+
+def drop_capabilities(keep_mask: int) -> None:
+    """Drop every capability outside the policy from the bounding set, then from the rest."""
+    cap = 0
+    while True:
+        if not keep_mask & (1 << cap):
+            try:
+                sc.drop_bounding_capability(cap)
+            except OSError as e:
+                if e.errno == errno.EINVAL:  # past the kernel's last capability
+                    break
+                raise
+        cap += 1
+        if cap > 63:
+            break
+    sc.capset_keep(keep_mask)
+
+
+def bring_up_loopback() -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as s:
+        ifreq = struct.pack("16sH14x", b"lo", 0)
+        flags = struct.unpack("16sH14x", fcntl.ioctl(s.fileno(), _SIOCGIFFLAGS, ifreq))[1]
+        fcntl.ioctl(s.fileno(), _SIOCSIFFLAGS, struct.pack("16sH14x", b"lo", flags | _IFF_UP))
+

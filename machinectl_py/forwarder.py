@@ -1,0 +1,55 @@
+"""The log forwarder: copies a container's stdout/stderr to the terminal and the journal.
+
+A small forked process that lives in the container's scope (so journald attributes its
+entries to machine-NAME.scope) but outside the container's namespaces. stdout lines go
+to the journal at priority info, stderr lines at err. It exits when the container's
+side of both pipes is closed, after asking journald to process what it sent.
+"""
+
+from __future__ import annotations
+
+import os
+import select
+import signal
+
+from machinectl_py.journal import PRIORITY_ERR, PRIORITY_INFO, JournalWriter, LineSplitter, synchronize
+
+
+def forward(out_fd: int, err_fd: int, common_fields: bytes) -> int:
+    # Ctrl-C and `machinectl terminate` are for the container; this process ends with it.
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGPIPE):
+        signal.signal(sig, signal.SIG_IGN)
+    journal = JournalWriter(common_fields)
+    streams = {out_fd: (1, LineSplitter(), PRIORITY_INFO), err_fd: (2, LineSplitter(), PRIORITY_ERR)}
+    terminal_ok = {1: True, 2: True}
+    poller = select.poll()
+    for fd in streams:
+        poller.register(fd, select.POLLIN)
+    open_fds = set(streams)
+    while open_fds:
+        for fd, _ in poller.poll():
+            data = os.read(fd, 65536)
+            target, splitter, priority = streams[fd]
+            if not data:
+                poller.unregister(fd)
+                open_fds.discard(fd)
+                lines = splitter.flush()
+            else:
+                if terminal_ok[target]:
+                    terminal_ok[target] = _write_all(target, data)
+                lines = splitter.feed(data)
+            for line in lines:
+                journal.send(line, priority)
+    if journal.sent:
+        synchronize()
+    journal.close()
+    return 0
+
+
+def _write_all(fd: int, data: bytes) -> bool:
+    try:
+        while data:
+            data = data[os.write(fd, data):]
+        return True
+    except OSError:
+        return False  # the terminal went away; keep feeding the journal

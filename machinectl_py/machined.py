@@ -1,0 +1,81 @@
+"""systemd-machined's side: register containers so machinectl sees and controls them."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from machinectl_py.bus import Bus, BusError
+from machinectl_py.systemd import Property
+
+MACHINED = ("org.freedesktop.machine1", "/org/freedesktop/machine1", "org.freedesktop.machine1.Manager")
+SERVICE = "pymachine"
+NO_SUCH_MACHINE = "org.freedesktop.machine1.NoSuchMachine"
+
+
+def machine_id_bytes(container_id: str) -> bytes:
+    """machined wants 0 or 16 bytes; the first 32 hex digits of the container id."""
+    return bytes.fromhex(container_id[:32])
+
+
+def watch_removal(bus: Bus) -> None:
+    """Subscribe to MachineRemoved; call before anything that may remove the machine."""
+    bus.add_match("type='signal',sender='org.freedesktop.machine1',interface='org.freedesktop.machine1.Manager',"
+                  "member='MachineRemoved',path='/org/freedesktop/machine1'")
+
+
+def create_machine(bus: Bus, name: str, container_id: str, leader: int, root: str,
+                   scope_properties: list[Property]) -> str:
+    """CreateMachine: machined starts machine-NAME.scope with the leader in it and waits for the job."""
+    reply = bus.call(*MACHINED, "CreateMachine", "sayssusa(sv)", name, machine_id_bytes(container_id),
+                     SERVICE, "container", leader, root, scope_properties)
+    return str(reply[0])
+
+
+def register_machine(bus: Bus, name: str, container_id: str, leader: int, root: str) -> str:
+    """RegisterMachine: no new scope; the machine adopts the unit the leader runs in."""
+    reply = bus.call(*MACHINED, "RegisterMachine", "sayssus", name, machine_id_bytes(container_id),
+                     SERVICE, "container", leader, root)
+    return str(reply[0])
+
+
+def terminate_machine(bus: Bus, name: str) -> bool:
+    try:
+        bus.call(*MACHINED, "TerminateMachine", "s", name)
+        return True
+    except BusError as e:
+        if e.name == NO_SUCH_MACHINE:
+            return False
+        raise
+
+
+def kill_machine(bus: Bus, name: str, signal: int, who: str = "all") -> bool:
+    try:
+        bus.call(*MACHINED, "KillMachine", "ssi", name, who, signal)
+        return True
+    except BusError as e:
+        if e.name == NO_SUCH_MACHINE:
+            return False
+        raise
+
+
+def machine_exists(bus: Bus, name: str) -> bool:
+    try:
+        bus.call(*MACHINED, "GetMachine", "s", name)
+        return True
+    except BusError as e:
+        if e.name == NO_SUCH_MACHINE:
+            return False
+        raise
+
+
+def list_machines(bus: Bus) -> list[tuple[str, str, str, str]]:
+    rows: list[Any] = bus.call(*MACHINED, "ListMachines")[0]
+    return [tuple(r) for r in rows]  # type: ignore[misc]
+
+
+def wait_removed(bus: Bus, name: str, timeout_usec: int) -> bool:
+    """Wait for MachineRemoved(name); True if it came (or the machine is already gone)."""
+    if bus.wait_for_signal(lambda _p, _i, member, args: member == "MachineRemoved" and args[:1] == [name],
+                           timeout_usec):
+        return True
+    return not machine_exists(bus, name)

@@ -1,0 +1,167 @@
+"""The rootfs plan: what the container's root looks like, as a list of operations.
+
+Built without side effects from the spec, the policy and the host's cgroup layout, so it
+can be unit-tested and printed (`PYMACHINE_DEBUG=1`). machinectl_py.mounts executes it,
+in order, inside the container's private mount namespace. Targets are paths inside the
+container root; the executor resolves them without following symlinks (an image whose
+/proc is a symlink must not redirect a mount onto the host: CVE-2019-19921).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+
+from machinectl_py import syscalls as sc
+from machinectl_py.policy import Policy
+
+NOSUID_NODEV = sc.MS_NOSUID | sc.MS_NODEV
+NOSUID_NODEV_NOEXEC = NOSUID_NODEV | sc.MS_NOEXEC
+
+
+@dataclasses.dataclass(frozen=True)
+class Overlay:
+    """The container root: image layers (relative link names, top first) under the upper dir."""
+
+    lowers: tuple[str, ...]  # top layer first, as overlayfs wants them
+    upper: str
+    work: str
+
+    def options(self) -> str:
+        # redirect_dir and metacopy stay off: with them the upper dir alone no longer holds
+        # a container's changes, and `commit` reads exactly the upper dir.
+        return (f"lowerdir={':'.join(self.lowers)},upperdir={self.upper},workdir={self.work},"
+                "redirect_dir=off,metacopy=off")
+
+
+@dataclasses.dataclass(frozen=True)
+class Mount:
+    target: str
+    fstype: str
+    source: str
+    flags: int = 0
+    data: str | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Bind:
+    source: str  # a host path
+    target: str
+    read_only: bool = False
+    is_file: bool = False
+
+
+@dataclasses.dataclass(frozen=True)
+class DeviceNode:
+    path: str
+    major: int
+    minor: int
+    mode: int = 0o666
+
+
+@dataclasses.dataclass(frozen=True)
+class Symlink:
+    path: str
+    points_to: str
+
+
+@dataclasses.dataclass(frozen=True)
+class Mask:
+    """Hide a path: /dev/null over a file, an empty read-only tmpfs over a directory."""
+
+    path: str
+
+
+@dataclasses.dataclass(frozen=True)
+class ReadOnly:
+    """Bind a path onto itself and remount it read-only."""
+
+    path: str
+
+
+@dataclasses.dataclass(frozen=True)
+class CgroupMount:
+    """One cgroup hierarchy inside the container's cgroup namespace.
+
+    fstype "cgroup2" for the unified hierarchy, "cgroup" with the controller list as
+    options for a v1 hierarchy. Mounted after the container joined its scope.
+    """
+
+    target: str
+    fstype: str
+    options: str | None
+    read_only: bool
+
+
+Op = Mount | Bind | DeviceNode | Symlink | Mask | ReadOnly | CgroupMount
+
+DEV_NODES = (
+    DeviceNode("/dev/null", 1, 3), DeviceNode("/dev/zero", 1, 5), DeviceNode("/dev/full", 1, 7),
+    DeviceNode("/dev/random", 1, 8), DeviceNode("/dev/urandom", 1, 9), DeviceNode("/dev/tty", 5, 0),
+)
+DEV_LINKS = (
+    Symlink("/dev/fd", "/proc/self/fd"), Symlink("/dev/stdin", "/proc/self/fd/0"),
+    Symlink("/dev/stdout", "/proc/self/fd/1"), Symlink("/dev/stderr", "/proc/self/fd/2"),
+    Symlink("/dev/ptmx", "pts/ptmx"),
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class CgroupLayout:
+    """How the host mounts cgroups: 'unified' (pure v2) or 'hybrid'/'legacy' with v1 hierarchies.
+
+    v1 is a list of (directory name under /sys/fs/cgroup, mount options) for each v1
+    hierarchy, e.g. ("memory", "memory") or ("systemd", "none,name=systemd").
+    """
+
+    mode: str
+    v1: tuple[tuple[str, str], ...] = ()
+    unified_dir: str | None = None  # where cgroup2 sits in hybrid mode ("unified")
+    links: tuple[tuple[str, str], ...] = ()  # e.g. ("cpuacct", "cpu,cpuacct")
+
+
+def base_plan(policy: Policy, *, binds: Sequence[Bind] = ()) -> list[Op]:
+    """Everything mounted before the container joins its scope: /proc, /sys, /dev, /run, /tmp."""
+    ops: list[Op] = [
+        Mount("/proc", "proc", "proc", NOSUID_NODEV_NOEXEC),
+        Mount("/sys", "sysfs", "sysfs", NOSUID_NODEV_NOEXEC | sc.MS_RDONLY),
+        Mount("/dev", "tmpfs", "tmpfs", sc.MS_NOSUID | sc.MS_STRICTATIME, "mode=755,size=4m"),
+        *DEV_NODES,
+        Mount("/dev/pts", "devpts", "devpts", sc.MS_NOSUID | sc.MS_NOEXEC,
+              "newinstance,ptmxmode=0666,mode=0620,gid=5"),
+        Mount("/dev/shm", "tmpfs", "shm", NOSUID_NODEV_NOEXEC, "mode=1777,size=65536k"),
+        Mount("/dev/mqueue", "mqueue", "mqueue", NOSUID_NODEV_NOEXEC),
+        *DEV_LINKS,
+        Mount("/run", "tmpfs", "tmpfs", NOSUID_NODEV, "mode=755,size=65536k"),
+        Mount("/tmp", "tmpfs", "tmpfs", NOSUID_NODEV, "mode=1777"),
+    ]
+    ops += [Mask(p) for p in policy.masked_paths]
+    ops += [ReadOnly(p) for p in policy.readonly_paths]
+    ops += list(binds)
+    return ops
+
+
+def cgroup_plan(layout: CgroupLayout) -> list[Op]:
+    """The container's view of /sys/fs/cgroup, mounted inside its cgroup namespace.
+
+    Pure v2: one cgroup2 mount, writable, since the scope is delegated (Delegate=yes) and
+    the namespace shows only the container's own subtree. Hybrid: a tmpfs with each
+    hierarchy mounted again (v1 ones read-only), as systemd-nspawn does.
+    """
+    root = "/sys/fs/cgroup"
+    if layout.mode == "unified":
+        return [CgroupMount(root, "cgroup2", "nsdelegate", read_only=False)]
+    ops: list[Op] = [Mount(root, "tmpfs", "tmpfs", NOSUID_NODEV_NOEXEC, "mode=755")]
+    for name, options in layout.v1:
+        ops.append(CgroupMount(f"{root}/{name}", "cgroup", options, read_only=True))
+    if layout.unified_dir:
+        ops.append(CgroupMount(f"{root}/{layout.unified_dir}", "cgroup2", None, read_only=False))
+    ops += [Symlink(f"{root}/{link}", target) for link, target in layout.links]
+    return ops
+
+
+def describe(op: Op) -> str:
+    """One line per op, for --debug output."""
+    return f"{type(op).__name__.lower()}: " + ", ".join(
+        f"{f.name}={getattr(op, f.name)!r}" for f in dataclasses.fields(op)
+    )

@@ -1,0 +1,275 @@
+"""The one place that mixes D-Bus and system calls: the life of a foreground container.
+
+validate -> resolve image -> claim the container dir -> fork the log forwarder ->
+fork the container (held) -> machined creates machine-NAME.scope with both in it ->
+release -> wait -> tear down in reverse. Each step registers its undo on an ExitStack,
+so a failure anywhere leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+import signal
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+
+from machinectl_py import images, machined, plan, state
+from machinectl_py import syscalls as sc
+from machinectl_py.bus import Bus, BusError
+from machinectl_py.container_init import ChildPlan, child_main
+from machinectl_py.errors import EXIT_ERROR, PymachineError, UsageError
+from machinectl_py.journal import container_fields
+from machinectl_py.policy import Policy, load_policy
+from machinectl_py.spec import ContainerSpec
+from machinectl_py.systemd import scope_properties
+
+DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+REMOVAL_TIMEOUT_USEC = 15_000_000
+KILL_GRACE_SECONDS = 3
+
+
+def scope_name(name: str) -> str:
+    # machined escapes names for unit names; our names ([a-zA-Z0-9-_.]) only need '-' escaped.
+    return f"machine-{name.replace('-', chr(92) + 'x2d')}.scope"
+
+
+def command_for(spec: ContainerSpec, config: images.ImageConfig) -> tuple[str, ...]:
+    """docker's rule: Entrypoint + (the given command, else the image's Cmd)."""
+    argv = tuple(config.entrypoint) + (spec.command if spec.command else tuple(config.cmd))
+    if not argv:
+        raise UsageError(f"no command given and image {spec.image!r} has none",
+                         hint=f"pymachine run {spec.image} COMMAND")
+    return argv
+
+
+def environment(spec: ContainerSpec, config: images.ImageConfig) -> dict[str, str]:
+    env = {"PATH": DEFAULT_PATH, "container": "pymachine"}
+    env.update(config.env)
+    env.update(spec.env)
+    env["HOSTNAME"] = spec.effective_hostname
+    env.setdefault("HOME", "/root")
+    if spec.tty:
+        env.setdefault("TERM", os.environ.get("TERM", "xterm"))
+    return env
+
+
+def layer_links(container_dir: Path, layers: tuple[Path, ...]) -> tuple[str, ...]:
+    """Short relative names for the layers (l/0 = bottom): the overlay option string
+    must fit in one page, and long store paths would cap images at a few dozen layers."""
+    links = container_dir / "l"
+    links.mkdir(exist_ok=True)
+    names = []
+    for i, layer in enumerate(layers):
+        link = links / str(i)
+        if not link.is_symlink():
+            link.symlink_to(layer)
+        names.append(f"l/{i}")
+    return tuple(reversed(names))  # overlayfs wants the top layer first
+
+
+def build_child_plan(spec: ContainerSpec, image: images.ResolvedImage, cdir: Path, policy: Policy,
+                     env: Mapping[str, str], argv: tuple[str, ...]) -> ChildPlan:
+    for sub in ("upper", "work", "rootfs"):
+        (cdir / sub).mkdir(mode=0o755, exist_ok=True)
+    return ChildPlan(
+        container_dir=str(cdir),
+        rootfs=str(cdir / "rootfs"),
+        overlay=plan.Overlay(layer_links(cdir, image.layers), "upper", "work"),
+        ops=tuple(plan.base_plan(policy)),
+        cgroup_layout=_cgroup_layout(),
+        hostname=spec.effective_hostname,
+        private_network=spec.network == "private",
+        argv=argv,
+        env=dict(env),
+        workdir=spec.workdir or image.config.workdir or "/",
+        capability_mask=policy.capability_mask,
+    )
+
+
+def _cgroup_layout() -> plan.CgroupLayout:
+    from machinectl_py.mounts import detect_cgroup_layout
+
+    return detect_cgroup_layout()
+
+
+class ForegroundRun:
+    """One `pymachine run`: owns the processes, the machine and the container dir."""
+
+    def __init__(self, spec: ContainerSpec) -> None:
+        self.spec = spec.validate()
+        self.container_id = secrets.token_hex(32)
+        self.leader = 0
+        self.forwarder = 0
+        self.signalled = 0
+
+    def run(self) -> int:
+        spec = self.spec
+        policy = load_policy()
+        image = images.resolve(spec.image)
+        argv = command_for(spec, image.config)
+        env = environment(spec, image.config)
+        cdir = state.claim(spec.name)
+        keep_dir = False
+        try:
+            record = state.ContainerRecord(
+                name=spec.name, id=self.container_id, image_name=image.name, image_id=image.id,
+                spec=spec, created=state.now(), unit=scope_name(spec.name))
+            state.save(record)
+            child_plan = build_child_plan(spec, image, cdir, policy, env, argv)
+            if os.environ.get("PYMACHINE_DEBUG"):
+                for op in child_plan.ops:
+                    print(plan.describe(op), file=sys.stderr)
+            code = self._start_and_wait(record, child_plan, policy, image.name)
+            keep_dir = not spec.remove
+            return code
+        finally:
+            if not keep_dir:
+                state.remove_dir(spec.name)
+
+    def _start_and_wait(self, record: state.ContainerRecord, child_plan: ChildPlan, policy: Policy,
+                        image_name: str) -> int:
+        spec = self.spec
+        with contextlib.ExitStack() as undo:
+            out_r, out_w = os.pipe()
+            err_r, err_w = os.pipe()
+            self.forwarder = self._fork_forwarder(out_r, err_r, out_w, err_w, image_name)
+            undo.callback(self._reap, self.forwarder)
+            os.close(out_r)
+            os.close(err_r)
+
+            self.leader, go_w, status_r = self._fork_container(child_plan, out_w, err_w)
+            undo.callback(self._kill_and_reap_leader)
+            os.close(out_w)
+            os.close(err_w)
+
+            bus = Bus.system()
+            undo.callback(bus.close)
+            machined.watch_removal(bus)
+            try:
+                machined.create_machine(
+                    bus, spec.name, self.container_id, self.leader, child_plan.rootfs,
+                    scope_properties(spec.name, spec.limits, policy.device_allow, (self.forwarder,)))
+            except BusError as e:
+                os.close(go_w)
+                raise PymachineError(f"cannot create the container's scope {scope_name(spec.name)}: {e.message}",
+                                     hint=_hint_for(e)) from None
+            undo.callback(self._wait_machine_gone, bus)
+            undo.callback(self._kill_and_reap_leader)  # on failure: kill first, then wait for the machine
+            # The payload may run now: it is in its scope with its limits.
+            os.write(go_w, b"g")
+            os.close(go_w)
+            self._install_signal_handlers()
+            record.state, record.pid, record.started = "running", self.leader, state.now()
+            state.save(record)
+            failure = _read_all(status_r)
+            os.close(status_r)
+            code = self._wait_leader()
+            self.leader = 0
+            if failure:
+                failed_code, _, message = failure.partition(":")
+                print(f"pymachine: {spec.name}: {message}", file=sys.stderr)
+                code = int(failed_code) if failed_code.isdigit() else EXIT_ERROR
+            record.state, record.exit_code, record.finished, record.pid = "exited", code, state.now(), None
+        if not spec.remove:
+            state.save(record)
+        return code
+
+    def _fork_forwarder(self, out_r: int, err_r: int, out_w: int, err_w: int, image_name: str) -> int:
+        fields = container_fields(self.spec.name, self.container_id, image_name)
+        pid = os.fork()
+        if pid == 0:
+            code = 1
+            try:
+                os.close(out_w)
+                os.close(err_w)
+                from machinectl_py.forwarder import forward
+
+                code = forward(out_r, err_r, fields)
+            finally:
+                os._exit(code)
+        return pid
+
+    def _fork_container(self, child_plan: ChildPlan, out_w: int, err_w: int) -> tuple[int, int, int]:
+        """Fork the container's init, held on the `go` pipe. Returns (pid, go_w, status_r)."""
+        go_r, go_w = os.pipe()
+        status_r, status_w = os.pipe()
+        # unshare(CLONE_NEWPID) changes only where our *next* child goes: that child is
+        # PID 1 of the new namespace, and we stay its parent so it can die with us.
+        parent = os.getpid()
+        sc.unshare(sc.CLONE_NEWPID)
+        pid = os.fork()
+        if pid == 0:
+            os.close(go_w)
+            os.close(status_r)
+            child_main(child_plan, go_r, status_w, out_w, err_w, parent)
+        os.close(go_r)
+        os.close(status_w)
+        return pid, go_w, status_r
+
+    def _install_signal_handlers(self) -> None:
+        def forward_signal(signum: int, _frame: object) -> None:
+            if self.leader:
+                self.signalled += 1
+                # Second Ctrl-C, or no exit within the grace period: kill the whole container.
+                sig = signum if self.signalled == 1 else signal.SIGKILL
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(self.leader, sig)
+                signal.alarm(KILL_GRACE_SECONDS)
+
+        def kill_now(_signum: int, _frame: object) -> None:
+            if self.leader:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(self.leader, signal.SIGKILL)
+
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            signal.signal(sig, forward_signal)
+        signal.signal(signal.SIGALRM, kill_now)
+
+    def _wait_leader(self) -> int:
+        _, status = os.waitpid(self.leader, 0)
+        signal.alarm(0)
+        if os.WIFSIGNALED(status):
+            return 128 + os.WTERMSIG(status)
+        return os.WEXITSTATUS(status)
+
+    def _kill_and_reap_leader(self) -> None:
+        if self.leader:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.leader, signal.SIGKILL)
+            self._reap(self.leader)
+            self.leader = 0
+
+    @staticmethod
+    def _reap(pid: int) -> None:
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(pid, 0)
+
+    def _wait_machine_gone(self, bus: Bus) -> None:
+        """The scope stops once its last process exits; machined then drops the machine."""
+        if machined.wait_removed(bus, self.spec.name, REMOVAL_TIMEOUT_USEC):
+            return
+        with contextlib.suppress(BusError):
+            machined.terminate_machine(bus, self.spec.name)
+            machined.wait_removed(bus, self.spec.name, REMOVAL_TIMEOUT_USEC)
+
+
+def _read_all(fd: int) -> str:
+    chunks = []
+    while chunk := os.read(fd, 4096):
+        chunks.append(chunk)
+    return b"".join(chunks).decode(errors="replace")
+
+
+def _hint_for(e: BusError) -> str | None:
+    if e.name == "org.freedesktop.machine1.MachineExists" or "exists" in e.message.lower():
+        return "a machine of that name is already registered: see 'machinectl list'"
+    if e.name in ("org.freedesktop.DBus.Error.ServiceUnknown", "org.freedesktop.DBus.Error.NoServer"):
+        return "is systemd-machined installed (package systemd-container)?"
+    return None
+
+
+def run_foreground(spec: ContainerSpec) -> int:
+    return ForegroundRun(spec).run()

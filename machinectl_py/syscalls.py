@@ -1,0 +1,146 @@
+"""The thin layer over raw system calls: every failure raises OSError(errno, strerror, path).
+
+Nothing above this module calls the kernel directly for namespaces, mounts or
+capabilities. Errno is never remapped: callers catch OSError and add one clause of
+context (see runtime.py).
+"""
+
+from __future__ import annotations
+
+import os
+
+from machinectl_py._native import ffi, lib
+
+CLONE_NEWNS: int = lib.CLONE_NEWNS
+CLONE_NEWUTS: int = lib.CLONE_NEWUTS
+CLONE_NEWIPC: int = lib.CLONE_NEWIPC
+CLONE_NEWPID: int = lib.CLONE_NEWPID
+CLONE_NEWNET: int = lib.CLONE_NEWNET
+CLONE_NEWCGROUP: int = lib.CLONE_NEWCGROUP
+CLONE_NEWUSER: int = lib.CLONE_NEWUSER
+
+MS_RDONLY: int = lib.MS_RDONLY
+MS_NOSUID: int = lib.MS_NOSUID
+MS_NODEV: int = lib.MS_NODEV
+MS_NOEXEC: int = lib.MS_NOEXEC
+MS_REMOUNT: int = lib.MS_REMOUNT
+MS_BIND: int = lib.MS_BIND
+MS_MOVE: int = lib.MS_MOVE
+MS_REC: int = lib.MS_REC
+MS_PRIVATE: int = lib.MS_PRIVATE
+MS_SLAVE: int = lib.MS_SLAVE
+MS_STRICTATIME: int = lib.MS_STRICTATIME
+MNT_DETACH: int = lib.MNT_DETACH
+
+RESOLVE_IN_ROOT: int = lib.RESOLVE_IN_ROOT
+RESOLVE_NO_MAGICLINKS: int = lib.RESOLVE_NO_MAGICLINKS
+RESOLVE_NO_XDEV: int = lib.RESOLVE_NO_XDEV
+RESOLVE_BENEATH: int = lib.RESOLVE_BENEATH
+RESOLVE_NO_SYMLINKS: int = lib.RESOLVE_NO_SYMLINKS
+
+_NAMESPACE_FLAGS = {
+    "mnt": CLONE_NEWNS, "uts": CLONE_NEWUTS, "ipc": CLONE_NEWIPC, "pid": CLONE_NEWPID,
+    "net": CLONE_NEWNET, "cgroup": CLONE_NEWCGROUP, "user": CLONE_NEWUSER,
+}
+
+
+def _fail(op: str, path: str | None = None) -> OSError:
+    err = ffi.errno
+    return OSError(err, f"{op}: {os.strerror(err)}", path)
+
+
+def _cstr(value: str | None) -> object:
+    return ffi.NULL if value is None else value.encode()
+
+
+def mount(source: str | None, target: str, fstype: str | None, flags: int = 0, data: str | None = None) -> None:
+    if lib.mount(_cstr(source), target.encode(), _cstr(fstype), flags, _cstr(data)) != 0:
+        raise _fail(f"mount {fstype or 'bind'} {source or ''} (flags {flags:#x}{', ' + data if data else ''})",
+                    target)
+
+
+def umount(target: str, flags: int = 0) -> None:
+    if lib.umount2(target.encode(), flags) != 0:
+        raise _fail("umount", target)
+
+
+def pivot_root(new_root: str, put_old: str) -> None:
+    if lib.pm_pivot_root(new_root.encode(), put_old.encode()) != 0:
+        raise _fail("pivot_root", new_root)
+
+
+def unshare(flags: int) -> None:
+    if lib.unshare(flags) != 0:
+        raise _fail(f"unshare({flags:#x})")
+
+
+def setns(fd: int, nstype: int = 0) -> None:
+    if lib.setns(fd, nstype) != 0:
+        raise _fail("setns", f"fd {fd}")
+
+
+def namespace_flag(kind: str) -> int:
+    """'mnt' -> CLONE_NEWNS, as named in /proc/PID/ns/."""
+    return _NAMESPACE_FLAGS[kind]
+
+
+def sethostname(name: str) -> None:
+    raw = name.encode()
+    if lib.sethostname(raw, len(raw)) != 0:
+        raise _fail("sethostname", name)
+
+
+def mknod(path: str, mode: int, major: int, minor: int) -> None:
+    dev = ffi.new("unsigned long *")
+    lib.pm_makedev(major, minor, dev)
+    if lib.mknod(path.encode(), mode, dev[0]) != 0:
+        raise _fail("mknod", path)
+
+
+def prctl(option: int, arg2: int = 0, arg3: int = 0, arg4: int = 0, arg5: int = 0) -> int:
+    rc: int = lib.prctl(option, arg2, arg3, arg4, arg5)
+    if rc < 0:
+        raise _fail(f"prctl({option})")
+    return rc
+
+
+def set_child_subreaper() -> None:
+    prctl(lib.PR_SET_CHILD_SUBREAPER, 1)
+
+
+def set_parent_death_signal(sig: int) -> None:
+    prctl(lib.PR_SET_PDEATHSIG, sig)
+
+
+def set_no_new_privs() -> None:
+    prctl(lib.PR_SET_NO_NEW_PRIVS, 1)
+
+
+def drop_bounding_capability(cap: int) -> None:
+    prctl(lib.PR_CAPBSET_DROP, cap)
+
+
+def capset_keep(mask: int) -> None:
+    """Reduce the effective, permitted and inheritable sets to `mask`."""
+    if lib.pm_capset_keep(mask) != 0:
+        raise _fail("capset")
+
+
+def openat2(dirfd: int, path: str, flags: int, resolve: int, mode: int = 0) -> int:
+    fd: int = lib.pm_openat2(dirfd, path.encode(), flags, mode, resolve)
+    if fd < 0:
+        raise _fail("openat2", path)
+    return fd
+
+
+def close_fds_from(first: int) -> None:
+    """Close every file descriptor >= first (so no host fd reaches a container)."""
+    if lib.pm_close_range(first, 0xFFFFFFFF, 0) != 0:
+        os.closerange(first, 65536)
+
+
+def pidfd_open(pid: int) -> int:
+    fd: int = lib.pm_pidfd_open(pid, 0)
+    if fd < 0:
+        raise _fail("pidfd_open", f"pid {pid}")
+    return fd
