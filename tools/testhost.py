@@ -1,0 +1,1103 @@
+#!/usr/bin/python3
+"""The systemd test host: a real systemd as PID 1 in namespaces, for tests and demos.
+
+pymachine is a systemd-integrated container manager, so its tests need a real systemd, D-Bus,
+journald and machined. Where systemd already is PID 1 (a user's host, the QEMU VM tier) the tests
+simply run locally (`LocalHost`). Where it is not (this kind of CI machine), `TestHost` boots one:
+
+- a launcher process (this file, `_boot` verb) moves itself into a fresh child cgroup in every
+  cgroup hierarchy, unshares a PID namespace and forks the future PID 1;
+- PID 1 unshares mount, cgroup, UTS and IPC namespaces (never the network: tests reach ports
+  from outside), makes every mount private (so nothing propagates back to the real host), mounts
+  an overlay of the host's `/` (upper/work dirs under /var/lib/pymachine-testhost/<id>/), binds the
+  shared paths (the system temp dir and the checkout) from the host, builds a small /dev (tmpfs
+  with device nodes, a fresh devpts, a pty as /dev/console), fresh /proc, read-only /sys, a tmpfs
+  /sys/fs/cgroup with each hierarchy mounted inside the cgroup namespace, tmpfs /run, pivots into
+  the new root and execs systemd with `container=pymachine-testhost`;
+- the launcher copies the console pty into console.log and reaps PID 1.
+
+Commands run inside via `nsenter`, after moving themselves into the test host's root cgroup so
+systemd inside may move them into scopes (a cgroup namespace forbids migrating a process whose
+cgroup lies outside the migrator's namespace root).
+
+Teardown kills PID 1 (the whole PID namespace dies with it), removes the cgroups and the state
+directory. All mounting happens inside the private mount namespace, so the real host's mount table
+never changes. A run killed before it could tear down is cleaned at the next start.
+
+Standard library only: runs under /usr/bin/python3 and the project's venv python alike.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import ctypes
+import errno
+import json
+import os
+import platform
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import FrameType, TracebackType
+from typing import IO, Any
+
+STATE_BASE = Path("/var/lib/pymachine-testhost")
+CHECKOUT = Path(__file__).resolve().parent.parent
+DEFAULT_SYSTEMD = "/lib/systemd/systemd"
+CONTAINER_ENV = "pymachine-testhost"
+HOSTNAME = "pymachine-testhost"
+BASE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+# Variables of the caller that commands inside inherit (everything else starts clean).
+PASSED_ENV = ("TERM", "CI")
+
+# Units that only slow the boot down or act on the real host's kernel state (sysctl, modules,
+# binfmt_misc, the shared network namespace, the shared /tmp): masked in the overlay.
+MASKED_UNITS = (
+    "getty.target", "getty@.service", "serial-getty@.service", "console-getty.service",
+    "container-getty@.service", "timers.target", "systemd-timesyncd.service",
+    "systemd-networkd.service", "systemd-networkd.socket", "systemd-networkd-wait-online.service",
+    "systemd-resolved.service", "networking.service", "ifupdown-pre.service",
+    "systemd-udevd.service", "systemd-udevd-control.socket", "systemd-udevd-kernel.socket",
+    "systemd-udev-trigger.service", "systemd-udev-settle.service", "systemd-hwdb-update.service",
+    "proc-sys-fs-binfmt_misc.automount", "proc-sys-fs-binfmt_misc.mount", "systemd-binfmt.service",
+    "systemd-sysctl.service", "systemd-modules-load.service", "kmod-static-nodes.service",
+    "systemd-tmpfiles-setup-dev.service", "sys-kernel-config.mount", "sys-kernel-debug.mount",
+    "sys-kernel-tracing.mount", "sys-fs-fuse-connections.mount", "dev-hugepages.mount",
+    "systemd-remount-fs.service", "systemd-firstboot.service", "systemd-repart.service",
+    "systemd-pcrphase.service", "systemd-pcrphase-sysinit.service",
+    "systemd-machine-id-commit.service", "systemd-pstore.service", "systemd-random-seed.service",
+    "systemd-ask-password-console.path", "systemd-ask-password-wall.path",
+    "systemd-journald-audit.socket", "systemd-tmpfiles-clean.timer", "systemd-tmpfiles-clean.service",
+    "apt-daily.timer", "apt-daily-upgrade.timer", "man-db.timer", "e2scrub_all.timer",
+    "fstrim.timer", "dpkg-db-backup.timer", "logrotate.timer",
+)
+GENERATOR_DIRS = ("/lib/systemd/system-generators", "/usr/lib/systemd/system-generators")
+# Started at boot rather than on first bus activation, so the first test does not pay for it.
+BOOT_WANTS = ("systemd-machined.service",)
+
+# /tmp is the real host's /tmp (bind-mounted): systemd-tmpfiles must neither empty it nor remove
+# other hosts' PrivateTmp directories. These files override the same-named vendor ones.
+TMPFILES_OVERRIDES = {
+    "tmp.conf": "d /tmp 1777 root root -\n",
+    "x11.conf": "# pymachine-testhost: /tmp is shared with the real host; leave it alone.\n",
+    "systemd-tmp.conf": (
+        "x /tmp/systemd-private-%b-*\nX /tmp/systemd-private-%b-*/tmp\n"
+        "x /var/tmp/systemd-private-%b-*\nX /var/tmp/systemd-private-%b-*/tmp\n"
+    ),
+}
+
+DEVICE_NODES = ("null", "zero", "full", "random", "urandom", "tty", "fuse", "net/tun")
+
+
+class TestHostError(RuntimeError):
+    """The test host could not boot, or a command could not be run in it."""
+
+    __test__ = False  # not a pytest test class
+
+
+class HostCommandError(subprocess.CalledProcessError):
+    """A command run with check=True failed; the message carries its output."""
+
+    def __str__(self) -> str:
+        text = super().__str__()
+        for label, data in (("stdout", self.stdout), ("stderr", self.stderr)):
+            if data:
+                text += f"\n--- {label} ---\n{_tail(str(data), 40)}"
+        return text
+
+
+def _tail(text: str, lines: int) -> str:
+    return "\n".join(text.rstrip("\n").splitlines()[-lines:])
+
+
+# ---------------------------------------------------------------------------------------------
+# Raw syscalls (ctypes: Python 3.11 has no os.unshare, and this file must stay stdlib-only).
+
+CLONE_NEWNS = 0x00020000
+CLONE_NEWCGROUP = 0x02000000
+CLONE_NEWUTS = 0x04000000
+CLONE_NEWIPC = 0x08000000
+CLONE_NEWPID = 0x20000000
+MS_RDONLY = 0x1
+MS_NOSUID = 0x2
+MS_NODEV = 0x4
+MS_NOEXEC = 0x8
+MS_REMOUNT = 0x20
+MS_BIND = 0x1000
+MS_REC = 0x4000
+MS_PRIVATE = 0x40000
+MNT_DETACH = 0x2
+PR_SET_PDEATHSIG = 1
+SYS_PIVOT_ROOT = {"x86_64": 155, "aarch64": 41, "riscv64": 41, "ppc64le": 203, "s390x": 217}
+
+_libc: Any = None
+
+
+def _lib() -> Any:
+    global _libc
+    if _libc is None:
+        _libc = ctypes.CDLL(None, use_errno=True)
+    return _libc
+
+
+def _check(result: int, what: str, path: str | None = None) -> None:
+    if result != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"{what}: {os.strerror(err)}", path)
+
+
+def unshare(flags: int) -> None:
+    _check(_lib().unshare(ctypes.c_int(flags)), "unshare")
+
+
+def mount(
+    source: str | None, target: str, fstype: str | None, flags: int = 0, data: str | None = None
+) -> None:
+    def enc(s: str | None) -> bytes | None:
+        return None if s is None else s.encode()
+
+    rc = _lib().mount(enc(source), enc(target), enc(fstype), ctypes.c_ulong(flags), enc(data))
+    _check(rc, f"mount {source or '-'} ({fstype or 'bind/remount'}, flags {flags:#x}, {data or ''})", target)
+
+
+def umount2(target: str, flags: int) -> None:
+    _check(_lib().umount2(target.encode(), ctypes.c_int(flags)), "umount2", target)
+
+
+def pivot_root(new_root: str, put_old: str) -> None:
+    number = SYS_PIVOT_ROOT.get(platform.machine())
+    if number is None:
+        raise OSError(errno.ENOSYS, f"pivot_root: unknown syscall number on {platform.machine()}")
+    rc = _lib().syscall(ctypes.c_long(number), new_root.encode(), put_old.encode())
+    _check(rc, "pivot_root", new_root)
+
+
+def set_parent_death_signal(sig: int) -> None:
+    _check(_lib().prctl(ctypes.c_int(PR_SET_PDEATHSIG), ctypes.c_ulong(sig), 0, 0, 0), "prctl")
+
+
+# ---------------------------------------------------------------------------------------------
+# Processes and cgroups on the real host.
+
+
+def process_start_time(pid: int) -> int | None:
+    """Start time (clock ticks since boot) of pid, or None if it does not exist: guards against pid reuse."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return int(stat[stat.rindex(")") + 2 :].split()[19])
+
+
+def process_alive(pid: int | None, start_time: int | None) -> bool:
+    return pid is not None and pid > 0 and process_start_time(pid) == start_time
+
+
+def child_pids(pid: int) -> list[int]:
+    try:
+        return [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except OSError:
+        return []
+
+
+@dataclass(frozen=True)
+class Hierarchy:
+    """One mounted cgroup hierarchy of the real host."""
+
+    mountpoint: str  # e.g. /sys/fs/cgroup/memory
+    name: str  # the directory name under /sys/fs/cgroup inside the test host ("" for pure cgroup2)
+    version: int  # 1 or 2
+    options: str  # v1 mount options naming the hierarchy ("memory", "name=systemd", "cpu,cpuacct")
+    current: str  # the launcher's cgroup in it, relative to the mount root
+
+
+def _unescape_mount_path(path: str) -> str:
+    return path.encode().decode("unicode_escape") if "\\" in path else path
+
+
+def cgroup_hierarchies() -> list[Hierarchy]:
+    """The host's cgroup hierarchies with the calling process's cgroup in each."""
+    own: dict[str, str] = {}
+    for line in Path("/proc/self/cgroup").read_text().splitlines():
+        number, controllers, path = line.split(":", 2)
+        key = "" if number == "0" else ",".join(sorted(controllers.split(",")))
+        own[key] = path
+    found: list[Hierarchy] = []
+    seen: set[str] = set()
+    for line in Path("/proc/self/mountinfo").read_text().splitlines():
+        fields = line.split()
+        sep = fields.index("-")
+        root, mountpoint = _unescape_mount_path(fields[3]), _unescape_mount_path(fields[4])
+        fstype, super_options = fields[sep + 1], fields[sep + 3].split(",")
+        if fstype == "cgroup2":
+            key, version, options = "", 2, ""
+        elif fstype == "cgroup":
+            names = [o for o in super_options if o in _v1_controllers() or o.startswith("name=")]
+            key, version, options = ",".join(sorted(names)), 1, ",".join(names)
+        else:
+            continue
+        if key in seen or key not in own:
+            continue
+        relative = own[key]
+        if root != "/":
+            if not (relative + "/").startswith(root.rstrip("/") + "/"):
+                continue  # our cgroup is not visible through this mount
+            relative = relative[len(root.rstrip("/")) :] or "/"
+        seen.add(key)
+        name = "" if mountpoint == "/sys/fs/cgroup" else os.path.basename(mountpoint)
+        found.append(Hierarchy(mountpoint, name, version, options, relative))
+    return found
+
+
+_V1_CONTROLLERS: set[str] = set()
+
+
+def _v1_controllers() -> set[str]:
+    if not _V1_CONTROLLERS:
+        with contextlib.suppress(OSError):
+            for line in Path("/proc/cgroups").read_text().splitlines()[1:]:
+                _V1_CONTROLLERS.add(line.split()[0])
+        _V1_CONTROLLERS.update({"cpu", "cpuacct", "net_cls", "net_prio"})
+    return _V1_CONTROLLERS
+
+
+def make_child_cgroup(h: Hierarchy, child: str) -> str:
+    """Create <current>/<child> in hierarchy h and return its path on the host."""
+    parent = os.path.join(h.mountpoint, h.current.lstrip("/"))
+    path = os.path.join(parent, child)
+    os.mkdir(path)
+    if "cpuset" in h.options.split(","):
+        # A v1 cpuset cgroup accepts no task until it has CPUs and memory nodes.
+        for knob in ("cpuset.cpus", "cpuset.mems"):
+            if not Path(path, knob).read_text().strip():
+                Path(path, knob).write_text(Path(parent, knob).read_text())
+    if h.version == 2:
+        # Best effort: controllers must be enabled in the parent for systemd to use them below.
+        controllers = Path(parent, "cgroup.controllers").read_text().split()
+        for c in controllers:
+            with contextlib.suppress(OSError):
+                Path(parent, "cgroup.subtree_control").write_text(f"+{c}")
+    return path
+
+
+def cgroup_tree(path: str) -> list[str]:
+    """All directories of a cgroup tree, deepest first."""
+    dirs: list[str] = []
+    for dirpath, _dirnames, _files in os.walk(path, topdown=False):
+        dirs.append(dirpath)
+    return dirs
+
+
+def cgroup_pids(path: str) -> list[int]:
+    pids: list[int] = []
+    for d in cgroup_tree(path):
+        with contextlib.suppress(OSError):
+            pids.extend(int(p) for p in Path(d, "cgroup.procs").read_text().split())
+    return pids
+
+
+def remove_cgroup_tree(path: str, timeout: float = 10.0) -> None:
+    """Kill what is left in the tree (it is all ours), wait until it is empty, remove it bottom-up."""
+    deadline = time.monotonic() + timeout
+    while os.path.isdir(path):
+        for pid in cgroup_pids(path):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        for d in cgroup_tree(path):
+            with contextlib.suppress(FileNotFoundError, OSError):
+                os.rmdir(d)
+        if not os.path.isdir(path):
+            return
+        if time.monotonic() > deadline:
+            raise TestHostError(f"cgroup {path} is still busy: pids {cgroup_pids(path)}")
+        time.sleep(0.02)
+
+
+# ---------------------------------------------------------------------------------------------
+# State kept on disk so that a killed run can be cleaned up by the next one.
+
+
+@dataclass
+class HostState:
+    id: str
+    owner_pid: int
+    owner_start: int | None
+    cgroups: list[str] = field(default_factory=list)
+    launcher_pid: int | None = None
+    launcher_start: int | None = None
+    host_pid: int | None = None
+    host_start: int | None = None
+
+    @staticmethod
+    def load(path: Path) -> HostState:
+        return HostState(**json.loads(path.read_text()))
+
+    def save(self, path: Path) -> None:
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(self.__dict__, indent=1))
+        os.replace(tmp, path)
+
+
+def clean_stale(base: Path = STATE_BASE) -> list[str]:
+    """Remove leftovers of test hosts whose owner process is gone. Returns the ids cleaned."""
+    cleaned: list[str] = []
+    if not base.is_dir():
+        return cleaned
+    for state_dir in base.iterdir():
+        state_file = state_dir / "state.json"
+        try:
+            state = HostState.load(state_file)
+        except (OSError, ValueError, TypeError):
+            # Mid-creation by another process, or garbage: only remove it once it is old.
+            with contextlib.suppress(OSError):
+                if time.time() - state_dir.stat().st_mtime > 300:
+                    _remove_state_dir(state_dir)
+                    cleaned.append(state_dir.name)
+            continue
+        if process_alive(state.owner_pid, state.owner_start):
+            continue  # somebody else's live test host
+        with contextlib.suppress(TestHostError, OSError):
+            _teardown_state(state, state_dir)
+            cleaned.append(state.id)
+    return cleaned
+
+
+def _teardown_state(state: HostState, state_dir: Path) -> None:
+    for pid, start in ((state.host_pid, state.host_start), (state.launcher_pid, state.launcher_start)):
+        if pid is not None and process_alive(pid, start):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+    errors: list[str] = []
+    for cg in state.cgroups:
+        try:
+            remove_cgroup_tree(cg)
+        except TestHostError as e:
+            errors.append(str(e))
+    if errors:
+        raise TestHostError("; ".join(errors))
+    _remove_state_dir(state_dir)
+
+
+def _remove_state_dir(state_dir: Path) -> None:
+    root = state_dir / "root"
+    if root.is_dir() and os.path.ismount(root):
+        raise TestHostError(f"{root} is mounted on the real host; refusing to remove it")
+    shutil.rmtree(state_dir)
+
+
+# ---------------------------------------------------------------------------------------------
+# Interrupt handling: every live TestHost is stopped at exit and on SIGTERM/SIGHUP.
+
+_LIVE: set[TestHost] = set()
+_LIVE_LOCK = threading.Lock()
+_HANDLERS_INSTALLED = False
+
+
+def _stop_all() -> None:
+    with _LIVE_LOCK:
+        hosts = list(_LIVE)
+    for h in hosts:
+        with contextlib.suppress(Exception):
+            h.stop()
+
+
+def _on_signal(signum: int, frame: FrameType | None) -> None:
+    _stop_all()
+    signal.signal(signum, signal.SIG_DFL)
+    os.kill(os.getpid(), signum)
+
+
+def _install_handlers() -> None:
+    global _HANDLERS_INSTALLED
+    if _HANDLERS_INSTALLED:
+        return
+    _HANDLERS_INSTALLED = True
+    atexit.register(_stop_all)
+    if threading.current_thread() is not threading.main_thread():
+        return
+    # SIGINT raises KeyboardInterrupt, which unwinds through stop() (context managers, fixtures)
+    # and atexit; SIGTERM and SIGHUP would kill the process without either, so catch those.
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        if signal.getsignal(sig) is signal.SIG_DFL:
+            signal.signal(sig, _on_signal)
+
+
+# ---------------------------------------------------------------------------------------------
+# Running commands.
+
+ENTER_SCRIPT = r"""
+n=$1; shift
+while [ "$n" -gt 0 ]; do
+    echo $$ 2>/dev/null >"$1/cgroup.procs" || echo $$ >"$1/init.scope/cgroup.procs" || exit 125
+    shift; n=$((n - 1))
+done
+exec "$@"
+"""
+
+
+def _command_env(path_prepend: Sequence[str], env: Mapping[str, str] | None) -> dict[str, str]:
+    result = {k: os.environ[k] for k in PASSED_ENV if k in os.environ}
+    result.update(
+        PATH=":".join([*path_prepend, BASE_PATH]),
+        HOME="/root",
+        LANG="C.UTF-8",
+        SYSTEMD_PAGER="cat",
+        SYSTEMD_COLORS="0",
+    )
+    if env:
+        result.update(env)
+    return result
+
+
+class HostProcess(subprocess.Popen[str]):
+    """A process started in a host. Signals go to the command itself, not to nsenter around it."""
+
+    def __init__(self, argv: Sequence[str], *, wrapped: bool, **kwargs: Any) -> None:
+        super().__init__(list(argv), **kwargs)
+        self._wrapped = wrapped
+
+    @property
+    def inner_pid(self) -> int | None:
+        """Host PID of the command (the child of nsenter), or None if it is gone or not started yet."""
+        if not self._wrapped:
+            return self.pid if self.returncode is None else None
+        deadline = time.monotonic() + 5
+        while self.returncode is None and self.poll() is None:
+            kids = child_pids(self.pid)
+            if kids:
+                return kids[0]
+            if time.monotonic() > deadline:
+                return None
+            time.sleep(0.002)
+        return None
+
+    @property
+    def host_ns_pid(self) -> int | None:
+        """PID of the command as seen inside the host's PID namespace."""
+        pid = self.inner_pid
+        if pid is None:
+            return None
+        try:
+            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                if line.startswith("NSpid:"):
+                    return int(line.split()[-1])
+        except OSError:
+            return None
+        return None
+
+    def send_signal(self, sig: int) -> None:
+        if self._wrapped and self.returncode is None:
+            pid = self.inner_pid
+            if pid is not None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, sig)
+                return
+        super().send_signal(sig)
+
+
+def _run_process(proc: HostProcess, input: str | None, timeout: float) -> tuple[str, str]:
+    try:
+        out, err = proc.communicate(input, timeout=timeout)
+    except BaseException:
+        proc.kill()
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+        raise
+    return out or "", err or ""
+
+
+class _HostBase:
+    """What LocalHost and TestHost share: building the environment, run() over popen()."""
+
+    path_prepend: list[str]
+    pid: int
+
+    def __enter__(self) -> Any:
+        self.start()
+        return self
+
+    def __exit__(
+        self, t: type[BaseException] | None, v: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
+    def start(self, timeout: float = 60) -> None:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        raise NotImplementedError
+
+    def popen(
+        self,
+        argv: Sequence[str],
+        *,
+        env: Mapping[str, str] | None = None,
+        cwd: str | None = None,
+        stdin: int | IO[Any] | None = subprocess.DEVNULL,
+        stdout: int | IO[Any] | None = subprocess.PIPE,
+        stderr: int | IO[Any] | None = subprocess.PIPE,
+    ) -> HostProcess:
+        raise NotImplementedError
+
+    def run(
+        self,
+        argv: Sequence[str],
+        *,
+        input: str | None = None,
+        timeout: float = 120,
+        check: bool = False,
+        env: Mapping[str, str] | None = None,
+        cwd: str | None = None,
+    ) -> subprocess.CompletedProcess[str]:
+        """Run argv in the host and capture its output (text)."""
+        proc = self.popen(
+            argv, env=env, cwd=cwd, stdin=subprocess.PIPE if input is not None else subprocess.DEVNULL
+        )
+        out, err = _run_process(proc, input, timeout)
+        result = subprocess.CompletedProcess(list(argv), proc.returncode, out, err)
+        if check and result.returncode != 0:
+            raise HostCommandError(result.returncode, list(argv), out, err)
+        return result
+
+    def leftovers(self) -> list[str]:
+        """What pymachine left in the host: machine scopes, pymachine@ services, registered machines."""
+        found: list[str] = []
+        units = self.run(
+            ["systemctl", "list-units", "--all", "--plain", "--no-legend", "--full",
+             "machine-*.scope", "pymachine@*.service"],
+            timeout=30,
+        )
+        for line in units.stdout.splitlines():
+            if line.strip():
+                found.append("unit " + " ".join(line.split()[:4]))
+        machines = self.run(["machinectl", "list", "--no-legend", "--full"], timeout=30)
+        for line in machines.stdout.splitlines():
+            if line.strip() and "No machines" not in line:
+                found.append("machine " + " ".join(line.split()[:2]))
+        return found
+
+    def assert_no_leftovers(self, timeout: float = 5.0) -> None:
+        """Wait up to timeout for leftovers to go away; raise AssertionError naming them if they do not."""
+        deadline = time.monotonic() + timeout
+        while True:
+            found = self.leftovers()
+            if not found:
+                return
+            if time.monotonic() > deadline:
+                raise AssertionError("left behind in the test host: " + "; ".join(found))
+            time.sleep(0.1)
+
+
+def systemd_is_pid1() -> bool:
+    try:
+        return os.path.isdir("/run/systemd/system") and Path("/proc/1/comm").read_text().strip() == "systemd"
+    except OSError:
+        return False
+
+
+class LocalHost(_HostBase):
+    """The machine itself, when systemd already is PID 1: commands just run locally."""
+
+    def __init__(self, *, path_prepend: Sequence[str] = (), **_ignored: Any) -> None:
+        self.path_prepend = list(path_prepend)
+        self.pid = 1
+
+    def start(self, timeout: float = 60) -> None:
+        if not systemd_is_pid1():
+            raise TestHostError("LocalHost needs systemd as PID 1 (use PYMACHINE_TEST_HOST=namespace)")
+
+    def stop(self) -> None:
+        pass
+
+    def popen(
+        self,
+        argv: Sequence[str],
+        *,
+        env: Mapping[str, str] | None = None,
+        cwd: str | None = None,
+        stdin: int | IO[Any] | None = subprocess.DEVNULL,
+        stdout: int | IO[Any] | None = subprocess.PIPE,
+        stderr: int | IO[Any] | None = subprocess.PIPE,
+    ) -> HostProcess:
+        full_env = _command_env(self.path_prepend, env)
+        return HostProcess(
+            argv, wrapped=False, env=full_env, cwd=cwd or "/", stdin=stdin, stdout=stdout,
+            stderr=stderr, text=True, executable=shutil.which(argv[0], path=full_env["PATH"]) or argv[0],
+        )
+
+
+class TestHost(_HostBase):
+    """A systemd booted as PID 1 in private namespaces over an overlay of the host's root."""
+
+    __test__ = False  # not a pytest test class
+
+    def __init__(
+        self,
+        *,
+        path_prepend: Sequence[str] = (),
+        shared_paths: Sequence[str] | None = None,
+        systemd: str = DEFAULT_SYSTEMD,
+        state_base: Path = STATE_BASE,
+        python: str | None = None,
+    ) -> None:
+        """path_prepend: directories put in front of PATH for commands inside.
+        shared_paths: host directories bind-mounted at the same path inside (writes are shared);
+        default: the system temp dir and this checkout. systemd: the binary to boot (tests inject
+        a bogus one). python: the interpreter for the launcher (default: this one)."""
+        self.path_prepend = list(path_prepend)
+        if shared_paths is None:
+            shared_paths = [tempfile.gettempdir(), str(CHECKOUT)]
+        self.shared_paths = [os.path.realpath(p) for p in shared_paths]
+        self.systemd = systemd
+        self.state_base = state_base
+        self.python = python or sys.executable
+        self.id = secrets.token_hex(6)
+        self.state_dir = state_base / self.id
+        self.pid = 0
+        self.boot_seconds: float | None = None
+        self.degraded_units: list[str] = []
+        self._state: HostState | None = None
+        self._launcher: subprocess.Popen[bytes] | None = None
+        self._cgroup_dirs: list[str] = []
+        self._root_cgroups: list[str] = []  # the host's root cgroup in every hierarchy
+        self._stopped = False
+
+    def __repr__(self) -> str:
+        return f"<TestHost {self.id} pid={self.pid}>"
+
+    # -- boot --------------------------------------------------------------------------------
+
+    def start(self, timeout: float = 60) -> None:
+        """Boot and wait until systemd reports running (or degraded)."""
+        if self._state is not None:
+            raise TestHostError("this TestHost was already started")
+        if os.geteuid() != 0:
+            raise TestHostError("the systemd test host needs root")
+        began = time.monotonic()
+        _install_handlers()
+        clean_stale(self.state_base)
+        with _LIVE_LOCK:
+            _LIVE.add(self)
+        try:
+            self._prepare()
+            self._launch()
+            self._wait_running(began + timeout)
+        except BaseException as e:
+            console = self.console_tail()
+            self.stop()
+            if isinstance(e, TestHostError):
+                raise TestHostError(f"{e}\n--- console of the test host ---\n{console}") from None
+            raise
+        self.boot_seconds = time.monotonic() - began
+
+    def _prepare(self) -> None:
+        self.state_base.mkdir(parents=True, exist_ok=True)
+        self.state_dir.mkdir(mode=0o700)
+        self._state = HostState(self.id, os.getpid(), process_start_time(os.getpid()))
+        self._state.save(self.state_dir / "state.json")
+        for sub in ("upper", "work", "root"):
+            (self.state_dir / sub).mkdir()
+        self._populate_upper(self.state_dir / "upper")
+        child = f"pymachine-testhost-{self.id}"
+        hierarchies = cgroup_hierarchies()
+        if not hierarchies:
+            raise TestHostError("no cgroup hierarchy is mounted on this host")
+        for h in hierarchies:
+            path = make_child_cgroup(h, child)
+            self._cgroup_dirs.append(path)
+            self._state.cgroups.append(path)
+            self._state.save(self.state_dir / "state.json")
+        self._root_cgroups = list(self._cgroup_dirs)
+        config = {
+            "systemd": self.systemd,
+            "cgroups": self._cgroup_dirs,
+            "hierarchies": [h.__dict__ for h in hierarchies],
+            "shared_paths": self.shared_paths,
+            "owner": os.getpid(),
+        }
+        (self.state_dir / "config.json").write_text(json.dumps(config, indent=1))
+
+    def _populate_upper(self, upper: Path) -> None:
+        """Configure the overlay before it is mounted (the upper dir is never touched while mounted)."""
+        units = upper / "etc/systemd/system"
+        units.mkdir(parents=True)
+        for unit in MASKED_UNITS:
+            (units / unit).symlink_to("/dev/null")
+        wants = units / "basic.target.wants"
+        wants.mkdir()
+        for unit in BOOT_WANTS:
+            (wants / unit).symlink_to(f"/lib/systemd/system/{unit}")
+        generators = upper / "etc/systemd/system-generators"
+        generators.mkdir()
+        for directory in GENERATOR_DIRS:
+            with contextlib.suppress(OSError):
+                for name in os.listdir(directory):
+                    with contextlib.suppress(FileExistsError):
+                        (generators / name).symlink_to("/dev/null")
+        tmpfiles = upper / "etc/tmpfiles.d"
+        tmpfiles.mkdir()
+        for name, text in TMPFILES_OVERRIDES.items():
+            (tmpfiles / name).write_text(text)
+        (upper / "etc/machine-id").write_text(secrets.token_hex(16) + "\n")
+        (upper / "etc/hostname").write_text(HOSTNAME + "\n")
+
+    def _launch(self) -> None:
+        assert self._state is not None
+        console = open(self.state_dir / "console.log", "wb")  # noqa: SIM115 (handed to the launcher)
+        with console:
+            self._launcher = subprocess.Popen(
+                [self.python, "-I", "-S", os.path.abspath(__file__), "_boot", str(self.state_dir)],
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=console,
+                start_new_session=True,  # Ctrl-C in the caller's terminal is the caller's to handle
+            )
+        assert self._launcher.stdout is not None
+        line = self._launcher.stdout.readline().decode().strip()
+        if not line.isdigit():
+            self._launcher.wait(10)
+            status = self._launcher.returncode
+            raise TestHostError(f"the launcher failed before starting PID 1 (status {status})")
+        self.pid = int(line)
+        self._state.launcher_pid = self._launcher.pid
+        self._state.launcher_start = process_start_time(self._launcher.pid)
+        self._state.host_pid = self.pid
+        self._state.host_start = process_start_time(self.pid)
+        self._state.save(self.state_dir / "state.json")
+
+    def _wait_running(self, deadline: float) -> None:
+        while True:
+            if not self.alive():
+                raise TestHostError(f"systemd (PID {self.pid}) died during boot")
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise TestHostError("timed out waiting for the test host to boot")
+            try:
+                r = self.run(["systemctl", "is-system-running", "--wait"], timeout=remaining)
+            except subprocess.TimeoutExpired:
+                continue
+            state = r.stdout.strip()
+            if state in ("running", "degraded"):
+                break
+            if state in ("stopping", "maintenance"):
+                raise TestHostError(f"test host boot ended in state {state!r}")
+            # "offline" (PID 1 is not systemd yet) or no bus yet: try again.
+            time.sleep(0.02)
+        if state == "degraded":
+            failed = self.run(["systemctl", "list-units", "--failed", "--plain", "--no-legend"])
+            self.degraded_units = [line.split()[0] for line in failed.stdout.splitlines() if line.strip()]
+            print(f"testhost: degraded, failed units: {' '.join(self.degraded_units)}", file=sys.stderr)
+
+    def alive(self) -> bool:
+        return self._launcher is not None and self._launcher.poll() is None and self.pid > 0
+
+    def console_tail(self, lines: int = 40) -> str:
+        try:
+            text = (self.state_dir / "console.log").read_bytes().decode(errors="replace")
+        except OSError:
+            return "(no console output)"
+        return _tail(text.replace("\r", ""), lines) or "(no console output)"
+
+    # -- commands ----------------------------------------------------------------------------
+
+    def popen(
+        self,
+        argv: Sequence[str],
+        *,
+        env: Mapping[str, str] | None = None,
+        cwd: str | None = None,
+        stdin: int | IO[Any] | None = subprocess.DEVNULL,
+        stdout: int | IO[Any] | None = subprocess.PIPE,
+        stderr: int | IO[Any] | None = subprocess.PIPE,
+    ) -> HostProcess:
+        """Start argv inside the host: in its root cgroup and namespaces, at its root, in cwd (default /)."""
+        if not self.alive():
+            raise TestHostError(f"the test host {self.id} is not running")
+        assignments = [f"{k}={v}" for k, v in _command_env(self.path_prepend, env).items()]
+        wrapper = [
+            "/bin/sh", "-c", ENTER_SCRIPT, "sh", str(len(self._root_cgroups)), *self._root_cgroups,
+            "nsenter", f"--target={self.pid}", "--all", "--root", "--wd",
+            "/usr/bin/env", "--ignore-environment", f"--chdir={cwd or '/'}", *assignments, *argv,
+        ]
+        return HostProcess(wrapper, wrapped=True, stdin=stdin, stdout=stdout, stderr=stderr, text=True)
+
+    # -- teardown ----------------------------------------------------------------------------
+
+    def stop(self) -> None:
+        """Kill the host and remove everything it made. Idempotent; safe after a failed start."""
+        if self._stopped or self._state is None:
+            return
+        self._stopped = True
+        try:
+            self._kill()
+            errors: list[str] = []
+            for cg in self._cgroup_dirs:
+                try:
+                    remove_cgroup_tree(cg)
+                except TestHostError as e:
+                    errors.append(str(e))
+            if errors:
+                raise TestHostError("; ".join(errors))
+            _remove_state_dir(self.state_dir)
+        finally:
+            with _LIVE_LOCK:
+                _LIVE.discard(self)
+
+    def _kill(self) -> None:
+        assert self._state is not None
+        if self.pid > 0 and process_alive(self.pid, self._state.host_start):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.pid, signal.SIGKILL)
+        if self._launcher is not None:
+            try:
+                self._launcher.wait(10)
+            except subprocess.TimeoutExpired:
+                self._launcher.kill()  # PID 1 dies with it (parent death signal)
+                self._launcher.wait()
+            if self._launcher.stdout is not None:
+                self._launcher.stdout.close()
+
+
+def get_host(**kw: Any) -> TestHost | LocalHost:
+    """LocalHost when systemd already is PID 1, else a TestHost.
+
+    PYMACHINE_TEST_HOST=local|namespace forces one."""
+    forced = os.environ.get("PYMACHINE_TEST_HOST", "")
+    if forced == "local" or (not forced and systemd_is_pid1()):
+        return LocalHost(**kw)
+    if forced not in ("", "namespace"):
+        raise TestHostError(f"PYMACHINE_TEST_HOST={forced!r}: expected 'local' or 'namespace'")
+    return TestHost(**kw)
+
+
+# ---------------------------------------------------------------------------------------------
+# The launcher (`_boot` verb): runs as its own process, never imported into the caller.
+
+
+def _boot_main(state_dir: Path) -> int:
+    config = json.loads((state_dir / "config.json").read_text())
+    # If the owner dies without tearing down, take PID 1 (and with it the whole host) along.
+    set_parent_death_signal(signal.SIGKILL)
+    if os.getppid() != config["owner"]:
+        return 1
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    for cg in config["cgroups"]:
+        Path(cg, "cgroup.procs").write_text("0")
+    master, slave = os.openpty()
+    console_path = os.ttyname(slave)
+    unshare(CLONE_NEWPID)
+    pid = os.fork()
+    if pid == 0:
+        try:
+            os.close(master)
+            _pid1(state_dir, config, slave, console_path)
+        except BaseException as e:
+            os.write(2, f"testhost PID 1: {e}\n".encode())
+        os._exit(127)
+    os.close(slave)
+    print(pid, flush=True)
+    return _pump_console(master, pid)
+
+
+def _pump_console(master: int, pid: int) -> int:
+    """Copy PID 1's console to our stderr (console.log) until PID 1 is gone."""
+    import select
+
+    while True:
+        ready, _, _ = select.select([master], [], [], 0.5)
+        if ready:
+            try:
+                data = os.read(master, 65536)
+            except OSError:
+                data = b""
+            if data:
+                os.write(2, data)
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            return os.waitstatus_to_exitcode(status) & 0xFF
+
+
+def _pid1(state_dir: Path, config: dict[str, Any], console_fd: int, console_path: str) -> None:
+    set_parent_death_signal(signal.SIGKILL)
+    os.setsid()
+    unshare(CLONE_NEWNS | CLONE_NEWCGROUP | CLONE_NEWUTS | CLONE_NEWIPC)
+    # Everything below happens in the private mount namespace: make it private recursively first,
+    # so no mount made here propagates to the real host (on a systemd host "/" is shared).
+    mount(None, "/", None, MS_REC | MS_PRIVATE)
+    import socket
+
+    socket.sethostname(HOSTNAME)
+    root = str(state_dir / "root")
+    mount(
+        "pymachine-testhost", root, "overlay", 0,
+        f"lowerdir=/,upperdir={state_dir / 'upper'},workdir={state_dir / 'work'}",
+    )
+    _bind_shared_paths(root, config["shared_paths"])
+    _setup_dev(root, console_path)
+    mount("proc", f"{root}/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
+    # Read-only: sysfs is global, and a read-only /sys tells systemd not to start udev.
+    mount("sysfs", f"{root}/sys", "sysfs", MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC)
+    _setup_cgroups(root, [Hierarchy(**h) for h in config["hierarchies"]])
+    mount("tmpfs", f"{root}/run", "tmpfs", MS_NOSUID | MS_NODEV, "mode=755")
+    os.chdir(root)
+    pivot_root(".", ".")  # the old root ends up stacked on top of the new one ...
+    umount2(".", MNT_DETACH)  # ... and is detached here
+    os.chdir("/")
+    for fd in (0, 1, 2):
+        os.dup2(console_fd, fd)
+    os.closerange(3, 1024)
+    env = {"container": CONTAINER_ENV, "PATH": BASE_PATH, "LANG": "C.UTF-8", "TERM": "vt220"}
+    systemd = config["systemd"]
+    try:
+        os.execve(systemd, [systemd, "--system", "--unit=basic.target"], env)
+    except OSError as e:
+        os.write(2, f"testhost PID 1: cannot execute {systemd}: {e.strerror}\n".encode())
+        os._exit(127)
+
+
+def _bind_shared_paths(root: str, paths: list[str]) -> None:
+    done: list[str] = []
+    for path in sorted(paths, key=len):
+        if any(path == d or path.startswith(d.rstrip("/") + "/") for d in done) or not os.path.isdir(path):
+            continue
+        target = root + path
+        os.makedirs(target, exist_ok=True)  # lands in the overlay upper dir: fine, we are mounted
+        mount(path, target, None, MS_BIND | MS_REC)
+        done.append(path)
+
+
+def _setup_dev(root: str, console_path: str) -> None:
+    """A small /dev like nspawn's: a tmpfs with device nodes, a private devpts, the pty as console."""
+    dev = f"{root}/dev"
+    mount("tmpfs", dev, "tmpfs", MS_NOSUID, "mode=755,size=4m")
+    for name in DEVICE_NODES:
+        try:
+            st = os.stat(f"/dev/{name}")
+        except FileNotFoundError:
+            continue
+        os.makedirs(os.path.dirname(f"{dev}/{name}"), exist_ok=True)
+        os.mknod(f"{dev}/{name}", st.st_mode, st.st_rdev)
+        os.chmod(f"{dev}/{name}", st.st_mode & 0o7777)
+    os.mkdir(f"{dev}/pts", 0o755)
+    mount("devpts", f"{dev}/pts", "devpts", MS_NOSUID | MS_NOEXEC, "newinstance,ptmxmode=0666,mode=620,gid=5")
+    os.symlink("pts/ptmx", f"{dev}/ptmx")
+    os.mkdir(f"{dev}/shm", 0o1777)
+    mount("tmpfs", f"{dev}/shm", "tmpfs", MS_NOSUID | MS_NODEV, "mode=1777")
+    Path(f"{dev}/console").touch(0o600)
+    mount(console_path, f"{dev}/console", None, MS_BIND)
+    for name, target in (("fd", "/proc/self/fd"), ("stdin", "/proc/self/fd/0"),
+                         ("stdout", "/proc/self/fd/1"), ("stderr", "/proc/self/fd/2")):
+        os.symlink(target, f"{dev}/{name}")
+
+
+def _setup_cgroups(root: str, hierarchies: list[Hierarchy]) -> None:
+    """Mount every hierarchy afresh inside the cgroup namespace: its root is the host's own cgroup."""
+    base = f"{root}/sys/fs/cgroup"
+    if len(hierarchies) == 1 and hierarchies[0].version == 2 and hierarchies[0].name == "":
+        mount("cgroup2", base, "cgroup2", MS_NOSUID | MS_NODEV | MS_NOEXEC)
+        return
+    mount("tmpfs", base, "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC, "mode=755")
+    for h in hierarchies:
+        name = h.name or "unified"
+        os.mkdir(f"{base}/{name}")
+        if h.version == 2:
+            mount("cgroup2", f"{base}/{name}", "cgroup2", MS_NOSUID | MS_NODEV | MS_NOEXEC)
+        else:
+            mount("cgroup", f"{base}/{name}", "cgroup", MS_NOSUID | MS_NODEV | MS_NOEXEC, h.options)
+    for h in hierarchies:
+        # Co-mounted controllers get the usual symlinks (cpu -> cpu,cpuacct).
+        parts = h.options.split(",")
+        if h.version == 1 and len(parts) > 1:
+            for part in parts:
+                if not part.startswith("name=") and not os.path.exists(f"{base}/{part}"):
+                    os.symlink(h.name, f"{base}/{part}")
+    mount(None, base, None, MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC, "mode=755")
+
+
+# ---------------------------------------------------------------------------------------------
+# CLI.
+
+
+def _usage() -> str:
+    return (
+        "usage: testhost.py [--path-prepend DIR]... [--share DIR]... run [--] CMD [ARG...]\n"
+        "       testhost.py [--path-prepend DIR]... [--share DIR]... shell\n"
+        "       testhost.py clean-stale\n"
+        "Boots a systemd test host, runs CMD (or an interactive shell) inside, tears it down and\n"
+        "exits with CMD's status. Default --path-prepend: <checkout>/.venv/bin if it exists."
+    )
+
+
+def _cli_run(host: TestHost | LocalHost, argv: list[str]) -> int:
+    host.start()
+    if isinstance(host, TestHost):
+        print(f"testhost: booted in {host.boot_seconds:.2f}s (PID {host.pid})", file=sys.stderr)
+    # The child shares our terminal: Ctrl-C reaches it directly; we only wait and tear down.
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        proc = host.popen(argv, stdin=None, stdout=None, stderr=None, cwd=os.getcwd())
+        code = proc.wait()
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        host.stop()
+    return 128 - code if code < 0 else code
+
+
+def main(argv: list[str]) -> int:
+    path_prepend: list[str] = []
+    shared: list[str] = []
+    args = list(argv)
+    while args and args[0].startswith("--") and args[0] != "--":
+        opt = args.pop(0)
+        if opt in ("--path-prepend", "--share") and args:
+            (path_prepend if opt == "--path-prepend" else shared).append(os.path.abspath(args.pop(0)))
+        elif opt in ("--help", "-h"):
+            print(_usage())
+            return 0
+        else:
+            print(f"testhost: unknown option {opt}\n{_usage()}", file=sys.stderr)
+            return 2
+    if not args:
+        print(_usage(), file=sys.stderr)
+        return 2
+    verb, rest = args[0], args[1:]
+    if verb == "_boot":
+        return _boot_main(Path(rest[0]))
+    if verb == "clean-stale":
+        print("\n".join(clean_stale()))
+        return 0
+    if not path_prepend and (CHECKOUT / ".venv/bin").is_dir():
+        path_prepend = [str(CHECKOUT / ".venv/bin")]
+    kw: dict[str, Any] = {"path_prepend": path_prepend}
+    if shared:
+        kw["shared_paths"] = [tempfile.gettempdir(), str(CHECKOUT), *shared]
+    host = get_host(**kw)
+    try:
+        if verb == "run":
+            if rest[:1] == ["--"]:
+                rest = rest[1:]
+            if not rest:
+                print(f"testhost: run needs a command\n{_usage()}", file=sys.stderr)
+                return 2
+            return _cli_run(host, rest)
+        if verb == "shell":
+            return _cli_run(host, ["/bin/bash", "--login"])
+    except TestHostError as e:
+        print(f"testhost: {e}", file=sys.stderr)
+        return 125
+    print(f"testhost: unknown verb {verb!r}\n{_usage()}", file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
