@@ -1,0 +1,36 @@
+import pytest
+
+from machinectl_py.cmd_run import parse
+from machinectl_py.errors import UsageError
+
+
+def test_full_command_line() -> None:
+    spec = parse(["--rm", "--name", "t1", "--memory", "64M", "--cpus", "0.5", "--pids-limit", "10",
+                  "--network", "private", "-h", "box", "-e", "A=1", "-w", "/tmp",
+                  "busybox", "sh", "-c", "echo hi; exit 3"])
+    assert spec.name == "t1" and spec.remove and spec.image == "busybox"
+    assert spec.command == ("sh", "-c", "echo hi; exit 3")
+    assert spec.limits.memory_max == 64 * 1024**2
+    assert spec.limits.cpu_quota_usec == 500_000
+    assert spec.limits.tasks_max == 10
+    assert spec.network == "private" and spec.hostname == "box"
+    assert dict(spec.env) == {"A": "1"} and spec.workdir == "/tmp"
+
+
+def test_options_after_image_belong_to_the_command() -> None:
+    spec = parse(["busybox", "ls", "--rm", "-h"])
+    assert spec.command == ("ls", "--rm", "-h") and not spec.remove
+
+
+def test_defaults() -> None:
+    spec = parse(["busybox"])
+    assert spec.command is None and spec.network == "host" and spec.name.startswith("pm-")
+
+
+@pytest.mark.parametrize("argv", [
+    [], ["--memory", "lots", "busybox"], ["--name", "a/b", "busybox"], ["--network", "bridge", "busybox"],
+    ["--pids-limit", "0", "busybox"], ["--cpus", "-1", "busybox"], ["--bogus", "busybox"],
+])
+def test_bad_arguments_are_usage_errors(argv: list[str]) -> None:
+    with pytest.raises(UsageError):
+        parse(argv)

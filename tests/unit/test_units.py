@@ -1,0 +1,76 @@
+"""Pure builders of D-Bus payloads and journal entries."""
+
+import struct
+
+import pytest
+
+from machinectl_py.bus import split_signature
+from machinectl_py.errors import UsageError
+from machinectl_py.journal import LineSplitter, MAX_LINE, container_fields, encode_field, entry
+from machinectl_py.machined import machine_id_bytes
+from machinectl_py.policy import load_policy, parse_policy
+from machinectl_py.spec import Limits
+from machinectl_py.systemd import limit_properties, scope_properties
+
+
+def test_limit_properties() -> None:
+    assert limit_properties(Limits()) == []
+    assert limit_properties(Limits(64 << 20, 500_000, 32)) == [
+        ("MemoryMax", ("t", 64 << 20)), ("CPUQuotaPerSecUSec", ("t", 500_000)), ("TasksMax", ("t", 32))]
+
+
+def test_scope_properties() -> None:
+    props = dict(scope_properties("web", Limits(memory_max=1 << 30), (("/dev/tty", "rwm"),), (42,)))
+    assert props["Slice"] == ("s", "machine.slice")
+    assert props["PIDs"] == ("au", [42])
+    assert props["MemoryMax"] == ("t", 1 << 30)
+    assert props["DevicePolicy"] == ("s", "closed")
+    assert props["DeviceAllow"] == ("a(ss)", [("/dev/tty", "rwm")])
+    assert props["CollectMode"] == ("s", "inactive-or-failed")
+
+
+def test_split_signature() -> None:
+    assert split_signature("sayssusa(sv)") == ["s", "ay", "s", "s", "u", "s", "a(sv)"]
+    assert split_signature("a{sa(sv)}(ii)") == ["a{sa(sv)}", "(ii)"]
+    with pytest.raises(ValueError):
+        split_signature("(ss")
+
+
+def test_machine_id_is_16_bytes() -> None:
+    assert len(machine_id_bytes("ab" * 32)) == 16
+
+
+def test_journal_encoding() -> None:
+    assert encode_field("MESSAGE", b"hi") == b"MESSAGE=hi\n"
+    multi = encode_field("MESSAGE", b"a\nb")
+    assert multi == b"MESSAGE\n" + struct.pack("<Q", 3) + b"a\nb\n"
+    common = container_fields("web", "0123456789abcdef" * 4, "busybox:latest")
+    assert b"CONTAINER_NAME=web\n" in common and b"CONTAINER_ID=0123456789ab\n" in common
+    assert b"SYSLOG_IDENTIFIER=web\n" in common and b"IMAGE_NAME=busybox:latest\n" in common
+    assert entry(common, b"oops", 3).endswith(b"PRIORITY=3\nMESSAGE=oops\n")
+
+
+def test_line_splitter() -> None:
+    s = LineSplitter()
+    assert s.feed(b"a\nb") == [b"a"]
+    assert s.feed(b"c\n\nd") == [b"bc", b""]
+    assert s.flush() == [b"d"]
+    assert s.flush() == []
+    long = s.feed(b"x" * (MAX_LINE * 2 + 5))
+    assert long == [b"x" * MAX_LINE] * 2 and s.flush() == [b"xxxxx"]
+
+
+def test_default_policy_is_docker_like() -> None:
+    policy = load_policy()
+    assert "SYS_ADMIN" not in policy.capabilities and "CHOWN" in policy.capabilities
+    assert len(policy.capabilities) == 14
+    assert "/proc/kcore" in policy.masked_paths and "/proc/sys" in policy.readonly_paths
+    assert policy.capability_mask & (1 << 21) == 0
+
+
+def test_policy_rejects_bad_input() -> None:
+    for raw, msg in [({"capabilities": ["NOPE"]}, "unknown capability"), ({"foo": 1}, "unknown key"),
+                     ({"masked_paths": ["relative"]}, "absolute"), ({"masked_paths": ["/a/../b"]}, "absolute"),
+                     ({"device_allow": [["/dev/x"]]}, "pairs")]:
+        with pytest.raises(UsageError, match=msg):
+            parse_policy(raw, "test.toml")
