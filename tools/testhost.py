@@ -1030,8 +1030,8 @@ def _setup_cgroups(root: str, hierarchies: list[Hierarchy]) -> None:
 
 def _usage() -> str:
     return (
-        "usage: testhost.py [--path-prepend DIR]... [--share DIR]... run [--] CMD [ARG...]\n"
-        "       testhost.py [--path-prepend DIR]... [--share DIR]... shell\n"
+        "usage: testhost.py run [--path-prepend DIR]... [--share DIR]... [--] CMD [ARG...]\n"
+        "       testhost.py shell [--path-prepend DIR]... [--share DIR]...\n"
         "       testhost.py clean-stale\n"
         "Boots a systemd test host, runs CMD (or an interactive shell) inside, tears it down and\n"
         "exits with CMD's status. Default --path-prepend: <checkout>/.venv/bin if it exists."
@@ -1053,50 +1053,68 @@ def _cli_run(host: TestHost | LocalHost, argv: list[str]) -> int:
     return 128 - code if code < 0 else code
 
 
-def main(argv: list[str]) -> int:
-    path_prepend: list[str] = []
-    shared: list[str] = []
+@dataclass
+class _CliArgs:
+    verb: str = ""
+    command: list[str] = field(default_factory=list)
+    path_prepend: list[str] = field(default_factory=list)
+    shared: list[str] = field(default_factory=list)
+
+
+def _parse_cli(argv: list[str]) -> _CliArgs:
+    """Options may come before or after the verb; the command starts at `--` or the first non-option."""
+    parsed = _CliArgs()
     args = list(argv)
-    while args and args[0].startswith("--") and args[0] != "--":
-        opt = args.pop(0)
-        if opt in ("--path-prepend", "--share") and args:
-            (path_prepend if opt == "--path-prepend" else shared).append(os.path.abspath(args.pop(0)))
-        elif opt in ("--help", "-h"):
-            print(_usage())
-            return 0
+    while args:
+        arg = args.pop(0)
+        if arg == "--" and parsed.verb:
+            parsed.command = args
+            break
+        if arg in ("--path-prepend", "--share"):
+            if not args:
+                raise ValueError(f"{arg} needs a directory")
+            target = parsed.path_prepend if arg == "--path-prepend" else parsed.shared
+            target.append(os.path.abspath(args.pop(0)))
+        elif arg.startswith("-"):
+            raise ValueError(f"unknown option {arg}")
+        elif not parsed.verb:
+            parsed.verb = arg
         else:
-            print(f"testhost: unknown option {opt}\n{_usage()}", file=sys.stderr)
-            return 2
-    if not args:
-        print(_usage(), file=sys.stderr)
+            parsed.command = [arg, *args]
+            break
+    return parsed
+
+
+def main(argv: list[str]) -> int:
+    if argv[:1] == ["_boot"]:
+        return _boot_main(Path(argv[1]))
+    if any(a in ("-h", "--help") for a in argv[: argv.index("--") if "--" in argv else len(argv)]):
+        print(_usage())
+        return 0
+    try:
+        args = _parse_cli(argv)
+    except ValueError as e:
+        print(f"testhost: {e}\n{_usage()}", file=sys.stderr)
         return 2
-    verb, rest = args[0], args[1:]
-    if verb == "_boot":
-        return _boot_main(Path(rest[0]))
-    if verb == "clean-stale":
+    if args.verb == "clean-stale":
         print("\n".join(clean_stale()))
         return 0
+    if args.verb == "shell":
+        args.command = args.command or ["/bin/bash", "--login"]
+    elif args.verb != "run" or not args.command:
+        print(f"testhost: expected `run CMD...` or `shell`\n{_usage()}", file=sys.stderr)
+        return 2
+    path_prepend = args.path_prepend
     if not path_prepend and (CHECKOUT / ".venv/bin").is_dir():
         path_prepend = [str(CHECKOUT / ".venv/bin")]
     kw: dict[str, Any] = {"path_prepend": path_prepend}
-    if shared:
-        kw["shared_paths"] = [tempfile.gettempdir(), str(CHECKOUT), *shared]
-    host = get_host(**kw)
+    if args.shared:
+        kw["shared_paths"] = [tempfile.gettempdir(), str(CHECKOUT), *args.shared]
     try:
-        if verb == "run":
-            if rest[:1] == ["--"]:
-                rest = rest[1:]
-            if not rest:
-                print(f"testhost: run needs a command\n{_usage()}", file=sys.stderr)
-                return 2
-            return _cli_run(host, rest)
-        if verb == "shell":
-            return _cli_run(host, ["/bin/bash", "--login"])
+        return _cli_run(get_host(**kw), args.command)
     except TestHostError as e:
         print(f"testhost: {e}", file=sys.stderr)
         return 125
-    print(f"testhost: unknown verb {verb!r}\n{_usage()}", file=sys.stderr)
-    return 2
 
 
 if __name__ == "__main__":

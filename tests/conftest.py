@@ -1,0 +1,58 @@
+"""Shared pytest fixtures: the systemd test host (`host`) and a leftover check (`no_leftovers`).
+
+Integration tests talk to a real systemd, D-Bus, journald and machined. Where systemd is PID 1
+that is the machine itself; elsewhere tools/testhost.py boots one in namespaces (see there).
+The host boots once per session. If it cannot boot, every test that uses it fails with the
+reason: a missing systemd is a broken environment, never a reason to skip.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+CHECKOUT = Path(__file__).resolve().parent.parent
+# tools/ is not an installed package: import the test host straight from the checkout.
+sys.path.insert(0, str(CHECKOUT / "tools"))
+
+from testhost import LocalHost, TestHost, TestHostError, get_host  # noqa: E402
+
+AnyHost = TestHost | LocalHost
+_BOOT_REPORT = pytest.StashKey[str]()
+
+
+@pytest.fixture(scope="session")
+def host(request: pytest.FixtureRequest) -> Iterator[AnyHost]:
+    """The systemd host for the session, with <checkout>/.venv/bin first on PATH inside."""
+    h = get_host(path_prepend=[str(CHECKOUT / ".venv" / "bin")])
+    try:
+        h.start()
+    except (TestHostError, OSError) as e:
+        pytest.fail(f"the systemd test host did not boot: {e}", pytrace=False)
+    if isinstance(h, TestHost):
+        report = f"systemd test host {h.id} booted in {h.boot_seconds:.2f} s (PID {h.pid})"
+        if h.degraded_units:
+            report += f", degraded: {' '.join(h.degraded_units)}"
+    else:
+        report = "systemd is PID 1: integration tests run on this machine"
+    request.config.stash[_BOOT_REPORT] = report
+    try:
+        yield h
+    finally:
+        h.stop()
+
+
+@pytest.fixture
+def no_leftovers(host: AnyHost) -> Iterator[None]:
+    """After the test: no machine-*.scope, pymachine@ unit or registered machine is left in the host."""
+    yield
+    host.assert_no_leftovers()
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter, config: pytest.Config) -> None:
+    report = config.stash.get(_BOOT_REPORT, None)
+    if report:
+        terminalreporter.write_line(report)

@@ -1,0 +1,289 @@
+"""The systemd test host itself: it boots a real systemd, runs commands in its cgroup tree, and
+leaves nothing behind on the real host, whether stopped, failed, killed or terminated."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from testhost import (
+    STATE_BASE,
+    HostCommandError,
+    LocalHost,
+    TestHost,
+    TestHostError,
+    clean_stale,
+    process_alive,
+    process_start_time,
+)
+
+pytestmark = pytest.mark.integration
+
+AnyHost = TestHost | LocalHost
+TESTHOST_PY = Path(__file__).resolve().parents[2] / "tools" / "testhost.py"
+MEMORY_MAX = 64 * 1024 * 1024
+
+
+def unique(prefix: str) -> str:
+    return f"{prefix}-{secrets.token_hex(4)}"
+
+
+def wait_for(predicate: object, timeout: float = 5.0, what: str = "condition") -> None:
+    assert callable(predicate)
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(0.05)
+
+
+# -- the session host ---------------------------------------------------------------------------
+
+
+def test_boot_reaches_running(host: AnyHost, capsys: pytest.CaptureFixture[str]) -> None:
+    state = host.run(["systemctl", "is-system-running"]).stdout.strip()
+    failed = host.run(["systemctl", "list-units", "--failed", "--plain", "--no-legend"]).stdout
+    if isinstance(host, TestHost):
+        assert state == "running", f"state {state!r}, failed units:\n{failed}"
+        assert host.boot_seconds is not None and host.boot_seconds < 30
+        with capsys.disabled():
+            print(f"\n[testhost] boot to running: {host.boot_seconds:.2f} s")
+    else:
+        assert state in ("running", "degraded"), state
+    assert host.run(["cat", "/proc/1/comm"]).stdout.strip() == "systemd"
+
+
+def test_machined_answers_on_the_system_bus(host: AnyHost) -> None:
+    call = host.run(
+        ["busctl", "call", "org.freedesktop.machine1", "/org/freedesktop/machine1",
+         "org.freedesktop.machine1.Manager", "ListMachines"],
+        timeout=30,
+    )
+    assert call.returncode == 0, call.stderr
+    assert call.stdout.startswith("a(ssso) "), call.stdout
+    assert host.run(["systemctl", "is-active", "systemd-machined.service"]).stdout.strip() == "active"
+
+
+def test_commands_get_a_clean_environment(host: AnyHost, tmp_path: Path) -> None:
+    script = 'echo "$PATH|$LANG|$SYSTEMD_PAGER|$SYSTEMD_COLORS|$EXTRA|$(pwd)"; cat'
+    r = host.run(["sh", "-c", script], env={"EXTRA": "x y"}, cwd=str(tmp_path), input="from stdin")
+    path, lang, pager, colors, extra, cwd = r.stdout.splitlines()[0].split("|")
+    assert path.split(":")[0] == host.path_prepend[0]
+    assert (lang, pager, colors, extra, cwd) == ("C.UTF-8", "cat", "0", "x y", str(tmp_path))
+    assert r.stdout.splitlines()[1] == "from stdin"
+
+
+def test_check_raises_with_the_output(host: AnyHost) -> None:
+    with pytest.raises(HostCommandError) as caught:
+        host.run(["sh", "-c", "echo out-text; echo err-text >&2; exit 3"], check=True)
+    assert caught.value.returncode == 3
+    assert "out-text" in str(caught.value) and "err-text" in str(caught.value)
+
+
+def test_timeout_kills_the_command_inside(host: AnyHost) -> None:
+    marker = unique("testhost-timeout")
+    with pytest.raises(subprocess.TimeoutExpired):
+        host.run(["bash", "-c", f"exec -a {marker} sleep 60"], timeout=0.5)
+    wait_for(lambda: host.run(["pgrep", "-f", marker]).returncode == 1, what=f"{marker} to die")
+
+
+def test_namespaces_are_private_except_the_network(host: AnyHost) -> None:
+    names = ("net", "mnt", "pid", "cgroup")
+    inside = host.run(["readlink", *(f"/proc/self/ns/{ns}" for ns in names)]).stdout.split()
+    outside = [os.readlink(f"/proc/self/ns/{ns}") for ns in names]
+    assert inside[0] == outside[0], "the network namespace must be the real host's"
+    if isinstance(host, TestHost):
+        assert all(i != o for i, o in zip(inside[1:], outside[1:], strict=True)), (inside, outside)
+        assert host.run(["hostname"]).stdout.strip() == "pymachine-testhost"
+    else:
+        assert inside == outside, "LocalHost runs commands on this machine itself"
+
+
+def test_tmp_is_shared_with_the_real_host(host: AnyHost, tmp_path: Path) -> None:
+    (tmp_path / "from-outside").write_text("out")
+    host.run(["sh", "-c", f"cat {tmp_path}/from-outside > {tmp_path}/from-inside"], check=True)
+    assert (tmp_path / "from-inside").read_text() == "out"
+
+
+def test_scope_enforces_memory_max(host: AnyHost) -> None:
+    unit = unique("testhost-mem") + ".scope"
+    # Inside the scope: report its MemoryMax and the kernel's limit in its own cgroup (v1 or v2).
+    script = (
+        f"systemctl show -p MemoryMax --value {unit}; "
+        "if [ -f /sys/fs/cgroup/cgroup.controllers ]; then "
+        "  cat /sys/fs/cgroup$(sed -n 's/^0:://p' /proc/self/cgroup)/memory.max; "
+        "else cat /sys/fs/cgroup/memory$(sed -n 's/^[0-9]*:memory://p' /proc/self/cgroup)"
+        "/memory.limit_in_bytes; fi"
+    )
+    r = host.run(["systemd-run", "--quiet", "--scope", f"--unit={unit}", "-p", "MemoryMax=64M",
+                  "sh", "-c", script], check=True)
+    assert r.stdout.split() == [str(MEMORY_MAX), str(MEMORY_MAX)]
+
+
+def test_process_started_in_the_host_can_be_moved_into_a_scope(host: AnyHost) -> None:
+    unit = unique("testhost-adopt") + ".scope"
+    proc = host.popen(["sleep", "60"])
+    try:
+        pid_inside = proc.host_ns_pid
+        assert pid_inside is not None
+        call = host.run(
+            ["busctl", "call", "org.freedesktop.systemd1", "/org/freedesktop/systemd1",
+             "org.freedesktop.systemd1.Manager", "StartTransientUnit", "ssa(sv)a(sa(sv))",
+             unit, "fail", "2", "PIDs", "au", "1", str(pid_inside), "MemoryMax", "t", str(MEMORY_MAX), "0"],
+        )
+        assert call.returncode == 0, call.stderr
+        wait_for(lambda: host.run(["systemctl", "is-active", unit]).stdout.strip() == "active", what=unit)
+        shown = host.run(["systemctl", "show", "-p", "MemoryMax", "-p", "ControlGroup", unit]).stdout
+        assert f"MemoryMax={MEMORY_MAX}" in shown
+        # Seen from the real host: the process really sits in the scope's cgroup.
+        assert proc.inner_pid is not None
+        assert f"/{unit}" in Path(f"/proc/{proc.inner_pid}/cgroup").read_text()
+        host.run(["systemctl", "stop", unit], check=True)
+        assert proc.wait(10) != 0
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_journal_receives_logger_and_systemd_cat(host: AnyHost) -> None:
+    tag = unique("testhost-log")
+    host.run(["logger", "-t", tag, "via-logger"], check=True)
+    host.run(["systemd-cat", "-t", tag], input="via-systemd-cat\n", check=True)
+
+    def logged() -> bool:
+        r = host.run(["journalctl", "--no-pager", "-o", "cat", "-t", tag])
+        return "via-logger" in r.stdout and "via-systemd-cat" in r.stdout
+
+    wait_for(logged, what=f"journal entries tagged {tag}")
+
+
+def test_leftovers_sees_a_machine_scope(host: AnyHost) -> None:
+    unit = unique("machine-testhost") + ".scope"
+    proc = host.popen(["systemd-run", "--quiet", "--scope", f"--unit={unit}", "sleep", "60"])
+    try:
+        wait_for(lambda: any(unit in found for found in host.leftovers()), what=f"{unit} in leftovers()")
+        with pytest.raises(AssertionError, match=unit):
+            host.assert_no_leftovers(timeout=0)
+    finally:
+        proc.kill()
+        proc.wait()
+    host.assert_no_leftovers()
+
+
+# -- separate test hosts: teardown leaves nothing ---------------------------------------------------
+
+
+def mount_table() -> list[str]:
+    """The real host's mounts (mount id, mount point, source): what must never change."""
+    lines = Path("/proc/self/mountinfo").read_text().splitlines()
+    return sorted(" ".join(line.split()[i] for i in (0, 4)) for line in lines)
+
+
+def processes_in_mount_namespace(ns: str) -> list[int]:
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                if os.readlink(f"/proc/{entry}/ns/mnt") == ns:
+                    found.append(int(entry))
+            except OSError:
+                continue
+    return found
+
+
+def assert_nothing_left(state_dir: Path, cgroups: list[str], pids: list[int]) -> None:
+    assert not state_dir.exists(), f"{state_dir} left behind"
+    assert cgroups and not [cg for cg in cgroups if os.path.exists(cg)], "cgroups left behind"
+    assert not [pid for pid in pids if process_start_time(pid) is not None], "processes left behind"
+    assert not [line for line in Path("/proc/self/mountinfo").read_text().splitlines()
+                if str(state_dir) in line], "mounts left behind"
+
+
+def test_stopped_host_leaves_nothing_behind() -> None:
+    mounts_before = mount_table()
+    h = TestHost()
+    background: subprocess.Popen[str] | None = None
+    try:
+        h.start()
+        assert mount_table() == mounts_before, "booting changed the real host's mount table"
+        mnt_ns = os.readlink(f"/proc/{h.pid}/ns/mnt")
+        background = h.popen(["systemd-run", "--quiet", "--scope", "sleep", "300"])
+        wait_for(lambda: h.run(["pgrep", "-x", "sleep"]).returncode == 0, what="sleep in a scope")
+        pids = [h.pid, background.pid, *processes_in_mount_namespace(mnt_ns)]
+        cgroups, state_dir = list(h._cgroup_dirs), h.state_dir
+        assert any(os.path.isdir(os.path.join(cg, "system.slice")) for cg in cgroups)
+    finally:
+        h.stop()
+    assert background is not None
+    background.wait(5)
+    h.stop()  # idempotent
+    assert_nothing_left(state_dir, cgroups, pids)
+    assert processes_in_mount_namespace(mnt_ns) == []
+    assert mount_table() == mounts_before
+
+
+def test_failed_boot_raises_quickly_and_leaves_nothing() -> None:
+    h = TestHost(systemd="/nonexistent/systemd")
+    began = time.monotonic()
+    with pytest.raises(TestHostError, match="cannot execute /nonexistent/systemd"):
+        h.start(timeout=30)
+    assert time.monotonic() - began < 5
+    assert_nothing_left(h.state_dir, h._cgroup_dirs, [h.pid])
+
+
+OWNER = f"""
+import sys, time
+sys.path.insert(0, {str(TESTHOST_PY.parent)!r})
+import testhost
+h = testhost.TestHost()
+h.start()
+print(h.state_dir, h.pid, *h._cgroup_dirs, flush=True)
+time.sleep(120)
+"""
+
+
+def start_owner() -> tuple[subprocess.Popen[str], Path, int, list[str]]:
+    """A separate process that boots a test host and then idles."""
+    owner = subprocess.Popen([sys.executable, "-c", OWNER], stdout=subprocess.PIPE, text=True)
+    assert owner.stdout is not None
+    fields = owner.stdout.readline().split()
+    assert fields, f"the owner process failed (status {owner.wait(10)})"
+    return owner, Path(fields[0]), int(fields[1]), fields[2:]
+
+
+def test_sigterm_to_the_owner_tears_the_host_down() -> None:
+    owner, state_dir, pid, cgroups = start_owner()
+    owner.send_signal(signal.SIGTERM)
+    assert owner.wait(15) == -signal.SIGTERM
+    assert_nothing_left(state_dir, cgroups, [pid])
+
+
+def test_killed_owner_takes_the_host_along_and_next_start_cleans_up() -> None:
+    owner, state_dir, pid, cgroups = start_owner()
+    start = process_start_time(pid)
+    owner.kill()
+    owner.wait()
+    # The parent death signal chain (owner -> launcher -> PID 1) ends the host at once ...
+    wait_for(lambda: not process_alive(pid, start), what="PID 1 of the orphaned host to die")
+    assert state_dir.exists(), "nothing to clean: the stale state is gone already"
+    # ... and what the owner could not remove is cleaned by the next start.
+    assert state_dir.name in clean_stale(STATE_BASE)
+    assert_nothing_left(state_dir, cgroups, [pid])
+
+
+def test_cli_runs_a_command_and_exits_with_its_status(tmp_path: Path) -> None:
+    r = subprocess.run(
+        [sys.executable, str(TESTHOST_PY), "run", "--path-prepend", "/opt/extra", "--",
+         "sh", "-c", 'echo "$PATH"; systemctl is-system-running; pwd; exit 7'],
+        cwd=tmp_path, capture_output=True, text=True, timeout=60,
+    )
+    assert r.returncode == 7, r.stderr
+    path, state, cwd = r.stdout.split()
+    assert path.startswith("/opt/extra:") and state == "running" and cwd == str(tmp_path)
+    assert "booted in" in r.stderr
