@@ -904,7 +904,8 @@ def _boot_main(state_dir: Path) -> int:
         except BaseException as e:
             os.write(2, f"testhost PID 1: {e}\n".encode())
         os._exit(127)
-    os.close(slave)
+    # Keep our copy of the slave open: systemd opens and closes /dev/console as it pleases, and
+    # with no slave open a read on the master fails at once (EIO), which would make the pump spin.
     print(pid, flush=True)
     return _pump_console(master, pid)
 
@@ -922,6 +923,8 @@ def _pump_console(master: int, pid: int) -> int:
                 data = b""
             if data:
                 os.write(2, data)
+            else:
+                time.sleep(0.1)  # hung up: never spin
         done, status = os.waitpid(pid, os.WNOHANG)
         if done:
             return os.waitstatus_to_exitcode(status) & 0xFF
