@@ -59,6 +59,23 @@ def test_boot_reaches_running(host: AnyHost, capsys: pytest.CaptureFixture[str])
     assert host.run(["cat", "/proc/1/comm"]).stdout.strip() == "systemd"
 
 
+def cpu_ticks(pid: int) -> int:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return int(fields[11]) + int(fields[12])  # utime + stime
+
+
+def test_idle_host_costs_no_cpu(host: AnyHost) -> None:
+    if not isinstance(host, TestHost):
+        assert host.pid == 1
+        return
+    assert host._launcher is not None
+    processes = [host._launcher.pid, host.pid]
+    before = [cpu_ticks(pid) for pid in processes]
+    time.sleep(1)
+    used = [cpu_ticks(pid) - b for pid, b in zip(processes, before, strict=True)]
+    assert max(used) <= os.sysconf("SC_CLK_TCK") // 20, f"launcher, PID 1 used {used} ticks in 1 s"
+
+
 def test_machined_answers_on_the_system_bus(host: AnyHost) -> None:
     call = host.run(
         ["busctl", "call", "org.freedesktop.machine1", "/org/freedesktop/machine1",
