@@ -289,6 +289,18 @@ def make_child_cgroup(h: Hierarchy, child: str) -> str:
     return path
 
 
+def filesystem_type(path: Path) -> str:
+    """The type of the filesystem path lives on, from this process's mount table."""
+    best, fstype = "", ""
+    for line in Path("/proc/self/mountinfo").read_text().splitlines():
+        fields = line.split()
+        mountpoint = _unescape_mount_path(fields[4])
+        inside = str(path) == mountpoint or str(path).startswith(mountpoint.rstrip("/") + "/")
+        if inside and len(mountpoint) >= len(best):
+            best, fstype = mountpoint, fields[fields.index("-") + 1]
+    return fstype
+
+
 def cgroup_tree(path: str) -> list[str]:
     """All directories of a cgroup tree, deepest first."""
     dirs: list[str] = []
@@ -724,6 +736,7 @@ class TestHost(_HostBase):
             "hierarchies": [h.__dict__ for h in hierarchies],
             "shared_paths": self.shared_paths,
             "owner": os.getpid(),
+            "layers_on_tmpfs": filesystem_type(self.state_dir) == "overlay",
         }
         (self.state_dir / "config.json").write_text(json.dumps(config, indent=1))
 
@@ -941,10 +954,17 @@ def _pid1(state_dir: Path, config: dict[str, Any], console_fd: int, console_path
 
     socket.sethostname(HOSTNAME)
     root = str(state_dir / "root")
-    mount(
-        "pymachine-testhost", root, "overlay", 0,
-        f"lowerdir=/,upperdir={state_dir / 'upper'},workdir={state_dir / 'work'}",
-    )
+    upper, work = state_dir / "upper", state_dir / "work"
+    if config.get("layers_on_tmpfs"):
+        # Nested in another test host: an overlay cannot be the upper layer of an overlay, so the
+        # layers go to a tmpfs (mounted only in this namespace), seeded from the prepared upper dir.
+        layers = state_dir / "layers"
+        layers.mkdir()
+        mount("tmpfs", str(layers), "tmpfs", 0, "mode=700")
+        shutil.copytree(upper, layers / "upper", symlinks=True)
+        upper, work = layers / "upper", layers / "work"
+        work.mkdir()
+    mount("pymachine-testhost", root, "overlay", 0, f"lowerdir=/,upperdir={upper},workdir={work}")
     _bind_shared_paths(root, config["shared_paths"])
     _setup_dev(root, console_path)
     mount("proc", f"{root}/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
