@@ -37,6 +37,7 @@ import json
 import os
 import platform
 import secrets
+import select
 import shutil
 import signal
 import subprocess
@@ -776,11 +777,13 @@ class TestHost(_HostBase):
                 start_new_session=True,  # Ctrl-C in the caller's terminal is the caller's to handle
             )
         assert self._launcher.stdout is not None
-        line = self._launcher.stdout.readline().decode().strip()
+        ready, _, _ = select.select([self._launcher.stdout], [], [], 30)
+        line = self._launcher.stdout.readline().decode().strip() if ready else ""
         if not line.isdigit():
-            self._launcher.wait(10)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self._launcher.wait(5)
             status = self._launcher.returncode
-            raise TestHostError(f"the launcher failed before starting PID 1 (status {status})")
+            raise TestHostError(f"the launcher did not start PID 1 (status {status})")
         self.pid = int(line)
         self._state.launcher_pid = self._launcher.pid
         self._state.launcher_start = process_start_time(self._launcher.pid)
@@ -873,7 +876,8 @@ class TestHost(_HostBase):
                 os.kill(self.pid, signal.SIGKILL)
         if self._launcher is not None:
             try:
-                self._launcher.wait(10)
+                # With PID 1 unknown (interrupted early), the launcher's death takes it along.
+                self._launcher.wait(10 if self.pid > 0 else 0)
             except subprocess.TimeoutExpired:
                 self._launcher.kill()  # PID 1 dies with it (parent death signal)
                 self._launcher.wait()
@@ -925,8 +929,6 @@ def _boot_main(state_dir: Path) -> int:
 
 def _pump_console(master: int, pid: int) -> int:
     """Copy PID 1's console to our stderr (console.log) until PID 1 is gone."""
-    import select
-
     while True:
         ready, _, _ = select.select([master], [], [], 0.5)
         if ready:
