@@ -659,19 +659,23 @@ class TestHost(_HostBase):
         *,
         path_prepend: Sequence[str] = (),
         shared_paths: Sequence[str] | None = None,
-        systemd: str = DEFAULT_SYSTEMD,
+        systemd: str | None = None,
         state_base: Path = STATE_BASE,
         python: str | None = None,
     ) -> None:
         """path_prepend: directories put in front of PATH for commands inside.
         shared_paths: host directories bind-mounted at the same path inside (writes are shared);
-        default: the system temp dir and this checkout. systemd: the binary to boot (tests inject
-        a bogus one). python: the interpreter for the launcher (default: this one)."""
+        default: the system temp dir and this checkout. systemd: the binary to boot (default
+        $PYMACHINE_TESTHOST_SYSTEMD or /lib/systemd/systemd; tests inject a bogus one).
+        python: the interpreter for the launcher (default: this one).
+
+        The host dies with the thread that started it (a parent death signal guards against
+        leaks when the owner is killed): start it from a thread that outlives its use."""
         self.path_prepend = list(path_prepend)
         if shared_paths is None:
             shared_paths = [tempfile.gettempdir(), str(CHECKOUT)]
         self.shared_paths = [os.path.realpath(p) for p in shared_paths]
-        self.systemd = systemd
+        self.systemd = systemd or os.environ.get("PYMACHINE_TESTHOST_SYSTEMD") or DEFAULT_SYSTEMD
         self.state_base = state_base
         self.python = python or sys.executable
         self.id = secrets.token_hex(6)

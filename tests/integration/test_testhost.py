@@ -274,10 +274,11 @@ def start_owner() -> tuple[subprocess.Popen[str], Path, int, list[str]]:
     return owner, Path(fields[0]), int(fields[1]), fields[2:]
 
 
-def test_sigterm_to_the_owner_tears_the_host_down() -> None:
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_signal_to_the_owner_tears_the_host_down(sig: signal.Signals) -> None:
     owner, state_dir, pid, cgroups = start_owner()
-    owner.send_signal(signal.SIGTERM)
-    assert owner.wait(15) == -signal.SIGTERM
+    owner.send_signal(sig)
+    assert owner.wait(15) == -sig  # died of the signal, after tearing down
     assert_nothing_left(state_dir, cgroups, [pid])
 
 
@@ -304,3 +305,19 @@ def test_cli_runs_a_command_and_exits_with_its_status(tmp_path: Path) -> None:
     path, state, cwd = r.stdout.split()
     assert path.startswith("/opt/extra:") and state == "running" and cwd == str(tmp_path)
     assert "booted in" in r.stderr
+
+
+def test_fixture_fails_loudly_when_the_host_cannot_boot() -> None:
+    """A host that cannot boot is an error for every test using it, never a skip."""
+    env = {**os.environ, "PYMACHINE_TEST_HOST": "namespace",
+           "PYMACHINE_TESTHOST_SYSTEMD": "/nonexistent/systemd"}
+    tests = [f"{__file__}::{name}" for name in (
+        "test_boot_reaches_running", "test_journal_receives_logger_and_systemd_cat")]
+    r = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-rA", *tests],
+        env=env, capture_output=True, text=True, timeout=120, cwd=Path(__file__).parents[2],
+    )
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert "the systemd test host did not boot" in r.stdout
+    assert "cannot execute /nonexistent/systemd" in r.stdout
+    assert "2 errors" in r.stdout and "skipped" not in r.stdout, r.stdout
