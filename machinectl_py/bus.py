@@ -136,7 +136,7 @@ class Message:
 
     # -- reading --
     def read_all(self) -> list[Any]:
-        values = []
+        values: list[Any] = []
         while True:
             item = self._read_next()
             if item is _END:
@@ -265,10 +265,7 @@ class Bus:
             _check(lib.sd_bus_wait(self._ptr, int(left * 1e6)), "wait")
 
     def wait_for_signal(self, accept: Callable[[str, str, str, list[Any]], bool], timeout_usec: int) -> bool:
-        for path, iface, member, args in self.signals(timeout_usec):
-            if accept(path, iface, member, args):
-                return True
-        return False
+        return any(accept(*signal) for signal in self.signals(timeout_usec))
 
 
 def _opt_str(ptr: Any) -> str:

@@ -70,7 +70,7 @@ def machine_exists(bus: Bus, name: str) -> bool:
 
 def list_machines(bus: Bus) -> list[tuple[str, str, str, str]]:
     rows: list[Any] = bus.call(*MACHINED, "ListMachines")[0]
-    return [tuple(r) for r in rows]  # type: ignore[misc]
+    return [(str(r[0]), str(r[1]), str(r[2]), str(r[3])) for r in rows]
 
 
 def wait_removed(bus: Bus, name: str, timeout_usec: int) -> bool:

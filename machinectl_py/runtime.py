@@ -132,34 +132,35 @@ class ForegroundRun:
     def _start_and_wait(self, record: state.ContainerRecord, child_plan: ChildPlan, policy: Policy,
                         image_name: str) -> int:
         spec = self.spec
-        with contextlib.ExitStack() as undo:
+        bus: Bus | None = None
+        machine_created = False
+        hold_w = -1
+        try:
             out_r, out_w = os.pipe()
             err_r, err_w = os.pipe()
-            self.forwarder = self._fork_forwarder(out_r, err_r, out_w, err_w, image_name)
-            undo.callback(self._reap, self.forwarder)
-            os.close(out_r)
-            os.close(err_r)
-
+            hold_r, hold_w = os.pipe()
+            self.forwarder = self._fork_forwarder(out_r, err_r, hold_r, (out_w, err_w, hold_w), image_name)
+            for fd in (out_r, err_r, hold_r):
+                os.close(fd)
             self.leader, go_w, status_r = self._fork_container(child_plan, out_w, err_w)
-            undo.callback(self._kill_and_reap_leader)
             os.close(out_w)
             os.close(err_w)
 
             bus = Bus.system()
-            undo.callback(bus.close)
             machined.watch_removal(bus)
             try:
                 machined.create_machine(
                     bus, spec.name, self.container_id, self.leader, child_plan.rootfs,
                     scope_properties(spec.name, spec.limits, policy.device_allow, (self.forwarder,)))
             except BusError as e:
-                os.close(go_w)
+                os.close(go_w)  # EOF on `go`: the child exits without running anything
+                os.close(status_r)
                 raise PymachineError(f"cannot create the container's scope {scope_name(spec.name)}: {e.message}",
                                      hint=_hint_for(e)) from None
-            undo.callback(self._wait_machine_gone, bus)
-            undo.callback(self._kill_and_reap_leader)  # on failure: kill first, then wait for the machine
-            # The payload may run now: it is in its scope with its limits.
-            os.write(go_w, b"g")
+            machine_created = True
+            # The payload may run now: it is in its scope, under its limits.
+            with contextlib.suppress(BrokenPipeError):  # the child failed: its status says why
+                os.write(go_w, b"g")
             os.close(go_w)
             self._install_signal_handlers()
             record.state, record.pid, record.started = "running", self.leader, state.now()
@@ -167,27 +168,46 @@ class ForegroundRun:
             failure = _read_all(status_r)
             os.close(status_r)
             code = self._wait_leader()
-            self.leader = 0
             if failure:
                 failed_code, _, message = failure.partition(":")
                 print(f"pymachine: {spec.name}: {message}", file=sys.stderr)
                 code = int(failed_code) if failed_code.isdigit() else EXIT_ERROR
             record.state, record.exit_code, record.finished, record.pid = "exited", code, state.now(), None
+        finally:
+            self._teardown(bus, machine_created, hold_w)
         if not spec.remove:
             state.save(record)
         return code
 
-    def _fork_forwarder(self, out_r: int, err_r: int, out_w: int, err_w: int, image_name: str) -> int:
+    def _teardown(self, bus: Bus | None, machine_created: bool, hold_w: int) -> None:
+        """Undo in reverse: the container, then the forwarder (the scope's last process),
+        then wait for machined to drop the machine. Each step runs even if one before failed."""
+        self._kill_and_reap_leader()
+        if hold_w >= 0:
+            os.close(hold_w)
+        if bus is not None:
+            try:
+                if machine_created:
+                    self._wait_machine_gone(bus)
+            finally:
+                bus.close()
+        if self.forwarder:
+            self._reap(self.forwarder)
+            self.forwarder = 0
+
+    def _fork_forwarder(self, out_r: int, err_r: int, hold_r: int, parent_fds: tuple[int, ...],
+                        image_name: str) -> int:
         fields = container_fields(self.spec.name, self.container_id, image_name)
         pid = os.fork()
         if pid == 0:
             code = 1
             try:
-                os.close(out_w)
-                os.close(err_w)
+                for fd in parent_fds:
+                    os.close(fd)
                 from machinectl_py.forwarder import forward
 
                 code = forward(out_r, err_r, fields)
+                os.read(hold_r, 1)  # returns when pymachine closes its end
             finally:
                 os._exit(code)
         return pid

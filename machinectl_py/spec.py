@@ -16,7 +16,8 @@ from machinectl_py.errors import UsageError
 # machined's rule for machine names (machine_name_is_valid() in systemd):
 # 1-64 characters of [a-zA-Z0-9-_.], no leading dot, no "..".
 _NAME_RE = re.compile(r"[A-Za-z0-9_.-]{1,64}")
-_HOSTNAME_RE = re.compile(r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*")
+_LABEL = r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+_HOSTNAME_RE = re.compile(rf"{_LABEL}(\.{_LABEL})*")
 
 _SIZE_UNITS = {
     "": 1, "b": 1,

@@ -1,11 +1,12 @@
 from pathlib import Path
 
 from machinectl_py import plan
+from machinectl_py.images import ImageConfig
 from machinectl_py.mounts import detect_cgroup_layout
 from machinectl_py.policy import load_policy
 from machinectl_py.runtime import command_for, environment, layer_links, scope_name
-from machinectl_py.images import ImageConfig
 from machinectl_py.spec import ContainerSpec
+from machinectl_py.syscalls import MS_RDONLY
 
 HYBRID = """\
 30 23 0:26 / /sys/fs/cgroup ro,nosuid,nodev,noexec shared:4 - tmpfs tmpfs ro,mode=755
@@ -49,7 +50,7 @@ def test_base_plan_order_and_content() -> None:
     assert mounts[:3] == ["/proc", "/sys", "/dev"]
     assert {"/dev/pts", "/dev/shm", "/run", "/tmp"} <= set(mounts)
     sys_mount = next(op for op in ops if isinstance(op, plan.Mount) and op.target == "/sys")
-    assert sys_mount.flags & plan.sc.MS_RDONLY
+    assert sys_mount.flags & MS_RDONLY
     # proc must be mounted before anything under it is masked
     first_mask = next(i for i, op in enumerate(ops) if isinstance(op, plan.Mask))
     assert first_mask > mounts.index("/proc")

@@ -6,7 +6,7 @@ import pytest
 
 from machinectl_py.bus import split_signature
 from machinectl_py.errors import UsageError
-from machinectl_py.journal import LineSplitter, MAX_LINE, container_fields, encode_field, entry
+from machinectl_py.journal import MAX_LINE, LineSplitter, container_fields, encode_field, entry
 from machinectl_py.machined import machine_id_bytes
 from machinectl_py.policy import load_policy, parse_policy
 from machinectl_py.spec import Limits
@@ -69,8 +69,10 @@ def test_default_policy_is_docker_like() -> None:
 
 
 def test_policy_rejects_bad_input() -> None:
-    for raw, msg in [({"capabilities": ["NOPE"]}, "unknown capability"), ({"foo": 1}, "unknown key"),
+    cases: list[tuple[dict[str, object], str]] = [
+                     ({"capabilities": ["NOPE"]}, "unknown capability"), ({"foo": 1}, "unknown key"),
                      ({"masked_paths": ["relative"]}, "absolute"), ({"masked_paths": ["/a/../b"]}, "absolute"),
-                     ({"device_allow": [["/dev/x"]]}, "pairs")]:
+                     ({"device_allow": [["/dev/x"]]}, "pairs")]
+    for raw, msg in cases:
         with pytest.raises(UsageError, match=msg):
             parse_policy(raw, "test.toml")
