@@ -1,0 +1,401 @@
+"""The image store on disk: layout, locking, atomic updates, names and tags.
+
+Layout under paths.state_dir() (mode 0700: layers keep set-id files and device-free but
+otherwise arbitrary trees that host users must not reach):
+
+    layers/sha256/<hex>/      one layer, keyed by its diff_id (sha256 of its uncompressed tar):
+        diff/                 the unpacked tree, an overlay lower dir (whiteouts as overlay's)
+        tar-split, files      what is needed to write the original tar back (archive.py)
+        layer.json            {"diff_id", "size", "content_size", "entries"}
+    images/sha256/<hex>.json  an image config, byte for byte; <hex> is its sha256, the image id
+    repositories.json         {"name:tag": "sha256:<id>"}
+    tmp/<random>/             staging, locked by its owner with flock; dead ones are removed
+                              by the next command
+    lock, gc.lock             see below
+
+Atomicity: a layer is unpacked in tmp/, the file system is synced, then the directory is
+renamed into layers/; an image config and repositories.json are written to a temporary
+file, fsynced and renamed. So a reader sees a complete layer or none, even after kill -9,
+and a full disk only fails the command.
+
+Locking: `lock` (exclusive, short) serialises changes to layers/, images/ and
+repositories.json. `gc.lock` is held shared by imports and commits for their whole run and
+exclusively by rm/prune, so a layer an import is about to reuse cannot be pruned under it.
+Readers (resolve, ls, inspect) take no lock: every file they read is replaced atomically.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import datetime
+import fcntl
+import json
+import os
+import re
+import secrets
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from machinectl_py import paths
+from machinectl_py.errors import UsageError
+from machinectl_py.images import ImageConfig, ResolvedImage
+from machinectl_py.images.errors import ImageError, ImageNotFoundError
+
+DEFAULT_TAG = "latest"
+_COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
+_HOSTPART = r"[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?"
+_DOMAIN = rf"(?:{_HOSTPART}(?:\.{_HOSTPART})*(?::[0-9]+)?/)"
+NAME_RE = re.compile(rf"(?:{_DOMAIN})?{_COMPONENT}(?:/{_COMPONENT})*")
+TAG_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
+HEX_RE = re.compile(r"[0-9a-f]{64}")
+SHORT_ID_RE = re.compile(r"(?:sha256:)?([0-9a-f]{4,64})")
+
+
+def parse_reference(ref: str) -> tuple[str, str]:
+    """'repo/name[:tag]' -> (name, tag); the tag defaults to `latest`."""
+    if "@" in ref:
+        raise UsageError(f"invalid image reference {ref!r}: digests (@sha256:...) are not supported")
+    slash = ref.rfind("/")
+    colon = ref.rfind(":")
+    name, tag = (ref[:colon], ref[colon + 1 :]) if colon > slash else (ref, DEFAULT_TAG)
+    if len(name) > 255 or not NAME_RE.fullmatch(name):
+        raise UsageError(
+            f"invalid image name {name!r}",
+            hint="use lowercase letters, digits and separators (. _ -), optionally with a registry/ prefix",
+        )
+    if not TAG_RE.fullmatch(tag):
+        raise UsageError(f"invalid image tag {tag!r}", hint="use up to 128 of [A-Za-z0-9_.-]")
+    return name, tag
+
+
+def normalize_reference(ref: str) -> str:
+    name, tag = parse_reference(ref)
+    return f"{name}:{tag}"
+
+
+def now_rfc3339() -> str:
+    return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def canonical_json(value: Any) -> bytes:
+    return json.dumps(value, sort_keys=True, separators=(",", ":")).encode()
+
+
+def hex_of(digest: str) -> str:
+    hexpart = digest.removeprefix("sha256:")
+    if not HEX_RE.fullmatch(hexpart):
+        raise ImageError(f"invalid digest {digest!r}")
+    return hexpart
+
+
+@dataclasses.dataclass(frozen=True)
+class ImageRecord:
+    id: str
+    config: dict[str, Any]
+    raw_config: bytes
+    tags: tuple[str, ...]
+
+    @property
+    def diff_ids(self) -> tuple[str, ...]:
+        return tuple(self.config["rootfs"]["diff_ids"])
+
+    @property
+    def created(self) -> str:
+        value = self.config.get("created")
+        return value if isinstance(value, str) else ""
+
+
+def image_config_of(config: dict[str, Any]) -> ImageConfig:
+    c = config.get("config") or {}
+    env: dict[str, str] = {}
+    for item in c.get("Env") or []:
+        if isinstance(item, str):
+            key, _, value = item.partition("=")
+            env[key] = value
+    return ImageConfig(
+        entrypoint=tuple(str(x) for x in c.get("Entrypoint") or ()),
+        cmd=tuple(str(x) for x in c.get("Cmd") or ()),
+        env=env,
+        workdir=c.get("WorkingDir") or None,
+        user=c.get("User") or None,
+    )
+
+
+class Staging:
+    """A private directory under tmp/, flock'ed while alive; removed on exit."""
+
+    def __init__(self, store: Store) -> None:
+        self.path = store.tmp / secrets.token_hex(8)
+        self.path.mkdir(mode=0o700)
+        self.fd = os.open(self.path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        fcntl.flock(self.fd, fcntl.LOCK_EX)
+
+    def mkdir(self, name: str) -> tuple[Path, int]:
+        os.mkdir(name, 0o700, dir_fd=self.fd)
+        return self.path / name, os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC,
+                                         dir_fd=self.fd)
+
+    def cleanup(self) -> None:
+        shutil.rmtree(self.path, ignore_errors=True)
+        os.close(self.fd)
+
+
+class Store:
+    def __init__(self, root: Path | None = None) -> None:
+        self.root = root if root is not None else paths.state_dir()
+        self.layers = self.root / "layers" / "sha256"
+        self.images = self.root / "images" / "sha256"
+        self.tmp = self.root / "tmp"
+        self.repositories_file = self.root / "repositories.json"
+
+    # Set-up and locks --------------------------------------------------------------------
+    def ensure(self) -> Store:
+        paths.ensure_private_dir(self.root)
+        os.chmod(self.root, 0o700)
+        for d in (self.layers, self.images, self.tmp):
+            d.mkdir(parents=True, exist_ok=True, mode=0o700)
+        return self
+
+    @contextlib.contextmanager
+    def _flock(self, name: str, mode: int) -> Iterator[None]:
+        fd = os.open(self.root / name, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, mode)
+            yield
+        finally:
+            os.close(fd)
+
+    def write_lock(self) -> contextlib.AbstractContextManager[None]:
+        return self._flock("lock", fcntl.LOCK_EX)
+
+    def gc_shared(self) -> contextlib.AbstractContextManager[None]:
+        return self._flock("gc.lock", fcntl.LOCK_SH)
+
+    def gc_exclusive(self) -> contextlib.AbstractContextManager[None]:
+        return self._flock("gc.lock", fcntl.LOCK_EX)
+
+    @contextlib.contextmanager
+    def staging(self) -> Iterator[Staging]:
+        self.clean_tmp()
+        st = Staging(self)
+        try:
+            yield st
+        finally:
+            st.cleanup()
+
+    def clean_tmp(self) -> None:
+        """Remove what dead commands left in tmp/ (their flock died with them)."""
+        try:
+            names = os.listdir(self.tmp)
+        except FileNotFoundError:
+            return
+        for name in names:
+            path = self.tmp / name
+            try:
+                fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            except OSError:
+                with contextlib.suppress(OSError):
+                    path.unlink()
+                continue
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                continue  # alive
+            try:
+                if path.is_dir() and not path.is_symlink():
+                    shutil.rmtree(path, ignore_errors=True)
+                else:
+                    path.unlink()
+            finally:
+                os.close(fd)
+
+    # Layers ------------------------------------------------------------------------------
+    def layer_dir(self, diff_id: str) -> Path:
+        return self.layers / hex_of(diff_id)
+
+    def has_layer(self, diff_id: str) -> bool:
+        return (self.layer_dir(diff_id) / "layer.json").is_file()
+
+    def layer_info(self, diff_id: str) -> dict[str, Any]:
+        try:
+            info: dict[str, Any] = json.loads((self.layer_dir(diff_id) / "layer.json").read_bytes())
+        except FileNotFoundError:
+            raise ImageError(f"layer {diff_id} is missing from the store") from None
+        return info
+
+    def install_layers(self, staged: dict[str, Path]) -> None:
+        """Move staged layer dirs (diff_id -> path, with layer.json written) into place. Hold write_lock."""
+        if not staged:
+            return
+        os.sync()  # everything unpacked reaches the disk before any of it becomes visible
+        for diff_id, path in staged.items():
+            target = self.layer_dir(diff_id)
+            if target.exists():
+                continue  # another command installed the same content meanwhile
+            os.rename(path, target)
+        _fsync_dir(self.layers)
+
+    def remove_layer(self, diff_id: str) -> None:
+        """Make a layer disappear atomically (rename into tmp/), then delete it."""
+        target = self.layer_dir(diff_id)
+        doomed = self.tmp / ("dead-" + secrets.token_hex(8))
+        try:
+            os.rename(target, doomed)
+        except FileNotFoundError:
+            return
+        shutil.rmtree(doomed, ignore_errors=True)
+
+    def all_layers(self) -> list[str]:
+        try:
+            return ["sha256:" + n for n in os.listdir(self.layers) if HEX_RE.fullmatch(n)]
+        except FileNotFoundError:
+            return []
+
+    # Images ------------------------------------------------------------------------------
+    def image_file(self, image_id: str) -> Path:
+        return self.images / (hex_of(image_id) + ".json")
+
+    def write_image(self, raw_config: bytes) -> str:
+        """Store a config (hold write_lock); returns the image id."""
+        import hashlib
+
+        image_id = "sha256:" + hashlib.sha256(raw_config).hexdigest()
+        path = self.image_file(image_id)
+        if not path.exists():
+            atomic_write(path, raw_config)
+        return image_id
+
+    def has_image(self, image_id: str) -> bool:
+        return self.image_file(image_id).is_file()
+
+    def all_image_ids(self) -> list[str]:
+        try:
+            names = os.listdir(self.images)
+        except FileNotFoundError:
+            return []
+        return ["sha256:" + n[:-5] for n in names if n.endswith(".json") and HEX_RE.fullmatch(n[:-5])]
+
+    def record(self, image_id: str, repos: dict[str, str] | None = None) -> ImageRecord:
+        try:
+            raw = self.image_file(image_id).read_bytes()
+        except FileNotFoundError:
+            raise ImageNotFoundError(f"no such image: {image_id}") from None
+        try:
+            config = json.loads(raw)
+        except ValueError:
+            raise ImageError(f"image {image_id} has a corrupt config in the store") from None
+        repos = self.repositories() if repos is None else repos
+        tags = tuple(sorted(t for t, i in repos.items() if i == image_id))
+        return ImageRecord(id=image_id, config=config, raw_config=raw, tags=tags)
+
+    def remove_image(self, image_id: str) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            self.image_file(image_id).unlink()
+        _fsync_dir(self.images)
+
+    # Names -------------------------------------------------------------------------------
+    def repositories(self) -> dict[str, str]:
+        try:
+            data = json.loads(self.repositories_file.read_bytes())
+        except FileNotFoundError:
+            return {}
+        except ValueError:
+            raise ImageError(f"{self.repositories_file} is corrupt") from None
+        if not isinstance(data, dict):
+            raise ImageError(f"{self.repositories_file} is corrupt")
+        return {str(k): str(v) for k, v in data.items()}
+
+    def save_repositories(self, repos: dict[str, str]) -> None:
+        atomic_write(self.repositories_file, json.dumps(repos, indent=1, sort_keys=True).encode() + b"\n")
+
+    def set_tags(self, image_id: str, refs: list[str]) -> None:
+        """Point each name:tag at the image (hold write_lock)."""
+        if not refs:
+            return
+        repos = self.repositories()
+        for ref in refs:
+            repos[ref] = image_id
+        self.save_repositories(repos)
+
+    def lookup(self, ref: str) -> str:
+        """name[:tag], full id or unique id prefix (4+ hex digits) -> image id."""
+        repos = self.repositories()
+        with contextlib.suppress(UsageError):
+            normal = normalize_reference(ref)
+            if normal in repos:
+                return repos[normal]
+        m = SHORT_ID_RE.fullmatch(ref)
+        if m:
+            matches = [i for i in self.all_image_ids() if hex_of(i).startswith(m.group(1))]
+            if len(matches) == 1:
+                return matches[0]
+            if len(matches) > 1:
+                raise UsageError(f"image id prefix {ref!r} is ambiguous")
+        parse_reference(ref)  # a malformed name is a usage error, not "not found"
+        raise ImageNotFoundError(f"no such image: {ref}")
+
+
+def atomic_write(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+        os.fsync(fd)
+    except BaseException:
+        os.close(fd)
+        tmp.unlink()
+        raise
+    os.close(fd)
+    os.rename(tmp, path)
+    _fsync_dir(path.parent)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def find_image(store: Store, ref: str) -> str:
+    """Store.lookup, creating the built-in image when it is asked for and not there yet."""
+    try:
+        return store.lookup(ref)
+    except ImageNotFoundError:
+        from machinectl_py.images import builtin
+
+        if not builtin.is_builtin(ref):
+            raise
+        return builtin.ensure_busybox(store)
+
+
+def resolve_image(ref: str) -> ResolvedImage:
+    """The runtime's entry point: layers bottom-first and config for an image reference."""
+    store = Store()
+    image_id = find_image(store, ref)
+    record = store.record(image_id)
+    layers = []
+    for diff_id in record.diff_ids:
+        diff = store.layer_dir(diff_id) / "diff"
+        if not diff.is_dir():
+            raise ImageError(f"image {ref} is damaged: layer {diff_id} is missing", hint="import it again")
+        layers.append(diff)
+    display = image_id
+    with contextlib.suppress(UsageError):
+        normal = normalize_reference(ref)
+        if normal in record.tags:
+            display = normal
+    return ResolvedImage(
+        id=image_id,
+        name=display,
+        layers=tuple(layers),
+        diff_ids=record.diff_ids,
+        config=image_config_of(record.config),
+    )
