@@ -448,6 +448,8 @@ def _install_handlers() -> None:
 # Running commands.
 
 ENTER_SCRIPT = r"""
+[ "$1" = foreground ] && trap '' INT QUIT  # nsenter must outlive a Ctrl-C meant for the command
+shift
 n=$1; shift
 while [ "$n" -gt 0 ]; do
     echo $$ 2>/dev/null >"$1/cgroup.procs" || echo $$ >"$1/init.scope/cgroup.procs" || exit 125
@@ -559,6 +561,7 @@ class _HostBase:
         stdin: int | IO[Any] | None = subprocess.DEVNULL,
         stdout: int | IO[Any] | None = subprocess.PIPE,
         stderr: int | IO[Any] | None = subprocess.PIPE,
+        foreground: bool = False,
     ) -> HostProcess:
         raise NotImplementedError
 
@@ -641,6 +644,7 @@ class LocalHost(_HostBase):
         stdin: int | IO[Any] | None = subprocess.DEVNULL,
         stdout: int | IO[Any] | None = subprocess.PIPE,
         stderr: int | IO[Any] | None = subprocess.PIPE,
+        foreground: bool = False,
     ) -> HostProcess:
         full_env = _command_env(self.path_prepend, env)
         return HostProcess(
@@ -839,16 +843,26 @@ class TestHost(_HostBase):
         stdin: int | IO[Any] | None = subprocess.DEVNULL,
         stdout: int | IO[Any] | None = subprocess.PIPE,
         stderr: int | IO[Any] | None = subprocess.PIPE,
+        foreground: bool = False,
     ) -> HostProcess:
-        """Start argv inside the host: in its root cgroup and namespaces, at its root, in cwd (default /)."""
+        """Start argv inside the host: in its root cgroup and namespaces, at its root, in cwd (default /).
+
+        foreground: the command owns the caller's terminal, so Ctrl-C and Ctrl-\\ are for it alone
+        (the nsenter around it ignores them and reports the command's status)."""
         if not self.alive():
             raise TestHostError(f"the test host {self.id} is not running")
         assignments = [f"{k}={v}" for k, v in _command_env(self.path_prepend, env).items()]
         wrapper = [
-            "/bin/sh", "-c", ENTER_SCRIPT, "sh", str(len(self._root_cgroups)), *self._root_cgroups,
+            "/bin/sh", "-c", ENTER_SCRIPT, "sh", "foreground" if foreground else "background",
+            str(len(self._root_cgroups)), *self._root_cgroups,
             "nsenter", f"--target={self.pid}", "--all", "--root", "--wd",
-            "/usr/bin/env", "--ignore-environment", f"--chdir={cwd or '/'}", *assignments, *argv,
+            "/usr/bin/env", "--ignore-environment", f"--chdir={cwd or '/'}", *assignments,
         ]
+        if foreground:
+            # A shell (ignoring Ctrl-C like nsenter) turns the command's death by a signal into
+            # status 128+N: nsenter cannot re-raise a signal it ignores and would report 1.
+            wrapper += ["/bin/sh", "-c", '"$@"; exit $?', "sh", "/usr/bin/env", "--default-signal=INT,QUIT"]
+        wrapper += argv
         return HostProcess(wrapper, wrapped=True, stdin=stdin, stdout=stdout, stderr=stderr, text=True)
 
     # -- teardown ----------------------------------------------------------------------------
@@ -1071,10 +1085,11 @@ def _cli_run(host: TestHost | LocalHost, argv: list[str]) -> int:
     host.start()
     if isinstance(host, TestHost):
         print(f"testhost: booted in {host.boot_seconds:.2f}s (PID {host.pid})", file=sys.stderr)
-    # The child shares our terminal: Ctrl-C reaches it directly; we only wait and tear down.
-    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # The command shares our terminal: Ctrl-C reaches it directly; we only wait and tear down.
+    # A handler rather than SIG_IGN, which the command would inherit.
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: None)
     try:
-        proc = host.popen(argv, stdin=None, stdout=None, stderr=None, cwd=os.getcwd())
+        proc = host.popen(argv, stdin=None, stdout=None, stderr=None, cwd=os.getcwd(), foreground=True)
         code = proc.wait()
     finally:
         signal.signal(signal.SIGINT, previous)
@@ -1144,6 +1159,8 @@ def main(argv: list[str]) -> int:
     except TestHostError as e:
         print(f"testhost: {e}", file=sys.stderr)
         return 125
+    except KeyboardInterrupt:
+        return 130  # interrupted while booting; start() has torn down already
 
 
 if __name__ == "__main__":
