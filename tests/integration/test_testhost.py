@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import os
 import secrets
+import shutil
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -196,6 +198,15 @@ def test_leftovers_sees_a_machine_scope(host: AnyHost) -> None:
 # -- separate test hosts: teardown leaves nothing ---------------------------------------------------
 
 
+@pytest.fixture
+def state_base() -> Iterator[Path]:
+    """A private state base, so that test hosts started by other sessions (which clean stale state)
+    cannot hide a leftover, nor clean up what a test wants to see cleaned by its own code."""
+    base = STATE_BASE.with_name(unique("pymachine-testhost-test"))
+    yield base
+    shutil.rmtree(base, ignore_errors=True)
+
+
 def mount_table() -> list[str]:
     """The real host's mounts (mount id, mount point, source): what must never change."""
     lines = Path("/proc/self/mountinfo").read_text().splitlines()
@@ -222,9 +233,9 @@ def assert_nothing_left(state_dir: Path, cgroups: list[str], pids: list[int]) ->
                 if str(state_dir) in line], "mounts left behind"
 
 
-def test_stopped_host_leaves_nothing_behind() -> None:
+def test_stopped_host_leaves_nothing_behind(state_base: Path) -> None:
     mounts_before = mount_table()
-    h = TestHost()
+    h = TestHost(state_base=state_base)
     background: subprocess.Popen[str] | None = None
     try:
         h.start()
@@ -245,8 +256,8 @@ def test_stopped_host_leaves_nothing_behind() -> None:
     assert mount_table() == mounts_before
 
 
-def test_failed_boot_raises_quickly_and_leaves_nothing() -> None:
-    h = TestHost(systemd="/nonexistent/systemd")
+def test_failed_boot_raises_quickly_and_leaves_nothing(state_base: Path) -> None:
+    h = TestHost(systemd="/nonexistent/systemd", state_base=state_base)
     began = time.monotonic()
     with pytest.raises(TestHostError, match="cannot execute /nonexistent/systemd"):
         h.start(timeout=30)
@@ -256,18 +267,19 @@ def test_failed_boot_raises_quickly_and_leaves_nothing() -> None:
 
 OWNER = f"""
 import sys, time
+from pathlib import Path
 sys.path.insert(0, {str(TESTHOST_PY.parent)!r})
 import testhost
-h = testhost.TestHost()
+h = testhost.TestHost(state_base=Path(sys.argv[1]))
 h.start()
 print(h.state_dir, h.pid, *h._cgroup_dirs, flush=True)
 time.sleep(120)
 """
 
 
-def start_owner() -> tuple[subprocess.Popen[str], Path, int, list[str]]:
+def start_owner(state_base: Path) -> tuple[subprocess.Popen[str], Path, int, list[str]]:
     """A separate process that boots a test host and then idles."""
-    owner = subprocess.Popen([sys.executable, "-c", OWNER], stdout=subprocess.PIPE, text=True)
+    owner = subprocess.Popen([sys.executable, "-c", OWNER, str(state_base)], stdout=subprocess.PIPE, text=True)
     assert owner.stdout is not None
     fields = owner.stdout.readline().split()
     assert fields, f"the owner process failed (status {owner.wait(10)})"
@@ -275,24 +287,26 @@ def start_owner() -> tuple[subprocess.Popen[str], Path, int, list[str]]:
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
-def test_signal_to_the_owner_tears_the_host_down(sig: signal.Signals) -> None:
-    owner, state_dir, pid, cgroups = start_owner()
+def test_signal_to_the_owner_tears_the_host_down(sig: signal.Signals, state_base: Path) -> None:
+    owner, state_dir, pid, cgroups = start_owner(state_base)
     owner.send_signal(sig)
     assert owner.wait(15) == -sig  # died of the signal, after tearing down
     assert_nothing_left(state_dir, cgroups, [pid])
 
 
-def test_killed_owner_takes_the_host_along_and_next_start_cleans_up() -> None:
-    owner, state_dir, pid, cgroups = start_owner()
+def test_killed_owner_takes_the_host_along_and_next_start_cleans_up(state_base: Path) -> None:
+    owner, state_dir, pid, cgroups = start_owner(state_base)
     start = process_start_time(pid)
     owner.kill()
     owner.wait()
     # The parent death signal chain (owner -> launcher -> PID 1) ends the host at once ...
     wait_for(lambda: not process_alive(pid, start), what="PID 1 of the orphaned host to die")
-    assert state_dir.exists(), "nothing to clean: the stale state is gone already"
+    assert state_dir.exists() and all(os.path.isdir(cg) for cg in cgroups)
     # ... and what the owner could not remove is cleaned by the next start.
-    assert state_dir.name in clean_stale(STATE_BASE)
-    assert_nothing_left(state_dir, cgroups, [pid])
+    with TestHost(state_base=state_base) as next_host:
+        assert_nothing_left(state_dir, cgroups, [pid])
+        assert [p.name for p in state_base.iterdir()] == [next_host.id]
+    assert clean_stale(state_base) == []
 
 
 def test_cli_runs_a_command_and_exits_with_its_status(tmp_path: Path) -> None:
