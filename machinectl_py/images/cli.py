@@ -16,7 +16,7 @@ from machinectl_py.images.progress import Progress, human_size
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
-        raise UsageError(f"{self.prog}: {message}")
+        raise UsageError(message, hint=f"see '{self.prog} --help'")
 
 
 def _parser(prog: str, description: str) -> _Parser:

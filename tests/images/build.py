@@ -10,6 +10,7 @@ import json
 import shutil
 import subprocess
 from pathlib import Path
+from typing import Any
 
 BUSYBOX = "/bin/busybox"
 
@@ -65,23 +66,23 @@ def umoci_two_layers(work: Path, tag: str = "latest") -> Path:
     return layout
 
 
-def oci_manifest(layout: Path) -> dict[str, object]:
+def oci_manifest(layout: Path) -> dict[str, Any]:
     index = json.loads((layout / "index.json").read_text())
     digest = index["manifests"][0]["digest"].removeprefix("sha256:")
-    manifest: dict[str, object] = json.loads((layout / "blobs" / "sha256" / digest).read_text())
+    manifest: dict[str, Any] = json.loads((layout / "blobs" / "sha256" / digest).read_text())
     return manifest
 
 
-def oci_config(layout: Path) -> dict[str, object]:
-    config_digest = oci_manifest(layout)["config"]["digest"]  # type: ignore[index]
-    config: dict[str, object] = json.loads(
+def oci_config(layout: Path) -> dict[str, Any]:
+    config_digest = oci_manifest(layout)["config"]["digest"]
+    config: dict[str, Any] = json.loads(
         (layout / "blobs" / "sha256" / str(config_digest).removeprefix("sha256:")).read_text()
     )
     return config
 
 
 def oci_diff_ids(layout: Path) -> list[str]:
-    return list(oci_config(layout)["rootfs"]["diff_ids"])  # type: ignore[index]
+    return list(oci_config(layout)["rootfs"]["diff_ids"])
 
 
 def docker_archive(layout: Path, out: Path, ref: str, tag: str = "latest") -> Path:
