@@ -25,9 +25,13 @@ _BOOT_REPORT = pytest.StashKey[str]()
 
 
 @pytest.fixture(scope="session")
-def host(request: pytest.FixtureRequest) -> Iterator[AnyHost]:
-    """The systemd host for the session, with <checkout>/.venv/bin first on PATH inside."""
-    h = get_host(path_prepend=[str(CHECKOUT / ".venv" / "bin")])
+def host(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[AnyHost]:
+    """The systemd host for the session, with <checkout>/.venv/bin first on PATH inside.
+
+    The checkout and pytest's temp dir (tmp_path) are shared with the host: the same path inside
+    and out, writes seen on both sides. Elsewhere, writes inside stay inside."""
+    shared = [str(CHECKOUT), str(tmp_path_factory.getbasetemp())]
+    h = get_host(path_prepend=[str(CHECKOUT / ".venv" / "bin")], shared_paths=shared)
     try:
         h.start()
     except (TestHostError, OSError) as e:

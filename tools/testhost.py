@@ -10,7 +10,7 @@ simply run locally (`LocalHost`). Where it is not (this kind of CI machine), `Te
 - PID 1 unshares mount, cgroup, UTS and IPC namespaces (never the network: tests reach ports
   from outside), makes every mount private (so nothing propagates back to the real host), mounts
   an overlay of the host's `/` (upper/work dirs under /var/lib/pymachine-testhost/<id>/), binds the
-  shared paths (the system temp dir and the checkout) from the host, builds a small /dev (tmpfs
+  shared paths (the checkout, pytest's temp root) from the host, builds a small /dev (tmpfs
   with device nodes, a fresh devpts, a pty as /dev/console), fresh /proc, read-only /sys, a tmpfs
   /sys/fs/cgroup with each hierarchy mounted inside the cgroup namespace, tmpfs /run, pivots into
   the new root and execs systemd with `container=pymachine-testhost`;
@@ -85,11 +85,12 @@ GENERATOR_DIRS = ("/lib/systemd/system-generators", "/usr/lib/systemd/system-gen
 # Started at boot rather than on first bus activation, so the first test does not pay for it.
 BOOT_WANTS = ("systemd-machined.service",)
 
-# /tmp is the real host's /tmp (bind-mounted): systemd-tmpfiles must neither empty it nor remove
-# other hosts' PrivateTmp directories. These files override the same-named vendor ones.
+# /tmp is the host's /tmp through the overlay and may hold bind-mounted shared paths (pytest's
+# tmp_path): systemd-tmpfiles must not empty it at boot nor touch other systemd's PrivateTmp
+# directories. These files override the same-named vendor ones.
 TMPFILES_OVERRIDES = {
     "tmp.conf": "d /tmp 1777 root root -\n",
-    "x11.conf": "# pymachine-testhost: /tmp is shared with the real host; leave it alone.\n",
+    "x11.conf": "# pymachine-testhost: /tmp holds the real host's files; leave them alone.\n",
     "systemd-tmp.conf": (
         "x /tmp/systemd-private-%b-*\nX /tmp/systemd-private-%b-*/tmp\n"
         "x /var/tmp/systemd-private-%b-*\nX /var/tmp/systemd-private-%b-*/tmp\n"
@@ -668,8 +669,10 @@ class TestHost(_HostBase):
         python: str | None = None,
     ) -> None:
         """path_prepend: directories put in front of PATH for commands inside.
-        shared_paths: host directories bind-mounted at the same path inside (writes are shared);
-        default: the system temp dir and this checkout. systemd: the binary to boot (default
+        shared_paths: host directories bind-mounted at the same path inside, so that writes on
+        either side are seen on the other (default: default_shared_paths()). Everything else is
+        the overlay: the host's files are visible inside, writes inside stay inside (the real
+        /tmp is deliberately not shared). systemd: the binary to boot (default
         $PYMACHINE_TESTHOST_SYSTEMD or /lib/systemd/systemd; tests inject a bogus one).
         python: the interpreter for the launcher (default: this one).
 
@@ -677,7 +680,7 @@ class TestHost(_HostBase):
         leaks when the owner is killed): start it from a thread that outlives its use."""
         self.path_prepend = list(path_prepend)
         if shared_paths is None:
-            shared_paths = [tempfile.gettempdir(), str(CHECKOUT)]
+            shared_paths = default_shared_paths()
         self.shared_paths = [os.path.realpath(p) for p in shared_paths]
         self.systemd = systemd or os.environ.get("PYMACHINE_TESTHOST_SYSTEMD") or DEFAULT_SYSTEMD
         self.state_base = state_base
@@ -901,6 +904,14 @@ class TestHost(_HostBase):
                 self._launcher.wait()
             if self._launcher.stdout is not None:
                 self._launcher.stdout.close()
+
+
+def default_shared_paths() -> list[str]:
+    """The checkout and pytest's temp root (where tmp_path lives), if it exists."""
+    import getpass
+
+    pytest_root = Path(tempfile.gettempdir(), f"pytest-of-{getpass.getuser()}")
+    return [str(CHECKOUT), *([str(pytest_root)] if pytest_root.is_dir() else [])]
 
 
 def get_host(**kw: Any) -> TestHost | LocalHost:
@@ -1153,7 +1164,7 @@ def main(argv: list[str]) -> int:
         path_prepend = [str(CHECKOUT / ".venv/bin")]
     kw: dict[str, Any] = {"path_prepend": path_prepend}
     if args.shared:
-        kw["shared_paths"] = [tempfile.gettempdir(), str(CHECKOUT), *args.shared]
+        kw["shared_paths"] = [*default_shared_paths(), *args.shared]
     try:
         return _cli_run(get_host(**kw), args.command)
     except TestHostError as e:

@@ -124,10 +124,16 @@ def test_namespaces_are_private_except_the_network(host: AnyHost) -> None:
         assert inside == outside, "LocalHost runs commands on this machine itself"
 
 
-def test_tmp_is_shared_with_the_real_host(host: AnyHost, tmp_path: Path) -> None:
+def test_tmp_path_is_shared_and_the_rest_of_tmp_is_not(host: AnyHost, tmp_path: Path) -> None:
     (tmp_path / "from-outside").write_text("out")
     host.run(["sh", "-c", f"cat {tmp_path}/from-outside > {tmp_path}/from-inside"], check=True)
     assert (tmp_path / "from-inside").read_text() == "out"
+    private = Path("/tmp", unique("testhost-private"))
+    try:
+        host.run(["sh", "-c", f"echo in > {private} && cat {private}"], check=True)
+        assert private.exists() == isinstance(host, LocalHost), "writes to /tmp must stay in the test host"
+    finally:
+        private.unlink(missing_ok=True)
 
 
 def test_scope_enforces_memory_max(host: AnyHost) -> None:
