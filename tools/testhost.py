@@ -49,7 +49,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType, TracebackType
-from typing import IO, Any
+from typing import IO, Any, Self
 
 STATE_BASE = Path("/var/lib/pymachine-testhost")
 CHECKOUT = Path(__file__).resolve().parent.parent
@@ -538,7 +538,7 @@ class _HostBase:
     path_prepend: list[str]
     pid: int
 
-    def __enter__(self) -> Any:
+    def __enter__(self) -> Self:
         self.start()
         return self
 
