@@ -10,27 +10,31 @@ its scope, so the payload never runs outside its cgroup.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import errno
-import fcntl
 import os
 import signal
-import socket
-import struct
-from collections.abc import Mapping
 
 from machinectl_py import mounts
 from machinectl_py import syscalls as sc
 from machinectl_py.errors import EXIT_CANNOT_INVOKE, EXIT_ERROR, EXIT_NOT_FOUND
-from machinectl_py.plan import CgroupLayout, Op, Overlay, cgroup_plan
+from machinectl_py.plan import cgroup_plan
+from machinectl_py.record import Record
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+
+    from machinectl_py.plan import CgroupLayout, Op, Overlay
 
 _SIOCGIFFLAGS = 0x8913
 _SIOCSIFFLAGS = 0x8914
 _IFF_UP = 0x1
 
 
-@dataclasses.dataclass(frozen=True)
-class ChildPlan:
+class ChildPlan(Record):
+    __slots__ = ("container_dir", "rootfs", "overlay", "ops", "cgroup_layout", "hostname", "private_network",
+                 "argv", "env", "workdir", "capability_mask", "stdin_devnull")
+    _defaults = {"stdin_devnull": True}
     container_dir: str  # cwd while mounting the overlay (its options use relative names)
     rootfs: str
     overlay: Overlay
@@ -42,7 +46,7 @@ class ChildPlan:
     env: Mapping[str, str]
     workdir: str
     capability_mask: int
-    stdin_devnull: bool = True
+    stdin_devnull: bool
 
 
 def child_main(plan: ChildPlan, go_fd: int, status_fd: int, stdout_fd: int, stderr_fd: int,
@@ -152,6 +156,10 @@ def drop_capabilities(keep_mask: int) -> None:
 
 
 def bring_up_loopback() -> None:
+    import fcntl
+    import socket
+    import struct
+
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as s:
         ifreq = struct.pack("16sH14x", b"lo", 0)
         flags = struct.unpack("16sH14x", fcntl.ioctl(s.fileno(), _SIOCGIFFLAGS, ifreq))[1]

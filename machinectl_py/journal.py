@@ -10,7 +10,6 @@ sender runs inside the container's unit: `journalctl -u machine-NAME.scope` find
 from __future__ import annotations
 
 import socket
-import struct
 
 JOURNAL_SOCKET = "/run/systemd/journal/socket"
 VARLINK_SOCKET = "/run/systemd/journal/io.systemd.journal"
@@ -21,6 +20,8 @@ MAX_LINE = 48 * 1024  # longer lines are split; journald's own stream limit is 4
 
 def encode_field(key: str, value: bytes) -> bytes:
     if b"\n" in value:
+        import struct
+
         return key.encode() + b"\n" + struct.pack("<Q", len(value)) + value + b"\n"
     return key.encode() + b"=" + value + b"\n"
 

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Any
+from machinectl_py.bus import BusError
 
-from machinectl_py.bus import Bus, BusError
-from machinectl_py.systemd import Property
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
+
+    from machinectl_py.bus import Bus
+    from machinectl_py.systemd import Property
 
 MACHINED = ("org.freedesktop.machine1", "/org/freedesktop/machine1", "org.freedesktop.machine1.Manager")
 SERVICE = "pymachine"

@@ -3,39 +3,67 @@
 PYMACHINE_STATE_DIR (default /var/lib/pymachine) holds images, layers, containers and volumes;
 PYMACHINE_RUN_DIR (default /run/pymachine) holds runtime state that a reboot should forget;
 PYMACHINE_CONFIG_DIR (default /etc/pymachine) holds admin-written container definitions.
+
+The *_path() functions return strings and import nothing: they serve the start-up path,
+where importing pathlib alone costs ~6 ms. The Path-returning ones serve everything else.
 """
 
 from __future__ import annotations
 
 import os
-from pathlib import Path
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from pathlib import Path
+
+
+def state_path(*parts: str) -> str:
+    return os.path.join(os.environ.get("PYMACHINE_STATE_DIR", "/var/lib/pymachine"), *parts)
+
+
+def run_path(*parts: str) -> str:
+    return os.path.join(os.environ.get("PYMACHINE_RUN_DIR", "/run/pymachine"), *parts)
+
+
+def config_path(*parts: str) -> str:
+    return os.path.join(os.environ.get("PYMACHINE_CONFIG_DIR", "/etc/pymachine"), *parts)
+
+
+def container_path(name: str, *parts: str) -> str:
+    return state_path("containers", name, *parts)
+
+
+def _path(text: str) -> Path:
+    from pathlib import Path
+
+    return Path(text)
 
 
 def state_dir() -> Path:
-    return Path(os.environ.get("PYMACHINE_STATE_DIR", "/var/lib/pymachine"))
+    return _path(state_path())
 
 
 def run_dir() -> Path:
-    return Path(os.environ.get("PYMACHINE_RUN_DIR", "/run/pymachine"))
+    return _path(run_path())
 
 
 def config_dir() -> Path:
-    return Path(os.environ.get("PYMACHINE_CONFIG_DIR", "/etc/pymachine"))
+    return _path(config_path())
 
 
 def containers_dir() -> Path:
-    return state_dir() / "containers"
+    return _path(state_path("containers"))
 
 
 def container_dir(name: str) -> Path:
-    return containers_dir() / name
+    return _path(container_path(name))
 
 
 def volumes_dir() -> Path:
-    return state_dir() / "volumes"
+    return _path(state_path("volumes"))
 
 
-def ensure_private_dir(path: Path, mode: int = 0o700) -> Path:
+def ensure_private_dir(path: Path | str, mode: int = 0o700) -> Path | str:
     """Create `path` (and parents) owned by root with `mode`; the state dir must not be world-readable."""
-    path.mkdir(parents=True, exist_ok=True, mode=mode)
+    os.makedirs(path, mode=mode, exist_ok=True)
     return path

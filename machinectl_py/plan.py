@@ -9,19 +9,23 @@ container root; the executor resolves them without following symlinks (an image 
 
 from __future__ import annotations
 
-import dataclasses
-from collections.abc import Sequence
-
 from machinectl_py import syscalls as sc
-from machinectl_py.policy import Policy
+from machinectl_py.record import Record
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from machinectl_py.policy import Policy
 
 NOSUID_NODEV = sc.MS_NOSUID | sc.MS_NODEV
 NOSUID_NODEV_NOEXEC = NOSUID_NODEV | sc.MS_NOEXEC
 
 
-@dataclasses.dataclass(frozen=True)
-class Overlay:
+class Overlay(Record):
     """The container root: image layers (relative link names, top first) under the upper dir."""
+
+    __slots__ = ('lowers', 'upper', 'work')
 
     lowers: tuple[str, ...]  # top layer first, as overlayfs wants them
     upper: str
@@ -34,63 +38,77 @@ class Overlay:
                 "redirect_dir=off,metacopy=off")
 
 
-@dataclasses.dataclass(frozen=True)
-class Mount:
+
+class Mount(Record):
+    __slots__ = ('target', 'fstype', 'source', 'flags', 'data')
+    _defaults = {'flags': 0, 'data': None}
     target: str
     fstype: str
     source: str
-    flags: int = 0
-    data: str | None = None
+    flags: int
+    data: str | None
 
 
-@dataclasses.dataclass(frozen=True)
-class Bind:
+
+class Bind(Record):
+    __slots__ = ('source', 'target', 'read_only', 'is_file')
+    _defaults = {'read_only': False, 'is_file': False}
     source: str  # a host path
     target: str
-    read_only: bool = False
-    is_file: bool = False
+    read_only: bool
+    is_file: bool
 
 
-@dataclasses.dataclass(frozen=True)
-class DeviceNode:
+
+class DeviceNode(Record):
+    __slots__ = ('path', 'major', 'minor', 'mode')
+    _defaults = {'mode': 0o666}
     path: str
     major: int
     minor: int
-    mode: int = 0o666
+    mode: int
 
 
-@dataclasses.dataclass(frozen=True)
-class Symlink:
+
+class Symlink(Record):
+    __slots__ = ('path', 'points_to')
     path: str
     points_to: str
 
 
-@dataclasses.dataclass(frozen=True)
-class Mask:
+
+class Mask(Record):
     """Hide a path: /dev/null over a file, an empty read-only tmpfs over a directory."""
 
+    __slots__ = ('path',)
+
     path: str
 
 
-@dataclasses.dataclass(frozen=True)
-class ReadOnly:
+
+class ReadOnly(Record):
     """Bind a path onto itself and remount it read-only."""
 
+    __slots__ = ('path',)
+
     path: str
 
 
-@dataclasses.dataclass(frozen=True)
-class CgroupMount:
+
+class CgroupMount(Record):
     """One cgroup hierarchy inside the container's cgroup namespace.
 
     fstype "cgroup2" for the unified hierarchy, "cgroup" with the controller list as
     options for a v1 hierarchy. Mounted after the container joined its scope.
     """
 
+    __slots__ = ('target', 'fstype', 'options', 'read_only')
+
     target: str
     fstype: str
     options: str | None
     read_only: bool
+
 
 
 Op = Mount | Bind | DeviceNode | Symlink | Mask | ReadOnly | CgroupMount
@@ -106,18 +124,21 @@ DEV_LINKS = (
 )
 
 
-@dataclasses.dataclass(frozen=True)
-class CgroupLayout:
+class CgroupLayout(Record):
     """How the host mounts cgroups: 'unified' (pure v2) or 'hybrid'/'legacy' with v1 hierarchies.
 
     v1 is a list of (directory name under /sys/fs/cgroup, mount options) for each v1
     hierarchy, e.g. ("memory", "memory") or ("systemd", "none,name=systemd").
     """
 
+    __slots__ = ('mode', 'v1', 'unified_dir', 'links')
+    _defaults = {'v1': (), 'unified_dir': None, 'links': ()}
+
     mode: str
-    v1: tuple[tuple[str, str], ...] = ()
-    unified_dir: str | None = None  # where cgroup2 sits in hybrid mode ("unified")
-    links: tuple[tuple[str, str], ...] = ()  # e.g. ("cpuacct", "cpu,cpuacct")
+    v1: tuple[tuple[str, str], ...]
+    unified_dir: str | None  # where cgroup2 sits in hybrid mode ("unified")
+    links: tuple[tuple[str, str], ...]  # e.g. ("cpuacct", "cpu,cpuacct")
+
 
 
 def base_plan(policy: Policy, *, binds: Sequence[Bind] = ()) -> list[Op]:
@@ -162,6 +183,4 @@ def cgroup_plan(layout: CgroupLayout) -> list[Op]:
 
 def describe(op: Op) -> str:
     """One line per op, for --debug output."""
-    return f"{type(op).__name__.lower()}: " + ", ".join(
-        f"{f.name}={getattr(op, f.name)!r}" for f in dataclasses.fields(op)
-    )
+    return f"{type(op).__name__.lower()}: " + ", ".join(f"{n}={getattr(op, n)!r}" for n in op.__slots__)

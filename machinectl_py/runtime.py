@@ -10,11 +10,8 @@ from __future__ import annotations
 
 import contextlib
 import os
-import secrets
 import signal
 import sys
-from collections.abc import Mapping
-from pathlib import Path
 
 from machinectl_py import images, machined, plan, state
 from machinectl_py import syscalls as sc
@@ -25,6 +22,10 @@ from machinectl_py.journal import container_fields
 from machinectl_py.policy import Policy, load_policy
 from machinectl_py.spec import ContainerSpec
 from machinectl_py.systemd import scope_properties
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Mapping
 
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 REMOVAL_TIMEOUT_USEC = 15_000_000
@@ -56,27 +57,27 @@ def environment(spec: ContainerSpec, config: images.ImageConfig) -> dict[str, st
     return env
 
 
-def layer_links(container_dir: Path, layers: tuple[Path, ...]) -> tuple[str, ...]:
+def layer_links(container_dir: str, layers: tuple[os.PathLike[str] | str, ...]) -> tuple[str, ...]:
     """Short relative names for the layers (l/0 = bottom): the overlay option string
     must fit in one page, and long store paths would cap images at a few dozen layers."""
-    links = container_dir / "l"
-    links.mkdir(exist_ok=True)
+    links = os.path.join(container_dir, "l")
+    os.makedirs(links, exist_ok=True)
     names = []
     for i, layer in enumerate(layers):
-        link = links / str(i)
-        if not link.is_symlink():
-            link.symlink_to(layer)
+        link = os.path.join(links, str(i))
+        if not os.path.islink(link):
+            os.symlink(layer, link)
         names.append(f"l/{i}")
     return tuple(reversed(names))  # overlayfs wants the top layer first
 
 
-def build_child_plan(spec: ContainerSpec, image: images.ResolvedImage, cdir: Path, policy: Policy,
+def build_child_plan(spec: ContainerSpec, image: images.ResolvedImage, cdir: str, policy: Policy,
                      env: Mapping[str, str], argv: tuple[str, ...]) -> ChildPlan:
     for sub in ("upper", "work", "rootfs"):
-        (cdir / sub).mkdir(mode=0o755, exist_ok=True)
+        os.makedirs(os.path.join(cdir, sub), mode=0o755, exist_ok=True)
     return ChildPlan(
-        container_dir=str(cdir),
-        rootfs=str(cdir / "rootfs"),
+        container_dir=cdir,
+        rootfs=os.path.join(cdir, "rootfs"),
         overlay=plan.Overlay(layer_links(cdir, image.layers), "upper", "work"),
         ops=tuple(plan.base_plan(policy)),
         cgroup_layout=_cgroup_layout(),
@@ -100,7 +101,7 @@ class ForegroundRun:
 
     def __init__(self, spec: ContainerSpec) -> None:
         self.spec = spec.validate()
-        self.container_id = secrets.token_hex(32)
+        self.container_id = os.urandom(32).hex()
         self.leader = 0
         self.forwarder = 0
         self.signalled = 0

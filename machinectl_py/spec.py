@@ -6,18 +6,21 @@ bad name or size never leaves anything behind.
 
 from __future__ import annotations
 
-import dataclasses
-import re
-import secrets
-from collections.abc import Mapping, Sequence
+import os
 
 from machinectl_py.errors import UsageError
+from machinectl_py.record import Record
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Mapping, Sequence
+
+# No `re` and no `dataclasses` here: this module is on the start-up path (see record.py).
+_ALNUM = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789")
 # machined's rule for machine names (machine_name_is_valid() in systemd):
 # 1-64 characters of [a-zA-Z0-9-_.], no leading dot, no "..".
-_NAME_RE = re.compile(r"[A-Za-z0-9_.-]{1,64}")
-_LABEL = r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
-_HOSTNAME_RE = re.compile(rf"{_LABEL}(\.{_LABEL})*")
+_NAME_CHARS = _ALNUM | frozenset("-_.")
+_ENV_KEY_CHARS = _ALNUM | frozenset("_")
 
 _SIZE_UNITS = {
     "": 1, "b": 1,
@@ -26,7 +29,6 @@ _SIZE_UNITS = {
     "g": 1024**3, "gb": 1024**3, "gib": 1024**3,
     "t": 1024**4, "tb": 1024**4, "tib": 1024**4,
 }
-_SIZE_RE = re.compile(r"(\d+(?:\.\d+)?)\s*([a-zA-Z]*)")
 
 NETWORK_MODES = ("host", "private")
 RESTART_POLICIES = ("no", "on-failure", "always")
@@ -36,7 +38,7 @@ MIN_MEMORY = 6 * 1024**2
 
 
 def validate_name(name: str, what: str = "container name") -> str:
-    if not _NAME_RE.fullmatch(name) or name.startswith(".") or ".." in name:
+    if not 1 <= len(name) <= 64 or not _NAME_CHARS.issuperset(name) or name.startswith(".") or ".." in name:
         raise UsageError(
             f"invalid {what} {name!r}",
             hint="use 1-64 characters of [a-zA-Z0-9-_.], not starting with '.' and without '..'",
@@ -45,24 +47,37 @@ def validate_name(name: str, what: str = "container name") -> str:
 
 
 def validate_hostname(hostname: str) -> str:
-    if len(hostname) > 64 or not _HOSTNAME_RE.fullmatch(hostname):
+    if len(hostname) > 64 or not _is_hostname(hostname):
         raise UsageError(f"invalid hostname {hostname!r}", hint="use letters, digits, '-' and '.', at most 64")
     return hostname
+
+
+def _is_hostname(text: str) -> bool:
+    """RFC 1123 labels joined by dots: letters, digits, inner dashes, 1-63 each."""
+    labels = text.split(".")
+    return all(
+        0 < len(label) < 64 and _ALNUM.issuperset(label.replace("-", "")) and label[0] != "-" and label[-1] != "-"
+        for label in labels
+    )
 
 
 def hostname_for(name: str) -> str:
     """The default hostname: the container name, if it is a valid hostname."""
     candidate = name.replace("_", "-").strip("-.")[:64] or "container"
-    return candidate if _HOSTNAME_RE.fullmatch(candidate) else "container"
+    return candidate if _is_hostname(candidate) else "container"
 
 
 def parse_size(text: str, what: str = "size") -> int:
     """'64M' -> 67108864. Units are powers of 1024, as in docker and systemd."""
-    m = _SIZE_RE.fullmatch(text.strip())
-    factor = _SIZE_UNITS.get(m.group(2).lower()) if m else None
-    if m is None or factor is None:
+    stripped = text.strip()
+    number = stripped.rstrip("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
+    unit = stripped[len(number):].lower()
+    number = number.rstrip()
+    whole, _, fraction = number.partition(".")
+    factor = _SIZE_UNITS.get(unit)
+    if factor is None or not whole.isdigit() or not (fraction == "" or fraction.isdigit()) or number.endswith("."):
         raise UsageError(f"invalid {what} {text!r}", hint="use a number with an optional unit: 512K, 64M, 1.5G")
-    value = int(float(m.group(1)) * factor)
+    value = int(float(number) * factor)
     if value <= 0:
         raise UsageError(f"invalid {what} {text!r}: must be greater than zero")
     return value
@@ -101,52 +116,59 @@ def parse_env(items: Sequence[str]) -> dict[str, str]:
     env: dict[str, str] = {}
     for item in items:
         key, sep, value = item.partition("=")
-        if not key or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", key) or not sep:
+        if not key or key[0].isdigit() or not _ENV_KEY_CHARS.issuperset(key) or not sep:
             raise UsageError(f"invalid environment variable {item!r}", hint="use KEY=VALUE")
         env[key] = value
     return env
 
 
 def generate_name() -> str:
-    return "pm-" + secrets.token_hex(5)
+    return "pm-" + os.urandom(5).hex()
 
 
-@dataclasses.dataclass(frozen=True)
-class Limits:
-    memory_max: int | None = None  # bytes -> MemoryMax
-    cpu_quota_usec: int | None = None  # per second -> CPUQuotaPerSecUSec
-    tasks_max: int | None = None  # -> TasksMax
+class Limits(Record):
+    __slots__ = ("memory_max", "cpu_quota_usec", "tasks_max")
+    _defaults = {"memory_max": None, "cpu_quota_usec": None, "tasks_max": None}
+    memory_max: int | None  # bytes -> MemoryMax
+    cpu_quota_usec: int | None  # per second -> CPUQuotaPerSecUSec
+    tasks_max: int | None  # -> TasksMax
 
 
-@dataclasses.dataclass(frozen=True)
-class Volume:
+class Volume(Record):
     """A mount into the container: a host path, a named volume, or an anonymous one."""
 
+    __slots__ = ("target", "source", "read_only")
+    _defaults = {"source": None, "read_only": False}
     target: str  # absolute path inside the container
-    source: str | None = None  # host path (absolute) or volume name; None = anonymous
-    read_only: bool = False
+    source: str | None  # host path (absolute) or volume name; None = anonymous
+    read_only: bool
 
     @property
     def is_bind(self) -> bool:
         return self.source is not None and self.source.startswith("/")
 
 
-@dataclasses.dataclass(frozen=True)
-class ContainerSpec:
+class ContainerSpec(Record):
+    __slots__ = ("name", "image", "command", "hostname", "network", "env", "workdir", "user", "limits",
+                 "volumes", "restart", "remove", "tty", "interactive")
+    _defaults = {
+        "command": None, "hostname": None, "network": "host", "env": {}, "workdir": None, "user": None,
+        "limits": Limits(), "volumes": (), "restart": "no", "remove": False, "tty": False, "interactive": False,
+    }
     name: str
     image: str
-    command: tuple[str, ...] | None = None  # None: the image's Entrypoint/Cmd
-    hostname: str | None = None
-    network: str = "host"
-    env: Mapping[str, str] = dataclasses.field(default_factory=dict)
-    workdir: str | None = None
-    user: str | None = None
-    limits: Limits = Limits()
-    volumes: tuple[Volume, ...] = ()
-    restart: str = "no"
-    remove: bool = False  # --rm
-    tty: bool = False
-    interactive: bool = False
+    command: tuple[str, ...] | None  # None: the image's Entrypoint/Cmd
+    hostname: str | None
+    network: str
+    env: Mapping[str, str]
+    workdir: str | None
+    user: str | None
+    limits: Limits
+    volumes: tuple[Volume, ...]
+    restart: str
+    remove: bool  # --rm
+    tty: bool
+    interactive: bool
 
     @property
     def effective_hostname(self) -> str:

@@ -7,39 +7,50 @@ reader never sees half a record.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
-import shutil
 import time
-from pathlib import Path
-from typing import Any
 
 from machinectl_py.errors import ConflictError, NotFoundError
-from machinectl_py.paths import container_dir, containers_dir, ensure_private_dir
+from machinectl_py.paths import container_path, state_path
 from machinectl_py.spec import ContainerSpec, Limits, Volume
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from pathlib import Path
+    from typing import Any
 
 RECORD = "container.json"
 
 
-@dataclasses.dataclass
 class ContainerRecord:
-    name: str
-    id: str
-    image_name: str
-    image_id: str
-    spec: ContainerSpec
-    created: float
-    state: str = "created"  # created | running | exited
-    exit_code: int | None = None
-    started: float | None = None
-    finished: float | None = None
-    unit: str | None = None
-    pid: int | None = None
+    """What pymachine knows of one container; mutable as the container moves through states."""
+
+    def __init__(self, name: str, id: str, image_name: str, image_id: str, spec: ContainerSpec, created: float,
+                 state: str = "created", exit_code: int | None = None, started: float | None = None,
+                 finished: float | None = None, unit: str | None = None, pid: int | None = None) -> None:
+        self.name = name
+        self.id = id
+        self.image_name = image_name
+        self.image_id = image_id
+        self.spec = spec
+        self.created = created
+        self.state = state  # created | running | exited
+        self.exit_code = exit_code
+        self.started = started
+        self.finished = finished
+        self.unit = unit
+        self.pid = pid
+
+    @property
+    def dir_path(self) -> str:
+        return container_path(self.name)
 
     @property
     def dir(self) -> Path:
-        return container_dir(self.name)
+        from pathlib import Path
+
+        return Path(self.dir_path)
 
     @property
     def upper_dir(self) -> Path:
@@ -65,26 +76,24 @@ class ContainerRecord:
 
 
 def spec_to_json(spec: ContainerSpec) -> dict[str, Any]:
-    data = dataclasses.asdict(spec)
-    data["env"] = dict(spec.env)
-    return data
+    return spec.to_dict()
 
 
 def spec_from_json(data: dict[str, Any]) -> ContainerSpec:
     fields = dict(data)
-    fields["limits"] = Limits(**data.get("limits", {}))
-    fields["volumes"] = tuple(Volume(**v) for v in data.get("volumes", ()))
+    fields["limits"] = Limits(**data.get("limits") or {})
+    fields["volumes"] = tuple(Volume(**v) for v in data.get("volumes") or ())
     if fields.get("command") is not None:
         fields["command"] = tuple(fields["command"])
     return ContainerSpec(**fields)
 
 
-def claim(name: str) -> Path:
+def claim(name: str) -> str:
     """Create the container's directory; fails if the name is taken."""
-    ensure_private_dir(containers_dir())
-    path = container_dir(name)
+    os.makedirs(state_path("containers"), mode=0o700, exist_ok=True)
+    path = container_path(name)
     try:
-        path.mkdir(mode=0o700)
+        os.mkdir(path, 0o700)
     except FileExistsError:
         raise ConflictError(f"container name {name!r} is already in use",
                             hint=f"remove it with 'pymachine rm {name}' or choose another --name") from None
@@ -92,8 +101,8 @@ def claim(name: str) -> Path:
 
 
 def save(record: ContainerRecord) -> None:
-    path = record.dir / RECORD
-    tmp = path.with_suffix(".tmp")
+    path = os.path.join(record.dir_path, RECORD)
+    tmp = path + ".tmp"
     with open(tmp, "w") as f:
         json.dump(record.to_json(), f, indent=1)
         f.flush()
@@ -103,7 +112,7 @@ def save(record: ContainerRecord) -> None:
 
 def load(name: str) -> ContainerRecord:
     try:
-        with open(container_dir(name) / RECORD) as f:
+        with open(container_path(name, RECORD)) as f:
             return ContainerRecord.from_json(json.load(f))
     except FileNotFoundError:
         raise NotFoundError(f"no such container: {name}") from None
@@ -112,7 +121,7 @@ def load(name: str) -> ContainerRecord:
 def list_records() -> list[ContainerRecord]:
     records = []
     try:
-        names = sorted(os.listdir(containers_dir()))
+        names = sorted(os.listdir(state_path("containers")))
     except FileNotFoundError:
         return []
     for name in names:
@@ -124,7 +133,9 @@ def list_records() -> list[ContainerRecord]:
 
 
 def remove_dir(name: str) -> None:
-    shutil.rmtree(container_dir(name), ignore_errors=True)
+    import shutil
+
+    shutil.rmtree(container_path(name), ignore_errors=True)
 
 
 def now() -> float:

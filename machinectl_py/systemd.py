@@ -6,17 +6,22 @@ Every resource limit reaches the kernel through systemd as a unit property (the
 
 from __future__ import annotations
 
-from typing import Any
-
-from machinectl_py.bus import Bus, BusError
+from machinectl_py.bus import BusError
 from machinectl_py.spec import Limits
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any, TypeAlias
+
+    from machinectl_py.bus import Bus
+
+    Property: TypeAlias = tuple[str, tuple[str, Any]]
 
 SYSTEMD = ("org.freedesktop.systemd1", "/org/freedesktop/systemd1", "org.freedesktop.systemd1.Manager")
 MACHINE_SLICE = "machine.slice"
 UINT64_MAX = 2**64 - 1
 STOP_TIMEOUT_USEC = 10_000_000  # docker stop's default grace period
 
-Property = tuple[str, tuple[str, Any]]
 
 
 def limit_properties(limits: Limits) -> list[Property]:

@@ -61,7 +61,7 @@ def test_base_plan_order_and_content() -> None:
 
 def test_layer_links_are_short_and_top_first(tmp_path: Path) -> None:
     layers = tuple(tmp_path / f"layer-with-a-long-name-{i:03d}" for i in range(200))
-    names = layer_links(tmp_path, layers)
+    names = layer_links(str(tmp_path), layers)
     assert names[0] == "l/199" and names[-1] == "l/0"
     assert (tmp_path / "l" / "0").resolve() == layers[0]
     # 200 layers still fit in one page of mount options
