@@ -271,6 +271,18 @@ def test_failed_boot_raises_quickly_and_leaves_nothing(state_base: Path) -> None
     assert_nothing_left(h.state_dir, h._cgroup_dirs, [h.pid])
 
 
+def test_boot_that_never_finishes_times_out_and_leaves_nothing(state_base: Path, tmp_path: Path) -> None:
+    hanging_init = tmp_path / "hanging-init"
+    hanging_init.write_text("#!/bin/sh\necho hanging init is up\nexec sleep 600\n")
+    hanging_init.chmod(0o755)
+    h = TestHost(systemd=str(hanging_init), state_base=state_base, shared_paths=[str(tmp_path)])
+    began = time.monotonic()
+    with pytest.raises(TestHostError, match=r"(?s)timed out.*hanging init is up"):
+        h.start(timeout=2)
+    assert time.monotonic() - began < 10
+    assert_nothing_left(h.state_dir, h._cgroup_dirs, [h.pid])
+
+
 OWNER = f"""
 import sys, time
 from pathlib import Path
