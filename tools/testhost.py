@@ -25,6 +25,20 @@ directory. All mounting happens inside the private mount namespace, so the real 
 never changes. A run killed before it could tear down is cleaned at the next start.
 
 Standard library only: runs under /usr/bin/python3 and the project's venv python alike.
+
+Usage (as root):
+
+    python3 tools/testhost.py run [--path-prepend DIR] [--share DIR] [--] CMD [ARG...]
+    python3 tools/testhost.py shell
+    python3 tools/testhost.py clean-stale
+
+    with get_host(path_prepend=[".venv/bin"]) as host:        # LocalHost if systemd is PID 1
+        host.run(["machinectl", "list"], check=True).stdout
+        proc = host.popen(["pymachine", "run", "busybox", "sleep", "5"])  # proc.send_signal() hits pymachine
+
+Inside, only the checkout and pytest's temp dir are shared with the real host (same path, writes
+seen on both sides); the rest of the file system is the overlay, whose writes vanish at stop.
+Nesting works: inside a test host, TestHost() boots another one (layers on a private tmpfs).
 """
 
 from __future__ import annotations
