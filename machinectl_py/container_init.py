@@ -33,8 +33,8 @@ _IFF_UP = 0x1
 
 class ChildPlan(Record):
     __slots__ = ("container_dir", "rootfs", "overlay", "ops", "cgroup_layout", "hostname", "private_network",
-                 "argv", "env", "workdir", "capability_mask", "stdin_devnull")
-    _defaults = {"stdin_devnull": True}
+                 "argv", "env", "workdir", "capability_mask", "stdin_devnull", "detached")
+    _defaults = {"stdin_devnull": True, "detached": False}
     container_dir: str  # cwd while mounting the overlay (its options use relative names)
     rootfs: str
     overlay: Overlay
@@ -47,6 +47,9 @@ class ChildPlan(Record):
     workdir: str
     capability_mask: int
     stdin_devnull: bool
+    # Detached (pymachine@NAME.service): the setup process exits once systemd supervises the
+    # container, so the container must outlive its parent.
+    detached: bool
 
 
 def child_main(plan: ChildPlan, go_fd: int, status_fd: int, stdout_fd: int, stderr_fd: int,
@@ -99,6 +102,8 @@ def prepare(plan: ChildPlan, go_fd: int, status_fd: int, parent_pid: int) -> Non
     if os.read(go_fd, 1) != b"g":
         os._exit(EXIT_ERROR)
     os.close(go_fd)
+    if plan.detached:
+        sc.set_parent_death_signal(0)
     # Now our cgroup is the scope: a new cgroup namespace makes it the container's root.
     sc.unshare(sc.CLONE_NEWCGROUP)
     mounts.apply(plan.rootfs, cgroup_plan(plan.cgroup_layout))

@@ -25,7 +25,7 @@ from machinectl_py.systemd import scope_properties
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from collections.abc import Mapping
+    from collections.abc import Mapping, Sequence
 
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 REMOVAL_TIMEOUT_USEC = 15_000_000
@@ -72,14 +72,15 @@ def layer_links(container_dir: str, layers: tuple[os.PathLike[str] | str, ...]) 
 
 
 def build_child_plan(spec: ContainerSpec, image: images.ResolvedImage, cdir: str, policy: Policy,
-                     env: Mapping[str, str], argv: tuple[str, ...]) -> ChildPlan:
+                     env: Mapping[str, str], argv: tuple[str, ...], *, binds: Sequence[plan.Bind] = (),
+                     detached: bool = False) -> ChildPlan:
     for sub in ("upper", "work", "rootfs"):
         os.makedirs(os.path.join(cdir, sub), mode=0o755, exist_ok=True)
     return ChildPlan(
         container_dir=cdir,
         rootfs=os.path.join(cdir, "rootfs"),
         overlay=plan.Overlay(layer_links(cdir, image.layers), "upper", "work"),
-        ops=tuple(plan.base_plan(policy)),
+        ops=tuple(plan.base_plan(policy, binds=binds)),
         cgroup_layout=_cgroup_layout(),
         hostname=spec.effective_hostname,
         private_network=spec.network == "private",
@@ -87,7 +88,26 @@ def build_child_plan(spec: ContainerSpec, image: images.ResolvedImage, cdir: str
         env=dict(env),
         workdir=spec.workdir or image.config.workdir or "/",
         capability_mask=policy.capability_mask,
+        detached=detached,
     )
+
+
+def fork_held_init(child_plan: ChildPlan, out_w: int, err_w: int) -> tuple[int, int, int]:
+    """Fork the container's init, held on the `go` pipe. Returns (pid, go_w, status_r)."""
+    go_r, go_w = os.pipe()
+    status_r, status_w = os.pipe()
+    # unshare(CLONE_NEWPID) changes only where our *next* child goes: that child is
+    # PID 1 of the new namespace, and we stay its parent so it can die with us.
+    parent = os.getpid()
+    sc.unshare(sc.CLONE_NEWPID)
+    pid = os.fork()
+    if pid == 0:
+        os.close(go_w)
+        os.close(status_r)
+        child_main(child_plan, go_r, status_w, out_w, err_w, parent)
+    os.close(go_r)
+    os.close(status_w)
+    return pid, go_w, status_r
 
 
 def _cgroup_layout() -> plan.CgroupLayout:
@@ -115,11 +135,17 @@ class ForegroundRun:
         cdir = state.claim(spec.name)
         keep_dir = False
         try:
+            binds: list[plan.Bind] = []
+            if spec.volumes:
+                from machinectl_py import volumes
+
+                spec = self.spec = volumes.create_anonymous(spec)
+                binds = volumes.bind_ops(spec)
             record = state.ContainerRecord(
                 name=spec.name, id=self.container_id, image_name=image.name, image_id=image.id,
                 spec=spec, created=state.now(), unit=scope_name(spec.name))
             state.save(record)
-            child_plan = build_child_plan(spec, image, cdir, policy, env, argv)
+            child_plan = build_child_plan(spec, image, cdir, policy, env, argv, binds=binds)
             if os.environ.get("PYMACHINE_DEBUG"):
                 for op in child_plan.ops:
                     print(plan.describe(op), file=sys.stderr)
@@ -129,6 +155,10 @@ class ForegroundRun:
         finally:
             if not keep_dir:
                 state.remove_dir(spec.name)
+                if spec.volumes:
+                    from machinectl_py import volumes
+
+                    volumes.remove_anonymous(spec)
 
     def _start_and_wait(self, record: state.ContainerRecord, child_plan: ChildPlan, policy: Policy,
                         image_name: str) -> int:
@@ -215,20 +245,7 @@ class ForegroundRun:
 
     def _fork_container(self, child_plan: ChildPlan, out_w: int, err_w: int) -> tuple[int, int, int]:
         """Fork the container's init, held on the `go` pipe. Returns (pid, go_w, status_r)."""
-        go_r, go_w = os.pipe()
-        status_r, status_w = os.pipe()
-        # unshare(CLONE_NEWPID) changes only where our *next* child goes: that child is
-        # PID 1 of the new namespace, and we stay its parent so it can die with us.
-        parent = os.getpid()
-        sc.unshare(sc.CLONE_NEWPID)
-        pid = os.fork()
-        if pid == 0:
-            os.close(go_w)
-            os.close(status_r)
-            child_main(child_plan, go_r, status_w, out_w, err_w, parent)
-        os.close(go_r)
-        os.close(status_w)
-        return pid, go_w, status_r
+        return fork_held_init(child_plan, out_w, err_w)
 
     def _install_signal_handlers(self) -> None:
         def forward_signal(signum: int, _frame: object) -> None:
