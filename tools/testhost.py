@@ -1110,6 +1110,8 @@ def _cli_run(host: TestHost | LocalHost, argv: list[str]) -> int:
     host.start()
     if isinstance(host, TestHost):
         print(f"testhost: booted in {host.boot_seconds:.2f}s (PID {host.pid})", file=sys.stderr)
+    else:
+        print("testhost: systemd is PID 1 here: running locally", file=sys.stderr)
     # The command shares our terminal: Ctrl-C reaches it directly; we only wait and tear down.
     # A handler rather than SIG_IGN, which the command would inherit.
     previous = signal.signal(signal.SIGINT, lambda signum, frame: None)
