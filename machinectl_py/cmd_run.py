@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import argparse
-from typing import NoReturn
-
-from machinectl_py.errors import UsageError
+from machinectl_py.args import APPEND, FLAG, Command, Option
 from machinectl_py.spec import (
     ContainerSpec,
     Limits,
@@ -15,6 +12,10 @@ from machinectl_py.spec import (
     parse_env,
     parse_memory,
 )
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 DESCRIPTION = """\
 Run COMMAND (or the image's default command) in a new container and wait for it.
@@ -44,60 +45,61 @@ examples:
   pymachine run --rm --network private busybox ip addr"""
 
 
-class ArgumentParser(argparse.ArgumentParser):
-    """argparse that reports mistakes as one-line UsageErrors (exit 125, like docker)."""
-
-    def error(self, message: str) -> NoReturn:
-        raise UsageError(f"{self.prog}: {message}", hint=f"see '{self.prog} --help'")
-
-
-def build_parser() -> argparse.ArgumentParser:
-    p = ArgumentParser(
-        prog="pymachine run", add_help=False, description=DESCRIPTION, epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        usage="pymachine run [OPTIONS] IMAGE [COMMAND [ARG...]]",
-    )
-    p.add_argument("--rm", action="store_true", help="remove the container and its upper layer when it exits")
-    p.add_argument("--name", help="container (and machine) name: 1-64 of [a-zA-Z0-9-_.]; default: generated")
-    p.add_argument("--hostname", "-h", help="hostname inside the container (default: the name)")
-    p.add_argument("--memory", "-m", metavar="SIZE", help="memory limit (MemoryMax=), e.g. 64M, 1G")
-    p.add_argument("--cpus", metavar="N", help="CPU limit in CPUs (CPUQuotaPerSecUSec=), e.g. 0.5")
-    p.add_argument("--pids-limit", metavar="N", help="maximum number of tasks (TasksMax=)")
-    p.add_argument("--network", choices=("host", "private"), default="host",
-                   help="host: share the host's network (default, as systemd-nspawn); private: only lo")
-    p.add_argument("--env", "-e", action="append", default=[], metavar="KEY=VALUE", help="set an environment variable")
-    p.add_argument("--workdir", "-w", metavar="DIR", help="working directory inside the container")
-    p.add_argument("--help", action="help", help="show this help and exit")
-    p.add_argument("image", metavar="IMAGE", help="image name[:tag] or id; 'busybox' is built in")
-    p.add_argument("command", nargs=argparse.REMAINDER, metavar="COMMAND", help="command and arguments")
-    return p
+RUN = Command(
+    "pymachine run",
+    "pymachine run [OPTIONS] IMAGE [COMMAND [ARG...]]",
+    DESCRIPTION,
+    [
+        Option("--rm", "remove the container and its upper layer when it exits", kind=FLAG),
+        Option("--name", "container (and machine) name: 1-64 of [a-zA-Z0-9-_.]; default: generated",
+               metavar="NAME"),
+        Option("--hostname -h", "hostname inside the container (default: the name)", metavar="NAME"),
+        Option("--memory -m", "memory limit (MemoryMax=), e.g. 64M, 1G", metavar="SIZE"),
+        Option("--cpus", "CPU limit in CPUs (CPUQuotaPerSecUSec=), e.g. 0.5", metavar="N"),
+        Option("--pids-limit", "maximum number of tasks (TasksMax=)", metavar="N"),
+        Option("--network", "host: share the host's network (default, as systemd-nspawn); private: only lo",
+               metavar="MODE", choices=("host", "private"), default="host"),
+        Option("--env -e", "set an environment variable (repeatable)", kind=APPEND, metavar="KEY=VALUE"),
+        Option("--workdir -w", "working directory inside the container", metavar="DIR"),
+    ],
+    positionals=[("image", "image name[:tag] or id; 'busybox' is built in")],
+    rest=("command", "command and arguments"),
+    epilog=EPILOG,
+)
 
 
-def spec_from_args(args: argparse.Namespace) -> ContainerSpec:
+def spec_from_args(args: dict[str, Any]) -> ContainerSpec:
     limits = Limits(
-        memory_max=parse_memory(args.memory) if args.memory is not None else None,
-        cpu_quota_usec=parse_cpus(args.cpus) if args.cpus is not None else None,
-        tasks_max=parse_count(args.pids_limit, "pids limit") if args.pids_limit is not None else None,
+        memory_max=parse_memory(args["memory"]) if args["memory"] is not None else None,
+        cpu_quota_usec=parse_cpus(args["cpus"]) if args["cpus"] is not None else None,
+        tasks_max=parse_count(args["pids_limit"], "pids limit") if args["pids_limit"] is not None else None,
     )
     return ContainerSpec(
-        name=args.name if args.name is not None else generate_name(),
-        image=args.image,
-        command=tuple(args.command) or None,
-        hostname=args.hostname,
-        network=args.network,
-        env=parse_env(args.env),
-        workdir=args.workdir,
+        name=args["name"] if args["name"] is not None else generate_name(),
+        image=args["image"],
+        command=tuple(args["command"]) or None,
+        hostname=args["hostname"],
+        network=args["network"],
+        env=parse_env(args["env"]),
+        workdir=args["workdir"],
         limits=limits,
-        remove=args.rm,
+        remove=args["rm"],
     ).validate()
 
 
-def parse(argv: list[str]) -> ContainerSpec:
-    return spec_from_args(build_parser().parse_args(argv))
+def parse(argv: list[str]) -> ContainerSpec | None:
+    """The spec, or None when --help was printed."""
+    args = RUN.parse(argv)
+    if args["help"]:
+        print(RUN.help_text(), end="")
+        return None
+    return spec_from_args(args)
 
 
 def main(argv: list[str]) -> int:
     spec = parse(argv)
+    if spec is None:
+        return 0
     from machinectl_py.runtime import run_foreground
 
     return run_foreground(spec)

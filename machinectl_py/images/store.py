@@ -386,7 +386,7 @@ def resolve_image(ref: str) -> ResolvedImage:
         diff = store.layer_dir(diff_id) / "diff"
         if not diff.is_dir():
             raise ImageError(f"image {ref} is damaged: layer {diff_id} is missing", hint="import it again")
-        layers.append(diff)
+        layers.append(str(diff))
     display = image_id
     with contextlib.suppress(UsageError):
         normal = normalize_reference(ref)
@@ -395,7 +395,7 @@ def resolve_image(ref: str) -> ResolvedImage:
     return ResolvedImage(
         id=image_id,
         name=display,
-        layers=tuple(layers),
+        layers=tuple(layers),  # strings: the start-up path avoids pathlib
         diff_ids=record.diff_ids,
         config=image_config_of(record.config),
     )

@@ -1,7 +1,14 @@
 import pytest
 
-from machinectl_py.cmd_run import parse
+from machinectl_py.cmd_run import parse as parse_or_help
 from machinectl_py.errors import UsageError
+from machinectl_py.spec import ContainerSpec
+
+
+def parse(argv: list[str]) -> ContainerSpec:
+    spec = parse_or_help(argv)
+    assert spec is not None
+    return spec
 
 
 def test_full_command_line() -> None:
@@ -34,3 +41,26 @@ def test_defaults() -> None:
 def test_bad_arguments_are_usage_errors(argv: list[str]) -> None:
     with pytest.raises(UsageError):
         parse(argv)
+
+
+def test_help_is_printed_not_parsed(capsys: pytest.CaptureFixture[str]) -> None:
+    assert parse_or_help(["--help"]) is None
+    out = capsys.readouterr().out
+    assert out.startswith("usage: pymachine run") and "--pids-limit N" in out and "exit status" in out
+
+
+@pytest.mark.parametrize(("argv", "expected"), [
+    (["--name=web", "busybox"], "web"), (["-e", "A=1", "-eB=2", "busybox"], None), (["--", "busybox"], None),
+])
+def test_option_forms(argv: list[str], expected: str | None) -> None:
+    spec = parse(argv)
+    if expected:
+        assert spec.name == expected
+    if "-eB=2" in argv:
+        assert dict(spec.env) == {"A": "1", "B": "2"}
+    assert spec.image == "busybox"
+
+
+def test_network_choices_are_checked() -> None:
+    with pytest.raises(UsageError, match="choose from host, private"):
+        parse(["--network=bridge", "busybox"])

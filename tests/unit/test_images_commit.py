@@ -82,7 +82,7 @@ def test_commit_turns_overlay_whiteouts_into_oci_whiteouts(store_dir: Path, tmp_
     base = resolve("busybox")
     assert image.id == result.id and image.diff_ids[:-1] == base.diff_ids and len(image.diff_ids) == 2
     assert image.config.cmd == base.config.cmd
-    top = image.layers[-1]
+    top = Path(image.layers[-1])
     wh = os.lstat(top / "etc" / "group")
     assert stat.S_ISCHR(wh.st_mode) and wh.st_rdev == 0
     assert os.getxattr(top / "var", "trusted.overlay.opaque") == b"y"
@@ -116,7 +116,7 @@ def test_commit_export_import_round_trip(store_dir: Path, tmp_path: Path) -> Non
     [imported] = ops.import_image(str(out))
     after = resolve("rt:1")
     assert imported.id == before.id and after.diff_ids == before.diff_ids
-    wh = os.lstat(after.layers[-1] / "etc" / "group")
+    wh = os.lstat(Path(after.layers[-1]) / "etc" / "group")
     assert stat.S_ISCHR(wh.st_mode) and wh.st_rdev == 0
 
 
@@ -130,8 +130,8 @@ def test_commit_of_a_committed_image_stacks_layers(store_dir: Path) -> None:
     ops.commit_container("c4", "stack:2")
     image = resolve("stack:2")
     assert len(image.layers) == 3
-    assert (image.layers[1] / "one").read_text() == "1"
-    assert stat.S_ISCHR(os.lstat(image.layers[2] / "one").st_mode)
+    assert (Path(image.layers[1]) / "one").read_text() == "1"
+    assert stat.S_ISCHR(os.lstat(Path(image.layers[2]) / "one").st_mode)
 
 
 def test_commit_is_deterministic_for_the_same_changes(store_dir: Path) -> None:
