@@ -964,6 +964,10 @@ def _boot_main(state_dir: Path) -> int:
         except BaseException as e:
             os.write(2, f"testhost PID 1: {e}\n".encode())
         os._exit(127)
+    # PID 1 took the fresh cgroups along; leave them to it. A process systemd cannot see in its
+    # root cgroup would keep it from enabling controllers there on a cgroup2-only host.
+    for cg in config["cgroups"]:
+        Path(os.path.dirname(cg), "cgroup.procs").write_text("0")
     # Keep our copy of the slave open: systemd opens and closes /dev/console as it pleases, and
     # with no slave open a read on the master fails at once (EIO), which would make the pump spin.
     print(pid, flush=True)
