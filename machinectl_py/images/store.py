@@ -311,6 +311,23 @@ class Store:
 
     def save_repositories(self, repos: dict[str, str]) -> None:
         atomic_write(self.repositories_file, json.dumps(repos, indent=1, sort_keys=True).encode() + b"\n")
+        self.write_runtime_index(repos)
+
+    def write_runtime_index(self, repos: dict[str, str] | None = None) -> None:
+        """What `pymachine run` needs of each tag, in marshal form (see images/__init__.py)."""
+        from machinectl_py.images import RUNTIME_INDEX, index_key, index_entry
+
+        repos = self.repositories() if repos is None else repos
+        tags = {}
+        for tag, image_id in repos.items():
+            with contextlib.suppress(ImageError):
+                record = self.record(image_id, repos)
+                tags[tag] = index_entry(image_id, record.diff_ids, record.config)
+        import marshal
+
+        key = index_key(str(self.repositories_file))
+        if key is not None:
+            atomic_write(self.root / RUNTIME_INDEX, marshal.dumps({"key": key, "tags": tags}))
 
     def set_tags(self, image_id: str, refs: list[str]) -> None:
         """Point each name:tag at the image (hold write_lock)."""

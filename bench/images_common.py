@@ -1,0 +1,55 @@
+"""Shared parts of the image benchmarks: a synthetic tree, timing, and the report."""
+
+from __future__ import annotations
+
+import os
+import random
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+CHECKOUT = Path(__file__).resolve().parent.parent
+
+
+def make_tree(root: Path, small_files: int = 4000, large_files: int = 12, large_size: int = 8 << 20) -> int:
+    """A layer-like tree: many small files in nested dirs, some large ones, symlinks. Returns bytes."""
+    rng = random.Random(42)
+    total = 0
+    for i in range(small_files):
+        d = root / f"usr/share/d{i % 97}/s{i % 7}"
+        d.mkdir(parents=True, exist_ok=True)
+        size = rng.choice((0, 100, 700, 2000, 4096, 9000, 30000))
+        (d / f"file{i}").write_bytes(rng.randbytes(size))
+        total += size
+        if i % 10 == 0:
+            (d / f"link{i}").symlink_to(f"file{i}")
+    (root / "usr/lib").mkdir(parents=True, exist_ok=True)
+    for i in range(large_files):
+        (root / f"usr/lib/big{i}.so").write_bytes(rng.randbytes(large_size))
+        total += large_size
+    return total
+
+
+def pymachine(*args: str, env: dict[str, str]) -> None:
+    subprocess.run([sys.executable, "-m", "machinectl_py", *args], check=True, env=env,
+                   stdout=subprocess.DEVNULL)
+
+
+def timed(fn: Callable[[], object]) -> float:
+    os.sync()  # start each run with no dirty pages from the previous one
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def report(title: str, size: int, results: dict[str, list[float]], ours: str, theirs: list[str]) -> None:
+    print(f"{title}: {size / 1e6:.0f} MB, {len(results[ours])} alternating runs, medians:")
+    medians = {name: statistics.median(times) for name, times in results.items()}
+    for name, value in medians.items():
+        print(f"  {name:<34} {value * 1000:8.0f} ms  {size / value / 1e6:7.0f} MB/s")
+    for other in theirs:
+        # Throughput ratio: ours / theirs (1.0 = as fast; the target is >= 0.8).
+        print(f"  ratio {ours} vs {other}: {medians[other] / medians[ours]:.2f}")
