@@ -216,6 +216,10 @@ class ForegroundRun:
         self._kill_and_reap_leader()
         if hold_w >= 0:
             os.close(hold_w)
+        if self.spec.remove:
+            # The container's mount namespace died with its init: nothing uses the dir now,
+            # and removing it while systemd stops the scope saves the wait below.
+            state.remove_dir(self.spec.name)
         if bus is not None:
             try:
                 if machine_created:

@@ -7,7 +7,6 @@ reader never sees half a record.
 
 from __future__ import annotations
 
-import json
 import os
 import time
 
@@ -103,14 +102,16 @@ def claim(name: str) -> str:
 def save(record: ContainerRecord) -> None:
     path = os.path.join(record.dir_path, RECORD)
     tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(record.to_json(), f, indent=1)
-        f.flush()
-        os.fsync(f.fileno())
+    # No fsync: this runs twice per container start, and an fsync costs milliseconds. The
+    # rename is atomic; after a crash a record may be stale or empty, which `gc` handles.
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(dump_json(record.to_json()))
     os.replace(tmp, path)
 
 
 def load(name: str) -> ContainerRecord:
+    import json
+
     try:
         with open(container_path(name, RECORD)) as f:
             return ContainerRecord.from_json(json.load(f))
@@ -133,9 +134,55 @@ def list_records() -> list[ContainerRecord]:
 
 
 def remove_dir(name: str) -> None:
-    import shutil
+    remove_tree(container_path(name))
 
-    shutil.rmtree(container_path(name), ignore_errors=True)
+
+def remove_tree(path: str) -> None:
+    """rm -rf without following symlinks (the l/ links point into the image store!).
+
+    os.fwalk hands us a directory fd for each level, so nothing is resolved by path twice;
+    shutil.rmtree would do as well but costs its import on the start-up path."""
+    try:
+        for _root, dirs, files, root_fd in os.fwalk(path, topdown=False):
+            for name in files:
+                os.unlink(name, dir_fd=root_fd)
+            for name in dirs:  # fwalk lists symlinks to directories here too
+                try:
+                    os.rmdir(name, dir_fd=root_fd)
+                except NotADirectoryError:
+                    os.unlink(name, dir_fd=root_fd)
+        os.rmdir(path)
+    except FileNotFoundError:
+        pass
+
+
+# JSON text without the json module, whose import (it compiles regular expressions) costs
+# more than a whole container start's worth of D-Bus calls. Enough for records: dicts with
+# str keys, lists/tuples, str, int, float, bool, None.
+_ESCAPES = {i: f"\\u{i:04x}" for i in range(0x20)} | {ord('"'): '\\"', ord("\\"): "\\\\",
+                                                      ord("\n"): "\\n", ord("\t"): "\\t"}
+
+
+def dump_json(value: Any) -> str:
+    if value is None:
+        return "null"
+    if value is True:
+        return "true"
+    if value is False:
+        return "false"
+    if isinstance(value, str):
+        return '"' + value.translate(_ESCAPES) + '"'
+    if isinstance(value, int):
+        return str(int(value))
+    if isinstance(value, float):
+        if value != value or value in (float("inf"), float("-inf")):
+            raise ValueError(f"cannot write {value} as JSON")
+        return repr(value)
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{dump_json(str(k))}: {dump_json(v)}" for k, v in value.items()) + "}"
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(dump_json(v) for v in value) + "]"
+    raise TypeError(f"cannot write {type(value).__name__} as JSON")
 
 
 def now() -> float:

@@ -1015,6 +1015,7 @@ def _pid1(state_dir: Path, config: dict[str, Any], console_fd: int, console_path
         work.mkdir()
     mount("pymachine-testhost", root, "overlay", 0, f"lowerdir=/,upperdir={upper},workdir={work}")
     _bind_shared_paths(root, config["shared_paths"])
+    _bind_pymachine_state(root, upper.parent)
     _setup_dev(root, console_path)
     mount("proc", f"{root}/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
     # Read-only: sysfs is global, and a read-only /sys tells systemd not to start udev.
@@ -1035,6 +1036,16 @@ def _pid1(state_dir: Path, config: dict[str, Any], console_fd: int, console_path
     except OSError as e:
         os.write(2, f"testhost PID 1: cannot execute {systemd}: {e.strerror}\n".encode())
         os._exit(127)
+
+
+def _bind_pymachine_state(root: str, base: Path) -> None:
+    """pymachine's state dir on a real file system: container upper dirs are overlay upper
+    layers, and an overlayfs (this host's root) cannot be one. Private to this host."""
+    state = base / "pymachine-state"
+    state.mkdir(mode=0o700, exist_ok=True)
+    target = f"{root}/var/lib/pymachine"
+    os.makedirs(target, exist_ok=True)
+    mount(str(state), target, None, MS_BIND)
 
 
 def _bind_shared_paths(root: str, paths: list[str]) -> None:

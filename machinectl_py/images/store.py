@@ -315,7 +315,7 @@ class Store:
 
     def write_runtime_index(self, repos: dict[str, str] | None = None) -> None:
         """What `pymachine run` needs of each tag, in marshal form (see images/__init__.py)."""
-        from machinectl_py.images import RUNTIME_INDEX, index_key, index_entry
+        from machinectl_py.images import RUNTIME_INDEX, index_entry, index_key
 
         repos = self.repositories() if repos is None else repos
         tags = {}

@@ -76,3 +76,14 @@ def test_policy_rejects_bad_input() -> None:
     for raw, msg in cases:
         with pytest.raises(UsageError, match=msg):
             parse_policy(raw, "test.toml")
+
+
+def test_dump_json_matches_the_json_module() -> None:
+    import json
+
+    from machinectl_py.state import dump_json
+
+    value = {"a": [1, 2.5, None, True, False], "s": 'q"uo\\te\n\t\x01 ünï', "n": {"x": ()}, "big": 2**70}
+    assert json.loads(dump_json(value)) == json.loads(json.dumps(value))
+    with pytest.raises(TypeError):
+        dump_json({"x": object()})
