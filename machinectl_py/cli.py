@@ -17,6 +17,22 @@ VERBS: dict[str, tuple[str, str, str]] = {
     "image": ("machinectl_py.images.cli", "main", "import, list, inspect, tag, export and remove images"),
     "images": ("machinectl_py.images.cli", "main_ls", "list images (same as `image ls`)"),
     "commit": ("machinectl_py.images.cli", "main_commit", "make a new image from a container's changes"),
+    "create": ("machinectl_py.cmd_create", "main", "define a detached container (pymachine@NAME.service)"),
+    "start": ("machinectl_py.cmd_lifecycle", "main_start", "start detached containers as their systemd units"),
+    "stop": ("machinectl_py.cmd_lifecycle", "main_stop", "stop containers (SIGTERM, then SIGKILL)"),
+    "restart": ("machinectl_py.cmd_lifecycle", "main_restart", "stop, then start detached containers"),
+    "kill": ("machinectl_py.cmd_lifecycle", "main_kill", "send a signal to a container's init"),
+    "rm": ("machinectl_py.cmd_lifecycle", "main_rm", "remove containers"),
+    "ps": ("machinectl_py.cmd_ps", "main_ps", "list containers"),
+    "inspect": ("machinectl_py.cmd_ps", "main_inspect", "show containers' details (docker inspect's fields)"),
+    "status": ("machinectl_py.cmd_ps", "main_status", "a human summary of a container"),
+    "logs": ("machinectl_py.cmd_logs", "main", "show a container's output, from the journal"),
+    "exec": ("machinectl_py.exec", "main", "run a command in a running container"),
+    "volume": ("machinectl_py.cmd_volume", "main", "manage volumes: ls, inspect, create, rm, prune"),
+    "gc": ("machinectl_py.cmd_gc", "main", "clean what interrupted commands left behind"),
+    # Hidden: the ExecStart= and ExecStopPost= of pymachine@.service.
+    "_service": ("machinectl_py.service", "service_main", ""),
+    "_service-stopped": ("machinectl_py.service", "stopped_main", ""),
 }
 
 USAGE = """\
@@ -37,8 +53,9 @@ the command is not found.
 
 
 def usage() -> str:
-    width = max(len(v) for v in VERBS)
-    lines = [f"  {verb:<{width}}  {summary}" for verb, (_, _, summary) in VERBS.items()]
+    shown = {verb: entry for verb, entry in VERBS.items() if not verb.startswith("_")}
+    width = max(len(v) for v in shown)
+    lines = [f"  {verb:<{width}}  {summary}" for verb, (_, _, summary) in shown.items()]
     return USAGE.format(verbs="\n".join(lines))
 
 

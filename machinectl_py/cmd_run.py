@@ -6,6 +6,7 @@ from machinectl_py.args import APPEND, FLAG, Command, Option
 from machinectl_py.spec import (
     ContainerSpec,
     Limits,
+    Volume,
     generate_name,
     parse_count,
     parse_cpus,
@@ -61,6 +62,14 @@ RUN = Command(
                metavar="MODE", choices=("host", "private"), default="host"),
         Option("--env -e", "set an environment variable (repeatable)", kind=APPEND, metavar="KEY=VALUE"),
         Option("--workdir -w", "working directory inside the container", metavar="DIR"),
+        Option("--volume -v", "mount a volume: /host/path:/path[:ro], name:/path[:ro] or /path (anonymous); "
+               "repeatable", kind=APPEND, metavar="VOLUME"),
+        Option("--restart", "restart policy of a detached container (Restart= of its unit)", metavar="POLICY",
+               choices=("no", "on-failure", "always"), default="no"),
+        Option("--detach -d", "run as the service pymachine@NAME.service and return (create + start)",
+               kind=FLAG),
+        Option("--interactive -i", "keep stdin attached", kind=FLAG),
+        Option("--tty -t", "allocate a pseudo-terminal", kind=FLAG),
     ],
     positionals=[("image", "image name[:tag] or id; 'busybox' is built in")],
     rest=("command", "command and arguments"),
@@ -83,8 +92,20 @@ def spec_from_args(args: dict[str, Any]) -> ContainerSpec:
         env=parse_env(args["env"]),
         workdir=args["workdir"],
         limits=limits,
+        volumes=_volumes(args["volume"]),
+        restart=args["restart"],
         remove=args["rm"],
+        tty=args["tty"],
+        interactive=args["interactive"],
     ).validate()
+
+
+def _volumes(items: list[str]) -> tuple[Volume, ...]:
+    if not items:
+        return ()
+    from machinectl_py.volumes import parse_volume
+
+    return tuple(parse_volume(v) for v in items)
 
 
 def parse(argv: list[str]) -> ContainerSpec | None:
@@ -97,9 +118,15 @@ def parse(argv: list[str]) -> ContainerSpec | None:
 
 
 def main(argv: list[str]) -> int:
-    spec = parse(argv)
-    if spec is None:
+    args = RUN.parse(argv)
+    if args["help"]:
+        print(RUN.help_text(), end="")
         return 0
+    spec = spec_from_args(args)
+    if args["detach"]:
+        from machinectl_py.cmd_create import run_detached
+
+        return run_detached(spec)
     from machinectl_py.runtime import run_foreground
 
     return run_foreground(spec)

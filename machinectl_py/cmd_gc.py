@@ -1,0 +1,122 @@
+"""`pymachine gc`: find and clean what an interrupted command left behind.
+
+pymachine keeps no daemon, so a `kill -9` in the middle of a command can leave:
+- a container directory without container.json (create or run killed before the record);
+- a record that says "running" while its unit is gone (run killed, or the host rebooted):
+  it is marked exited, and removed if it was made with --rm;
+- a unit drop-in (pymachine@NAME.service.d) or runtime properties of a container that no
+  longer exists;
+- failed pymachine@ units and machine-*.scope units of pymachine containers that no
+  longer run (reset, so the next start of that name is not refused).
+Mounts need no cleaning: every container mount lives in the container's own mount
+namespace and vanishes with its last process. Each command that meets such debris also
+tells the user to run `pymachine gc`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import sys
+import time
+
+from machinectl_py.errors import UsageError
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from machinectl_py.bus import Bus
+
+# A directory younger than this may belong to a command that is creating it right now.
+GRACE_SECONDS = 30
+
+
+def collect(bus: Bus, *, grace: float = GRACE_SECONDS) -> list[str]:
+    from machinectl_py import config, service, state
+    from machinectl_py.paths import container_path, state_path
+
+    done: list[str] = []
+    try:
+        names = sorted(os.listdir(state_path("containers")))
+    except FileNotFoundError:
+        names = []
+    for name in names:
+        path = container_path(name)
+        if not _lock_free(path):
+            continue  # a command holds it (start, rm)
+        if not os.path.exists(os.path.join(path, state.RECORD)):
+            if time.time() - os.stat(path).st_mtime > grace:
+                state.remove_dir(name)
+                done.append(f"removed incomplete container directory {path}")
+            continue
+        try:
+            record = state.load(name)
+        except Exception:
+            done.append(f"unreadable record {path}/{state.RECORD} (left alone)")
+            continue
+        unit = record.unit or service.unit_name(name)
+        active = service.unit_property(bus, unit, "Unit", "ActiveState") in service.ACTIVE_STATES
+        if record.state == "running" and not active:
+            record.state, record.pid, record.finished = "exited", None, record.finished or state.now()
+            state.save(record)
+            done.append(f"{name}: marked exited ({unit} is not running)")
+            if record.spec.remove:
+                service.remove_container(name, record)
+                done.append(f"{name}: removed (--rm)")
+    for dropin in _dropin_names():
+        if not os.path.exists(container_path(dropin)) and not config.definition_exists(dropin):
+            service.remove_dropin(dropin)
+            done.append(f"removed stale drop-in of {service.unit_name(dropin)}")
+    for unit in _failed_units(bus):
+        with contextlib.suppress(Exception):
+            service.manager_call(bus, "ResetFailedUnit", "s", unit)
+            done.append(f"reset failed unit {unit}")
+    return done
+
+
+def _lock_free(path: str) -> bool:
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return True
+    except BlockingIOError:
+        return False
+    finally:
+        os.close(fd)
+
+
+def _dropin_names() -> list[str]:
+    from machinectl_py.service import UNIT_DIR
+
+    names = []
+    with contextlib.suppress(FileNotFoundError):
+        for entry in os.listdir(UNIT_DIR):
+            if entry.startswith("pymachine@") and entry.endswith(".service.d") and entry != "pymachine@.service.d":
+                names.append(entry[len("pymachine@"):-len(".service.d")])
+    return names
+
+
+def _failed_units(bus: Bus) -> list[str]:
+    from machinectl_py import service
+
+    units = service.manager_call(bus, "ListUnitsByPatterns", "asas", ["failed"],
+                                 ["pymachine@*.service", "machine-*.scope"])[0]
+    return [str(u[0]) for u in units]
+
+
+def main(argv: list[str]) -> int:
+    from machinectl_py.bus import Bus
+
+    if argv and argv[0] in ("-h", "--help"):
+        print("usage: pymachine gc\n\nClean what interrupted commands left behind (see the README).")
+        return 0
+    if argv:
+        raise UsageError(f"pymachine gc: unexpected argument {argv[0]!r}")
+    with Bus.system() as bus:
+        for line in collect(bus):
+            print(line)
+    sys.stdout.flush()
+    return 0

@@ -1,0 +1,264 @@
+"""`pymachine start|stop|restart|kill|rm`: a detached container's life, through its unit.
+
+Every verb is a systemd job or call on pymachine@NAME.service (StartUnit, StopUnit,
+KillUnit), waited for through JobRemoved (subscribed before the call). `start` and `rm`
+serialize on a lock of the container's directory: of two `start`s of one container, one
+starts it and the other is told it runs already (or is being started).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import fcntl
+import os
+import signal
+import sys
+from collections.abc import Iterator
+from typing import NoReturn
+
+from machinectl_py.errors import ConflictError, NotFoundError, PymachineError, UsageError
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from machinectl_py import state
+    from machinectl_py.bus import Bus
+
+USEC = 1_000_000
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(f"{self.prog}: {message}", hint=f"see '{self.prog} --help'")
+
+
+def _parser(verb: str, description: str) -> argparse.ArgumentParser:
+    return _Parser(prog=f"pymachine {verb}", description=description)
+
+
+@contextlib.contextmanager
+def container_lock(name: str, *, wait: bool) -> Iterator[None]:
+    """An exclusive lock on the container's directory (flock: released if we are killed)."""
+    from machinectl_py.paths import container_path
+
+    try:
+        fd = os.open(container_path(name), os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        raise NotFoundError(f"no such container: {name}") from None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        except BlockingIOError:
+            raise ConflictError(f"container {name} is being started or removed by another command") from None
+        yield
+    finally:
+        os.close(fd)
+
+
+# -- start ----------------------------------------------------------------------------------------
+
+
+def start_container(name: str) -> None:
+    from machinectl_py import service
+    from machinectl_py.bus import Bus
+    from machinectl_py.cmd_create import load_or_adopt, sync_unit
+
+    record = load_or_adopt(name)
+    _require_service(record)
+    with container_lock(name, wait=False), Bus.system() as bus:
+        service.ensure_not_running(bus, name)
+        sync_unit(bus, record)
+        unit = service.unit_name(name)
+        with contextlib.suppress(PymachineError, Exception):
+            service.manager_call(bus, "ResetFailedUnit", "s", unit)
+        result = service.run_job(bus, "StartUnit", unit)
+        if result != "done":
+            raise PymachineError(f"container {name} failed to start: {_failure_reason(bus, name, result)}",
+                                 hint=f"see 'pymachine logs {name}' and 'systemctl status {unit}'")
+
+
+def _require_service(record: state.ContainerRecord) -> None:
+    if record.unit and record.unit.startswith("machine-"):
+        raise ConflictError(f"container {record.name} was made by `pymachine run` (a foreground container)",
+                            hint="create a detached one with `pymachine create` or `pymachine run -d`")
+
+
+def _failure_reason(bus: Bus, name: str, result: str | None) -> str:
+    from machinectl_py import service
+    from machinectl_py.paths import container_path
+
+    with contextlib.suppress(OSError), open(container_path(name, service.LAST_ERROR)) as f:
+        text = f.read().strip()
+        if text:
+            return text
+    props = service.unit_properties(bus, service.unit_name(name), "Service")
+    if props:
+        return (f"{service.unit_name(name)}: result {props.get('Result')}, "
+                f"exit status {props.get('ExecMainStatus')}")
+    return f"job {result or 'timed out'}"
+
+
+def main_start(argv: list[str]) -> int:
+    p = _parser("start", "Start detached containers as pymachine@NAME.service; returns once they run.")
+    p.add_argument("names", nargs="+", metavar="NAME")
+    args = p.parse_args(argv)
+    for name in args.names:
+        start_container(name)
+        print(name)
+    return 0
+
+
+# -- stop / restart ---------------------------------------------------------------------------------
+
+
+def stop_container(bus: Bus, name: str, timeout: float) -> None:
+    """StopUnit: SIGTERM to the container's init (KillMode=mixed); SIGKILL to all after `timeout`."""
+    from machinectl_py import service
+
+    unit = service.unit_name(name)
+    if not service.is_active(bus, name):
+        return
+    service.watch_jobs(bus)
+    job = str(service.manager_call(bus, "StopUnit", "ss", unit, "replace")[0])
+    result = service.wait_job(bus, job, int(timeout * USEC))
+    if result is None:
+        with contextlib.suppress(Exception):
+            service.manager_call(bus, "KillUnit", "ssi", unit, "all", int(signal.SIGKILL))
+        result = service.wait_job(bus, job, service.JOB_TIMEOUT_USEC)
+    if result not in ("done", None):
+        raise PymachineError(f"stopping {unit} failed: job {result}")
+    with contextlib.suppress(Exception):
+        service.manager_call(bus, "ResetFailedUnit", "s", unit)
+
+
+def _stop_any(bus: Bus, name: str, timeout: float) -> None:
+    """Stop a detached container, or a foreground one through machined."""
+    from machinectl_py import machined, state
+
+    record = state.load(name)
+    if record.unit and record.unit.startswith("machine-"):
+        machined.terminate_machine(bus, name)
+        machined.watch_removal(bus)
+        machined.wait_removed(bus, name, int(timeout * USEC) + 5 * USEC)
+        return
+    stop_container(bus, name, timeout)
+
+
+def main_stop(argv: list[str]) -> int:
+    from machinectl_py.bus import Bus
+
+    p = _parser("stop", "Stop containers: SIGTERM to their init, SIGKILL after the timeout.")
+    p.add_argument("-t", "--time", type=float, default=10.0, metavar="SECONDS",
+                   help="seconds to wait before SIGKILL (default 10)")
+    p.add_argument("names", nargs="+", metavar="NAME")
+    args = p.parse_args(argv)
+    with Bus.system() as bus:
+        for name in args.names:
+            _stop_any(bus, name, args.time)
+            print(name)
+    return 0
+
+
+def main_restart(argv: list[str]) -> int:
+    from machinectl_py import state
+    from machinectl_py.bus import Bus
+
+    p = _parser("restart", "Stop, then start detached containers.")
+    p.add_argument("-t", "--time", type=float, default=10.0, metavar="SECONDS")
+    p.add_argument("names", nargs="+", metavar="NAME")
+    args = p.parse_args(argv)
+    for name in args.names:
+        _require_service(state.load(name))
+        with Bus.system() as bus:
+            stop_container(bus, name, args.time)
+        start_container(name)
+        print(name)
+    return 0
+
+
+# -- kill -------------------------------------------------------------------------------------------
+
+
+def parse_signal(text: str) -> int:
+    name = text.upper()
+    if name.isdigit():
+        return int(name)
+    if not name.startswith("SIG"):
+        name = "SIG" + name
+    try:
+        return int(signal.Signals[name])
+    except KeyError:
+        raise UsageError(f"invalid signal {text!r}", hint="use a name such as TERM, KILL, HUP or a number") from None
+
+
+def main_kill(argv: list[str]) -> int:
+    from machinectl_py import machined
+    from machinectl_py.bus import Bus
+
+    p = _parser("kill", "Send a signal to the container's init (PID 1 inside).")
+    p.add_argument("-s", "--signal", default="KILL", help="signal name or number (default KILL)")
+    p.add_argument("names", nargs="+", metavar="NAME")
+    args = p.parse_args(argv)
+    sig = parse_signal(args.signal)
+    with Bus.system() as bus:
+        for name in args.names:
+            if not machined.kill_machine(bus, name, sig, who="leader"):
+                raise NotFoundError(f"container {name} is not running")
+            print(name)
+    return 0
+
+
+# -- rm ---------------------------------------------------------------------------------------------
+
+
+def remove(bus: Bus, name: str, *, force: bool, volumes: bool) -> None:
+    from machinectl_py import config, service, state
+
+    try:
+        record = state.load(name)
+    except NotFoundError:
+        if config.definition_exists(name):  # a hand-written definition never started
+            config.remove_definition(name)
+            service.remove_dropin(name)
+            return
+        raise
+    with container_lock(name, wait=True):
+        unit = record.unit or service.unit_name(name)
+        if _unit_active(bus, unit):
+            if not force:
+                raise ConflictError(f"container {name} is running",
+                                    hint=f"stop it first, or use 'pymachine rm -f {name}'")
+            _stop_any(bus, name, 0)
+        if not volumes:
+            record.spec = record.spec.replace(volumes=())  # keep anonymous volumes unless -v
+        service.remove_container(name, record)
+        with contextlib.suppress(Exception):
+            service.manager_call(bus, "ResetFailedUnit", "s", service.unit_name(name))
+        with contextlib.suppress(Exception):
+            service.reload_if_needed(bus, name)
+
+
+def _unit_active(bus: Bus, unit: str) -> bool:
+    from machinectl_py import service
+
+    return service.unit_property(bus, unit, "Unit", "ActiveState") in service.ACTIVE_STATES
+
+
+def main_rm(argv: list[str]) -> int:
+    from machinectl_py.bus import Bus
+
+    p = _parser("rm", "Remove containers: definition, unit drop-in, state and upper layer.")
+    p.add_argument("-f", "--force", action="store_true", help="kill a running container first")
+    p.add_argument("-v", "--volumes", action="store_true", help="also remove its anonymous volumes")
+    p.add_argument("names", nargs="+", metavar="NAME")
+    args = p.parse_args(argv)
+    failed = 0
+    with Bus.system() as bus:
+        for name in args.names:
+            try:
+                remove(bus, name, force=args.force, volumes=args.volumes)
+                print(name)
+            except PymachineError as e:
+                print(f"pymachine: {e.message}", file=sys.stderr)
+                failed = 1
+    return 125 if failed else 0

@@ -1,0 +1,83 @@
+"""`pymachine logs`: a container's output, from the journal.
+
+Every line a container writes carries CONTAINER_NAME (the forwarder of `run`, or the
+unit's LogExtraFields= for detached ones), so journalctl finds them by that field. Lines
+from before the container was created (an older container of the same name) are left
+out. stdout lines go to stdout and stderr lines (priority err) to stderr, as docker does.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from typing import NoReturn
+
+from machinectl_py.errors import PymachineError, UsageError
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(f"{self.prog}: {message}", hint=f"see '{self.prog} --help'")
+
+
+def journalctl_argv(name: str, created: float | None, *, follow: bool, lines: int | None,
+                    since: str | None) -> list[str]:
+    argv = ["journalctl", "--no-pager", "-q", "-o", "json", "--output-fields=MESSAGE,PRIORITY",
+            f"CONTAINER_NAME={name}"]
+    if since is not None:
+        argv.append(f"--since={since}")
+    elif created:
+        argv.append("--since=" + time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(int(created))))
+    if lines is not None:
+        argv.append(f"--lines={lines}")
+    if follow:
+        argv.append("--follow")
+    return argv
+
+
+def message_bytes(entry: dict[str, object]) -> bytes:
+    """MESSAGE as journalctl's JSON gives it: a string, or a list of byte values if not UTF-8."""
+    message = entry.get("MESSAGE")
+    if isinstance(message, list):
+        return bytes(int(b) for b in message)
+    return str(message or "").encode()
+
+
+def main(argv: list[str]) -> int:
+    from machinectl_py import state
+    from machinectl_py.errors import NotFoundError
+
+    p = _Parser(prog="pymachine logs", description="Show a container's output, from the journal.")
+    p.add_argument("-f", "--follow", action="store_true", help="keep printing new lines")
+    p.add_argument("-n", "--tail", type=int, metavar="N", help="only the last N lines")
+    p.add_argument("--since", metavar="TIME", help="from TIME on (journalctl's format: '10 min ago', '2024-01-01')")
+    p.add_argument("name", metavar="NAME")
+    args = p.parse_args(argv)
+    try:
+        created: float | None = state.load(args.name).created
+    except NotFoundError:
+        created = None  # removed: its old lines are still in the journal
+    argv = journalctl_argv(args.name, created, follow=args.follow, lines=args.tail, since=args.since)
+    try:
+        proc = subprocess.Popen(argv, stdout=subprocess.PIPE)
+    except FileNotFoundError:
+        raise PymachineError("journalctl not found (package systemd)") from None
+    assert proc.stdout is not None
+    try:
+        for line in proc.stdout:
+            entry = json.loads(line)
+            out = 2 if str(entry.get("PRIORITY")) in ("0", "1", "2", "3") else 1
+            os.write(out, message_bytes(entry) + b"\n")
+    except KeyboardInterrupt:
+        proc.terminate()
+    except BrokenPipeError:
+        proc.terminate()
+    code = proc.wait()
+    if code not in (0, -15):
+        print(f"pymachine logs: journalctl exited {code}", file=sys.stderr)
+        return 125
+    return 0

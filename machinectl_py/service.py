@@ -1,0 +1,445 @@
+"""Detached containers: the unit pymachine@NAME.service and its short-lived setup process.
+
+The template (units/pymachine@.service, rendered by `template_text()`) runs
+`pymachine _service NAME` as a Type=notify service. That setup process builds the
+container exactly as `pymachine run` does (fork_held_init: the container's init is held
+on a pipe in fresh namespaces), sets the limits as unit properties through systemd,
+registers the machine with machined (RegisterMachine: the machine adopts this unit),
+releases the init, tells systemd `MAINPID=<init>` + `READY=1` and exits. systemd then
+supervises the container's init directly: it records the exit status, applies Restart=,
+and journald tags the unit's output. No pymachine process stays resident.
+
+`pymachine _service-stopped NAME` (ExecStopPost=) records the exit in container.json.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import struct
+import sys
+from typing import Any
+
+from machinectl_py.bus import Bus, BusError
+from machinectl_py.errors import EXIT_ERROR, ConflictError, NotFoundError, PymachineError
+from machinectl_py.spec import ContainerSpec
+
+SYSTEMD_DEST = "org.freedesktop.systemd1"
+SYSTEMD_PATH = "/org/freedesktop/systemd1"
+MANAGER = "org.freedesktop.systemd1.Manager"
+TEMPLATE = "pymachine@.service"
+UNIT_DIR = "/etc/systemd/system"
+DROPIN = "50-pymachine.conf"
+JOURNAL_STDOUT = "/run/systemd/journal/stdout"
+UINT64_MAX = 2**64 - 1
+JOB_TIMEOUT_USEC = 120_000_000
+LAST_ERROR = "last-error"
+# Units whose state means "the container runs (or is about to)".
+ACTIVE_STATES = ("active", "activating", "reloading", "deactivating")
+
+
+def unit_name(name: str) -> str:
+    # Container names are [a-zA-Z0-9-_.]: all valid in a unit's instance string as they are.
+    return f"pymachine@{name}.service"
+
+
+# -- the template ---------------------------------------------------------------------------
+
+
+def template_text(executable: str = "/usr/bin/pymachine") -> str:
+    """The shipped units/pymachine@.service, with ExecStart= pointing at `executable`."""
+    from pathlib import Path
+
+    shipped = Path(__file__).resolve().parent.parent / "units" / TEMPLATE
+    text = shipped.read_text() if shipped.exists() else _TEMPLATE_FALLBACK
+    return text.replace("/usr/bin/pymachine ", f"{executable} ")
+
+
+def this_executable() -> str:
+    """How systemd should run this pymachine: the console script if we are it, else python -m."""
+    argv0 = os.path.abspath(sys.argv[0]) if sys.argv and sys.argv[0] else ""
+    if os.path.basename(argv0) == "pymachine" and os.access(argv0, os.X_OK):
+        return argv0
+    return f"{sys.executable} -m machinectl_py"
+
+
+def ensure_template(bus: Bus) -> None:
+    """Install pymachine@.service into /etc/systemd/system if systemd knows no such template.
+
+    A distro package ships it in /usr/lib/systemd/system; a pip install gets it here on
+    first use (with ExecStart= pointing at the installed console script)."""
+    try:
+        manager_call(bus, "GetUnitFileState", "s", TEMPLATE)
+        return
+    except BusError as e:
+        if e.name not in ("org.freedesktop.systemd1.NoSuchUnit", "org.freedesktop.DBus.Error.FileNotFound"):
+            raise
+    path = os.path.join(UNIT_DIR, TEMPLATE)
+    _write_atomic(path, template_text(this_executable()))
+    manager_call(bus, "Reload")
+
+
+def _write_atomic(path: str, text: str) -> None:
+    os.makedirs(os.path.dirname(path), mode=0o755, exist_ok=True)
+    tmp = f"{path}.{os.getpid()}.tmp"
+    with open(tmp, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+def dropin_dir(name: str) -> str:
+    return os.path.join(UNIT_DIR, f"{unit_name(name)}.d")
+
+
+def dropin_text(name: str, container_id: str, image_name: str, spec: ContainerSpec,
+                device_allow: tuple[tuple[str, str], ...] = ()) -> str:
+    """Per-container unit settings: restart policy, limits, devices and docker's journal fields.
+
+    Limits reach the kernel through systemd as unit properties (MemoryMax=, CPUQuota=,
+    TasksMax=); systemd applies them when it starts the unit, before ExecStart= runs."""
+    fields = (f"CONTAINER_ID={container_id[:12]} CONTAINER_ID_FULL={container_id} "
+              f'"IMAGE_NAME={image_name}"')
+    lines = [f"# Written by pymachine for container {name}; `pymachine rm {name}` removes it.",
+             "[Service]", f"Restart={spec.restart}", f"LogExtraFields={fields}"]
+    limits = spec.limits
+    if limits.memory_max is not None:
+        lines.append(f"MemoryMax={limits.memory_max}")
+    if limits.cpu_quota_usec is not None:
+        lines.append(f"CPUQuota={limits.cpu_quota_usec / 10_000:g}%")
+    if limits.tasks_max is not None:
+        lines.append(f"TasksMax={limits.tasks_max}")
+    lines += [f"DeviceAllow={path} {access}" for path, access in device_allow]
+    return "\n".join(lines) + "\n"
+
+
+def write_dropin(bus: Bus, name: str, container_id: str, image_name: str, spec: ContainerSpec) -> None:
+    """Write the drop-in; reload systemd only if it has the unit loaded with an older one."""
+    from machinectl_py.policy import load_policy
+
+    path = os.path.join(dropin_dir(name), DROPIN)
+    text = dropin_text(name, container_id, image_name, spec, load_policy().device_allow)
+    with contextlib.suppress(FileNotFoundError), open(path) as f:
+        if f.read() == text:
+            return
+    _write_atomic(path, text)
+    reload_if_needed(bus, name)
+
+
+def reload_if_needed(bus: Bus, name: str) -> None:
+    if unit_property(bus, unit_name(name), "Unit", "NeedDaemonReload"):
+        manager_call(bus, "Reload")
+
+
+def remove_dropin(name: str) -> None:
+    import shutil
+
+    shutil.rmtree(dropin_dir(name), ignore_errors=True)
+    # Runtime properties that `systemctl set-property --runtime` may have left.
+    shutil.rmtree(f"/run/systemd/system.control/{unit_name(name)}.d", ignore_errors=True)
+
+
+# -- unit control over D-Bus ----------------------------------------------------------------------
+
+
+def manager_call(bus: Bus, method: str, signature: str = "", *args: Any) -> list[Any]:
+    return bus.call(SYSTEMD_DEST, SYSTEMD_PATH, MANAGER, method, signature, *args)
+
+
+def unit_object(bus: Bus, unit: str) -> str | None:
+    try:
+        return str(manager_call(bus, "GetUnit", "s", unit)[0])
+    except BusError as e:
+        if e.name == "org.freedesktop.systemd1.NoSuchUnit":
+            return None
+        raise
+
+
+def unit_property(bus: Bus, unit: str, interface: str, prop: str) -> Any:
+    path = unit_object(bus, unit)
+    if path is None:
+        return None
+    return bus.call(SYSTEMD_DEST, path, "org.freedesktop.DBus.Properties", "Get", "ss",
+                    f"org.freedesktop.systemd1.{interface}", prop)[0]
+
+
+def unit_properties(bus: Bus, unit: str, interface: str = "Unit") -> dict[str, Any]:
+    """All properties of a loaded unit's interface; {} if systemd has not loaded it."""
+    path = unit_object(bus, unit)
+    if path is None:
+        return {}
+    try:
+        props: dict[str, Any] = bus.call(SYSTEMD_DEST, path, "org.freedesktop.DBus.Properties", "GetAll", "s",
+                                         f"org.freedesktop.systemd1.{interface}")[0]
+    except BusError:
+        return {}
+    return props
+
+
+def watch_jobs(bus: Bus) -> None:
+    """Subscribe to JobRemoved: must precede the call that creates the job."""
+    bus.add_match(f"type='signal',sender='{SYSTEMD_DEST}',interface='{MANAGER}',member='JobRemoved',"
+                  f"path='{SYSTEMD_PATH}'")
+
+
+def wait_job(bus: Bus, job: str, timeout_usec: int = JOB_TIMEOUT_USEC) -> str | None:
+    """The job's result ("done", "failed", "canceled", "timeout", ...), or None on timeout."""
+    for _path, _iface, member, args in bus.signals(timeout_usec):
+        if member == "JobRemoved" and len(args) >= 4 and str(args[1]) == job:
+            return str(args[3])
+    return None
+
+
+def run_job(bus: Bus, method: str, unit: str, mode: str = "replace",
+            timeout_usec: int = JOB_TIMEOUT_USEC) -> str | None:
+    watch_jobs(bus)
+    job = str(manager_call(bus, method, "ss", unit, mode)[0])
+    return wait_job(bus, job, timeout_usec)
+
+
+# -- the setup process (ExecStart=) -----------------------------------------------------------
+
+
+def journal_stream(identifier: str, priority: int) -> int:
+    """A stream to journald (the protocol systemd uses for StandardOutput=journal).
+
+    journald attributes the stream to the unit of the process that connects, this one."""
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        s.connect(JOURNAL_STDOUT)
+        s.shutdown(socket.SHUT_RD)
+        # identifier, unit id (empty: from our cgroup), priority, level prefix, syslog, kmsg, console
+        s.sendall(f"{identifier}\n\n{priority}\n0\n0\n0\n0\n".encode())
+        return s.detach()
+    except BaseException:
+        s.close()
+        raise
+
+
+def notify(message: str) -> None:
+    """sd_notify(), then a barrier: returns once systemd has processed the message.
+
+    Without the barrier, systemd could see us exit before it reads MAINPID= and take the
+    exit of its main process for the container's."""
+    address = os.environ.get("NOTIFY_SOCKET")
+    if not address:
+        raise PymachineError("NOTIFY_SOCKET is not set: `pymachine _service` runs only as pymachine@.service")
+    if address.startswith("@"):
+        address = "\0" + address[1:]
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as s:
+        s.connect(address)
+        s.sendall(message.encode())
+        r, w = os.pipe()
+        try:
+            s.sendmsg([b"BARRIER=1"], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, struct.pack("i", w))])
+            os.close(w)
+            w = -1
+            import select
+
+            select.select([r], [], [], 5.0)  # systemd closes its copy of w: EOF on r
+        finally:
+            os.close(r)
+            if w >= 0:
+                os.close(w)
+
+
+def load_container(name: str) -> tuple[ContainerSpec, Any]:
+    """The definition (TOML, authoritative when present) and the container's record."""
+    from machinectl_py import config, state
+
+    record = state.load(name)
+    spec = config.load_definition(name) if config.definition_exists(name) else record.spec
+    return spec, record
+
+
+def service_main(argv: list[str]) -> int:
+    """`pymachine _service NAME`: ExecStart= of pymachine@NAME.service."""
+    if len(argv) != 1:
+        print("usage: pymachine _service NAME (run by pymachine@NAME.service)", file=sys.stderr)
+        return 2
+    name = argv[0]
+    try:
+        return _setup(name)
+    except PymachineError as e:
+        _record_error(name, e.message)
+        raise
+
+
+def _record_error(name: str, message: str) -> None:
+    from machinectl_py.paths import container_path
+
+    with contextlib.suppress(OSError), open(container_path(name, LAST_ERROR), "w") as f:
+        f.write(message + "\n")
+
+
+def _setup(name: str) -> int:
+    from machinectl_py import images, machined, state, volumes
+    from machinectl_py.policy import load_policy
+    from machinectl_py.runtime import build_child_plan, command_for, environment, fork_held_init
+
+    spec, record = load_container(name)
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(os.path.join(record.dir_path, LAST_ERROR))
+    policy = load_policy()
+    image = images.resolve(record.image_id or spec.image)
+    argv = command_for(spec, image.config)
+    env = environment(spec, image.config)
+    binds = volumes.bind_ops(spec)
+    child_plan = build_child_plan(spec, image, record.dir_path, policy, env, argv, binds=binds, detached=True)
+    err_fd = journal_stream(name, 3)
+    # stdout stays the service's own journal stream (priority info); stderr gets its own at err.
+    leader, go_w, status_r = fork_held_init(child_plan, 1, err_fd)
+    os.close(err_fd)
+    released = False
+    try:
+        with Bus.system() as bus:
+            unit = unit_name(name)
+            try:
+                machined.register_machine(bus, name, record.id, leader, child_plan.rootfs)
+            except BusError as e:
+                raise PymachineError(f"cannot register machine {name} with systemd-machined: {e.message}") from None
+            with contextlib.suppress(BrokenPipeError):
+                os.write(go_w, b"g")
+            released = True
+            os.close(go_w)
+            failure = _read_all(status_r)
+            if failure:
+                code_text, _, message = failure.partition(":")
+                _record_error(name, message)
+                print(f"pymachine: {name}: {message}", file=sys.stderr)
+                _reap(leader)
+                return int(code_text) if code_text.isdigit() else EXIT_ERROR
+            record.state, record.pid, record.started = "running", leader, state.now()
+            record.exit_code, record.finished, record.unit = None, None, unit
+            state.save(record)
+            notify(f"MAINPID={leader}\nREADY=1\nSTATUS=container {name} running\n")
+            return 0
+    finally:
+        if not released:
+            os.close(go_w)  # EOF on `go`: the held init exits without running anything
+            _reap(leader)
+        os.close(status_r)
+
+
+def _reap(pid: int) -> None:
+    with contextlib.suppress(ChildProcessError):
+        os.waitpid(pid, 0)
+
+
+def _read_all(fd: int) -> str:
+    chunks = []
+    while chunk := os.read(fd, 4096):
+        chunks.append(chunk)
+    return b"".join(chunks).decode(errors="replace")
+
+
+def exit_code_from_env(env: dict[str, str] | os._Environ[str]) -> int | None:
+    """systemd's $EXIT_CODE/$EXIT_STATUS -> docker's code (128+N when killed by signal N)."""
+    import signal
+
+    kind = env.get("EXIT_CODE", "")
+    status = env.get("EXIT_STATUS", "")
+    if kind == "exited" and status.isdigit():
+        return int(status)
+    if kind in ("killed", "dumped"):
+        try:
+            return 128 + int(signal.Signals[f"SIG{status}"])
+        except KeyError:
+            return 128 + int(status) if status.isdigit() else None
+    return None
+
+
+def stopped_main(argv: list[str]) -> int:
+    """`pymachine _service-stopped NAME`: ExecStopPost=, records how the container ended."""
+    from machinectl_py import state
+
+    if len(argv) != 1:
+        return 2
+    name = argv[0]
+    try:
+        record = state.load(name)
+    except NotFoundError:
+        return 0  # removed while it ran
+    code = exit_code_from_env(os.environ)
+    if code is None:
+        code = _exit_code_from_unit(name)
+    record.state = "exited"
+    record.exit_code = code
+    record.finished = state.now()
+    record.pid = None
+    state.save(record)
+    if record.spec.remove:  # run -d --rm
+        remove_container(name, record)
+    return 0
+
+
+def _exit_code_from_unit(name: str) -> int | None:
+    """ExecMainCode/ExecMainStatus of the unit (CLD_EXITED=1, CLD_KILLED=2, CLD_DUMPED=3)."""
+    try:
+        with Bus.system() as bus:
+            props = unit_properties(bus, unit_name(name), "Service")
+    except BusError:
+        return None
+    code, status = props.get("ExecMainCode"), int(props.get("ExecMainStatus") or 0)
+    if code == 1:
+        return status
+    if code in (2, 3):
+        return 128 + status
+    return None
+
+
+def remove_container(name: str, record: Any) -> None:
+    """Everything of a stopped container: definition, drop-in, anonymous volumes, state dir."""
+    from machinectl_py import config, state, volumes
+
+    config.remove_definition(name)
+    remove_dropin(name)
+    volumes.remove_anonymous(record.spec)
+    state.remove_dir(name)
+
+
+def is_active(bus: Bus, name: str) -> bool:
+    return unit_property(bus, unit_name(name), "Unit", "ActiveState") in ACTIVE_STATES
+
+
+def ensure_not_running(bus: Bus, name: str) -> None:
+    state_now = unit_property(bus, unit_name(name), "Unit", "ActiveState")
+    if state_now in ACTIVE_STATES:
+        raise ConflictError(f"container {name} is already running ({unit_name(name)} is {state_now})",
+                            hint=f"stop it first: pymachine stop {name}")
+
+
+_TEMPLATE_FALLBACK = """\
+[Unit]
+Description=pymachine container %i
+PartOf=machines.target
+Before=machines.target
+After=network.target systemd-machined.service
+Wants=systemd-machined.service
+RequiresMountsFor=/var/lib/pymachine
+# The exit status is recorded in container.json by ExecStopPost=: a failed unit need not linger.
+CollectMode=inactive-or-failed
+
+[Service]
+Type=notify
+NotifyAccess=all
+ExecStart=/usr/bin/pymachine _service %i
+ExecStopPost=/usr/bin/pymachine _service-stopped %i
+KillMode=mixed
+Delegate=yes
+Slice=machine.slice
+TimeoutStartSec=90
+TimeoutStopSec=10
+StandardInput=null
+StandardOutput=journal
+StandardError=journal
+SyslogIdentifier=%i
+LogExtraFields=CONTAINER_NAME=%i
+LogExtraFields=CONTAINER_TAG=%i
+DevicePolicy=closed
+DeviceAllow=/dev/net/tun rwm
+DeviceAllow=char-pts rw
+
+[Install]
+WantedBy=machines.target
+"""
