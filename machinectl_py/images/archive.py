@@ -1041,7 +1041,7 @@ class UpperCommitter:
     def __init__(self, layer_fd: int, limits: Limits = DEFAULT_LIMITS,
                  progress: Callable[[int], None] | None = None) -> None:
         self._writer = LayerWriter(layer_fd, limits)
-        self._hash = hashlib.sha256()
+        self._hash = BackgroundHash()
         self._size = 0
         self._padding = 0
         self._links: dict[tuple[int, int], bytes] = {}
@@ -1059,6 +1059,7 @@ class UpperCommitter:
             stats = self._writer.finish()
         except BaseException:
             self._writer.close()
+            self._hash.close()
             raise
         return "sha256:" + self._hash.hexdigest(), self._size, stats
 
@@ -1080,8 +1081,8 @@ class UpperCommitter:
             if n <= 0:
                 raise ImageError(f"{display(entry.name)!r} shrank while being committed")
             chunk = view[:n]
-            self._hash.update(chunk)
             _write_all(dst, chunk)
+            self._hash.update(bytes(chunk))
             remaining -= n
             if self._progress is not None:
                 self._progress(n)

@@ -317,6 +317,8 @@ class Store:
         """What `pymachine run` needs of each tag, in marshal form (see images/__init__.py)."""
         from machinectl_py.images import RUNTIME_INDEX, index_entry, index_key
 
+        # The key first: if repositories.json changes while this runs, the index is born stale.
+        key = index_key(str(self.repositories_file))
         repos = self.repositories() if repos is None else repos
         tags = {}
         for tag, image_id in repos.items():
@@ -325,7 +327,6 @@ class Store:
                 tags[tag] = index_entry(image_id, record.diff_ids, record.config)
         import marshal
 
-        key = index_key(str(self.repositories_file))
         if key is not None:
             atomic_write(self.root / RUNTIME_INDEX, marshal.dumps({"key": key, "tags": tags}))
 
