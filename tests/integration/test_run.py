@@ -1,0 +1,252 @@
+"""`pymachine run` against the real systemd, machined and journald of the test host.
+
+Each test checks the outcome with the clients an admin would use: systemctl show,
+machinectl, journalctl, findmnt and /proc.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import time
+
+import pytest
+from helpers import AnyHost, machine_names, pm, wait_until
+
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("no_leftovers")]
+
+
+def test_done_when_of_the_skeleton_issue(host: AnyHost) -> None:
+    """The issue's own check: hello, the name as hostname, scope + limit + machine while it runs,
+    the journal afterwards, nothing left behind."""
+    proc = host.popen(["pymachine", "run", "--rm", "--name", "t1", "--memory", "64M", "busybox",
+                       "sh", "-c", "echo hello; hostname; sleep 3"])
+    wait_until(lambda: "t1" in machine_names(host), what="machine t1 in machinectl list")
+    shown = host.run(["systemctl", "show", "machine-t1.scope", "-p", "MemoryMax", "-p", "Slice", "-p", "ActiveState"],
+                     check=True).stdout
+    assert "MemoryMax=67108864" in shown and "Slice=machine.slice" in shown and "ActiveState=active" in shown
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err
+    assert out.splitlines() == ["hello", "t1"]
+    journal = host.run(["journalctl", "CONTAINER_NAME=t1", "-o", "cat", "--no-pager"], check=True).stdout
+    assert "hello" in journal.splitlines()
+    assert host.run(["test", "-e", "/var/lib/pymachine/containers/t1"]).returncode != 0
+
+
+def test_exit_code_is_the_commands(host: AnyHost) -> None:
+    assert pm(host, "run", "--rm", "busybox", "sh", "-c", "exit 7").returncode == 7
+
+
+def test_killed_by_signal_gives_128_plus_n(host: AnyHost) -> None:
+    proc = host.popen(["pymachine", "run", "--rm", "--name", "sig", "busybox", "sleep", "60"])
+    wait_until(lambda: "sig" in machine_names(host), what="machine sig")
+    leader = host.run(["machinectl", "show", "sig", "-p", "Leader", "--value"], check=True).stdout.strip()
+    host.run(["kill", "-KILL", leader], check=True)
+    proc.communicate(timeout=30)
+    assert proc.returncode == 128 + signal.SIGKILL
+
+
+def test_journal_fields_and_unit_attribution(host: AnyHost) -> None:
+    r = pm(host, "run", "--rm", "--name", "logs1", "busybox", "sh", "-c", "echo to-out; echo to-err >&2")
+    assert r.returncode == 0
+    assert r.stdout == "to-out\n" and r.stderr == "to-err\n"  # the terminal copy keeps the streams apart
+    raw = host.run(["journalctl", "CONTAINER_NAME=logs1", "-o", "json", "--no-pager"], check=True).stdout
+    entries = {e["MESSAGE"]: e for e in map(json.loads, raw.splitlines())}
+    out, err = entries["to-out"], entries["to-err"]
+    assert out["PRIORITY"] == "6" and err["PRIORITY"] == "3"
+    for e in (out, err):
+        assert e["_SYSTEMD_UNIT"] == "machine-logs1.scope"
+        assert e["SYSLOG_IDENTIFIER"] == "logs1" and e["IMAGE_NAME"] == "busybox:latest"
+        assert len(e["CONTAINER_ID"]) == 12 and e["CONTAINER_ID_FULL"].startswith(e["CONTAINER_ID"])
+    by_unit = host.run(["journalctl", "-u", "machine-logs1.scope", "-o", "cat", "--no-pager"], check=True).stdout
+    assert "to-out" in by_unit and "to-err" in by_unit
+
+
+def test_limits_are_unit_properties(host: AnyHost) -> None:
+    proc = host.popen(["pymachine", "run", "--rm", "--name", "lim", "--memory", "128M", "--cpus", "0.5",
+                       "--pids-limit", "20", "busybox", "sleep", "5"])
+    try:
+        wait_until(lambda: "lim" in machine_names(host), what="machine lim")
+        shown = dict(line.split("=", 1) for line in host.run(
+            ["systemctl", "show", "machine-lim.scope", "-p", "MemoryMax", "-p", "CPUQuotaPerSecUSec",
+             "-p", "TasksMax", "-p", "DevicePolicy", "-p", "Delegate"], check=True).stdout.splitlines())
+        assert shown == {"MemoryMax": str(128 << 20), "CPUQuotaPerSecUSec": "500ms", "TasksMax": "20",
+                         "DevicePolicy": "closed", "Delegate": "yes"}
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=30)
+
+
+def test_machined_registration(host: AnyHost) -> None:
+    proc = host.popen(["pymachine", "run", "--rm", "--name", "reg", "busybox", "sleep", "5"])
+    try:
+        wait_until(lambda: "reg" in machine_names(host), what="machine reg")
+        show = dict(line.split("=", 1) for line in host.run(
+            ["machinectl", "show", "reg"], check=True).stdout.splitlines() if "=" in line)
+        assert show["Class"] == "container" and show["Service"] == "pymachine"
+        assert show["Unit"] == "machine-reg.scope" and show["State"] == "running"
+        assert show["RootDirectory"] == "/var/lib/pymachine/containers/reg/rootfs"
+        leader = int(show["Leader"])
+        # the leader is the container's PID 1: its own PID namespace sees it as 1
+        status = host.run(["cat", f"/proc/{leader}/status"], check=True).stdout
+        nspid = next(line for line in status.splitlines() if line.startswith("NSpid:"))
+        assert nspid.split()[1:] == [str(leader), "1"]
+        assert "sleep" in host.run(["cat", f"/proc/{leader}/comm"], check=True).stdout
+        assert "machine-reg.scope" in host.run(["machinectl", "status", "reg"], check=True).stdout
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=30)
+
+
+def test_machinectl_terminate_ends_run_and_cleans_up(host: AnyHost) -> None:
+    proc = host.popen(["pymachine", "run", "--rm", "--name", "term", "busybox", "sleep", "60"])
+    wait_until(lambda: "term" in machine_names(host), what="machine term")
+    started = time.monotonic()
+    host.run(["machinectl", "terminate", "term"], check=True)
+    proc.communicate(timeout=30)
+    assert proc.returncode != 0
+    assert time.monotonic() - started < 20
+    assert "term" not in machine_names(host)
+
+
+def test_ctrl_c_stops_the_container(host: AnyHost) -> None:
+    proc = host.popen(["pymachine", "run", "--name", "intr", "busybox", "sleep", "60"])
+    wait_until(lambda: "intr" in machine_names(host), what="machine intr")
+    proc.send_signal(signal.SIGINT)  # PID 1 (sleep) ignores SIGINT: pymachine kills it after its grace period
+    proc.communicate(timeout=30)
+    assert proc.returncode == 128 + signal.SIGKILL
+    record = json.loads(host.run(["cat", "/var/lib/pymachine/containers/intr/container.json"], check=True).stdout)
+    assert record["state"] == "exited" and record["exit_code"] == 137
+    host.run(["rm", "-rf", "/var/lib/pymachine/containers/intr"], check=True)
+
+
+def test_without_rm_the_container_dir_stays_with_its_exit(host: AnyHost) -> None:
+    assert pm(host, "run", "--name", "keep", "busybox", "sh", "-c", "echo data > /kept; exit 3").returncode == 3
+    record = json.loads(host.run(["cat", "/var/lib/pymachine/containers/keep/container.json"], check=True).stdout)
+    assert record["state"] == "exited" and record["exit_code"] == 3 and record["image"]["name"] == "busybox:latest"
+    assert host.run(["cat", "/var/lib/pymachine/containers/keep/upper/kept"], check=True).stdout == "data\n"
+    again = pm(host, "run", "--name", "keep", "busybox", "true")
+    assert again.returncode == 125 and "already in use" in again.stderr
+    host.run(["rm", "-rf", "/var/lib/pymachine/containers/keep"], check=True)
+
+
+def test_generated_names_are_unique(host: AnyHost) -> None:
+    names = set()
+    for _ in range(2):
+        r = pm(host, "run", "--rm", "busybox", "hostname")
+        assert r.returncode == 0
+        names.add(r.stdout.strip())
+    assert len(names) == 2 and all(n.startswith("pm-") for n in names)
+
+
+def test_namespaces(host: AnyHost) -> None:
+    script = ("echo pid=$$; hostname; ls /proc | grep -c '^[0-9]'; readlink /proc/self/ns/ipc;"
+              " readlink /proc/self/ns/mnt; readlink /proc/self/ns/net; readlink /proc/self/ns/cgroup;"
+              " cat /proc/self/cgroup")
+    r = pm(host, "run", "--rm", "--name", "ns1", "--hostname", "box", "busybox", "sh", "-c", script)
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    assert lines[0] == "pid=1" and lines[1] == "box"
+    assert int(lines[2]) <= 3  # sh, ls, grep: nothing of the host's
+    mine = {name: host.run(["readlink", f"/proc/self/ns/{name}"], check=True).stdout.strip()
+            for name in ("ipc", "mnt", "net", "cgroup")}
+    assert lines[3] != mine["ipc"] and lines[4] != mine["mnt"] and lines[6] != mine["cgroup"]
+    assert lines[5] == mine["net"]  # --network host is the default, as in nspawn
+    assert all(line.endswith(":/") for line in lines[7:])  # the cgroup namespace roots at the scope
+
+
+def test_private_network_has_only_loopback_up(host: AnyHost) -> None:
+    r = pm(host, "run", "--rm", "--network", "private", "busybox", "sh", "-c", "ip -o link; ping -c1 -W1 127.0.0.1")
+    assert r.returncode == 0, r.stderr
+    links = [line.split(":")[1].strip() for line in r.stdout.splitlines() if ": " in line and "link/" in line]
+    assert links == ["lo"]
+    assert "UP" in r.stdout.splitlines()[0]
+
+
+def test_rootfs_mounts(host: AnyHost) -> None:
+    r = pm(host, "run", "--rm", "busybox", "sh", "-c", "cat /proc/self/mountinfo; ls /dev; ls -l /dev/ptmx")
+    assert r.returncode == 0, r.stderr
+    mounts = {}
+    for line in r.stdout.splitlines():
+        fields = line.split()
+        if len(fields) > 6 and "-" in fields:
+            sep = fields.index("-")
+            mounts[fields[4]] = (fields[sep + 1], fields[5])
+    assert mounts["/"][0] == "overlay"
+    assert mounts["/proc"][0] == "proc"
+    assert mounts["/sys"][0] == "sysfs" and mounts["/sys"][1].startswith("ro")
+    assert mounts["/dev"][0] == "tmpfs" and mounts["/dev/pts"][0] == "devpts" and mounts["/dev/shm"][0] == "tmpfs"
+    assert mounts["/run"][0] == "tmpfs" and mounts["/tmp"][0] == "tmpfs"
+    assert mounts["/proc/sys"][1].startswith("ro")
+    for node in ("null", "zero", "full", "random", "urandom", "tty", "pts", "shm", "fd", "stdin", "stdout", "stderr"):
+        assert node in r.stdout.split()
+    assert "-> pts/ptmx" in r.stdout
+
+
+def test_container_mounts_never_reach_the_host(host: AnyHost) -> None:
+    before = host.run(["cat", "/proc/self/mountinfo"], check=True).stdout
+    proc = host.popen(["pymachine", "run", "--rm", "--name", "mnt", "busybox", "sleep", "3"])
+    wait_until(lambda: "mnt" in machine_names(host), what="machine mnt")
+    during = host.run(["findmnt", "-rn", "-o", "TARGET"], check=True).stdout
+    assert "/var/lib/pymachine/containers/mnt" not in during
+    proc.communicate(timeout=30)
+    after = host.run(["cat", "/proc/self/mountinfo"], check=True).stdout
+    assert len(after.splitlines()) == len(before.splitlines())
+
+
+def test_security_defaults(host: AnyHost) -> None:
+    r = pm(host, "run", "--rm", "busybox", "sh", "-c",
+           "grep CapBnd /proc/self/status; cat /proc/kcore | wc -c; echo 1 > /proc/sys/kernel/hostname || echo ro;"
+           " ls /proc/self/fd")
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    cap_bnd = int(lines[0].split()[1], 16)
+    assert cap_bnd & (1 << 21) == 0 and cap_bnd & (1 << 16) == 0  # no SYS_ADMIN, no SYS_MODULE
+    assert cap_bnd & (1 << 0)  # CHOWN stays
+    assert lines[1] == "0"  # /proc/kcore is /dev/null
+    assert "ro" in lines
+    assert sorted(lines[3:]) == ["0", "1", "2", "3"]  # ls's own directory fd: no host fd leaked in
+
+
+@pytest.mark.parametrize(("argv", "code", "message"), [
+    (["--name", "bad/name", "busybox", "true"], 125, "invalid container name"),
+    (["--name", "..x", "busybox", "true"], 125, "invalid container name"),
+    (["--memory", "lots", "busybox", "true"], 125, "invalid memory limit"),
+    (["--cpus", "0", "busybox", "true"], 125, "invalid CPU count"),
+    (["--pids-limit", "-1", "busybox", "true"], 125, "invalid pids limit"),
+    (["--name", "nf", "no-such-image", "true"], 125, "no such image"),
+    (["--name", "nf2", "busybox", "no-such-command"], 127, "executable file not found"),
+    (["--name", "nx", "busybox", "/etc/passwd"], 126, "cannot run"),
+])
+def test_bad_input_is_one_clear_line_and_leaves_nothing(host: AnyHost, argv: list[str], code: int,
+                                                         message: str) -> None:
+    r = pm(host, "run", "--rm", *argv)
+    assert r.returncode == code
+    assert message in r.stderr and r.stderr.startswith("pymachine:")
+    assert len(r.stderr.strip().splitlines()) <= 2  # the message and at most a hint
+    leftovers = host.run(["ls", "/var/lib/pymachine/containers"]).stdout.split()
+    assert leftovers == []
+
+
+def test_kill_9_of_pymachine_takes_the_container_down(host: AnyHost) -> None:
+    proc = host.popen(["pymachine", "run", "--rm", "--name", "orphan", "busybox", "sleep", "60"])
+    wait_until(lambda: "orphan" in machine_names(host), what="machine orphan")
+    proc.send_signal(signal.SIGKILL)
+    proc.communicate(timeout=30)
+    wait_until(lambda: "orphan" not in machine_names(host), what="machine orphan gone")
+    host.run(["rm", "-rf", "/var/lib/pymachine/containers/orphan"], check=True)
+
+
+def test_host_files_untouched_by_a_hostile_image(host: AnyHost) -> None:
+    """An image whose /proc is a symlink to a host directory must not get /proc mounted there."""
+    script = (
+        "set -e; d=$(mktemp -d /var/lib/hostile.XXXX); mkdir -p $d/bin $d/etc;"
+        " cp /bin/busybox $d/bin/; ln -s busybox $d/bin/sh; ln -s /var/lib/victim $d/proc;"
+        " mkdir -p /var/lib/victim; tar -C $d -cf /var/lib/hostile.tar .; rm -rf $d")
+    host.run(["sh", "-c", script], check=True)
+    assert pm(host, "image", "import", "/var/lib/hostile.tar", "--name", "hostile", "--quiet").returncode == 0
+    r = pm(host, "run", "--rm", "--name", "hostile", "hostile", "/bin/sh", "-c", "true")
+    assert r.returncode == 125 and "symlink" in r.stderr
+    assert host.run(["ls", "-A", "/var/lib/victim"], check=True).stdout == ""
+    pm(host, "image", "rm", "hostile")
+    host.run(["rm", "-rf", "/var/lib/victim", "/var/lib/hostile.tar"], check=True)
