@@ -111,12 +111,19 @@ def main(argv: list[str]) -> int:
     from machinectl_py.bus import Bus
 
     if argv and argv[0] in ("-h", "--help"):
-        print("usage: pymachine gc\n\nClean what interrupted commands left behind (see the README).")
+        print("usage: pymachine gc [--grace SECONDS]\n\nClean what interrupted commands left behind "
+              f"(see the README).\nDirectories younger than --grace (default {GRACE_SECONDS}) are left alone.")
         return 0
-    if argv:
-        raise UsageError(f"pymachine gc: unexpected argument {argv[0]!r}")
+    grace: float = GRACE_SECONDS
+    if argv[:1] == ["--grace"] and len(argv) == 2:
+        try:
+            grace = float(argv[1])
+        except ValueError:
+            raise UsageError(f"pymachine gc: invalid --grace {argv[1]!r}") from None
+    elif argv:
+        raise UsageError(f"pymachine gc: unexpected argument {argv[0]!r}", hint="see 'pymachine gc --help'")
     with Bus.system() as bus:
-        for line in collect(bus):
+        for line in collect(bus, grace=grace):
             print(line)
     sys.stdout.flush()
     return 0

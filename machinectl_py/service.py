@@ -1,13 +1,16 @@
 """Detached containers: the unit pymachine@NAME.service and its short-lived setup process.
 
 The template (units/pymachine@.service, rendered by `template_text()`) runs
-`pymachine _service NAME` as a Type=notify service. That setup process builds the
+`pymachine _service NAME` as a Type=forking service. That setup process builds the
 container exactly as `pymachine run` does (fork_held_init: the container's init is held
-on a pipe in fresh namespaces), sets the limits as unit properties through systemd,
-registers the machine with machined (RegisterMachine: the machine adopts this unit),
-releases the init, tells systemd `MAINPID=<init>` + `READY=1` and exits. systemd then
-supervises the container's init directly: it records the exit status, applies Restart=,
-and journald tags the unit's output. No pymachine process stays resident.
+on a pipe in fresh namespaces), registers the machine with machined (RegisterMachine:
+the machine adopts this unit), releases the init, writes its PID to
+/run/pymachine/NAME.pid (PIDFile=) and exits. The orphaned init becomes systemd's own
+child, so systemd supervises it directly: it records the exit status, applies Restart=,
+delivers stop signals and waits for them, and journald tags the unit's output. No
+pymachine process stays resident. (With Type=notify and MAINPID= instead, systemd
+would take the init for an "alien" process it cannot wait for, and `systemctl stop`
+would SIGKILL it at once instead of granting the SIGTERM grace period.)
 
 `pymachine _service-stopped NAME` (ExecStopPost=) records the exit in container.json.
 """
@@ -17,7 +20,6 @@ from __future__ import annotations
 import contextlib
 import os
 import socket
-import struct
 import sys
 from typing import Any
 
@@ -216,31 +218,16 @@ def journal_stream(identifier: str, priority: int) -> int:
         raise
 
 
-def notify(message: str) -> None:
-    """sd_notify(), then a barrier: returns once systemd has processed the message.
+def write_pid_file(name: str, pid: int) -> None:
+    """PIDFile= of the unit, written atomically (systemd reads it once we exit)."""
+    from machinectl_py.paths import run_path
 
-    Without the barrier, systemd could see us exit before it reads MAINPID= and take the
-    exit of its main process for the container's."""
-    address = os.environ.get("NOTIFY_SOCKET")
-    if not address:
-        raise PymachineError("NOTIFY_SOCKET is not set: `pymachine _service` runs only as pymachine@.service")
-    if address.startswith("@"):
-        address = "\0" + address[1:]
-    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as s:
-        s.connect(address)
-        s.sendall(message.encode())
-        r, w = os.pipe()
-        try:
-            s.sendmsg([b"BARRIER=1"], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, struct.pack("i", w))])
-            os.close(w)
-            w = -1
-            import select
-
-            select.select([r], [], [], 5.0)  # systemd closes its copy of w: EOF on r
-        finally:
-            os.close(r)
-            if w >= 0:
-                os.close(w)
+    os.makedirs(run_path(), mode=0o755, exist_ok=True)
+    path = run_path(f"{name}.pid")
+    tmp = f"{path}.{os.getpid()}.tmp"
+    with open(tmp, "w") as f:
+        f.write(f"{pid}\n")
+    os.replace(tmp, path)
 
 
 def load_container(name: str) -> tuple[ContainerSpec, Any]:
@@ -308,11 +295,14 @@ def _setup(name: str) -> int:
                 _record_error(name, message)
                 print(f"pymachine: {name}: {message}", file=sys.stderr)
                 _reap(leader)
-                return int(code_text) if code_text.isdigit() else EXIT_ERROR
+                code = int(code_text) if code_text.isdigit() else EXIT_ERROR
+                record.state, record.exit_code, record.finished, record.pid = "exited", code, state.now(), None
+                state.save(record)
+                return code
             record.state, record.pid, record.started = "running", leader, state.now()
             record.exit_code, record.finished, record.unit = None, None, unit
             state.save(record)
-            notify(f"MAINPID={leader}\nREADY=1\nSTATUS=container {name} running\n")
+            write_pid_file(name, leader)
             return 0
     finally:
         if not released:
@@ -360,9 +350,15 @@ def stopped_main(argv: list[str]) -> int:
         record = state.load(name)
     except NotFoundError:
         return 0  # removed while it ran
+    from machinectl_py.paths import run_path
+
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(run_path(f"{name}.pid"))
     code = exit_code_from_env(os.environ)
     if code is None:
         code = _exit_code_from_unit(name)
+    if code is None:
+        code = record.exit_code  # the setup process failed and said how (it is no main process)
     record.state = "exited"
     record.exit_code = code
     record.finished = state.now()
@@ -421,8 +417,8 @@ RequiresMountsFor=/var/lib/pymachine
 CollectMode=inactive-or-failed
 
 [Service]
-Type=notify
-NotifyAccess=all
+Type=forking
+PIDFile=/run/pymachine/%i.pid
 ExecStart=/usr/bin/pymachine _service %i
 ExecStopPost=/usr/bin/pymachine _service-stopped %i
 KillMode=mixed

@@ -1,0 +1,274 @@
+"""Detached containers as pymachine@NAME.service, checked with systemctl, machinectl, journalctl,
+/proc and HTTP from outside the test host."""
+
+from __future__ import annotations
+
+import json
+import secrets
+import socket
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+
+import pytest
+from testhost import LocalHost, TestHost
+
+pytestmark = pytest.mark.integration
+
+AnyHost = TestHost | LocalHost
+
+
+def unique(prefix: str) -> str:
+    return f"{prefix}-{secrets.token_hex(3)}"
+
+
+def free_port() -> int:
+    # The test host shares the network namespace of the machine: pick a port nobody uses.
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_for(predicate: Callable[[], bool], timeout: float = 10.0, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.1)
+
+
+def http_get(port: int, path: str = "/") -> str:
+    last: Exception | None = None
+    for _ in range(50):
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=2) as r:
+                return str(r.read().decode())
+        except OSError as e:
+            last = e
+            time.sleep(0.1)
+    raise AssertionError(f"no HTTP answer on port {port}: {last}")
+
+
+def pm(host: AnyHost, *args: str, check: bool = True, timeout: float = 60) -> str:
+    r = host.run(["pymachine", *args], timeout=timeout)
+    if check and r.returncode != 0:
+        raise AssertionError(f"pymachine {' '.join(args)} exited {r.returncode}: {r.stderr}")
+    return r.stdout
+
+
+def show(host: AnyHost, unit: str, *props: str) -> dict[str, str]:
+    out = host.run(["systemctl", "show", unit, *[f"-p{p}" for p in props]], check=True).stdout
+    return dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
+
+
+def unit_pids(host: AnyHost, unit: str) -> list[int]:
+    """The processes in the unit's cgroup, as systemd reports them."""
+    out = host.run(["systemd-cgls", "--no-pager", "-u", unit], check=True).stdout
+    pids = []
+    for line in out.splitlines():
+        word = line.strip().lstrip("├└─│ ").split(" ", 1)[0]
+        if word.isdigit():
+            pids.append(int(word))
+    return pids
+
+
+def cmdline(host: AnyHost, pid: int) -> str:
+    return host.run(["cat", f"/proc/{pid}/cmdline"]).stdout.replace("\0", " ")
+
+
+@pytest.fixture
+def cleanup(host: AnyHost) -> Iterator[list[str]]:
+    names: list[str] = []
+    yield names
+    for name in names:
+        host.run(["pymachine", "rm", "-f", "-v", name], timeout=60)
+    host.assert_no_leftovers(timeout=15)
+
+
+def test_done_when_sequence(host: AnyHost, cleanup: list[str]) -> None:
+    """The issue's acceptance sequence, as a new user would type it (on a free port)."""
+    name = unique("web")
+    cleanup.append(name)
+    port = free_port()
+    unit = f"pymachine@{name}.service"
+    pm(host, "create", "--name", name, "busybox", "sh", "-c",
+       f"mkdir -p /www && echo ok > /www/index.html && echo serving on {port} && exec httpd -f -p {port} -h /www")
+    pm(host, "start", name)
+    assert http_get(port) == "ok\n"
+    status = host.run(["systemctl", "status", "--no-pager", unit])
+    assert "active (running)" in status.stdout, status.stdout
+    # No pymachine process stays: every process of the unit is the container's.
+    pids = unit_pids(host, unit)
+    assert pids, f"no process in {unit}"
+    for pid in pids:
+        assert "pymachine" not in cmdline(host, pid), f"resident pymachine process {pid}: {cmdline(host, pid)}"
+    assert host.run(["pgrep", "-f", f"pymachine _service {name}"]).returncode == 1
+    assert pm(host, "exec", name, "cat", "/www/index.html") == "ok\n"
+    assert host.run(["pymachine", "exec", name, "sh", "-c", "exit 3"]).returncode == 3
+    wait_for(lambda: f"serving on {port}" in pm(host, "logs", name), what="the line in `pymachine logs`")
+    pm(host, "stop", "-t", "1", name)
+    assert show(host, unit, "ActiveState")["ActiveState"] in ("inactive", "failed")
+    assert name not in host.run(["machinectl", "list", "--no-legend"]).stdout
+    assert f"containers/{name}" not in host.run(["findmnt", "-rn", "-o", "TARGET"]).stdout
+    assert "exited (137)" in pm(host, "ps", "-a"), "SIGKILL after the 1 s grace: 128+9"
+    host.run(["systemctl", "enable", "--now", unit], check=True)
+    assert http_get(port) == "ok\n"
+    assert show(host, unit, "ActiveState")["ActiveState"] == "active"
+    host.run(["systemctl", "disable", "--now", unit], check=True, timeout=60)
+    # The foreground path is untouched: run --rm still lives in machine-NAME.scope.
+    fg = unique("fg")
+    out = pm(host, "run", "--rm", "--name", fg, "busybox", "sh", "-c", "cat /proc/1/cgroup; true")
+    assert out, "no output from the foreground container"
+    assert host.run(["systemctl", "is-active", f"machine-{fg.replace('-', chr(92) + 'x2d')}.scope"]).returncode != 0
+
+
+def test_unit_limits_machine_and_journal_fields(host: AnyHost, cleanup: list[str]) -> None:
+    name = unique("lim")
+    cleanup.append(name)
+    unit = f"pymachine@{name}.service"
+    cid = pm(host, "create", "--name", name, "--memory", "64M", "--cpus", "0.5", "--pids-limit", "40", "busybox",
+             "sh", "-c", "echo to-stdout; echo to-stderr >&2; exec sleep 1000").strip()
+    pm(host, "start", name)
+    props = show(host, unit, "MemoryMax", "TasksMax", "CPUQuotaPerSecUSec", "ControlGroup", "MainPID", "Slice")
+    assert props["MemoryMax"] == str(64 * 1024 * 1024)
+    assert props["TasksMax"] == "40"
+    assert props["CPUQuotaPerSecUSec"] == "500ms"
+    assert props["Slice"] == "machine.slice"
+    assert props["ControlGroup"] == f"/machine.slice/{unit}"
+    leader = int(props["MainPID"])
+    assert host.run(["cat", f"/proc/{leader}/comm"]).stdout.strip() == "sleep"
+    machine = host.run(["machinectl", "show", name, "-p", "Unit", "-p", "Leader", "-p", "Class"], check=True).stdout
+    assert f"Unit={unit}" in machine and f"Leader={leader}" in machine and "Class=container" in machine
+    assert int(pm(host, "inspect", "--format", "{{ .State.Pid }}", name)) == leader
+
+    def journal() -> list[dict[str, str]]:
+        out = host.run(["journalctl", "-o", "json", f"CONTAINER_NAME={name}", "--no-pager"]).stdout
+        return [json.loads(line) for line in out.splitlines()]
+
+    wait_for(lambda: len(journal()) >= 2, what="both lines in the journal")
+    entries = {e["MESSAGE"]: e for e in journal()}
+    out, err = entries["to-stdout"], entries["to-stderr"]
+    assert out["_SYSTEMD_UNIT"] == unit and err["_SYSTEMD_UNIT"] == unit
+    assert out["CONTAINER_ID"] == cid[:12] and out["CONTAINER_ID_FULL"] == cid
+    assert out["SYSLOG_IDENTIFIER"] == name and err["SYSLOG_IDENTIFIER"] == name
+    assert out["PRIORITY"] == "6" and err["PRIORITY"] == "3"
+    assert host.run(["journalctl", "-u", unit, "--no-pager", "-o", "cat"]).stdout.count("to-stdout") == 1
+    logs = host.run(["pymachine", "logs", name])
+    assert "to-stdout" in logs.stdout and "to-stderr" in logs.stderr and "to-stderr" not in logs.stdout
+
+
+def test_exit_code_is_recorded_and_failed_start_says_why(host: AnyHost, cleanup: list[str]) -> None:
+    quick = unique("quick")
+    broken = unique("broken")
+    cleanup += [quick, broken]
+    pm(host, "create", "--name", quick, "busybox", "sh", "-c", "sleep 0.3; exit 5")
+    pm(host, "start", quick)
+    wait_for(lambda: "exited (5)" in pm(host, "ps", "-a"), what="exited (5) in ps -a")
+    data = json.loads(pm(host, "inspect", quick))[0]
+    assert data["State"]["ExitCode"] == 5 and data["State"]["Status"] == "exited"
+    pm(host, "create", "--name", broken, "busybox", "no-such-command")
+    r = host.run(["pymachine", "start", broken])
+    assert r.returncode == 125
+    assert "executable file not found" in r.stderr, r.stderr
+    assert "exited (127)" in pm(host, "ps", "-a")
+
+
+def test_restart_policy_maps_to_restart(host: AnyHost, cleanup: list[str]) -> None:
+    name = unique("flaky")
+    cleanup.append(name)
+    unit = f"pymachine@{name}.service"
+    pm(host, "create", "--name", name, "--restart", "on-failure", "busybox", "sh", "-c", "sleep 0.5; exit 1")
+    pm(host, "start", name)
+    assert show(host, unit, "Restart")["Restart"] == "on-failure"
+    wait_for(lambda: int(show(host, unit, "NRestarts").get("NRestarts") or 0) >= 1, what="a restart")
+
+
+def test_systemctl_stop_and_machinectl_terminate(host: AnyHost, cleanup: list[str]) -> None:
+    name = unique("term")
+    cleanup.append(name)
+    unit = f"pymachine@{name}.service"
+    pm(host, "create", "--name", name, "busybox", "sh", "-c", "trap 'exit 0' TERM; while :; do sleep 0.1; done")
+    pm(host, "start", name)
+    host.run(["systemctl", "stop", unit], check=True, timeout=60)
+    assert "exited (0)" in pm(host, "ps", "-a")
+    pm(host, "start", name)
+    assert "running" in pm(host, "ps")
+    host.run(["machinectl", "terminate", name], check=True)
+    wait_for(lambda: "running" not in pm(host, "ps", "-a"), what="pymachine to see the terminated container")
+    wait_for(lambda: host.run(["systemctl", "is-active", unit]).stdout.strip() != "active", what="unit stopped")
+
+
+def test_two_starts_one_wins(host: AnyHost, cleanup: list[str]) -> None:
+    name = unique("race")
+    cleanup.append(name)
+    pm(host, "create", "--name", name, "busybox", "sleep", "1000")
+    procs = [host.popen(["pymachine", "start", name]) for _ in range(2)]
+    results = [(p.wait(60), p.communicate()[1]) for p in procs]
+    codes = sorted(code for code, _ in results)
+    assert codes == [0, 125], results
+    loser = next(err for code, err in results if code != 0)
+    assert "already running" in loser or "being started" in loser, loser
+
+
+def test_hand_written_definition_and_its_errors(host: AnyHost, cleanup: list[str]) -> None:
+    name = unique("hand")
+    cleanup.append(name)
+    path = f"/etc/pymachine/machines/{name}.toml"
+    host.run(["sh", "-c", f"mkdir -p /etc/pymachine/machines && cat > {path}"], check=True, input=(
+        'image = "busybox"\ncommand = ["sleep", "1000"]\nhostname = "handmade"\n\n[limits]\nmemory = "32M"\n'))
+    pm(host, "start", name)
+    assert pm(host, "exec", name, "hostname").strip() == "handmade"
+    assert show(host, f"pymachine@{name}.service", "MemoryMax")["MemoryMax"] == str(32 * 1024 * 1024)
+    pm(host, "stop", "-t", "1", name)
+    bad = unique("bad")
+    cleanup.append(bad)
+    host.run(["sh", "-c", f"cat > /etc/pymachine/machines/{bad}.toml"], check=True,
+             input='image = "busybox"\n\nbogus = 1\n')
+    r = host.run(["pymachine", "start", bad])
+    assert r.returncode == 125
+    assert f"/etc/pymachine/machines/{bad}.toml:3: bogus: unknown key" in r.stderr, r.stderr
+
+
+def test_kill_9_during_start_then_gc(host: AnyHost, cleanup: list[str]) -> None:
+    name = unique("crash")
+    cleanup.append(name)
+    pm(host, "create", "--name", name, "busybox", "sleep", "1000")
+    for delay in (0.05, 0.15, 0.3):
+        proc = host.popen(["pymachine", "start", name])
+        time.sleep(delay)
+        proc.send_signal(9)
+        proc.wait(30)
+        pm(host, "gc", "--grace", "0")
+        # Whatever step was interrupted, the next commands see a consistent container.
+        pm(host, "stop", "-t", "1", name)
+        pm(host, "start", name)
+        assert "running" in pm(host, "ps")
+        pm(host, "stop", "-t", "1", name)
+    # Debris of an interrupted create: a directory without a record.
+    host.run(["mkdir", "-p", "/var/lib/pymachine/containers/half-made"], check=True)
+    assert "half-made" in pm(host, "gc", "--grace", "0")
+    assert host.run(["test", "-e", "/var/lib/pymachine/containers/half-made"]).returncode == 1
+
+
+def test_run_detached_and_rm(host: AnyHost, cleanup: list[str]) -> None:
+    name = unique("det")
+    cleanup.append(name)
+    cid = pm(host, "run", "-d", "--name", name, "busybox", "sleep", "1000").strip()
+    assert len(cid) == 64
+    assert show(host, f"pymachine@{name}.service", "ActiveState")["ActiveState"] == "active"
+    r = host.run(["pymachine", "rm", name])
+    assert r.returncode == 125 and "is running" in r.stderr
+    pm(host, "rm", "-f", name)
+    assert host.run(["test", "-e", f"/etc/pymachine/machines/{name}.toml"]).returncode == 1
+    assert host.run(["test", "-e", f"/var/lib/pymachine/containers/{name}"]).returncode == 1
+    assert host.run(["test", "-e", f"/etc/systemd/system/pymachine@{name}.service.d"]).returncode == 1
+
+
+def test_units_pass_systemd_analyze_verify(host: AnyHost) -> None:
+    r = host.run(["systemd-analyze", "verify", "/etc/systemd/system/pymachine@.service"])
+    if r.returncode != 0 and "No such file" in r.stderr:
+        pm(host, "gc")
+        host.run(["sh", "-c", "pymachine create --name verify-x busybox true && pymachine rm verify-x"], check=True)
+        r = host.run(["systemd-analyze", "verify", "/etc/systemd/system/pymachine@.service"])
+    assert r.returncode == 0, r.stderr
+    assert "pymachine@" not in r.stderr, r.stderr
