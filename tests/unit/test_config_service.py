@@ -1,0 +1,67 @@
+"""The unit side of detached containers, pure parts: template, drop-in, exit codes, --format."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from machinectl_py import service
+from machinectl_py.cmd_ps import render_format
+from machinectl_py.errors import UsageError
+from machinectl_py.spec import ContainerSpec, Limits
+
+SHIPPED = Path(__file__).resolve().parents[2] / "units" / "pymachine@.service"
+
+
+def directives(text: str) -> list[str]:
+    return [line for line in text.splitlines() if line and not line.startswith("#")]
+
+
+def test_fallback_template_matches_the_shipped_unit() -> None:
+    # A wheel has no units/ directory: the embedded copy must say the same as the shipped file.
+    shipped = [d for d in directives(SHIPPED.read_text()) if not d.startswith("Documentation=")]
+    assert shipped == directives(service._TEMPLATE_FALLBACK)
+
+
+def test_template_points_at_the_installed_executable() -> None:
+    text = service.template_text("/opt/venv/bin/pymachine")
+    assert "ExecStart=/opt/venv/bin/pymachine _service %i" in text
+    assert "ExecStopPost=/opt/venv/bin/pymachine _service-stopped %i" in text
+    for needed in ("Type=forking", "PIDFile=/run/pymachine/%i.pid", "Delegate=yes", "Slice=machine.slice",
+                   "KillMode=mixed", "LogExtraFields=CONTAINER_NAME=%i", "WantedBy=machines.target"):
+        assert needed in text
+
+
+def test_dropin_carries_restart_limits_and_journal_fields() -> None:
+    spec = ContainerSpec(name="web", image="busybox", restart="on-failure",
+                         limits=Limits(memory_max=64 * 1024**2, cpu_quota_usec=500_000, tasks_max=40)).validate()
+    text = service.dropin_text("web", "ab" * 32, "busybox:latest", spec, (("/dev/fuse", "rwm"),))
+    lines = text.splitlines()
+    assert "[Service]" in lines
+    assert "Restart=on-failure" in lines
+    assert "MemoryMax=67108864" in lines and "CPUQuota=50%" in lines and "TasksMax=40" in lines
+    assert f'LogExtraFields=CONTAINER_ID={"ab" * 6} CONTAINER_ID_FULL={"ab" * 32} "IMAGE_NAME=busybox:latest"' in lines
+    assert "DeviceAllow=/dev/fuse rwm" in lines
+
+
+@pytest.mark.parametrize(("env", "code"), [
+    ({"EXIT_CODE": "exited", "EXIT_STATUS": "3"}, 3),
+    ({"EXIT_CODE": "killed", "EXIT_STATUS": "KILL"}, 137),
+    ({"EXIT_CODE": "killed", "EXIT_STATUS": "TERM"}, 143),
+    ({"EXIT_CODE": "dumped", "EXIT_STATUS": "SEGV"}, 139),
+    ({}, None),
+])
+def test_exit_code_from_systemd_environment(env: dict[str, str], code: int | None) -> None:
+    assert service.exit_code_from_env(env) == code
+
+
+def test_render_format() -> None:
+    data = {"State": {"Pid": 42, "Running": True, "ExitCode": 0}, "Name": "web", "Mounts": [{"Type": "bind"}]}
+    assert render_format("{{ .State.Pid }}", data) == "42"
+    assert render_format("{{.Name}} {{.State.Running}}", data) == "web true"
+    assert render_format("{{json .Mounts}}", data) == '[{"Type": "bind"}]'
+    with pytest.raises(UsageError, match="no field"):
+        render_format("{{ .State.Nope }}", data)
+    with pytest.raises(UsageError, match="unsupported"):
+        render_format("{{ range .Mounts }}", data)
