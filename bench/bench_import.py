@@ -12,6 +12,7 @@ visible). Prints medians and the throughput ratios; the target is >= 0.8.
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import shutil
 import subprocess
@@ -20,7 +21,16 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from images_common import CHECKOUT, make_tree, pymachine, report, timed  # noqa: E402
+from images_common import CHECKOUT, make_tree, pymachine, report, timed
+
+
+def run_one(name: str, layer: Path, target: Path, env: dict[str, str]) -> None:
+    if name == "pymachine image import":
+        pymachine("image", "import", "-q", str(layer), env={**env, "PYMACHINE_STATE_DIR": str(target)})
+        return
+    subprocess.run(["tar", "-xf", layer, "-C", target], check=True)
+    if name.endswith("sync"):
+        os.sync()
 
 
 def main() -> int:
@@ -42,17 +52,9 @@ def main() -> int:
         results: dict[str, list[float]] = {"tar -x": [], "tar -x && sync": [], "pymachine image import": []}
         for i in range(args.runs):
             for name in results:
-                target = work / f"run{i}-{name.split()[0]}-{len(results[name])}"
+                target = work / f"run{i}-{len(results[name])}-{name.split()[0]}"
                 target.mkdir()
-                if name == "pymachine image import":
-                    env["PYMACHINE_STATE_DIR"] = str(target)
-                    results[name].append(timed(lambda: pymachine("image", "import", "-q", str(layer), env=env)))
-                elif name == "tar -x":
-                    results[name].append(timed(lambda: subprocess.run(["tar", "-xf", layer, "-C", target],
-                                                                      check=True)))
-                else:
-                    results[name].append(timed(lambda: (subprocess.run(["tar", "-xf", layer, "-C", target],
-                                                                       check=True), os.sync())))
+                results[name].append(timed(functools.partial(run_one, name, layer, target, env)))
                 shutil.rmtree(target)
         report("import", size, results, "pymachine image import", ["tar -x", "tar -x && sync"])
     finally:

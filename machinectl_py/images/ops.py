@@ -499,23 +499,14 @@ def _export_oci(
 
 @contextlib.contextmanager
 def frozen(record: state.ContainerRecord) -> Iterator[None]:
-    """Freeze a running container's unit (cgroup freezer, via systemd) while its upper dir is read,
-    so the new layer is one consistent snapshot; thaw it whatever happens."""
+    """Freeze a running container while its upper dir is read, so the layer is one snapshot."""
     if record.state != "running" or not record.unit:
         yield
         return
-    from machinectl_py.bus import Bus
-    from machinectl_py.systemd import freeze_unit, thaw_unit, unit_path
+    from machinectl_py.images.freeze import frozen_unit
 
-    with Bus.system() as bus:
-        if unit_path(bus, record.unit) is None:  # the record is stale: nothing runs
-            yield
-            return
-        freeze_unit(bus, record.unit)
-        try:
-            yield
-        finally:
-            thaw_unit(bus, record.unit)
+    with frozen_unit(record.unit):
+        yield
 
 
 def commit_container(
