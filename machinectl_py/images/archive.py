@@ -208,17 +208,32 @@ class BackgroundHash:
         self._queue: queue.Queue[bytes | None] = queue.Queue(maxsize=16)
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
+        self._pending = bytearray()
         self._digest: str | None = None
 
     def _run(self) -> None:
         while (item := self._queue.get()) is not None:
             self._hash.update(item)
 
-    def update(self, data: bytes) -> None:
-        self._queue.put(data)
+    def update(self, data: bytes | memoryview) -> None:
+        """Hash `data` (copied: callers reuse their buffers). Small pieces are batched, since one
+        queue round trip costs more than hashing a tar header."""
+        if len(data) >= 1 << 16:
+            self._flush()
+            self._queue.put(bytes(data))
+            return
+        self._pending += data
+        if len(self._pending) >= 1 << 18:
+            self._flush()
+
+    def _flush(self) -> None:
+        if self._pending:
+            self._queue.put(bytes(self._pending))
+            self._pending.clear()
 
     def hexdigest(self) -> str:
         if self._digest is None:
+            self._flush()
             self._queue.put(None)
             self._thread.join()
             self._digest = self._hash.hexdigest()
@@ -270,7 +285,7 @@ class TarReader:
         """Up to `limit` buffered bytes (an empty view at end of stream)."""
         if self._start == self._end:
             n = self._source.readinto(self._view) or 0
-            self._hash.update(bytes(self._view[:n]))  # a copy: the buffer is reused
+            self._hash.update(self._view[:n])
             if self._progress is not None and n:
                 self._progress(n)
             self._start, self._end = 0, n
@@ -560,7 +575,7 @@ class SplitWriter:
             self._out = -1
 
 
-def _write_all(fd: int, data: bytes | memoryview) -> None:
+def _write_all(fd: int, data: bytes | bytearray | memoryview) -> None:
     view = memoryview(data)
     while view:
         view = view[os.write(fd, view):]
@@ -789,6 +804,10 @@ class LayerWriter:
     def add_trailer(self, data: bytes) -> None:
         self.split.raw(data)
 
+    @staticmethod
+    def write_data(fd: int, chunk: memoryview) -> None:
+        _write_all(fd, chunk)
+
     def _add_node(self, parts: tuple[bytes, ...], entry: Entry) -> None:
         if not parts:
             if entry.type != DIRTYPE:
@@ -996,7 +1015,6 @@ class FileSource:
 
 
 _OVERLAY_INCOMPLETE_XATTRS = ("trusted.overlay.redirect", "trusted.overlay.metacopy")
-_ENCODING = ("utf-8", "surrogateescape")
 
 
 def _recorded_xattrs(fd: int, where: bytes) -> dict[str, bytes]:
@@ -1013,34 +1031,140 @@ def _recorded_xattrs(fd: int, where: bytes) -> dict[str, bytes]:
     return found
 
 
-def tar_header(entry: Entry) -> bytes:
-    """A pax-format header for the entry (tarfile only formats it; nothing is read or written)."""
-    import tarfile
+def _octal(value: int, width: int) -> bytes | None:
+    """`value` as a NUL-terminated octal field of `width` bytes, or None if it does not fit."""
+    text = b"%0*o" % (width - 1, value)
+    return text + b"\0" if value >= 0 and len(text) == width - 1 else None
 
-    info = tarfile.TarInfo(entry.name.decode(*_ENCODING))
-    info.type = entry.type
-    info.mode = entry.mode
-    info.uid, info.gid = entry.uid, entry.gid
-    info.size = entry.size
-    info.mtime = entry.mtime_ns // 1_000_000_000
-    info.linkname = entry.linkname.decode(*_ENCODING)
-    info.devmajor, info.devminor = entry.devmajor, entry.devminor
-    info.uname = info.gname = ""
-    if entry.xattrs:
-        info.pax_headers = {
-            "SCHILY.xattr." + k: v.decode(*_ENCODING) for k, v in sorted(entry.xattrs.items())
-        }
-    return info.tobuf(tarfile.PAX_FORMAT, *_ENCODING)
+
+def _pax_record(key: bytes, value: bytes) -> bytes:
+    body = b" " + key + b"=" + value + b"\n"
+    length = len(body) + 1
+    while len(b"%d" % length) + len(body) != length:
+        length += 1
+    return b"%d" % length + body
+
+
+def _header_block(name: bytes, linkname: bytes, typeflag: bytes, size: int,
+                  numbers: dict[str, bytes], prefix: bytes = b"") -> bytes:
+    block = bytearray(BLOCK)
+    block[0:len(name)] = name
+    block[100:108] = numbers["mode"]
+    block[108:116] = numbers["uid"]
+    block[116:124] = numbers["gid"]
+    block[124:136] = _octal(size, 12) or b"0" * 11 + b"\0"
+    block[136:148] = numbers["mtime"]
+    block[148:156] = b" " * 8
+    block[156:157] = typeflag
+    block[157:157 + len(linkname)] = linkname
+    block[257:265] = b"ustar\x0000"
+    block[329:337] = numbers["devmajor"]
+    block[337:345] = numbers["devminor"]
+    block[345:345 + len(prefix)] = prefix
+    block[148:156] = b"%06o\0 " % sum(block)
+    return bytes(block)
+
+
+def tar_header(entry: Entry) -> bytes:
+    """A ustar header for the entry, preceded by a pax header for what ustar cannot hold (long
+    names, large numbers, xattrs). Deterministic: no user/group names, whole-second times."""
+    pax: list[bytes] = []
+    name, prefix = entry.name, b""
+    if len(name) > 100:
+        cut = name.rfind(b"/", 0, 156)
+        if cut > 0 and len(name) - cut - 1 <= 100 and cut <= 155:
+            prefix, name = name[:cut], name[cut + 1:]
+        else:
+            pax.append(_pax_record(b"path", entry.name))
+            name = name[:100]
+    linkname = entry.linkname
+    if len(linkname) > 100:
+        pax.append(_pax_record(b"linkpath", linkname))
+        linkname = linkname[:100]
+    mtime = entry.mtime_ns // 1_000_000_000
+    fields = {"mode": (entry.mode, 8), "uid": (entry.uid, 8), "gid": (entry.gid, 8), "mtime": (mtime, 12),
+              "devmajor": (entry.devmajor, 8), "devminor": (entry.devminor, 8)}
+    numbers: dict[str, bytes] = {}
+    for key, (value, width) in fields.items():
+        octal = _octal(value, width)
+        if octal is None:
+            if key not in ("uid", "gid", "mtime"):
+                raise ImageError(f"{display(entry.name)!r}: {key} {value} does not fit in a tar header")
+            pax.append(_pax_record(key.encode(), b"%d" % value))
+            octal = b"0" * (width - 1) + b"\0"
+        numbers[key] = octal
+    if _octal(entry.size, 12) is None:
+        pax.append(_pax_record(b"size", b"%d" % entry.size))
+    for xattr, xvalue in sorted((entry.xattrs or {}).items()):
+        pax.append(_pax_record(b"SCHILY.xattr." + xattr.encode(), xvalue))
+    header = _header_block(name, linkname, entry.type, entry.size, numbers, prefix)
+    if not pax:
+        return header
+    data = b"".join(pax)
+    pax_numbers = {**numbers, "mode": b"0000644\0", "devmajor": b"0000000\0", "devminor": b"0000000\0"}
+    pax_header = _header_block(b"././@PaxHeader", b"", PAX_LOCAL, len(data), pax_numbers)
+    return pax_header + data + bytes(-len(data) % BLOCK) + header
+
+
+class TarFileWriter:
+    """The same interface as LayerWriter's producer side, but writes the tar stream to a file:
+    a packed layer, unpacked (by LayerWriter, from that file) when a container first needs it."""
+
+    def __init__(self, layer_fd: int, name: str = "layer.tar") -> None:
+        self._fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600, dir_fd=layer_fd)
+        self._buffer = bytearray()  # headers and small files go out in big writes
+        self.stats = LayerStats()
+
+    def _emit(self, data: bytes | memoryview) -> None:
+        if len(data) >= CHUNK:
+            self._flush()
+            _write_all(self._fd, data)
+            return
+        self._buffer += data
+        if len(self._buffer) >= CHUNK:
+            self._flush()
+
+    def _flush(self) -> None:
+        if self._buffer:
+            _write_all(self._fd, self._buffer)
+            self._buffer.clear()
+
+    def add_with_data(self, entry: Entry, copy: Callable[[int], None]) -> None:
+        self.stats.entries += 1
+        self._emit(entry.raw)
+        if _has_content(entry):
+            copy(self._fd)
+            self.stats.files += 1
+            self.stats.content_size += entry.size
+
+    def write_data(self, fd: int, chunk: memoryview) -> None:
+        self._emit(chunk)
+
+    def add_trailer(self, data: bytes) -> None:
+        self._emit(data)
+
+    def finish(self) -> LayerStats:
+        self._flush()
+        os.close(self._fd)
+        self._fd = -1
+        return self.stats
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
 
 
 class UpperCommitter:
     """Walks an upper dir by fd (never following symlinks) in sorted order, producing the tar
-    stream (hashed and recorded as tar-split, never written out) and the unpacked layer in one
-    pass. Overlay whiteouts become OCI whiteouts in the tar and stay overlay whiteouts on disk."""
+    stream (hashed on the way) for a writer: LayerWriter unpacks it at once (with its tar-split),
+    TarFileWriter keeps it packed. Overlay whiteouts become OCI whiteouts in the tar (and overlay
+    whiteouts again when unpacked)."""
 
     def __init__(self, layer_fd: int, limits: Limits = DEFAULT_LIMITS,
-                 progress: Callable[[int], None] | None = None) -> None:
-        self._writer = LayerWriter(layer_fd, limits)
+                 progress: Callable[[int], None] | None = None, packed: bool = False) -> None:
+        self._writer: LayerWriter | TarFileWriter = (
+            TarFileWriter(layer_fd) if packed else LayerWriter(layer_fd, limits))
         self._hash = BackgroundHash()
         self._size = 0
         self._padding = 0
@@ -1081,8 +1205,8 @@ class UpperCommitter:
             if n <= 0:
                 raise ImageError(f"{display(entry.name)!r} shrank while being committed")
             chunk = view[:n]
-            _write_all(dst, chunk)
-            self._hash.update(bytes(chunk))
+            self._writer.write_data(dst, chunk)
+            self._hash.update(chunk)
             remaining -= n
             if self._progress is not None:
                 self._progress(n)
@@ -1154,6 +1278,8 @@ def _is_opaque(fd: int) -> bool:
 
 
 def commit_layer(upper_fd: int, layer_fd: int, limits: Limits = DEFAULT_LIMITS,
-                 progress: Callable[[int], None] | None = None) -> tuple[str, int, LayerStats]:
-    """Make layer_fd/diff and its tar-split from an overlay upper dir. Returns (diff_id, tar size, stats)."""
-    return UpperCommitter(layer_fd, limits, progress).run(upper_fd)
+                 progress: Callable[[int], None] | None = None, packed: bool = False
+                 ) -> tuple[str, int, LayerStats]:
+    """Make a layer from an overlay upper dir: layer_fd/diff and its tar-split, or with `packed`
+    only layer_fd/layer.tar (see Store.unpack_layer). Returns (diff_id, tar size, stats)."""
+    return UpperCommitter(layer_fd, limits, progress, packed).run(upper_fd)

@@ -377,7 +377,15 @@ class TarOut:
 
         layer_fd = os.open(store.layer_dir(diff_id), archive.O_DIR)
         try:
-            archive.replay_layer(layer_fd, out)
+            try:
+                tar_fd = os.open("layer.tar", os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=layer_fd)
+            except FileNotFoundError:
+                archive.replay_layer(layer_fd, out)  # unpacked: from its tar-split and diff/
+            else:
+                try:  # still packed (a commit not run yet): the tar itself
+                    _copy_fd(tar_fd, out)
+                finally:
+                    os.close(tar_fd)
         finally:
             os.close(layer_fd)
         if written != size or "sha256:" + digest.hexdigest() != diff_id:
@@ -387,6 +395,13 @@ class TarOut:
 
     def finish(self) -> None:
         archive._write_all(self._fd, bytes(2 * archive.BLOCK))
+
+
+def _copy_fd(fd: int, out: Callable[[bytes | memoryview], None]) -> None:
+    buf = bytearray(archive.CHUNK)
+    view = memoryview(buf)
+    while n := os.readv(fd, [view]):
+        out(view[:n])
 
 
 @contextlib.contextmanager
@@ -532,7 +547,8 @@ def commit_container(
             layer_path, layer_fd = staging.mkdir("layer")
             try:
                 with frozen(container):
-                    diff_id, size, stats = archive.commit_layer(upper_fd, layer_fd, limits, progress)
+                    # Packed: the layer is unpacked when a container first uses it (Store.unpack_layer).
+                    diff_id, size, stats = archive.commit_layer(upper_fd, layer_fd, limits, progress, packed=True)
                 write_layer_info(layer_fd, diff_id, size, stats)
             finally:
                 os.close(layer_fd)

@@ -227,6 +227,50 @@ class Store:
             raise ImageError(f"layer {diff_id} is missing from the store") from None
         return info
 
+    def unpack_layer(self, diff_id: str) -> Path:
+        """A packed layer (a commit keeps only layer.tar, so commit costs what `tar -c` costs)
+        is unpacked here, once, the first time a container needs it. Returns its diff/ dir."""
+        from machinectl_py.images import archive
+
+        layer = self.layer_dir(diff_id)
+        diff = layer / "diff"
+        if diff.is_dir():
+            return diff
+        try:
+            layer_fd = os.open(layer, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except FileNotFoundError:
+            raise ImageError(f"layer {diff_id} is missing from the store", hint="import the image again") from None
+        try:
+            fcntl.flock(layer_fd, fcntl.LOCK_EX)  # one unpacker per layer; the others wait for it
+            if diff.is_dir():
+                return diff
+            try:
+                tar_fd = os.open("layer.tar", os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=layer_fd)
+            except FileNotFoundError:
+                raise ImageError(f"layer {diff_id} is damaged: no content", hint="import the image again") from None
+            try:
+                with self.staging() as staging:
+                    _, out_fd = staging.mkdir("unpack")
+                    try:
+                        found, _, _ = archive.extract_layer(archive.FileSource(tar_fd), out_fd)
+                    finally:
+                        os.close(out_fd)
+                    if found != diff_id:
+                        raise ImageError(f"layer {diff_id} is damaged (its tar has digest {found})")
+                    os.sync()
+                    unpacked = staging.path / "unpack"
+                    for name in ("tar-split", "files", "shadow"):
+                        os.replace(unpacked / name, layer / name)
+                    os.rename(unpacked / "diff", diff)  # last: diff/ present = unpacked
+                    _fsync_dir(layer)
+            finally:
+                os.close(tar_fd)
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink("layer.tar", dir_fd=layer_fd)  # export reads the tar-split from now on
+            return diff
+        finally:
+            os.close(layer_fd)
+
     def install_layers(self, staged: dict[str, Path]) -> None:
         """Move staged layer dirs (diff_id -> path, with layer.json written) into place. Hold write_lock."""
         if not staged:
@@ -403,7 +447,7 @@ def resolve_image(ref: str) -> ResolvedImage:
     for diff_id in record.diff_ids:
         diff = store.layer_dir(diff_id) / "diff"
         if not diff.is_dir():
-            raise ImageError(f"image {ref} is damaged: layer {diff_id} is missing", hint="import it again")
+            diff = store.unpack_layer(diff_id)
         layers.append(str(diff))
     display = image_id
     with contextlib.suppress(UsageError):

@@ -323,3 +323,35 @@ def test_cli_import_of_hostile_archive_fails_cleanly(
     assert err.startswith("pymachine: ") and err.count("\n") == 1, err
     assert_store_empty(store_dir)
     assert (victim / "file").read_text() == "original" and os.listdir(victim) == ["file"]
+
+
+def test_tar_header_is_read_back_by_tarfile_gnu_tar_and_ourselves(tmp_path: Path) -> None:
+    entries = [
+        archive.Entry(name=b"short", type=archive.REGTYPE, mode=0o644, uid=0, gid=0, size=3, mtime_ns=10**18),
+        archive.Entry(name=b"d/" * 60 + b"split-by-prefix", type=archive.REGTYPE, mode=0o4755, uid=1,
+                      gid=2, size=0, mtime_ns=0),
+        archive.Entry(name=b"x" * 300, type=archive.REGTYPE, mode=0o600, uid=3_000_000, gid=5, size=0,
+                      mtime_ns=0, xattrs={"user.k": b"\x00\xffbin"}),
+        archive.Entry(name=b"link", type=archive.SYMTYPE, mode=0o777, uid=0, gid=0, size=0, mtime_ns=0,
+                      linkname=b"t/" * 80),
+        archive.Entry(name=b"caf\xc3\xa9/", type=archive.DIRTYPE, mode=0o755, uid=0, gid=0, size=0, mtime_ns=0),
+    ]
+    data = bytearray()
+    for e in entries:
+        data += archive.tar_header(e)
+        if e.size:
+            data += b"abc" + bytes(-3 % 512)
+    data += bytes(1024)
+    path = tmp_path / "h.tar"
+    path.write_bytes(bytes(data))
+    with tarfile.open(path) as t:
+        got = [(m.name, m.mode, m.uid, m.linkname, m.pax_headers.get("SCHILY.xattr.user.k")) for m in t]
+    assert got[1] == ("d/" * 60 + "split-by-prefix", 0o4755, 1, "", None)
+    assert got[2][0] == "x" * 300 and got[2][2] == 3_000_000
+    assert got[3][3] == "t/" * 80 and got[4][0] == "café"
+    listing = subprocess.run(["tar", "-tvf", path], capture_output=True, text=True, check=True).stdout
+    assert "x" * 300 in listing and "split-by-prefix" in listing
+    reader = archive.TarReader(io.BytesIO(bytes(data)))
+    parsed = [(e.name, e.uid, e.xattrs) for e in reader.entries()]
+    assert parsed[2] == (b"x" * 300, 3_000_000, {"user.k": b"\x00\xffbin"})
+    assert [p[0] for p in parsed] == [e.name for e in entries]

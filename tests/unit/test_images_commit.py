@@ -165,3 +165,33 @@ def test_commit_errors(store_dir: Path) -> None:
     make_container("c6", "busybox")
     with pytest.raises(UsageError):
         ops.commit_container("c6", "Bad Name")
+
+
+def test_a_commit_stays_packed_until_a_container_needs_it(store_dir: Path, tmp_path: Path) -> None:
+    upper = make_container("p1", "busybox")
+    fill_upper(upper)
+    result = ops.commit_container("p1", "packed:1")
+    store = Store()
+    top = store.record(result.id).diff_ids[-1]
+    layer = store.layer_dir(top)
+    assert (layer / "layer.tar").is_file() and not (layer / "diff").exists()
+    ops.export_image("packed:1", str(tmp_path / "packed.tar"))  # from the packed tar
+    image = resolve("packed:1")  # unpacks, checking the digest
+    assert image.layers[-1] == str(layer / "diff") and not (layer / "layer.tar").exists()
+    assert stat.S_ISCHR(os.lstat(layer / "diff" / "etc" / "group").st_mode)
+    ops.export_image("packed:1", str(tmp_path / "unpacked.tar"))  # from the tar-split
+    assert (tmp_path / "packed.tar").read_bytes() == (tmp_path / "unpacked.tar").read_bytes()
+    assert os.listdir(store_dir / "tmp") == []
+
+
+def test_a_damaged_packed_layer_is_refused(store_dir: Path) -> None:
+    upper = make_container("p2", "busybox")
+    (upper / "file").write_text("content")
+    result = ops.commit_container("p2", "damaged:1")
+    layer = Store().layer_dir(Store().record(result.id).diff_ids[-1])
+    data = bytearray((layer / "layer.tar").read_bytes())
+    data[data.index(b"content")] ^= 1
+    (layer / "layer.tar").write_bytes(bytes(data))
+    with pytest.raises(ImageError, match="damaged"):
+        resolve("damaged:1")
+    assert not (layer / "diff").exists() and os.listdir(store_dir / "tmp") == []
