@@ -89,6 +89,8 @@ def build_child_plan(spec: ContainerSpec, image: images.ResolvedImage, cdir: str
         workdir=spec.workdir or image.config.workdir or "/",
         capability_mask=policy.capability_mask,
         detached=detached,
+        tty=spec.tty,
+        stdin_devnull=not (spec.tty or spec.interactive),
     )
 
 
@@ -125,9 +127,14 @@ class ForegroundRun:
         self.leader = 0
         self.forwarder = 0
         self.signalled = 0
+        self.released = False  # the payload was allowed to run
+        self.cancelled_by = 0  # a signal that arrived before it was
 
     def run(self) -> int:
         spec = self.spec
+        # From here on Ctrl-C and SIGTERM never cut a step in half: before the payload
+        # runs they cancel the start, after it they are passed on to it.
+        self._install_signal_handlers()
         policy = load_policy()
         image = images.resolve(spec.image)
         argv = command_for(spec, image.config)
@@ -173,9 +180,13 @@ class ForegroundRun:
             self.forwarder = self._fork_forwarder(out_r, err_r, hold_r, (out_w, err_w, hold_w), image_name)
             for fd in (out_r, err_r, hold_r):
                 os.close(fd)
-            self.leader, go_w, status_r = self._fork_container(child_plan, out_w, err_w)
+            tty_parent, tty_child = _tty_socketpair() if spec.tty else (-1, -1)
+            child_out, child_err = (tty_child, tty_child) if spec.tty else (out_w, err_w)
+            self.leader, go_w, status_r = self._fork_container(child_plan, child_out, child_err)
             os.close(out_w)
             os.close(err_w)
+            if tty_child >= 0:
+                os.close(tty_child)
 
             bus = Bus.system()
             machined.watch_removal(bus)
@@ -189,13 +200,26 @@ class ForegroundRun:
                 raise PymachineError(f"cannot create the container's scope {scope_name(spec.name)}: {e.message}",
                                      hint=_hint_for(e)) from None
             machine_created = True
+            if self.cancelled_by:
+                # Ctrl-C or SIGTERM during setup: the payload never runs.
+                os.close(go_w)
+                os.close(status_r)
+                code = 128 + self.cancelled_by
+                record.state, record.exit_code, record.finished = "exited", code, state.now()
+                if not spec.remove:
+                    state.save(record)
+                return code
             # The payload may run now: it is in its scope, under its limits.
             with contextlib.suppress(BrokenPipeError):  # the child failed: its status says why
                 os.write(go_w, b"g")
             os.close(go_w)
-            self._install_signal_handlers()
+            self.released = True
             record.state, record.pid, record.started = "running", self.leader, state.now()
             state.save(record)
+            if tty_parent >= 0:
+                from machinectl_py.exec import relay_from_socket
+
+                relay_from_socket(tty_parent, self.leader, stdin=spec.interactive)
             failure = _read_all(status_r)
             os.close(status_r)
             code = self._wait_leader()
@@ -253,7 +277,9 @@ class ForegroundRun:
 
     def _install_signal_handlers(self) -> None:
         def forward_signal(signum: int, _frame: object) -> None:
-            if self.leader:
+            if not self.released:
+                self.cancelled_by = self.cancelled_by or signum  # setup stops before the payload starts
+            elif self.leader:
                 self.signalled += 1
                 # Second Ctrl-C, or no exit within the grace period: kill the whole container.
                 sig = signum if self.signalled == 1 else signal.SIGKILL
@@ -296,6 +322,14 @@ class ForegroundRun:
         with contextlib.suppress(BusError):
             machined.terminate_machine(bus, self.spec.name)
             machined.wait_removed(bus, self.spec.name, REMOVAL_TIMEOUT_USEC)
+
+
+def _tty_socketpair() -> tuple[int, int]:
+    """-t: the child sends the pty master it opens in the container's devpts through this."""
+    import socket
+
+    parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+    return parent.detach(), child.detach()
 
 
 def _read_all(fd: int) -> str:

@@ -10,6 +10,7 @@ pymachine run --rm --name demo --memory 64M busybox sh -c 'echo hello; hostname;
 run=$!
 i=0
 until machinectl show demo >/dev/null 2>&1; do i=$((i + 1)); [ $i -lt 100 ] || break; sleep 0.05; done
+sleep 0.5  # let the container finish its setup, so machined reads its os-release
 say machinectl list
 machinectl list --no-pager
 say systemctl show machine-demo.scope -p Slice -p MemoryMax
@@ -21,6 +22,7 @@ say pymachine run --rm busybox sh -c "'exit 7'"
 rc=0; pymachine run --rm busybox sh -c 'exit 7' || rc=$?
 echo "exit status: $rc"
 [ "$rc" = 7 ]
+sleep 0.5  # let the container finish its setup, so machined reads its os-release
 say machinectl list
 machinectl list --no-pager
 echo

@@ -67,6 +67,7 @@ def test_limits_are_unit_properties(host: AnyHost) -> None:
                        "--pids-limit", "20", "busybox", "sleep", "5"])
     try:
         wait_until(lambda: "lim" in machine_names(host), what="machine lim")
+        wait_until(lambda: _state_of(host, "lim") == "running", what="container lim running")
         shown = dict(line.split("=", 1) for line in host.run(
             ["systemctl", "show", "machine-lim.scope", "-p", "MemoryMax", "-p", "CPUQuotaPerSecUSec",
              "-p", "TasksMax", "-p", "DevicePolicy", "-p", "Delegate"], check=True).stdout.splitlines())
@@ -111,13 +112,32 @@ def test_machinectl_terminate_ends_run_and_cleans_up(host: AnyHost) -> None:
 
 def test_ctrl_c_stops_the_container(host: AnyHost) -> None:
     proc = host.popen(["pymachine", "run", "--name", "intr", "busybox", "sleep", "60"])
-    wait_until(lambda: "intr" in machine_names(host), what="machine intr")
-    proc.send_signal(signal.SIGINT)  # PID 1 (sleep) ignores SIGINT: pymachine kills it after its grace period
-    proc.communicate(timeout=30)
-    assert proc.returncode == 128 + signal.SIGKILL
-    record = json.loads(host.run(["cat", "/var/lib/pymachine/containers/intr/container.json"], check=True).stdout)
-    assert record["state"] == "exited" and record["exit_code"] == 137
-    host.run(["rm", "-rf", "/var/lib/pymachine/containers/intr"], check=True)
+    try:
+        wait_until(lambda: "intr" in machine_names(host), what="machine intr")
+        wait_until(lambda: _state_of(host, "intr") == "running", what="container intr running")
+        proc.send_signal(signal.SIGINT)  # PID 1 (sleep) ignores SIGINT: pymachine kills it after its grace period
+        proc.communicate(timeout=30)
+        assert proc.returncode == 128 + signal.SIGKILL
+        record = json.loads(host.run(["cat", "/var/lib/pymachine/containers/intr/container.json"], check=True).stdout)
+        assert record["state"] == "exited" and record["exit_code"] == 137
+    finally:
+        host.run(["rm", "-rf", "/var/lib/pymachine/containers/intr"], check=True)
+
+
+def test_sigterm_during_setup_cancels_cleanly(host: AnyHost) -> None:
+    """SIGTERM at any point of the start leaves nothing behind. (Not SIGINT: sh starts
+    background jobs with SIGINT ignored.)"""
+    for delay in ("0", "0.01", "0.03", "0.06", "0.1"):
+        r = host.run(["sh", "-c", f"pymachine run --rm --name early busybox sleep 30 & p=$!; sleep {delay};"
+                      " kill -TERM $p; wait $p"], timeout=60)
+        assert r.returncode in (143, 137), r.stderr
+        assert "early" not in machine_names(host)
+        assert host.run(["test", "-e", "/var/lib/pymachine/containers/early"]).returncode != 0
+
+
+def _state_of(host: AnyHost, name: str) -> str:
+    r = host.run(["cat", f"/var/lib/pymachine/containers/{name}/container.json"])
+    return str(json.loads(r.stdout)["state"]) if r.returncode == 0 else ""
 
 
 def test_without_rm_the_container_dir_stays_with_its_exit(host: AnyHost) -> None:
