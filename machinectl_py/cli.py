@@ -74,7 +74,24 @@ def main(argv: list[str] | None = None) -> int:
         print(f"pymachine: unknown command {verb!r}; see 'pymachine --help'", file=sys.stderr)
         return 2
     module_name, func_name, _ = VERBS[verb]
-    return run_verb(module_name, func_name, args[1:])
+    code = run_verb(module_name, func_name, args[1:])
+    if argv is None and module_name in FAST_EXIT:
+        fast_exit(code)
+    return code
+
+
+# Verbs whose work is done when they return: skip the interpreter's shutdown (module
+# teardown and garbage collection cost ~10 ms, a seventh of `run`'s budget).
+FAST_EXIT = frozenset({"machinectl_py.cmd_run"})
+
+
+def fast_exit(code: int) -> None:
+    try:
+        sys.stdout.flush()
+        sys.stderr.flush()
+    except (OSError, ValueError):
+        pass
+    os._exit(code)
 
 
 def run_verb(module_name: str, func_name: str, args: list[str]) -> int:
