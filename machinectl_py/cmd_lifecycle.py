@@ -69,7 +69,10 @@ def start_container(name: str) -> None:
         service.ensure_not_running(bus, name)
         sync_unit(bus, record)
         unit = service.unit_name(name)
-        with contextlib.suppress(PymachineError, Exception):
+        # An explicit start resets the unit's start rate limit (and a failed state), as
+        # `systemctl reset-failed` does; LoadUnit first, ResetFailedUnit wants a loaded unit.
+        with contextlib.suppress(Exception):
+            service.manager_call(bus, "LoadUnit", "s", unit)
             service.manager_call(bus, "ResetFailedUnit", "s", unit)
         result = service.run_job(bus, "StartUnit", unit)
         if result != "done":

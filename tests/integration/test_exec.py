@@ -125,3 +125,53 @@ def test_exec_into_a_foreground_container(host: AnyHost) -> None:
 def test_exec_into_nothing(host: AnyHost) -> None:
     code, _, err = ex(host, "no-such-container", "true")
     assert code == 125 and "not running" in err
+
+
+PTY_DRIVER = r'''
+import os, pty, select, sys, termios, time
+pid, fd = pty.fork()
+if pid == 0:
+    os.execvp(sys.argv[1], sys.argv[1:])
+termios.tcsetwinsize(fd, (40, 100))
+def read(seconds):
+    out, end = b"", time.time() + seconds
+    while time.time() < end:
+        if select.select([fd], [], [], 0.1)[0]:
+            try:
+                data = os.read(fd, 4096)
+            except OSError:
+                break
+            if not data:
+                break
+            out += data
+    return out.decode(errors="replace")
+time.sleep(1.0)
+os.write(fd, b"tty; stty size\n")
+print(read(1.5))
+os.write(fd, b"sleep 100; echo sleep-ended-$?\n")
+time.sleep(0.5)
+os.write(fd, b"\x03")
+print(read(1.5))
+os.write(fd, b"exit 7\n")
+read(2)
+print("exit", os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]))
+'''
+
+
+@pytest.mark.parametrize("mode", ["run", "exec"])
+def test_interactive_tty_window_size_and_ctrl_c(host: AnyHost, mode: str) -> None:
+    name = f"it-{secrets.token_hex(3)}"
+    if mode == "run":
+        argv = ["pymachine", "run", "--rm", "-it", "--name", name, "busybox", "sh"]
+    else:
+        host.run(["pymachine", "run", "-d", "--name", name, "busybox", "sleep", "1000"], check=True)
+        argv = ["pymachine", "exec", "-it", name, "sh"]
+    try:
+        out = host.run(["python3", "-c", PTY_DRIVER, *argv], timeout=60, check=True).stdout
+    finally:
+        if mode == "exec":
+            host.run(["pymachine", "rm", "-f", name], timeout=60)
+    assert "/dev/pts/" in out and "40 100" in out, out
+    # Ctrl-C interrupts `sleep 100` inside (the shell prompt is back at once), not pymachine.
+    assert "/ #" in out.split("^C", 1)[-1], "Ctrl-C must reach the container's foreground process: " + out
+    assert out.rstrip().endswith("exit 7"), out

@@ -1,0 +1,104 @@
+#!/usr/bin/env python3
+"""Exec latency: `pymachine exec C true` against `runc exec` and `nsenter`, side by side.
+
+In one systemd test host (or on this host, if systemd is PID 1): a detached pymachine
+container (pymachine@NAME.service) and a runc container (systemd cgroup driver) on the same
+busybox root file system, each running `sleep`. Then, alternately, N times each:
+  pymachine exec NAME true            joins all namespaces + the unit's cgroup (via systemd)
+  runc --systemd-cgroup exec ID true  joins all namespaces + the container's cgroup
+  nsenter -t PID -a true              joins the namespaces only (the floor)
+Prints the medians and pymachine/runc (target: <= 0.5).
+
+    python3 bench/bench_exec.py [--runs 30]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tools"))
+
+import testhost  # noqa: E402
+
+# Runs inside the host: prepares both containers, times the commands, cleans up.
+DRIVER = r"""
+import json, os, shutil, subprocess, sys, tempfile, time
+runs, rootfs = int(sys.argv[1]), sys.argv[2]
+name = "bench-exec"
+def sh(*cmd, **kw):
+    return subprocess.run(cmd, check=True, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, text=True, **kw).stdout
+subprocess.run(["pymachine", "rm", "-f", name], capture_output=True)
+sh("pymachine", "run", "-d", "--name", name, "busybox", "sleep", "100000")
+leader = sh("pymachine", "inspect", "--format", "{{ .State.Pid }}", name).strip()
+cmds = {"pymachine": ["pymachine", "exec", name, "true"], "nsenter": ["nsenter", "-t", leader, "-a", "true"]}
+bundle = tempfile.mkdtemp(prefix="bench-runc-")
+runc = shutil.which("runc")
+try:
+    if runc:
+        sh(runc, "spec", cwd=bundle)
+        spec = json.load(open(os.path.join(bundle, "config.json")))
+        spec["root"] = {"path": rootfs, "readonly": True}
+        spec["process"]["args"] = ["sleep", "100000"]
+        spec["process"]["terminal"] = False
+        spec["linux"]["cgroupsPath"] = "machine.slice:runc:bench-exec"
+        json.dump(spec, open(os.path.join(bundle, "config.json"), "w"))
+        subprocess.run([runc, "--systemd-cgroup", "run", "-d", "bench-exec"], cwd=bundle, check=True,
+                       stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        cmds["runc"] = [runc, "--systemd-cgroup", "exec", "bench-exec", "true"]
+    times = {k: [] for k in cmds}
+    for cmd in cmds.values():
+        subprocess.run(cmd, check=True, stdin=subprocess.DEVNULL)
+    for _ in range(runs):
+        for key, cmd in cmds.items():
+            t = time.perf_counter()
+            subprocess.run(cmd, check=True, stdin=subprocess.DEVNULL)
+            times[key].append(time.perf_counter() - t)
+    print(json.dumps(times))
+finally:
+    if runc:
+        subprocess.run([runc, "--systemd-cgroup", "delete", "-f", "bench-exec"], capture_output=True)
+    shutil.rmtree(bundle, ignore_errors=True)
+    subprocess.run(["pymachine", "rm", "-f", name], capture_output=True)
+"""
+
+
+def busybox_rootfs(host: testhost.TestHost | testhost.LocalHost) -> str:
+    prep = host.run(["python3", "-c", "from machinectl_py.images import resolve; "
+                     "print(resolve('busybox').layers[0])"], timeout=120)
+    rootfs = prep.stdout.strip().splitlines()[-1] if prep.returncode == 0 and prep.stdout.strip() else ""
+    if not rootfs:
+        raise SystemExit(f"bench: cannot prepare the busybox image:\n{prep.stdout}{prep.stderr}")
+    return rootfs
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--runs", type=int, default=30)
+    args = ap.parse_args()
+    venv_bin = ROOT / ".venv" / "bin"
+    with testhost.get_host(path_prepend=[str(venv_bin)] if venv_bin.is_dir() else []) as host:
+        driver = host.run(["python3", "-c", DRIVER, str(args.runs), busybox_rootfs(host)], timeout=1800)
+        if driver.returncode != 0:
+            print(f"bench: a run failed:\n{driver.stdout}{driver.stderr}", file=sys.stderr)
+            return 1
+    times = json.loads(driver.stdout.strip().splitlines()[-1])
+    med = {k: statistics.median(v) * 1000 for k, v in times.items()}
+    print(f"exec latency, {args.runs} runs each, alternating, median:")
+    print(f"  pymachine exec NAME true      {med['pymachine']:7.1f} ms")
+    if "runc" in med:
+        print(f"  runc exec ID true             {med['runc']:7.1f} ms")
+    print(f"  nsenter -t PID -a true        {med['nsenter']:7.1f} ms")
+    if "runc" in med:
+        print(f"  ratio pymachine/runc          {med['pymachine'] / med['runc']:7.2f}   (target <= 0.50)")
+    else:
+        print("  runc is not installed: no ratio (apt-get install runc)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
