@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import dataclasses
 import errno
+import functools
 import hashlib
 import os
 import stat
@@ -1031,6 +1032,7 @@ def _recorded_xattrs(fd: int, where: bytes) -> dict[str, bytes]:
     return found
 
 
+@functools.lru_cache(maxsize=4096)
 def _octal(value: int, width: int) -> bytes | None:
     """`value` as a NUL-terminated octal field of `width` bytes, or None if it does not fit."""
     text = b"%0*o" % (width - 1, value)
@@ -1045,24 +1047,18 @@ def _pax_record(key: bytes, value: bytes) -> bytes:
     return b"%d" % length + body
 
 
+# name mode uid gid size mtime chksum type linkname magic+version uname gname devmajor devminor prefix pad
+_USTAR = struct.Struct("100s8s8s8s12s12s8sc100s8s32s32s8s8s155s12s")
+
+
 def _header_block(name: bytes, linkname: bytes, typeflag: bytes, size: int,
                   numbers: dict[str, bytes], prefix: bytes = b"") -> bytes:
-    block = bytearray(BLOCK)
-    block[0:len(name)] = name
-    block[100:108] = numbers["mode"]
-    block[108:116] = numbers["uid"]
-    block[116:124] = numbers["gid"]
-    block[124:136] = _octal(size, 12) or b"0" * 11 + b"\0"
-    block[136:148] = numbers["mtime"]
-    block[148:156] = b" " * 8
-    block[156:157] = typeflag
-    block[157:157 + len(linkname)] = linkname
-    block[257:265] = b"ustar\x0000"
-    block[329:337] = numbers["devmajor"]
-    block[337:345] = numbers["devminor"]
-    block[345:345 + len(prefix)] = prefix
-    block[148:156] = b"%06o\0 " % sum(block)
-    return bytes(block)
+    fields = [name, numbers["mode"], numbers["uid"], numbers["gid"], _octal(size, 12) or b"0" * 11 + b"\0",
+              numbers["mtime"], b" " * 8, typeflag, linkname, b"ustar\x0000", b"", b"",
+              numbers["devmajor"], numbers["devminor"], prefix, b""]
+    checksum = sum(_USTAR.pack(*fields))
+    fields[6] = b"%06o\0 " % checksum
+    return _USTAR.pack(*fields)
 
 
 def tar_header(entry: Entry) -> bytes:
@@ -1145,6 +1141,7 @@ class TarFileWriter:
 
     def finish(self) -> LayerStats:
         self._flush()
+        os.fsync(self._fd)
         os.close(self._fd)
         self._fd = -1
         return self.stats

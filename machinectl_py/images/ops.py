@@ -59,8 +59,10 @@ def write_layer_info(layer_fd: int, diff_id: str, size: int, stats: LayerStats) 
     fd = os.open("layer.json", os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600, dir_fd=layer_fd)
     try:
         os.write(fd, canonical_json(info))
+        os.fsync(fd)
     finally:
         os.close(fd)
+    os.fsync(layer_fd)  # the layer dir's entries too: it becomes visible by one rename
 
 
 def _source_tags(names: tuple[str, ...]) -> list[str]:
@@ -562,7 +564,8 @@ def commit_container(
             config["container"] = container.id
             raw = canonical_json(config)
             with store.write_lock():
-                store.install_layers({} if store.has_layer(diff_id) else {diff_id: layer_path})
+                # synced: the packed layer's one file was fsynced by its writer
+                store.install_layers({} if store.has_layer(diff_id) else {diff_id: layer_path}, synced=True)
                 image_id = store.write_image(raw)
                 store.set_tags(image_id, [target])
     finally:

@@ -257,7 +257,7 @@ class Store:
                         os.close(out_fd)
                     if found != diff_id:
                         raise ImageError(f"layer {diff_id} is damaged (its tar has digest {found})")
-                    os.sync()
+                    syncfs(staging.path)
                     unpacked = staging.path / "unpack"
                     for name in ("tar-split", "files", "shadow"):
                         os.replace(unpacked / name, layer / name)
@@ -271,11 +271,15 @@ class Store:
         finally:
             os.close(layer_fd)
 
-    def install_layers(self, staged: dict[str, Path]) -> None:
-        """Move staged layer dirs (diff_id -> path, with layer.json written) into place. Hold write_lock."""
+    def install_layers(self, staged: dict[str, Path], synced: bool = False) -> None:
+        """Move staged layer dirs (diff_id -> path, with layer.json written) into place. Hold write_lock.
+
+        Everything staged reaches the disk before any of it becomes visible (`synced`: the
+        caller fsynced its files already)."""
         if not staged:
             return
-        os.sync()  # everything unpacked reaches the disk before any of it becomes visible
+        if not synced:
+            syncfs(self.tmp)
         for diff_id, path in staged.items():
             target = self.layer_dir(diff_id)
             if target.exists():
@@ -416,6 +420,21 @@ def atomic_write(path: Path, data: bytes) -> None:
     os.close(fd)
     os.rename(tmp, path)
     _fsync_dir(path.parent)
+
+
+def syncfs(path: Path) -> None:
+    """syncfs(2) on the file system holding `path`: unlike sync(2) it leaves other file systems
+    (and, on a shared machine, other people's dirty pages elsewhere) alone."""
+    import ctypes
+
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.syncfs(fd) != 0:
+            err = ctypes.get_errno()
+            raise OSError(err, os.strerror(err), str(path))
+    finally:
+        os.close(fd)
 
 
 def _fsync_dir(path: Path) -> None:
