@@ -21,9 +21,7 @@ The child is not dumpable until exec, so no container process can reach this Pyt
 
 from __future__ import annotations
 
-import contextlib
 import os
-import signal
 import sys
 
 from machinectl_py import syscalls as sc
@@ -31,7 +29,13 @@ from machinectl_py.errors import EXIT_CANNOT_INVOKE, EXIT_ERROR, EXIT_NOT_FOUND,
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from typing import Any
+
     from machinectl_py.bus import Bus
+
+# `signal` and `contextlib` cost ~6 ms of imports (enum, collections, functools) on this hot
+# path; the C module under `signal` does all exec needs.
+_signal: Any = __import__("_signal")
 
 MACHINED = "org.freedesktop.machine1"
 PR_SET_DUMPABLE = 4
@@ -232,11 +236,13 @@ class Exec:
 
     def _forward_signals(self) -> None:
         def forward(signum: int, _frame: object) -> None:
-            with contextlib.suppress(ProcessLookupError):
+            try:
                 os.kill(self.child, signum)
+            except ProcessLookupError:
+                pass  # it has just exited; waitpid() reports how
 
-        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT):
-            signal.signal(sig, forward)
+        for sig in (_signal.SIGINT, _signal.SIGTERM, _signal.SIGHUP, _signal.SIGQUIT):
+            _signal.signal(sig, forward)
 
     def _reap(self) -> int:
         while True:
@@ -302,10 +308,13 @@ def _child(opts: ExecOptions, pidfd: int, env: dict[str, str], caps: int, go_fd:
             env["HOME"] = _home_of(uid) or "/"
         status_fd = os.dup2(status_fd, 3, inheritable=False)
         sc.close_fds_from(4)  # no host fd reaches the command; fd 3 closes on exec
-        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGPIPE):
-            signal.signal(sig, signal.SIG_DFL)
+        # Dispositions survive exec only when ignored: Python ignores SIGPIPE and SIGXFSZ.
+        for sig in (_signal.SIGINT, _signal.SIGTERM, _signal.SIGHUP, _signal.SIGQUIT, _signal.SIGPIPE,
+                    _signal.SIGXFSZ):
+            _signal.signal(sig, _signal.SIG_DFL)
+        _signal.pthread_sigmask(_signal.SIG_SETMASK, [])
         try:
-            os.execvpe(opts.argv[0], opts.argv, env)
+            exec_in_path(opts.argv, env)
         except OSError as e:
             not_found = e.errno in (2, 20)  # ENOENT, ENOTDIR
             _report(status_fd, EXIT_NOT_FOUND if not_found else EXIT_CANNOT_INVOKE,
@@ -316,6 +325,22 @@ def _child(opts: ExecOptions, pidfd: int, env: dict[str, str], caps: int, go_fd:
         message = f"{e.strerror}: {e.filename}" if isinstance(e, OSError) and e.filename else str(e)
         _report(status_fd, code, message or type(e).__name__)
     os._exit(code)
+
+
+def exec_in_path(argv: list[str], env: dict[str, str]) -> None:
+    """execvpe() without its lazy `import warnings`, which fails once we are in the container."""
+    if "/" in argv[0]:
+        os.execve(argv[0], argv, env)
+    first_error: OSError | None = None
+    for directory in env.get("PATH", DEFAULT_PATH).split(":"):
+        try:
+            os.execve(os.path.join(directory or ".", argv[0]), argv, env)
+        except OSError as e:
+            # ENOENT and ENOTDIR mean "look further"; anything else (EACCES) is the answer if
+            # nothing later succeeds, as execvp(3) does.
+            if first_error is None or (first_error.errno in (2, 20) and e.errno not in (2, 20)):
+                first_error = e
+    raise first_error or FileNotFoundError(2, "not found", argv[0])
 
 
 def _container_cwd() -> str:
@@ -432,6 +457,7 @@ def relay_pty(master: int, *, stdin: bool) -> None:
 
     Ctrl-C reaches the container as a byte on the terminal, and its line discipline turns it
     into SIGINT for the foreground process group inside."""
+    import contextlib
     import select
     import signal
     import termios
