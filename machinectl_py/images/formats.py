@@ -27,6 +27,7 @@ HEX64 = re.compile(r"[0-9a-f]{64}")
 DIGEST_RE = re.compile(r"sha256:[0-9a-f]{64}")
 MAX_JSON = 8 << 20
 MAX_SYMLINKS = 40
+MAX_LAYERS = 499  # overlayfs stacks at most 500 layers, and the container's upper dir is one
 
 MEDIA_OCI_INDEX = "application/vnd.oci.image.index.v1+json"
 MEDIA_OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
@@ -172,6 +173,8 @@ def config_diff_ids(config: Any, what: str) -> list[str]:
         rootfs.get("diff_ids"), list
     ):
         raise BadArchiveError(f"{what} has no rootfs.diff_ids")
+    if len(rootfs["diff_ids"]) > MAX_LAYERS:
+        raise BadArchiveError(f"{what} has {len(rootfs['diff_ids'])} layers; at most {MAX_LAYERS} are supported")
     return [_check_digest(d, f"{what} diff_id") for d in rootfs["diff_ids"]]
 
 

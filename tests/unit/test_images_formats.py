@@ -460,3 +460,31 @@ def test_ops_import_returns_results(state: Path, umoci_layout: Path) -> None:
     assert result.tags == ("r:1",) and result.new_layers == 2
     [again] = ops.import_image(str(umoci_layout), "r:2")
     assert again.new_layers == 0 and again.reused_layers == 2 and again.id == result.id
+
+
+def test_a_full_disk_fails_cleanly(tmp_path: Path) -> None:
+    """The store on a 3 MB tmpfs (in a private mount namespace); a 6 MB layer cannot fit."""
+    root = tmp_path / "root"
+    root.mkdir()
+    (root / "big").write_bytes(os.urandom(6 << 20))
+    tarball = build.tar_rootfs(root, tmp_path / "big.tar")
+    state = tmp_path / "state"
+    state.mkdir()
+    script = f"""
+set -u
+mount -t tmpfs -o size=3M tmpfs {state}
+python3 -m machinectl_py image import {tarball} --name full 2>{tmp_path}/err; echo rc=$?
+for d in layers/sha256 images/sha256 tmp; do ls -A {state}/$d | wc -l; done | tr '\\n' ' '; echo
+cat {state}/repositories.json 2>/dev/null || echo no-repositories
+python3 -m machinectl_py image import {tarball} --name full 2>/dev/null; ls -A {state}/tmp | wc -l
+"""
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2]), "PYMACHINE_STATE_DIR": str(state)}
+    result = subprocess.run(["unshare", "--mount", "--propagation", "private", "sh", "-c", script],
+                            capture_output=True, text=True, env=env, check=True)
+    lines = result.stdout.splitlines()
+    assert lines[0] == "rc=125", result.stdout + result.stderr
+    err = (tmp_path / "err").read_text()
+    assert err.startswith("pymachine: ") and "No space left on device" in err and err.count("\n") == 1, err
+    assert lines[1].split() == ["0", "0", "0"], lines[1]  # no layer, no image, no leftovers
+    assert lines[2] == "no-repositories"
+    assert lines[3] == "0"  # the second try cleaned after itself too
