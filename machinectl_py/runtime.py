@@ -8,10 +8,10 @@ so a failure anywhere leaves nothing behind.
 
 from __future__ import annotations
 
-import os
 # _signal is the C module under `signal`, without the enum wrappers that make
 # `import signal` cost ~3 ms (enum) on the start-up path.
 import _signal as signal
+import os
 import sys
 
 from machinectl_py import images, machined, plan, state
