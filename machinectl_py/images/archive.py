@@ -57,6 +57,8 @@ GNU_LONGNAME = b"L"
 GNU_LONGLINK = b"K"
 GNU_VOLUME = b"V"
 FILE_TYPES = (REGTYPE, AREGTYPE, CONTTYPE)
+_ENTRY_TYPES = frozenset((*FILE_TYPES, LNKTYPE, SYMTYPE, CHRTYPE, BLKTYPE, DIRTYPE, FIFOTYPE))
+_NO_DATA_TYPES = (LNKTYPE, SYMTYPE, DIRTYPE)
 
 WHITEOUT_PREFIX = b".wh."
 OPAQUE_MARKER = b".wh..wh..opq"
@@ -429,15 +431,38 @@ class TarReader:
                 raise BadArchiveError(f"archive holds more than {limits.max_total_size} bytes")
             yield entry
 
+    def _plain_entry(self, block: bytes, start: int, typeflag: bytes, size: int) -> Entry:
+        """The common case, a header without extensions (most entries of most tars): less work."""
+        name = _cstring(block[0:100])
+        if block[257:263] == b"ustar\x00" and block[345] != 0:
+            name = _cstring(block[345:500]) + b"/" + name
+        if size > self._limits.max_file_size:
+            raise BadArchiveError(f"entry {display(name)!r} is too large ({size} bytes)")
+        if size and typeflag in _NO_DATA_TYPES:
+            size = 0  # old tars give links and directories a size with no data after it
+        device = typeflag in (CHRTYPE, BLKTYPE)
+        entry = Entry(
+            name, typeflag, _number(block[100:108], "mode", start) & 0o7777,
+            _number(block[108:116], "uid", start), _number(block[116:124], "gid", start), size,
+            _number(block[136:148], "mtime", start) * 1_000_000_000, _cstring(block[157:257]),
+            _number(block[329:337], "devmajor", start) if device else 0,
+            _number(block[337:345], "devminor", start) if device else 0,
+        )
+        if not (0 <= entry.uid < 0xFFFFFFFF and 0 <= entry.gid < 0xFFFFFFFF):
+            raise BadArchiveError(f"entry {display(name)!r} has an invalid owner {entry.uid}:{entry.gid}")
+        return entry
+
     def _make_entry(
         self, block: bytes, start: int, pax: dict[str, bytes], longname: bytes | None,
         longlink: bytes | None, size: int,
     ) -> Entry:
         typeflag = block[156:157]
-        if typeflag == b"S" or any(k.startswith("GNU.sparse.") for k in pax):
+        if typeflag == b"S" or (pax and any(k.startswith("GNU.sparse.") for k in pax)):
             raise BadArchiveError(f"sparse file at offset {start} is not supported")
-        if typeflag not in (*FILE_TYPES, LNKTYPE, SYMTYPE, CHRTYPE, BLKTYPE, DIRTYPE, FIFOTYPE):
+        if typeflag not in _ENTRY_TYPES:
             raise BadArchiveError(f"unsupported tar entry type {typeflag!r} at offset {start}")
+        if not pax and longname is None and longlink is None:
+            return self._plain_entry(block, start, typeflag, size)
         name = _cstring(block[0:100])
         if block[257:263] == b"ustar\x00":  # POSIX ustar: a prefix field extends the name
             prefix = _cstring(block[345:500])
