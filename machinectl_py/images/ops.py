@@ -104,6 +104,13 @@ def _spool_stdin(staging: Staging) -> Path:
     return path
 
 
+def _stage(progress: Progress | None, label: str, total: int | None) -> None:
+    """Tell a progress display (if it cares) that a new part of the work starts."""
+    stage = getattr(progress, "stage", None)
+    if stage is not None:
+        stage(label, total)
+
+
 def _extract_blob(
     staging: Staging, root_fd: int, layer: formats.LayerRef, index: int, limits: Limits,
     progress: Progress | None,
@@ -113,6 +120,7 @@ def _extract_blob(
         actual = os.fstat(fd).st_size
         if layer.size is not None and actual != layer.size:
             raise BadArchiveError(f"layer {layer.path!r} has size {actual}, its manifest says {layer.size}")
+        _stage(progress, f"layer {index + 1}", None if formats.detect_compression(fd) else actual)
         stream = formats.BlobStream(fd, f"layer {layer.path!r}")
         path, layer_fd = staging.mkdir(f"layer{index}")
         try:
@@ -183,12 +191,13 @@ def import_image(
                 os.close(root_fd)
         results = []
         with store.write_lock():
-            store.install_layers(staged)
+            installed = store.install_layers(staged)
+            reused += len(staged) - installed
             for img in found:
                 image_id = store.write_image(img.config)
                 image_tags = tags if tags is not None else _source_tags(img.names)
                 store.set_tags(image_id, image_tags)
-                results.append(Imported(image_id, tuple(image_tags), len(staged), reused))
+                results.append(Imported(image_id, tuple(image_tags), installed, reused))
         return results
 
 
@@ -202,6 +211,7 @@ def _import_archive_file(
     except OSError as e:
         raise ImageError(f"cannot open {source}: {e.strerror}") from None
     try:
+        _stage(progress, "reading", None if formats.detect_compression(fd) else os.fstat(fd).st_size)
         stream = formats.BlobStream(fd, source)
         outer_path, outer_fd = staging.mkdir("outer")
         try:

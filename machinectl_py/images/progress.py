@@ -28,6 +28,15 @@ class Progress:
         self.enabled = sys.stderr.isatty() if enabled is None else enabled
         self._shown = False
 
+    def stage(self, label: str, total: int | None) -> None:
+        """A new part of the work (the archive, then each layer): a new line, counted from 0."""
+        if self._shown:
+            self._draw(time.monotonic())
+            sys.stderr.write("\n")
+        self.label, self.total, self.count = label, total, 0
+        self._start = time.monotonic()
+        self._shown = False
+
     def __call__(self, n: int) -> None:
         self.count += n
         if not self.enabled:

@@ -271,21 +271,24 @@ class Store:
         finally:
             os.close(layer_fd)
 
-    def install_layers(self, staged: dict[str, Path], synced: bool = False) -> None:
+    def install_layers(self, staged: dict[str, Path], synced: bool = False) -> int:
         """Move staged layer dirs (diff_id -> path, with layer.json written) into place. Hold write_lock.
 
         Everything staged reaches the disk before any of it becomes visible (`synced`: the
         caller fsynced its files already)."""
         if not staged:
-            return
+            return 0
         if not synced:
             syncfs(self.tmp)
+        installed = 0
         for diff_id, path in staged.items():
             target = self.layer_dir(diff_id)
             if target.exists():
-                continue  # another command installed the same content meanwhile
+                continue  # already there (another command, or an earlier import of the same content)
             os.rename(path, target)
+            installed += 1
         _fsync_dir(self.layers)
+        return installed
 
     def remove_layer(self, diff_id: str) -> None:
         """Make a layer disappear atomically (rename into tmp/), then delete it."""

@@ -488,3 +488,21 @@ python3 -m machinectl_py image import {tarball} --name full 2>/dev/null; ls -A {
     assert lines[1].split() == ["0", "0", "0"], lines[1]  # no layer, no image, no leftovers
     assert lines[2] == "no-repositories"
     assert lines[3] == "0"  # the second try cleaned after itself too
+
+
+def test_progress_draws_on_a_terminal_only(capsys: pytest.CaptureFixture[str]) -> None:
+    from machinectl_py.images.progress import Progress
+
+    quiet = Progress("importing", 100, enabled=False)
+    quiet(50)
+    quiet.done()
+    assert capsys.readouterr().err == ""
+    shown = Progress("importing", 100, enabled=True)
+    shown.INTERVAL = 0.0
+    shown(50)
+    shown.stage("layer 1", None)
+    shown(2_000_000)
+    shown.done()
+    err = capsys.readouterr().err
+    assert "importing: [===============" in err and " 50% " in err
+    assert "layer 1: 2.0MB" in err and err.endswith("\n")
