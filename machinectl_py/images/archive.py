@@ -199,6 +199,18 @@ class Readable(Protocol):
     def readinto(self, buffer: memoryview, /) -> int | None: ...
 
 
+_MTIME_LIMIT = 1 << 62  # ns, about 146 years either side of 1970; the kernel's range is wider
+
+
+def _check_entry(entry: Entry) -> None:
+    if not (0 <= entry.uid < 0xFFFFFFFF and 0 <= entry.gid < 0xFFFFFFFF):
+        raise BadArchiveError(f"entry {display(entry.name)!r} has an invalid owner {entry.uid}:{entry.gid}")
+    if not -_MTIME_LIMIT < entry.mtime_ns < _MTIME_LIMIT:
+        raise BadArchiveError(f"entry {display(entry.name)!r} has an invalid time")
+    if entry.devmajor < 0 or entry.devminor < 0 or entry.devmajor > 0xFFFFFFF or entry.devminor > 0xFFFFFFF:
+        raise BadArchiveError(f"entry {display(entry.name)!r} has an invalid device number")
+
+
 class BackgroundHash:
     """sha256 computed on another thread: hashlib releases the GIL for large updates, so hashing
     overlaps parsing and file creation (on this 2-core machine: about 0.1 s per 130 MB saved)."""
@@ -397,6 +409,8 @@ class TarReader:
             if not _checksum_ok(block, start):
                 raise BadArchiveError(f"corrupt tar header at offset {start} (bad checksum)")
             raw.append(block)
+            if len(raw) > 64:
+                raise BadArchiveError(f"too many extension headers before offset {self.offset}")
             typeflag = block[156:157]
             size = _number(block[124:136], "size", start)
             if size < 0:
@@ -448,8 +462,7 @@ class TarReader:
             _number(block[329:337], "devmajor", start) if device else 0,
             _number(block[337:345], "devminor", start) if device else 0,
         )
-        if not (0 <= entry.uid < 0xFFFFFFFF and 0 <= entry.gid < 0xFFFFFFFF):
-            raise BadArchiveError(f"entry {display(name)!r} has an invalid owner {entry.uid}:{entry.gid}")
+        _check_entry(entry)
         return entry
 
     def _make_entry(
@@ -506,8 +519,7 @@ class TarReader:
             devminor=_number(block[337:345], "devminor", start) if typeflag in (CHRTYPE, BLKTYPE) else 0,
             xattrs=xattrs,
         )
-        if not (0 <= entry.uid < 0xFFFFFFFF and 0 <= entry.gid < 0xFFFFFFFF):
-            raise BadArchiveError(f"entry {display(name)!r} has an invalid owner {entry.uid}:{entry.gid}")
+        _check_entry(entry)
         return entry
 
 
@@ -521,6 +533,8 @@ def split_name(name: bytes, limits: Limits = DEFAULT_LIMITS, what: str = "entry"
         raise BadArchiveError(f"{what} name is longer than {limits.max_path} bytes")
     if name.startswith(b"/"):
         raise BadArchiveError(f"{what} {display(name)!r} has an absolute name")
+    if b"\0" in name:
+        raise BadArchiveError(f"{what} {display(name)!r} contains a NUL byte")
     parts = tuple(p for p in name.split(b"/") if p and p != b".")
     for part in parts:
         if part == b"..":
@@ -978,8 +992,12 @@ class LayerWriter:
             os.fchmod(fd, entry.mode)
         if entry.xattrs:
             for key, value in entry.xattrs.items():
-                if key.startswith(ALLOWED_XATTR_PREFIXES) or key in ALLOWED_XATTRS:
-                    os.setxattr(fd, key, value)
+                if (key.startswith(ALLOWED_XATTR_PREFIXES) or key in ALLOWED_XATTRS) and "\0" not in key:
+                    try:
+                        os.setxattr(fd, key, value)
+                    except OSError as e:
+                        raise BadArchiveError(
+                            f"entry {display(entry.name)!r}: cannot set xattr {key!r}: {e.strerror}") from None
                 else:
                     self.stats.skipped_xattrs += 1
         if times:

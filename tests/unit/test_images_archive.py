@@ -355,3 +355,37 @@ def test_tar_header_is_read_back_by_tarfile_gnu_tar_and_ourselves(tmp_path: Path
     parsed = [(e.name, e.uid, e.xattrs) for e in reader.entries()]
     assert parsed[2] == (b"x" * 300, 3_000_000, {"user.k": b"\x00\xffbin"})
     assert [p[0] for p in parsed] == [e.name for e in entries]
+
+
+def test_mutated_archives_fail_only_with_clean_errors(tmp_path: Path) -> None:
+    """Random byte flips in a varied archive: extraction succeeds or raises one of our errors (or
+    an OSError naming the call); never another exception, never a write outside the layer."""
+    import random
+
+    victim = _victim(tmp_path)
+    long_name = "p/" * 70 + "file"
+    ti = info("x", size=3)
+    ti.pax_headers = {"SCHILY.xattr.user.a": "v", "mtime": "1700000000.5"}
+    base = make_tar([d("a"), f("a/b", b"hello" * 100), sym("a/s", "b"), hard("a/h", "a/b"), f(long_name, b"q"),
+                     (ti, b"abc"), f("a/.wh.gone", b""), f("a/.wh..wh..opq", b""),
+                     (info("a/dev", tarfile.CHRTYPE, devmajor=1, devminor=3), None)], tarfile.GNU_FORMAT)
+    base += make_tar([f("pax-" + "n" * 120, b"z")])
+    rng = random.Random(1234)
+    outcomes = {"ok": 0, "refused": 0}
+    for i in range(int(os.environ.get("FUZZ_ITERATIONS", "300"))):
+        data = bytearray(base)
+        for _ in range(rng.randint(1, 8)):
+            pos = rng.randrange(len(data))
+            data[pos] = rng.randrange(256) if rng.random() < 0.7 else rng.choice(b"/.\0 0123456789")
+        target = tmp_path / f"m{i}"
+        target.mkdir()
+        try:
+            extract(target, bytes(data))
+            outcomes["ok"] += 1
+        except BadArchiveError:
+            outcomes["refused"] += 1
+        except OSError as e:
+            assert e.filename is not None or e.errno is not None, repr(e)
+            outcomes["refused"] += 1
+    assert outcomes["refused"] > 50 and outcomes["ok"] > 10, outcomes
+    assert (victim / "file").read_text() == "original" and os.listdir(victim) == ["file"]
