@@ -1090,6 +1090,8 @@ def _pax_record(key: bytes, value: bytes) -> bytes:
     return b"%d" % length + body
 
 
+_MAX_OCTAL_7 = 8**7
+_MAX_OCTAL_11 = 8**11
 # name mode uid gid size mtime chksum type linkname magic+version uname gname devmajor devminor prefix pad
 _USTAR = struct.Struct("100s8s8s8s12s12s8sc100s8s32s32s8s8s155s12s")
 
@@ -1107,6 +1109,16 @@ def _header_block(name: bytes, linkname: bytes, typeflag: bytes, size: int,
 def tar_header(entry: Entry) -> bytes:
     """A ustar header for the entry, preceded by a pax header for what ustar cannot hold (long
     names, large numbers, xattrs). Deterministic: no user/group names, whole-second times."""
+    mtime = entry.mtime_ns // 1_000_000_000
+    if (len(entry.name) <= 100 and len(entry.linkname) <= 100 and not entry.xattrs and 0 <= mtime < _MAX_OCTAL_11
+            and entry.uid < _MAX_OCTAL_7 and entry.gid < _MAX_OCTAL_7 and entry.size < _MAX_OCTAL_11):
+        # The common case, in one struct.pack (commit writes one header per file).
+        ustar = [entry.name, _octal(entry.mode, 8), _octal(entry.uid, 8), _octal(entry.gid, 8),
+                 _octal(entry.size, 12), _octal(mtime, 12), b" " * 8, entry.type, entry.linkname,
+                 b"ustar\x0000", b"", b"", _octal(entry.devmajor, 8) or b"", _octal(entry.devminor, 8) or b"",
+                 b"", b""]
+        ustar[6] = b"%06o\0 " % sum(_USTAR.pack(*ustar))
+        return _USTAR.pack(*ustar)
     pax: list[bytes] = []
     name, prefix = entry.name, b""
     if len(name) > 100:
@@ -1263,6 +1275,9 @@ class UpperCommitter:
         path = prefix + name
         mode = st.st_mode
         mtime_ns = st.st_mtime_ns // 1_000_000_000 * 1_000_000_000
+        if mode & 0o170000 == stat.S_IFREG and st.st_nlink == 1:
+            self._add_file(dir_fd, name, path, mode, st.st_uid, st.st_gid, mtime_ns)  # the common case
+            return
         common: dict[str, Any] = {"mode": stat.S_IMODE(mode), "uid": st.st_uid, "gid": st.st_gid,
                                   "mtime_ns": mtime_ns}
         if stat.S_ISCHR(mode) and st.st_rdev == 0:
@@ -1306,6 +1321,20 @@ class UpperCommitter:
             self._add(Entry(name=path, type=CHRTYPE if stat.S_ISCHR(mode) else BLKTYPE, size=0,
                             devmajor=os.major(st.st_rdev), devminor=os.minor(st.st_rdev), **common))
         # Sockets cannot be stored in a tar; like docker, commit leaves them out.
+
+    def _add_file(self, dir_fd: int, name: bytes, path: bytes, mode: int, uid: int, gid: int,
+                  mtime_ns: int) -> None:
+        """A regular file with one link."""
+        fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK, dir_fd=dir_fd)
+        try:
+            st = os.fstat(fd)
+            if st.st_mode & 0o170000 != stat.S_IFREG:
+                raise ImageError(f"{display(path)!r} changed type while being committed")
+            xattrs = _recorded_xattrs(fd, path)
+            self._add(Entry(path, REGTYPE, mode & 0o7777, uid, gid, st.st_size, mtime_ns, b"", 0, 0,
+                            xattrs or None), fd)
+        finally:
+            os.close(fd)
 
 
 def _is_opaque(fd: int) -> bool:
