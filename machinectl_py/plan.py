@@ -25,17 +25,22 @@ NOSUID_NODEV_NOEXEC = NOSUID_NODEV | sc.MS_NOEXEC
 class Overlay(Record):
     """The container root: image layers (relative link names, top first) under the upper dir."""
 
-    __slots__ = ('lowers', 'upper', 'work')
+    __slots__ = ('lowers', 'upper', 'work', 'volatile')
+    _defaults = {'volatile': False}
 
     lowers: tuple[str, ...]  # top layer first, as overlayfs wants them
     upper: str
     work: str
+    # For --rm containers: the upper layer is thrown away, so overlayfs may skip syncing
+    # the host file system when the container's mount namespace goes (a journal commit,
+    # milliseconds on the teardown path). Linux 5.10+.
+    volatile: bool
 
     def options(self) -> str:
         # redirect_dir and metacopy stay off: with them the upper dir alone no longer holds
         # a container's changes, and `commit` reads exactly the upper dir.
         return (f"lowerdir={':'.join(self.lowers)},upperdir={self.upper},workdir={self.work},"
-                "redirect_dir=off,metacopy=off")
+                "redirect_dir=off,metacopy=off" + (",volatile" if self.volatile else ""))
 
 
 

@@ -80,7 +80,7 @@ def build_child_plan(spec: ContainerSpec, image: images.ResolvedImage, cdir: str
     return ChildPlan(
         container_dir=cdir,
         rootfs=os.path.join(cdir, "rootfs"),
-        overlay=plan.Overlay(layer_links(cdir, image.layers), "upper", "work"),
+        overlay=plan.Overlay(layer_links(cdir, image.layers), "upper", "work", volatile=spec.remove),
         ops=tuple(plan.base_plan(policy, binds=binds)),
         cgroup_layout=_cgroup_layout(),
         hostname=spec.effective_hostname,
