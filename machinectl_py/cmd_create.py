@@ -117,12 +117,19 @@ def load_or_adopt(name: str) -> state.ContainerRecord:
 
 
 def sync_unit(bus: Bus, record: state.ContainerRecord) -> None:
-    """Bring the drop-in in line with the definition (an admin may have edited the TOML)."""
+    """Bring the drop-in and the record in line with the definition (an admin may have edited
+    the TOML); both are left alone, and the TOML unparsed, when it has not changed since."""
     from machinectl_py import config, service
+    from machinectl_py import state as st
 
-    spec = config.load_definition(record.name) if config.definition_exists(record.name) else record.spec
     service.ensure_template(bus)
-    service.write_dropin(bus, record.name, record.id, record.image_name, spec)
+    dropin = os.path.join(service.dropin_dir(record.name), service.DROPIN)
+    if os.path.exists(dropin) and not service.definition_is_newer(record.name, dropin):
+        return
+    if config.definition_exists(record.name):
+        record.spec = config.load_definition(record.name)
+        st.save(record)  # the setup process reads the spec from here (see service.load_container)
+    service.write_dropin(bus, record.name, record.id, record.image_name, record.spec)
 
 
 def run_detached(spec: ContainerSpec) -> int:

@@ -17,15 +17,20 @@ would SIGKILL it at once instead of granting the SIGTERM grace period.)
 
 from __future__ import annotations
 
-import contextlib
 import os
-import socket
 import sys
-from typing import Any
 
 from machinectl_py.bus import Bus, BusError
 from machinectl_py.errors import EXIT_ERROR, ConflictError, NotFoundError, PymachineError
-from machinectl_py.spec import ContainerSpec
+
+# The setup process is on the path of every start: no typing, contextlib or socket imports
+# (the `socket` module alone pulls in enum, ~5 ms); `_socket` is what it wraps.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
+
+    from machinectl_py import state
+    from machinectl_py.spec import ContainerSpec
 
 SYSTEMD_DEST = "org.freedesktop.systemd1"
 SYSTEMD_PATH = "/org/freedesktop/systemd1"
@@ -121,9 +126,13 @@ def write_dropin(bus: Bus, name: str, container_id: str, image_name: str, spec: 
 
     path = os.path.join(dropin_dir(name), DROPIN)
     text = dropin_text(name, container_id, image_name, spec, load_policy().device_allow)
-    with contextlib.suppress(FileNotFoundError), open(path) as f:
-        if f.read() == text:
-            return
+    try:
+        with open(path) as f:
+            if f.read() == text:
+                os.utime(path)  # up to date with the definition (see definition_is_newer)
+                return
+    except FileNotFoundError:
+        pass
     _write_atomic(path, text)
     reload_if_needed(bus, name)
 
@@ -206,13 +215,16 @@ def journal_stream(identifier: str, priority: int) -> int:
     """A stream to journald (the protocol systemd uses for StandardOutput=journal).
 
     journald attributes the stream to the unit of the process that connects, this one."""
-    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    import _socket
+
+    s = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
     try:
         s.connect(JOURNAL_STDOUT)
-        s.shutdown(socket.SHUT_RD)
+        s.shutdown(_socket.SHUT_RD)
         # identifier, unit id (empty: from our cgroup), priority, level prefix, syslog, kmsg, console
         s.sendall(f"{identifier}\n\n{priority}\n0\n0\n0\n0\n".encode())
-        return s.detach()
+        fd: int = s.detach()
+        return fd
     except BaseException:
         s.close()
         raise
@@ -230,13 +242,38 @@ def write_pid_file(name: str, pid: int) -> None:
     os.replace(tmp, path)
 
 
-def load_container(name: str) -> tuple[ContainerSpec, Any]:
-    """The definition (TOML, authoritative when present) and the container's record."""
-    from machinectl_py import config, state
+def mtime(path: str) -> float | None:
+    try:
+        return os.stat(path).st_mtime
+    except FileNotFoundError:
+        return None
+
+
+def definition_is_newer(name: str, than: str) -> bool:
+    """Has NAME.toml changed since `than` was written? (Saves parsing it on every start.)"""
+    from machinectl_py.paths import config_path
+
+    definition = mtime(config_path("machines", f"{name}.toml"))
+    if definition is None:
+        return False
+    other = mtime(than)
+    return other is None or definition > other
+
+
+def load_container(name: str) -> tuple[ContainerSpec, state.ContainerRecord]:
+    """The definition (TOML, authoritative) and the container's record.
+
+    `pymachine start` stores the parsed definition in the record, so the TOML is parsed
+    here only when it changed after that (an edit followed by `systemctl start`)."""
+    from machinectl_py import state
+    from machinectl_py.paths import container_path
 
     record = state.load(name)
-    spec = config.load_definition(name) if config.definition_exists(name) else record.spec
-    return spec, record
+    if definition_is_newer(name, container_path(name, state.RECORD)):
+        from machinectl_py import config
+
+        return config.load_definition(name), record
+    return record.spec, record
 
 
 def service_main(argv: list[str]) -> int:
@@ -255,23 +292,34 @@ def service_main(argv: list[str]) -> int:
 def _record_error(name: str, message: str) -> None:
     from machinectl_py.paths import container_path
 
-    with contextlib.suppress(OSError), open(container_path(name, LAST_ERROR), "w") as f:
-        f.write(message + "\n")
+    try:
+        with open(container_path(name, LAST_ERROR), "w") as f:
+            f.write(message + "\n")
+    except OSError:
+        pass
 
 
 def _setup(name: str) -> int:
-    from machinectl_py import images, machined, state, volumes
+    from machinectl_py import images, machined, state
     from machinectl_py.policy import load_policy
     from machinectl_py.runtime import build_child_plan, command_for, environment, fork_held_init
 
     spec, record = load_container(name)
-    with contextlib.suppress(FileNotFoundError):
+    try:
         os.unlink(os.path.join(record.dir_path, LAST_ERROR))
+    except FileNotFoundError:
+        pass
     policy = load_policy()
-    image = images.resolve(record.image_id or spec.image)
+    image = images.resolve(record.image_name)  # the fast path: by name, from the runtime index
+    if image.id != record.image_id:  # retagged since create: the container keeps its image
+        image = images.resolve(record.image_id)
     argv = command_for(spec, image.config)
     env = environment(spec, image.config)
-    binds = volumes.bind_ops(spec)
+    binds = []
+    if spec.volumes:
+        from machinectl_py import volumes
+
+        binds = volumes.bind_ops(spec)
     child_plan = build_child_plan(spec, image, record.dir_path, policy, env, argv, binds=binds, detached=True)
     err_fd = journal_stream(name, 3)
     # stdout stays the service's own journal stream (priority info); stderr gets its own at err.
@@ -285,8 +333,10 @@ def _setup(name: str) -> int:
                 machined.register_machine(bus, name, record.id, leader, child_plan.rootfs)
             except BusError as e:
                 raise PymachineError(f"cannot register machine {name} with systemd-machined: {e.message}") from None
-            with contextlib.suppress(BrokenPipeError):
+            try:
                 os.write(go_w, b"g")
+            except BrokenPipeError:
+                pass  # the init failed already: its status says why
             released = True
             os.close(go_w)
             failure = _read_all(status_r)
@@ -312,8 +362,10 @@ def _setup(name: str) -> int:
 
 
 def _reap(pid: int) -> None:
-    with contextlib.suppress(ChildProcessError):
+    try:
         os.waitpid(pid, 0)
+    except ChildProcessError:
+        pass
 
 
 def _read_all(fd: int) -> str:
@@ -352,8 +404,10 @@ def stopped_main(argv: list[str]) -> int:
         return 0  # removed while it ran
     from machinectl_py.paths import run_path
 
-    with contextlib.suppress(FileNotFoundError):
+    try:
         os.unlink(run_path(f"{name}.pid"))
+    except FileNotFoundError:
+        pass
     code = exit_code_from_env(os.environ)
     if code is None:
         code = _exit_code_from_unit(name)
