@@ -24,7 +24,7 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from images_common import CHECKOUT, make_tree, pymachine, report, timed
+from images_common import CHECKOUT, make_tree, pymachine, python, report, timed
 
 
 def run_one(name: str, upper: Path, out: Path, env: dict[str, str], tag: str) -> None:
@@ -45,7 +45,7 @@ def main() -> int:
     try:
         pymachine("image", "inspect", "busybox", env=env)  # creates the built-in image
         image_id = json.loads(subprocess.run(
-            [sys.executable, "-m", "machinectl_py", "image", "inspect", "busybox"],
+            [python(), "-m", "machinectl_py", "image", "inspect", "busybox"],
             env=env, capture_output=True, text=True, check=True).stdout)[0]["Id"]
         cdir = work / "state" / "containers" / "bench"
         upper = cdir / "upper"
