@@ -9,8 +9,6 @@ sender runs inside the container's unit: `journalctl -u machine-NAME.scope` find
 
 from __future__ import annotations
 
-import socket
-
 JOURNAL_SOCKET = "/run/systemd/journal/socket"
 VARLINK_SOCKET = "/run/systemd/journal/io.systemd.journal"
 PRIORITY_ERR = 3
@@ -44,6 +42,8 @@ def entry(common: bytes, message: bytes, priority: int) -> bytes:
 
 class JournalWriter:
     def __init__(self, common_fields: bytes) -> None:
+        import socket
+
         self.common = common_fields
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
         self.sent = 0
@@ -65,6 +65,8 @@ def synchronize(timeout: float = 5.0) -> bool:
     Called before the sender exits, so journald reads the sender's cgroup while it still
     lives and the entries are attributed to the container's unit.
     """
+    import socket
+
     try:
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC) as s:
             s.settimeout(timeout)

@@ -8,8 +8,7 @@ with defaults in `_defaults`; construction, equality, repr and to_dict() are sha
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
+TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any, Self
 
