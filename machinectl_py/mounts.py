@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import stat
-from collections.abc import Iterable
 
 from machinectl_py import syscalls as sc
 from machinectl_py.plan import (
@@ -25,6 +24,10 @@ from machinectl_py.plan import (
     ReadOnly,
     Symlink,
 )
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Iterable
 
 _O_PATH_DIR = os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_DIRECTORY
 _O_PATH_ANY = os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC
