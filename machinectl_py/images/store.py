@@ -129,9 +129,11 @@ class Staging:
 
     def __init__(self, store: Store) -> None:
         self.path = store.tmp / secrets.token_hex(8)
-        self.path.mkdir(mode=0o700)
-        self.fd = os.open(self.path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        fcntl.flock(self.fd, fcntl.LOCK_EX)
+        # Created and locked under tmp.lock, so a cleaner never sees it unlocked (and takes it for dead).
+        with store.tmp_lock():
+            self.path.mkdir(mode=0o700)
+            self.fd = os.open(self.path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            fcntl.flock(self.fd, fcntl.LOCK_EX)
 
     def mkdir(self, name: str) -> tuple[Path, int]:
         os.mkdir(name, 0o700, dir_fd=self.fd)
@@ -186,25 +188,33 @@ class Store:
         finally:
             st.cleanup()
 
+    def tmp_lock(self) -> contextlib.AbstractContextManager[None]:
+        return self._flock("tmp.lock", fcntl.LOCK_EX)
+
     def clean_tmp(self) -> None:
         """Remove what dead commands left in tmp/ (their flock died with them)."""
-        try:
-            names = os.listdir(self.tmp)
-        except FileNotFoundError:
+        if not self.tmp.is_dir():
             return
-        for name in names:
-            path = self.tmp / name
-            try:
-                fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-            except OSError:
-                with contextlib.suppress(OSError):
-                    path.unlink()
-                continue
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                os.close(fd)
-                continue  # alive
+        doomed: list[tuple[Path, int]] = []
+        with self.tmp_lock():
+            for name in os.listdir(self.tmp):
+                path = self.tmp / name
+                try:
+                    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+                except OSError:
+                    with contextlib.suppress(OSError):
+                        path.unlink()
+                    continue
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    os.close(fd)
+                    continue  # its owner is alive
+                # Ours now (the lock stays held): out of the way, then deleted outside tmp.lock.
+                dead = self.tmp / ("dead-" + secrets.token_hex(8))
+                os.rename(path, dead)
+                doomed.append((dead, fd))
+        for path, fd in doomed:
             try:
                 if path.is_dir() and not path.is_symlink():
                     shutil.rmtree(path, ignore_errors=True)

@@ -506,3 +506,21 @@ def test_progress_draws_on_a_terminal_only(capsys: pytest.CaptureFixture[str]) -
     err = capsys.readouterr().err
     assert "importing: [===============" in err and " 50% " in err
     assert "layer 1: 2.0MB" in err and err.endswith("\n")
+
+
+def test_concurrent_imports_and_prunes_keep_the_store_consistent(state: Path, umoci_layout: Path) -> None:
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2]), "PYMACHINE_STATE_DIR": str(state)}
+    cmd = ["python3", "-m", "machinectl_py"]
+    procs = [subprocess.Popen([*cmd, "image", "import", "-q", str(umoci_layout), "--name", f"par:{i}"], env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(4)]
+    procs += [subprocess.Popen([*cmd, "image", "prune"], env=env, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    outputs = [p.communicate(timeout=120) for p in procs]
+    results = [(p.returncode, out) for p, out in zip(procs, outputs, strict=True)]
+    assert all(rc == 0 for rc, _ in results), results
+    ids = {out.strip() for _, (out, _) in results[:4]}
+    assert len(ids) == 1
+    assert sorted(Store().repositories()) == [f"par:{i}" for i in range(4)]
+    image = resolve("par:0")
+    assert all(os.path.isdir(layer) for layer in image.layers)
+    assert len(Store().all_layers()) == 2 and os.listdir(state / "tmp") == []
