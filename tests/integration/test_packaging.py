@@ -32,6 +32,7 @@ EXPECTED_FILES = (
     f"{SITE}/machinectl_py/data/policy-default.toml",
     "usr/share/pymachine/default.toml",
     "usr/share/doc/pymachine/copyright",
+    "usr/share/man/man1/pymachine.1.gz",
 )
 EXPECTED_DEPENDS = ("python3-cffi-backend", "systemd", "systemd-container", "dbus", "busybox-static",
                     "util-linux", "libsystemd0", "init-system-helpers")
