@@ -545,8 +545,10 @@ def commit_container(
     store: Store | None = None,
     message: str | None = None,
 ) -> Imported:
+    from machinectl_py.spec import validate_name
+
     target = normalize_reference(ref)
-    container = state.load(container_name)
+    container = state.load(validate_name(container_name))  # a name, never a path
     store = (store or Store()).ensure()
     base = store.record(container.image_id)
     upper = container.upper_dir

@@ -162,6 +162,8 @@ def test_commit_errors(store_dir: Path) -> None:
 
     with pytest.raises(NotFoundError):
         ops.commit_container("nope", "x:1")
+    with pytest.raises(UsageError):
+        ops.commit_container("../../etc", "x:1")
     make_container("c6", "busybox")
     with pytest.raises(UsageError):
         ops.commit_container("c6", "Bad Name")
