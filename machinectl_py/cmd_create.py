@@ -53,7 +53,7 @@ def main(argv: list[str]) -> int:
 
 def create(spec: ContainerSpec, *, write_definition: bool = True) -> state.ContainerRecord:
     """Make the container's definition, state and drop-in; all or nothing."""
-    from machinectl_py import config, images, service, state, volumes
+    from machinectl_py import config, images, service, state
     from machinectl_py.bus import Bus
     from machinectl_py.runtime import command_for
 
@@ -71,7 +71,10 @@ def create(spec: ContainerSpec, *, write_definition: bool = True) -> state.Conta
         state.claim(spec.name)
         done: list[str] = []
         try:
-            spec = volumes.create_anonymous(spec)
+            if spec.volumes:
+                from machinectl_py import volumes
+
+                spec = volumes.create_anonymous(spec)
             if write_definition:
                 config.write_definition(spec, exclusive=True)
                 done.append("definition")
@@ -86,7 +89,10 @@ def create(spec: ContainerSpec, *, write_definition: bool = True) -> state.Conta
                 if "definition" in done:
                     config.remove_definition(spec.name)
                 service.remove_dropin(spec.name)
-                volumes.remove_anonymous(spec)
+                if spec.volumes:
+                    from machinectl_py import volumes
+
+                    volumes.remove_anonymous(spec)
                 state.remove_dir(spec.name)
             raise
 

@@ -24,14 +24,10 @@ no side effects besides reading and (atomically) writing the file.
 
 from __future__ import annotations
 
-import json
 import os
-from collections.abc import Mapping
-from pathlib import Path
-from typing import Any
 
 from machinectl_py.errors import NotFoundError, UsageError
-from machinectl_py.paths import config_dir
+from machinectl_py.paths import config_path
 from machinectl_py.spec import (
     ContainerSpec,
     Limits,
@@ -43,16 +39,22 @@ from machinectl_py.spec import (
     validate_name,
 )
 
+# On the path of `create` and `run -d`: no pathlib, json or typing imports at run time.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+    from typing import Any
+
 _TOP_KEYS = ("image", "command", "env", "workdir", "hostname", "network", "restart", "volumes", "limits")
 _LIMIT_KEYS = ("memory", "cpus", "pids")
 
 
-def machines_dir() -> Path:
-    return config_dir() / "machines"
+def machines_dir() -> str:
+    return config_path("machines")
 
 
-def definition_path(name: str) -> Path:
-    return machines_dir() / f"{validate_name(name)}.toml"
+def definition_path(name: str) -> str:
+    return config_path("machines", f"{validate_name(name)}.toml")
 
 
 class DefinitionError(UsageError):
@@ -76,7 +78,7 @@ def _line_of(text: str, key: str, table: str | None = None) -> int | None:
 
 
 class _Reader:
-    def __init__(self, path: Path, text: str) -> None:
+    def __init__(self, path: os.PathLike[str] | str, text: str) -> None:
         self.path = path
         self.text = text
 
@@ -93,7 +95,7 @@ class _Reader:
         return value
 
 
-def parse_definition(name: str, path: Path, text: str) -> ContainerSpec:
+def parse_definition(name: str, path: os.PathLike[str] | str, text: str) -> ContainerSpec:
     """TOML text -> a validated ContainerSpec named `name`."""
     import tomllib
 
@@ -183,7 +185,8 @@ def _limits(reader: _Reader, value: Any) -> Limits:
 def load_definition(name: str) -> ContainerSpec:
     path = definition_path(name)
     try:
-        text = path.read_text()
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
     except FileNotFoundError:
         raise NotFoundError(f"no such container: {name} (no definition {path})") from None
     except UnicodeDecodeError:
@@ -192,7 +195,7 @@ def load_definition(name: str) -> ContainerSpec:
 
 
 def definition_exists(name: str) -> bool:
-    return definition_path(name).exists()
+    return os.path.exists(definition_path(name))
 
 
 # -- writing ---------------------------------------------------------------------------------
@@ -200,6 +203,8 @@ def definition_exists(name: str) -> bool:
 
 def _toml_string(value: str) -> str:
     # A JSON string is a valid TOML basic string (same escapes: \" \\ \n \t \uXXXX).
+    import json
+
     return json.dumps(value, ensure_ascii=False)
 
 
@@ -238,14 +243,14 @@ def render_definition(spec: ContainerSpec) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_definition(spec: ContainerSpec, *, exclusive: bool = True) -> Path:
+def write_definition(spec: ContainerSpec, *, exclusive: bool = True) -> str:
     """Write NAME.toml atomically; with exclusive, fail if a definition of that name exists."""
     from machinectl_py.errors import ConflictError
 
     path = definition_path(spec.name)
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o755)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w") as f:
+    os.makedirs(os.path.dirname(path), mode=0o755, exist_ok=True)
+    tmp = os.path.join(os.path.dirname(path), f".{spec.name}.toml.{os.getpid()}.tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
         f.write(render_definition(spec))
         f.flush()
         os.fsync(f.fileno())
@@ -260,12 +265,14 @@ def write_definition(spec: ContainerSpec, *, exclusive: bool = True) -> Path:
                     from None
         else:
             os.replace(tmp, path)
-            tmp = Path()
     finally:
-        if tmp != Path():
-            tmp.unlink(missing_ok=True)
+        if os.path.lexists(tmp):
+            os.unlink(tmp)
     return path
 
 
 def remove_definition(name: str) -> None:
-    definition_path(name).unlink(missing_ok=True)
+    try:
+        os.unlink(definition_path(name))
+    except FileNotFoundError:
+        pass

@@ -64,26 +64,40 @@ def template_text(executable: str = "/usr/bin/pymachine") -> str:
 
 
 def this_executable() -> str:
-    """How systemd should run this pymachine: the console script if we are it, else python -m."""
-    argv0 = os.path.abspath(sys.argv[0]) if sys.argv and sys.argv[0] else ""
-    if os.path.basename(argv0) == "pymachine" and os.access(argv0, os.X_OK):
-        return argv0
-    return f"{sys.executable} -m machinectl_py"
+    """How systemd should run this pymachine: this interpreter with -m, not the console script
+    (pip's generated script imports `re`, 13 ms on every start and stop of a container)."""
+    return f"{sys.executable} -I -m machinectl_py"
+
+
+INSTALLED_MARK = "# Installed by pymachine: `pymachine create` and `start` keep ExecStart= pointing at themselves."
 
 
 def ensure_template(bus: Bus) -> None:
-    """Install pymachine@.service into /etc/systemd/system if systemd knows no such template.
+    """Make sure systemd has a pymachine@.service template that runs this pymachine.
 
-    A distro package ships it in /usr/lib/systemd/system; a pip install gets it here on
-    first use (with ExecStart= pointing at the installed console script)."""
-    try:
-        manager_call(bus, "GetUnitFileState", "s", TEMPLATE)
-        return
-    except BusError as e:
-        if e.name not in ("org.freedesktop.systemd1.NoSuchUnit", "org.freedesktop.DBus.Error.FileNotFound"):
-            raise
+    A distro package ships it in /usr/lib/systemd/system: that one is left alone. A pip
+    install gets it in /etc/systemd/system on first use, marked as ours, and rewritten when
+    its ExecStart= points at another pymachine (another venv, an older install)."""
     path = os.path.join(UNIT_DIR, TEMPLATE)
-    _write_atomic(path, template_text(this_executable()))
+    wanted = INSTALLED_MARK + "\n" + template_text(this_executable())
+    try:
+        with open(path) as f:
+            current = f.read()
+    except FileNotFoundError:
+        current = None
+    if current is not None:
+        # Ours: marked, or (written before the mark existed) the shipped file's first line.
+        ours = current.startswith((INSTALLED_MARK, "# A detached pymachine container"))
+        if not ours or current == wanted:
+            return  # the admin's own file, or ours and up to date
+    else:
+        try:
+            manager_call(bus, "GetUnitFileState", "s", TEMPLATE)
+            return  # shipped by a package elsewhere (/usr/lib/systemd/system)
+        except BusError as e:
+            if e.name not in ("org.freedesktop.systemd1.NoSuchUnit", "org.freedesktop.DBus.Error.FileNotFound"):
+                raise
+    _write_atomic(path, wanted)
     manager_call(bus, "Reload")
 
 
@@ -283,10 +297,17 @@ def service_main(argv: list[str]) -> int:
         return 2
     name = argv[0]
     try:
-        return _setup(name)
+        code = _setup(name)
     except PymachineError as e:
         _record_error(name, e.message)
         raise
+    if code == 0:
+        # Exit at once: systemd takes over the container's init (PIDFile=) when we are gone,
+        # and a payload that ends before that would be taken for a failed start.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
+    return code
 
 
 def _record_error(name: str, message: str) -> None:
@@ -300,7 +321,7 @@ def _record_error(name: str, message: str) -> None:
 
 
 def _setup(name: str) -> int:
-    from machinectl_py import images, machined, state
+    from machinectl_py import images, state
     from machinectl_py.policy import load_policy
     from machinectl_py.runtime import build_child_plan, command_for, environment, fork_held_init
 
@@ -329,10 +350,12 @@ def _setup(name: str) -> int:
     try:
         with Bus.system() as bus:
             unit = unit_name(name)
-            try:
-                machined.register_machine(bus, name, record.id, leader, child_plan.rootfs)
-            except BusError as e:
-                raise PymachineError(f"cannot register machine {name} with systemd-machined: {e.message}") from None
+            _register(bus, name, record.id, leader, child_plan.rootfs, unit)
+            # Record and PID file first: once released, the payload may end at any time.
+            record.state, record.pid, record.started = "running", leader, state.now()
+            record.exit_code, record.finished, record.unit = None, None, unit
+            state.save(record)
+            write_pid_file(name, leader)
             try:
                 os.write(go_w, b"g")
             except BrokenPipeError:
@@ -349,16 +372,49 @@ def _setup(name: str) -> int:
                 record.state, record.exit_code, record.finished, record.pid = "exited", code, state.now(), None
                 state.save(record)
                 return code
-            record.state, record.pid, record.started = "running", leader, state.now()
-            record.exit_code, record.finished, record.unit = None, None, unit
-            state.save(record)
-            write_pid_file(name, leader)
             return 0
     finally:
         if not released:
             os.close(go_w)  # EOF on `go`: the held init exits without running anything
             _reap(leader)
         os.close(status_r)
+
+
+def _register(bus: Bus, name: str, container_id: str, leader: int, root: str, unit: str) -> None:
+    """RegisterMachine. On a restart (Restart=), machined may still hold the machine of this
+    unit's previous run, being closed (the unit never went inactive): unregister it, or wait
+    for machined to finish closing it, for a few seconds."""
+    import time
+
+    from machinectl_py import machined
+
+    deadline = time.monotonic() + 5
+    while True:
+        try:
+            machined.register_machine(bus, name, container_id, leader, root)
+            return
+        except BusError as e:
+            holder = _machine_unit(bus, name)
+            if "exists" not in e.message or holder not in (unit, None) or time.monotonic() > deadline:
+                raise PymachineError(f"cannot register machine {name} with systemd-machined: {e.message}"
+                                     + (f" (held by {holder})" if holder else "")) from None
+            if holder == unit:
+                try:
+                    bus.call(*machined.MACHINED, "UnregisterMachine", "s", name)
+                except BusError:
+                    pass
+            time.sleep(0.05)
+
+
+def _machine_unit(bus: Bus, name: str) -> str | None:
+    from machinectl_py import machined
+
+    try:
+        path = str(bus.call(*machined.MACHINED, "GetMachine", "s", name)[0])
+        return str(bus.call(machined.MACHINED[0], path, "org.freedesktop.DBus.Properties", "Get", "ss",
+                            "org.freedesktop.machine1.Machine", "Unit")[0])
+    except BusError:
+        return None
 
 
 def _reap(pid: int) -> None:

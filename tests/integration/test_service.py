@@ -177,10 +177,13 @@ def test_restart_policy_maps_to_restart(host: AnyHost, cleanup: list[str]) -> No
     name = unique("flaky")
     cleanup.append(name)
     unit = f"pymachine@{name}.service"
-    pm(host, "create", "--name", name, "--restart", "on-failure", "busybox", "sh", "-c", "sleep 0.5; exit 1")
+    pm(host, "create", "--name", name, "--restart", "on-failure", "busybox", "sh", "-c", "echo run; sleep 1; exit 1")
     pm(host, "start", name)
     assert show(host, unit, "Restart")["Restart"] == "on-failure"
     wait_for(lambda: int(show(host, unit, "NRestarts").get("NRestarts") or 0) >= 1, what="a restart")
+    # The restarted container really runs again (registered anew with machined, output in the journal).
+    wait_for(lambda: pm(host, "logs", name).count("run") >= 2, timeout=15, what="the second run's output")
+    wait_for(lambda: name in host.run(["machinectl", "list", "--no-legend"]).stdout, what="the machine again")
 
 
 def test_systemctl_stop_and_machinectl_terminate(host: AnyHost, cleanup: list[str]) -> None:

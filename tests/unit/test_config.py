@@ -82,11 +82,11 @@ def test_write_definition_is_exclusive(tmp_path: Path, monkeypatch: pytest.Monke
     monkeypatch.setenv("PYMACHINE_CONFIG_DIR", str(tmp_path))
     spec = ContainerSpec(name="web", image="busybox").validate()
     path = config.write_definition(spec)
-    assert path == tmp_path / "machines" / "web.toml"
+    assert path == str(tmp_path / "machines" / "web.toml")
     assert config.load_definition("web") == spec
     with pytest.raises(PymachineError, match="exists already"):
         config.write_definition(spec)
-    assert sorted(p.name for p in path.parent.iterdir()) == ["web.toml"]  # no temporary file left
+    assert sorted(p.name for p in (tmp_path / "machines").iterdir()) == ["web.toml"]  # no temporary file left
 
 
 def test_definition_path_refuses_bad_names() -> None:
