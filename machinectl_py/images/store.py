@@ -6,12 +6,16 @@ otherwise arbitrary trees that host users must not reach):
     layers/sha256/<hex>/      one layer, keyed by its diff_id (sha256 of its uncompressed tar):
         diff/                 the unpacked tree, an overlay lower dir (whiteouts as overlay's)
         tar-split, files      what is needed to write the original tar back (archive.py)
+        layer.tar             instead of the three above, for a commit not used yet: a packed
+                              layer is unpacked (and its tar removed) when a container first
+                              needs it (Store.unpack_layer), so commit costs about what tar -c does
         layer.json            {"diff_id", "size", "content_size", "entries"}
     images/sha256/<hex>.json  an image config, byte for byte; <hex> is its sha256, the image id
     repositories.json         {"name:tag": "sha256:<id>"}
+    runtime-index.marshal     the tags again, in the form `pymachine run` reads fastest
     tmp/<random>/             staging, locked by its owner with flock; dead ones are removed
                               by the next command
-    lock, gc.lock             see below
+    lock, gc.lock, tmp.lock   see below
 
 Atomicity: a layer is unpacked in tmp/, the file system is synced, then the directory is
 renamed into layers/; an image config and repositories.json are written to a temporary
@@ -22,6 +26,11 @@ Locking: `lock` (exclusive, short) serialises changes to layers/, images/ and
 repositories.json. `gc.lock` is held shared by imports and commits for their whole run and
 exclusively by rm/prune, so a layer an import is about to reuse cannot be pruned under it.
 Readers (resolve, ls, inspect) take no lock: every file they read is replaced atomically.
+`tmp.lock` covers creating-and-locking a staging dir and the cleaner's scan, so a cleaner
+never mistakes a staging dir that is not locked yet for a dead one.
+
+Durability: staged layers reach the disk (syncfs, or fsync of a packed layer's one file)
+before the rename that makes them visible; small files are fsynced before their rename.
 """
 
 from __future__ import annotations
