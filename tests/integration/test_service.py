@@ -275,3 +275,27 @@ def test_units_pass_systemd_analyze_verify(host: AnyHost) -> None:
         r = host.run(["systemd-analyze", "verify", "/etc/systemd/system/pymachine@.service"])
     assert r.returncode == 0, r.stderr
     assert "pymachine@" not in r.stderr, r.stderr
+
+
+def test_rm_racing_start_leaves_a_consistent_state(host: AnyHost) -> None:
+    for delay in (0.0, 0.1, 0.25):
+        name = unique("rmrace")
+        pm(host, "create", "--name", name, "busybox", "sleep", "1000")
+        start = host.popen(["pymachine", "start", name])
+        time.sleep(delay)
+        rm = host.run(["pymachine", "rm", "-f", name], timeout=60)
+        start.wait(60)
+        exists = host.run(["test", "-e", f"/var/lib/pymachine/containers/{name}"]).returncode == 0
+        if rm.returncode == 0:
+            assert not exists, "rm succeeded but the container's directory is still there"
+        # Either way, nothing half-made: a removed container leaves no unit, machine, definition or drop-in.
+        if not exists:
+            assert host.run(["test", "-e", f"/etc/pymachine/machines/{name}.toml"]).returncode == 1
+            assert host.run(["test", "-e", f"/etc/systemd/system/pymachine@{name}.service.d"]).returncode == 1
+            unit = f"pymachine@{name}.service"
+            wait_for(lambda u=unit: host.run(["systemctl", "is-active", u]).returncode != 0,  # type: ignore[misc]
+                     what="the unit to be stopped")
+            assert name not in host.run(["machinectl", "list", "--no-legend"]).stdout
+        else:
+            host.run(["pymachine", "rm", "-f", name], check=True, timeout=60)
+    host.assert_no_leftovers(timeout=15)
