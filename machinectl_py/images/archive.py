@@ -59,6 +59,7 @@ GNU_VOLUME = b"V"
 FILE_TYPES = (REGTYPE, AREGTYPE, CONTTYPE)
 _ENTRY_TYPES = frozenset((*FILE_TYPES, LNKTYPE, SYMTYPE, CHRTYPE, BLKTYPE, DIRTYPE, FIFOTYPE))
 _NO_DATA_TYPES = (LNKTYPE, SYMTYPE, DIRTYPE)
+_PLAIN_FIELDS = ((100, 108), (108, 116), (116, 124), (136, 148))  # mode, uid, gid, mtime
 
 WHITEOUT_PREFIX = b".wh."
 OPAQUE_MARKER = b".wh..wh..opq"
@@ -143,7 +144,7 @@ def _number(field: bytes, what: str, offset: int) -> int:
 
 def _checksum_ok(block: bytes, offset: int) -> bool:
     stored = _number(block[148:156], "checksum", offset)
-    unsigned = sum(block[:148]) + 8 * 32 + sum(block[156:])
+    unsigned = sum(block) - sum(block[148:156]) + 8 * 32
     if stored == unsigned:
         return True
     signed = sum(struct.unpack("148b", block[:148])) + 8 * 32 + sum(struct.unpack("356b", block[156:]))
@@ -455,10 +456,15 @@ class TarReader:
         if size and typeflag in _NO_DATA_TYPES:
             size = 0  # old tars give links and directories a size with no data after it
         device = typeflag in (CHRTYPE, BLKTYPE)
+        try:  # plain octal fields (GNU base-256 numbers take the general path below)
+            mode, uid, gid, mtime = (int(block[a:b].rstrip(b"\0 ") or b"0", 8) for a, b in _PLAIN_FIELDS)
+        except ValueError:
+            mode = _number(block[100:108], "mode", start)
+            uid = _number(block[108:116], "uid", start)
+            gid = _number(block[116:124], "gid", start)
+            mtime = _number(block[136:148], "mtime", start)
         entry = Entry(
-            name, typeflag, _number(block[100:108], "mode", start) & 0o7777,
-            _number(block[108:116], "uid", start), _number(block[116:124], "gid", start), size,
-            _number(block[136:148], "mtime", start) * 1_000_000_000, _cstring(block[157:257]),
+            name, typeflag, mode & 0o7777, uid, gid, size, mtime * 1_000_000_000, _cstring(block[157:257]),
             _number(block[329:337], "devmajor", start) if device else 0,
             _number(block[337:345], "devminor", start) if device else 0,
         )
@@ -531,19 +537,17 @@ def split_name(name: bytes, limits: Limits = DEFAULT_LIMITS, what: str = "entry"
     """`./a//b/` -> (b"a", b"b"); the empty tuple is the layer root. Refuses absolute names and `..`."""
     if len(name) > limits.max_path:
         raise BadArchiveError(f"{what} name is longer than {limits.max_path} bytes")
-    if name.startswith(b"/"):
+    if name[:1] == b"/":
         raise BadArchiveError(f"{what} {display(name)!r} has an absolute name")
     if b"\0" in name:
         raise BadArchiveError(f"{what} {display(name)!r} contains a NUL byte")
     parts = tuple(p for p in name.split(b"/") if p and p != b".")
-    for part in parts:
-        if part == b"..":
-            raise BadArchiveError(f"{what} {display(name)!r} contains '..'")
-        if len(part) > limits.max_component:
-            raise BadArchiveError(
-                f"{what} {display(name)!r} has a component longer than {limits.max_component}")
+    if b".." in name and b".." in parts:
+        raise BadArchiveError(f"{what} {display(name)!r} contains '..'")
     if len(parts) > limits.max_depth:
         raise BadArchiveError(f"{what} {display(name)!r} is nested deeper than {limits.max_depth}")
+    if parts and max(map(len, parts)) > limits.max_component:
+        raise BadArchiveError(f"{what} {display(name)!r} has a component longer than {limits.max_component}")
     return parts
 
 
@@ -815,23 +819,29 @@ class LayerWriter:
     # Entries -----------------------------------------------------------------------------
     def add(self, entry: Entry, reader: TarReader) -> None:
         """Create one entry; its data comes from `reader`."""
-        if not _has_content(entry):
+        parts = split_name(entry.name, self._limits)
+        content = entry.type in FILE_TYPES and bool(parts) and not parts[-1].startswith(WHITEOUT_PREFIX)
+        if not content and entry.size:
             # Data of anything but a file (rare) is kept verbatim in the tar-split, bounded.
-            entry.raw += reader.read_data(self._limits.max_inline_data) if entry.size else b""
-        self.add_with_data(entry, reader.copy_data)
+            entry.raw += reader.read_data(self._limits.max_inline_data)
+        self._add(entry, parts, content, reader.copy_data)
 
     def add_with_data(self, entry: Entry, copy: Callable[[int], None]) -> None:
         """Like `add`, for a producer that writes file data itself (commit): `copy(fd)` fills the file."""
-        self.stats.entries += 1
         parts = split_name(entry.name, self._limits)
-        if _has_content(entry) and parts:
+        content = entry.type in FILE_TYPES and bool(parts) and not parts[-1].startswith(WHITEOUT_PREFIX)
+        self._add(entry, parts, content, copy)
+
+    def _add(self, entry: Entry, parts: tuple[bytes, ...], content: bool, copy: Callable[[int], None]) -> None:
+        self.stats.entries += 1
+        if content:
             fd = self._create_file(parts, entry)
             try:
                 copy(fd)
                 self._set_attrs_fd(fd, entry)
             finally:
                 os.close(fd)
-            fid = self.split.new_file(b"/".join((b"diff", *parts)))
+            fid = self.split.new_file(b"diff/" + b"/".join(parts))
             self._occupant[parts] = fid
             self.split.raw(entry.raw)
             self.split.file(fid, entry.size)
