@@ -24,7 +24,7 @@ sys.path.insert(0, str(ROOT / "tools"))
 sys.path.insert(0, str(ROOT / "bench"))
 
 import testhost  # noqa: E402
-from bench_exec import busybox_rootfs  # noqa: E402
+from bench_exec import busybox_rootfs, shared_paths  # noqa: E402
 
 DRIVER = r"""
 import json, subprocess, sys, time
@@ -55,9 +55,12 @@ finally:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--count", type=int, default=20)
+    ap.add_argument("--bin", metavar="DIR", default=str(ROOT / ".venv" / "bin"),
+                    help="where the pymachine to time is (default: the checkout's .venv/bin; an editable "
+                         "install there adds ~40 ms of import hooks to every pymachine process)")
     args = ap.parse_args()
-    venv_bin = ROOT / ".venv" / "bin"
-    with testhost.get_host(path_prepend=[str(venv_bin)] if venv_bin.is_dir() else []) as host:
+    with testhost.get_host(path_prepend=[args.bin] if Path(args.bin).is_dir() else [],
+                           shared_paths=shared_paths(args.bin)) as host:
         driver = host.run(["python3", "-c", DRIVER, str(args.count), busybox_rootfs(host)], timeout=1800)
         if driver.returncode != 0:
             print(f"bench: a run failed:\n{driver.stdout}{driver.stderr}", file=sys.stderr)
