@@ -5,13 +5,13 @@ leader pins that very process, so a recycled PID can never send us elsewhere. Th
 
   parent (host)                               child
   setns(pidfd, PID)  -> only our children     (born in the container's PID namespace)
-  fork                                        PR_SET_DUMPABLE=0, wait on `go`
-  AttachProcessesToUnit(unit, child)          (now in the container's cgroup, by systemd)
-  go                                          setns(pidfd, IPC|UTS|NET|CGROUP|MNT): root and cwd
-                                              become the container's; resolve -u from the
-                                              container's /etc/passwd; chdir -w (checked inside
+  fork                                        PR_SET_DUMPABLE=0
+  AttachProcessesToUnit(unit, child)          setns(pidfd, IPC|UTS|NET|CGROUP|MNT): root and cwd
+    (systemd moves the child into the          become the container's; resolve -u from the
+     container's cgroup meanwhile)             container's /etc/passwd; chdir -w (checked inside
                                               the root); drop capabilities to the leader's
-                                              bounding set; close every fd > 2; exec
+                                              bounding set; wait on `go`
+  go                                          close every fd > 2; exec
   wait, return the command's exit code
 
 The child is not dumpable until exec, so no container process can reach this Python's
@@ -219,7 +219,10 @@ class Exec:
             os.close(go_w)
             self._reap()
             raise UsageError(f"cannot attach to {self.unit}: {e}") from None
-        os.write(go_w, b"g")
+        try:
+            os.write(go_w, b"g")
+        except BrokenPipeError:
+            pass  # the child failed while we attached it: its status says why
         os.close(go_w)
         if pty_parent >= 0:
             relay_from_socket(pty_parent, self.child, stdin=self.opts.interactive)
@@ -278,9 +281,8 @@ def _child(opts: ExecOptions, pidfd: int, env: dict[str, str], caps: int, go_fd:
     code = EXIT_ERROR
     try:
         sc.prctl(PR_SET_DUMPABLE, 0)
-        if os.read(go_fd, 1) != b"g":
-            os._exit(EXIT_ERROR)
-        os.close(go_fd)
+        # Everything up to the exec happens while systemd attaches us to the unit (it takes
+        # ~10 ms on a hybrid cgroup host); only the exec waits for `go`.
         sc.setns(pidfd, sc.CLONE_NEWIPC | sc.CLONE_NEWUTS | sc.CLONE_NEWNET | sc.CLONE_NEWCGROUP | sc.CLONE_NEWNS)
         os.close(pidfd)
         # setns(CLONE_NEWNS) made the container's root our root and cwd: paths below resolve
@@ -306,8 +308,10 @@ def _child(opts: ExecOptions, pidfd: int, env: dict[str, str], caps: int, go_fd:
             env.setdefault("TERM", os.environ.get("TERM", "xterm"))
         if uid != 0:
             env["HOME"] = _home_of(uid) or "/"
+        if os.read(go_fd, 1) != b"g":  # EOF: systemd could not attach us; the parent says why
+            os._exit(EXIT_ERROR)
         status_fd = os.dup2(status_fd, 3, inheritable=False)
-        sc.close_fds_from(4)  # no host fd reaches the command; fd 3 closes on exec
+        sc.close_fds_from(4)  # no host fd reaches the command (go_fd included); fd 3 closes on exec
         # Dispositions survive exec only when ignored: Python ignores SIGPIPE and SIGXFSZ.
         for sig in (_signal.SIGINT, _signal.SIGTERM, _signal.SIGHUP, _signal.SIGQUIT, _signal.SIGPIPE,
                     _signal.SIGXFSZ):
