@@ -1,9 +1,9 @@
 """`pymachine logs`: a container's output, from the journal.
 
-Every line a container writes carries CONTAINER_NAME (the forwarder of `run`, or the
-unit's LogExtraFields= for detached ones), so journalctl finds them by that field. Lines
-from before the container was created (an older container of the same name) are left
-out. stdout lines go to stdout and stderr lines (priority err) to stderr, as docker does.
+Every line a container writes carries CONTAINER_NAME and CONTAINER_ID_FULL (the forwarder
+of `run`, or the unit's LogExtraFields= for detached ones), so journalctl finds them by
+the id, which an older container of the same name does not share. stdout lines go to
+stdout and stderr lines (priority err) to stderr, as docker does.
 """
 
 from __future__ import annotations
@@ -13,7 +13,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 from typing import NoReturn
 
 from machinectl_py.errors import PymachineError, UsageError
@@ -24,14 +23,14 @@ class _Parser(argparse.ArgumentParser):
         raise UsageError(f"{self.prog}: {message}", hint=f"see '{self.prog} --help'")
 
 
-def journalctl_argv(name: str, created: float | None, *, follow: bool, lines: int | None,
+def journalctl_argv(name: str, container_id: str | None, *, follow: bool, lines: int | None,
                     since: str | None) -> list[str]:
-    argv = ["journalctl", "--no-pager", "-q", "-o", "json", "--output-fields=MESSAGE,PRIORITY",
-            f"CONTAINER_NAME={name}"]
+    """Lines of this container: by its id (an older container of the same name has another),
+    or by name once its record is gone."""
+    match = f"CONTAINER_ID_FULL={container_id}" if container_id else f"CONTAINER_NAME={name}"
+    argv = ["journalctl", "--no-pager", "-q", "-o", "json", "--output-fields=MESSAGE,PRIORITY", match]
     if since is not None:
         argv.append(f"--since={since}")
-    elif created:
-        argv.append("--since=" + time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(int(created))))
     if lines is not None:
         argv.append(f"--lines={lines}")
     if follow:
@@ -58,15 +57,21 @@ def main(argv: list[str]) -> int:
     p.add_argument("name", metavar="NAME")
     args = p.parse_args(argv)
     try:
-        created: float | None = state.load(args.name).created
+        container_id: str | None = state.load(args.name).id
     except NotFoundError:
-        created = None  # removed: its old lines are still in the journal
-    argv = journalctl_argv(args.name, created, follow=args.follow, lines=args.tail, since=args.since)
+        container_id = None  # removed: its old lines are still in the journal
+    argv = journalctl_argv(args.name, container_id, follow=args.follow, lines=args.tail, since=args.since)
     try:
         proc = subprocess.Popen(argv, stdout=subprocess.PIPE)
     except FileNotFoundError:
         raise PymachineError("journalctl not found (package systemd)") from None
     assert proc.stdout is not None
+    import signal
+
+    def stop(_signum: int, _frame: object) -> None:
+        raise KeyboardInterrupt  # SIGTERM ends `logs -f` as Ctrl-C does, journalctl included
+
+    signal.signal(signal.SIGTERM, stop)
     try:
         for line in proc.stdout:
             entry = json.loads(line)

@@ -299,3 +299,24 @@ def test_rm_racing_start_leaves_a_consistent_state(host: AnyHost) -> None:
         else:
             host.run(["pymachine", "rm", "-f", name], check=True, timeout=60)
     host.assert_no_leftovers(timeout=15)
+
+
+def test_logs_tail_since_and_a_reused_name(host: AnyHost, cleanup: list[str]) -> None:
+    name = unique("logs")
+    cleanup.append(name)
+    pm(host, "run", "-d", "--name", name, "busybox", "sh", "-c", "for i in 1 2 3 4 5; do echo old$i; done; sleep 1000")
+    wait_for(lambda: "old5" in pm(host, "logs", name), what="the old container's lines")
+    assert pm(host, "logs", "-n", "2", name).split() == ["old4", "old5"]
+    assert pm(host, "logs", "--since", "1 hour ago", name).split() == [f"old{i}" for i in range(1, 6)]
+    pm(host, "rm", "-f", name)
+    pm(host, "run", "-d", "--name", name, "busybox", "sh", "-c", "echo new; sleep 1000")
+    wait_for(lambda: "new" in pm(host, "logs", name), what="the new container's line")
+    assert pm(host, "logs", name).split() == ["new"], "a new container of the same name has its own logs"
+    follow = host.popen(["pymachine", "logs", "-f", name])
+    try:
+        time.sleep(1)
+        assert follow.poll() is None, "logs -f must keep running"
+    finally:
+        follow.terminate()
+        out, _ = follow.communicate(timeout=10)
+    assert "new" in out
