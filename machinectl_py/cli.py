@@ -115,3 +115,10 @@ def run_verb(module_name: str, func_name: str, args: list[str]) -> int:
             raise
         print(f"pymachine: {e}", file=sys.stderr)
         return 125
+    except Exception as e:
+        # A D-Bus call that failed where no layer added context (systemd or machined refused):
+        # one line, not a traceback. Matched by name: importing bus here would slow every verb.
+        if type(e).__name__ != "BusError" or os.environ.get("PYMACHINE_DEBUG"):
+            raise
+        print(f"pymachine: {e}", file=sys.stderr)
+        return 125
