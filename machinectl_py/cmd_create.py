@@ -133,7 +133,12 @@ def sync_unit(bus: Bus, record: state.ContainerRecord) -> None:
     if os.path.exists(dropin) and not service.definition_is_newer(record.name, dropin):
         return
     if config.definition_exists(record.name):
-        record.spec = config.load_definition(record.name)
+        spec = config.load_definition(record.name)
+        if spec.volumes:
+            from machinectl_py import volumes
+
+            spec = volumes.create_anonymous(spec, record.spec)
+        record.spec = spec
         st.save(record)  # the setup process reads the spec from here (see service.load_container)
     service.write_dropin(bus, record.name, record.id, record.image_name, record.spec)
 

@@ -7,7 +7,9 @@ pymachine keeps no daemon, so a `kill -9` in the middle of a command can leave:
 - a unit drop-in (pymachine@NAME.service.d) or runtime properties of a container that no
   longer exists;
 - failed pymachine@ units and machine-*.scope units of pymachine containers that no
-  longer run (reset, so the next start of that name is not refused).
+  longer run (reset, so the next start of that name is not refused);
+- a missing pymachine@.service template, or one pymachine installed that runs another
+  pymachine (see units/README.md).
 Mounts need no cleaning: every container mount lives in the container's own mount
 namespace and vanishes with its last process. Each command that meets such debris also
 tells the user to run `pymachine gc`.
@@ -36,6 +38,7 @@ def collect(bus: Bus, *, grace: float = GRACE_SECONDS) -> list[str]:
     from machinectl_py.paths import container_path, state_path
 
     done: list[str] = []
+    service.ensure_template(bus)  # and a template that runs this pymachine
     try:
         names = sorted(os.listdir(state_path("containers")))
     except FileNotFoundError:

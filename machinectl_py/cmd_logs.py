@@ -1,9 +1,9 @@
 """`pymachine logs`: a container's output, from the journal.
 
-Every line a container writes carries CONTAINER_NAME and CONTAINER_ID_FULL (the forwarder
-of `run`, or the unit's LogExtraFields= for detached ones), so journalctl finds them by
-the id, which an older container of the same name does not share. stdout lines go to
-stdout and stderr lines (priority err) to stderr, as docker does.
+Every line a container writes carries CONTAINER_NAME (the forwarder of `run`, or the
+unit's LogExtraFields= for detached ones), so journalctl finds them by name; lines from
+before the container was created (an older container of that name) are left out. stdout
+lines go to stdout and stderr lines (priority err) to stderr, as docker does.
 """
 
 from __future__ import annotations
@@ -23,12 +23,9 @@ class _Parser(argparse.ArgumentParser):
         raise UsageError(f"{self.prog}: {message}", hint=f"see '{self.prog} --help'")
 
 
-def journalctl_argv(name: str, container_id: str | None, *, follow: bool, lines: int | None,
-                    since: str | None) -> list[str]:
-    """Lines of this container: by its id (an older container of the same name has another),
-    or by name once its record is gone."""
-    match = f"CONTAINER_ID_FULL={container_id}" if container_id else f"CONTAINER_NAME={name}"
-    argv = ["journalctl", "--no-pager", "-q", "-o", "json", "--output-fields=MESSAGE,PRIORITY", match]
+def journalctl_argv(name: str, *, follow: bool, lines: int | None, since: str | None) -> list[str]:
+    argv = ["journalctl", "--no-pager", "-q", "-o", "json", "--output-fields=MESSAGE,PRIORITY",
+            f"CONTAINER_NAME={name}"]
     if since is not None:
         argv.append(f"--since={since}")
     if lines is not None:
@@ -36,6 +33,12 @@ def journalctl_argv(name: str, container_id: str | None, *, follow: bool, lines:
     if follow:
         argv.append("--follow")
     return argv
+
+
+def is_current(entry: dict[str, object], created_usec: int) -> bool:
+    """Not a line of an older container of the same name (journalctl's --since would spoil -n)."""
+    stamp = entry.get("__REALTIME_TIMESTAMP")
+    return not isinstance(stamp, str) or not stamp.isdigit() or int(stamp) >= created_usec
 
 
 def message_bytes(entry: dict[str, object]) -> bytes:
@@ -57,10 +60,10 @@ def main(argv: list[str]) -> int:
     p.add_argument("name", metavar="NAME")
     args = p.parse_args(argv)
     try:
-        container_id: str | None = state.load(args.name).id
+        created_usec = int(state.load(args.name).created * 1_000_000)
     except NotFoundError:
-        container_id = None  # removed: its old lines are still in the journal
-    argv = journalctl_argv(args.name, container_id, follow=args.follow, lines=args.tail, since=args.since)
+        created_usec = 0  # removed: its old lines are still in the journal
+    argv = journalctl_argv(args.name, follow=args.follow, lines=args.tail, since=args.since)
     try:
         proc = subprocess.Popen(argv, stdout=subprocess.PIPE)
     except FileNotFoundError:
@@ -75,6 +78,8 @@ def main(argv: list[str]) -> int:
     try:
         for line in proc.stdout:
             entry = json.loads(line)
+            if not is_current(entry, created_usec):
+                continue
             out = 2 if str(entry.get("PRIORITY")) in ("0", "1", "2", "3") else 1
             os.write(out, message_bytes(entry) + b"\n")
     except KeyboardInterrupt:

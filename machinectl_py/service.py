@@ -282,12 +282,41 @@ def load_container(name: str) -> tuple[ContainerSpec, state.ContainerRecord]:
     from machinectl_py import state
     from machinectl_py.paths import container_path
 
-    record = state.load(name)
+    try:
+        record = state.load(name)
+    except NotFoundError:
+        return _adopt(name)
     if definition_is_newer(name, container_path(name, state.RECORD)):
         from machinectl_py import config
 
-        return config.load_definition(name), record
+        spec = config.load_definition(name)
+        if spec.volumes:
+            from machinectl_py import volumes
+
+            spec = volumes.create_anonymous(spec, record.spec)
+        return spec, record
     return record.spec, record
+
+
+def _adopt(name: str) -> tuple[ContainerSpec, state.ContainerRecord]:
+    """`systemctl start pymachine@NAME` of a hand-written definition pymachine has never seen:
+    make its state here. (Its drop-in, with Restart= and CONTAINER_ID, comes with the first
+    `pymachine start`; writing it now would need a reload in the middle of this start job.)"""
+    from machinectl_py import config, images, state
+
+    if not config.definition_exists(name):
+        raise NotFoundError(f"no such container: {name} (no definition {config.definition_path(name)})")
+    spec = config.load_definition(name)
+    if spec.volumes:
+        from machinectl_py import volumes
+
+        spec = volumes.create_anonymous(spec)
+    image = images.resolve(spec.image)
+    state.claim(name)
+    record = state.ContainerRecord(name=name, id=os.urandom(32).hex(), image_name=image.name, image_id=image.id,
+                                   spec=spec, created=state.now(), unit=unit_name(name))
+    state.save(record)
+    return spec, record
 
 
 def service_main(argv: list[str]) -> int:

@@ -108,13 +108,18 @@ def list_volumes() -> list[str]:
         return []
 
 
-def create_anonymous(spec: ContainerSpec) -> ContainerSpec:
-    """Create each anonymous volume under a generated name, so the container keeps it across restarts."""
+def create_anonymous(spec: ContainerSpec, previous: ContainerSpec | None = None) -> ContainerSpec:
+    """Create each anonymous volume under a generated name, so the container keeps it across
+    restarts; one the container had already (`previous`, same target) is kept."""
     if all(v.source is not None for v in spec.volumes):
         return spec
+    kept = set(anonymous_names(previous)) if previous is not None else set()
+    had = {v.target: v.source for v in (previous.volumes if previous is not None else ()) if v.source in kept}
     named = []
     for vol in spec.volumes:
-        if vol.source is None:
+        if vol.source is None and vol.target in had:
+            vol = vol.replace(source=had[vol.target])
+        elif vol.source is None:
             generated = os.urandom(32).hex()
             ensure_volume(generated, anonymous=True, container=spec.name)
             vol = vol.replace(source=generated)

@@ -320,3 +320,23 @@ def test_logs_tail_since_and_a_reused_name(host: AnyHost, cleanup: list[str]) ->
         follow.terminate()
         out, _ = follow.communicate(timeout=10)
     assert "new" in out
+
+
+def test_systemctl_starts_a_hand_written_definition_pymachine_never_saw(host: AnyHost, cleanup: list[str]) -> None:
+    name = unique("boot")
+    cleanup.append(name)
+    unit = f"pymachine@{name}.service"
+    pm(host, "gc")  # any pymachine command installs the template (as a boot would find it)
+    host.run(["sh", "-c", f"mkdir -p /etc/pymachine/machines && cat > /etc/pymachine/machines/{name}.toml"],
+             check=True, input='image = "busybox"\ncommand = "echo booted; exec sleep 1000"\nvolumes = ["/cache"]\n')
+    host.run(["systemctl", "enable", "--now", unit], check=True, timeout=60)
+    assert show(host, unit, "ActiveState")["ActiveState"] == "active"
+    assert "running" in pm(host, "ps")
+    assert name in host.run(["machinectl", "list", "--no-legend"]).stdout
+    wait_for(lambda: "booted" in pm(host, "logs", name), what="its output")
+    # The next `pymachine start` keeps the state made at boot, anonymous volume included.
+    (cache,) = json.loads(pm(host, "inspect", name))[0]["Mounts"]
+    pm(host, "stop", "-t", "1", name)
+    pm(host, "start", name)
+    assert json.loads(pm(host, "inspect", name))[0]["Mounts"][0]["Source"] == cache["Source"]
+    host.run(["systemctl", "disable", unit], check=True)

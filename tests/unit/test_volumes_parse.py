@@ -58,3 +58,12 @@ def test_bind_source_must_exist(tmp_path: Path) -> None:
     spec = ContainerSpec(name="c1", image="busybox", volumes=(Volume("/x", str(tmp_path / "missing")),)).validate()
     with pytest.raises(UsageError, match="does not exist"):
         volumes.bind_ops(spec)
+
+
+def test_a_reparsed_definition_keeps_its_anonymous_volume(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PYMACHINE_STATE_DIR", str(tmp_path))
+    spec = ContainerSpec(name="c1", image="busybox", volumes=(Volume("/cache"),)).validate()
+    first = volumes.create_anonymous(spec)
+    again = volumes.create_anonymous(spec, first)  # the same hand-written definition, parsed again
+    assert again.volumes == first.volumes
+    assert len(volumes.list_volumes()) == 1
