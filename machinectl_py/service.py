@@ -371,6 +371,15 @@ def _setup(name: str) -> int:
 
         binds = volumes.bind_ops(spec)
     child_plan = build_child_plan(spec, image, record.dir_path, policy, env, argv, binds=binds, detached=True)
+    dropin = os.path.join(dropin_dir(name), DROPIN)
+    if (spec.limits.memory_max or spec.limits.cpu_quota_usec or spec.limits.tasks_max) and \
+            (not os.path.exists(dropin) or definition_is_newer(name, dropin)):
+        # Started by systemctl with a definition newer than its drop-in: its limits go to the
+        # unit as runtime properties now, before the container exists.
+        with Bus.system() as bus:
+            from machinectl_py.systemd import limit_properties
+
+            manager_call(bus, "SetUnitProperties", "sba(sv)", unit_name(name), True, limit_properties(spec.limits))
     err_fd = journal_stream(name, 3)
     # stdout stays the service's own journal stream (priority info); stderr gets its own at err.
     leader, go_w, status_r = fork_held_init(child_plan, 1, err_fd)

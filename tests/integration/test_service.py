@@ -328,9 +328,11 @@ def test_systemctl_starts_a_hand_written_definition_pymachine_never_saw(host: An
     unit = f"pymachine@{name}.service"
     pm(host, "gc")  # any pymachine command installs the template (as a boot would find it)
     host.run(["sh", "-c", f"mkdir -p /etc/pymachine/machines && cat > /etc/pymachine/machines/{name}.toml"],
-             check=True, input='image = "busybox"\ncommand = "echo booted; exec sleep 1000"\nvolumes = ["/cache"]\n')
+             check=True, input='image = "busybox"\ncommand = "echo booted; exec sleep 1000"\nvolumes = ["/cache"]\n'
+                               '[limits]\nmemory = "48M"\n')
     host.run(["systemctl", "enable", "--now", unit], check=True, timeout=60)
     assert show(host, unit, "ActiveState")["ActiveState"] == "active"
+    assert show(host, unit, "MemoryMax")["MemoryMax"] == str(48 * 1024 * 1024), "limits apply at first boot too"
     assert "running" in pm(host, "ps")
     assert name in host.run(["machinectl", "list", "--no-legend"]).stdout
     wait_for(lambda: "booted" in pm(host, "logs", name), what="its output")
