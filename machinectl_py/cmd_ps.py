@@ -191,10 +191,8 @@ def render_format(template: str, data: dict[str, Any]) -> str:
 
 
 def _status_of(bus: Bus, name: str) -> Status:
-    from machinectl_py import state
     from machinectl_py.cmd_create import load_or_adopt
 
-    del state
     record = load_or_adopt(name)
     return Status(record, _unit_props(bus, record))
 
