@@ -191,9 +191,16 @@ def render_format(template: str, data: dict[str, Any]) -> str:
 
 
 def _status_of(bus: Bus, name: str) -> Status:
-    from machinectl_py.cmd_create import load_or_adopt
+    from machinectl_py import config, state
+    from machinectl_py.errors import NotFoundError
 
-    record = load_or_adopt(name)
+    try:
+        record = state.load(name)
+    except NotFoundError:
+        if config.definition_exists(name):  # read-only verbs never make state
+            raise NotFoundError(f"container {name} is defined ({config.definition_path(name)}) but was never "
+                                "started", hint=f"pymachine start {name}") from None
+        raise
     return Status(record, _unit_props(bus, record))
 
 
