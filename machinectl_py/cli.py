@@ -82,7 +82,8 @@ def main(argv: list[str] | None = None) -> int:
 
 # Verbs whose work is done when they return: skip the interpreter's shutdown (module
 # teardown and garbage collection cost ~10 ms, a seventh of `run`'s budget).
-FAST_EXIT = frozenset({"machinectl_py.cmd_run"})
+FAST_EXIT = frozenset({"machinectl_py.cmd_run", "machinectl_py.exec", "machinectl_py.cmd_lifecycle",
+                       "machinectl_py.cmd_create", "machinectl_py.service"})
 
 
 def fast_exit(code: int) -> None:
