@@ -56,10 +56,12 @@ def unit_name(name: str) -> str:
 
 def template_text(executable: str = "/usr/bin/pymachine") -> str:
     """The shipped units/pymachine@.service, with ExecStart= pointing at `executable`."""
-    from pathlib import Path
-
-    shipped = Path(__file__).resolve().parent.parent / "units" / TEMPLATE
-    text = shipped.read_text() if shipped.exists() else _TEMPLATE_FALLBACK
+    shipped = os.path.join(os.path.dirname(os.path.dirname(os.path.realpath(__file__))), "units", TEMPLATE)
+    try:
+        with open(shipped) as f:
+            text = f.read()
+    except FileNotFoundError:  # a wheel ships no units/ directory
+        text = _TEMPLATE_FALLBACK
     return text.replace("/usr/bin/pymachine ", f"{executable} ")
 
 
