@@ -12,7 +12,6 @@ their ratio (target: pymachine / nspawn <= 0.6).
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 

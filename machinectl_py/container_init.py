@@ -9,11 +9,11 @@ its scope, so the payload never runs outside its cgroup.
 
 from __future__ import annotations
 
-import errno
-import os
 # _signal is the C module under `signal`, without the enum wrappers that make
 # `import signal` cost ~3 ms (enum) on the start-up path.
 import _signal as signal
+import errno
+import os
 
 from machinectl_py import mounts
 from machinectl_py import syscalls as sc

@@ -31,6 +31,7 @@ if TYPE_CHECKING:
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 REMOVAL_TIMEOUT_USEC = 15_000_000
 KILL_GRACE_SECONDS = 3
+HELD_SIGNALS = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP}
 
 
 def scope_name(name: str) -> str:
@@ -189,9 +190,12 @@ class ForegroundRun:
             if tty_child >= 0:
                 os.close(tty_child)
 
-            bus = Bus.system()
-            machined.watch_removal(bus)
+            # Hold Ctrl-C/SIGTERM while sd-bus waits for replies: a signal would end that
+            # wait with EINTR and lose the reply. Our handler runs right after, and cancels.
+            held = signal.pthread_sigmask(signal.SIG_BLOCK, HELD_SIGNALS)
             try:
+                bus = Bus.system()
+                machined.watch_removal(bus)
                 machined.create_machine(
                     bus, spec.name, self.container_id, self.leader, child_plan.rootfs,
                     scope_properties(spec.name, spec.limits, policy.device_allow, (self.forwarder,)))
@@ -200,6 +204,8 @@ class ForegroundRun:
                 os.close(status_r)
                 raise PymachineError(f"cannot create the container's scope {scope_name(spec.name)}: {e.message}",
                                      hint=_hint_for(e)) from None
+            finally:
+                signal.pthread_sigmask(signal.SIG_SETMASK, held)
             machine_created = True
             if self.cancelled_by:
                 # Ctrl-C or SIGTERM during setup: the payload never runs.
