@@ -101,7 +101,9 @@ ffibuilder.cdef(
 ffibuilder.set_source(
     "machinectl_py._native",
     r"""
+    #ifndef _GNU_SOURCE
     #define _GNU_SOURCE
+    #endif
     #include <sched.h>
     #include <errno.h>
     #include <stdint.h>

@@ -112,6 +112,9 @@ def save(record: ContainerRecord) -> None:
 def load(name: str) -> ContainerRecord:
     import json
 
+    from machinectl_py.spec import validate_name
+
+    validate_name(name)  # a name is a path component under containers/: no '..', no '/'
     try:
         with open(container_path(name, RECORD)) as f:
             return ContainerRecord.from_json(json.load(f))
