@@ -50,7 +50,7 @@ from typing import Any
 
 from machinectl_py import paths
 from machinectl_py.errors import UsageError
-from machinectl_py.images import ImageConfig, ResolvedImage
+from machinectl_py.images import ResolvedImage, config_from_oci
 from machinectl_py.images.errors import ImageError, ImageNotFoundError
 
 DEFAULT_TAG = "latest"
@@ -117,20 +117,8 @@ class ImageRecord:
         return value if isinstance(value, str) else ""
 
 
-def image_config_of(config: dict[str, Any]) -> ImageConfig:
-    c = config.get("config") or {}
-    env: dict[str, str] = {}
-    for item in c.get("Env") or []:
-        if isinstance(item, str):
-            key, _, value = item.partition("=")
-            env[key] = value
-    return ImageConfig(
-        entrypoint=tuple(str(x) for x in c.get("Entrypoint") or ()),
-        cmd=tuple(str(x) for x in c.get("Cmd") or ()),
-        env=env,
-        workdir=c.get("WorkingDir") or None,
-        user=c.get("User") or None,
-    )
+# The runtime's view of an image config is defined once, next to resolve().
+image_config_of = config_from_oci
 
 
 class Staging:
