@@ -15,7 +15,6 @@ Prints the total times and pymachine/nspawn (target: <= 0.5). Cleans up outside 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -23,8 +22,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tools"))
 sys.path.insert(0, str(ROOT / "bench"))
 
-import testhost  # noqa: E402
-from bench_exec import busybox_rootfs, shared_paths  # noqa: E402
+from bench_exec import add_bin_option, run_driver  # noqa: E402
 
 DRIVER = r"""
 import json, subprocess, sys, time
@@ -55,17 +53,11 @@ finally:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--count", type=int, default=20)
-    ap.add_argument("--bin", metavar="DIR", default=str(ROOT / ".venv" / "bin"),
-                    help="where the pymachine to time is (default: the checkout's .venv/bin; an editable "
-                         "install there adds ~40 ms of import hooks to every pymachine process)")
+    add_bin_option(ap)
     args = ap.parse_args()
-    with testhost.get_host(path_prepend=[args.bin] if Path(args.bin).is_dir() else [],
-                           shared_paths=shared_paths(args.bin)) as host:
-        driver = host.run(["python3", "-c", DRIVER, str(args.count), busybox_rootfs(host)], timeout=1800)
-        if driver.returncode != 0:
-            print(f"bench: a run failed:\n{driver.stdout}{driver.stderr}", file=sys.stderr)
-            return 1
-    times = json.loads(driver.stdout.strip().splitlines()[-1])
+    times = run_driver(args.bin, DRIVER, args.count)
+    if times is None:
+        return 1
     print(f"starting {args.count} detached containers in sequence (each returns once it runs):")
     each = {k: v / args.count * 1000 for k, v in times.items()}
     print(f"  pymachine run -d            {times['pymachine']:6.2f} s  ({each['pymachine']:.0f} ms each)")

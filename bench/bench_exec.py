@@ -19,6 +19,7 @@ import json
 import statistics
 import sys
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tools"))
@@ -87,20 +88,32 @@ def busybox_rootfs(host: testhost.TestHost | testhost.LocalHost) -> str:
     return rootfs
 
 
-def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--runs", type=int, default=30)
+def add_bin_option(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--bin", metavar="DIR", default=str(ROOT / ".venv" / "bin"),
                     help="where the pymachine to time is (default: the checkout's .venv/bin; an editable "
                          "install there adds ~40 ms of import hooks to every pymachine process)")
+
+
+def run_driver(bin_dir: str, driver: str, count: int) -> Any:
+    """Boot a test host with `bin_dir` first on PATH, run DRIVER COUNT ROOTFS inside, return
+    the JSON it prints last; None (after saying why) if it failed."""
+    with testhost.get_host(path_prepend=[bin_dir] if Path(bin_dir).is_dir() else [],
+                           shared_paths=shared_paths(bin_dir)) as host:
+        result = host.run(["python3", "-c", driver, str(count), busybox_rootfs(host)], timeout=1800)
+    if result.returncode != 0:
+        print(f"bench: a run failed:\n{result.stdout}{result.stderr}", file=sys.stderr)
+        return None
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--runs", type=int, default=30)
+    add_bin_option(ap)
     args = ap.parse_args()
-    with testhost.get_host(path_prepend=[args.bin] if Path(args.bin).is_dir() else [],
-                           shared_paths=shared_paths(args.bin)) as host:
-        driver = host.run(["python3", "-c", DRIVER, str(args.runs), busybox_rootfs(host)], timeout=1800)
-        if driver.returncode != 0:
-            print(f"bench: a run failed:\n{driver.stdout}{driver.stderr}", file=sys.stderr)
-            return 1
-    times = json.loads(driver.stdout.strip().splitlines()[-1])
+    times = run_driver(args.bin, DRIVER, args.runs)
+    if times is None:
+        return 1
     med = {k: statistics.median(v) * 1000 for k, v in times.items()}
     print(f"exec latency, {args.runs} runs each, alternating, median:")
     print(f"  pymachine exec NAME true      {med['pymachine']:7.1f} ms")

@@ -14,7 +14,6 @@ resident manager processes and their PSS per container (target for pymachine: no
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -22,8 +21,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tools"))
 sys.path.insert(0, str(ROOT / "bench"))
 
-import testhost  # noqa: E402
-from bench_exec import busybox_rootfs, shared_paths  # noqa: E402
+from bench_exec import add_bin_option, run_driver  # noqa: E402
 
 DRIVER = r"""
 import json, os, subprocess, sys, time
@@ -95,17 +93,11 @@ finally:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--count", type=int, default=10)
-    ap.add_argument("--bin", metavar="DIR", default=str(ROOT / ".venv" / "bin"),
-                    help="where the pymachine to time is (default: the checkout's .venv/bin; an editable "
-                         "install there adds ~40 ms of import hooks to every pymachine process)")
+    add_bin_option(ap)
     args = ap.parse_args()
-    with testhost.get_host(path_prepend=[args.bin] if Path(args.bin).is_dir() else [],
-                           shared_paths=shared_paths(args.bin)) as host:
-        driver = host.run(["python3", "-c", DRIVER, str(args.count), busybox_rootfs(host)], timeout=1800)
-        if driver.returncode != 0:
-            print(f"bench: a run failed:\n{driver.stdout}{driver.stderr}", file=sys.stderr)
-            return 1
-    r = json.loads(driver.stdout.strip().splitlines()[-1])
+    r = run_driver(args.bin, DRIVER, args.count)
+    if r is None:
+        return 1
     n = args.count
     print(f"host memory per idle detached container ({n} idle `sleep` containers each):")
     for side in ("pymachine", "nspawn"):
