@@ -82,6 +82,8 @@ ffibuilder.cdef(
     int sd_bus_call(sd_bus *bus, sd_bus_message *m, uint64_t usec, sd_bus_error *ret_error,
                     sd_bus_message **reply);
     sd_bus_message *sd_bus_message_unref(sd_bus_message *m);
+    int sd_bus_message_set_expect_reply(sd_bus_message *m, int b);
+    int sd_bus_send(sd_bus *bus, sd_bus_message *m, uint64_t *cookie);
     int sd_bus_message_peek_type(sd_bus_message *m, char *type, const char **contents);
     int sd_bus_message_read_basic(sd_bus_message *m, char type, void *p);
     int sd_bus_message_read_array(sd_bus_message *m, char type, const void **ptr, size_t *size);

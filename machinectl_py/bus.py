@@ -205,8 +205,8 @@ class Bus:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def call(self, destination: str, path: str, interface: str, member: str,
-             signature: str = "", *args: Any, timeout_usec: int = DEFAULT_TIMEOUT_USEC) -> list[Any]:
+    def _new_call(self, destination: str, path: str, interface: str, member: str, signature: str,
+                  args: tuple[Any, ...]) -> Message:
         box = ffi.new("sd_bus_message **")
         _check(lib.sd_bus_message_new_method_call(
             self._ptr, box, destination.encode(), path.encode(), interface.encode(), member.encode()),
@@ -215,6 +215,15 @@ class Bus:
         try:
             if signature:
                 request.append(signature, args)
+        except BaseException:
+            request.close()
+            raise
+        return request
+
+    def call(self, destination: str, path: str, interface: str, member: str,
+             signature: str = "", *args: Any, timeout_usec: int = DEFAULT_TIMEOUT_USEC) -> list[Any]:
+        request = self._new_call(destination, path, interface, member, signature, args)
+        try:
             error = ffi.new("sd_bus_error *")
             reply_box = ffi.new("sd_bus_message **")
             rc = lib.sd_bus_call(self._ptr, request.ptr, timeout_usec, error, reply_box)
@@ -233,9 +242,23 @@ class Bus:
         finally:
             request.close()
 
+    def send(self, destination: str, path: str, interface: str, member: str, signature: str = "",
+             *args: Any) -> None:
+        """A call that expects no reply: queued, not waited for (it is written out with the
+        next call, and the bus keeps one connection's messages in order)."""
+        request = self._new_call(destination, path, interface, member, signature, args)
+        try:
+            _check(lib.sd_bus_message_set_expect_reply(request.ptr, 0), f"{member}: no reply")
+            _check(lib.sd_bus_send(self._ptr, request.ptr, ffi.NULL), f"{member}: send")
+        finally:
+            request.close()
+
     def add_match(self, rule: str) -> None:
-        """Ask the bus to route matching signals to us; `signals()` then yields them."""
-        self.call("org.freedesktop.DBus", "/org/freedesktop/DBus", "org.freedesktop.DBus", "AddMatch", "s", rule)
+        """Ask the bus to route matching signals to us; `signals()` then yields them.
+
+        Not waited for: the bus daemon handles our messages in order, so the match is in
+        place before any call we make after this one is even delivered."""
+        self.send("org.freedesktop.DBus", "/org/freedesktop/DBus", "org.freedesktop.DBus", "AddMatch", "s", rule)
 
     def signals(self, timeout_usec: int) -> Iterator[tuple[str, str, str, list[Any]]]:
         """Yield (path, interface, member, args) of incoming signals until `timeout_usec` passes."""

@@ -133,10 +133,20 @@ class ForegroundRun:
         self.cancelled_by = 0  # a signal that arrived before it was
 
     def run(self) -> int:
-        spec = self.spec
         # From here on Ctrl-C and SIGTERM never cut a step in half: before the payload
         # runs they cancel the start, after it they are passed on to it.
         self._install_signal_handlers()
+        # Connect first: the bus daemon authenticates us (a few ms) while we prepare the
+        # container, and the MachineRemoved match is queued ahead of CreateMachine.
+        bus = Bus.system()
+        try:
+            machined.watch_removal(bus)
+            return self._run(bus)
+        finally:
+            bus.close()
+
+    def _run(self, bus: Bus) -> int:
+        spec = self.spec
         policy = load_policy()
         image = images.resolve(spec.image)
         argv = command_for(spec, image.config)
@@ -158,7 +168,7 @@ class ForegroundRun:
             if os.environ.get("PYMACHINE_DEBUG"):
                 for op in child_plan.ops:
                     print(plan.describe(op), file=sys.stderr)
-            code = self._start_and_wait(record, child_plan, policy, image.name)
+            code = self._start_and_wait(bus, record, child_plan, policy, image.name)
             keep_dir = not spec.remove
             return code
         finally:
@@ -169,10 +179,9 @@ class ForegroundRun:
 
                     volumes.remove_anonymous(spec)
 
-    def _start_and_wait(self, record: state.ContainerRecord, child_plan: ChildPlan, policy: Policy,
+    def _start_and_wait(self, bus: Bus, record: state.ContainerRecord, child_plan: ChildPlan, policy: Policy,
                         image_name: str) -> int:
         spec = self.spec
-        bus: Bus | None = None
         machine_created = False
         hold_w = -1
         try:
@@ -194,8 +203,6 @@ class ForegroundRun:
             # wait with EINTR and lose the reply. Our handler runs right after, and cancels.
             held = signal.pthread_sigmask(signal.SIG_BLOCK, HELD_SIGNALS)
             try:
-                bus = Bus.system()
-                machined.watch_removal(bus)
                 machined.create_machine(
                     bus, spec.name, self.container_id, self.leader, child_plan.rootfs,
                     scope_properties(spec.name, spec.limits, policy.device_allow, (self.forwarder,)))
@@ -243,7 +250,7 @@ class ForegroundRun:
             state.save(record)
         return code
 
-    def _teardown(self, bus: Bus | None, machine_created: bool, hold_w: int) -> None:
+    def _teardown(self, bus: Bus, machine_created: bool, hold_w: int) -> None:
         """Undo in reverse: the container, then the forwarder (the scope's last process),
         then wait for machined to drop the machine. Each step runs even if one before failed."""
         self._kill_and_reap_leader()
@@ -253,12 +260,8 @@ class ForegroundRun:
             # The container's mount namespace died with its init: nothing uses the dir now,
             # and removing it while systemd stops the scope saves the wait below.
             state.remove_dir(self.spec.name)
-        if bus is not None:
-            try:
-                if machine_created:
-                    self._wait_machine_gone(bus)
-            finally:
-                bus.close()
+        if machine_created:
+            self._wait_machine_gone(bus)
         if self.forwarder:
             self._reap(self.forwarder)
             self.forwarder = 0
