@@ -442,8 +442,11 @@ def _attach_pty(sock_fd: int) -> None:
         os.close(slave)
 
 
-def relay_from_socket(sock_fd: int, child: int, *, stdin: bool) -> None:
-    """Receive the pty master the child sends, then relay it to our terminal until it closes."""
+def relay_from_socket(sock_fd: int, child: int, *, stdin: bool, copy_fd: int = -1) -> None:
+    """Receive the pty master the child sends, then relay it to our terminal until it closes.
+
+    copy_fd, if given, also gets everything the pty prints (`run -t`: the log forwarder's
+    pipe, so the journal holds what the terminal showed; `exec` passes none, as docker)."""
     import socket
 
     sock = socket.socket(fileno=sock_fd)
@@ -453,11 +456,12 @@ def relay_from_socket(sock_fd: int, child: int, *, stdin: bool) -> None:
         sock.close()
     if not fds:
         return  # the child failed before opening the pty: its status says why
-    relay_pty(fds[0], stdin=stdin)
+    relay_pty(fds[0], stdin=stdin, copy_fd=copy_fd)
 
 
-def relay_pty(master: int, *, stdin: bool) -> None:
-    """Copy our stdin to the pty and the pty to our stdout, in raw mode, following the window size.
+def relay_pty(master: int, *, stdin: bool, copy_fd: int = -1) -> None:
+    """Copy our stdin to the pty and the pty to our stdout (and copy_fd), in raw mode, following
+    the window size.
 
     Ctrl-C reaches the container as a byte on the terminal, and its line discipline turns it
     into SIGINT for the foreground process group inside."""
@@ -494,6 +498,8 @@ def relay_pty(master: int, *, stdin: bool) -> None:
                 if not data:
                     break
                 _write_all(1, data)
+                if copy_fd >= 0 and not _write_copy(copy_fd, data):
+                    copy_fd = -1  # the forwarder is gone: the terminal still gets everything
             if 0 in ready:
                 data = os.read(0, 65536)
                 if not data:
@@ -510,3 +516,11 @@ def relay_pty(master: int, *, stdin: bool) -> None:
 def _write_all(fd: int, data: bytes) -> None:
     while data:
         data = data[os.write(fd, data):]
+
+
+def _write_copy(fd: int, data: bytes) -> bool:
+    try:
+        _write_all(fd, data)
+        return True
+    except OSError:
+        return False

@@ -4,6 +4,11 @@ A small forked process that lives in the container's scope (so journald attribut
 entries to machine-NAME.scope) but outside the container's namespaces. stdout lines go
 to the journal at priority info, stderr lines at err. It exits when the container's
 side of both pipes is closed, after asking journald to process what it sent.
+
+With `run -t` the container writes to a pty that pymachine relays to the terminal itself;
+the relay copies the same bytes into the stdout pipe here (one stream, priority info, as
+docker logs a tty), and this process only feeds the journal (terminal=False), with each
+line's trailing carriage return (the pty's \r\n) dropped.
 """
 
 from __future__ import annotations
@@ -17,13 +22,13 @@ import select
 from machinectl_py.journal import PRIORITY_ERR, PRIORITY_INFO, JournalWriter, LineSplitter, synchronize
 
 
-def forward(out_fd: int, err_fd: int, common_fields: bytes) -> int:
+def forward(out_fd: int, err_fd: int, common_fields: bytes, *, terminal: bool = True) -> int:
     # Ctrl-C and `machinectl terminate` are for the container; this process ends with it.
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGPIPE):
         signal.signal(sig, signal.SIG_IGN)
     journal = JournalWriter(common_fields)
     streams = {out_fd: (1, LineSplitter(), PRIORITY_INFO), err_fd: (2, LineSplitter(), PRIORITY_ERR)}
-    terminal_ok = {1: True, 2: True}
+    terminal_ok = {1: terminal, 2: terminal}
     poller = select.poll()
     for fd in streams:
         poller.register(fd, select.POLLIN)
@@ -41,7 +46,7 @@ def forward(out_fd: int, err_fd: int, common_fields: bytes) -> int:
                     terminal_ok[target] = _write_all(target, data)
                 lines = splitter.feed(data)
             for line in lines:
-                journal.send(line, priority)
+                journal.send(line if terminal else line.removesuffix(b"\r"), priority)
     if journal.sent:
         synchronize()
     journal.close()

@@ -183,7 +183,7 @@ class ForegroundRun:
                         image_name: str) -> int:
         spec = self.spec
         machine_created = False
-        hold_w = -1
+        hold_w = journal_copy = -1
         try:
             out_r, out_w = os.pipe()
             err_r, err_w = os.pipe()
@@ -194,7 +194,10 @@ class ForegroundRun:
             tty_parent, tty_child = _tty_socketpair() if spec.tty else (-1, -1)
             child_out, child_err = (tty_child, tty_child) if spec.tty else (out_w, err_w)
             self.leader, go_w, status_r = self._fork_container(child_plan, child_out, child_err)
-            os.close(out_w)
+            # -t: the pty relay below keeps out_w to copy what the terminal shows to the journal.
+            journal_copy = out_w if spec.tty else -1
+            if journal_copy < 0:
+                os.close(out_w)
             os.close(err_w)
             if tty_child >= 0:
                 os.close(tty_child)
@@ -235,7 +238,9 @@ class ForegroundRun:
             if tty_parent >= 0:
                 from machinectl_py.exec import relay_from_socket
 
-                relay_from_socket(tty_parent, self.leader, stdin=spec.interactive)
+                relay_from_socket(tty_parent, self.leader, stdin=spec.interactive, copy_fd=journal_copy)
+                os.close(journal_copy)  # EOF: the forwarder flushes the last line
+                journal_copy = -1
             failure = _read_all(status_r)
             os.close(status_r)
             code = self._wait_leader()
@@ -245,6 +250,8 @@ class ForegroundRun:
                 code = int(failed_code) if failed_code.isdigit() else EXIT_ERROR
             record.state, record.exit_code, record.finished, record.pid = "exited", code, state.now(), None
         finally:
+            if journal_copy >= 0:
+                os.close(journal_copy)
             self._teardown(bus, machine_created, hold_w)
         if not spec.remove:
             state.save(record)
@@ -277,7 +284,7 @@ class ForegroundRun:
                     os.close(fd)
                 from machinectl_py.forwarder import forward
 
-                code = forward(out_r, err_r, fields)
+                code = forward(out_r, err_r, fields, terminal=not self.spec.tty)
                 os.read(hold_r, 1)  # returns when pymachine closes its end
             finally:
                 os._exit(code)
