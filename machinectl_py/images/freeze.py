@@ -21,6 +21,7 @@ from machinectl_py.images.errors import ImageError
 V1_FREEZER = "/sys/fs/cgroup/freezer"
 PROCS_HIERARCHIES = ("/sys/fs/cgroup/unified", "/sys/fs/cgroup/systemd", "/sys/fs/cgroup")
 FREEZE_TIMEOUT = 10.0
+_GONE = ("org.freedesktop.systemd1.NoSuchUnit", "org.freedesktop.systemd1.UnitInactive")
 
 
 @contextlib.contextmanager
@@ -48,7 +49,12 @@ def frozen_unit(unit: str) -> Iterator[None]:
         try:
             yield
         finally:
-            thaw_unit(bus, unit)
+            try:
+                thaw_unit(bus, unit)
+            except BusError as e:
+                # A unit that stopped (or went away) while frozen has nothing left to thaw.
+                if e.name not in _GONE:
+                    raise ImageError(f"cannot thaw {unit}: {e}", hint=f"run: systemctl thaw {unit}") from None
 
 
 def _unit_pids(cgroup: str) -> set[int]:

@@ -187,35 +187,74 @@ def test_commit_of_a_running_container_freezes_it(host: AnyHost, image_name: str
         pm(host, "rm", container, check=False)
 
 
-FREEZE_PROBE = """
-import subprocess, sys
+FREEZE_PROBE = r"""
+import json, os, subprocess, sys, time
 from machinectl_py.images.freeze import frozen_unit
+
+def show(*argv):
+    return subprocess.check_output(argv, text=True).strip()
+
 name = sys.argv[1]
-leader = int(subprocess.check_output(["machinectl", "show", "-p", "Leader", "--value", name]))
-unit = subprocess.check_output(["machinectl", "show", "-p", "Unit", "--value", name], text=True).strip()
+leader = int(show("machinectl", "show", "-p", "Leader", "--value", name))
+unit = show("machinectl", "show", "-p", "Unit", "--value", name)
+pure_v2 = os.path.exists("/sys/fs/cgroup/cgroup.controllers")
 
-def freezer_state():
+def cgroup_path(hierarchy):
+    # "unified": the cgroup2 line (id 0); else the v1 hierarchy holding that controller
     for line in open(f"/proc/{leader}/cgroup"):
-        _, controllers, path = line.strip().split(":", 2)
-        if "freezer" in controllers.split(","):
-            try:
-                return path, open(f"/sys/fs/cgroup/freezer{path}/freezer.state").read().strip()
-            except FileNotFoundError:
-                return path, "THAWED"
-    return "", "no-freezer"
+        hid, controllers, path = line.rstrip("\n").split(":", 2)
+        if (hierarchy == "unified" and hid == "0") or hierarchy in controllers.split(","):
+            return path
+    return None
 
-before = freezer_state()
+def freezer():
+    # pure v2: the unit's cgroup (systemd's FreezeUnit); hybrid: the v1 freezer (freeze.py's fallback)
+    if pure_v2:
+        path = cgroup_path("unified")
+        events = dict(line.split() for line in open(f"/sys/fs/cgroup{path}/cgroup.events"))
+        return {"cgroup": path, "frozen": events["frozen"] == "1"}
+    path = cgroup_path("freezer")
+    try:
+        state = open(f"/sys/fs/cgroup/freezer{path}/freezer.state").read().strip()
+    except (FileNotFoundError, TypeError):
+        state = "no-freezer"
+    return {"cgroup": path, "frozen": state == "FROZEN", "v1": state}
+
+def count():
+    try:
+        return open(f"/proc/{leader}/root/count").read().strip()
+    except FileNotFoundError:
+        return ""
+
+def advances(since, timeout):
+    deadline = time.monotonic() + timeout
+    while count() in ("", since):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+result = {"pure_v2": pure_v2, "counting": advances("", 20)}
+result["before"] = {**freezer(), "unit": show("systemctl", "show", "-p", "FreezerState", "--value", unit)}
 with frozen_unit(unit):
-    during = freezer_state()
-    stat = open(f"/proc/{leader}/stat").read().split(")")[1].split()[0]
-after = freezer_state()
-print(before[1], during[1], after[1], before[0] == after[0], stat)
+    result["during"] = {**freezer(), "unit": show("systemctl", "show", "-p", "FreezerState", "--value", unit)}
+    first = count()
+    time.sleep(1)
+    result["stopped"] = count() == first
+result["after"] = {**freezer(), "unit": show("systemctl", "show", "-p", "FreezerState", "--value", unit)}
+result["resumed"] = advances(first, 20)
+print(json.dumps(result))
 """
 
 
 def test_freezing_really_stops_the_container_and_restores_it(host: AnyHost) -> None:
+    """Both cgroup layouts: on pure v2 systemd's FreezeUnit freezes the unit's cgroup (cgroup.events
+    `frozen 1`, FreezerState `frozen`); on a hybrid host freeze.py falls back to the v1 freezer
+    (systemd, which does not know about it, keeps saying `running`). Either way a counter in the
+    container stops while frozen and runs again afterwards."""
     container = unique("freeze")
-    proc = host.popen(["pymachine", "run", "--name", container, "--rm", "busybox", "sleep", "30"])
+    counter = "i=0; while :; do i=$((i+1)); echo $i > /count; sleep 0.05; done"
+    proc = host.popen(["pymachine", "run", "--name", container, "--rm", "busybox", "sh", "-c", counter])
     try:
         deadline = time.monotonic() + 20
         while host.run(["machinectl", "show", container]).returncode != 0:
@@ -223,8 +262,14 @@ def test_freezing_really_stops_the_container_and_restores_it(host: AnyHost) -> N
             time.sleep(0.1)
         checkout = str(Path(__file__).resolve().parents[2])
         out = host.run(["python3", "-c", FREEZE_PROBE, container], env={"PYTHONPATH": checkout}, check=True)
-        before, during, after, restored, _ = out.stdout.split()
-        assert (before, during, after, restored) == ("THAWED", "FROZEN", "THAWED", "True"), out.stdout
+        r = json.loads(out.stdout)
+        assert r["counting"], out.stdout
+        assert not r["before"]["frozen"] and r["before"]["unit"] == "running", out.stdout
+        assert r["during"]["frozen"] and r["stopped"], out.stdout
+        assert not r["after"]["frozen"] and r["after"]["unit"] == "running" and r["resumed"], out.stdout
+        assert r["after"]["cgroup"] == r["before"]["cgroup"], out.stdout  # processes back where they were
+        # systemd itself froze the unit on v2; on hybrid it cannot, and the v1 freezer did
+        assert r["during"]["unit"] == ("frozen" if r["pure_v2"] else "running"), out.stdout
     finally:
         host.run(["machinectl", "terminate", container])
         proc.communicate(timeout=30)
