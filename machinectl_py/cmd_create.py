@@ -8,7 +8,6 @@ Any failure undoes what was done. `pymachine start NAME` then starts the unit.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import sys
 
@@ -85,7 +84,7 @@ def create(spec: ContainerSpec, *, write_definition: bool = True) -> state.Conta
             service.write_dropin(bus, spec.name, record.id, image.name, spec)
             return record
         except BaseException:
-            with contextlib.suppress(Exception):
+            try:
                 if "definition" in done:
                     config.remove_definition(spec.name)
                 service.remove_dropin(spec.name)
@@ -93,6 +92,8 @@ def create(spec: ContainerSpec, *, write_definition: bool = True) -> state.Conta
                     from machinectl_py import volumes
 
                     volumes.remove_anonymous(spec)
+            except Exception:
+                pass  # the original error is the one to report
                 state.remove_dir(spec.name)
             raise
 
