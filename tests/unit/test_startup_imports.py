@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 HEAVY = {"json", "re", "typing", "pathlib", "dataclasses", "argparse", "asyncio", "contextlib", "enum",
          "collections", "socket", "subprocess", "shutil", "tomllib", "hashlib", "secrets", "dbus_next", "pystemd"}
@@ -24,3 +25,33 @@ def test_run_path_imports_nothing_heavy() -> None:
     out = subprocess.run([sys.executable, "-c", PROBE],
                          capture_output=True, text=True, check=True).stdout.split()
     assert not HEAVY & set(out), f"heavy modules on the start-up path: {sorted(HEAVY & set(out))}"
+
+
+DETACHED_PROBE = """
+import sys
+base = set(sys.modules)
+import machinectl_py.cli, machinectl_py.cmd_create, machinectl_py.cmd_lifecycle, machinectl_py.service
+import machinectl_py.exec
+from machinectl_py import config, state
+state.load_json('{"name": "web", "spec": {"command": ["sh", "-c", "x"]}}')
+config._toml_string("sh -c 'echo \\"ok\\"'")
+print(" ".join(sorted(set(sys.modules) - base)))
+"""
+
+
+def test_start_create_and_exec_paths_import_nothing_heavy() -> None:
+    """`start` runs two processes (the client and the unit's setup), `exec` one: each pays these."""
+    out = subprocess.run([sys.executable, "-c", DETACHED_PROBE],
+                         capture_output=True, text=True, check=True).stdout.split()
+    assert not HEAVY & set(out), f"heavy modules on the start/exec path: {sorted(HEAVY & set(out))}"
+
+
+def test_launcher_imports_nothing_heavy() -> None:
+    """bin/pymachine, the installed command: not pip's entry-point wrapper, which imports `re`."""
+    root = Path(__file__).resolve().parents[2]
+    # -S: without site, whose .pth files (an editable install's finder) import `re` themselves.
+    result = subprocess.run([sys.executable, "-S", "-X", "importtime", str(root / "bin" / "pymachine"), "--version"],
+                            capture_output=True, text=True, check=True, env={"PYTHONPATH": str(root)})
+    imported = {line.rsplit("|", 1)[-1].strip() for line in result.stderr.splitlines() if "|" in line}
+    assert "machinectl_py.cli" in imported
+    assert not HEAVY & imported, f"heavy modules imported by the launcher: {sorted(HEAVY & imported)}"
