@@ -42,34 +42,27 @@ def register_machine(bus: Bus, name: str, container_id: str, leader: int, root: 
     return str(reply[0])
 
 
-def terminate_machine(bus: Bus, name: str) -> bool:
+def _machine_call(bus: Bus, method: str, signature: str, *args: Any) -> bool:
+    """A Manager call on one machine; False if machined has no such machine (any more)."""
     try:
-        bus.call(*MACHINED, "TerminateMachine", "s", name)
+        bus.call(*MACHINED, method, signature, *args)
         return True
     except BusError as e:
         if e.name == NO_SUCH_MACHINE:
             return False
         raise
+
+
+def terminate_machine(bus: Bus, name: str) -> bool:
+    return _machine_call(bus, "TerminateMachine", "s", name)
 
 
 def kill_machine(bus: Bus, name: str, signal: int, who: str = "all") -> bool:
-    try:
-        bus.call(*MACHINED, "KillMachine", "ssi", name, who, signal)
-        return True
-    except BusError as e:
-        if e.name == NO_SUCH_MACHINE:
-            return False
-        raise
+    return _machine_call(bus, "KillMachine", "ssi", name, who, signal)
 
 
 def machine_exists(bus: Bus, name: str) -> bool:
-    try:
-        bus.call(*MACHINED, "GetMachine", "s", name)
-        return True
-    except BusError as e:
-        if e.name == NO_SUCH_MACHINE:
-            return False
-        raise
+    return _machine_call(bus, "GetMachine", "s", name)
 
 
 def list_machines(bus: Bus) -> list[tuple[str, str, str, str]]:

@@ -20,6 +20,7 @@ from __future__ import annotations
 import os
 import sys
 
+from machinectl_py import systemd
 from machinectl_py.bus import Bus, BusError
 from machinectl_py.errors import EXIT_ERROR, ConflictError, NotFoundError, PymachineError
 
@@ -182,21 +183,10 @@ def manager_send(bus: Bus, method: str, signature: str = "", *args: Any) -> None
     bus.send(SYSTEMD_DEST, SYSTEMD_PATH, MANAGER, method, signature, *args)
 
 
-def unit_object(bus: Bus, unit: str) -> str | None:
-    try:
-        return str(manager_call(bus, "GetUnit", "s", unit)[0])
-    except BusError as e:
-        if e.name == "org.freedesktop.systemd1.NoSuchUnit":
-            return None
-        raise
-
-
-def unit_property(bus: Bus, unit: str, interface: str, prop: str) -> Any:
-    path = unit_object(bus, unit)
-    if path is None:
-        return None
-    return bus.call(SYSTEMD_DEST, path, "org.freedesktop.DBus.Properties", "Get", "ss",
-                    f"org.freedesktop.systemd1.{interface}", prop)[0]
+# One implementation of these lookups, in the systemd layer; the names here read better at
+# the call sites of the unit's own code.
+unit_object = systemd.unit_path
+unit_property = systemd.get_unit_property
 
 
 def unit_properties(bus: Bus, unit: str, interface: str = "Unit") -> dict[str, Any]:
