@@ -1065,16 +1065,17 @@ class FileSource:
 
 
 # ---------------------------------------------------------------------------------------------
-# Commit: an overlay upper dir -> a layer (tar-split + unpacked copy), with OCI whiteouts
+# Commit: an overlay upper dir -> a packed layer (its tar), with OCI whiteouts
 
 
 _OVERLAY_INCOMPLETE_XATTRS = ("trusted.overlay.redirect", "trusted.overlay.metacopy")
 
 
-def _recorded_xattrs(fd: int, where: bytes) -> dict[str, bytes]:
-    """The xattrs a commit records (those an import applies); refuses an incomplete upper dir."""
+def _recorded_xattrs(fd: int, where: bytes, keys: list[str] | None = None) -> dict[str, bytes]:
+    """The xattrs a commit records (those an import applies); refuses an incomplete upper dir.
+    `keys`: the fd's listxattr, when the caller has it already."""
     found: dict[str, bytes] = {}
-    for key in os.listxattr(fd):
+    for key in os.listxattr(fd) if keys is None else keys:
         if key in _OVERLAY_INCOMPLETE_XATTRS:
             raise ImageError(
                 f"{display(where)!r} in the upper dir carries {key}: the container was mounted with "
@@ -1167,133 +1168,211 @@ def tar_header(entry: Entry) -> bytes:
     return pax_header + data + bytes(-len(data) % BLOCK) + header
 
 
-class TarFileWriter:
-    """The same interface as LayerWriter's producer side, but writes the tar stream to a file:
-    a packed layer, unpacked (by LayerWriter, from that file) when a container first needs it."""
+_ZEROS = bytes(BLOCK)
+_SMALL_FILE = 1 << 16  # file data up to this size goes through the write buffer; larger by sendfile
+_BUFFER = 1 << 20
+_ONE_LINK_FILE = 0o100000  # S_IFREG, compared without the stat module's function call
+# A ustar header after its numeric fields, for a regular file: type, empty linkname, magic and
+# version, empty user and group names, device 0:0, empty prefix, padding.
+_FILE_TAIL = REGTYPE + bytes(100) + b"ustar\x0000" + bytes(64) + b"0000000\0" * 2 + bytes(167)
+_FILE_TAIL_SUM = sum(_FILE_TAIL) + 8 * 32  # the checksum counts its own field as spaces
 
-    def __init__(self, layer_fd: int, name: str = "layer.tar") -> None:
-        self._fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600, dir_fd=layer_fd)
-        self._buffer = bytearray()  # headers and small files go out in big writes
-        self.stats = LayerStats()
 
-    def _emit(self, data: bytes | memoryview) -> None:
-        if len(data) >= CHUNK:
-            self._flush()
-            _write_all(self._fd, data)
-            return
-        self._buffer += data
-        if len(self._buffer) >= CHUNK:
-            self._flush()
+class _TailHash:
+    """The sha256 of a file while it is written, computed on a second thread that reads the file
+    back (from the page cache) behind the writer. preadv and hashlib release the GIL, so on two
+    cores the digest costs the writer almost nothing; and what is hashed is exactly what was
+    written."""
 
-    def _flush(self) -> None:
-        if self._buffer:
-            _write_all(self._fd, self._buffer)
-            self._buffer.clear()
+    def __init__(self, fd: int) -> None:
+        import queue
+        import threading
 
-    def add_with_data(self, entry: Entry, copy: Callable[[int], None]) -> None:
-        self.stats.entries += 1
-        self._emit(entry.raw)
-        if _has_content(entry):
-            copy(self._fd)
-            self.stats.files += 1
-            self.stats.content_size += entry.size
+        self._fd = fd
+        self._hash = hashlib.sha256()
+        self._marks: queue.SimpleQueue[int] = queue.SimpleQueue()
+        self._error: OSError | None = None
+        self._thread = threading.Thread(target=self._run, name="layer-hash", daemon=True)
+        self._thread.start()
 
-    def write_data(self, fd: int, chunk: memoryview) -> None:
-        self._emit(chunk)
+    def written_up_to(self, offset: int) -> None:
+        self._marks.put(offset)
 
-    def add_trailer(self, data: bytes) -> None:
-        self._emit(data)
+    def _run(self) -> None:
+        view = memoryview(bytearray(CHUNK))
+        pos = 0
+        while (end := self._marks.get()) >= 0:
+            while pos < end and self._error is None:
+                try:
+                    n = os.preadv(self._fd, [view[: min(CHUNK, end - pos)]], pos)
+                except OSError as e:
+                    self._error = e
+                    break
+                if n <= 0:
+                    self._error = OSError(errno.EIO, "the layer being written is shorter than what was written")
+                    break
+                self._hash.update(view[:n])
+                pos += n
 
-    def finish(self) -> LayerStats:
-        self._flush()
-        os.fsync(self._fd)
-        os.close(self._fd)
-        self._fd = -1
-        return self.stats
+    def finish(self) -> str:
+        """Wait for the hash of everything written so far; stop the thread."""
+        self.stop()
+        if self._error is not None:
+            raise ImageError(f"cannot read back the layer being written: {self._error}")
+        return "sha256:" + self._hash.hexdigest()
 
-    def close(self) -> None:
-        if self._fd >= 0:
-            os.close(self._fd)
-            self._fd = -1
+    def stop(self) -> None:
+        if self._thread.is_alive():
+            self._marks.put(-1)
+            self._thread.join()
 
 
 class UpperCommitter:
-    """Walks an upper dir by fd (never following symlinks) in sorted order, producing the tar
-    stream (hashed on the way) for a writer: LayerWriter unpacks it at once (with its tar-split),
-    TarFileWriter keeps it packed. Overlay whiteouts become OCI whiteouts in the tar (and overlay
-    whiteouts again when unpacked)."""
+    """Walks an upper dir by fd (never following symlinks) in sorted order and writes its tar, a
+    packed layer (`layer.tar` in layer_fd; Store.unpack_layer unpacks it when a container first
+    needs it). Overlay whiteouts become OCI whiteouts. The tar is deterministic: the same tree
+    gives the same bytes, so the same diff_id.
+
+    Speed (commit is measured against `tar -c`): headers and small files are gathered in one
+    buffer and written in big writes; larger files go by sendfile, copied inside the kernel; the
+    digest is computed on a second thread from what was written (_TailHash). The data is not
+    fsynced: see the store's durability model."""
 
     def __init__(self, layer_fd: int, limits: Limits = DEFAULT_LIMITS,
-                 progress: Callable[[int], None] | None = None, packed: bool = False) -> None:
-        self._writer: LayerWriter | TarFileWriter = (
-            TarFileWriter(layer_fd) if packed else LayerWriter(layer_fd, limits))
-        self._hash = BackgroundHash()
-        self._size = 0
-        self._padding = 0
-        self._links: dict[tuple[int, int], bytes] = {}
-        self._buf = bytearray(CHUNK)
-        self._progress = progress
+                 progress: Callable[[int], None] | None = None) -> None:
         self._limits = limits
+        self._progress = progress
+        self._links: dict[tuple[int, int], bytes] = {}
+        self._buf = bytearray(_BUFFER)
+        self._view = memoryview(self._buf)
+        self._used = 0  # bytes in the buffer
+        self._offset = 0  # bytes in the file
+        self.stats = LayerStats()
+        self._fd = os.open("layer.tar", os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600, dir_fd=layer_fd)
+        self._hash = _TailHash(self._fd)
 
     def run(self, upper_fd: int) -> tuple[str, int, LayerStats]:
         try:
             self._walk(upper_fd, b"", 0)
-            trailer = bytes(self._padding) + bytes(2 * BLOCK)
-            self._hash.update(trailer)
-            self._size += len(trailer)
-            self._writer.add_trailer(trailer)
-            stats = self._writer.finish()
-        except BaseException:
-            self._writer.close()
-            self._hash.close()
-            raise
-        return "sha256:" + self._hash.hexdigest(), self._size, stats
+            self._put(bytes(2 * BLOCK))  # end of archive
+            self._flush()
+            digest = self._hash.finish()
+        finally:
+            self._hash.stop()
+            os.close(self._fd)
+        return digest, self._offset, self.stats
+
+    # Output ------------------------------------------------------------------------------
+    def _flush(self) -> None:
+        if self._used:
+            _write_all(self._fd, self._view[: self._used])
+            self._written(self._used)
+            self._used = 0
+
+    def _written(self, n: int) -> None:
+        self._offset += n
+        self._hash.written_up_to(self._offset)
+        if self._progress is not None:
+            self._progress(n)
+
+    def _put(self, data: bytes) -> None:
+        n = len(data)
+        if self._used + n > _BUFFER:
+            self._flush()
+            if n > _BUFFER:
+                _write_all(self._fd, data)
+                self._written(n)
+                return
+        self._buf[self._used : self._used + n] = data
+        self._used += n
+
+    def _put_data(self, src: int, size: int, path: bytes) -> None:
+        """`size` bytes of file data from `src`, then the padding to the next block."""
+        pad = -size % BLOCK
+        if size <= _SMALL_FILE:
+            if self._used + size + pad > _BUFFER:
+                self._flush()
+            pos, end = self._used, self._used + size
+            while pos < end:
+                n = os.readv(src, [self._view[pos:end]])
+                if n <= 0:
+                    raise ImageError(f"{display(path)!r} shrank while being committed")
+                pos += n
+            self._buf[end : end + pad] = _ZEROS[:pad]
+            self._used = end + pad
+        else:
+            self._flush()
+            left = size
+            while left:
+                n = os.sendfile(self._fd, src, None, min(left, 1 << 30))
+                if n <= 0:
+                    raise ImageError(f"{display(path)!r} shrank while being committed")
+                left -= n
+            self._written(size)
+            self._put(_ZEROS[:pad])
+        self.stats.files += 1
+        self.stats.content_size += size
 
     def _add(self, entry: Entry, src_fd: int | None = None) -> None:
-        entry.raw = bytes(self._padding) + tar_header(entry)
-        self._hash.update(entry.raw)
-        self._size += len(entry.raw)
-        self._padding = -entry.size % BLOCK
-        if src_fd is None:
-            self._writer.add_with_data(entry, lambda fd: None)
-        else:
-            self._writer.add_with_data(entry, lambda fd: self._copy(src_fd, fd, entry))
+        """Any entry, through the general header writer (pax where ustar cannot hold it)."""
+        self.stats.entries += 1
+        self._put(tar_header(entry))
+        if src_fd is not None and entry.size:
+            self._put_data(src_fd, entry.size, entry.name)
+        elif src_fd is not None:
+            self.stats.files += 1
 
-    def _copy(self, src: int, dst: int, entry: Entry) -> None:
-        view = memoryview(self._buf)
-        remaining = entry.size
-        while remaining:
-            n = os.readv(src, [view[: min(remaining, CHUNK)]])
-            if n <= 0:
-                raise ImageError(f"{display(entry.name)!r} shrank while being committed")
-            chunk = view[:n]
-            self._writer.write_data(dst, chunk)
-            self._hash.update(chunk)
-            remaining -= n
-            if self._progress is not None:
-                self._progress(n)
-        self._size += entry.size
-
+    # Walk --------------------------------------------------------------------------------
     def _walk(self, dir_fd: int, prefix: bytes, depth: int) -> None:
         if depth > self._limits.max_depth:
             raise ImageError(f"{display(prefix)!r} in the upper dir is nested too deeply")
-        for name in sorted(os.fsencode(e.name) for e in os.scandir(dir_fd)):
-            self._walk_entry(dir_fd, prefix, name, depth)
+        with os.scandir(dir_fd) as it:
+            # By name as bytes (the tar's order); d_type says which ones are regular files.
+            children = sorted([(os.fsencode(e.name), e.is_file(follow_symlinks=False)) for e in it])
+        for name, regular in children:
+            if not (regular and self._one_link_file(dir_fd, prefix, name)):
+                self._walk_entry(dir_fd, prefix, name, depth)
+
+    def _one_link_file(self, dir_fd: int, prefix: bytes, name: bytes) -> bool:
+        """The common case, kept short: a regular file with one link, ustar header built here.
+        False (nothing written) when it is something else after all; _walk_entry handles that."""
+        fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK, dir_fd=dir_fd)
+        try:
+            st = os.fstat(fd)
+            if st.st_mode & 0o170000 != _ONE_LINK_FILE or st.st_nlink != 1:
+                return False
+            path = prefix + name
+            keys = os.listxattr(fd)
+            xattrs = _recorded_xattrs(fd, path, keys) if keys else None
+            size = st.st_size
+            mtime = st.st_mtime_ns // 1_000_000_000
+            if (xattrs or len(path) > 100 or not 0 <= mtime < _MAX_OCTAL_11 or st.st_uid >= _MAX_OCTAL_7
+                    or st.st_gid >= _MAX_OCTAL_7 or size >= _MAX_OCTAL_11):
+                self._add(Entry(path, REGTYPE, st.st_mode & 0o7777, st.st_uid, st.st_gid, size,
+                                mtime * 1_000_000_000, xattrs=xattrs or None), fd)
+                return True
+            numbers = b"%07o\0%07o\0%07o\0%011o\0%011o\0" % (st.st_mode & 0o7777, st.st_uid, st.st_gid, size, mtime)
+            checksum = _FILE_TAIL_SUM + sum(path) + sum(numbers)
+            self._put(path.ljust(100, b"\0") + numbers + b"%06o\0 " % checksum + _FILE_TAIL)
+            self.stats.entries += 1
+            if size:
+                self._put_data(fd, size, path)
+            else:
+                self.stats.files += 1
+            return True
+        finally:
+            os.close(fd)
 
     def _walk_entry(self, dir_fd: int, prefix: bytes, name: bytes, depth: int) -> None:
         st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
         path = prefix + name
         mode = st.st_mode
-        mtime_ns = st.st_mtime_ns // 1_000_000_000 * 1_000_000_000
-        if mode & 0o170000 == stat.S_IFREG and st.st_nlink == 1:
-            self._add_file(dir_fd, name, path, mode, st.st_uid, st.st_gid, mtime_ns)  # the common case
-            return
         common: dict[str, Any] = {"mode": stat.S_IMODE(mode), "uid": st.st_uid, "gid": st.st_gid,
-                                  "mtime_ns": mtime_ns}
+                                  "mtime_ns": st.st_mtime_ns // 1_000_000_000 * 1_000_000_000}
         if stat.S_ISCHR(mode) and st.st_rdev == 0:
             # An overlay whiteout becomes an OCI whiteout.
             self._add(Entry(name=prefix + WHITEOUT_PREFIX + name, type=REGTYPE, size=0, mode=0, uid=0, gid=0,
-                            mtime_ns=mtime_ns))
+                            mtime_ns=common["mtime_ns"]))
         elif stat.S_ISDIR(mode):
             fd = os.open(name, O_DIR, dir_fd=dir_fd)
             try:
@@ -1301,7 +1380,7 @@ class UpperCommitter:
                 self._add(Entry(name=path + b"/", type=DIRTYPE, size=0, xattrs=xattrs or None, **common))
                 if _is_opaque(fd):
                     self._add(Entry(name=path + b"/" + OPAQUE_MARKER, type=REGTYPE, size=0, mode=0, uid=0,
-                                    gid=0, mtime_ns=mtime_ns))
+                                    gid=0, mtime_ns=common["mtime_ns"]))
                 self._walk(fd, path + b"/", depth + 1)
             finally:
                 os.close(fd)
@@ -1316,8 +1395,7 @@ class UpperCommitter:
                 if not stat.S_ISREG(st.st_mode):
                     raise ImageError(f"{display(path)!r} changed type while being committed")
                 xattrs = _recorded_xattrs(fd, path)
-                entry = Entry(name=path, type=REGTYPE, size=st.st_size, xattrs=xattrs or None, **common)
-                self._add(entry, fd)
+                self._add(Entry(name=path, type=REGTYPE, size=st.st_size, xattrs=xattrs or None, **common), fd)
             finally:
                 os.close(fd)
             if st.st_nlink > 1:
@@ -1332,20 +1410,6 @@ class UpperCommitter:
                             devmajor=os.major(st.st_rdev), devminor=os.minor(st.st_rdev), **common))
         # Sockets cannot be stored in a tar; like docker, commit leaves them out.
 
-    def _add_file(self, dir_fd: int, name: bytes, path: bytes, mode: int, uid: int, gid: int,
-                  mtime_ns: int) -> None:
-        """A regular file with one link."""
-        fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK, dir_fd=dir_fd)
-        try:
-            st = os.fstat(fd)
-            if st.st_mode & 0o170000 != stat.S_IFREG:
-                raise ImageError(f"{display(path)!r} changed type while being committed")
-            xattrs = _recorded_xattrs(fd, path)
-            self._add(Entry(path, REGTYPE, mode & 0o7777, uid, gid, st.st_size, mtime_ns, b"", 0, 0,
-                            xattrs or None), fd)
-        finally:
-            os.close(fd)
-
 
 def _is_opaque(fd: int) -> bool:
     try:
@@ -1357,8 +1421,7 @@ def _is_opaque(fd: int) -> bool:
 
 
 def commit_layer(upper_fd: int, layer_fd: int, limits: Limits = DEFAULT_LIMITS,
-                 progress: Callable[[int], None] | None = None, packed: bool = False
-                 ) -> tuple[str, int, LayerStats]:
-    """Make a layer from an overlay upper dir: layer_fd/diff and its tar-split, or with `packed`
-    only layer_fd/layer.tar (see Store.unpack_layer). Returns (diff_id, tar size, stats)."""
-    return UpperCommitter(layer_fd, limits, progress, packed).run(upper_fd)
+                 progress: Callable[[int], None] | None = None) -> tuple[str, int, LayerStats]:
+    """Make a packed layer, layer_fd/layer.tar, from an overlay upper dir (see Store.unpack_layer).
+    Returns (diff_id, tar size, stats)."""
+    return UpperCommitter(layer_fd, limits, progress).run(upper_fd)

@@ -562,7 +562,7 @@ def commit_container(
             try:
                 with frozen(container):
                     # Packed: the layer is unpacked when a container first uses it (Store.unpack_layer).
-                    diff_id, size, stats = archive.commit_layer(upper_fd, layer_fd, limits, progress, packed=True)
+                    diff_id, size, stats = archive.commit_layer(upper_fd, layer_fd, limits, progress)
                 write_layer_info(layer_fd, diff_id, size, stats)
             finally:
                 os.close(layer_fd)
@@ -576,8 +576,9 @@ def commit_container(
             config["container"] = container.id
             raw = canonical_json(config)
             with store.write_lock():
-                # synced: the packed layer's one file was fsynced by its writer
-                store.install_layers({} if store.has_layer(diff_id) else {diff_id: layer_path}, synced=True)
+                # The layer's data is not synced (see the store's durability model): unpack_layer
+                # checks its digest, so a layer torn by a power loss is refused, never used.
+                store.install_layers({} if store.has_layer(diff_id) else {diff_id: layer_path}, sync_data=False)
                 image_id = store.write_image(raw)
                 store.set_tags(image_id, [target])
     finally:

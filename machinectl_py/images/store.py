@@ -17,10 +17,10 @@ otherwise arbitrary trees that host users must not reach):
                               by the next command
     lock, gc.lock, tmp.lock   see below
 
-Atomicity: a layer is unpacked in tmp/, the file system is synced, then the directory is
-renamed into layers/; an image config and repositories.json are written to a temporary
-file, fsynced and renamed. So a reader sees a complete layer or none, even after kill -9,
-and a full disk only fails the command.
+Atomicity: a layer is built in tmp/ and then renamed into layers/; an image config and
+repositories.json are written to a temporary file, fsynced and renamed. So a reader sees a
+complete layer or none, even after kill -9 (the page cache survives it), and a full disk only
+fails the command (ENOSPC on a write); the next command removes what was left in tmp/.
 
 Locking: `lock` (exclusive, short) serialises changes to layers/, images/ and
 repositories.json. `gc.lock` is held shared by imports and commits for their whole run and
@@ -29,8 +29,13 @@ Readers (resolve, ls, inspect) take no lock: every file they read is replaced at
 `tmp.lock` covers creating-and-locking a staging dir and the cleaner's scan, so a cleaner
 never mistakes a staging dir that is not locked yet for a dead one.
 
-Durability: staged layers reach the disk (syncfs, or fsync of a packed layer's one file)
-before the rename that makes them visible; small files are fsynced before their rename.
+Durability: imported and unpacked layers reach the disk (syncfs) before the rename that makes
+them visible, and small files (configs, names, layer.json) are fsynced before theirs. A
+commit's packed layer is the exception, as with docker and podman: its data is left to the
+kernel's writeback (a synchronous flush of a large layer would cost more than writing it), so
+a power loss soon after a commit can leave the committed image with a torn layer.tar. That
+is caught, never used: unpack_layer and export check the tar against its diff_id and fail
+with an error naming the image; `pymachine image rm` and a new commit are the remedy.
 """
 
 from __future__ import annotations
@@ -51,7 +56,7 @@ from typing import Any
 from machinectl_py import paths
 from machinectl_py.errors import UsageError
 from machinectl_py.images import ResolvedImage, config_from_oci
-from machinectl_py.images.errors import ImageError, ImageNotFoundError
+from machinectl_py.images.errors import BadArchiveError, ImageError, ImageNotFoundError
 
 DEFAULT_TAG = "latest"
 _COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
@@ -234,9 +239,12 @@ class Store:
             raise ImageError(f"layer {diff_id} is missing from the store") from None
         return info
 
-    def unpack_layer(self, diff_id: str) -> Path:
+    def unpack_layer(self, diff_id: str, image: str | None = None) -> Path:
         """A packed layer (a commit keeps only layer.tar, so commit costs what `tar -c` costs)
-        is unpacked here, once, the first time a container needs it. Returns its diff/ dir."""
+        is unpacked here, once, the first time a container needs it. Returns its diff/ dir.
+
+        The tar must have the layer's digest: one torn by a power loss (its data is not synced,
+        see Durability) is refused with an error naming `image`, and nothing is unpacked."""
         from machinectl_py.images import archive
 
         layer = self.layer_dir(diff_id)
@@ -254,16 +262,18 @@ class Store:
             try:
                 tar_fd = os.open("layer.tar", os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=layer_fd)
             except FileNotFoundError:
-                raise ImageError(f"layer {diff_id} is damaged: no content", hint="import the image again") from None
+                raise _damaged(diff_id, image, "no content") from None
             try:
                 with self.staging() as staging:
                     _, out_fd = staging.mkdir("unpack")
                     try:
                         found, _, _ = archive.extract_layer(archive.FileSource(tar_fd), out_fd)
+                    except BadArchiveError as e:
+                        raise _damaged(diff_id, image, str(e)) from None
                     finally:
                         os.close(out_fd)
                     if found != diff_id:
-                        raise ImageError(f"layer {diff_id} is damaged (its tar has digest {found})")
+                        raise _damaged(diff_id, image, f"its tar has digest {found}")
                     syncfs(staging.path)
                     unpacked = staging.path / "unpack"
                     for name in ("tar-split", "files", "shadow"):
@@ -278,14 +288,14 @@ class Store:
         finally:
             os.close(layer_fd)
 
-    def install_layers(self, staged: dict[str, Path], synced: bool = False) -> int:
+    def install_layers(self, staged: dict[str, Path], sync_data: bool = True) -> int:
         """Move staged layer dirs (diff_id -> path, with layer.json written) into place. Hold write_lock.
 
-        Everything staged reaches the disk before any of it becomes visible (`synced`: the
-        caller fsynced its files already)."""
+        With `sync_data`, everything staged reaches the disk before any of it becomes visible;
+        without (a commit's packed layer), the rename alone makes it visible (see Durability)."""
         if not staged:
             return 0
-        if not synced:
+        if sync_data:
             syncfs(self.tmp)
         installed = 0
         for diff_id, path in staged.items():
@@ -415,6 +425,15 @@ class Store:
         raise ImageNotFoundError(f"no such image: {ref}")
 
 
+def _damaged(diff_id: str, image: str | None, why: str) -> ImageError:
+    whose = f"image {image}: " if image else ""
+    return ImageError(
+        f"{whose}layer {diff_id} is damaged ({why}); it was not completely written, "
+        "e.g. the machine lost power soon after a commit",
+        hint=f"remove the image (pymachine image rm {image or 'IMAGE'}) and commit or import it again",
+    )
+
+
 def atomic_write(path: Path, data: bytes) -> None:
     tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
@@ -476,7 +495,7 @@ def resolve_image(ref: str) -> ResolvedImage:
     for diff_id in record.diff_ids:
         diff = store.layer_dir(diff_id) / "diff"
         if not diff.is_dir():
-            diff = store.unpack_layer(diff_id)
+            diff = store.unpack_layer(diff_id, ref)
         layers.append(str(diff))
     display = image_id
     with contextlib.suppress(UsageError):
