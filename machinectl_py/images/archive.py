@@ -25,18 +25,19 @@ import (docker keeps a tar-split for the same reason).
 
 from __future__ import annotations
 
-import dataclasses
 import errno
 import functools
 import hashlib
 import os
 import stat
 import struct
+import sys
 import zlib
 from collections.abc import Callable, Iterator
 from typing import Any, Protocol, TypeVar
 
 from machinectl_py.images.errors import BadArchiveError, ImageError
+from machinectl_py.record import Record
 
 BLOCK = 512
 CHUNK = 1 << 20
@@ -74,40 +75,61 @@ T = TypeVar("T")
 O_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
-@dataclasses.dataclass(frozen=True)
-class Limits:
+class Limits(Record):
     """Bounds on what one layer may contain. Generous for real images, finite for hostile ones."""
 
-    max_entries: int = 1_000_000
-    max_path: int = 4096
-    max_component: int = 255
-    max_depth: int = 256
-    max_file_size: int = 64 << 30
-    max_total_size: int = 1 << 40
-    max_ext_header: int = 1 << 20  # pax and GNU long-name payloads
-    max_inline_data: int = 1 << 20  # data of entries that are not files (kept in the tar-split)
-    max_trailer: int = 1 << 20  # bytes after the end-of-archive marker
+    __slots__ = ("max_entries", "max_path", "max_component", "max_depth", "max_file_size", "max_total_size",
+                 "max_ext_header", "max_inline_data", "max_trailer")
+    _defaults = {
+        "max_entries": 1_000_000,
+        "max_path": 4096,
+        "max_component": 255,
+        "max_depth": 256,
+        "max_file_size": 64 << 30,
+        "max_total_size": 1 << 40,
+        "max_ext_header": 1 << 20,  # pax and GNU long-name payloads
+        "max_inline_data": 1 << 20,  # data of entries that are not files (kept in the tar-split)
+        "max_trailer": 1 << 20,  # bytes after the end-of-archive marker
+    }
+    max_entries: int
+    max_path: int
+    max_component: int
+    max_depth: int
+    max_file_size: int
+    max_total_size: int
+    max_ext_header: int
+    max_inline_data: int
+    max_trailer: int
 
 
 DEFAULT_LIMITS = Limits()
 
 
-@dataclasses.dataclass(slots=True)
 class Entry:
-    """One tar member, after pax and GNU extensions were applied."""
+    """One tar member, after pax and GNU extensions were applied. (A plain class: importing
+    dataclasses costs every pymachine command that touches images about 15 ms.)"""
 
-    name: bytes
-    type: bytes
-    mode: int
-    uid: int
-    gid: int
-    size: int
-    mtime_ns: int
-    linkname: bytes = b""
-    devmajor: int = 0
-    devminor: int = 0
-    xattrs: dict[str, bytes] | None = None
-    raw: bytes = b""  # every byte since the previous entry's data: padding, extension headers, header
+    __slots__ = ("name", "type", "mode", "uid", "gid", "size", "mtime_ns", "linkname", "devmajor", "devminor",
+                 "xattrs", "raw")
+
+    def __init__(self, name: bytes, type: bytes, mode: int, uid: int, gid: int, size: int, mtime_ns: int,
+                 linkname: bytes = b"", devmajor: int = 0, devminor: int = 0,
+                 xattrs: dict[str, bytes] | None = None, raw: bytes = b"") -> None:
+        self.name = name
+        self.type = type
+        self.mode = mode
+        self.uid = uid
+        self.gid = gid
+        self.size = size
+        self.mtime_ns = mtime_ns
+        self.linkname = linkname
+        self.devmajor = devmajor
+        self.devminor = devminor
+        self.xattrs = xattrs
+        self.raw = raw  # every byte since the previous entry's data: padding, extension headers, header
+
+    def __repr__(self) -> str:
+        return f"Entry({self.name!r}, type={self.type!r}, size={self.size})"
 
     @property
     def is_file(self) -> bool:
@@ -201,6 +223,7 @@ class Readable(Protocol):
 
 
 _MTIME_LIMIT = 1 << 62  # ns, about 146 years either side of 1970; the kernel's range is wider
+_MTIME_LIMIT_S = _MTIME_LIMIT // 1_000_000_000
 
 
 def _check_entry(entry: Entry) -> None:
@@ -726,18 +749,19 @@ def open_beneath(root_fd: int, parts: tuple[bytes, ...], flags: int) -> int:
 # Writing a layer directory
 
 
-def _has_content(entry: Entry) -> bool:
-    """A file whose data lands in the layer (whiteout markers are files too, but never land)."""
-    return entry.is_file and not entry.name.rstrip(b"/").rsplit(b"/", 1)[-1].startswith(WHITEOUT_PREFIX)
-
-
-@dataclasses.dataclass
 class LayerStats:
-    entries: int = 0
-    files: int = 0
-    content_size: int = 0
-    skipped_devices: list[str] = dataclasses.field(default_factory=list)
-    skipped_xattrs: int = 0
+    __slots__ = ("entries", "files", "content_size", "skipped_devices", "skipped_xattrs")
+
+    def __init__(self) -> None:
+        self.entries = 0
+        self.files = 0
+        self.content_size = 0
+        self.skipped_devices: list[str] = []
+        self.skipped_xattrs = 0
+
+    def __repr__(self) -> str:
+        return (f"LayerStats(entries={self.entries}, files={self.files}, content_size={self.content_size}, "
+                f"skipped_devices={self.skipped_devices}, skipped_xattrs={self.skipped_xattrs})")
 
 
 class LayerWriter:
@@ -1169,158 +1193,241 @@ def tar_header(entry: Entry) -> bytes:
 
 
 _ZEROS = bytes(BLOCK)
-_SMALL_FILE = 1 << 16  # file data up to this size goes through the write buffer; larger by sendfile
+_SMALL_FILE = 1 << 16  # file data up to this size goes through the write buffer; larger is copied
 _BUFFER = 1 << 20
 _ONE_LINK_FILE = 0o100000  # S_IFREG, compared without the stat module's function call
 # A ustar header after its numeric fields, for a regular file: type, empty linkname, magic and
 # version, empty user and group names, device 0:0, empty prefix, padding.
 _FILE_TAIL = REGTYPE + bytes(100) + b"ustar\x0000" + bytes(64) + b"0000000\0" * 2 + bytes(167)
 _FILE_TAIL_SUM = sum(_FILE_TAIL) + 8 * 32  # the checksum counts its own field as spaces
+_FS_ENCODING = sys.getfilesystemencoding()  # os.fsencode, without its Python-level call
+_NO_KERNEL_COPY = (errno.EXDEV, errno.EINVAL, errno.EOPNOTSUPP, errno.ENOSYS)
 
 
-class _TailHash:
-    """The sha256 of a file while it is written, computed on a second thread that reads the file
-    back (from the page cache) behind the writer. preadv and hashlib release the GIL, so on two
-    cores the digest costs the writer almost nothing; and what is hashed is exactly what was
-    written."""
+def _pwrite_all(fd: int, data: memoryview, offset: int) -> None:
+    while data:
+        n = os.pwritev(fd, [data], offset)
+        data = data[n:]
+        offset += n
 
-    def __init__(self, fd: int) -> None:
+
+def _copy_range(src: int, dst: int, offset: int, size: int, path: bytes) -> None:
+    """`size` bytes from src (at its position) to dst at `offset`: inside the kernel
+    (copy_file_range), or through a buffer where the file systems cannot."""
+    left = size
+    while left:
+        try:
+            n = os.copy_file_range(src, dst, min(left, 1 << 30), offset_dst=offset)
+        except OSError as e:
+            if e.errno not in _NO_KERNEL_COPY or left != size:
+                raise
+            _copy_range_buffered(src, dst, offset, size, path)
+            return
+        if n <= 0:
+            raise ImageError(f"{display(path)!r} shrank while being committed")
+        offset += n
+        left -= n
+
+
+def _copy_range_buffered(src: int, dst: int, offset: int, size: int, path: bytes) -> None:
+    view = memoryview(bytearray(min(size, CHUNK)))
+    while size:
+        n = os.readv(src, [view[: min(size, len(view))]])
+        if n <= 0:
+            raise ImageError(f"{display(path)!r} shrank while being committed")
+        _pwrite_all(dst, view[:n], offset)
+        offset += n
+        size -= n
+
+
+class _CopyJob:
+    """One file's data, copied into the tar by the copier thread. `src` is the copier's to close."""
+
+    __slots__ = ("src", "offset", "size", "path", "done")
+
+    def __init__(self, src: int, offset: int, size: int, path: bytes) -> None:
+        import threading
+
+        self.src, self.offset, self.size, self.path = src, offset, size, path
+        self.done = threading.Event()
+
+
+class _LayerFile:
+    """The layer's tar, written by three threads so that the work spreads over the cores:
+
+    - the caller puts headers and small files into one buffer, written in big pwrites;
+    - a copier thread copies larger files into the space left for them (copy_file_range);
+    - a hasher thread reads the tar back, in order, behind both, and computes its sha256.
+
+    The copier and the hasher spend their time in syscalls and hashlib, which release the GIL.
+    What is hashed is exactly what was written. Nothing is fsynced (see the store's durability
+    model)."""
+
+    def __init__(self, fd: int, progress: Callable[[int], None] | None) -> None:
         import queue
         import threading
 
         self._fd = fd
+        self._progress = progress
+        self._buf = bytearray(_BUFFER)
+        self._view = memoryview(self._buf)
+        self._used = 0  # bytes in the buffer
+        self.size = 0  # bytes of the tar written or handed to the copier
         self._hash = hashlib.sha256()
-        self._marks: queue.SimpleQueue[int] = queue.SimpleQueue()
-        self._error: OSError | None = None
-        self._thread = threading.Thread(target=self._run, name="layer-hash", daemon=True)
-        self._thread.start()
+        self._error: Exception | None = None  # the helper threads' first failure
+        self._copies: queue.Queue[_CopyJob | None] = queue.Queue(maxsize=64)  # bounds the open fds
+        self._marks: queue.SimpleQueue[int | _CopyJob | None] = queue.SimpleQueue()
+        self._copier = threading.Thread(target=self._copy_loop, name="layer-copy", daemon=True)
+        self._hasher = threading.Thread(target=self._hash_loop, name="layer-hash", daemon=True)
+        self._copier.start()
+        self._hasher.start()
 
-    def written_up_to(self, offset: int) -> None:
-        self._marks.put(offset)
+    # The caller's side -------------------------------------------------------------------
+    def put(self, data: bytes) -> None:
+        n = len(data)
+        if self._used + n > _BUFFER:
+            self.flush()
+            if n > _BUFFER:
+                self._write(memoryview(data))
+                return
+        self._buf[self._used : self._used + n] = data
+        self._used += n
 
-    def _run(self) -> None:
-        view = memoryview(bytearray(CHUNK))
-        pos = 0
-        while (end := self._marks.get()) >= 0:
-            while pos < end and self._error is None:
-                try:
-                    n = os.preadv(self._fd, [view[: min(CHUNK, end - pos)]], pos)
-                except OSError as e:
-                    self._error = e
-                    break
-                if n <= 0:
-                    self._error = OSError(errno.EIO, "the layer being written is shorter than what was written")
-                    break
-                self._hash.update(view[:n])
-                pos += n
+    def put_file(self, src: int, size: int, path: bytes) -> None:
+        """`size` bytes of file data from `src` (at its position), then the padding to a block."""
+        pad = -size % BLOCK
+        if size > _SMALL_FILE:
+            self.flush()
+            job = _CopyJob(os.dup(src), self.size, size, path)  # the dup shares src's position
+            self._copies.put(job)
+            self._marks.put(job)
+            self.size += size
+            if self._progress is not None:
+                self._progress(size)
+            self.put(_ZEROS[:pad])
+            return
+        if self._used + size + pad > _BUFFER:
+            self.flush()
+        pos, end = self._used, self._used + size
+        while pos < end:
+            n = os.readv(src, [self._view[pos:end]])
+            if n <= 0:
+                raise ImageError(f"{display(path)!r} shrank while being committed")
+            pos += n
+        self._buf[end : end + pad] = _ZEROS[:pad]
+        self._used = end + pad
+
+    def flush(self) -> None:
+        if self._used:
+            self._write(self._view[: self._used])
+            self._used = 0
+
+    def _write(self, data: memoryview) -> None:
+        _pwrite_all(self._fd, data, self.size)
+        self.size += len(data)
+        self._marks.put(self.size)
+        if self._progress is not None:
+            self._progress(len(data))
 
     def finish(self) -> str:
-        """Wait for the hash of everything written so far; stop the thread."""
+        """Wait for the helpers; the tar's digest. Raises what they ran into."""
+        self.flush()
         self.stop()
         if self._error is not None:
-            raise ImageError(f"cannot read back the layer being written: {self._error}")
+            if isinstance(self._error, ImageError):
+                raise self._error
+            raise ImageError(f"cannot write the layer: {self._error}")
         return "sha256:" + self._hash.hexdigest()
 
     def stop(self) -> None:
-        if self._thread.is_alive():
-            self._marks.put(-1)
-            self._thread.join()
+        """End both helper threads (after what was handed to them); idempotent."""
+        if self._copier.is_alive():
+            self._copies.put(None)
+            self._copier.join()
+        if self._hasher.is_alive():
+            self._marks.put(None)
+            self._hasher.join()
+
+    # The helpers -------------------------------------------------------------------------
+    def _copy_loop(self) -> None:
+        while (job := self._copies.get()) is not None:
+            try:
+                if self._error is None:
+                    _copy_range(job.src, self._fd, job.offset, job.size, job.path)
+            except Exception as e:
+                self._error = self._error or e
+            finally:
+                os.close(job.src)
+                job.done.set()
+
+    def _hash_loop(self) -> None:
+        import mmap
+
+        pos = 0
+        while (mark := self._marks.get()) is not None:
+            if isinstance(mark, _CopyJob):
+                mark.done.wait()
+                end = mark.offset + mark.size
+            else:
+                end = mark
+            if pos >= end or self._error is not None:
+                continue
+            # Mapped, not read: the pages are in the page cache already, and a copy costs time.
+            start = pos - pos % mmap.ALLOCATIONGRANULARITY
+            try:
+                with (mmap.mmap(self._fd, end - start, prot=mmap.PROT_READ, offset=start) as mapped,
+                      memoryview(mapped) as view):
+                    self._hash.update(view[pos - start :])
+            except (OSError, ValueError) as e:
+                self._error = self._error or e
+            pos = end
 
 
 class UpperCommitter:
     """Walks an upper dir by fd (never following symlinks) in sorted order and writes its tar, a
     packed layer (`layer.tar` in layer_fd; Store.unpack_layer unpacks it when a container first
     needs it). Overlay whiteouts become OCI whiteouts. The tar is deterministic: the same tree
-    gives the same bytes, so the same diff_id.
-
-    Speed (commit is measured against `tar -c`): headers and small files are gathered in one
-    buffer and written in big writes; larger files go by sendfile, copied inside the kernel; the
-    digest is computed on a second thread from what was written (_TailHash). The data is not
-    fsynced: see the store's durability model."""
+    gives the same bytes, so the same diff_id. Commit is measured against `tar -c`, so the
+    common case (a regular file) is kept short and the output is spread over threads
+    (_LayerFile)."""
 
     def __init__(self, layer_fd: int, limits: Limits = DEFAULT_LIMITS,
                  progress: Callable[[int], None] | None = None) -> None:
         self._limits = limits
-        self._progress = progress
         self._links: dict[tuple[int, int], bytes] = {}
-        self._buf = bytearray(_BUFFER)
-        self._view = memoryview(self._buf)
-        self._used = 0  # bytes in the buffer
-        self._offset = 0  # bytes in the file
         self.stats = LayerStats()
         self._fd = os.open("layer.tar", os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600, dir_fd=layer_fd)
-        self._hash = _TailHash(self._fd)
+        try:
+            self._out = _LayerFile(self._fd, progress)
+        except BaseException:
+            os.close(self._fd)
+            raise
 
     def run(self, upper_fd: int) -> tuple[str, int, LayerStats]:
         try:
             self._walk(upper_fd, b"", 0)
-            self._put(bytes(2 * BLOCK))  # end of archive
-            self._flush()
-            digest = self._hash.finish()
+            self._out.put(bytes(2 * BLOCK))  # end of archive
+            digest = self._out.finish()
         finally:
-            self._hash.stop()
+            self._out.stop()
             os.close(self._fd)
-        return digest, self._offset, self.stats
-
-    # Output ------------------------------------------------------------------------------
-    def _flush(self) -> None:
-        if self._used:
-            _write_all(self._fd, self._view[: self._used])
-            self._written(self._used)
-            self._used = 0
-
-    def _written(self, n: int) -> None:
-        self._offset += n
-        self._hash.written_up_to(self._offset)
-        if self._progress is not None:
-            self._progress(n)
-
-    def _put(self, data: bytes) -> None:
-        n = len(data)
-        if self._used + n > _BUFFER:
-            self._flush()
-            if n > _BUFFER:
-                _write_all(self._fd, data)
-                self._written(n)
-                return
-        self._buf[self._used : self._used + n] = data
-        self._used += n
+        return digest, self._out.size, self.stats
 
     def _put_data(self, src: int, size: int, path: bytes) -> None:
-        """`size` bytes of file data from `src`, then the padding to the next block."""
-        pad = -size % BLOCK
-        if size <= _SMALL_FILE:
-            if self._used + size + pad > _BUFFER:
-                self._flush()
-            pos, end = self._used, self._used + size
-            while pos < end:
-                n = os.readv(src, [self._view[pos:end]])
-                if n <= 0:
-                    raise ImageError(f"{display(path)!r} shrank while being committed")
-                pos += n
-            self._buf[end : end + pad] = _ZEROS[:pad]
-            self._used = end + pad
-        else:
-            self._flush()
-            left = size
-            while left:
-                n = os.sendfile(self._fd, src, None, min(left, 1 << 30))
-                if n <= 0:
-                    raise ImageError(f"{display(path)!r} shrank while being committed")
-                left -= n
-            self._written(size)
-            self._put(_ZEROS[:pad])
+        self._out.put_file(src, size, path)
         self.stats.files += 1
         self.stats.content_size += size
 
     def _add(self, entry: Entry, src_fd: int | None = None) -> None:
         """Any entry, through the general header writer (pax where ustar cannot hold it)."""
+        if not -_MTIME_LIMIT < entry.mtime_ns < _MTIME_LIMIT:
+            # Import refuses such times (_check_entry): a layer holding one could never be used.
+            raise ImageError(f"{display(entry.name)!r} in the upper dir has a time out of range",
+                             hint="set its time (touch) or remove it, then commit again")
         self.stats.entries += 1
-        self._put(tar_header(entry))
-        if src_fd is not None and entry.size:
+        self._out.put(tar_header(entry))
+        if src_fd is not None:
             self._put_data(src_fd, entry.size, entry.name)
-        elif src_fd is not None:
-            self.stats.files += 1
 
     # Walk --------------------------------------------------------------------------------
     def _walk(self, dir_fd: int, prefix: bytes, depth: int) -> None:
@@ -1328,7 +1435,8 @@ class UpperCommitter:
             raise ImageError(f"{display(prefix)!r} in the upper dir is nested too deeply")
         with os.scandir(dir_fd) as it:
             # By name as bytes (the tar's order); d_type says which ones are regular files.
-            children = sorted([(os.fsencode(e.name), e.is_file(follow_symlinks=False)) for e in it])
+            children = sorted([(e.name.encode(_FS_ENCODING, "surrogateescape"), e.is_file(follow_symlinks=False))
+                               for e in it])
         for name, regular in children:
             if not (regular and self._one_link_file(dir_fd, prefix, name)):
                 self._walk_entry(dir_fd, prefix, name, depth)
@@ -1346,19 +1454,16 @@ class UpperCommitter:
             xattrs = _recorded_xattrs(fd, path, keys) if keys else None
             size = st.st_size
             mtime = st.st_mtime_ns // 1_000_000_000
-            if (xattrs or len(path) > 100 or not 0 <= mtime < _MAX_OCTAL_11 or st.st_uid >= _MAX_OCTAL_7
+            if (xattrs or len(path) > 100 or not 0 <= mtime < _MTIME_LIMIT_S or st.st_uid >= _MAX_OCTAL_7
                     or st.st_gid >= _MAX_OCTAL_7 or size >= _MAX_OCTAL_11):
                 self._add(Entry(path, REGTYPE, st.st_mode & 0o7777, st.st_uid, st.st_gid, size,
                                 mtime * 1_000_000_000, xattrs=xattrs or None), fd)
                 return True
             numbers = b"%07o\0%07o\0%07o\0%011o\0%011o\0" % (st.st_mode & 0o7777, st.st_uid, st.st_gid, size, mtime)
             checksum = _FILE_TAIL_SUM + sum(path) + sum(numbers)
-            self._put(path.ljust(100, b"\0") + numbers + b"%06o\0 " % checksum + _FILE_TAIL)
+            self._out.put(path.ljust(100, b"\0") + numbers + b"%06o\0 " % checksum + _FILE_TAIL)
             self.stats.entries += 1
-            if size:
-                self._put_data(fd, size, path)
-            else:
-                self.stats.files += 1
+            self._put_data(fd, size, path)
             return True
         finally:
             os.close(fd)

@@ -7,18 +7,16 @@ makes it visible in one short critical section (store.py explains the locks).
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import json
 import os
-import secrets
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from machinectl_py import state
 from machinectl_py.errors import NotFoundError, UsageError
-from machinectl_py.images import archive, formats
+from machinectl_py.images import archive
 from machinectl_py.images.archive import DEFAULT_LIMITS, LayerStats, Limits
 from machinectl_py.images.errors import BadArchiveError, ImageError, ImageInUseError
 from machinectl_py.images.store import (
@@ -31,13 +29,17 @@ from machinectl_py.images.store import (
     normalize_reference,
     now_rfc3339,
 )
+from machinectl_py.record import Record
+
+if TYPE_CHECKING:
+    from machinectl_py.images import formats
 
 Progress = Callable[[int], None]
 DEFAULT_PATH_ENV = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 
-@dataclasses.dataclass(frozen=True)
-class Imported:
+class Imported(Record):
+    __slots__ = ("id", "tags", "new_layers", "reused_layers")
     id: str
     tags: tuple[str, ...]
     new_layers: int
@@ -79,6 +81,8 @@ def _source_tags(names: tuple[str, ...]) -> list[str]:
 
 
 def rootfs_config(diff_id: str, created: str, comment: str) -> dict[str, Any]:
+    from machinectl_py.images import formats  # not at the top: commit, tag and rm do not need it
+
     return {
         "architecture": formats.host_architecture(),
         "os": "linux",
@@ -115,6 +119,8 @@ def _extract_blob(
     staging: Staging, root_fd: int, layer: formats.LayerRef, index: int, limits: Limits,
     progress: Progress | None,
 ) -> Path:
+    from machinectl_py.images import formats  # not at the top: commit, tag and rm do not need it
+
     fd = formats.open_confined(root_fd, layer.path, "layer")
     try:
         actual = os.fstat(fd).st_size
@@ -156,6 +162,8 @@ def import_image(
     comment: str = "pymachine image import",
 ) -> list[Imported]:
     """Import SOURCE (docker-archive, OCI layout dir or tar, rootfs tar; '-' is stdin)."""
+    from machinectl_py.images import formats  # not at the top: commit, tag and rm do not need it
+
     tags = [normalize_reference(name)] if name else None
     if source != "-" and not os.path.exists(source):
         raise NotFoundError(f"{source}: no such file or directory")
@@ -206,6 +214,8 @@ def _import_archive_file(
     progress: Progress | None, comment: str,
 ) -> tuple[list[formats.FoundImage], int]:
     """Unpack an archive file once, safely; then it is either a layout to read, or the rootfs layer itself."""
+    from machinectl_py.images import formats  # not at the top: commit, tag and rm do not need it
+
     try:
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     except OSError as e:
@@ -423,7 +433,7 @@ def _output(file: str) -> Iterator[int]:
         yield sys.stdout.buffer.fileno()
         return
     target = Path(file)
-    tmp = target.with_name(f".{target.name}.{secrets.token_hex(4)}.tmp")
+    tmp = target.with_name(f".{target.name}.{os.urandom(4).hex()}.tmp")
     try:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
     except OSError as e:
@@ -485,6 +495,8 @@ def _export_oci(
     out: TarOut, store: Store, record: ImageRecord, sizes: dict[str, int], tags: list[str]
 ) -> None:
     import hashlib
+
+    from machinectl_py.images import formats  # not at the top: commit, tag and rm do not need it
 
     out.add_bytes("oci-layout", b'{"imageLayoutVersion":"1.0.0"}')
     out.add_dir("blobs")

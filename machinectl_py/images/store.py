@@ -41,14 +41,11 @@ with an error naming the image; `pymachine image rm` and a new commit are the re
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import datetime
 import fcntl
 import json
 import os
 import re
-import secrets
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -57,6 +54,7 @@ from machinectl_py import paths
 from machinectl_py.errors import UsageError
 from machinectl_py.images import ResolvedImage, config_from_oci
 from machinectl_py.images.errors import BadArchiveError, ImageError, ImageNotFoundError
+from machinectl_py.record import Record
 
 DEFAULT_TAG = "latest"
 _COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
@@ -105,8 +103,8 @@ def hex_of(digest: str) -> str:
     return hexpart
 
 
-@dataclasses.dataclass(frozen=True)
-class ImageRecord:
+class ImageRecord(Record):
+    __slots__ = ("id", "config", "raw_config", "tags")
     id: str
     config: dict[str, Any]
     raw_config: bytes
@@ -130,7 +128,7 @@ class Staging:
     """A private directory under tmp/, flock'ed while alive; removed on exit."""
 
     def __init__(self, store: Store) -> None:
-        self.path = store.tmp / secrets.token_hex(8)
+        self.path = store.tmp / os.urandom(8).hex()
         # Created and locked under tmp.lock, so a cleaner never sees it unlocked (and takes it for dead).
         with store.tmp_lock():
             self.path.mkdir(mode=0o700)
@@ -143,7 +141,7 @@ class Staging:
                                          dir_fd=self.fd)
 
     def cleanup(self) -> None:
-        shutil.rmtree(self.path, ignore_errors=True)
+        _rmtree(self.path)
         os.close(self.fd)
 
 
@@ -213,13 +211,13 @@ class Store:
                     os.close(fd)
                     continue  # its owner is alive
                 # Ours now (the lock stays held): out of the way, then deleted outside tmp.lock.
-                dead = self.tmp / ("dead-" + secrets.token_hex(8))
+                dead = self.tmp / ("dead-" + os.urandom(8).hex())
                 os.rename(path, dead)
                 doomed.append((dead, fd))
         for path, fd in doomed:
             try:
                 if path.is_dir() and not path.is_symlink():
-                    shutil.rmtree(path, ignore_errors=True)
+                    _rmtree(path)
                 else:
                     path.unlink()
             finally:
@@ -310,12 +308,12 @@ class Store:
     def remove_layer(self, diff_id: str) -> None:
         """Make a layer disappear atomically (rename into tmp/), then delete it."""
         target = self.layer_dir(diff_id)
-        doomed = self.tmp / ("dead-" + secrets.token_hex(8))
+        doomed = self.tmp / ("dead-" + os.urandom(8).hex())
         try:
             os.rename(target, doomed)
         except FileNotFoundError:
             return
-        shutil.rmtree(doomed, ignore_errors=True)
+        _rmtree(doomed)
 
     def all_layers(self) -> list[str]:
         try:
@@ -396,7 +394,9 @@ class Store:
         import marshal
 
         if key is not None:
-            atomic_write(self.root / RUNTIME_INDEX, marshal.dumps({"key": key, "tags": tags}))
+            # A cache (resolve falls back to repositories.json when it is stale or unreadable): renamed
+            # into place, not fsynced, so a command costs two flushes of the disk's cache less.
+            atomic_write(self.root / RUNTIME_INDEX, marshal.dumps({"key": key, "tags": tags}), durable=False)
 
     def set_tags(self, image_id: str, refs: list[str]) -> None:
         """Point each name:tag at the image (hold write_lock)."""
@@ -425,6 +425,12 @@ class Store:
         raise ImageNotFoundError(f"no such image: {ref}")
 
 
+def _rmtree(path: Path) -> None:
+    import shutil  # not at the top: most commands never remove anything
+
+    shutil.rmtree(path, ignore_errors=True)
+
+
 def _damaged(diff_id: str, image: str | None, why: str) -> ImageError:
     whose = f"image {image}: " if image else ""
     return ImageError(
@@ -434,21 +440,25 @@ def _damaged(diff_id: str, image: str | None, why: str) -> ImageError:
     )
 
 
-def atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+def atomic_write(path: Path, data: bytes, durable: bool = True) -> None:
+    """Replace `path` by a complete new file (readers see the old or the new one); `durable`:
+    fsynced, file and directory, so it survives a power loss too."""
+    tmp = path.with_name(f".{path.name}.{os.urandom(4).hex()}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
     try:
         view = memoryview(data)
         while view:
             view = view[os.write(fd, view):]
-        os.fsync(fd)
+        if durable:
+            os.fsync(fd)
     except BaseException:
         os.close(fd)
         tmp.unlink()
         raise
     os.close(fd)
     os.rename(tmp, path)
-    _fsync_dir(path.parent)
+    if durable:
+        _fsync_dir(path.parent)
 
 
 def syncfs(path: Path) -> None:

@@ -8,17 +8,19 @@ export then import gives the same diff_id.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import os
 import stat
+import subprocess
 import tarfile
 from pathlib import Path
 
 import pytest
 
 from machinectl_py import state as cstate
-from machinectl_py.images import ops, resolve
+from machinectl_py.images import archive, ops, resolve
 from machinectl_py.images.errors import ImageError
 from machinectl_py.images.store import Store
 
@@ -197,3 +199,98 @@ def test_a_damaged_packed_layer_is_refused(store_dir: Path) -> None:
     with pytest.raises(ImageError, match="damaged"):
         resolve("damaged:1")
     assert not (layer / "diff").exists() and os.listdir(store_dir / "tmp") == []
+
+
+def test_a_layer_torn_by_a_power_loss_is_refused_naming_the_image(store_dir: Path) -> None:
+    """Commit does not fsync the layer's data (store.py: durability): a tar cut short on disk
+    must be refused with the image's name and the remedy, never used or half unpacked."""
+    upper = make_container("p3", "busybox")
+    (upper / "big").write_bytes(os.urandom(200_000))
+    result = ops.commit_container("p3", "torn:1")
+    layer = Store().layer_dir(Store().record(result.id).diff_ids[-1])
+    os.truncate(layer / "layer.tar", 4096)
+    with pytest.raises(ImageError, match=r"image torn:1: layer sha256:\w+ is damaged") as caught:
+        resolve("torn:1")
+    assert caught.value.hint is not None and "pymachine image rm torn:1" in caught.value.hint
+    assert not (layer / "diff").exists() and os.listdir(store_dir / "tmp") == []
+    with pytest.raises(ImageError, match="damaged"):
+        ops.export_image("torn:1", str(store_dir / "out.tar"))
+
+
+def many_kinds_upper(upper: Path) -> None:
+    """Every path of the committer: small, mid-size and large files (buffered, copied by the
+    copier thread), empty ones, long names (pax), xattrs, hard links, odd owners and times."""
+    fill_upper(upper)
+    (upper / "many").mkdir()
+    for i in range(300):
+        (upper / "many" / f"f{i:03d}").write_bytes(os.urandom(i * 331))
+    for size in (0, 511, 512, 65536, 65537, 3 << 20):
+        (upper / f"size-{size}").write_bytes(os.urandom(size))
+    deep = upper / ("a" * 90) / ("b" * 90)
+    deep.mkdir(parents=True)
+    (deep / ("c" * 120)).write_text("long name")
+    (upper / "owned").write_text("x")
+    os.chown(upper / "owned", 3_000_000, 7)  # too large for ustar: pax
+    os.utime(upper / "owned", (0, -1_000))  # before 1970: pax
+    os.mkfifo(upper / "fifo")
+    os.mknod(upper / "null", stat.S_IFCHR | 0o600, os.makedev(1, 3))
+    (upper / os.fsdecode(b"\xff\xfename")).write_text("not utf-8")
+
+
+def test_the_committed_tar_is_what_tar_readers_see(store_dir: Path, tmp_path: Path) -> None:
+    upper = make_container("k1", "busybox")
+    many_kinds_upper(upper)
+    result = ops.commit_container("k1", "kinds:1")
+    layer = Store().layer_dir(Store().record(result.id).diff_ids[-1])
+    data = (layer / "layer.tar").read_bytes()
+    assert "sha256:" + hashlib.sha256(data).hexdigest() == Store().record(result.id).diff_ids[-1]
+    with tarfile.open(fileobj=io.BytesIO(data)) as tar:
+        members = {m.name: m for m in tar.getmembers()}
+        for name in ("many/f299", "size-65537", "size-3145728", "a" * 90 + "/" + "b" * 90 + "/" + "c" * 120):
+            member = tar.extractfile(members[name])
+            assert member is not None and member.read() == (upper / name).read_bytes(), name
+        # the fast header path writes exactly what the general one (tar_header) would
+        for m in tar.getmembers():
+            if m.isreg() and not m.pax_headers and not m.name.rsplit("/", 1)[-1].startswith(".wh."):
+                entry = archive.Entry(os.fsencode(m.name), archive.REGTYPE, m.mode, m.uid, m.gid, m.size,
+                                      m.mtime * 1_000_000_000)
+                assert data[m.offset : m.offset + 512] == archive.tar_header(entry), m.name
+    assert members["owned"].uid == 3_000_000 and members["owned"].mtime == -1_000
+    assert members["fifo"].isfifo() and members["null"].ischr() and members["null"].devminor == 3
+    assert os.fsdecode(b"\xff\xfename") in members
+    listing = subprocess.run(["tar", "-tvf", "-"], input=data, capture_output=True, check=True).stdout
+    assert b"size-3145728" in listing
+    # and the layer unpacks to the same tree (the whiteouts as overlay's)
+    top = Path(resolve("kinds:1").layers[-1])
+    assert (top / "size-3145728").read_bytes() == (upper / "size-3145728").read_bytes()
+    assert (top / "many" / "f123").read_bytes() == (upper / "many" / "f123").read_bytes()
+
+
+def test_a_file_that_shrinks_while_committed_fails_the_commit(tmp_path: Path) -> None:
+    """The copier thread's failure reaches the caller as one clean error; nothing is left open."""
+    src = tmp_path / "src"
+    src.write_bytes(os.urandom(100_000))
+    out = os.open(tmp_path, archive.O_DIR)
+    fd = os.open(src, os.O_RDONLY)
+    try:
+        before = len(os.listdir("/proc/self/fd"))
+        committer = archive.UpperCommitter(out)
+        committer._out.put_file(fd, 200_000, b"src")  # says 200 kB, has 100 kB: shrank meanwhile
+        with pytest.raises(ImageError, match="'src' shrank while being committed"):
+            committer._out.finish()
+        committer._out.stop()
+        os.close(committer._fd)
+        assert len(os.listdir("/proc/self/fd")) == before
+    finally:
+        os.close(fd)
+        os.close(out)
+
+
+@pytest.mark.parametrize("seconds", [5_000_000_000, 12_345_678_901])  # (the fs clamps past ones to 1901)
+def test_a_time_that_import_would_refuse_fails_the_commit(store_dir: Path, seconds: int) -> None:
+    upper = make_container("t1", "busybox")
+    (upper / "future").write_text("x")
+    os.utime(upper / "future", (0, seconds))
+    with pytest.raises(ImageError, match="'future' in the upper dir has a time out of range"):
+        ops.commit_container("t1", "future:1")
+    assert os.listdir(store_dir / "tmp") == [] and "future:1" not in Store().repositories()
