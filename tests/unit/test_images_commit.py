@@ -253,7 +253,7 @@ def test_the_committed_tar_is_what_tar_readers_see(store_dir: Path, tmp_path: Pa
         for m in tar.getmembers():
             if m.isreg() and not m.pax_headers and not m.name.rsplit("/", 1)[-1].startswith(".wh."):
                 entry = archive.Entry(os.fsencode(m.name), archive.REGTYPE, m.mode, m.uid, m.gid, m.size,
-                                      m.mtime * 1_000_000_000)
+                                      int(m.mtime) * 1_000_000_000)
                 assert data[m.offset : m.offset + 512] == archive.tar_header(entry), m.name
     assert members["owned"].uid == 3_000_000 and members["owned"].mtime == -1_000
     assert members["fifo"].isfifo() and members["null"].ischr() and members["null"].devminor == 3
