@@ -165,6 +165,7 @@ def start_again(host: AnyHost, name: str, what: str) -> None:
 
 @pytest.fixture
 def container(host: AnyHost) -> Iterator[str]:
+    assert host.run(["strace", "-V"]).returncode == 0, "strace is needed: tools/install-deps --test"
     name = f"crash{secrets.token_hex(3)}"
     yield name
     host.run(["pymachine", "rm", "-f", "-v", name], timeout=60)
