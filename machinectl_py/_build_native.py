@@ -31,6 +31,9 @@ ffibuilder.cdef(
     int pm_close_range(unsigned int first, unsigned int last, unsigned int flags);
     int pm_pidfd_open(int pid, unsigned int flags);
     int pm_pidfd_send_signal(int pidfd, int sig);
+    int pm_syscall_number(const char *name);
+    uint32_t pm_audit_arch(void);
+    int pm_seccomp_install(const unsigned char *filter, unsigned int instructions);
 
     #define CLONE_NEWNS ...
     #define CLONE_NEWUTS ...
@@ -117,7 +120,10 @@ ffibuilder.set_source(
     #include <sys/stat.h>
     #include <sys/syscall.h>
     #include <sys/sysmacros.h>
+    #include <linux/audit.h>
     #include <linux/capability.h>
+    #include <linux/filter.h>
+    #include <linux/seccomp.h>
     #include <systemd/sd-bus.h>
 
     #ifndef RESOLVE_IN_ROOT
@@ -176,6 +182,182 @@ ffibuilder.set_source(
 
     static int pm_pidfd_send_signal(int pidfd, int sig) {
         return (int)syscall(SYS_pidfd_send_signal, pidfd, sig, NULL, 0);
+    }
+
+    /* This architecture's number of each syscall the seccomp policy may name (seccomp.py
+       KNOWN_SYSCALLS); -1 where this architecture has no such syscall. */
+    #define PM_NR(name) { #name, SYS_##name },
+    static const struct { const char *name; int nr; } pm_syscalls[] = {
+    #ifdef SYS_acct
+        PM_NR(acct)
+    #endif
+    #ifdef SYS_add_key
+        PM_NR(add_key)
+    #endif
+    #ifdef SYS_bpf
+        PM_NR(bpf)
+    #endif
+    #ifdef SYS_clock_adjtime
+        PM_NR(clock_adjtime)
+    #endif
+    #ifdef SYS_clock_settime
+        PM_NR(clock_settime)
+    #endif
+    #ifdef SYS_clone
+        PM_NR(clone)
+    #endif
+    #ifdef SYS_clone3
+        PM_NR(clone3)
+    #endif
+    #ifdef SYS_create_module
+        PM_NR(create_module)
+    #endif
+    #ifdef SYS_delete_module
+        PM_NR(delete_module)
+    #endif
+    #ifdef SYS_finit_module
+        PM_NR(finit_module)
+    #endif
+    #ifdef SYS_fsconfig
+        PM_NR(fsconfig)
+    #endif
+    #ifdef SYS_fsmount
+        PM_NR(fsmount)
+    #endif
+    #ifdef SYS_fsopen
+        PM_NR(fsopen)
+    #endif
+    #ifdef SYS_fspick
+        PM_NR(fspick)
+    #endif
+    #ifdef SYS_get_kernel_syms
+        PM_NR(get_kernel_syms)
+    #endif
+    #ifdef SYS_init_module
+        PM_NR(init_module)
+    #endif
+    #ifdef SYS_ioperm
+        PM_NR(ioperm)
+    #endif
+    #ifdef SYS_iopl
+        PM_NR(iopl)
+    #endif
+    #ifdef SYS_kexec_file_load
+        PM_NR(kexec_file_load)
+    #endif
+    #ifdef SYS_kexec_load
+        PM_NR(kexec_load)
+    #endif
+    #ifdef SYS_keyctl
+        PM_NR(keyctl)
+    #endif
+    #ifdef SYS_lookup_dcookie
+        PM_NR(lookup_dcookie)
+    #endif
+    #ifdef SYS_mount
+        PM_NR(mount)
+    #endif
+    #ifdef SYS_mount_setattr
+        PM_NR(mount_setattr)
+    #endif
+    #ifdef SYS_move_mount
+        PM_NR(move_mount)
+    #endif
+    #ifdef SYS_nfsservctl
+        PM_NR(nfsservctl)
+    #endif
+    #ifdef SYS_open_by_handle_at
+        PM_NR(open_by_handle_at)
+    #endif
+    #ifdef SYS_open_tree
+        PM_NR(open_tree)
+    #endif
+    #ifdef SYS_perf_event_open
+        PM_NR(perf_event_open)
+    #endif
+    #ifdef SYS_pivot_root
+        PM_NR(pivot_root)
+    #endif
+    #ifdef SYS_query_module
+        PM_NR(query_module)
+    #endif
+    #ifdef SYS_quotactl
+        PM_NR(quotactl)
+    #endif
+    #ifdef SYS_reboot
+        PM_NR(reboot)
+    #endif
+    #ifdef SYS_request_key
+        PM_NR(request_key)
+    #endif
+    #ifdef SYS_setns
+        PM_NR(setns)
+    #endif
+    #ifdef SYS_settimeofday
+        PM_NR(settimeofday)
+    #endif
+    #ifdef SYS_swapoff
+        PM_NR(swapoff)
+    #endif
+    #ifdef SYS_swapon
+        PM_NR(swapon)
+    #endif
+    #ifdef SYS_syslog
+        PM_NR(syslog)
+    #endif
+    #ifdef SYS_umount2
+        PM_NR(umount2)
+    #endif
+    #ifdef SYS_unshare
+        PM_NR(unshare)
+    #endif
+    #ifdef SYS_uselib
+        PM_NR(uselib)
+    #endif
+    #ifdef SYS_userfaultfd
+        PM_NR(userfaultfd)
+    #endif
+    #ifdef SYS_vm86
+        PM_NR(vm86)
+    #endif
+    #ifdef SYS_vm86old
+        PM_NR(vm86old)
+    #endif
+    #ifdef SYS__sysctl
+        PM_NR(_sysctl)
+    #endif
+    };
+
+    static int pm_syscall_number(const char *name) {
+        for (size_t i = 0; i < sizeof(pm_syscalls) / sizeof(pm_syscalls[0]); i++)
+            if (strcmp(pm_syscalls[i].name, name) == 0)
+                return pm_syscalls[i].nr;
+        return -1;
+    }
+
+    /* The AUDIT_ARCH_* value the kernel reports in seccomp_data.arch for native syscalls. */
+    static uint32_t pm_audit_arch(void) {
+    #if defined(__x86_64__) && !defined(__ILP32__)
+        return AUDIT_ARCH_X86_64;
+    #elif defined(__aarch64__)
+        return AUDIT_ARCH_AARCH64;
+    #elif defined(__i386__)
+        return AUDIT_ARCH_I386;
+    #elif defined(__powerpc64__) && defined(__LITTLE_ENDIAN__)
+        return AUDIT_ARCH_PPC64LE;
+    #elif defined(__s390x__)
+        return AUDIT_ARCH_S390X;
+    #elif defined(__riscv) && __riscv_xlen == 64
+        return AUDIT_ARCH_RISCV64;
+    #else
+        return 0;
+    #endif
+    }
+
+    /* Install a classic-BPF seccomp filter (`instructions` struct sock_filter, 8 bytes each). */
+    static int pm_seccomp_install(const unsigned char *filter, unsigned int instructions) {
+        struct sock_fprog prog = { (unsigned short)instructions, (struct sock_filter *)filter };
+        return prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, &prog, 0, 0);
     }
     """,
     libraries=["systemd"],

@@ -37,8 +37,8 @@ _TIOCSCTTY = 0x540E
 
 class ChildPlan(Record):
     __slots__ = ("container_dir", "rootfs", "overlay", "ops", "cgroup_layout", "hostname", "private_network",
-                 "argv", "env", "workdir", "capability_mask", "stdin_devnull", "detached", "tty")
-    _defaults = {"stdin_devnull": True, "detached": False, "tty": False}
+                 "argv", "env", "workdir", "capability_mask", "stdin_devnull", "detached", "tty", "seccomp")
+    _defaults = {"stdin_devnull": True, "detached": False, "tty": False, "seccomp": b""}
     container_dir: str  # cwd while mounting the overlay (its options use relative names)
     rootfs: str
     overlay: Overlay
@@ -57,6 +57,8 @@ class ChildPlan(Record):
     # -t: the payload's stdio is a pty of the container's own devpts; stdout_fd is then a
     # socket to the parent, which receives the pty's master through it.
     tty: bool
+    # The policy's seccomp program (seccomp.py), installed last; b"": none.
+    seccomp: bytes
 
 
 def child_main(plan: ChildPlan, go_fd: int, status_fd: int, stdout_fd: int, stderr_fd: int,
@@ -130,6 +132,11 @@ def prepare(plan: ChildPlan, go_fd: int, status_fd: int, parent_pid: int) -> Non
 
 
 def launch(plan: ChildPlan, status_fd: int, stdout_fd: int, stderr_fd: int) -> None:
+    if plan.seccomp:
+        # Before the capabilities go: without no_new_privs (which would disarm setuid programs
+        # in the container) installing a filter needs CAP_SYS_ADMIN. Nothing the filter denies
+        # is called from here to the exec.
+        sc.seccomp_install(plan.seccomp)
     drop_capabilities(plan.capability_mask)
     stdin = os.open("/dev/null", os.O_RDONLY) if plan.stdin_devnull else 0
     if plan.tty:

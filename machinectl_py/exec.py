@@ -173,7 +173,11 @@ def main(argv: list[str]) -> int:
             env = leader_environment(leader)
             env.update(extra_env)
             caps = leader_capabilities(leader)
-            return Exec(opts, pidfd, unit, env, caps).run(bus, BusError)
+            from machinectl_py.policy import load_policy
+
+            command = Exec(opts, pidfd, unit, env, caps)
+            command.seccomp = load_policy().seccomp_filter()  # the container's own filter, too
+            return command.run(bus, BusError)
         finally:
             os.close(pidfd)
 
@@ -185,6 +189,7 @@ class Exec:
         self.unit = unit
         self.env = env
         self.caps = caps
+        self.seccomp = b""
         self.child = 0
 
     def run(self, bus: Bus, bus_error: type[Exception]) -> int:
@@ -207,7 +212,7 @@ class Exec:
                 # Loaded now: after setns() the host's Python library is out of reach.
                 import fcntl  # noqa: F401
                 import struct  # noqa: F401
-            _child(self.opts, self.pidfd, self.env, self.caps, go_r, status_w, pty_child)
+            _child(self.opts, self.pidfd, self.env, self.caps, self.seccomp, go_r, status_w, pty_child)
         os.close(go_r)
         os.close(status_w)
         if pty_child >= 0:
@@ -275,7 +280,7 @@ def _report(status_fd: int, code: int, message: str) -> None:
         os._exit(code)
 
 
-def _child(opts: ExecOptions, pidfd: int, env: dict[str, str], caps: int, go_fd: int, status_fd: int,
+def _child(opts: ExecOptions, pidfd: int, env: dict[str, str], caps: int, seccomp: bytes, go_fd: int, status_fd: int,
            pty_sock: int) -> None:
     """Never returns. Imports nothing after setns(): the host's Python library is out of reach then."""
     code = EXIT_ERROR
@@ -302,6 +307,8 @@ def _child(opts: ExecOptions, pidfd: int, env: dict[str, str], caps: int, go_fd:
             devnull = os.open("/dev/null", os.O_RDONLY)
             os.dup2(devnull, 0)
             os.close(devnull)
+        if seccomp:
+            sc.seccomp_install(seccomp)  # while we still hold CAP_SYS_ADMIN (see container_init.launch)
         _drop_privileges(caps, uid, gid, groups)
         env.setdefault("PATH", DEFAULT_PATH)
         if opts.tty:

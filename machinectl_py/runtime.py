@@ -90,6 +90,7 @@ def build_child_plan(spec: ContainerSpec, image: images.ResolvedImage, cdir: str
         env=dict(env),
         workdir=spec.workdir or image.config.workdir or "/",
         capability_mask=policy.capability_mask,
+        seccomp=policy.seccomp_filter(),
         detached=detached,
         tty=spec.tty,
         stdin_devnull=not (spec.tty or spec.interactive),

@@ -144,3 +144,23 @@ def pidfd_open(pid: int) -> int:
     if fd < 0:
         raise _fail("pidfd_open", f"pid {pid}")
     return fd
+
+
+def syscall_number(name: str) -> int | None:
+    """This architecture's number for syscall `name` (one the seccomp policy may name)."""
+    nr: int = lib.pm_syscall_number(name.encode())
+    return nr if nr >= 0 else None
+
+
+def audit_arch() -> int:
+    """AUDIT_ARCH_* of this build's architecture (seccomp_data.arch of native syscalls); 0 if unknown."""
+    arch: int = lib.pm_audit_arch()
+    return arch
+
+
+def seccomp_install(program: bytes) -> None:
+    """Install a classic-BPF seccomp filter (8-byte struct sock_filter instructions)."""
+    if len(program) % 8 or not 0 < len(program) // 8 <= 4096:
+        raise ValueError(f"a seccomp program of {len(program)} bytes is not 1-4096 instructions")
+    if lib.pm_seccomp_install(program, len(program) // 8) != 0:
+        raise _fail("seccomp")

@@ -66,6 +66,13 @@ def test_environment_workdir_and_namespaces(host: AnyHost, box: str) -> None:
     assert ex(host, box, "grep", "CapBnd", "/proc/self/status")[1].split()[1] == bounding
 
 
+def test_exec_gets_the_containers_seccomp_filter(host: AnyHost, box: str) -> None:
+    code, out, _ = ex(host, box, "grep", "Seccomp:", "/proc/self/status")
+    assert (code, out.split()) == (0, ["Seccomp:", "2"])
+    code, _, err = ex(host, box, "unshare", "-U", "true")
+    assert code != 0 and "Operation not permitted" in err
+
+
 def test_no_host_fd_reaches_the_command(host: AnyHost, box: str) -> None:
     out = ex(host, box, "ls", "/proc/self/fd")[1].split()
     # 0, 1, 2 and the directory ls itself opened to list them.

@@ -228,6 +228,15 @@ def test_security_defaults(host: AnyHost) -> None:
     assert sorted(lines[3:]) == ["0", "1", "2", "3"]  # ls's own directory fd: no host fd leaked in
 
 
+def test_seccomp_filter_denies_user_namespaces_and_keyrings(host: AnyHost) -> None:
+    """The policy's seccomp deny-list is in force for the payload (mode 2 = filter)."""
+    r = pm(host, "run", "--rm", "busybox", "sh", "-c",
+           "grep Seccomp: /proc/self/status; unshare -U true && echo userns-made; true")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.splitlines()[0].split() == ["Seccomp:", "2"]
+    assert "userns-made" not in r.stdout and "Operation not permitted" in r.stderr
+
+
 @pytest.mark.parametrize(("argv", "code", "message"), [
     (["--name", "bad/name", "busybox", "true"], 125, "invalid container name"),
     (["--name", "..x", "busybox", "true"], 125, "invalid container name"),
