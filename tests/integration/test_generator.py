@@ -89,6 +89,9 @@ def test_systemctl_start_of_a_hand_written_definition_has_its_unit_settings(host
     assert entry.get("CONTAINER_ID") == fields["CONTAINER_ID"], entry
     assert entry.get("CONTAINER_ID_FULL") == fields["CONTAINER_ID_FULL"], entry
     assert entry.get("_SYSTEMD_UNIT") == unit, entry
+    # The id reaches the setup process only, not the container's environment.
+    env = host.run(["pymachine", "exec", name, "env"], check=True, timeout=60).stdout
+    assert "PYMACHINE" not in env, env
 
 
 @pytest.mark.xfail(strict=True, reason="needs service._adopt to take the id from $PYMACHINE_CONTAINER_ID "
