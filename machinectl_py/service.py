@@ -301,8 +301,8 @@ def load_container(name: str) -> tuple[ContainerSpec, state.ContainerRecord]:
 
 def _adopt(name: str) -> tuple[ContainerSpec, state.ContainerRecord]:
     """`systemctl start pymachine@NAME` of a hand-written definition pymachine has never seen:
-    make its state here. (Its drop-in, with Restart= and CONTAINER_ID, comes with the first
-    `pymachine start`; writing it now would need a reload in the middle of this start job.)"""
+    make its state here, with the id pymachine-generator put in its drop-in (Restart= and
+    CONTAINER_ID come from that drop-in, written at boot or daemon-reload)."""
     from machinectl_py import config, images, state
 
     if not config.definition_exists(name):
@@ -314,10 +314,19 @@ def _adopt(name: str) -> tuple[ContainerSpec, state.ContainerRecord]:
         spec = volumes.create_anonymous(spec)
     image = images.resolve(spec.image)
     state.claim(name)
-    record = state.ContainerRecord(name=name, id=os.urandom(32).hex(), image_name=image.name, image_id=image.id,
+    record = state.ContainerRecord(name=name, id=_adopted_id(), image_name=image.name, image_id=image.id,
                                    spec=spec, created=state.now(), unit=unit_name(name))
     state.save(record)
     return spec, record
+
+
+def _adopted_id() -> str:
+    """The id pymachine-generator gave the definition (its drop-in passes it as
+    $PYMACHINE_CONTAINER_ID and tags the journal with it), else a new one."""
+    given = os.environ.get("PYMACHINE_CONTAINER_ID", "")
+    if len(given) == 64 and all(c in "0123456789abcdef" for c in given):
+        return given
+    return os.urandom(32).hex()
 
 
 def service_main(argv: list[str]) -> int:

@@ -94,8 +94,6 @@ def test_systemctl_start_of_a_hand_written_definition_has_its_unit_settings(host
     assert "PYMACHINE" not in env, env
 
 
-@pytest.mark.xfail(strict=True, reason="needs service._adopt to take the id from $PYMACHINE_CONTAINER_ID "
-                                       "(requested from the lead)")
 def test_the_record_of_an_adopted_definition_has_the_generators_id(host: AnyHost, definition: str) -> None:
     name, unit = definition, f"pymachine@{definition}.service"
     write_definition(host, name, 'image = "busybox"\ncommand = ["sleep", "1000"]\n')

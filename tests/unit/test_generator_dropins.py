@@ -42,7 +42,7 @@ def test_writes_the_units_settings_of_each_definition(dirs: tuple[Path, Path]) -
     full = web["Environment"].removeprefix("PYMACHINE_CONTAINER_ID=")
     assert generator.is_container_id(full)
     assert web["LogExtraFields"] == (f"CONTAINER_ID={full[:12]} CONTAINER_ID_FULL={full} "
-                                     '"IMAGE_NAME=busybox"')
+                                     '"IMAGE_NAME=busybox:latest"')
     assert settings(dropin(out, "db"))["Restart"] == "no"
 
 
