@@ -1240,32 +1240,26 @@ def _copy_range_buffered(src: int, dst: int, offset: int, size: int, path: bytes
         size -= n
 
 
-class _Job:
-    """A piece of the tar for the writer thread: a full buffer to write, or a file's data to
-    copy (`src`, the writer's to close). `done` is set when it is on file (or failed)."""
+class _CopyJob:
+    """One file's data, copied into the tar by the copier thread. `src` is the copier's to close."""
 
-    __slots__ = ("offset", "size", "buffer", "src", "path", "done")
+    __slots__ = ("src", "offset", "size", "path", "done")
 
-    def __init__(self, offset: int, size: int, buffer: bytearray | None = None, src: int = -1,
-                 path: bytes = b"") -> None:
+    def __init__(self, src: int, offset: int, size: int, path: bytes) -> None:
         import threading
 
-        self.offset, self.size, self.buffer, self.src, self.path = offset, size, buffer, src, path
+        self.src, self.offset, self.size, self.path = src, offset, size, path
         self.done = threading.Event()
 
 
-_BUFFERS = 3  # one being filled, one being written, one spare
-
-
 class _LayerFile:
-    """The layer's tar, produced by three threads so that the work spreads over the cores:
+    """The layer's tar, written by three threads so that the work spreads over the cores:
 
-    - the caller puts headers and small files into a buffer and hands full ones over;
-    - a writer thread writes them, and copies larger files into the space left for them
-      (copy_file_range: the data never passes through Python);
-    - a hasher thread maps the tar, in order, behind the writer and computes its sha256.
+    - the caller puts headers and small files into one buffer, written in big pwrites;
+    - a copier thread copies larger files into the space left for them (copy_file_range);
+    - a hasher thread maps the tar, in order, behind both, and computes its sha256.
 
-    The writer and the hasher spend their time in syscalls and hashlib, which release the GIL.
+    The copier and the hasher spend their time in syscalls and hashlib, which release the GIL.
     What is hashed is exactly what was written. Nothing is fsynced (see the store's durability
     model)."""
 
@@ -1275,20 +1269,17 @@ class _LayerFile:
 
         self._fd = fd
         self._progress = progress
-        self._free: queue.SimpleQueue[bytearray] = queue.SimpleQueue()
-        for _ in range(_BUFFERS - 1):
-            self._free.put(bytearray(_BUFFER))
         self._buf = bytearray(_BUFFER)
         self._view = memoryview(self._buf)
         self._used = 0  # bytes in the buffer
-        self.size = 0  # bytes of the tar handed to the writer (or written)
+        self.size = 0  # bytes of the tar written or handed to the copier
         self._hash = hashlib.sha256()
         self._error: Exception | None = None  # the helper threads' first failure
-        self._jobs: queue.Queue[_Job | None] = queue.Queue(maxsize=64)  # bounds the open fds
-        self._marks: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
-        self._writer = threading.Thread(target=self._write_loop, name="layer-write", daemon=True)
+        self._copies: queue.Queue[_CopyJob | None] = queue.Queue(maxsize=64)  # bounds the open fds
+        self._marks: queue.SimpleQueue[int | _CopyJob | None] = queue.SimpleQueue()
+        self._copier = threading.Thread(target=self._copy_loop, name="layer-copy", daemon=True)
         self._hasher = threading.Thread(target=self._hash_loop, name="layer-hash", daemon=True)
-        self._writer.start()
+        self._copier.start()
         self._hasher.start()
 
     # The caller's side -------------------------------------------------------------------
@@ -1296,8 +1287,8 @@ class _LayerFile:
         n = len(data)
         if self._used + n > _BUFFER:
             self.flush()
-            if n > _BUFFER:  # a huge pax header, say: a buffer of its own
-                self._submit(_Job(self.size, n, bytearray(data)))
+            if n > _BUFFER:
+                self._write(memoryview(data))
                 return
         self._buf[self._used : self._used + n] = data
         self._used += n
@@ -1307,7 +1298,12 @@ class _LayerFile:
         pad = -size % BLOCK
         if size > _SMALL_FILE:
             self.flush()
-            self._submit(_Job(self.size, size, src=os.dup(src), path=path))  # the dup shares the position
+            job = _CopyJob(os.dup(src), self.size, size, path)  # the dup shares src's position
+            self._copies.put(job)
+            self._marks.put(job)
+            self.size += size
+            if self._progress is not None:
+                self._progress(size)
             self.put(_ZEROS[:pad])
             return
         if self._used + size + pad > _BUFFER:
@@ -1322,19 +1318,16 @@ class _LayerFile:
         self._used = end + pad
 
     def flush(self) -> None:
-        """Hand the buffer to the writer; carry on in a free one."""
         if self._used:
-            self._submit(_Job(self.size, self._used, self._buf))
-            self._buf = self._free.get()  # waits while the writer is two buffers behind
-            self._view = memoryview(self._buf)
+            self._write(self._view[: self._used])
             self._used = 0
 
-    def _submit(self, job: _Job) -> None:
-        self._jobs.put(job)
-        self._marks.put(job)
-        self.size += job.size
+    def _write(self, data: memoryview) -> None:
+        _pwrite_all(self._fd, data, self.size)
+        self.size += len(data)
+        self._marks.put(self.size)
         if self._progress is not None:
-            self._progress(job.size)
+            self._progress(len(data))
 
     def finish(self) -> str:
         """Wait for the helpers; the tar's digest. Raises what they ran into."""
@@ -1348,42 +1341,36 @@ class _LayerFile:
 
     def stop(self) -> None:
         """End both helper threads (after what was handed to them); idempotent."""
-        if self._writer.is_alive():
-            self._jobs.put(None)
-            self._writer.join()
+        if self._copier.is_alive():
+            self._copies.put(None)
+            self._copier.join()
         if self._hasher.is_alive():
             self._marks.put(None)
             self._hasher.join()
 
     # The helpers -------------------------------------------------------------------------
-    def _write_loop(self) -> None:
-        while (job := self._jobs.get()) is not None:
+    def _copy_loop(self) -> None:
+        while (job := self._copies.get()) is not None:
             try:
-                if self._error is not None:
-                    pass
-                elif job.buffer is not None:
-                    _pwrite_all(self._fd, memoryview(job.buffer)[: job.size], job.offset)
-                else:
+                if self._error is None:
                     _copy_range(job.src, self._fd, job.offset, job.size, job.path)
             except Exception as e:
                 self._error = self._error or e
             finally:
-                if job.buffer is not None:
-                    if len(job.buffer) == _BUFFER:
-                        self._free.put(job.buffer)
-                    job.buffer = None
-                else:
-                    os.close(job.src)
+                os.close(job.src)
                 job.done.set()
 
     def _hash_loop(self) -> None:
         import mmap
 
         pos = 0
-        while (job := self._marks.get()) is not None:
-            job.done.wait()
-            end = job.offset + job.size
-            if self._error is not None:
+        while (mark := self._marks.get()) is not None:
+            if isinstance(mark, _CopyJob):
+                mark.done.wait()
+                end = mark.offset + mark.size
+            else:
+                end = mark
+            if pos >= end or self._error is not None:
                 continue
             # Mapped, not read: the pages are in the page cache already, and a copy costs time.
             start = pos - pos % mmap.ALLOCATIONGRANULARITY
