@@ -26,6 +26,7 @@ SITE = "usr/lib/python3/dist-packages"
 EXPECTED_FILES = (
     UNIT,
     "usr/bin/pymachine",
+    "lib/systemd/system-generators/pymachine-generator",
     f"{SITE}/machinectl_py/__init__.py",
     f"{SITE}/machinectl_py/cli.py",
     f"{SITE}/machinectl_py/images/__init__.py",
@@ -100,6 +101,9 @@ def test_package_installs_units_program_module_and_policy(deb: Path) -> None:
     natives = [f for f in files if re.fullmatch(rf"{SITE}/machinectl_py/_native\..*so", f)]
     assert len(natives) == 1, f"compiled module machinectl_py._native: {natives}"
     assert files["usr/bin/pymachine"].startswith("-rwxr-xr-x")
+    # The generator is systemd's to run, from its generator dir; not a command on PATH.
+    assert files["lib/systemd/system-generators/pymachine-generator"].startswith("-rwxr-xr-x")
+    assert "usr/bin/pymachine-generator" not in files
     assert files[UNIT].startswith("-rw-r--r--")
     # Only the template ships: no instance, and nothing enabled at build time.
     assert not [f for f in files if "wants/" in f or re.search(r"pymachine@.+\.service$", f)]
