@@ -159,9 +159,17 @@ def stop_container(bus: Bus, name: str, timeout: float) -> None:
 
 def _stop_any(bus: Bus, name: str, timeout: float) -> None:
     """Stop a detached container, or a foreground one through machined."""
-    from machinectl_py import machined, state
+    from machinectl_py import config, machined, state
 
-    record = state.load(name)
+    try:
+        record = state.load(name)
+    except NotFoundError:
+        if not config.definition_exists(name):
+            raise
+        # Defined but never started by pymachine (or its start was killed before the
+        # record): only its unit can be running.
+        stop_container(bus, name, timeout)
+        return
     if record.unit and record.unit.startswith("machine-"):
         machined.terminate_machine(bus, name)
         machined.watch_removal(bus)
@@ -241,13 +249,24 @@ def main_kill(argv: list[str]) -> int:
 
 def remove(bus: Bus, name: str, *, force: bool, volumes: bool) -> None:
     from machinectl_py import config, service, state
+    from machinectl_py.paths import container_path
 
     try:
         record = state.load(name)
     except NotFoundError:
-        if config.definition_exists(name):  # a hand-written definition never started
+        # A hand-written definition never started, or a start killed before it wrote the
+        # record (a directory without one). Only the unit can run then.
+        defined = config.definition_exists(name)
+        if (defined or os.path.isdir(container_path(name))) and _unit_active(bus, service.unit_name(name)):
+            if not force:
+                raise ConflictError(f"container {name} is running",
+                                    hint=f"stop it first, or use 'pymachine rm -f {name}'") from None
+            stop_container(bus, name, 0)
+        removed = _remove_debris(name)
+        if defined:
             config.remove_definition(name)
             service.remove_dropin(name)
+        if defined or removed:
             return
         raise
     with ContainerLock(name, wait=True):
@@ -265,6 +284,19 @@ def remove(bus: Bus, name: str, *, force: bool, volumes: bool) -> None:
             service.reload_if_needed(bus, name)
         except Exception:
             pass  # the unit's files are gone; systemd notices on its next reload
+
+
+def _remove_debris(name: str) -> bool:
+    """Remove a container directory without a record, unless a command holds it (ContainerLock:
+    ConflictError). True if there was one."""
+    from machinectl_py import state
+    from machinectl_py.paths import container_path
+
+    if not os.path.isdir(container_path(name)):
+        return False
+    with ContainerLock(name, wait=False):
+        state.remove_dir(name)
+    return True
 
 
 def _unit_active(bus: Bus, unit: str) -> bool:

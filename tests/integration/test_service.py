@@ -342,3 +342,23 @@ def test_systemctl_starts_a_hand_written_definition_pymachine_never_saw(host: An
     pm(host, "start", name)
     assert json.loads(pm(host, "inspect", name))[0]["Mounts"][0]["Source"] == cache["Source"]
     host.run(["systemctl", "disable", unit], check=True)
+
+
+def test_stop_and_rm_of_a_definition_never_started_and_of_a_dir_without_record(host: AnyHost) -> None:
+    """What a hand-written definition, or a start killed before its record, leaves: stop has
+    nothing to do, rm removes it; rm of what never existed is still an error."""
+    name, debris = unique("nv"), unique("db")
+    host.run(["sh", "-c", f"mkdir -p /etc/pymachine/machines && printf 'image = \"busybox\"\\n"
+                          f"command = [\"sleep\", \"100\"]\\n' > /etc/pymachine/machines/{name}.toml"], check=True)
+    stop = host.run(["pymachine", "stop", name])
+    assert (stop.returncode, stop.stdout.strip()) == (0, name), stop.stderr
+    for n in (name, debris):  # a container dir without container.json
+        host.run(["mkdir", "-p", f"/var/lib/pymachine/containers/{n}/upper"], check=True)
+    for n in (name, debris):
+        rm = host.run(["pymachine", "rm", n])
+        assert rm.returncode == 0, rm.stderr
+        gone = host.run(["sh", "-c", f"ls -d /var/lib/pymachine/containers/{n} /etc/pymachine/machines/{n}.toml"])
+        assert gone.stdout == "", gone.stdout
+    again = host.run(["pymachine", "rm", debris])
+    assert again.returncode != 0 and "no such container" in again.stderr
+    host.assert_no_leftovers()

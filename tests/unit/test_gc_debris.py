@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from machinectl_py.cmd_gc import is_pymachine_command, other_pymachine_processes, stale_temp_files, temp_file_pid
@@ -49,6 +50,10 @@ def test_other_pymachine_processes_sees_a_running_command(tmp_path: Path) -> Non
     launcher.write_text("import time\ntime.sleep(30)\n")
     proc = subprocess.Popen([sys.executable, str(launcher)])
     try:
+        # Until its exec, the child's cmdline is still ours (pytest's): wait for it to change.
+        deadline = time.monotonic() + 10
+        while proc.pid not in other_pymachine_processes() and time.monotonic() < deadline:
+            time.sleep(0.01)
         assert proc.pid in other_pymachine_processes()
     finally:
         proc.kill()
