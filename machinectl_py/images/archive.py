@@ -1240,35 +1240,28 @@ def _copy_range_buffered(src: int, dst: int, offset: int, size: int, path: bytes
         size -= n
 
 
-_Part = bytes | tuple[int, int, bytes]  # tar bytes, or (fd, size, path): a file's data, the fd to close
-_BATCH_FILES = 64  # files per batch: bounds the fds open at once (with the queue's size)
+class _CopyJob:
+    """One file's data, copied into the tar by the copier thread. `src` is the copier's to close."""
 
+    __slots__ = ("src", "offset", "size", "path", "done")
 
-class _Batch:
-    """A run of the tar, from `offset`, for the writer thread. `done` is set when it is on file
-    (or failed); its fds are closed by then."""
-
-    __slots__ = ("offset", "size", "parts", "done")
-
-    def __init__(self, offset: int, size: int, parts: list[_Part]) -> None:
+    def __init__(self, src: int, offset: int, size: int, path: bytes) -> None:
         import threading
 
-        self.offset, self.size, self.parts = offset, size, parts
+        self.src, self.offset, self.size, self.path = src, offset, size, path
         self.done = threading.Event()
 
 
 class _LayerFile:
-    """The layer's tar, produced by three threads so that the work spreads over the cores:
+    """The layer's tar, written by three threads so that the work spreads over the cores:
 
-    - the caller (the walk) opens the files and formats the headers; it hands batches of
-      headers and open files over;
-    - a writer thread reads small files into a buffer written in big pwrites, and copies larger
-      ones with copy_file_range (their data never passes through Python);
-    - a hasher thread maps the tar, in order, behind the writer and computes its sha256.
+    - the caller puts headers and small files into one buffer, written in big pwrites;
+    - a copier thread copies larger files into the space left for them (copy_file_range);
+    - a hasher thread maps the tar, in order, behind both, and computes its sha256.
 
-    The writer and the hasher spend most of their time in syscalls and hashlib, which release
-    the GIL. What is hashed is exactly what was written. Nothing is fsynced (see the store's
-    durability model)."""
+    The copier and the hasher spend their time in syscalls and hashlib, which release the GIL.
+    What is hashed is exactly what was written. Nothing is fsynced (see the store's durability
+    model)."""
 
     def __init__(self, fd: int, progress: Callable[[int], None] | None) -> None:
         import queue
@@ -1276,48 +1269,65 @@ class _LayerFile:
 
         self._fd = fd
         self._progress = progress
-        self._parts: list[_Part] = []
-        self._pending = 0  # bytes in self._parts
-        self._files = 0  # files in self._parts
-        self.size = 0  # bytes of the tar handed to the writer
+        self._buf = bytearray(_BUFFER)
+        self._view = memoryview(self._buf)
+        self._used = 0  # bytes in the buffer
+        self.size = 0  # bytes of the tar written or handed to the copier
         self._hash = hashlib.sha256()
         self._error: Exception | None = None  # the helper threads' first failure
-        self._batches: queue.Queue[_Batch | None] = queue.Queue(maxsize=4)  # bounds the open fds (~400)
-        self._marks: queue.SimpleQueue[_Batch | None] = queue.SimpleQueue()
-        self._writer = threading.Thread(target=self._write_loop, name="layer-write", daemon=True)
+        self._copies: queue.Queue[_CopyJob | None] = queue.Queue(maxsize=64)  # bounds the open fds
+        self._marks: queue.SimpleQueue[int | _CopyJob | None] = queue.SimpleQueue()
+        self._copier = threading.Thread(target=self._copy_loop, name="layer-copy", daemon=True)
         self._hasher = threading.Thread(target=self._hash_loop, name="layer-hash", daemon=True)
-        self._writer.start()
+        self._copier.start()
         self._hasher.start()
 
     # The caller's side -------------------------------------------------------------------
     def put(self, data: bytes) -> None:
-        self._parts.append(data)
-        self._pending += len(data)
-        if self._pending >= _BUFFER:
+        n = len(data)
+        if self._used + n > _BUFFER:
             self.flush()
+            if n > _BUFFER:
+                self._write(memoryview(data))
+                return
+        self._buf[self._used : self._used + n] = data
+        self._used += n
 
     def put_file(self, src: int, size: int, path: bytes) -> None:
-        """`size` bytes of file data from `src` (at its position), then the padding to a block.
-        Takes `src`: the writer closes it (whatever happens)."""
-        self._parts.append((src, size, path))
-        self._files += 1
-        self._pending += size
+        """`size` bytes of file data from `src` (at its position), then the padding to a block."""
         pad = -size % BLOCK
-        if pad:
-            self._parts.append(_ZEROS[:pad])
-            self._pending += pad
-        if self._pending >= _BUFFER or self._files >= _BATCH_FILES:
+        if size > _SMALL_FILE:
             self.flush()
+            job = _CopyJob(os.dup(src), self.size, size, path)  # the dup shares src's position
+            self._copies.put(job)
+            self._marks.put(job)
+            self.size += size
+            if self._progress is not None:
+                self._progress(size)
+            self.put(_ZEROS[:pad])
+            return
+        if self._used + size + pad > _BUFFER:
+            self.flush()
+        pos, end = self._used, self._used + size
+        while pos < end:
+            n = os.readv(src, [self._view[pos:end]])
+            if n <= 0:
+                raise ImageError(f"{display(path)!r} shrank while being committed")
+            pos += n
+        self._buf[end : end + pad] = _ZEROS[:pad]
+        self._used = end + pad
 
     def flush(self) -> None:
-        if self._parts:
-            batch = _Batch(self.size, self._pending, self._parts)
-            self._parts, self._pending, self._files = [], 0, 0
-            self._batches.put(batch)
-            self._marks.put(batch)
-            self.size += batch.size
-            if self._progress is not None:
-                self._progress(batch.size)
+        if self._used:
+            self._write(self._view[: self._used])
+            self._used = 0
+
+    def _write(self, data: memoryview) -> None:
+        _pwrite_all(self._fd, data, self.size)
+        self.size += len(data)
+        self._marks.put(self.size)
+        if self._progress is not None:
+            self._progress(len(data))
 
     def finish(self) -> str:
         """Wait for the helpers; the tar's digest. Raises what they ran into."""
@@ -1330,76 +1340,37 @@ class _LayerFile:
         return "sha256:" + self._hash.hexdigest()
 
     def stop(self) -> None:
-        """End both helper threads (after what was handed to them) and close the fds not handed
-        over yet; idempotent."""
-        for part in self._parts:
-            if isinstance(part, tuple):
-                os.close(part[0])
-        self._parts = []
-        if self._writer.is_alive():
-            self._batches.put(None)
-            self._writer.join()
+        """End both helper threads (after what was handed to them); idempotent."""
+        if self._copier.is_alive():
+            self._copies.put(None)
+            self._copier.join()
         if self._hasher.is_alive():
             self._marks.put(None)
             self._hasher.join()
 
     # The helpers -------------------------------------------------------------------------
-    def _write_loop(self) -> None:
-        buf = bytearray(_BUFFER)
-        while (batch := self._batches.get()) is not None:
+    def _copy_loop(self) -> None:
+        while (job := self._copies.get()) is not None:
             try:
                 if self._error is None:
-                    self._write_batch(batch, buf)
+                    _copy_range(job.src, self._fd, job.offset, job.size, job.path)
             except Exception as e:
                 self._error = self._error or e
             finally:
-                for part in batch.parts:
-                    if isinstance(part, tuple):
-                        os.close(part[0])
-                batch.done.set()
-
-    def _write_batch(self, batch: _Batch, buf: bytearray) -> None:
-        view = memoryview(buf)
-        fd, offset, used = self._fd, batch.offset, 0
-        for part in batch.parts:
-            if isinstance(part, bytes):
-                n = len(part)
-                if used + n > _BUFFER:
-                    _pwrite_all(fd, view[:used], offset)
-                    offset, used = offset + used, 0
-                    if n > _BUFFER:  # a huge pax header
-                        _pwrite_all(fd, memoryview(part), offset)
-                        offset += n
-                        continue
-                buf[used : used + n] = part
-                used += n
-                continue
-            src, size, path = part
-            if size > _SMALL_FILE:
-                _pwrite_all(fd, view[:used], offset)
-                offset, used = offset + used, 0
-                _copy_range(src, fd, offset, size, path)
-                offset += size
-                continue
-            if used + size > _BUFFER:
-                _pwrite_all(fd, view[:used], offset)
-                offset, used = offset + used, 0
-            end = used + size
-            while used < end:
-                n = os.readv(src, [view[used:end]])
-                if n <= 0:
-                    raise ImageError(f"{display(path)!r} shrank while being committed")
-                used += n
-        _pwrite_all(fd, view[:used], offset)
+                os.close(job.src)
+                job.done.set()
 
     def _hash_loop(self) -> None:
         import mmap
 
         pos = 0
-        while (batch := self._marks.get()) is not None:
-            batch.done.wait()
-            end = batch.offset + batch.size
-            if self._error is not None or pos >= end:
+        while (mark := self._marks.get()) is not None:
+            if isinstance(mark, _CopyJob):
+                mark.done.wait()
+                end = mark.offset + mark.size
+            else:
+                end = mark
+            if pos >= end or self._error is not None:
                 continue
             # Mapped, not read: the pages are in the page cache already, and a copy costs time.
             start = pos - pos % mmap.ALLOCATIONGRANULARITY
@@ -1443,25 +1414,18 @@ class UpperCommitter:
         return digest, self._out.size, self.stats
 
     def _put_data(self, src: int, size: int, path: bytes) -> None:
-        """A file's data; `src` is handed over (closed by the writer)."""
         self._out.put_file(src, size, path)
         self.stats.files += 1
         self.stats.content_size += size
 
     def _add(self, entry: Entry, src_fd: int | None = None) -> None:
-        """Any entry, through the general header writer (pax where ustar cannot hold it).
-        `src_fd`, a regular file's, is handed over (closed whatever happens)."""
-        try:
-            if not -_MTIME_LIMIT < entry.mtime_ns < _MTIME_LIMIT:
-                # Import refuses such times (_check_entry): a layer holding one could never be used.
-                raise ImageError(f"{display(entry.name)!r} in the upper dir has a time out of range",
-                                 hint="set its time (touch) or remove it, then commit again")
-            self._out.put(tar_header(entry))
-        except BaseException:
-            if src_fd is not None:
-                os.close(src_fd)
-            raise
+        """Any entry, through the general header writer (pax where ustar cannot hold it)."""
+        if not -_MTIME_LIMIT < entry.mtime_ns < _MTIME_LIMIT:
+            # Import refuses such times (_check_entry): a layer holding one could never be used.
+            raise ImageError(f"{display(entry.name)!r} in the upper dir has a time out of range",
+                             hint="set its time (touch) or remove it, then commit again")
         self.stats.entries += 1
+        self._out.put(tar_header(entry))
         if src_fd is not None:
             self._put_data(src_fd, entry.size, entry.name)
 
@@ -1484,7 +1448,6 @@ class UpperCommitter:
         try:
             st = os.fstat(fd)
             if st.st_mode & 0o170000 != _ONE_LINK_FILE or st.st_nlink != 1:
-                os.close(fd)
                 return False
             path = prefix + name
             keys = os.listxattr(fd)
@@ -1493,22 +1456,17 @@ class UpperCommitter:
             mtime = st.st_mtime_ns // 1_000_000_000
             if (xattrs or len(path) > 100 or not 0 <= mtime < _MTIME_LIMIT_S or st.st_uid >= _MAX_OCTAL_7
                     or st.st_gid >= _MAX_OCTAL_7 or size >= _MAX_OCTAL_11):
-                general = Entry(path, REGTYPE, st.st_mode & 0o7777, st.st_uid, st.st_gid, size,
-                                mtime * 1_000_000_000, xattrs=xattrs or None)
-            else:
-                general = None
-                numbers = b"%07o\0%07o\0%07o\0%011o\0%011o\0" % (st.st_mode & 0o7777, st.st_uid, st.st_gid, size, mtime)
-                checksum = _FILE_TAIL_SUM + sum(path) + sum(numbers)
-                self._out.put(path.ljust(100, b"\0") + numbers + b"%06o\0 " % checksum + _FILE_TAIL)
-        except BaseException:
-            os.close(fd)
-            raise
-        if general is not None:
-            self._add(general, fd)  # the fd goes with it
+                self._add(Entry(path, REGTYPE, st.st_mode & 0o7777, st.st_uid, st.st_gid, size,
+                                mtime * 1_000_000_000, xattrs=xattrs or None), fd)
+                return True
+            numbers = b"%07o\0%07o\0%07o\0%011o\0%011o\0" % (st.st_mode & 0o7777, st.st_uid, st.st_gid, size, mtime)
+            checksum = _FILE_TAIL_SUM + sum(path) + sum(numbers)
+            self._out.put(path.ljust(100, b"\0") + numbers + b"%06o\0 " % checksum + _FILE_TAIL)
+            self.stats.entries += 1
+            self._put_data(fd, size, path)
             return True
-        self.stats.entries += 1
-        self._put_data(fd, size, path)  # the fd goes with it
-        return True
+        finally:
+            os.close(fd)
 
     def _walk_entry(self, dir_fd: int, prefix: bytes, name: bytes, depth: int) -> None:
         st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
@@ -1542,11 +1500,9 @@ class UpperCommitter:
                 if not stat.S_ISREG(st.st_mode):
                     raise ImageError(f"{display(path)!r} changed type while being committed")
                 xattrs = _recorded_xattrs(fd, path)
-                entry = Entry(name=path, type=REGTYPE, size=st.st_size, xattrs=xattrs or None, **common)
-            except BaseException:
+                self._add(Entry(name=path, type=REGTYPE, size=st.st_size, xattrs=xattrs or None, **common), fd)
+            finally:
                 os.close(fd)
-                raise
-            self._add(entry, fd)  # the fd goes with it
             if st.st_nlink > 1:
                 self._links[key] = path
         elif stat.S_ISLNK(mode):
