@@ -24,7 +24,7 @@ if pid == 0:
     os.execvp(sys.argv[1], sys.argv[1:])
 out = b""
 typed = [line.encode() + b"\n" for line in os.environ.get("TYPE", "").split("|") if line]
-end = time.time() + 30
+end = time.time() + 50
 while time.time() < end:
     if select.select([fd], [], [], 0.5)[0]:
         try:
@@ -34,15 +34,28 @@ while time.time() < end:
         if not data:
             break
         out += data
-    elif typed:
+    elif typed and b"# " in out.rsplit(b"\n", 1)[-1]:
+        # Quiet at the shell's prompt: typing earlier (slow start-ups under emulation) could
+        # land before the container's terminal exists and be lost. (The prompt line may end
+        # in busybox's cursor-position query, hence "in", not "endswith".)
+        out += b"\n"
         os.write(fd, typed.pop(0))
 sys.stdout.write(out.decode(errors="replace"))
-print("\nexit", os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]))
+deadline = time.time() + 30  # pymachine tears down after the terminal closes
+while (done := os.waitpid(pid, os.WNOHANG))[0] == 0 and time.time() < deadline:
+    time.sleep(0.05)
+if done[0] == 0:
+    os.kill(pid, 9)  # never hang the test: it fails on its output instead
+    os.waitpid(pid, 0)
+    print("\nkilled: no exit in time")
+else:
+    print("\nexit", os.waitstatus_to_exitcode(done[1]))
+
 '''
 
 
 def on_pty(host: AnyHost, *argv: str, typed: str = "") -> str:
-    r = host.run(["env", f"TYPE={typed}", "python3", "-c", PTY_DRIVER, *argv], timeout=60, check=True)
+    r = host.run(["env", f"TYPE={typed}", "python3", "-c", PTY_DRIVER, *argv], timeout=120, check=True)
     return str(r.stdout)
 
 
