@@ -25,6 +25,7 @@ import (docker keeps a tar-split for the same reason).
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import functools
 import hashlib
@@ -1240,6 +1241,17 @@ def _copy_range_buffered(src: int, dst: int, offset: int, size: int, path: bytes
         size -= n
 
 
+def _behind_the_walk() -> None:
+    """Lower the calling helper thread's priority a little (nice +2, this thread only). The
+    walk is the commit's critical path and the helpers have slack (they only have to keep up),
+    so when the three threads share a core, the walk should win: about 20 ms of 300 here."""
+    import threading
+
+    tid = threading.get_native_id()
+    with contextlib.suppress(OSError):
+        os.setpriority(os.PRIO_PROCESS, tid, min(os.getpriority(os.PRIO_PROCESS, tid) + 2, 19))
+
+
 class _CopyJob:
     """One file's data, copied into the tar by the copier thread. `src` is the copier's to close."""
 
@@ -1350,6 +1362,7 @@ class _LayerFile:
 
     # The helpers -------------------------------------------------------------------------
     def _copy_loop(self) -> None:
+        _behind_the_walk()
         while (job := self._copies.get()) is not None:
             try:
                 if self._error is None:
@@ -1361,6 +1374,7 @@ class _LayerFile:
                 job.done.set()
 
     def _hash_loop(self) -> None:
+        _behind_the_walk()
         import mmap
 
         pos = 0
