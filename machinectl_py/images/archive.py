@@ -1495,9 +1495,10 @@ class UpperCommitter:
         elif stat.S_ISDIR(mode):
             fd = os.open(name, O_DIR, dir_fd=dir_fd)
             try:
-                xattrs = _recorded_xattrs(fd, path)
+                keys = os.listxattr(fd)
+                xattrs = _recorded_xattrs(fd, path, keys) if keys else None
                 self._add(Entry(name=path + b"/", type=DIRTYPE, size=0, xattrs=xattrs or None, **common))
-                if _is_opaque(fd):
+                if OVERLAY_OPAQUE_XATTR in keys and _is_opaque(fd):  # no getxattr (and ENODATA) for most dirs
                     self._add(Entry(name=path + b"/" + OPAQUE_MARKER, type=REGTYPE, size=0, mode=0, uid=0,
                                     gid=0, mtime_ns=common["mtime_ns"]))
                 self._walk(fd, path + b"/", depth + 1)
