@@ -309,7 +309,10 @@ def start_owner(state_base: Path) -> tuple[subprocess.Popen[str], Path, int, lis
 def test_signal_to_the_owner_tears_the_host_down(sig: signal.Signals, state_base: Path) -> None:
     owner, state_dir, pid, cgroups = start_owner(state_base)
     owner.send_signal(sig)
-    assert owner.wait(15) == -sig  # died of the signal, after tearing down
+    # Died of the signal, after tearing down. The bound is the teardown's own (the launcher gets
+    # 10 s, each cgroup tree 10 s): PID 1's namespace can take seconds to die under heavy
+    # writeback (its processes sit in D state), as after the image tests in CI once.
+    assert owner.wait(60) == -sig
     assert_nothing_left(state_dir, cgroups, [pid])
 
 
