@@ -9,7 +9,6 @@ if TYPE_CHECKING:
     from typing import Any
 
     from machinectl_py.bus import Bus
-    from machinectl_py.systemd import Property
 
 MACHINED = ("org.freedesktop.machine1", "/org/freedesktop/machine1", "org.freedesktop.machine1.Manager")
 SERVICE = "pymachine"
@@ -27,16 +26,9 @@ def watch_removal(bus: Bus) -> None:
                   "member='MachineRemoved',path='/org/freedesktop/machine1'")
 
 
-def create_machine(bus: Bus, name: str, container_id: str, leader: int, root: str,
-                   scope_properties: list[Property]) -> str:
-    """CreateMachine: machined starts machine-NAME.scope with the leader in it and waits for the job."""
-    reply = bus.call(*MACHINED, "CreateMachine", "sayssusa(sv)", name, machine_id_bytes(container_id),
-                     SERVICE, "container", leader, root, scope_properties)
-    return str(reply[0])
-
-
 def register_machine(bus: Bus, name: str, container_id: str, leader: int, root: str) -> str:
-    """RegisterMachine: no new scope; the machine adopts the unit the leader runs in."""
+    """RegisterMachine: no new scope; the machine adopts the unit the leader runs in
+    (machine-NAME.scope for `run`, pymachine@NAME.service for a detached container)."""
     reply = bus.call(*MACHINED, "RegisterMachine", "sayssus", name, machine_id_bytes(container_id),
                      SERVICE, "container", leader, root)
     return str(reply[0])

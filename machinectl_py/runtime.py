@@ -1,9 +1,9 @@
 """The one place that mixes D-Bus and system calls: the life of a foreground container.
 
 validate -> resolve image -> claim the container dir -> fork the log forwarder ->
-fork the container (held) -> machined creates machine-NAME.scope with both in it ->
-release -> wait -> tear down in reverse. Each step registers its undo on an ExitStack,
-so a failure anywhere leaves nothing behind.
+fork the container (held) -> systemd starts machine-NAME.scope with both in it ->
+machined registers the machine -> release -> wait -> tear down in reverse. Each step's
+undo runs in a `finally`, so a failure anywhere leaves nothing behind.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import _signal as signal
 import os
 import sys
 
-from machinectl_py import images, machined, plan, state
+from machinectl_py import images, machined, plan, state, systemd
 from machinectl_py import syscalls as sc
 from machinectl_py.bus import Bus, BusError
 from machinectl_py.container_init import ChildPlan, child_main
@@ -115,6 +115,23 @@ def fork_held_init(child_plan: ChildPlan, out_w: int, err_w: int) -> tuple[int, 
     return pid, go_w, status_r
 
 
+def abandon_held_init(name: str, go_w: int, status_r: int) -> PymachineError | None:
+    """The start is abandoned before the payload ran: EOF on `go` makes the held init exit
+    without running anything. If the init had failed on its own already (a hostile image,
+    a missing mount source), that is the real reason, so it is returned, with the init's
+    exit code, to be raised instead of the error that followed from it (machined cannot
+    register a leader that is gone). Closes go_w; status_r stays the caller's."""
+    os.close(go_w)
+    failure = _read_all(status_r)
+    if not failure:
+        return None
+    code_text, _, message = failure.partition(":")
+    error = PymachineError(f"{name}: {message}")
+    if code_text.isdigit():
+        error.exit_code = int(code_text)
+    return error
+
+
 def _cgroup_layout() -> plan.CgroupLayout:
     from machinectl_py.mounts import detect_cgroup_layout
 
@@ -130,6 +147,8 @@ class ForegroundRun:
         self.leader = 0
         self.forwarder = 0
         self.signalled = 0
+        self.scope_started = False
+        self.machine_registered = False
         self.released = False  # the payload was allowed to run
         self.cancelled_by = 0  # a signal that arrived before it was
 
@@ -138,7 +157,7 @@ class ForegroundRun:
         # runs they cancel the start, after it they are passed on to it.
         self._install_signal_handlers()
         # Connect first: the bus daemon authenticates us (a few ms) while we prepare the
-        # container, and the MachineRemoved match is queued ahead of CreateMachine.
+        # container, and the MachineRemoved match is queued ahead of the scope and the machine.
         bus = Bus.system()
         try:
             machined.watch_removal(bus)
@@ -183,7 +202,6 @@ class ForegroundRun:
     def _start_and_wait(self, bus: Bus, record: state.ContainerRecord, child_plan: ChildPlan, policy: Policy,
                         image_name: str) -> int:
         spec = self.spec
-        machine_created = False
         hold_w = journal_copy = -1
         try:
             out_r, out_w = os.pipe()
@@ -207,17 +225,13 @@ class ForegroundRun:
             # wait with EINTR and lose the reply. Our handler runs right after, and cancels.
             held = signal.pthread_sigmask(signal.SIG_BLOCK, HELD_SIGNALS)
             try:
-                machined.create_machine(
-                    bus, spec.name, self.container_id, self.leader, child_plan.rootfs,
-                    scope_properties(spec.name, spec.limits, policy.device_allow, (self.forwarder,)))
-            except BusError as e:
-                os.close(go_w)  # EOF on `go`: the child exits without running anything
+                self._make_machine(bus, child_plan.rootfs, policy)
+            except PymachineError as e:
+                early = abandon_held_init(spec.name, go_w, status_r)
                 os.close(status_r)
-                raise PymachineError(f"cannot create the container's scope {scope_name(spec.name)}: {e.message}",
-                                     hint=_hint_for(e)) from None
+                raise (early or e) from None
             finally:
                 signal.pthread_sigmask(signal.SIG_SETMASK, held)
-            machine_created = True
             if self.cancelled_by:
                 # Ctrl-C or SIGTERM during setup: the payload never runs.
                 os.close(go_w)
@@ -253,12 +267,32 @@ class ForegroundRun:
         finally:
             if journal_copy >= 0:
                 os.close(journal_copy)
-            self._teardown(bus, machine_created, hold_w)
+            self._teardown(bus, hold_w)
         if not spec.remove:
             state.save(record)
         return code
 
-    def _teardown(self, bus: Bus, machine_created: bool, hold_w: int) -> None:
+    def _make_machine(self, bus: Bus, rootfs: str, policy: Policy) -> None:
+        """machine-NAME.scope with the held init and the forwarder in it, under its limits; then
+        the machine registered with machined, which adopts the scope. This is the order of
+        machined's own CreateMachine, with two fewer D-Bus hops (see systemd.start_scope)."""
+        spec = self.spec
+        unit = scope_name(spec.name)
+        props = scope_properties(spec.name, spec.limits, policy.device_allow, (self.leader, self.forwarder))
+        try:
+            systemd.start_scope(bus, unit, props)
+        except BusError as e:
+            raise PymachineError(f"cannot create the container's scope {unit}: {e.message}",
+                                 hint=_hint_for(e)) from None
+        self.scope_started = True
+        try:
+            machined.register_machine(bus, spec.name, self.container_id, self.leader, rootfs)
+        except BusError as e:
+            raise PymachineError(f"cannot register machine {spec.name} with systemd-machined: {e.message}",
+                                 hint=_hint_for(e)) from None
+        self.machine_registered = True
+
+    def _teardown(self, bus: Bus, hold_w: int) -> None:
         """Undo in reverse: the container, then the forwarder (the scope's last process),
         then wait for machined to drop the machine. Each step runs even if one before failed."""
         self._kill_and_reap_leader()
@@ -268,11 +302,21 @@ class ForegroundRun:
             # The container's mount namespace died with its init: nothing uses the dir now,
             # and removing it while systemd stops the scope saves the wait below.
             state.remove_dir(self.spec.name)
-        if machine_created:
+        if self.machine_registered:
             self._wait_machine_gone(bus)
+        elif self.scope_started:
+            self._stop_scope(bus)
         if self.forwarder:
             self._reap(self.forwarder)
             self.forwarder = 0
+
+    def _stop_scope(self, bus: Bus) -> None:
+        """The scope was made but the machine not registered: stop it and wait, so that no
+        unit is left when we exit (its processes are gone or going already)."""
+        try:
+            systemd.run_job(bus, "StopUnit", scope_name(self.spec.name), timeout_usec=REMOVAL_TIMEOUT_USEC)
+        except BusError:
+            pass  # already collected
 
     def _fork_forwarder(self, out_r: int, err_r: int, hold_r: int, parent_fds: tuple[int, ...],
                         image_name: str) -> int:

@@ -41,7 +41,7 @@ UNIT_DIR = "/etc/systemd/system"
 DROPIN = "50-pymachine.conf"
 JOURNAL_STDOUT = "/run/systemd/journal/stdout"
 UINT64_MAX = 2**64 - 1
-JOB_TIMEOUT_USEC = 120_000_000
+JOB_TIMEOUT_USEC = systemd.JOB_TIMEOUT_USEC
 LAST_ERROR = "last-error"
 # Units whose state means "the container runs (or is about to)".
 ACTIVE_STATES = ("active", "activating", "reloading", "deactivating")
@@ -202,25 +202,10 @@ def unit_properties(bus: Bus, unit: str, interface: str = "Unit") -> dict[str, A
     return props
 
 
-def watch_jobs(bus: Bus) -> None:
-    """Subscribe to JobRemoved: must precede the call that creates the job."""
-    bus.add_match(f"type='signal',sender='{SYSTEMD_DEST}',interface='{MANAGER}',member='JobRemoved',"
-                  f"path='{SYSTEMD_PATH}'")
-
-
-def wait_job(bus: Bus, job: str, timeout_usec: int = JOB_TIMEOUT_USEC) -> str | None:
-    """The job's result ("done", "failed", "canceled", "timeout", ...), or None on timeout."""
-    for _path, _iface, member, args in bus.signals(timeout_usec):
-        if member == "JobRemoved" and len(args) >= 4 and str(args[1]) == job:
-            return str(args[3])
-    return None
-
-
-def run_job(bus: Bus, method: str, unit: str, mode: str = "replace",
-            timeout_usec: int = JOB_TIMEOUT_USEC) -> str | None:
-    watch_jobs(bus)
-    job = str(manager_call(bus, method, "ss", unit, mode)[0])
-    return wait_job(bus, job, timeout_usec)
+# The job helpers live in the systemd layer; these names read better at the unit's call sites.
+watch_jobs = systemd.watch_jobs
+wait_job = systemd.wait_job
+run_job = systemd.run_job
 
 
 # -- the setup process (ExecStart=) -----------------------------------------------------------
@@ -362,7 +347,7 @@ def _record_error(name: str, message: str) -> None:
 def _setup(name: str) -> int:
     from machinectl_py import images, state
     from machinectl_py.policy import load_policy
-    from machinectl_py.runtime import build_child_plan, command_for, environment, fork_held_init
+    from machinectl_py.runtime import abandon_held_init, build_child_plan, command_for, environment, fork_held_init
 
     spec, record = load_container(name)
     try:
@@ -398,7 +383,13 @@ def _setup(name: str) -> int:
     try:
         with Bus.system() as bus:
             unit = unit_name(name)
-            _register(bus, name, record.id, leader, child_plan.rootfs, unit)
+            try:
+                _register(bus, name, record.id, leader, child_plan.rootfs, unit)
+            except PymachineError as e:
+                released = True  # `go` is closed below: the init exits, or has failed already
+                early = abandon_held_init(name, go_w, status_r)
+                _reap(leader)
+                raise (early or e) from None
             # Record and PID file first: once released, the payload may end at any time.
             record.state, record.pid, record.started = "running", leader, state.now()
             record.exit_code, record.finished, record.unit = None, None, unit

@@ -21,6 +21,9 @@ SYSTEMD = ("org.freedesktop.systemd1", "/org/freedesktop/systemd1", "org.freedes
 MACHINE_SLICE = "machine.slice"
 UINT64_MAX = 2**64 - 1
 STOP_TIMEOUT_USEC = 10_000_000  # docker stop's default grace period
+JOB_TIMEOUT_USEC = 120_000_000
+# What machined's CreateMachine (and so systemd-nspawn) gives a scope without a limit.
+DEFAULT_TASKS_MAX = 16384
 
 
 
@@ -42,16 +45,19 @@ def device_properties(device_allow: tuple[tuple[str, str], ...]) -> list[Propert
 
 
 def scope_properties(name: str, limits: Limits, device_allow: tuple[tuple[str, str], ...],
-                     extra_pids: tuple[int, ...] = ()) -> list[Property]:
-    """Properties for machine-NAME.scope (machined adds PIDs=[leader] and Delegate=yes)."""
+                     pids: tuple[int, ...]) -> list[Property]:
+    """Properties of machine-NAME.scope, the same set machined's CreateMachine would give it
+    (PIDs, Delegate=yes, TasksMax 16384 by default) plus nspawn's device policy and our limits."""
     props: list[Property] = [
         ("Description", ("s", f"pymachine container {name}")),
         ("Slice", ("s", MACHINE_SLICE)),
+        ("PIDs", ("au", list(pids))),
+        ("Delegate", ("b", True)),
         ("CollectMode", ("s", "inactive-or-failed")),
         ("TimeoutStopUSec", ("t", STOP_TIMEOUT_USEC)),
     ]
-    if extra_pids:
-        props.append(("PIDs", ("au", list(extra_pids))))
+    if limits.tasks_max is None:
+        props.append(("TasksMax", ("t", DEFAULT_TASKS_MAX)))
     return props + device_properties(device_allow) + limit_properties(limits)
 
 
@@ -82,3 +88,39 @@ def get_unit_property(bus: Bus, unit: str, interface: str, prop: str) -> Any:
         return None
     return bus.call("org.freedesktop.systemd1", path, "org.freedesktop.DBus.Properties", "Get", "ss",
                     f"org.freedesktop.systemd1.{interface}", prop)[0]
+
+
+def watch_jobs(bus: Bus) -> None:
+    """Subscribe to JobRemoved: must precede the call that creates the job."""
+    bus.add_match(f"type='signal',sender='{SYSTEMD[0]}',interface='{SYSTEMD[2]}',member='JobRemoved',"
+                  f"path='{SYSTEMD[1]}'")
+
+
+def wait_job(bus: Bus, job: str, timeout_usec: int = JOB_TIMEOUT_USEC) -> str | None:
+    """The job's result ("done", "failed", "canceled", "timeout", ...), or None on timeout."""
+    for _path, _iface, member, args in bus.signals(timeout_usec):
+        if member == "JobRemoved" and len(args) >= 4 and str(args[1]) == job:
+            return str(args[3])
+    return None
+
+
+def run_job(bus: Bus, method: str, unit: str, mode: str = "replace",
+            timeout_usec: int = JOB_TIMEOUT_USEC) -> str | None:
+    """StartUnit/StopUnit/RestartUnit... and wait for the job; its result as wait_job's."""
+    watch_jobs(bus)
+    job = str(call(bus, method, "ss", unit, mode)[0])
+    return wait_job(bus, job, timeout_usec)
+
+
+def start_scope(bus: Bus, unit: str, properties: list[Property]) -> None:
+    """Start a transient scope and wait for its job: when this returns, the scope exists, the
+    PIDs are in its cgroup and its limits apply. A job that does not end in "done" is an error.
+
+    This is what machined's CreateMachine does on our behalf; calling systemd ourselves and
+    then RegisterMachine does the same work with two fewer D-Bus hops (~5 ms of a start here)."""
+    watch_jobs(bus)
+    job = str(call(bus, "StartTransientUnit", "ssa(sv)a(sa(sv))", unit, "fail", properties, [])[0])
+    result = wait_job(bus, job)
+    if result != "done":
+        raise BusError("org.freedesktop.systemd1.JobFailed",
+                       f"the job that starts {unit} ended {result or 'without an answer'}")

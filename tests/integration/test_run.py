@@ -94,9 +94,34 @@ def test_machined_registration(host: AnyHost) -> None:
         assert nspid.split()[1:] == [str(leader), "1"]
         assert "sleep" in host.run(["cat", f"/proc/{leader}/comm"], check=True).stdout
         assert "machine-reg.scope" in host.run(["machinectl", "status", "reg"], check=True).stdout
+        # what machined's CreateMachine would have given the scope, too
+        scope = host.run(["systemctl", "show", "machine-reg.scope", "-p", "Delegate", "-p", "TasksMax"],
+                         check=True).stdout.split()
+        assert scope == ["Delegate=yes", "TasksMax=16384"]
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.communicate(timeout=30)
+
+
+def test_a_machine_name_held_elsewhere_fails_cleanly(host: AnyHost) -> None:
+    """machined refuses the name after systemd made the scope: the error says so, and the
+    scope, the container dir and the other holder's machine are as they were."""
+    host.run(["systemd-run", "--unit", "holder-of-taken", "sleep", "300"], check=True)
+    try:
+        pid = host.run(["systemctl", "show", "holder-of-taken", "-p", "MainPID", "--value"], check=True).stdout.strip()
+        host.run(["busctl", "call", "org.freedesktop.machine1", "/org/freedesktop/machine1",
+                  "org.freedesktop.machine1.Manager", "RegisterMachine", "sayssus", "taken", "0", "other",
+                  "container", pid, "/"], check=True)
+        r = pm(host, "run", "--rm", "--name", "taken", "busybox", "echo", "payload-ran")
+        assert r.returncode == 125 and "payload-ran" not in r.stdout
+        assert r.stderr.startswith("pymachine: cannot register machine taken") and "exists" in r.stderr
+        assert host.run(["systemctl", "is-active", "machine-taken.scope"]).stdout.strip() == "inactive"
+        assert host.run(["test", "-e", "/var/lib/pymachine/containers/taken"]).returncode != 0
+        unit = host.run(["machinectl", "show", "taken", "-p", "Unit", "--value"], check=True).stdout.strip()
+        assert unit == "holder-of-taken.service"
+    finally:
+        host.run(["systemctl", "stop", "holder-of-taken"])
+        wait_until(lambda: "taken" not in machine_names(host), what="machine taken gone")
 
 
 def test_machinectl_terminate_ends_run_and_cleans_up(host: AnyHost) -> None:
@@ -276,6 +301,10 @@ def test_host_files_untouched_by_a_hostile_image(host: AnyHost) -> None:
     assert pm(host, "image", "import", "/var/lib/hostile.tar", "--name", "hostile", "--quiet").returncode == 0
     r = pm(host, "run", "--rm", "--name", "hostile", "hostile", "/bin/sh", "-c", "true")
     assert r.returncode == 125 and "symlink" in r.stderr
+    # Detached, the setup process of pymachine@hostile-d.service meets it and says so, too.
+    r = pm(host, "run", "-d", "--name", "hostile-d", "hostile", "/bin/sh", "-c", "true")
+    assert r.returncode == 125 and "symlink" in r.stderr, r.stderr
+    assert pm(host, "rm", "-f", "hostile-d").returncode == 0
     assert host.run(["ls", "-A", "/var/lib/victim"], check=True).stdout == ""
     pm(host, "image", "rm", "hostile")
     host.run(["rm", "-rf", "/var/lib/victim", "/var/lib/hostile.tar"], check=True)

@@ -20,13 +20,17 @@ def test_limit_properties() -> None:
 
 
 def test_scope_properties() -> None:
-    props = dict(scope_properties("web", Limits(memory_max=1 << 30), (("/dev/tty", "rwm"),), (42,)))
+    props = dict(scope_properties("web", Limits(memory_max=1 << 30), (("/dev/tty", "rwm"),), (41, 42)))
     assert props["Slice"] == ("s", "machine.slice")
-    assert props["PIDs"] == ("au", [42])
+    assert props["PIDs"] == ("au", [41, 42])
+    assert props["Delegate"] == ("b", True)
+    assert props["TasksMax"] == ("t", 16384)  # machined's CreateMachine default
     assert props["MemoryMax"] == ("t", 1 << 30)
     assert props["DevicePolicy"] == ("s", "closed")
     assert props["DeviceAllow"] == ("a(ss)", [("/dev/tty", "rwm")])
     assert props["CollectMode"] == ("s", "inactive-or-failed")
+    limited = scope_properties("web", Limits(tasks_max=32), (), (41,))
+    assert [v for k, v in limited if k == "TasksMax"] == [("t", 32)]
 
 
 def test_split_signature() -> None:
