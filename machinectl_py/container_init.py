@@ -23,7 +23,7 @@ from machinectl_py.record import Record
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from collections.abc import Mapping
+    from collections.abc import Callable, Mapping
 
     from machinectl_py.plan import CgroupLayout, Op, Overlay
 
@@ -61,11 +61,13 @@ class ChildPlan(Record):
     seccomp: bytes
 
 
-def child_main(plan: ChildPlan, go_fd: int, status_fd: int, stdout_fd: int, stderr_fd: int,
+def child_main(make_plan: Callable[[], ChildPlan], go_fd: int, status_fd: int, stdout_fd: int, stderr_fd: int,
                parent_pid: int) -> None:
-    """Never returns."""
+    """Never returns. The plan is made here, in the child, while the parent asks systemd for
+    the scope: its directories and the seccomp program are off the start's critical path."""
     code = EXIT_ERROR
     try:
+        plan = make_plan()
         prepare(plan, go_fd, status_fd, parent_pid)
         code = EXIT_CANNOT_INVOKE
         launch(plan, status_fd, stdout_fd, stderr_fd)
@@ -109,6 +111,15 @@ def prepare(plan: ChildPlan, go_fd: int, status_fd: int, parent_pid: int) -> Non
     os.chdir(plan.container_dir)
     mounts.mount_overlay(plan.overlay, plan.rootfs)
     mounts.apply(plan.rootfs, plan.ops)
+    sc.sethostname(plan.hostname)
+    if plan.private_network:
+        bring_up_loopback()
+    if plan.tty:
+        import fcntl  # noqa: F401 - loaded before pivot_root for open_pty()
+        import socket  # noqa: F401
+        import struct  # noqa: F401
+    # Everything up to here runs while systemd makes the scope; only what needs the scope waits.
+    mounts.pivot_into(plan.rootfs)
     # Wait until the parent has put us in the container's scope.
     if os.read(go_fd, 1) != b"g":
         os._exit(EXIT_ERROR)
@@ -117,15 +128,7 @@ def prepare(plan: ChildPlan, go_fd: int, status_fd: int, parent_pid: int) -> Non
         sc.set_parent_death_signal(0)
     # Now our cgroup is the scope: a new cgroup namespace makes it the container's root.
     sc.unshare(sc.CLONE_NEWCGROUP)
-    mounts.apply(plan.rootfs, cgroup_plan(plan.cgroup_layout))
-    sc.sethostname(plan.hostname)
-    if plan.private_network:
-        bring_up_loopback()
-    if plan.tty:
-        import fcntl  # noqa: F401 - loaded before pivot_root for open_pty()
-        import socket  # noqa: F401
-        import struct  # noqa: F401
-    mounts.pivot_into(plan.rootfs)
+    mounts.apply("/", cgroup_plan(plan.cgroup_layout))
     if plan.cgroup_layout.mode != "unified":
         mounts.remount_read_only("/", "/sys/fs/cgroup")
     os.umask(0o022)

@@ -26,7 +26,7 @@ from machinectl_py.systemd import scope_properties
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from collections.abc import Mapping, Sequence
+    from collections.abc import Callable, Mapping, Sequence
 
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 REMOVAL_TIMEOUT_USEC = 15_000_000
@@ -73,14 +73,20 @@ def layer_links(container_dir: str, layers: tuple[os.PathLike[str] | str, ...]) 
     return tuple(reversed(names))  # overlayfs wants the top layer first
 
 
+def rootfs_of(cdir: str) -> str:
+    """Where the container's root is mounted (in its own mount namespace only)."""
+    return os.path.join(cdir, "rootfs")
+
+
 def build_child_plan(spec: ContainerSpec, image: images.ResolvedImage, cdir: str, policy: Policy,
                      env: Mapping[str, str], argv: tuple[str, ...], *, binds: Sequence[plan.Bind] = (),
                      detached: bool = False) -> ChildPlan:
+    """Runs in the forked init (see fork_held_init): makes the container dir's parts too."""
     for sub in ("upper", "work", "rootfs"):
         os.makedirs(os.path.join(cdir, sub), mode=0o755, exist_ok=True)
-    return ChildPlan(
+    child_plan = ChildPlan(
         container_dir=cdir,
-        rootfs=os.path.join(cdir, "rootfs"),
+        rootfs=rootfs_of(cdir),
         overlay=plan.Overlay(layer_links(cdir, image.layers), "upper", "work", volatile=spec.remove),
         ops=tuple(plan.base_plan(policy, binds=binds)),
         cgroup_layout=_cgroup_layout(),
@@ -95,10 +101,18 @@ def build_child_plan(spec: ContainerSpec, image: images.ResolvedImage, cdir: str
         tty=spec.tty,
         stdin_devnull=not (spec.tty or spec.interactive),
     )
+    if os.environ.get("PYMACHINE_DEBUG"):
+        for op in child_plan.ops:
+            print(plan.describe(op), file=sys.stderr)
+    return child_plan
 
 
-def fork_held_init(child_plan: ChildPlan, out_w: int, err_w: int) -> tuple[int, int, int]:
-    """Fork the container's init, held on the `go` pipe. Returns (pid, go_w, status_r)."""
+def fork_held_init(make_plan: Callable[[], ChildPlan], out_w: int, err_w: int) -> tuple[int, int, int]:
+    """Fork the container's init, held on the `go` pipe. Returns (pid, go_w, status_r).
+
+    The child makes its own plan (make_plan, e.g. a partial build_child_plan): that work then
+    overlaps systemd's making of the scope, which needs only the child's PID. A plan that
+    cannot be made is a failure the child reports on the status pipe, like any other."""
     go_r, go_w = os.pipe()
     status_r, status_w = os.pipe()
     # unshare(CLONE_NEWPID) changes only where our *next* child goes: that child is
@@ -109,7 +123,7 @@ def fork_held_init(child_plan: ChildPlan, out_w: int, err_w: int) -> tuple[int, 
     if pid == 0:
         os.close(go_w)
         os.close(status_r)
-        child_main(child_plan, go_r, status_w, out_w, err_w, parent)
+        child_main(make_plan, go_r, status_w, out_w, err_w, parent)
     os.close(go_r)
     os.close(status_w)
     return pid, go_w, status_r
@@ -183,12 +197,11 @@ class ForegroundRun:
             record = state.ContainerRecord(
                 name=spec.name, id=self.container_id, image_name=image.name, image_id=image.id,
                 spec=spec, created=state.now(), unit=scope_name(spec.name))
-            state.save(record)
-            child_plan = build_child_plan(spec, image, cdir, policy, env, argv, binds=binds)
-            if os.environ.get("PYMACHINE_DEBUG"):
-                for op in child_plan.ops:
-                    print(plan.describe(op), file=sys.stderr)
-            code = self._start_and_wait(bus, record, child_plan, policy, image.name)
+
+            def make_plan() -> ChildPlan:
+                return build_child_plan(spec, image, cdir, policy, env, argv, binds=binds)
+
+            code = self._start_and_wait(bus, record, make_plan, rootfs_of(cdir), policy, image.name)
             keep_dir = not spec.remove
             return code
         finally:
@@ -199,8 +212,8 @@ class ForegroundRun:
 
                     volumes.remove_anonymous(spec)
 
-    def _start_and_wait(self, bus: Bus, record: state.ContainerRecord, child_plan: ChildPlan, policy: Policy,
-                        image_name: str) -> int:
+    def _start_and_wait(self, bus: Bus, record: state.ContainerRecord, make_plan: Callable[[], ChildPlan],
+                        rootfs: str, policy: Policy, image_name: str) -> int:
         spec = self.spec
         hold_w = journal_copy = -1
         try:
@@ -212,7 +225,7 @@ class ForegroundRun:
                 os.close(fd)
             tty_parent, tty_child = _tty_socketpair() if spec.tty else (-1, -1)
             child_out, child_err = (tty_child, tty_child) if spec.tty else (out_w, err_w)
-            self.leader, go_w, status_r = self._fork_container(child_plan, child_out, child_err)
+            self.leader, go_w, status_r = self._fork_container(make_plan, child_out, child_err)
             # -t: the pty relay below keeps out_w to copy what the terminal shows to the journal.
             journal_copy = out_w if spec.tty else -1
             if journal_copy < 0:
@@ -225,7 +238,7 @@ class ForegroundRun:
             # wait with EINTR and lose the reply. Our handler runs right after, and cancels.
             held = signal.pthread_sigmask(signal.SIG_BLOCK, HELD_SIGNALS)
             try:
-                self._make_machine(bus, child_plan.rootfs, policy)
+                self._make_machine(bus, rootfs, policy, record)
             except PymachineError as e:
                 early = abandon_held_init(spec.name, go_w, status_r)
                 os.close(status_r)
@@ -272,15 +285,18 @@ class ForegroundRun:
             state.save(record)
         return code
 
-    def _make_machine(self, bus: Bus, rootfs: str, policy: Policy) -> None:
+    def _make_machine(self, bus: Bus, rootfs: str, policy: Policy, record: state.ContainerRecord) -> None:
         """machine-NAME.scope with the held init and the forwarder in it, under its limits; then
         the machine registered with machined, which adopts the scope. This is the order of
-        machined's own CreateMachine, with two fewer D-Bus hops (see systemd.start_scope)."""
+        machined's own CreateMachine, with two fewer D-Bus hops (see systemd.start_scope).
+        The container's first record is saved while systemd's job runs."""
         spec = self.spec
         unit = scope_name(spec.name)
         props = scope_properties(spec.name, spec.limits, policy.device_allow, (self.leader, self.forwarder))
         try:
-            systemd.start_scope(bus, unit, props)
+            job = systemd.start_scope(bus, unit, props)
+            state.save(record)
+            systemd.wait_scope_started(bus, unit, job)
         except BusError as e:
             raise PymachineError(f"cannot create the container's scope {unit}: {e.message}",
                                  hint=_hint_for(e)) from None
@@ -335,9 +351,9 @@ class ForegroundRun:
                 os._exit(code)
         return pid
 
-    def _fork_container(self, child_plan: ChildPlan, out_w: int, err_w: int) -> tuple[int, int, int]:
+    def _fork_container(self, make_plan: Callable[[], ChildPlan], out_w: int, err_w: int) -> tuple[int, int, int]:
         """Fork the container's init, held on the `go` pipe. Returns (pid, go_w, status_r)."""
-        return fork_held_init(child_plan, out_w, err_w)
+        return fork_held_init(make_plan, out_w, err_w)
 
     def _install_signal_handlers(self) -> None:
         def forward_signal(signum: int, _frame: object) -> None:

@@ -31,6 +31,7 @@ if TYPE_CHECKING:
     from typing import Any
 
     from machinectl_py import state
+    from machinectl_py.container_init import ChildPlan
     from machinectl_py.spec import ContainerSpec
 
 SYSTEMD_DEST = "org.freedesktop.systemd1"
@@ -347,7 +348,14 @@ def _record_error(name: str, message: str) -> None:
 def _setup(name: str) -> int:
     from machinectl_py import images, state
     from machinectl_py.policy import load_policy
-    from machinectl_py.runtime import abandon_held_init, build_child_plan, command_for, environment, fork_held_init
+    from machinectl_py.runtime import (
+        abandon_held_init,
+        build_child_plan,
+        command_for,
+        environment,
+        fork_held_init,
+        rootfs_of,
+    )
 
     spec, record = load_container(name)
     try:
@@ -365,7 +373,10 @@ def _setup(name: str) -> int:
         from machinectl_py import volumes
 
         binds = volumes.bind_ops(spec)
-    child_plan = build_child_plan(spec, image, record.dir_path, policy, env, argv, binds=binds, detached=True)
+
+    def make_plan() -> ChildPlan:
+        return build_child_plan(spec, image, record.dir_path, policy, env, argv, binds=binds, detached=True)
+
     dropin = os.path.join(dropin_dir(name), DROPIN)
     if (spec.limits.memory_max or spec.limits.cpu_quota_usec or spec.limits.tasks_max) and \
             (not os.path.exists(dropin) or definition_is_newer(name, dropin)):
@@ -377,14 +388,14 @@ def _setup(name: str) -> int:
             manager_call(bus, "SetUnitProperties", "sba(sv)", unit_name(name), True, limit_properties(spec.limits))
     err_fd = journal_stream(name, 3)
     # stdout stays the service's own journal stream (priority info); stderr gets its own at err.
-    leader, go_w, status_r = fork_held_init(child_plan, 1, err_fd)
+    leader, go_w, status_r = fork_held_init(make_plan, 1, err_fd)
     os.close(err_fd)
     released = False
     try:
         with Bus.system() as bus:
             unit = unit_name(name)
             try:
-                _register(bus, name, record.id, leader, child_plan.rootfs, unit)
+                _register(bus, name, record.id, leader, rootfs_of(record.dir_path), unit)
             except PymachineError as e:
                 released = True  # `go` is closed below: the init exits, or has failed already
                 early = abandon_held_init(name, go_w, status_r)

@@ -112,14 +112,19 @@ def run_job(bus: Bus, method: str, unit: str, mode: str = "replace",
     return wait_job(bus, job, timeout_usec)
 
 
-def start_scope(bus: Bus, unit: str, properties: list[Property]) -> None:
-    """Start a transient scope and wait for its job: when this returns, the scope exists, the
-    PIDs are in its cgroup and its limits apply. A job that does not end in "done" is an error.
+def start_scope(bus: Bus, unit: str, properties: list[Property]) -> str:
+    """Ask systemd for a transient scope (StartTransientUnit, mode "fail"); returns its job.
+    The caller may do other work while the job runs, then calls wait_scope_started.
 
     This is what machined's CreateMachine does on our behalf; calling systemd ourselves and
-    then RegisterMachine does the same work with two fewer D-Bus hops (~5 ms of a start here)."""
+    then RegisterMachine does the same work with two fewer D-Bus hops (~4 ms of a start here)."""
     watch_jobs(bus)
-    job = str(call(bus, "StartTransientUnit", "ssa(sv)a(sa(sv))", unit, "fail", properties, [])[0])
+    return str(call(bus, "StartTransientUnit", "ssa(sv)a(sa(sv))", unit, "fail", properties, [])[0])
+
+
+def wait_scope_started(bus: Bus, unit: str, job: str) -> None:
+    """When this returns, the scope exists, its PIDs are in its cgroup and its limits apply.
+    A job that does not end in "done" is an error."""
     result = wait_job(bus, job)
     if result != "done":
         raise BusError("org.freedesktop.systemd1.JobFailed",
