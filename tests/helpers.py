@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import select
 import subprocess
 import time
 from collections.abc import Callable
@@ -28,3 +30,22 @@ def wait_until(predicate: Callable[[], bool], *, what: str, timeout: float = 20,
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {what}")
         time.sleep(interval)
+
+
+def read_until(proc: subprocess.Popen[str], text: str, *, timeout: float = 60) -> str:
+    """Read proc's stdout until `text` appears; return all that was read. AssertionError at the deadline
+    or at the end of the output. (It reads the pipe itself: the text wrapper's readline could block
+    past the deadline; proc.communicate() still gets the rest afterwards.)"""
+    assert proc.stdout is not None, "read_until needs stdout=PIPE"
+    fd, wanted, data = proc.stdout.fileno(), text.encode(), b""
+    deadline = time.monotonic() + timeout
+    while wanted not in data:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise AssertionError(f"{text!r} did not come within {timeout:g} s; it printed {data!r}")
+        if select.select([fd], [], [], left)[0]:
+            chunk = os.read(fd, 65536)
+            if not chunk:
+                raise AssertionError(f"the output ended (exit {proc.wait(10)}) before {text!r}: {data!r}")
+            data += chunk
+    return data.decode(errors="replace")

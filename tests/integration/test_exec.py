@@ -7,6 +7,7 @@ import time
 from collections.abc import Iterator
 
 import pytest
+from ptydrive import Expect, Send, Step, on_pty
 from testhost import LocalHost, TestHost
 
 pytestmark = pytest.mark.integration
@@ -134,35 +135,8 @@ def test_exec_into_nothing(host: AnyHost) -> None:
     assert code == 125 and "not running" in err
 
 
-PTY_DRIVER = r'''
-import os, pty, select, sys, termios, time
-pid, fd = pty.fork()
-if pid == 0:
-    os.execvp(sys.argv[1], sys.argv[1:])
-termios.tcsetwinsize(fd, (40, 100))
-def read(seconds):
-    out, end = b"", time.time() + seconds
-    while time.time() < end:
-        if select.select([fd], [], [], 0.1)[0]:
-            try:
-                data = os.read(fd, 4096)
-            except OSError:
-                break
-            if not data:
-                break
-            out += data
-    return out.decode(errors="replace")
-time.sleep(1.0)
-os.write(fd, b"tty; stty size\n")
-print(read(1.5))
-os.write(fd, b"sleep 100; echo sleep-ended-$?\n")
-time.sleep(0.5)
-os.write(fd, b"\x03")
-print(read(1.5))
-os.write(fd, b"exit 7\n")
-read(2)
-print("exit", os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]))
-'''
+# Where the shell's prompt ends (busybox ash as root, in /).
+PROMPT = "/ # "
 
 
 @pytest.mark.parametrize("mode", ["run", "exec"])
@@ -173,12 +147,22 @@ def test_interactive_tty_window_size_and_ctrl_c(host: AnyHost, mode: str) -> Non
     else:
         host.run(["pymachine", "run", "-d", "--name", name, "busybox", "sleep", "1000"], check=True)
         argv = ["pymachine", "exec", "-it", name, "sh"]
+    steps: list[Step] = [
+        Expect(PROMPT), Send("tty; stty size\n"), Expect("\n40 100"), Expect(PROMPT),
+        # The marker comes from the process Ctrl-C is for, once it is the terminal's foreground: a
+        # Ctrl-C typed while the shell is still starting it would be the shell's, and ignored.
+        Send("sh -c 'echo sleeping-$((6*7)); exec sleep 100'; echo sleep-ended-$?\n"), Expect("sleeping-42"),
+        # The prompt comes back at once, well before `sleep 100` could have ended on its own.
+        Send("\x03"), Expect(PROMPT, timeout=30),
+        Send("exit 7\n"),
+    ]
     try:
-        out = host.run(["python3", "-c", PTY_DRIVER, *argv], timeout=60, check=True).stdout
+        session = on_pty(host, argv, steps, size=(40, 100))
     finally:
         if mode == "exec":
             host.run(["pymachine", "rm", "-f", name], timeout=60)
-    assert "/dev/pts/" in out and "40 100" in out, out
-    # Ctrl-C interrupts `sleep 100` inside (the shell prompt is back at once), not pymachine.
-    assert "/ #" in out.split("^C", 1)[-1], "Ctrl-C must reach the container's foreground process: " + out
-    assert out.rstrip().endswith("exit 7"), out
+    out = session.output
+    assert "/dev/pts/" in out, out
+    # Ctrl-C is a byte that pymachine passes on: the container's terminal turns it into SIGINT (and echoes it).
+    assert "^C" in out.split("sleeping-42\r\n", 1)[-1], "Ctrl-C must reach the container's foreground process: " + out
+    assert session.exit_code == 7, out

@@ -1,6 +1,6 @@
 """`run -t`: what the container prints on its pty reaches the terminal and the journal (docker's
 fields, one stream at priority info), while `exec -t` output stays off the journal, as docker's.
-pymachine runs on a pty the test makes (pty.fork in the test host), as it would in a terminal."""
+pymachine runs on a pty the test makes (tests/ptydrive.py, in the test host), as it would in a terminal."""
 
 from __future__ import annotations
 
@@ -9,54 +9,15 @@ import secrets
 from typing import Any
 
 import pytest
+from ptydrive import Expect, Send, on_pty
 from testhost import LocalHost, TestHost
 
 pytestmark = pytest.mark.integration
 
 AnyHost = TestHost | LocalHost
 
-# Runs COMMAND on a fresh pty, types each line of $TYPE into it after a pause, and prints
-# everything the pty showed, then the exit code.
-PTY_DRIVER = r'''
-import os, pty, select, sys, time
-pid, fd = pty.fork()
-if pid == 0:
-    os.execvp(sys.argv[1], sys.argv[1:])
-out = b""
-typed = [line.encode() + b"\n" for line in os.environ.get("TYPE", "").split("|") if line]
-end = time.time() + 50
-while time.time() < end:
-    if select.select([fd], [], [], 0.5)[0]:
-        try:
-            data = os.read(fd, 4096)
-        except OSError:
-            break
-        if not data:
-            break
-        out += data
-    elif typed and b"# " in out.rsplit(b"\n", 1)[-1]:
-        # Quiet at the shell's prompt: typing earlier (slow start-ups under emulation) could
-        # land before the container's terminal exists and be lost. (The prompt line may end
-        # in busybox's cursor-position query, hence "in", not "endswith".)
-        out += b"\n"
-        os.write(fd, typed.pop(0))
-sys.stdout.write(out.decode(errors="replace"))
-deadline = time.time() + 30  # pymachine tears down after the terminal closes
-while (done := os.waitpid(pid, os.WNOHANG))[0] == 0 and time.time() < deadline:
-    time.sleep(0.05)
-if done[0] == 0:
-    os.kill(pid, 9)  # never hang the test: it fails on its output instead
-    os.waitpid(pid, 0)
-    print("\nkilled: no exit in time")
-else:
-    print("\nexit", os.waitstatus_to_exitcode(done[1]))
-
-'''
-
-
-def on_pty(host: AnyHost, *argv: str, typed: str = "") -> str:
-    r = host.run(["env", f"TYPE={typed}", "python3", "-c", PTY_DRIVER, *argv], timeout=120, check=True)
-    return str(r.stdout)
+# Where the shell's prompt ends (busybox ash as root, in /).
+PROMPT = "/ # "
 
 
 def journal(host: AnyHost, *match: str) -> list[dict[str, Any]]:
@@ -66,10 +27,11 @@ def journal(host: AnyHost, *match: str) -> list[dict[str, Any]]:
 
 def test_run_tty_output_reaches_terminal_and_journal(host: AnyHost) -> None:
     name = f"ttyj{secrets.token_hex(3)}"
-    out = on_pty(host, "pymachine", "run", "--rm", "-it", "--name", name, "busybox",
-                 "sh", "-c", "echo out-line; echo err-line >&2; tty")
+    session = on_pty(host, ["pymachine", "run", "--rm", "-it", "--name", name, "busybox",
+                            "sh", "-c", "echo out-line; echo err-line >&2; tty"])
+    out = session.output
     assert "out-line" in out and "err-line" in out and "/dev/pts/" in out, out
-    assert out.rstrip().endswith("exit 0"), out
+    assert session.exit_code == 0, out
     entries = journal(host, f"CONTAINER_NAME={name}")
     by_message = {e["MESSAGE"]: e for e in entries if isinstance(e.get("MESSAGE"), str)}
     # The pty's \r\n line ends are not part of the logged lines.
@@ -87,10 +49,10 @@ def test_run_tty_output_reaches_terminal_and_journal(host: AnyHost) -> None:
 
 def test_run_it_session_is_logged_and_stays_interactive(host: AnyHost) -> None:
     name = f"ttyi{secrets.token_hex(3)}"
-    out = on_pty(host, "pymachine", "run", "--rm", "-it", "--name", name, "busybox", "sh",
-                 typed="echo typed-$((6*7))|exit 3")
-    assert "typed-42" in out, out
-    assert out.rstrip().endswith("exit 3"), out
+    session = on_pty(host, ["pymachine", "run", "--rm", "-it", "--name", name, "busybox", "sh"],
+                     [Expect(PROMPT), Send("echo typed-$((6*7))\n"), Expect("typed-42"), Expect(PROMPT),
+                      Send("exit 3\n")])
+    assert session.exit_code == 3, session.output
     messages = [e.get("MESSAGE") for e in journal(host, f"CONTAINER_NAME={name}")]
     # The shell's echo of what was typed and the command's output, as the terminal showed them.
     assert "typed-42" in messages, messages
@@ -100,8 +62,8 @@ def test_exec_tty_output_stays_off_the_journal(host: AnyHost) -> None:
     name = f"ttye{secrets.token_hex(3)}"
     host.run(["pymachine", "run", "-d", "--name", name, "busybox", "sleep", "1000"], check=True, timeout=60)
     try:
-        out = on_pty(host, "pymachine", "exec", "-it", name, "sh", "-c", "echo exec-$((2*3))")
-        assert "exec-6" in out and out.rstrip().endswith("exit 0"), out
+        session = on_pty(host, ["pymachine", "exec", "-it", name, "sh", "-c", "echo exec-$((2*3))"])
+        assert "exec-6" in session.output and session.exit_code == 0, session.output
     finally:
         host.run(["pymachine", "rm", "-f", name], timeout=60)
     messages = [e.get("MESSAGE") for e in journal(host, f"CONTAINER_NAME={name}")]
