@@ -94,8 +94,10 @@ def create(spec: ContainerSpec, *, write_definition: bool = True) -> state.Conta
                     volumes.remove_anonymous(spec)
             except Exception:
                 pass  # the original error is the one to report
-                state.remove_dir(spec.name)
+            state.remove_dir(spec.name)
             raise
+        finally:
+            state.release_claim(spec.name)
 
 
 def adopt_definition(name: str) -> state.ContainerRecord:

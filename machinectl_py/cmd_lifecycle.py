@@ -12,6 +12,7 @@ import os
 import sys
 
 from machinectl_py.errors import ConflictError, NotFoundError, PymachineError, UsageError
+from machinectl_py.state import ContainerLock  # the lock lives with the container's directory
 
 # `contextlib` (functools, collections: ~5 ms) stays off the start path: `start` is timed
 # against nspawn; the verbs off that path import it where they use it.
@@ -35,33 +36,6 @@ def _parser(verb: str, description: str) -> argparse.ArgumentParser:
             raise UsageError(f"{self.prog}: {message}", hint=f"see '{self.prog} --help'")
 
     return Parser(prog=f"pymachine {verb}", description=description)
-
-
-class ContainerLock:
-    """An exclusive lock on the container's directory (flock: released if we are killed)."""
-
-    def __init__(self, name: str, *, wait: bool) -> None:
-        self.name = name
-        self.wait = wait
-        self.fd = -1
-
-    def __enter__(self) -> None:
-        import fcntl
-
-        from machinectl_py.paths import container_path
-
-        try:
-            self.fd = os.open(container_path(self.name), os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        except FileNotFoundError:
-            raise NotFoundError(f"no such container: {self.name}") from None
-        try:
-            fcntl.flock(self.fd, fcntl.LOCK_EX | (0 if self.wait else fcntl.LOCK_NB))
-        except BlockingIOError:
-            os.close(self.fd)
-            raise ConflictError(f"container {self.name} is being started or removed by another command") from None
-
-    def __exit__(self, *exc: object) -> None:
-        os.close(self.fd)
 
 
 # -- start ----------------------------------------------------------------------------------------
@@ -159,7 +133,7 @@ def stop_container(bus: Bus, name: str, timeout: float) -> None:
 
 def _stop_any(bus: Bus, name: str, timeout: float) -> None:
     """Stop a detached container, or a foreground one through machined."""
-    from machinectl_py import config, machined, state
+    from machinectl_py import config, state
 
     try:
         record = state.load(name)
@@ -171,11 +145,25 @@ def _stop_any(bus: Bus, name: str, timeout: float) -> None:
         stop_container(bus, name, timeout)
         return
     if record.unit and record.unit.startswith("machine-"):
-        machined.terminate_machine(bus, name)
-        machined.watch_removal(bus)
-        machined.wait_removed(bus, name, int(timeout * USEC) + 5 * USEC)
+        _stop_foreground(bus, name, timeout)
         return
     stop_container(bus, name, timeout)
+
+
+def _stop_foreground(bus: Bus, name: str, timeout: float) -> None:
+    """A `pymachine run` in another terminal: SIGTERM to the container's init, SIGKILL to all of
+    it after the timeout (docker stop's rule; the scope's own stop would wait its 10 s). That
+    run then tears down and exits 128+N; this returns once machined has dropped the machine."""
+    import signal
+
+    from machinectl_py import machined
+
+    machined.watch_removal(bus)
+    if (timeout > 0 and machined.kill_machine(bus, name, signal.SIGTERM, who="leader")
+            and machined.wait_removed(bus, name, int(timeout * USEC))):
+        return
+    if machined.kill_machine(bus, name, signal.SIGKILL, who="all"):
+        machined.wait_removed(bus, name, 10 * USEC)
 
 
 def main_stop(argv: list[str]) -> int:
@@ -269,9 +257,13 @@ def remove(bus: Bus, name: str, *, force: bool, volumes: bool) -> None:
         if defined or removed:
             return
         raise
-    with ContainerLock(name, wait=True):
-        unit = record.unit or service.unit_name(name)
-        if _unit_active(bus, unit):
+    unit = record.unit or service.unit_name(name)
+    lock = _lock_for_removal(bus, name, unit, force)
+    if lock is None:
+        return  # its own `run --rm` removed it meanwhile
+    try:
+        record = state.load(name)  # as its last owner left it
+        if _unit_active(bus, unit):  # started by systemctl meanwhile
             if not force:
                 raise ConflictError(f"container {name} is running",
                                     hint=f"stop it first, or use 'pymachine rm -f {name}'")
@@ -284,6 +276,37 @@ def remove(bus: Bus, name: str, *, force: bool, volumes: bool) -> None:
             service.reload_if_needed(bus, name)
         except Exception:
             pass  # the unit's files are gone; systemd notices on its next reload
+    finally:
+        lock.release()
+
+
+REMOVE_WAIT_SECONDS = 30
+
+
+def _lock_for_removal(bus: Bus, name: str, unit: str, force: bool) -> ContainerLock | None:
+    """The container's lock, taken for `rm`. A foreground `run` holds it for its whole life and
+    `start` while it starts: a running container is refused (or, with -f, killed), and then its
+    owner is waited for, so the directory is never removed under a command still using it.
+    None: the directory is gone (a `run --rm` removed it on its way out)."""
+    import time
+
+    deadline = time.monotonic() + REMOVE_WAIT_SECONDS
+    while True:
+        if _unit_active(bus, unit):
+            if not force:
+                raise ConflictError(f"container {name} is running",
+                                    hint=f"stop it first, or use 'pymachine rm -f {name}'")
+            _stop_any(bus, name, 0)
+        lock = ContainerLock(name, wait=False)
+        try:
+            lock.acquire()
+            return lock
+        except NotFoundError:
+            return None
+        except ConflictError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.02)
 
 
 def _remove_debris(name: str) -> bool:

@@ -185,6 +185,8 @@ class ForegroundRun:
         image = images.resolve(spec.image)
         argv = command_for(spec, image.config)
         env = environment(spec, image.config)
+        # Locked for the run's whole life: `rm -f` kills the container, then waits for this
+        # process to finish its teardown and its last record before it removes the directory.
         cdir = state.claim(spec.name)
         keep_dir = False
         try:
@@ -211,6 +213,7 @@ class ForegroundRun:
                     from machinectl_py import volumes
 
                     volumes.remove_anonymous(spec)
+            state.release_claim(spec.name)
 
     def _start_and_wait(self, bus: Bus, record: state.ContainerRecord, make_plan: Callable[[], ChildPlan],
                         rootfs: str, policy: Policy, image_name: str) -> int:
@@ -220,7 +223,8 @@ class ForegroundRun:
             out_r, out_w = os.pipe()
             err_r, err_w = os.pipe()
             hold_r, hold_w = os.pipe()
-            self.forwarder = self._fork_forwarder(out_r, err_r, hold_r, (out_w, err_w, hold_w), image_name)
+            self.forwarder = self._fork_forwarder(out_r, err_r, hold_r, (out_w, err_w, hold_w, *state.claim_fds()),
+                                                  image_name)
             for fd in (out_r, err_r, hold_r):
                 os.close(fd)
             tty_parent, tty_child = _tty_socketpair() if spec.tty else (-1, -1)

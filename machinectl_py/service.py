@@ -300,9 +300,12 @@ def _adopt(name: str) -> tuple[ContainerSpec, state.ContainerRecord]:
         spec = volumes.create_anonymous(spec)
     image = images.resolve(spec.image)
     state.claim(name)
-    record = state.ContainerRecord(name=name, id=_adopted_id(), image_name=image.name, image_id=image.id,
-                                   spec=spec, created=state.now(), unit=unit_name(name))
-    state.save(record)
+    try:
+        record = state.ContainerRecord(name=name, id=_adopted_id(), image_name=image.name, image_id=image.id,
+                                       spec=spec, created=state.now(), unit=unit_name(name))
+        state.save(record)
+    finally:
+        state.release_claim(name)
     return spec, record
 
 

@@ -1,16 +1,17 @@
 """Container records: /var/lib/pymachine/containers/NAME/container.json.
 
 A container's directory is claimed with an exclusive mkdir (two `run --name x` at once:
-one wins), and container.json is replaced atomically (write, fsync, rename), so a
-reader never sees half a record.
+one wins) and locked while it is made, and container.json is replaced atomically (write,
+rename), so a reader never sees half a record.
 """
 
 from __future__ import annotations
 
+import fcntl
 import os
 import time
 
-from machinectl_py.errors import ConflictError, NotFoundError
+from machinectl_py.errors import ConflictError, NotFoundError, PymachineError
 from machinectl_py.paths import container_path, state_path
 from machinectl_py.spec import ContainerSpec, Limits, Volume
 
@@ -87,8 +88,47 @@ def spec_from_json(data: dict[str, Any]) -> ContainerSpec:
     return ContainerSpec(**fields)
 
 
+class ContainerLock:
+    """An exclusive lock on the container's directory (flock: released if we are killed).
+
+    Held by `claim` until release_claim (a foreground `run` holds it for its whole life),
+    by `start` while it starts and by `rm` while it removes. `gc` and `rm` never take a
+    locked directory for debris."""
+
+    def __init__(self, name: str, *, wait: bool) -> None:
+        self.name = name
+        self.wait = wait
+        self.fd = -1
+
+    def __enter__(self) -> None:
+        self.acquire()
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+    def acquire(self) -> None:
+        try:
+            self.fd = os.open(container_path(self.name), os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            raise NotFoundError(f"no such container: {self.name}") from None
+        try:
+            fcntl.flock(self.fd, fcntl.LOCK_EX | (0 if self.wait else fcntl.LOCK_NB))
+        except BlockingIOError:
+            os.close(self.fd)
+            raise ConflictError(f"container {self.name} is being started or removed by another command") from None
+
+    def release(self) -> None:
+        os.close(self.fd)
+
+
+_claims: dict[str, ContainerLock] = {}
+
+
 def claim(name: str) -> str:
-    """Create the container's directory; fails if the name is taken."""
+    """Create the container's directory and lock it until release_claim.
+
+    The mkdir is exclusive (of two `run --name x` at once, one wins); the lock tells `rm`
+    and `gc` that the directory is being made, not left behind by a killed command."""
     os.makedirs(state_path("containers"), mode=0o700, exist_ok=True)
     path = container_path(name)
     try:
@@ -96,7 +136,24 @@ def claim(name: str) -> str:
     except FileExistsError:
         raise ConflictError(f"container name {name!r} is already in use",
                             hint=f"remove it with 'pymachine rm {name}' or choose another --name") from None
+    lock = ContainerLock(name, wait=False)
+    try:
+        lock.acquire()
+    except PymachineError:  # an `rm` or `gc` took it between our mkdir and flock: theirs now
+        raise ConflictError(f"container {name} was removed while being created") from None
+    _claims[name] = lock
     return path
+
+
+def release_claim(name: str) -> None:
+    lock = _claims.pop(name, None)
+    if lock is not None:
+        lock.release()
+
+
+def claim_fds() -> tuple[int, ...]:
+    """The claims' descriptors: a forked helper that outlives the claim must close them."""
+    return tuple(lock.fd for lock in _claims.values())
 
 
 def save(record: ContainerRecord) -> None:

@@ -165,6 +165,34 @@ def _state_of(host: AnyHost, name: str) -> str:
     return str(json.loads(r.stdout)["state"]) if r.returncode == 0 else ""
 
 
+def test_rm_f_of_a_foreground_run_kills_it_and_waits_for_its_teardown(host: AnyHost) -> None:
+    """docker rm -f: the container dies at once (its `sleep` as PID 1 ignores SIGTERM), the run in
+    the other terminal exits 137 after its own teardown, and only then is the directory removed."""
+    proc = host.popen(["pymachine", "run", "--name", "fgrm", "busybox", "sleep", "60"])
+    wait_until(lambda: "fgrm" in machine_names(host), what="machine fgrm")
+    r = pm(host, "rm", "-f", "fgrm")
+    assert r.returncode == 0, r.stderr
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 128 + signal.SIGKILL and err == "", err
+    assert host.run(["test", "-e", "/var/lib/pymachine/containers/fgrm"]).returncode != 0
+    assert "fgrm" not in machine_names(host)
+
+
+@pytest.mark.parametrize(("timeout", "code"), [("10", 3), ("0", 128 + signal.SIGKILL)])
+def test_stop_of_a_foreground_run_is_sigterm_then_sigkill_after_its_timeout(host: AnyHost, timeout: str,
+                                                                           code: int) -> None:
+    """pymachine stop [-t N] of a `run` in another terminal, as docker stop: SIGTERM to the init
+    (which traps it: exit 3), or with -t 0 SIGKILL at once (137); the run exits with that code."""
+    name = f"fgstop{timeout}"
+    proc = host.popen(["pymachine", "run", "--rm", "--name", name, "busybox", "sh", "-c",
+                       "trap 'exit 3' TERM; echo ready; while :; do sleep 1; done"])
+    assert proc.stdout is not None and proc.stdout.readline() == "ready\n"
+    assert pm(host, "stop", "-t", timeout, name).returncode == 0
+    proc.communicate(timeout=30)
+    assert proc.returncode == code
+    assert name not in machine_names(host)
+
+
 def test_without_rm_the_container_dir_stays_with_its_exit(host: AnyHost) -> None:
     assert pm(host, "run", "--name", "keep", "busybox", "sh", "-c", "echo data > /kept; exit 3").returncode == 3
     record = json.loads(host.run(["cat", "/var/lib/pymachine/containers/keep/container.json"], check=True).stdout)
