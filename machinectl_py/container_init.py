@@ -72,14 +72,8 @@ def child_main(make_plan: Callable[[], ChildPlan], go_fd: int, status_fd: int, s
         code = EXIT_CANNOT_INVOKE
         launch(plan, status_fd, stdout_fd, stderr_fd)
     except BaseException as e:
-        _report(status_fd, code if not isinstance(e, _ExecFailed) else e.code, _describe(e))
+        _report(status_fd, code, _describe(e))
     os._exit(code)
-
-
-class _ExecFailed(Exception):
-    def __init__(self, code: int, message: str) -> None:
-        super().__init__(message)
-        self.code = code
 
 
 def _describe(e: BaseException) -> str:
@@ -155,8 +149,8 @@ def launch(plan: ChildPlan, status_fd: int, stdout_fd: int, stderr_fd: int) -> N
     try:
         os.chdir(plan.workdir)
     except OSError as e:
-        raise _ExecFailed(EXIT_CANNOT_INVOKE, f"cannot change to working directory {plan.workdir}: {e.strerror}") \
-            from None
+        # Reported here, on fd 3: the status fd child_main knows was closed just above.
+        _report(keep_status, EXIT_CANNOT_INVOKE, f"cannot change to working directory {plan.workdir}: {e.strerror}")
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGPIPE, signal.SIGCHLD):
         signal.signal(sig, signal.SIG_DFL)
     signal.pthread_sigmask(signal.SIG_SETMASK, [])

@@ -299,6 +299,7 @@ def test_seccomp_filter_denies_user_namespaces_and_keyrings(host: AnyHost) -> No
     (["--name", "nf", "no-such-image", "true"], 125, "no such image"),
     (["--name", "nf2", "busybox", "no-such-command"], 127, "executable file not found"),
     (["--name", "nx", "busybox", "/etc/passwd"], 126, "cannot run"),
+    (["--name", "nwd", "-w", "/nope", "busybox", "pwd"], 126, "cannot change to working directory /nope"),
 ])
 def test_bad_input_is_one_clear_line_and_leaves_nothing(host: AnyHost, argv: list[str], code: int,
                                                          message: str) -> None:
