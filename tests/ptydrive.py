@@ -26,7 +26,7 @@ import signal
 import sys
 import termios
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -66,11 +66,10 @@ class Session:
     """What the terminal showed (raw: control sequences included), and how the command ended."""
 
     output: str
-    exit_code: int | None  # None: it did not end in time and was killed
-    error: str | None = None  # the step that failed, if one did
+    exit_code: int | None  # None: it did not end even after a hangup and was killed
+    error: str | None = None  # the step that failed, or that it did not end in time
     answered_queries: int = 0
     steps_done: int = 0
-    notes: list[str] = field(default_factory=list)
 
 
 class _Terminal:
@@ -97,6 +96,7 @@ class _Terminal:
         self.answered = 0
         self._scanned = 0  # output before this offset has been searched for queries
         self.closed = False  # the other side is gone (EIO or EOF on read)
+        self.hung_up = False
 
     def pump(self, wait: float) -> bool:
         """Read what is available within `wait` seconds and answer any query in it; False if nothing came."""
@@ -148,13 +148,14 @@ class _Terminal:
             self.pump(min(0.2, deadline - time.monotonic()))
 
     def finish(self, deadline: float) -> int | None:
-        """Read until the command ends (its exit code), or kill it at the deadline (None)."""
-        status = None
-        while status is None and time.monotonic() < deadline:
-            self.pump(0.1)
-            done, raw = os.waitpid(self.pid, os.WNOHANG)
-            if done:
-                status = os.waitstatus_to_exitcode(raw)
+        """Read until the command ends; its exit code. If it is still running at the deadline, hang up,
+        as closing the window would (pymachine then tears down what it made), and after a grace
+        period kill it (None)."""
+        status = self._wait_exit(deadline)
+        if status is None:
+            self.hung_up = True
+            os.kill(self.pid, signal.SIGHUP)
+            status = self._wait_exit(time.monotonic() + _HANGUP_GRACE)
         if status is None:
             os.kill(self.pid, signal.SIGKILL)
             os.waitpid(self.pid, 0)
@@ -164,12 +165,21 @@ class _Terminal:
         os.close(self.fd)
         return status
 
+    def _wait_exit(self, deadline: float) -> int | None:
+        while True:
+            done, raw = os.waitpid(self.pid, os.WNOHANG)
+            if done:
+                return os.waitstatus_to_exitcode(raw)
+            if time.monotonic() >= deadline:
+                return None
+            if not self.pump(0.1) and self.closed:
+                time.sleep(0.05)  # the pty is closed but the process is still tearing down
+
 
 def drive(argv: Sequence[str], steps: Sequence[Step] = (), *, rows: int = 24, cols: int = 80,
           timeout: float = 120.0) -> Session:
     """Run argv on a new rows x cols pty, play `steps`, then read until it exits (at most `timeout`
-    seconds in all). A step that fails stops the steps and hangs the terminal up, as closing the
-    window would, so the command (pymachine) still tears down what it made."""
+    seconds in all). A step that fails stops the steps and hangs the terminal up at once."""
     end = time.monotonic() + timeout
     term = _Terminal(argv, rows, cols)
     since, done, error = 0, 0, None
@@ -177,26 +187,25 @@ def drive(argv: Sequence[str], steps: Sequence[Step] = (), *, rows: int = 24, co
         if isinstance(step, Send):
             term.type(step.text.encode())
         else:
-            matched = term.wait_for(step.text.encode(), since, min(end, time.monotonic() + step.timeout))
+            started = time.monotonic()
+            matched = term.wait_for(step.text.encode(), since, min(end, started + step.timeout))
             if matched is None:
-                ended = "the terminal closed" if term.closed else f"{step.timeout:g} s passed"
-                error = f"step {done + 1}: {step.text!r} never came ({ended})"
+                why = "the terminal closed" if term.closed else f"waited {time.monotonic() - started:.0f} s"
+                error = f"step {done + 1}: {step.text!r} never came ({why})"
                 break
             since = matched
         done += 1
-    if error is not None and not term.closed:
-        os.kill(term.pid, signal.SIGHUP)
-        end = min(end, time.monotonic() + _HANGUP_GRACE)
-    exit_code = term.finish(end)
-    notes = [] if exit_code is not None else [f"killed: it did not end within {timeout:g} s"]
-    return Session(term.output.decode(errors="replace"), exit_code, error, term.answered, done, notes)
+    exit_code = term.finish(time.monotonic() if error else end)
+    if error is None and term.hung_up:
+        error = f"it did not end within {timeout:g} s (hung up{'' if exit_code is not None else ', then killed'})"
+    return Session(term.output.decode(errors="replace"), exit_code, error, term.answered, done)
 
 
 def on_pty(host: TestHost | LocalHost, argv: Sequence[str], steps: Sequence[Step] = (), *,
            size: tuple[int, int] = (24, 80), timeout: float = 120.0) -> Session:
     """Run argv in the host on a pty of size (rows, cols), playing `steps` (see drive()).
 
-    Raises AssertionError with the transcript when an Expect step failed."""
+    Raises AssertionError with the transcript when an Expect step failed or the command did not end."""
     request = {
         "argv": list(argv), "rows": size[0], "cols": size[1], "timeout": timeout,
         "steps": [{"expect" if isinstance(s, Expect) else "send": asdict(s)} for s in steps],

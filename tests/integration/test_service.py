@@ -306,14 +306,14 @@ def test_logs_tail_since_and_a_reused_name(host: AnyHost, cleanup: list[str]) ->
     name = unique("logs")
     cleanup.append(name)
     pm(host, "run", "-d", "--name", name, "busybox", "sh", "-c", "for i in 1 2 3 4 5; do echo old$i; done; sleep 1000")
-    wait_for(lambda: "old5" in pm(host, "logs", name), what="the old container's lines")
+    wait_for(lambda: "old5" in pm(host, "logs", name), what="the old container's lines", timeout=60)
     assert pm(host, "logs", "-n", "2", name).split() == ["old4", "old5"]
     assert pm(host, "logs", "--since", "1 hour ago", name).split() == [f"old{i}" for i in range(1, 6)]
     pm(host, "rm", "-f", name)
     # It prints each line written to /fifo: lines the test makes after `logs -f` has started.
     pm(host, "run", "-d", "--name", name, "busybox", "sh", "-c",
        'mkfifo /fifo; echo new; while :; do read line < /fifo && echo "$line"; done')
-    wait_for(lambda: "new" in pm(host, "logs", name), what="the new container's line")
+    wait_for(lambda: "new" in pm(host, "logs", name), what="the new container's line", timeout=60)
     assert pm(host, "logs", name).split() == ["new"], "a new container of the same name has its own logs"
     follow = host.popen(["pymachine", "logs", "-f", name])
     try:
