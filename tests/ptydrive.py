@@ -9,11 +9,11 @@ Two halves, one file:
   the standard library.
 - `on_pty(host, argv, steps)` is what tests call: it runs this file in the host and returns a `Session`
   (the transcript and the exit status). It raises AssertionError, with the transcript, if an expected
-  output never came.
+  output never came or the command did not end in time.
 
 The terminal answers the queries a real one answers (busybox's line editor asks for the cursor
-position after each prompt, ESC[6n; unanswered, the question lingers and a late answer lands in what
-is typed next), so what the command sees is what it would see in a terminal emulator.
+position after each prompt, ESC[6n, and reads the answer as input), so what the command sees is what
+it would see in a terminal emulator. The window size is set before the command starts.
 """
 
 from __future__ import annotations
