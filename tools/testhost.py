@@ -16,13 +16,23 @@ simply run locally (`LocalHost`). Where it is not (this kind of CI machine), `Te
   the new root and execs systemd with `container=pymachine-testhost`;
 - the launcher copies the console pty into console.log and reaps PID 1.
 
+On a pure cgroup v2 host the host's systemd needs a subtree delegated to it, with no process in a
+cgroup whose controllers are enabled for its children (the kernel's no-internal-process rule). The
+subtree is laid out like systemd-nspawn's: <base>/supervisor holds the launcher, <base>/payload is
+the root of the cgroup namespace (systemd inside moves itself to payload/init.scope), controllers
+are enabled in <base>, and only cgroup2 is mounted at /sys/fs/cgroup inside. Where systemd is PID 1
+(the VM tier), <base> is a transient scope with Delegate=yes that the launcher is started in
+(`systemd-run --scope`); elsewhere (a container) it is a child of the caller's cgroup, whose
+processes first move to a leaf `init` (docker-in-docker's convention) so it may pass controllers down.
+
 Commands run inside via `nsenter`, after moving themselves into the test host's root cgroup so
 systemd inside may move them into scopes (a cgroup namespace forbids migrating a process whose
 cgroup lies outside the migrator's namespace root).
 
-Teardown kills PID 1 (the whole PID namespace dies with it), removes the cgroups and the state
-directory. All mounting happens inside the private mount namespace, so the real host's mount table
-never changes. A run killed before it could tear down is cleaned at the next start.
+Teardown kills PID 1 (the whole PID namespace dies with it), stops the scope (v2 under systemd),
+removes the cgroups and the state directory. All mounting happens inside the private mount
+namespace, so the real host's mount table never changes. A run killed before it could tear down
+is cleaned at the next start.
 
 Standard library only: runs under /usr/bin/python3 and the project's venv python alike.
 
@@ -305,6 +315,75 @@ def make_child_cgroup(h: Hierarchy, child: str) -> str:
     return path
 
 
+# On a pure cgroup v2 host the test host gets a delegated subtree of its own, laid out like
+# systemd-nspawn's: <base>/supervisor holds the launcher, <base>/payload is the root of the host's
+# cgroup namespace (systemd inside moves itself to payload/init.scope). Controllers are enabled in
+# <base> only: a v2 cgroup with controllers in cgroup.subtree_control may hold no process itself.
+SUPERVISOR, PAYLOAD = "supervisor", "payload"
+# Where the processes of a v2 cgroup no systemd manages move so that it can pass controllers down:
+# the leaf docker-in-docker's entrypoint uses for the same purpose.
+EVACUATION_LEAF = "init"
+
+
+def is_pure_cgroup2(hierarchies: Sequence[Hierarchy]) -> bool:
+    return len(hierarchies) == 1 and hierarchies[0].version == 2 and hierarchies[0].name == ""
+
+
+def _cgroup_procs(path: str) -> list[int]:
+    return [int(p) for p in Path(path, "cgroup.procs").read_text().split()]
+
+
+def enable_controllers(path: str) -> list[str]:
+    """Enable in path's cgroup.subtree_control every controller it has; return those that would not."""
+    refused: list[str] = []
+    enabled = set(Path(path, "cgroup.subtree_control").read_text().split())
+    for controller in Path(path, "cgroup.controllers").read_text().split():
+        if controller not in enabled:
+            try:
+                Path(path, "cgroup.subtree_control").write_text(f"+{controller}")
+            except OSError:
+                refused.append(controller)
+    return refused
+
+
+def _evacuate(path: str) -> None:
+    """Move every process of the v2 cgroup path into its leaf EVACUATION_LEAF (forks race: repeat)."""
+    leaf = os.path.join(path, EVACUATION_LEAF)
+    os.makedirs(leaf, exist_ok=True)
+    error = ""
+    for _ in range(20):
+        pids = _cgroup_procs(path)
+        if not pids:
+            return
+        for pid in pids:
+            try:
+                Path(leaf, "cgroup.procs").write_text(str(pid))
+            except ProcessLookupError:
+                pass
+            except OSError as e:
+                error = f" ({e.strerror})"
+    raise TestHostError(f"cannot move the processes of cgroup {path} to {leaf}{error}: pids {_cgroup_procs(path)}")
+
+
+def v2_delegation_parent(h: Hierarchy) -> str:
+    """The v2 cgroup to create the test host's subtree in, where no systemd manages the tree (a
+    container): the caller's own cgroup, made able to pass its controllers down. That needs it empty
+    of processes (the real root cgroup is exempt), so its processes (the caller, and in a container
+    everything else in the container's root cgroup) move to <it>/init first, as docker-in-docker
+    does; a caller already in such a leaf uses its parent. Not undone: other processes live there."""
+    current = os.path.join(h.mountpoint, h.current.lstrip("/"))
+    parent = os.path.dirname(current)
+    if h.current != "/" and os.path.basename(current) == EVACUATION_LEAF and not _cgroup_procs(parent):
+        current = parent
+    wanted = set(Path(current, "cgroup.controllers").read_text().split())
+    missing = wanted - set(Path(current, "cgroup.subtree_control").read_text().split())
+    real_root = not os.path.exists(os.path.join(current, "cgroup.type"))  # a file every other cgroup has
+    if missing and not real_root and _cgroup_procs(current):
+        _evacuate(current)
+    enable_controllers(current)
+    return current
+
+
 def filesystem_type(path: Path) -> str:
     """The type of the filesystem path lives on, from this process's mount table."""
     best, fstype = "", ""
@@ -364,6 +443,7 @@ class HostState:
     launcher_start: int | None = None
     host_pid: int | None = None
     host_start: int | None = None
+    scope: str | None = None  # the systemd scope holding the host's cgroup (pure v2 under systemd)
 
     @staticmethod
     def load(path: Path) -> HostState:
@@ -404,6 +484,8 @@ def _teardown_state(state: HostState, state_dir: Path) -> None:
         if pid is not None and process_alive(pid, start):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
+    if state.scope:
+        stop_scope(state.scope)
     errors: list[str] = []
     for cg in state.cgroups:
         try:
@@ -413,6 +495,15 @@ def _teardown_state(state: HostState, state_dir: Path) -> None:
     if errors:
         raise TestHostError("; ".join(errors))
     _remove_state_dir(state_dir)
+
+
+def stop_scope(scope: str) -> None:
+    """Have systemd stop the host's scope (it kills what is left and removes its cgroup tree)."""
+    with contextlib.suppress(OSError, subprocess.SubprocessError):
+        subprocess.run(
+            ["systemctl", "stop", "--quiet", scope], stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=30,
+        )
 
 
 def _remove_state_dir(state_dir: Path) -> None:
@@ -681,6 +772,7 @@ class TestHost(_HostBase):
         systemd: str | None = None,
         state_base: Path = STATE_BASE,
         python: str | None = None,
+        v2_delegation: str = "auto",
     ) -> None:
         """path_prepend: directories put in front of PATH for commands inside.
         shared_paths: host directories bind-mounted at the same path inside, so that writes on
@@ -689,6 +781,9 @@ class TestHost(_HostBase):
         /tmp is deliberately not shared). systemd: the binary to boot (default
         $PYMACHINE_TESTHOST_SYSTEMD or /lib/systemd/systemd; tests inject a bogus one).
         python: the interpreter for the launcher (default: this one).
+        v2_delegation: on a pure cgroup v2 host, where the host's cgroup subtree comes from:
+        "systemd" (a delegated scope), "own" (a child of the caller's cgroup, as in a container
+        without systemd), "auto" (systemd when it is PID 1, else own). Ignored on hybrid hosts.
 
         The host dies with the thread that started it (a parent death signal guards against
         leaks when the owner is killed): start it from a thread that outlives its use."""
@@ -699,6 +794,9 @@ class TestHost(_HostBase):
         self.systemd = systemd or os.environ.get("PYMACHINE_TESTHOST_SYSTEMD") or DEFAULT_SYSTEMD
         self.state_base = state_base
         self.python = python or sys.executable
+        if v2_delegation not in ("auto", "systemd", "own"):
+            raise TestHostError(f"v2_delegation={v2_delegation!r}: expected auto, systemd or own")
+        self.v2_delegation = v2_delegation
         self.id = secrets.token_hex(6)
         self.state_dir = state_base / self.id
         self.pid = 0
@@ -708,6 +806,7 @@ class TestHost(_HostBase):
         self._launcher: subprocess.Popen[bytes] | None = None
         self._cgroup_dirs: list[str] = []
         self._root_cgroups: list[str] = []  # the host's root cgroup in every hierarchy
+        self.scope: str | None = None  # systemd's delegated scope for the host (pure v2 under systemd)
         self._stopped = False
 
     def __repr__(self) -> str:
@@ -746,25 +845,58 @@ class TestHost(_HostBase):
         for sub in ("upper", "work", "root"):
             (self.state_dir / sub).mkdir()
         self._populate_upper(self.state_dir / "upper")
-        child = f"pymachine-testhost-{self.id}"
         hierarchies = cgroup_hierarchies()
         if not hierarchies:
             raise TestHostError("no cgroup hierarchy is mounted on this host")
-        for h in hierarchies:
-            path = make_child_cgroup(h, child)
-            self._cgroup_dirs.append(path)
-            self._state.cgroups.append(path)
-            self._state.save(self.state_dir / "state.json")
-        self._root_cgroups = list(self._cgroup_dirs)
+        if is_pure_cgroup2(hierarchies):
+            cgroups = self._prepare_v2_cgroups(hierarchies[0])
+        else:
+            cgroups = self._prepare_child_cgroups(hierarchies)
         config = {
             "systemd": self.systemd,
-            "cgroups": self._cgroup_dirs,
+            **cgroups,
             "hierarchies": [h.__dict__ for h in hierarchies],
             "shared_paths": self.shared_paths,
             "owner": os.getpid(),
             "layers_on_tmpfs": filesystem_type(self.state_dir) == "overlay",
         }
         (self.state_dir / "config.json").write_text(json.dumps(config, indent=1))
+
+    def _record_cgroup(self, path: str) -> None:
+        """Note a cgroup for teardown (on disk too, for clean_stale) before anything creates it."""
+        assert self._state is not None
+        self._cgroup_dirs.append(path)
+        self._state.cgroups.append(path)
+        self._state.save(self.state_dir / "state.json")
+
+    def _prepare_child_cgroups(self, hierarchies: Sequence[Hierarchy]) -> dict[str, Any]:
+        """Hybrid or v1: a child of the caller's cgroup in every hierarchy becomes the host's root.
+        The launcher enters them to fork PID 1 and goes back to its parents' (no controller is
+        enabled on the hybrid host's cgroup2 hierarchy, so processes may stay in inner nodes)."""
+        for h in hierarchies:
+            self._record_cgroup(make_child_cgroup(h, f"pymachine-testhost-{self.id}"))
+        self._root_cgroups = list(self._cgroup_dirs)
+        return {"delegated": "", "in_scope": False, "enter": self._cgroup_dirs,
+                "leave": [os.path.dirname(cg) for cg in self._cgroup_dirs]}
+
+    def _prepare_v2_cgroups(self, h: Hierarchy) -> dict[str, Any]:
+        """Pure cgroup v2: a delegated subtree (base) where the launcher makes supervisor/ and payload/.
+        Under systemd, base is a transient scope with Delegate=yes that the launcher starts in
+        (systemd-run --scope), so systemd never finds foreign cgroups in its tree; elsewhere (a
+        container) base is a child of the caller's cgroup, which passes its controllers down."""
+        name = f"pymachine-testhost-{self.id}"
+        if self.v2_delegation == "systemd" or (self.v2_delegation == "auto" and systemd_is_pid1()):
+            assert self._state is not None
+            self.scope = self._state.scope = f"{name}.scope"
+            base = os.path.join(h.mountpoint, "system.slice", self.scope)
+            self._record_cgroup(base)
+        else:
+            base = os.path.join(v2_delegation_parent(h), name)
+            self._record_cgroup(base)
+            os.mkdir(base)
+        self._root_cgroups = [os.path.join(base, PAYLOAD)]
+        return {"delegated": base, "in_scope": self.scope is not None, "enter": self._root_cgroups,
+                "leave": [os.path.join(base, SUPERVISOR)]}
 
     def _populate_upper(self, upper: Path) -> None:
         """Configure the overlay before it is mounted (the upper dir is never touched while mounted)."""
@@ -793,9 +925,15 @@ class TestHost(_HostBase):
     def _launch(self) -> None:
         assert self._state is not None
         console = open(self.state_dir / "console.log", "wb")  # noqa: SIM115 (handed to the launcher)
+        launcher = [self.python, "-I", "-S", os.path.abspath(__file__), "_boot", str(self.state_dir)]
+        if self.scope:
+            # Runs the launcher itself (same PID, same parent) in a scope systemd delegates to it.
+            launcher = ["systemd-run", "--quiet", "--scope", "--collect", f"--unit={self.scope}",
+                        "--slice=system.slice", "--property=Delegate=yes",
+                        f"--description=pymachine test host {self.id}", "--", *launcher]
         with console:
             self._launcher = subprocess.Popen(
-                [self.python, "-I", "-S", os.path.abspath(__file__), "_boot", str(self.state_dir)],
+                launcher,
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.PIPE,
                 stderr=console,
@@ -891,6 +1029,8 @@ class TestHost(_HostBase):
         self._stopped = True
         try:
             self._kill()
+            if self.scope:
+                stop_scope(self.scope)
             errors: list[str] = []
             for cg in self._cgroup_dirs:
                 try:
@@ -951,7 +1091,9 @@ def _boot_main(state_dir: Path) -> int:
     if os.getppid() != config["owner"]:
         return 1
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    for cg in config["cgroups"]:
+    if config["delegated"]:
+        _take_delegated_cgroup(config["delegated"], config["in_scope"])
+    for cg in config["enter"]:
         Path(cg, "cgroup.procs").write_text("0")
     master, slave = os.openpty()
     console_path = os.ttyname(slave)
@@ -966,12 +1108,25 @@ def _boot_main(state_dir: Path) -> int:
         os._exit(127)
     # PID 1 took the fresh cgroups along; leave them to it. A process systemd cannot see in its
     # root cgroup would keep it from enabling controllers there on a cgroup2-only host.
-    for cg in config["cgroups"]:
-        Path(os.path.dirname(cg), "cgroup.procs").write_text("0")
+    for cg in config["leave"]:
+        Path(cg, "cgroup.procs").write_text("0")
     # Keep our copy of the slave open: systemd opens and closes /dev/console as it pleases, and
     # with no slave open a read on the master fails at once (EIO), which would make the pump spin.
     print(pid, flush=True)
     return _pump_console(master, pid)
+
+
+def _take_delegated_cgroup(base: str, in_scope: bool) -> None:
+    """Pure v2: lay out the delegated subtree base, the launcher in base/supervisor, controllers
+    enabled in base for the payload. In a systemd scope the launcher must already sit in base."""
+    if in_scope:
+        own = Path("/proc/self/cgroup").read_text().splitlines()[0].split(":", 2)[2]
+        if not base.endswith(own) or own == "/":
+            raise TestHostError(f"systemd-run put the launcher in cgroup {own}, not in {base}")
+    for leaf in (SUPERVISOR, PAYLOAD):
+        os.mkdir(os.path.join(base, leaf))
+    Path(base, SUPERVISOR, "cgroup.procs").write_text("0")
+    enable_controllers(base)
 
 
 def _pump_console(master: int, pid: int) -> int:
