@@ -806,6 +806,10 @@ class TestHost(_HostBase):
         self._launcher: subprocess.Popen[bytes] | None = None
         self._cgroup_dirs: list[str] = []
         self._root_cgroups: list[str] = []  # the host's root cgroup in every hierarchy
+        # Where commands enter before nsenter (see ENTER_SCRIPT): the root cgroups, or on pure v2
+        # payload/init.scope, which systemd makes early at start-up: a process in its root cgroup
+        # would keep it from enabling controllers there (no internal processes), for good.
+        self._enter_cgroups: list[str] = []
         self.scope: str | None = None  # systemd's delegated scope for the host (pure v2 under systemd)
         self._stopped = False
 
@@ -876,6 +880,7 @@ class TestHost(_HostBase):
         for h in hierarchies:
             self._record_cgroup(make_child_cgroup(h, f"pymachine-testhost-{self.id}"))
         self._root_cgroups = list(self._cgroup_dirs)
+        self._enter_cgroups = self._root_cgroups
         return {"delegated": "", "in_scope": False, "enter": self._cgroup_dirs,
                 "leave": [os.path.dirname(cg) for cg in self._cgroup_dirs]}
 
@@ -895,6 +900,7 @@ class TestHost(_HostBase):
             self._record_cgroup(base)
             os.mkdir(base)
         self._root_cgroups = [os.path.join(base, PAYLOAD)]
+        self._enter_cgroups = [os.path.join(base, PAYLOAD, "init.scope")]
         return {"delegated": base, "in_scope": self.scope is not None, "enter": self._root_cgroups,
                 "leave": [os.path.join(base, SUPERVISOR)]}
 
@@ -955,6 +961,12 @@ class TestHost(_HostBase):
         self._state.save(self.state_dir / "state.json")
 
     def _wait_running(self, deadline: float) -> None:
+        while not all(os.path.isdir(cg) for cg in self._enter_cgroups):
+            if not self.alive():
+                raise TestHostError(f"systemd (PID {self.pid}) died during boot")
+            if time.monotonic() > deadline:
+                raise TestHostError("timed out waiting for the test host to boot")
+            time.sleep(0.02)
         while True:
             if not self.alive():
                 raise TestHostError(f"systemd (PID {self.pid}) died during boot")
@@ -1009,7 +1021,7 @@ class TestHost(_HostBase):
         assignments = [f"{k}={v}" for k, v in _command_env(self.path_prepend, env).items()]
         wrapper = [
             "/bin/sh", "-c", ENTER_SCRIPT, "sh", "foreground" if foreground else "background",
-            str(len(self._root_cgroups)), *self._root_cgroups,
+            str(len(self._enter_cgroups)), *self._enter_cgroups,
             "nsenter", f"--target={self.pid}", "--all", "--root", "--wd",
             "/usr/bin/env", "--ignore-environment", f"--chdir={cwd or '/'}", *assignments,
         ]

@@ -162,7 +162,7 @@ def test_scope_enforces_memory_max(host: AnyHost) -> None:
     script = (
         f"systemctl show -p MemoryMax --value {unit}; "
         "if [ -f /sys/fs/cgroup/cgroup.controllers ]; then "
-        "  cat /sys/fs/cgroup$(sed -n 's/^0:://p' /proc/self/cgroup)/memory.max; "
+        "  d=/sys/fs/cgroup$(sed -n 's/^0:://p' /proc/self/cgroup); cat $d/memory.max || ls $d; "
         "else cat /sys/fs/cgroup/memory$(sed -n 's/^[0-9]*:memory://p' /proc/self/cgroup)"
         "/memory.limit_in_bytes; fi"
     )
@@ -271,14 +271,16 @@ def assert_memory_max_is_enforced(h: TestHost) -> None:
     """Controllers reach the host's systemd: a scope's MemoryMax lands in its cgroup (v1 or v2)."""
     script = (
         "if [ -f /sys/fs/cgroup/cgroup.controllers ]; then "
-        "  cat /sys/fs/cgroup$(sed -n 's/^0:://p' /proc/self/cgroup)/memory.max; "
+        "  d=/sys/fs/cgroup$(sed -n 's/^0:://p' /proc/self/cgroup); cat $d/memory.max || ls $d; "
         "else cat /sys/fs/cgroup/memory$(sed -n 's/^[0-9]*:memory://p' /proc/self/cgroup)"
         "/memory.limit_in_bytes; fi"
     )
     r = h.run(["systemd-run", "--quiet", "--scope", "-p", "MemoryMax=64M", "sh", "-c", script])
-    tree = h.run(["sh", "-c", "grep -r . /sys/fs/cgroup/cgroup.subtree_control /sys/fs/cgroup/*/cgroup.subtree_control"
-                  " /sys/fs/cgroup/*/cgroup.controllers"]).stdout
-    assert r.stdout.split() == [str(MEMORY_MAX)], f"{r.stderr}\n{tree}"
+    if r.stdout.split() != [str(MEMORY_MAX)]:
+        tree = h.run(["sh", "-c", "cat /proc/self/cgroup; findmnt /sys/fs/cgroup; for d in /sys/fs/cgroup "
+                      "/sys/fs/cgroup/*/; do echo $d $(cat $d/cgroup.controllers) / $(cat $d/cgroup.subtree_control); "
+                      "done; systemctl show -p DefaultMemoryAccounting"])
+        raise AssertionError(f"{r.stdout}\n{r.stderr}\n{tree.stdout}\n{tree.stderr}")
 
 
 def test_stopped_host_leaves_nothing_behind(state_base: Path) -> None:
