@@ -129,6 +129,17 @@ def fork_held_init(make_plan: Callable[[], ChildPlan], out_w: int, err_w: int) -
     return pid, go_w, status_r
 
 
+def in_unit_cgroup(pid: int, unit: str) -> bool:
+    """Is `pid` (alive, or dead and not yet reaped) in the cgroup of `unit`? On v1 and v2 alike
+    systemd's own hierarchy names the unit as the cgroup path's last component."""
+    try:
+        with open(f"/proc/{pid}/cgroup") as f:
+            paths = [line.rstrip("\n").split(":", 2)[2] for line in f]
+    except (OSError, IndexError):
+        return False
+    return any(path.endswith("/" + unit) for path in paths)
+
+
 def abandon_held_init(name: str, go_w: int, status_r: int) -> PymachineError | None:
     """The start is abandoned before the payload ran: EOF on `go` makes the held init exit
     without running anything. If the init had failed on its own already (a hostile image,
@@ -305,6 +316,12 @@ class ForegroundRun:
             raise PymachineError(f"cannot create the container's scope {unit}: {e.message}",
                                  hint=_hint_for(e)) from None
         self.scope_started = True
+        # machined finds the machine's unit from the leader's cgroup. An init that died before
+        # systemd could move it (it failed on its own) is still in *our* cgroup, maybe the
+        # user's session: registered there, the machine would belong to that unit, and a
+        # terminate would stop it. Such an init is a failed start (its status says why).
+        if not in_unit_cgroup(self.leader, unit):
+            raise PymachineError(f"the container's init never reached {unit}")
         try:
             machined.register_machine(bus, spec.name, self.container_id, self.leader, rootfs)
         except BusError as e:

@@ -1,5 +1,6 @@
 """Pure builders of D-Bus payloads and journal entries."""
 
+import os
 import struct
 
 import pytest
@@ -91,3 +92,14 @@ def test_dump_json_matches_the_json_module() -> None:
     assert json.loads(dump_json(value)) == json.loads(json.dumps(value))
     with pytest.raises(TypeError):
         dump_json({"x": object()})
+
+
+def test_in_unit_cgroup_reads_proc() -> None:
+    from machinectl_py.runtime import in_unit_cgroup
+
+    with open("/proc/self/cgroup") as f:
+        own = f.readline().rstrip("\n").split(":", 2)[2].rsplit("/", 1)[-1]
+    if own:  # a cgroup with a name (not the root): we are in it
+        assert in_unit_cgroup(os.getpid(), own)
+    assert not in_unit_cgroup(os.getpid(), "machine-no-such-container.scope")
+    assert not in_unit_cgroup(2**22 + 7, own or "x.scope")  # no such process
