@@ -18,7 +18,7 @@ import os
 from machinectl_py import mounts
 from machinectl_py import syscalls as sc
 from machinectl_py.errors import EXIT_CANNOT_INVOKE, EXIT_ERROR, EXIT_NOT_FOUND
-from machinectl_py.plan import cgroup_plan
+from machinectl_py.plan import cgroup_plan, own_hierarchies
 from machinectl_py.record import Record
 
 TYPE_CHECKING = False
@@ -121,8 +121,10 @@ def prepare(plan: ChildPlan, go_fd: int, status_fd: int, parent_pid: int) -> Non
     if plan.detached:
         sc.set_parent_death_signal(0)
     # Now our cgroup is the scope: a new cgroup namespace makes it the container's root.
+    with open("/proc/self/cgroup") as f:
+        layout = own_hierarchies(plan.cgroup_layout, f.read())
     sc.unshare(sc.CLONE_NEWCGROUP)
-    mounts.apply("/", cgroup_plan(plan.cgroup_layout))
+    mounts.apply("/", cgroup_plan(layout))
     if plan.cgroup_layout.mode != "unified":
         mounts.remount_read_only("/", "/sys/fs/cgroup")
     os.umask(0o022)

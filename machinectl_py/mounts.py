@@ -213,6 +213,11 @@ def pivot_into(root: str) -> None:
     os.chdir("/")
 
 
+def unified_cgroup_host() -> bool:
+    """Pure cgroup v2: /sys/fs/cgroup is the cgroup2 root itself (one stat, for the hot path)."""
+    return os.path.exists("/sys/fs/cgroup/cgroup.controllers")
+
+
 def detect_cgroup_layout(mountinfo: str | None = None) -> CgroupLayout:
     """Read the host's /proc/self/mountinfo and describe its cgroup mounts."""
     if mountinfo is None:

@@ -167,12 +167,43 @@ def base_plan(policy: Policy, *, binds: Sequence[Bind] = ()) -> list[Op]:
     return ops
 
 
+def own_hierarchies(layout: CgroupLayout, proc_cgroup: str) -> CgroupLayout:
+    """The layout less the v1 hierarchies the container has no cgroup of its own in.
+
+    proc_cgroup is the init's /proc/self/cgroup once it is in its unit's cgroup, before its
+    cgroup namespace is made. In a hierarchy whose controller the unit does not use, systemd
+    leaves the init in an ancestor (the root, usually): a cgroup namespace made there, and
+    a mount of that hierarchy, would show the container the host's whole tree. The unit's own
+    cgroup is where systemd's hierarchy (name=systemd) has the init; on pure v2 there is
+    nothing to filter."""
+    if layout.mode == "unified":
+        return layout
+    paths: dict[str, str] = {}
+    for line in proc_cgroup.splitlines():
+        _, controllers, path = line.split(":", 2)
+        for controller in controllers.split(","):
+            paths[controller] = path
+    unit = paths.get("name=systemd")
+    if unit is None:
+        return layout
+
+    def own(options: str) -> bool:
+        known = [paths[o] for o in options.split(",") if o in paths]
+        return all(p == unit or p.startswith(unit.rstrip("/") + "/") for p in known)
+
+    v1 = tuple((name, options) for name, options in layout.v1 if own(options))
+    kept = {name for name, _ in v1}
+    links = tuple((link, target) for link, target in layout.links if target in kept)
+    return CgroupLayout(layout.mode, v1, layout.unified_dir, links)
+
+
 def cgroup_plan(layout: CgroupLayout) -> list[Op]:
     """The container's view of /sys/fs/cgroup, mounted inside its cgroup namespace.
 
     Pure v2: one cgroup2 mount, writable, since the scope is delegated (Delegate=yes) and
     the namespace shows only the container's own subtree. Hybrid: a tmpfs with each
-    hierarchy mounted again (v1 ones read-only), as systemd-nspawn does.
+    hierarchy mounted again (v1 ones read-only), as systemd-nspawn does; the caller passes
+    only the hierarchies the container has its own cgroup in (own_hierarchies).
     """
     root = "/sys/fs/cgroup"
     if layout.mode == "unified":

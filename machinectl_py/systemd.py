@@ -24,6 +24,9 @@ STOP_TIMEOUT_USEC = 10_000_000  # docker stop's default grace period
 JOB_TIMEOUT_USEC = 120_000_000
 # What machined's CreateMachine (and so systemd-nspawn) gives a scope without a limit.
 DEFAULT_TASKS_MAX = 16384
+# On a host with v1 controller hierarchies: the controllers a container's own settings use
+# (memory accounting and MemoryMax, TasksMax, DevicePolicy); cpu joins them with a CPU quota.
+V1_DELEGATED_CONTROLLERS = ("memory", "pids", "devices")
 
 
 
@@ -44,15 +47,39 @@ def device_properties(device_allow: tuple[tuple[str, str], ...]) -> list[Propert
     return [("DevicePolicy", ("s", "closed")), ("DeviceAllow", ("a(ss)", list(device_allow)))]
 
 
+def delegate_properties(limits: Limits, unified_host: bool) -> list[Property]:
+    """The scope is delegated (Delegate=yes): the container owns its subtree and may make
+    sub-cgroups in it, as machined's CreateMachine makes every machine's scope.
+
+    On a pure cgroup v2 host, with every controller: the container's cgroup2 mount is
+    writable, so a systemd or a container engine inside can use them all.
+
+    On a host with v1 controller hierarchies (hybrid or legacy), only with the controllers the
+    container's own settings use. There the container sees the v1 hierarchies read-only, so a
+    delegated controller gives it nothing; but delegating one that no other unit uses (cpu,
+    blkio) makes systemd realize it for every unit in the tree, moving their processes into
+    new v1 cgroups at start and back out at stop. That cost 6 ms of each start here, the
+    kernel waiting out an RCU grace period for the first migration, plus a stop that held
+    up machined. The container init mounts exactly the hierarchies it has its own cgroup
+    in (plan.own_hierarchies), so none shows the host's tree."""
+    if unified_host:
+        return [("Delegate", ("b", True))]
+    controllers = list(V1_DELEGATED_CONTROLLERS)
+    if limits.cpu_quota_usec is not None:
+        controllers.append("cpu")
+    return [("DelegateControllers", ("as", controllers))]  # implies Delegate=yes
+
+
 def scope_properties(name: str, limits: Limits, device_allow: tuple[tuple[str, str], ...],
-                     pids: tuple[int, ...]) -> list[Property]:
+                     pids: tuple[int, ...], unified_host: bool = True) -> list[Property]:
     """Properties of machine-NAME.scope, the same set machined's CreateMachine would give it
-    (PIDs, Delegate=yes, TasksMax 16384 by default) plus nspawn's device policy and our limits."""
+    (PIDs, Delegate=yes, TasksMax 16384 by default) plus nspawn's device policy and our limits;
+    on a host with v1 hierarchies, delegated with fewer controllers (delegate_properties)."""
     props: list[Property] = [
         ("Description", ("s", f"pymachine container {name}")),
         ("Slice", ("s", MACHINE_SLICE)),
         ("PIDs", ("au", list(pids))),
-        ("Delegate", ("b", True)),
+        *delegate_properties(limits, unified_host),
         ("CollectMode", ("s", "inactive-or-failed")),
         ("TimeoutStopUSec", ("t", STOP_TIMEOUT_USEC)),
     ]

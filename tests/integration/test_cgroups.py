@@ -164,6 +164,38 @@ def test_the_container_sees_its_own_cgroup_subtree(host: AnyHost, layout: Layout
         assert "1" in pids and len(pids) < 5, pids
 
 
+def test_the_container_mounts_only_hierarchies_it_has_its_own_cgroup_in(host: AnyHost, layout: Layout) -> None:
+    """On v1 hierarchies a controller the scope does not use leaves the leader at the root: a
+    mount of that hierarchy would show the container the host's whole tree. So each v1
+    hierarchy is mounted inside exactly when the leader's cgroup in it is the scope's, and
+    the scope delegates only the controllers it uses (cpu only with a CPU quota), so that
+    systemd does not realize cpu for every unit at each start. On v2: every controller."""
+    for name, args in (("cgown", ()), ("cgowncpu", ("--cpus", CPUS))):
+        with running(host, name, *args):
+            unit = f"machine-{name}.scope"
+            delegated = host.run(["systemctl", "show", unit, "-p", "DelegateControllers", "--value"],
+                                 check=True).stdout.split()
+            if layout.unified:
+                assert {"cpu", "memory", "pids"} <= set(delegated), delegated
+                continue
+            assert {"memory", "pids", "devices"} <= set(delegated), delegated
+            assert ("cpu" in delegated) == bool(args), delegated
+            cgroup = "/" + control_group(host, unit)
+            leader = host.run(["machinectl", "show", name, "-p", "Leader", "--value"], check=True).stdout.strip()
+            inside = cgroup_mounts(in_container(host, name, "cat /proc/self/mountinfo"))
+            for line in read(host, f"/proc/{leader}/cgroup").splitlines():
+                _, controllers, path = line.split(":", 2)
+                if not controllers or controllers.startswith("name="):
+                    continue
+                mounted = [m for m in inside if set(m.rsplit("/", 1)[1].split(",")) == set(controllers.split(","))]
+                if path == cgroup:
+                    assert mounted, f"{controllers}: the container has its own cgroup there, yet no mount: {inside}"
+                else:
+                    assert not mounted, f"{controllers}: the leader is in {path}, yet it is mounted inside"
+            assert any(m.endswith("/memory") for m in inside) and any(m.endswith("/pids") for m in inside)
+            assert any(m.rsplit("/", 1)[1].startswith("cpu") for m in inside) == bool(args), inside
+
+
 def test_delegation_lets_the_container_make_sub_cgroups_on_v2_only(host: AnyHost, layout: Layout) -> None:
     with running(host, "cgdel"):
         target = "/sys/fs/cgroup/child" if layout.unified else "/sys/fs/cgroup/memory/child"

@@ -36,6 +36,24 @@ def test_detect_hybrid() -> None:
     assert v1 and all(op.read_only for op in v1)
 
 
+def test_own_hierarchies_drop_those_where_the_init_is_not_in_its_unit() -> None:
+    """A v1 hierarchy whose controller the scope does not use has the init at the root: mounted
+    inside, it would show the host's whole tree. Links to a dropped hierarchy go with it."""
+    pids = "35 30 0:31 / /sys/fs/cgroup/pids rw,nosuid shared:9 - cgroup cgroup rw,pids\n"
+    layout = detect_cgroup_layout(HYBRID + pids)
+    scope = "/machine.slice/machine-web.scope"
+    proc = f"5:pids:{scope}/sub\n4:memory:{scope}\n3:cpu,cpuacct:/\n1:name=systemd:{scope}\n0::{scope}\n"
+    own = plan.own_hierarchies(layout, proc)
+    assert [name for name, _ in own.v1] == ["systemd", "memory", "pids"]
+    assert own.links == () and own.unified_dir == "unified" and own.mode == "hybrid"
+    parent_only = proc.replace(f"4:memory:{scope}", "4:memory:/machine.slice")
+    assert "memory" not in dict(plan.own_hierarchies(layout, parent_only).v1)
+    everywhere = proc.replace("3:cpu,cpuacct:/", f"3:cpu,cpuacct:{scope}")
+    assert plan.own_hierarchies(layout, everywhere) == layout
+    unified = detect_cgroup_layout(UNIFIED)
+    assert plan.own_hierarchies(unified, f"0::{scope}\n") is unified
+
+
 def test_overlay_options_keep_upper_complete() -> None:
     ov = plan.Overlay(("l/1", "l/0"), "upper", "work")
     assert ov.options() == "lowerdir=l/1:l/0,upperdir=upper,workdir=work,redirect_dir=off,metacopy=off"

@@ -34,6 +34,19 @@ def test_scope_properties() -> None:
     assert [v for k, v in limited if k == "TasksMax"] == [("t", 32)]
 
 
+def test_delegation_on_hosts_with_v1_hierarchies_names_the_controllers_in_use() -> None:
+    """Pure v2: every controller (the container's cgroup2 is writable). With v1 hierarchies,
+    which the container sees read-only: only what its settings use, so that systemd does not
+    realize cpu or blkio for the whole tree at each start and stop."""
+    v2 = dict(scope_properties("web", Limits(), (), (41,), unified_host=True))
+    assert v2["Delegate"] == ("b", True) and "DelegateControllers" not in v2
+    v1 = dict(scope_properties("web", Limits(), (), (41,), unified_host=False))
+    assert "Delegate" not in v1
+    assert v1["DelegateControllers"] == ("as", ["memory", "pids", "devices"])
+    with_cpu = dict(scope_properties("web", Limits(cpu_quota_usec=500_000), (), (41,), unified_host=False))
+    assert with_cpu["DelegateControllers"] == ("as", ["memory", "pids", "devices", "cpu"])
+
+
 def test_split_signature() -> None:
     assert split_signature("sayssusa(sv)") == ["s", "ay", "s", "s", "u", "s", "a(sv)"]
     assert split_signature("a{sa(sv)}(ii)") == ["a{sa(sv)}", "(ii)"]
