@@ -20,6 +20,7 @@ from machinectl_py.bus import Bus, BusError
 from machinectl_py.container_init import ChildPlan, child_main
 from machinectl_py.errors import EXIT_ERROR, PymachineError, UsageError
 from machinectl_py.journal import container_fields
+from machinectl_py.mounts import unified_cgroup_host
 from machinectl_py.policy import Policy, load_policy
 from machinectl_py.spec import ContainerSpec
 from machinectl_py.systemd import scope_properties
@@ -307,7 +308,8 @@ class ForegroundRun:
         The container's first record is saved while systemd's job runs."""
         spec = self.spec
         unit = scope_name(spec.name)
-        props = scope_properties(spec.name, spec.limits, policy.device_allow, (self.leader, self.forwarder))
+        props = scope_properties(spec.name, spec.limits, policy.device_allow, (self.leader, self.forwarder),
+                                 unified_host=unified_cgroup_host())
         try:
             job = systemd.start_scope(bus, unit, props)
             state.save(record)
@@ -331,21 +333,20 @@ class ForegroundRun:
 
     def _teardown(self, bus: Bus, hold_w: int) -> None:
         """Undo in reverse: the container, then the forwarder (the scope's last process),
-        then wait for machined to drop the machine. Each step runs even if one before failed."""
+        then the machine and its scope. Each step runs even if one before failed."""
         self._kill_and_reap_leader()
         if hold_w >= 0:
-            os.close(hold_w)
+            os.close(hold_w)  # the forwarder flushes what is left and exits
         if self.spec.remove:
-            # The container's mount namespace died with its init: nothing uses the dir now,
-            # and removing it while systemd stops the scope saves the wait below.
+            # The container's mount namespace died with its init: nothing uses the dir now.
             state.remove_dir(self.spec.name)
-        if self.machine_registered:
-            self._wait_machine_gone(bus)
-        elif self.scope_started:
-            self._stop_scope(bus)
         if self.forwarder:
             self._reap(self.forwarder)
             self.forwarder = 0
+        if self.machine_registered:
+            self._end_machine(bus)
+        elif self.scope_started:
+            self._stop_scope(bus)
 
     def _stop_scope(self, bus: Bus) -> None:
         """The scope was made but the machine not registered: stop it and wait, so that no
@@ -424,15 +425,17 @@ class ForegroundRun:
         except ChildProcessError:
             pass
 
-    def _wait_machine_gone(self, bus: Bus) -> None:
-        """The scope stops once its last process exits; machined then drops the machine."""
-        if machined.wait_removed(bus, self.spec.name, REMOVAL_TIMEOUT_USEC):
-            return
+    def _end_machine(self, bus: Bus) -> None:
+        """Every process of the container is gone: terminate the machine, and wait until machined
+        has dropped it and systemd its scope. Left alone the scope would stop too, but only
+        once systemd learns it is empty from cgroup.events, which the kernel signals at most
+        every HZ/100 jiffies (12 ms with HZ=250): a container that lived less than that,
+        `true` say, waited out the rest. The stop job checks the cgroup there and then."""
         try:
-            machined.terminate_machine(bus, self.spec.name)
-            machined.wait_removed(bus, self.spec.name, REMOVAL_TIMEOUT_USEC)
+            machined.terminate_machine(bus, self.spec.name)  # False: already gone
         except BusError:
-            pass
+            pass  # machined stops it on its own once the scope is empty
+        machined.wait_removed(bus, self.spec.name, REMOVAL_TIMEOUT_USEC)
 
 
 def _tty_socketpair() -> tuple[int, int]:
