@@ -49,6 +49,11 @@ def terminate_machine(bus: Bus, name: str) -> bool:
     return _machine_call(bus, "TerminateMachine", "s", name)
 
 
+def request_termination(bus: Bus, name: str) -> None:
+    """TerminateMachine, its reply not waited for (an error, such as no such machine, is dropped)."""
+    bus.send(*MACHINED, "TerminateMachine", "s", name)
+
+
 def kill_machine(bus: Bus, name: str, signal: int, who: str = "all") -> bool:
     return _machine_call(bus, "KillMachine", "ssi", name, who, signal)
 

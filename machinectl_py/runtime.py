@@ -337,9 +337,6 @@ class ForegroundRun:
         self._kill_and_reap_leader()
         if hold_w >= 0:
             os.close(hold_w)  # the forwarder flushes what is left and exits
-        if self.spec.remove:
-            # The container's mount namespace died with its init: nothing uses the dir now.
-            state.remove_dir(self.spec.name)
         if self.forwarder:
             self._reap(self.forwarder)
             self.forwarder = 0
@@ -347,6 +344,11 @@ class ForegroundRun:
             self._end_machine(bus)
         elif self.scope_started:
             self._stop_scope(bus)
+        if self.spec.remove:
+            # The container's mount namespace died with its init: nothing uses the dir now.
+            state.remove_dir(self.spec.name)
+        if self.machine_registered:
+            machined.wait_removed(bus, self.spec.name, REMOVAL_TIMEOUT_USEC)
 
     def _stop_scope(self, bus: Bus) -> None:
         """The scope was made but the machine not registered: stop it and wait, so that no
@@ -426,16 +428,14 @@ class ForegroundRun:
             pass
 
     def _end_machine(self, bus: Bus) -> None:
-        """Every process of the container is gone: terminate the machine, and wait until machined
-        has dropped it and systemd its scope. Left alone the scope would stop too, but only
-        once systemd learns it is empty from cgroup.events, which the kernel signals at most
-        every HZ/100 jiffies (12 ms with HZ=250): a container that lived less than that,
-        `true` say, waited out the rest. The stop job checks the cgroup there and then."""
-        try:
-            machined.terminate_machine(bus, self.spec.name)  # False: already gone
-        except BusError:
-            pass  # machined stops it on its own once the scope is empty
-        machined.wait_removed(bus, self.spec.name, REMOVAL_TIMEOUT_USEC)
+        """Every process of the container is gone: ask machined to terminate the machine; the
+        caller waits for MachineRemoved once it has removed the container dir meanwhile.
+        Left alone the scope would stop too, but only once systemd learns it is empty from
+        cgroup.events, which the kernel signals at most every HZ/100 jiffies (12 ms with
+        HZ=250): a container that lived less than that, `true` say, waited out the rest. The
+        stop job checks the cgroup there and then. Not waited for: a machine that is gone
+        already (machinectl terminate) sent its MachineRemoved, which is queued for us."""
+        machined.request_termination(bus, self.spec.name)
 
 
 def _tty_socketpair() -> tuple[int, int]:
