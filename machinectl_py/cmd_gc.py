@@ -26,7 +26,6 @@ be creating it, and it is debris at once (the usual case right after a kill -9).
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import os
 import sys
 import time
@@ -54,8 +53,8 @@ def collect(bus: Bus, *, grace: float = GRACE_SECONDS) -> list[str]:
     others: bool | None = None  # another pymachine process runs (looked up once, if needed)
     for name in names:
         path = container_path(name)
-        if not _lock_free(path):
-            continue  # a command holds it (start, rm)
+        if not _lock_free(name):
+            continue  # a command holds it (start, rm), or it is gone
         if others is None:
             others = bool(other_pymachine_processes())
         if not os.path.exists(os.path.join(path, state.RECORD)):
@@ -160,18 +159,18 @@ def _temp_file_dirs() -> list[tuple[str, str]]:
             *[(dropin_dir(name), "") for name in _dropin_names()]]
 
 
-def _lock_free(path: str) -> bool:
+def _lock_free(name: str) -> bool:
+    """Is the container's directory unlocked (no command is making, starting or removing it)?"""
+    from machinectl_py.errors import ConflictError, NotFoundError
+    from machinectl_py.state import ContainerLock
+
+    lock = ContainerLock(name, wait=False)
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    except OSError:
+        lock.acquire()
+    except (ConflictError, NotFoundError, OSError):  # OSError: not a directory
         return False
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        return True
-    except BlockingIOError:
-        return False
-    finally:
-        os.close(fd)
+    lock.release()
+    return True
 
 
 def _dropin_names() -> list[str]:
