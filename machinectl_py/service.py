@@ -122,11 +122,14 @@ def dropin_dir(name: str) -> str:
 
 
 def dropin_text(name: str, container_id: str, image_name: str, spec: ContainerSpec,
-                device_allow: tuple[tuple[str, str], ...] = ()) -> str:
+                device_allow: tuple[tuple[str, str], ...] = (), unified_host: bool = True) -> str:
     """Per-container unit settings: restart policy, limits, devices and docker's journal fields.
 
     Limits reach the kernel through systemd as unit properties (MemoryMax=, CPUQuota=,
-    TasksMax=); systemd applies them when it starts the unit, before ExecStart= runs."""
+    TasksMax=); systemd applies them when it starts the unit, before ExecStart= runs. On a
+    host with v1 hierarchies the unit delegates only the controllers its settings use, as a
+    `run` scope does (systemd.delegate_properties); an empty Delegate= first drops the
+    template's "every controller"."""
     fields = (f"CONTAINER_ID={container_id[:12]} CONTAINER_ID_FULL={container_id} "
               f'"IMAGE_NAME={image_name}"')
     lines = [f"# Written by pymachine for container {name}; `pymachine rm {name}` removes it.",
@@ -139,15 +142,19 @@ def dropin_text(name: str, container_id: str, image_name: str, spec: ContainerSp
     if limits.tasks_max is not None:
         lines.append(f"TasksMax={limits.tasks_max}")
     lines += [f"DeviceAllow={path} {access}" for path, access in device_allow]
+    if not unified_host:
+        lines += ["Delegate=", "Delegate=" + " ".join(systemd.v1_delegated_controllers(limits))]
     return "\n".join(lines) + "\n"
 
 
 def write_dropin(bus: Bus, name: str, container_id: str, image_name: str, spec: ContainerSpec) -> None:
     """Write the drop-in; reload systemd only if it has the unit loaded with an older one."""
+    from machinectl_py.mounts import unified_cgroup_host
     from machinectl_py.policy import load_policy
 
     path = os.path.join(dropin_dir(name), DROPIN)
-    text = dropin_text(name, container_id, image_name, spec, load_policy().device_allow)
+    text = dropin_text(name, container_id, image_name, spec, load_policy().device_allow,
+                       unified_host=unified_cgroup_host())
     try:
         with open(path) as f:
             if f.read() == text:

@@ -64,10 +64,12 @@ def delegate_properties(limits: Limits, unified_host: bool) -> list[Property]:
     in (plan.own_hierarchies), so none shows the host's tree."""
     if unified_host:
         return [("Delegate", ("b", True))]
-    controllers = list(V1_DELEGATED_CONTROLLERS)
-    if limits.cpu_quota_usec is not None:
-        controllers.append("cpu")
-    return [("DelegateControllers", ("as", controllers))]  # implies Delegate=yes
+    return [("DelegateControllers", ("as", v1_delegated_controllers(limits)))]  # implies Delegate=yes
+
+
+def v1_delegated_controllers(limits: Limits) -> list[str]:
+    """What a container's unit delegates on a host with v1 hierarchies (see delegate_properties)."""
+    return [*V1_DELEGATED_CONTROLLERS, *(["cpu"] if limits.cpu_quota_usec is not None else [])]
 
 
 def scope_properties(name: str, limits: Limits, device_allow: tuple[tuple[str, str], ...],

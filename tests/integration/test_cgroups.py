@@ -196,6 +196,25 @@ def test_the_container_mounts_only_hierarchies_it_has_its_own_cgroup_in(host: An
             assert any(m.rsplit("/", 1)[1].startswith("cpu") for m in inside) == bool(args), inside
 
 
+def test_a_detached_container_is_delegated_as_a_run_scope_is(host: AnyHost, layout: Layout) -> None:
+    r = pm(host, "run", "-d", "--name", "cgdeleg", "busybox", "sleep", "60")
+    assert r.returncode == 0, r.stderr
+    try:
+        shown = dict(line.split("=", 1) for line in host.run(
+            ["systemctl", "show", "pymachine@cgdeleg.service", "-p", "Delegate", "-p", "DelegateControllers"],
+            check=True).stdout.splitlines())
+        assert shown["Delegate"] == "yes", shown
+        delegated = set(shown["DelegateControllers"].split())
+        if layout.unified:
+            assert {"cpu", "memory", "pids"} <= delegated, shown
+        else:
+            assert {"memory", "pids", "devices"} <= delegated and "cpu" not in delegated, shown
+            mounts = cgroup_mounts(in_container(host, "cgdeleg", "cat /proc/self/mountinfo"))
+            assert "/sys/fs/cgroup/memory" in mounts and "/sys/fs/cgroup/cpu" not in mounts, mounts
+    finally:
+        pm(host, "rm", "-f", "cgdeleg")
+
+
 def test_delegation_lets_the_container_make_sub_cgroups_on_v2_only(host: AnyHost, layout: Layout) -> None:
     with running(host, "cgdel"):
         target = "/sys/fs/cgroup/child" if layout.unified else "/sys/fs/cgroup/memory/child"

@@ -43,6 +43,16 @@ def test_dropin_carries_restart_limits_and_journal_fields() -> None:
     assert "MemoryMax=67108864" in lines and "CPUQuota=50%" in lines and "TasksMax=40" in lines
     assert f'LogExtraFields=CONTAINER_ID={"ab" * 6} CONTAINER_ID_FULL={"ab" * 32} "IMAGE_NAME=busybox:latest"' in lines
     assert "DeviceAllow=/dev/fuse rwm" in lines
+    assert not any(line.startswith("Delegate") for line in lines)  # pure v2: the template's Delegate=yes
+
+
+def test_dropin_on_a_host_with_v1_hierarchies_delegates_what_the_container_uses() -> None:
+    plain = ContainerSpec(name="web", image="busybox").validate()
+    text = service.dropin_text("web", "ab" * 32, "busybox:latest", plain, unified_host=False)
+    assert text.splitlines()[-2:] == ["Delegate=", "Delegate=memory pids devices"]
+    capped = ContainerSpec(name="web", image="busybox", limits=Limits(cpu_quota_usec=500_000)).validate()
+    text = service.dropin_text("web", "ab" * 32, "busybox:latest", capped, unified_host=False)
+    assert text.splitlines()[-1] == "Delegate=memory pids devices cpu"
 
 
 @pytest.mark.parametrize(("env", "code"), [
