@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from typing import NoReturn
 
@@ -28,8 +29,8 @@ def main(argv: list[str]) -> int:
     rm.add_argument("-f", "--force", action="store_true", help="even if a container uses it")
     rm.add_argument("names", nargs="+")
     sub.add_parser("prune", help="remove every volume no container uses")
-    create = sub.add_parser("create", help="create a named volume")
-    create.add_argument("name")
+    create = sub.add_parser("create", help="create a named volume (without NAME: a generated 64-hex name)")
+    create.add_argument("name", nargs="?")
     args = p.parse_args(argv)
     if args.verb == "ls":
         names = volumes.list_volumes()
@@ -62,9 +63,10 @@ def main(argv: list[str]) -> int:
                 failed = True
         return 125 if failed else 0
     if args.verb == "create":
-        volumes.validate_volume_name(args.name)
-        volumes.ensure_volume(args.name)
-        print(args.name)
+        # As docker: a generated name makes a named volume all the same (kept by `run --rm`).
+        name = volumes.validate_volume_name(args.name) if args.name is not None else os.urandom(32).hex()
+        volumes.ensure_volume(name)
+        print(name)
         return 0
     for name in volumes.prune():
         print(name)

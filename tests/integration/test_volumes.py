@@ -79,6 +79,16 @@ def test_anonymous_volume_lives_with_its_container(host: AnyHost) -> None:
     host.assert_no_leftovers(timeout=15)
 
 
+def test_volume_create_without_a_name_makes_a_named_volume_with_a_generated_one(host: AnyHost) -> None:
+    name = host.run(["pymachine", "volume", "create"], check=True).stdout.strip()
+    try:
+        assert len(name) == 64 and all(c in "0123456789abcdef" for c in name), name
+        inspected = json.loads(host.run(["pymachine", "volume", "inspect", name], check=True).stdout)
+        assert inspected[0]["Anonymous"] is False
+    finally:
+        host.run(["pymachine", "volume", "rm", name], check=True)
+
+
 def test_prune_removes_unused_volumes(host: AnyHost) -> None:
     vol = unique("prune")
     host.run(["pymachine", "volume", "create", vol], check=True)
