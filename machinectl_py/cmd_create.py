@@ -79,7 +79,7 @@ def create(spec: ContainerSpec, *, write_definition: bool = True) -> state.Conta
                 done.append("definition")
             record = state.ContainerRecord(
                 name=spec.name, id=os.urandom(32).hex(), image_name=image.name, image_id=image.id, spec=spec,
-                created=state.now(), unit=service.unit_name(spec.name))
+                created=state.now(), unit=service.unit_name(spec.name), user=spec.user or image.config.user or None)
             state.save(record)
             service.write_dropin(bus, spec.name, record.id, image.name, spec)
             return record

@@ -62,6 +62,8 @@ RUN = Command(
                metavar="MODE", choices=("host", "private"), default="host"),
         Option("--env -e", "set an environment variable (repeatable)", kind=APPEND, metavar="KEY=VALUE"),
         Option("--workdir -w", "working directory inside the container", metavar="DIR"),
+        Option("--user -u", "run as USER[:GROUP] (names or numbers, from the container's /etc/passwd); "
+               "default: the image's user, else root", metavar="USER"),
         Option("--volume -v", "mount a volume: /host/path:/path[:ro], name:/path[:ro] or /path (anonymous); "
                "repeatable", kind=APPEND, metavar="VOLUME"),
         Option("--restart", "restart policy of a detached container (Restart= of its unit)", metavar="POLICY",
@@ -91,6 +93,7 @@ def spec_from_args(args: dict[str, Any]) -> ContainerSpec:
         network=args["network"],
         env=parse_env(args["env"]),
         workdir=args["workdir"],
+        user=args["user"],
         limits=limits,
         volumes=_volumes(args["volume"]),
         restart=args["restart"],

@@ -8,6 +8,7 @@ is the file's name. Schema (every key but `image` optional):
     command = ["httpd", "-f", "-p", "8080"] # default: the image's Entrypoint + Cmd
     env = { GREETING = "hello" }
     workdir = "/www"
+    user = "www-data"                       # USER[:GROUP]; default: the image's user, else root
     hostname = "web"                        # default: the name
     network = "host"                        # host | private
     restart = "on-failure"                  # no | on-failure | always
@@ -45,7 +46,8 @@ if TYPE_CHECKING:
     from collections.abc import Mapping
     from typing import Any
 
-_TOP_KEYS = ("image", "command", "env", "workdir", "hostname", "network", "restart", "volumes", "limits")
+_TOP_KEYS = ("image", "command", "env", "workdir", "user", "hostname", "network", "restart", "volumes",
+             "limits")
 _LIMIT_KEYS = ("memory", "cpus", "pids")
 
 
@@ -111,7 +113,7 @@ def parse_definition(name: str, path: os.PathLike[str] | str, text: str) -> Cont
     if not image:
         raise DefinitionError(f"{path}: image: missing (every definition names its image)")
     fields: dict[str, Any] = {"name": name, "image": image}
-    for key in ("workdir", "hostname", "network", "restart"):
+    for key in ("workdir", "user", "hostname", "network", "restart"):
         value = reader.string(raw, key)
         if value is not None:
             fields[key] = value
@@ -122,7 +124,8 @@ def parse_definition(name: str, path: os.PathLike[str] | str, text: str) -> Cont
     try:
         return ContainerSpec(**fields).validate()
     except UsageError as e:
-        key = next((k for k in ("hostname", "network", "restart", "workdir", "volumes") if k in e.message), "")
+        key = next((k for k in ("hostname", "network", "restart", "workdir", "user", "volumes") if k in e.message),
+                   "")
         raise reader.fail(key, e.message) if key else DefinitionError(f"{path}: {e.message}") from None
 
 
@@ -223,7 +226,7 @@ def render_definition(spec: ContainerSpec) -> str:
         lines.append("command = [" + ", ".join(_toml_string(a) for a in spec.command) + "]")
     if spec.env:
         lines.append("env = { " + ", ".join(f"{_toml_key(k)} = {_toml_string(v)}" for k, v in spec.env.items()) + " }")
-    for key in ("workdir", "hostname"):
+    for key in ("workdir", "user", "hostname"):
         value = getattr(spec, key)
         if value is not None:
             lines.append(f"{key} = {_toml_string(value)}")

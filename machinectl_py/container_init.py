@@ -20,6 +20,7 @@ from machinectl_py import syscalls as sc
 from machinectl_py.errors import EXIT_CANNOT_INVOKE, EXIT_ERROR, EXIT_NOT_FOUND
 from machinectl_py.plan import cgroup_plan, own_hierarchies
 from machinectl_py.record import Record
+from machinectl_py.users import drop_privileges, home_of, resolve_user
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -37,8 +38,8 @@ _TIOCSCTTY = 0x540E
 
 class ChildPlan(Record):
     __slots__ = ("container_dir", "rootfs", "overlay", "ops", "cgroup_layout", "hostname", "private_network",
-                 "argv", "env", "workdir", "capability_mask", "stdin_devnull", "detached", "tty", "seccomp")
-    _defaults = {"stdin_devnull": True, "detached": False, "tty": False, "seccomp": b""}
+                 "argv", "env", "workdir", "user", "capability_mask", "stdin_devnull", "detached", "tty", "seccomp")
+    _defaults = {"user": None, "stdin_devnull": True, "detached": False, "tty": False, "seccomp": b""}
     container_dir: str  # cwd while mounting the overlay (its options use relative names)
     rootfs: str
     overlay: Overlay
@@ -49,6 +50,9 @@ class ChildPlan(Record):
     argv: tuple[str, ...]
     env: Mapping[str, str]
     workdir: str
+    # USER[:GROUP] from -u or the image's config, resolved in the container's /etc/passwd;
+    # None: root.
+    user: str | None
     capability_mask: int
     stdin_devnull: bool
     # Detached (pymachine@NAME.service): the setup process exits once systemd supervises the
@@ -136,7 +140,11 @@ def launch(plan: ChildPlan, status_fd: int, stdout_fd: int, stderr_fd: int) -> N
         # in the container) installing a filter needs CAP_SYS_ADMIN. Nothing the filter denies
         # is called from here to the exec.
         sc.seccomp_install(plan.seccomp)
-    drop_capabilities(plan.capability_mask)
+    uid, gid, groups = resolve_user(plan.user) if plan.user else (0, 0, [])
+    env = dict(plan.env)
+    if "HOME" not in env:
+        env["HOME"] = home_of(uid) or ("/root" if uid == 0 else "/")
+    drop_privileges(plan.capability_mask, uid, gid, groups)
     stdin = os.open("/dev/null", os.O_RDONLY) if plan.stdin_devnull else 0
     if plan.tty:
         stdin = stdout_fd = stderr_fd = open_pty(stdout_fd)
@@ -157,7 +165,7 @@ def launch(plan: ChildPlan, status_fd: int, stdout_fd: int, stderr_fd: int) -> N
         signal.signal(sig, signal.SIG_DFL)
     signal.pthread_sigmask(signal.SIG_SETMASK, [])
     try:
-        os.execvpe(plan.argv[0], list(plan.argv), dict(plan.env))
+        os.execvpe(plan.argv[0], list(plan.argv), env)
     except OSError as e:
         code = EXIT_NOT_FOUND if e.errno in (errno.ENOENT, errno.ENOTDIR) else EXIT_CANNOT_INVOKE
         what = "executable file not found" if code == EXIT_NOT_FOUND else e.strerror
@@ -179,23 +187,6 @@ def open_pty(sock_fd: int) -> int:
     os.close(master)
     fcntl.ioctl(slave, _TIOCSCTTY, 0)  # we are a session leader (setsid in prepare) without a terminal
     return slave
-
-
-def drop_capabilities(keep_mask: int) -> None:
-    """Drop every capability outside the policy from the bounding set, then from the rest."""
-    cap = 0
-    while True:
-        if not keep_mask & (1 << cap):
-            try:
-                sc.drop_bounding_capability(cap)
-            except OSError as e:
-                if e.errno == errno.EINVAL:  # past the kernel's last capability
-                    break
-                raise
-        cap += 1
-        if cap > 63:
-            break
-    sc.capset_keep(keep_mask)
 
 
 def bring_up_loopback() -> None:

@@ -26,6 +26,7 @@ import sys
 
 from machinectl_py import syscalls as sc
 from machinectl_py.errors import EXIT_CANNOT_INVOKE, EXIT_ERROR, EXIT_NOT_FOUND, NotFoundError, UsageError
+from machinectl_py.users import drop_privileges, home_of, resolve_user
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -56,7 +57,8 @@ options:
   -t, --tty              allocate a pseudo-terminal (in the container's /dev/pts)
   -e, --env KEY=VALUE    set an environment variable (repeatable)
   -w, --workdir DIR      working directory inside the container (default: the container's)
-  -u, --user USER[:GROUP]  user name or uid (resolved in the container's /etc/passwd)
+  -u, --user USER[:GROUP]  user name or uid (resolved in the container's /etc/passwd);
+                           default: the container's own user (its -u, else the image's)
   --help                 show this help and exit
 """
 
@@ -136,6 +138,17 @@ def find_machine(bus: Bus, name: str) -> tuple[int, str]:
     return int(props["Leader"]), str(props["Unit"])
 
 
+def configured_user(name: str) -> str | None:
+    """The user the container's command runs as (its record: -u, else the image's User), which
+    exec runs as too unless it has -u, as with docker; None: root."""
+    from machinectl_py import state
+
+    try:
+        return state.load(name).user
+    except (NotFoundError, OSError, ValueError, KeyError):
+        return None  # no readable record: root, as before records kept the user
+
+
 def leader_environment(leader: int) -> dict[str, str]:
     """The container's environment: what its init started with."""
     with open(f"/proc/{leader}/environ", "rb") as f:
@@ -168,6 +181,8 @@ def main(argv: list[str]) -> int:
 
     with Bus.system() as bus:
         leader, unit = find_machine(bus, opts.name)
+        if opts.user is None:
+            opts.user = configured_user(opts.name)
         pidfd = sc.pidfd_open(leader)
         try:
             env = leader_environment(leader)
@@ -309,12 +324,12 @@ def _child(opts: ExecOptions, pidfd: int, env: dict[str, str], caps: int, seccom
             os.close(devnull)
         if seccomp:
             sc.seccomp_install(seccomp)  # while we still hold CAP_SYS_ADMIN (see container_init.launch)
-        _drop_privileges(caps, uid, gid, groups)
+        drop_privileges(caps, uid, gid, groups)
         env.setdefault("PATH", DEFAULT_PATH)
         if opts.tty:
             env.setdefault("TERM", os.environ.get("TERM", "xterm"))
         if uid != 0:
-            env["HOME"] = _home_of(uid) or "/"
+            env["HOME"] = home_of(uid) or "/"
         if os.read(go_fd, 1) != b"g":  # EOF: systemd could not attach us; the parent says why
             os._exit(EXIT_ERROR)
         status_fd = os.dup2(status_fd, 3, inheritable=False)
@@ -361,70 +376,6 @@ def _container_cwd() -> str:
     except OSError:
         return "/"
     return path if path.startswith("/") else "/"
-
-
-def _drop_privileges(caps: int, uid: int, gid: int, groups: list[int]) -> None:
-    cap = 0
-    while cap < 64:
-        if not caps & (1 << cap):
-            try:
-                sc.drop_bounding_capability(cap)
-            except OSError as e:
-                if e.errno == 22:  # EINVAL: past the kernel's last capability
-                    break
-                raise
-        cap += 1
-    if uid == 0 and gid == 0 and not groups:
-        os.setgroups([])
-        sc.capset_keep(caps)
-        return
-    os.setgroups(groups)
-    os.setgid(gid)
-    os.setuid(uid)  # leaves no capability behind for a non-root uid
-
-
-def _passwd_entries(path: str) -> list[list[str]]:
-    try:
-        with open(path, errors="replace") as f:
-            return [line.rstrip("\n").split(":") for line in f if line.strip() and not line.startswith("#")]
-    except FileNotFoundError:
-        return []
-
-
-def resolve_user(spec: str) -> tuple[int, int, list[int]]:
-    """USER[:GROUP] (names or numbers) from the container's /etc/passwd and /etc/group.
-
-    Never through the host's NSS (CVE-2019-14271): we read the container's own files,
-    already inside its root."""
-    user, _, group = spec.partition(":")
-    passwd = _passwd_entries("/etc/passwd")
-    entry = next((e for e in passwd if len(e) >= 4 and (e[0] == user or (user.isdigit() and e[2] == user))), None)
-    if entry is not None:
-        uid, gid = int(entry[2]), int(entry[3])
-        name = entry[0]
-    elif user.isdigit():
-        uid, gid, name = int(user), int(user), ""
-    else:
-        raise UsageError(f"no user {user!r} in the container's /etc/passwd")
-    groups_file = _passwd_entries("/etc/group")
-    if group:
-        match = next((g for g in groups_file if len(g) >= 3 and (g[0] == group or g[2] == group)), None)
-        if match is not None:
-            gid = int(match[2])
-        elif group.isdigit():
-            gid = int(group)
-        else:
-            raise UsageError(f"no group {group!r} in the container's /etc/group")
-    supplementary = sorted({int(g[2]) for g in groups_file
-                            if len(g) >= 4 and name and name in g[3].split(",") and g[2].isdigit()})
-    return uid, gid, [g for g in supplementary if g != gid]
-
-
-def _home_of(uid: int) -> str | None:
-    for e in _passwd_entries("/etc/passwd"):
-        if len(e) >= 6 and e[2] == str(uid):
-            return e[5]
-    return None
 
 
 def _attach_pty(sock_fd: int) -> None:

@@ -49,12 +49,18 @@ def command_for(spec: ContainerSpec, config: images.ImageConfig) -> tuple[str, .
     return argv
 
 
+def effective_user(spec: ContainerSpec, config: images.ImageConfig) -> str | None:
+    """-u, else the image's User; None: root."""
+    return spec.user or config.user or None
+
+
 def environment(spec: ContainerSpec, config: images.ImageConfig) -> dict[str, str]:
     env = {"PATH": DEFAULT_PATH, "container": "pymachine"}
     env.update(config.env)
     env.update(spec.env)
     env["HOSTNAME"] = spec.effective_hostname
-    env.setdefault("HOME", "/root")
+    # HOME, when neither the image nor -e sets it, comes from the container's /etc/passwd
+    # entry of the user it runs as (container_init.launch).
     if spec.tty:
         env.setdefault("TERM", os.environ.get("TERM", "xterm"))
     return env
@@ -96,6 +102,7 @@ def build_child_plan(spec: ContainerSpec, image: images.ResolvedImage, cdir: str
         argv=argv,
         env=dict(env),
         workdir=spec.workdir or image.config.workdir or "/",
+        user=effective_user(spec, image.config),
         capability_mask=policy.capability_mask,
         seccomp=policy.seccomp_filter(),
         detached=detached,
@@ -210,7 +217,7 @@ class ForegroundRun:
                 binds = volumes.bind_ops(spec)
             record = state.ContainerRecord(
                 name=spec.name, id=self.container_id, image_name=image.name, image_id=image.id,
-                spec=spec, created=state.now(), unit=scope_name(spec.name))
+                spec=spec, created=state.now(), unit=scope_name(spec.name), user=effective_user(spec, image.config))
 
             def make_plan() -> ChildPlan:
                 return build_child_plan(spec, image, cdir, policy, env, argv, binds=binds)

@@ -309,7 +309,8 @@ def _adopt(name: str) -> tuple[ContainerSpec, state.ContainerRecord]:
     state.claim(name)
     try:
         record = state.ContainerRecord(name=name, id=_adopted_id(), image_name=image.name, image_id=image.id,
-                                       spec=spec, created=state.now(), unit=unit_name(name))
+                                       spec=spec, created=state.now(), unit=unit_name(name),
+                                       user=spec.user or image.config.user or None)
         state.save(record)
     finally:
         state.release_claim(name)
@@ -362,6 +363,7 @@ def _setup(name: str) -> int:
         abandon_held_init,
         build_child_plan,
         command_for,
+        effective_user,
         environment,
         fork_held_init,
         rootfs_of,
@@ -378,6 +380,7 @@ def _setup(name: str) -> int:
         image = images.resolve(record.image_id)
     argv = command_for(spec, image.config)
     env = environment(spec, image.config)
+    record.user = effective_user(spec, image.config)  # saved with the running state below
     binds = []
     if spec.volumes:
         from machinectl_py import volumes

@@ -46,6 +46,15 @@ def validate_name(name: str, what: str = "container name") -> str:
     return name
 
 
+def validate_user(user: str) -> str:
+    """USER[:GROUP]: names or numbers, looked up in the container's own /etc/passwd at start."""
+    name, _, group = user.partition(":")
+    if not all(part and len(part) <= 256 and ":" not in part and part.isprintable() and " " not in part
+               for part in ([name, group] if ":" in user else [name])):
+        raise UsageError(f"invalid user {user!r}", hint="use USER, UID, USER:GROUP or UID:GID")
+    return user
+
+
 def validate_hostname(hostname: str) -> str:
     if len(hostname) > 64 or not _is_hostname(hostname):
         raise UsageError(f"invalid hostname {hostname!r}", hint="use letters, digits, '-' and '.', at most 64")
@@ -184,6 +193,8 @@ class ContainerSpec(Record):
             raise UsageError(f"invalid restart policy {self.restart!r}", hint="use no, on-failure or always")
         if self.workdir is not None and not self.workdir.startswith("/"):
             raise UsageError(f"invalid working directory {self.workdir!r}: must be absolute")
+        if self.user is not None:
+            validate_user(self.user)
         for vol in self.volumes:
             if not vol.target.startswith("/") or vol.target == "/":
                 raise UsageError(f"invalid volume target {vol.target!r}: must be an absolute path other than /")

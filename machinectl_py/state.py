@@ -28,7 +28,8 @@ class ContainerRecord:
 
     def __init__(self, name: str, id: str, image_name: str, image_id: str, spec: ContainerSpec, created: float,
                  state: str = "created", exit_code: int | None = None, started: float | None = None,
-                 finished: float | None = None, unit: str | None = None, pid: int | None = None) -> None:
+                 finished: float | None = None, unit: str | None = None, pid: int | None = None,
+                 user: str | None = None) -> None:
         self.name = name
         self.id = id
         self.image_name = image_name
@@ -41,6 +42,9 @@ class ContainerRecord:
         self.finished = finished
         self.unit = unit
         self.pid = pid
+        # Who the command runs as, as configured (-u, else the image's User; None: root):
+        # `exec` runs as that user too, as with docker.
+        self.user = user
 
     @property
     def dir_path(self) -> str:
@@ -62,7 +66,7 @@ class ContainerRecord:
             "image": {"name": self.image_name, "id": self.image_id},
             "spec": spec_to_json(self.spec), "created": self.created, "state": self.state,
             "exit_code": self.exit_code, "started": self.started, "finished": self.finished,
-            "unit": self.unit, "pid": self.pid,
+            "unit": self.unit, "pid": self.pid, "user": self.user,
         }
 
     @classmethod
@@ -71,7 +75,7 @@ class ContainerRecord:
             name=data["name"], id=data["id"], image_name=data["image"]["name"], image_id=data["image"]["id"],
             spec=spec_from_json(data["spec"]), created=data["created"], state=data.get("state", "created"),
             exit_code=data.get("exit_code"), started=data.get("started"), finished=data.get("finished"),
-            unit=data.get("unit"), pid=data.get("pid"),
+            unit=data.get("unit"), pid=data.get("pid"), user=data.get("user"),
         )
 
 

@@ -18,6 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from helpers import wait_until
 from images import build  # tests/images: pytest puts tests/ on sys.path
 from testhost import LocalHost, TestHost
 
@@ -74,6 +75,39 @@ def test_umoci_image_runs_with_its_layers_config_and_whiteouts(
     assert pm(host, "run", "--rm", f"{image_name}:1").stdout.splitlines() == ["from-cmd", "/data"]
     out = pm(host, "run", "--rm", f"{image_name}:1", "sh", "-c", CHECK_UMOCI).stdout.splitlines()
     assert out == ["doomed-gone", "added", "kept", "c", "FOO=bar"]
+
+
+def test_the_images_user_runs_the_command_and_u_overrides_it(host: AnyHost, umoci_layout: Path, image_name: str,
+                                                             tmp_path: Path) -> None:
+    """An image whose config says User runs as that user (an OCI image made to drop root
+    must not run as root), and -u overrides it."""
+    import shutil
+
+    layout = tmp_path / "layout"
+    shutil.copytree(umoci_layout, layout, symlinks=True)
+    build.run("umoci", "config", "--image", f"{layout}:latest", "--config.user=4242:4343")
+    pm(host, "image", "import", "-q", str(layout), "--name", f"{image_name}:user")
+
+    def ids(*run_args: str) -> dict[str, str]:
+        out = pm(host, "run", "--rm", *run_args, f"{image_name}:user", "sh", "-c",
+                 "cat /proc/self/status; echo HOME: $HOME").stdout
+        fields = dict(line.split(":", 1) for line in out.splitlines() if ":" in line)
+        return {k: fields[k].split()[0] for k in ("Uid", "Gid", "CapEff", "HOME")}
+
+    assert ids() == {"Uid": "4242", "Gid": "4343", "CapEff": "0000000000000000", "HOME": "/"}
+    as_root = ids("-u", "0")
+    assert as_root["Uid"] == "0" and as_root["HOME"] == "/root" and as_root["CapEff"] != "0000000000000000"
+    # exec runs as the container's user too, unless it says otherwise (docker's rule)
+    name = unique("user")
+    proc = host.popen(["pymachine", "run", "--rm", "--name", name, f"{image_name}:user", "sh", "-c", "sleep 60"])
+    try:
+        wait_until(lambda: pm(host, "exec", name, "true", check=False).returncode == 0, what=f"{name} running")
+        status = "cat /proc/self/status"
+        assert "\nUid:\t4242\t" in pm(host, "exec", name, "sh", "-c", status).stdout
+        assert "\nUid:\t0\t" in pm(host, "exec", "-u", "0", name, "sh", "-c", status).stdout
+    finally:
+        pm(host, "rm", "-f", name, check=False)
+        proc.communicate(timeout=60)
 
 
 def test_docker_archive_from_skopeo_runs(host: AnyHost, umoci_layout: Path, image_name: str,

@@ -300,6 +300,8 @@ def test_seccomp_filter_denies_user_namespaces_and_keyrings(host: AnyHost) -> No
     (["--name", "nf2", "busybox", "no-such-command"], 127, "executable file not found"),
     (["--name", "nx", "busybox", "/etc/passwd"], 126, "cannot run"),
     (["--name", "nwd", "-w", "/nope", "busybox", "pwd"], 126, "cannot change to working directory /nope"),
+    (["--name", "nu", "-u", "nosuch", "busybox", "true"], 126, "no user 'nosuch' in the container's /etc/passwd"),
+    (["--name", "nu2", "-u", "a:b:c", "busybox", "true"], 125, "invalid user"),
 ])
 def test_bad_input_is_one_clear_line_and_leaves_nothing(host: AnyHost, argv: list[str], code: int,
                                                          message: str) -> None:
@@ -309,6 +311,20 @@ def test_bad_input_is_one_clear_line_and_leaves_nothing(host: AnyHost, argv: lis
     assert len(r.stderr.strip().splitlines()) <= 2  # the message and at most a hint
     leftovers = host.run(["ls", "/var/lib/pymachine/containers"]).stdout.split()
     assert leftovers == []
+
+
+def test_run_as_a_user_of_the_containers_passwd(host: AnyHost) -> None:
+    """-u as with docker: ids from the container's own /etc/passwd and /etc/group, HOME from
+    passwd, no capabilities left; a number no entry names is used as it is."""
+    show = "id -u; id -g; echo $HOME; grep -E '^Cap(Eff|Prm):' /proc/self/status | cut -f2"
+    out = pm(host, "run", "--rm", "-u", "nobody", "busybox", "sh", "-c", show).stdout.split()
+    assert out == ["65534", "65534", "/nonexistent", "0000000000000000", "0000000000000000"], out
+    out = pm(host, "run", "--rm", "-u", "4242:nogroup", "busybox", "sh", "-c", show).stdout.split()
+    assert out[:3] == ["4242", "65534", "/"], out
+    root = pm(host, "run", "--rm", "busybox", "sh", "-c", show).stdout.split()
+    assert root[:3] == ["0", "0", "/root"] and root[3] != "0000000000000000", root
+    assert pm(host, "run", "--rm", "-u", "nobody", "-e", "HOME=/h", "busybox", "sh", "-c",
+              "echo $HOME").stdout.strip() == "/h"
 
 
 def test_kill_9_of_pymachine_takes_the_container_down(host: AnyHost) -> None:

@@ -60,6 +60,7 @@ def test_minimal_definition_and_string_command() -> None:
     ('image = 5\n', f"{PATH}:1: image: must be a string"),
     ('command = ["true"]\n', f"{PATH}: image: missing"),
     ('image = "busybox\n', f"{PATH}: not valid TOML"),
+    ('image = "busybox"\nuser = "a:b:c"\n', f"{PATH}:2: user: invalid user"),
 ])
 def test_errors_name_file_key_and_line(text: str, expected: str) -> None:
     with pytest.raises(UsageError) as info:
@@ -70,7 +71,8 @@ def test_errors_name_file_key_and_line(text: str, expected: str) -> None:
 def test_render_round_trips() -> None:
     spec = ContainerSpec(
         name="web", image="busybox", command=("sh", "-c", 'echo "quoted" \\ back\nslash'),
-        env={"A": "1", "WEIRD": "x=y \"z\""}, workdir="/w", hostname="h", network="private", restart="always",
+        env={"A": "1", "WEIRD": "x=y \"z\""}, workdir="/w", user="www-data:33", hostname="h", network="private",
+        restart="always",
         volumes=(Volume("/data", "data"), Volume("/ro", "/srv/ro", True)),
         limits=Limits(memory_max=64 * 1024**2, cpu_quota_usec=250_000, tasks_max=7),
     ).validate()

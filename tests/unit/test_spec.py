@@ -12,6 +12,7 @@ from machinectl_py.spec import (
     parse_memory,
     parse_size,
     validate_name,
+    validate_user,
 )
 
 
@@ -92,3 +93,14 @@ def test_spec_validation() -> None:
         ContainerSpec(name="a", image="i", volumes=(Volume("/"),)).validate()
     with pytest.raises(UsageError, match="hostname"):
         ContainerSpec(name="a", image="i", hostname="-bad").validate()
+
+
+@pytest.mark.parametrize("user", ["nobody", "1000", "1000:1000", "www-data:www-data"])
+def test_validate_user_accepts(user: str) -> None:
+    assert validate_user(user) == user
+
+
+@pytest.mark.parametrize("user", ["", ":", "a:", ":b", "a:b:c", "a b", "a\nb", "x" * 300])
+def test_validate_user_rejects(user: str) -> None:
+    with pytest.raises(UsageError):
+        validate_user(user)
