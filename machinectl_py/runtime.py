@@ -192,10 +192,13 @@ class ForegroundRun:
         # Connect first: the bus daemon authenticates us (a few ms) while we prepare the
         # container, and the MachineRemoved match is queued ahead of the scope and the machine.
         bus = Bus.system()
+        # systemd's own calls (the scope's job) go straight to it on its private socket.
+        self.pid1 = Bus.systemd()
         try:
             machined.watch_removal(bus)
             return self._run(bus)
         finally:
+            self.pid1.close()
             bus.close()
 
     def _run(self, bus: Bus) -> int:
@@ -318,9 +321,9 @@ class ForegroundRun:
         props = scope_properties(spec.name, spec.limits, policy.device_allow, (self.leader, self.forwarder),
                                  unified_host=unified_cgroup_host())
         try:
-            job = systemd.start_scope(bus, unit, props)
+            job = systemd.start_scope(self.pid1, unit, props)
             state.save(record)
-            systemd.wait_scope_started(bus, unit, job)
+            systemd.wait_scope_started(self.pid1, unit, job)
         except BusError as e:
             raise PymachineError(f"cannot create the container's scope {unit}: {e.message}",
                                  hint=_hint_for(e)) from None
@@ -350,18 +353,18 @@ class ForegroundRun:
         if self.machine_registered:
             self._end_machine(bus)
         elif self.scope_started:
-            self._stop_scope(bus)
+            self._stop_scope()
         if self.spec.remove:
             # The container's mount namespace died with its init: nothing uses the dir now.
             state.remove_dir(self.spec.name)
         if self.machine_registered:
             machined.wait_removed(bus, self.spec.name, REMOVAL_TIMEOUT_USEC)
 
-    def _stop_scope(self, bus: Bus) -> None:
+    def _stop_scope(self) -> None:
         """The scope was made but the machine not registered: stop it and wait, so that no
         unit is left when we exit (its processes are gone or going already)."""
         try:
-            systemd.run_job(bus, "StopUnit", scope_name(self.spec.name), timeout_usec=REMOVAL_TIMEOUT_USEC)
+            systemd.run_job(self.pid1, "StopUnit", scope_name(self.spec.name), timeout_usec=REMOVAL_TIMEOUT_USEC)
         except BusError:
             pass  # already collected
 
