@@ -54,7 +54,7 @@ def create(spec: ContainerSpec, *, write_definition: bool = True) -> state.Conta
     """Make the container's definition, state and drop-in; all or nothing."""
     from machinectl_py import config, images, service, state
     from machinectl_py.bus import Bus
-    from machinectl_py.runtime import command_for
+    from machinectl_py.runtime import command_for, effective_user
 
     spec = spec.validate()
     if spec.tty or spec.interactive:
@@ -79,7 +79,7 @@ def create(spec: ContainerSpec, *, write_definition: bool = True) -> state.Conta
                 done.append("definition")
             record = state.ContainerRecord(
                 name=spec.name, id=os.urandom(32).hex(), image_name=image.name, image_id=image.id, spec=spec,
-                created=state.now(), unit=service.unit_name(spec.name), user=spec.user or image.config.user or None)
+                created=state.now(), unit=service.unit_name(spec.name), user=effective_user(spec, image.config))
             state.save(record)
             service.write_dropin(bus, spec.name, record.id, image.name, spec)
             return record

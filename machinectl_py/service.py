@@ -309,8 +309,7 @@ def _adopt(name: str) -> tuple[ContainerSpec, state.ContainerRecord]:
     state.claim(name)
     try:
         record = state.ContainerRecord(name=name, id=_adopted_id(), image_name=image.name, image_id=image.id,
-                                       spec=spec, created=state.now(), unit=unit_name(name),
-                                       user=spec.user or image.config.user or None)
+                                       spec=spec, created=state.now(), unit=unit_name(name))
         state.save(record)
     finally:
         state.release_claim(name)
