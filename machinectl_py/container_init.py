@@ -3,8 +3,10 @@
 Runs in a forked copy of pymachine that is PID 1 of the new PID namespace. It never
 touches the D-Bus connection (sd-bus connections must not cross fork()) and never
 returns: it execs the payload or _exits with docker's codes, after writing the reason
-to the status pipe. The parent holds it on the `go` pipe until systemd has put it in
-its scope, so the payload never runs outside its cgroup.
+to the status pipe. The parent holds it on the `go` pipe, twice: until systemd has put it
+in its scope (IN_SCOPE: the setup that needs the scope's cgroup may go on), then until
+machined has registered the machine (RUN: the payload may run). So the payload never runs
+outside its cgroup or unregistered, and the last steps of the setup overlap the registration.
 """
 
 from __future__ import annotations
@@ -34,6 +36,9 @@ _IFF_UP = 0x1
 _TIOCSPTLCK = 0x40045431
 _TIOCGPTPEER = 0x5441
 _TIOCSCTTY = 0x540E
+# What the parent writes on the `go` pipe; EOF instead of either: abandon the start.
+IN_SCOPE = b"c"
+RUN = b"g"
 
 
 class ChildPlan(Record):
@@ -74,7 +79,7 @@ def child_main(make_plan: Callable[[], ChildPlan], go_fd: int, status_fd: int, s
         plan = make_plan()
         prepare(plan, go_fd, status_fd, parent_pid)
         code = EXIT_CANNOT_INVOKE
-        launch(plan, status_fd, stdout_fd, stderr_fd)
+        launch(plan, go_fd, status_fd, stdout_fd, stderr_fd)
     except BaseException as e:
         _report(status_fd, code, _describe(e))
     os._exit(code)
@@ -119,9 +124,7 @@ def prepare(plan: ChildPlan, go_fd: int, status_fd: int, parent_pid: int) -> Non
     # Everything up to here runs while systemd makes the scope; only what needs the scope waits.
     mounts.pivot_into(plan.rootfs)
     # Wait until the parent has put us in the container's scope.
-    if os.read(go_fd, 1) != b"g":
-        os._exit(EXIT_ERROR)
-    os.close(go_fd)
+    await_parent(go_fd, IN_SCOPE)
     if plan.detached:
         sc.set_parent_death_signal(0)
     # Now our cgroup is the scope: a new cgroup namespace makes it the container's root.
@@ -134,7 +137,14 @@ def prepare(plan: ChildPlan, go_fd: int, status_fd: int, parent_pid: int) -> Non
     os.umask(0o022)
 
 
-def launch(plan: ChildPlan, status_fd: int, stdout_fd: int, stderr_fd: int) -> None:
+def await_parent(go_fd: int, expected: bytes) -> None:
+    """Block until the parent sends `expected`; on EOF (it abandoned the start) exit quietly:
+    the parent reports why."""
+    if os.read(go_fd, 1) != expected:
+        os._exit(EXIT_ERROR)
+
+
+def launch(plan: ChildPlan, go_fd: int, status_fd: int, stdout_fd: int, stderr_fd: int) -> None:
     if plan.seccomp:
         # Before the capabilities go: without no_new_privs (which would disarm setuid programs
         # in the container) installing a filter needs CAP_SYS_ADMIN. Nothing the filter denies
@@ -148,6 +158,9 @@ def launch(plan: ChildPlan, status_fd: int, stdout_fd: int, stderr_fd: int) -> N
     stdin = os.open("/dev/null", os.O_RDONLY) if plan.stdin_devnull else 0
     if plan.tty:
         stdin = stdout_fd = stderr_fd = open_pty(stdout_fd)
+    # The machine is registered: from here on, only what the exec needs.
+    await_parent(go_fd, RUN)
+    os.close(go_fd)
     for src, dst in ((stdin, 0), (stdout_fd, 1), (stderr_fd, 2)):
         if src != dst:
             os.dup2(src, dst)

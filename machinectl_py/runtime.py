@@ -17,7 +17,7 @@ import sys
 from machinectl_py import images, machined, plan, state, systemd
 from machinectl_py import syscalls as sc
 from machinectl_py.bus import Bus, BusError
-from machinectl_py.container_init import ChildPlan, child_main
+from machinectl_py.container_init import IN_SCOPE, RUN, ChildPlan, child_main
 from machinectl_py.errors import EXIT_ERROR, PymachineError, UsageError
 from machinectl_py.journal import container_fields
 from machinectl_py.mounts import unified_cgroup_host
@@ -135,6 +135,15 @@ def fork_held_init(make_plan: Callable[[], ChildPlan], out_w: int, err_w: int) -
     os.close(go_r)
     os.close(status_w)
     return pid, go_w, status_r
+
+
+def tell_init(go_w: int, what: bytes) -> None:
+    """IN_SCOPE or RUN to the held init (container_init.await_parent). An init that failed on
+    its own is gone: its status pipe says why, so a broken pipe here is not the error."""
+    try:
+        os.write(go_w, what)
+    except BrokenPipeError:
+        pass
 
 
 def in_unit_cgroup(pid: int, unit: str) -> bool:
@@ -264,7 +273,7 @@ class ForegroundRun:
             # wait with EINTR and lose the reply. Our handler runs right after, and cancels.
             held = signal.pthread_sigmask(signal.SIG_BLOCK, HELD_SIGNALS)
             try:
-                self._make_machine(bus, rootfs, policy, record)
+                self._make_machine(bus, rootfs, policy, record, go_w)
             except PymachineError as e:
                 early = abandon_held_init(spec.name, go_w, status_r)
                 os.close(status_r)
@@ -280,11 +289,8 @@ class ForegroundRun:
                 if not spec.remove:
                     state.save(record)
                 return code
-            # The payload may run now: it is in its scope, under its limits.
-            try:  # the child failed: its status says why
-                os.write(go_w, b"g")
-            except BrokenPipeError:
-                pass
+            # The payload may run now: it is in its scope, under its limits, and registered.
+            tell_init(go_w, RUN)
             os.close(go_w)
             self.released = True
             record.state, record.pid, record.started = "running", self.leader, state.now()
@@ -311,11 +317,13 @@ class ForegroundRun:
             state.save(record)
         return code
 
-    def _make_machine(self, bus: Bus, rootfs: str, policy: Policy, record: state.ContainerRecord) -> None:
+    def _make_machine(self, bus: Bus, rootfs: str, policy: Policy, record: state.ContainerRecord,
+                      go_w: int) -> None:
         """machine-NAME.scope with the held init and the forwarder in it, under its limits; then
         the machine registered with machined, which adopts the scope. This is the order of
         machined's own CreateMachine, with two fewer D-Bus hops (see systemd.start_scope).
-        The container's first record is saved while systemd's job runs."""
+        The container's first record is saved while systemd's job runs, and the init finishes
+        its setup in the scope (its cgroup namespace and mounts) while machined registers it."""
         spec = self.spec
         unit = scope_name(spec.name)
         props = scope_properties(spec.name, spec.limits, policy.device_allow, (self.leader, self.forwarder),
@@ -334,6 +342,7 @@ class ForegroundRun:
         # terminate would stop it. Such an init is a failed start (its status says why).
         if not in_unit_cgroup(self.leader, unit):
             raise PymachineError(f"the container's init never reached {unit}")
+        tell_init(go_w, IN_SCOPE)
         try:
             machined.register_machine(bus, spec.name, self.container_id, self.leader, rootfs)
         except BusError as e:

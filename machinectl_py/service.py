@@ -357,6 +357,7 @@ def _record_error(name: str, message: str) -> None:
 
 def _setup(name: str) -> int:
     from machinectl_py import images, state
+    from machinectl_py.container_init import IN_SCOPE, RUN
     from machinectl_py.policy import load_policy
     from machinectl_py.runtime import (
         abandon_held_init,
@@ -366,6 +367,7 @@ def _setup(name: str) -> int:
         environment,
         fork_held_init,
         rootfs_of,
+        tell_init,
     )
 
     spec, record = load_container(name)
@@ -406,6 +408,8 @@ def _setup(name: str) -> int:
     try:
         with Bus.system() as bus:
             unit = unit_name(name)
+            # Forked in the unit's cgroup: the init may finish its setup while machined registers it.
+            tell_init(go_w, IN_SCOPE)
             try:
                 _register(bus, name, record.id, leader, rootfs_of(record.dir_path), unit)
             except PymachineError as e:
@@ -418,10 +422,7 @@ def _setup(name: str) -> int:
             record.exit_code, record.finished, record.unit = None, None, unit
             state.save(record)
             write_pid_file(name, leader)
-            try:
-                os.write(go_w, b"g")
-            except BrokenPipeError:
-                pass  # the init failed already: its status says why
+            tell_init(go_w, RUN)
             released = True
             os.close(go_w)
             failure = _read_all(status_r)
