@@ -141,9 +141,10 @@ def test_packaged_files_are_the_checkouts(unpacked: Path) -> None:
 
 def test_unpacked_program_runs_with_debians_python(unpacked: Path) -> None:
     script = unpacked / "usr/bin/pymachine"
-    assert script.read_text().startswith("#!/usr/bin/python3\n")
+    # Isolated and without site (see bin/pymachine); then sys.path comes from the launcher alone.
+    assert script.read_text().startswith("#!/usr/bin/python3 -IS\n")
     env = {**CLEAN_ENV, "PYTHONPATH": str(unpacked / SITE)}
-    version = subprocess.run(["/usr/bin/python3", str(script), "--version"], capture_output=True,
+    version = subprocess.run(["/usr/bin/python3", "-S", str(script), "--version"], capture_output=True,
                              text=True, env=env, cwd=unpacked, timeout=60)
     assert version.returncode == 0, version.stderr
     assert "0.1.0" in version.stdout

@@ -55,3 +55,43 @@ def test_launcher_imports_nothing_heavy() -> None:
     imported = {line.rsplit("|", 1)[-1].strip() for line in result.stderr.splitlines() if "|" in line}
     assert "machinectl_py.cli" in imported
     assert not HEAVY & imported, f"heavy modules imported by the launcher: {sorted(HEAVY & imported)}"
+
+
+def _importtime(cmd: list[str], **kwargs: object) -> tuple[str, set[str]]:
+    result = subprocess.run([*cmd[:1], "-X", "importtime", *cmd[1:]], capture_output=True, text=True,
+                            check=True, **kwargs)  # type: ignore[call-overload]
+    imported = {line.rsplit("|", 1)[-1].strip() for line in result.stderr.splitlines() if "|" in line}
+    return result.stdout, imported
+
+
+def test_launcher_finds_its_venv_as_python3_dash_i_dash_s(tmp_path: Path) -> None:
+    """How tools/install-and-demo starts it: `#!PREFIX/bin/python3 -IS`. Without site, the
+    launcher adds PREFIX's site-packages itself; site is never imported."""
+    root = Path(__file__).resolve().parents[2]
+    version = f"python{sys.version_info[0]}.{sys.version_info[1]}"
+    (tmp_path / "bin").mkdir()
+    (tmp_path / "bin" / "python3").symlink_to(Path(sys.executable).resolve())
+    site_packages = tmp_path / "lib" / version / "site-packages"
+    site_packages.mkdir(parents=True)
+    (site_packages / "machinectl_py").symlink_to(root / "machinectl_py")
+    # Installed as the install tool does it, and run by the kernel from its #! line (which
+    # passes everything after the interpreter as one argument: hence -IS, not -I -S).
+    launcher = tmp_path / "bin" / "pymachine"
+    text = (root / "bin" / "pymachine").read_text()
+    launcher.write_text(f"#!{tmp_path}/bin/python3 -IS\n" + text.split("\n", 1)[1])
+    launcher.chmod(0o755)
+    run = subprocess.run([str(launcher), "--version"], capture_output=True, text=True, cwd=tmp_path)
+    assert run.returncode == 0 and run.stdout.startswith("pymachine "), run.stderr
+    out, imported = _importtime([str(tmp_path / "bin" / "python3"), "-IS", str(launcher), "--version"], cwd=tmp_path)
+    assert out.startswith("pymachine ")
+    assert "site" not in imported and "machinectl_py.cli" in imported
+    assert not HEAVY & imported, f"heavy modules imported by the launcher: {sorted(HEAVY & imported)}"
+
+
+def test_launcher_falls_back_to_site_for_other_layouts() -> None:
+    """Under -IS with the package where the launcher does not look (here the test venv's
+    editable install, found through its .pth finder), site is run after all."""
+    root = Path(__file__).resolve().parents[2]
+    result = subprocess.run([sys.executable, "-IS", str(root / "bin" / "pymachine"), "--version"],
+                            capture_output=True, text=True, cwd="/", check=True)
+    assert result.stdout.startswith("pymachine ")
