@@ -46,6 +46,27 @@ def test_start_create_and_exec_paths_import_nothing_heavy() -> None:
     assert not HEAVY & set(out), f"heavy modules on the start/exec path: {sorted(HEAVY & set(out))}"
 
 
+FORWARDER_PROBE = """
+import sys
+base = set(sys.modules)
+from machinectl_py.forwarder import forward
+from machinectl_py.journal import JournalWriter
+writer = JournalWriter(b"CONTAINER_NAME=x\\n")
+writer.send(b"line", 6)  # no journald here: dropped, but the socket was made
+writer.close()
+print(" ".join(sorted(set(sys.modules) - base)))
+"""
+
+
+def test_forwarder_imports_nothing_heavy() -> None:
+    """The log forwarder starts beside systemd's scope job at every `run`: on two cores, its
+    imports' CPU time is taken from that job."""
+    out = subprocess.run([sys.executable, "-c", FORWARDER_PROBE],
+                         capture_output=True, text=True, check=True).stdout.split()
+    assert "_socket" in out
+    assert not HEAVY & set(out), f"heavy modules in the forwarder: {sorted(HEAVY & set(out))}"
+
+
 def test_launcher_imports_nothing_heavy() -> None:
     """bin/pymachine, the installed command: not pip's entry-point wrapper, which imports `re`."""
     root = Path(__file__).resolve().parents[2]
