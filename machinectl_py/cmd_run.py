@@ -7,6 +7,7 @@ from machinectl_py.spec import (
     ContainerSpec,
     Limits,
     Volume,
+    check_cpus_available,
     generate_name,
     parse_count,
     parse_cpus,
@@ -85,6 +86,10 @@ def spec_from_args(args: dict[str, Any]) -> ContainerSpec:
         cpu_quota_usec=parse_cpus(args["cpus"]) if args["cpus"] is not None else None,
         tasks_max=parse_count(args["pids_limit"], "pids limit") if args["pids_limit"] is not None else None,
     )
+    if args["cpus"] is not None:
+        import os
+
+        check_cpus_available(args["cpus"], os.cpu_count())
     return ContainerSpec(
         name=args["name"] if args["name"] is not None else generate_name(),
         image=args["image"],

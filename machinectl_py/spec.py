@@ -111,6 +111,15 @@ def parse_cpus(text: str) -> int:
     return max(10_000, round(cpus * USEC_PER_SEC))
 
 
+def check_cpus_available(text: str, available: int | None) -> None:
+    """docker's rule for --cpus: no more CPUs than the host has. A quota above that is never
+    reached, so asking for it is a mistake. (Definitions are checked when made from the
+    command line, not when read: a definition may move to a smaller host.)"""
+    if available and float(text) > available:
+        raise UsageError(f"invalid CPU count {text!r}: this host has only {available} CPUs",
+                         hint=f"use a number from 0.01 to {available}")
+
+
 def parse_count(text: str, what: str) -> int:
     try:
         value = int(text)

@@ -64,3 +64,13 @@ def test_option_forms(argv: list[str], expected: str | None) -> None:
 def test_network_choices_are_checked() -> None:
     with pytest.raises(UsageError, match="choose from host, private"):
         parse(["--network=bridge", "busybox"])
+
+
+def test_more_cpus_than_the_host_has_is_refused() -> None:
+    """docker's rule: a quota above the host's CPUs is never reached, so it is a mistake."""
+    import os
+
+    cpus = os.cpu_count() or 1
+    assert parse(["--cpus", str(cpus), "busybox"]).limits.cpu_quota_usec == cpus * 1_000_000
+    with pytest.raises(UsageError, match=f"this host has only {cpus} CPUs"):
+        parse(["--cpus", str(cpus + 0.5), "busybox"])

@@ -4,6 +4,7 @@ from machinectl_py.errors import UsageError
 from machinectl_py.spec import (
     ContainerSpec,
     Volume,
+    check_cpus_available,
     generate_name,
     hostname_for,
     parse_count,
@@ -104,3 +105,10 @@ def test_validate_user_accepts(user: str) -> None:
 def test_validate_user_rejects(user: str) -> None:
     with pytest.raises(UsageError):
         validate_user(user)
+
+
+def test_check_cpus_available() -> None:
+    check_cpus_available("2", 2)
+    check_cpus_available("64", None)  # unknown: not checked
+    with pytest.raises(UsageError, match="only 2 CPUs"):
+        check_cpus_available("2.01", 2)
