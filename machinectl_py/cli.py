@@ -60,6 +60,8 @@ def usage() -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    if argv is None:
+        ensure_standard_fds()
     args = sys.argv[1:] if argv is None else argv
     if not args or args[0] in ("-h", "--help", "help"):
         sys.stdout.write(usage())
@@ -88,12 +90,31 @@ FAST_EXIT = frozenset({"machinectl_py.cmd_run", "machinectl_py.exec", "machinect
 
 
 def fast_exit(code: int) -> None:
-    try:
-        sys.stdout.flush()
-        sys.stderr.flush()
-    except (OSError, ValueError):
-        pass
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
     os._exit(code)
+
+
+def ensure_standard_fds() -> None:
+    """Started with stdin, stdout or stderr closed (`>&-`), it becomes /dev/null, as systemd and
+    docker do. Otherwise the first pipe or socket opened would take its number: the container's
+    output would go into a D-Bus connection or a status pipe, and the interpreter, which found
+    no stream there, would fail on its first print or flush."""
+    for fd in (0, 1, 2):
+        try:
+            os.fstat(fd)
+        except OSError:
+            null = os.open("/dev/null", os.O_RDWR)  # the lowest free number: fd, as 0..fd-1 are open
+            if null != fd:
+                os.dup2(null, fd)
+                os.close(null)
+    if sys.stdout is None:
+        sys.stdout = open(1, "w", closefd=False)  # noqa: SIM115 - lives as long as the process
+    if sys.stderr is None:
+        sys.stderr = open(2, "w", closefd=False)  # noqa: SIM115
 
 
 def run_verb(module_name: str, func_name: str, args: list[str]) -> int:

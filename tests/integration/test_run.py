@@ -37,6 +37,20 @@ def test_exit_code_is_the_commands(host: AnyHost) -> None:
     assert pm(host, "run", "--rm", "busybox", "sh", "-c", "exit 7").returncode == 7
 
 
+@pytest.mark.parametrize(("name", "closed"), [("closed-in", "<&-"), ("closed-out", ">&-"), ("closed-err", "2>&-"),
+                                            ("closed-all", "<&- >&- 2>&-")])
+def test_closed_standard_fds_keep_the_exit_code_and_the_journal(host: AnyHost, name: str, closed: str) -> None:
+    """Started with stdin, stdout or stderr closed, pymachine makes them /dev/null: no pipe or
+    D-Bus socket takes their numbers, and the exit code and the journal are as usual."""
+    r = host.run(["sh", "-c", f"pymachine run --rm --name {name} busybox sh -c 'echo out-{name}; echo err >&2; "
+                  f"exit 3' {closed}"])
+    assert r.returncode == 3, r.stderr
+    assert "Traceback" not in r.stderr
+    journal = host.run(["journalctl", f"CONTAINER_NAME={name}", "-o", "cat", "--no-pager"], check=True).stdout
+    assert f"out-{name}" in journal.splitlines()
+    assert name not in machine_names(host)
+
+
 def test_killed_by_signal_gives_128_plus_n(host: AnyHost) -> None:
     proc = host.popen(["pymachine", "run", "--rm", "--name", "sig", "busybox", "sleep", "60"])
     wait_until(lambda: "sig" in machine_names(host), what="machine sig")
