@@ -62,7 +62,9 @@ def main(argv: list[str]) -> int:
     try:
         created_usec = int(state.load(args.name).created * 1_000_000)
     except NotFoundError:
-        created_usec = 0  # removed: its old lines are still in the journal
+        if args.follow:
+            raise  # nothing of that name will log again
+        created_usec = 0  # removed (run --rm, rm): its old lines are still in the journal
     argv = journalctl_argv(args.name, follow=args.follow, lines=args.tail, since=args.since)
     try:
         proc = subprocess.Popen(argv, stdout=subprocess.PIPE)
@@ -75,6 +77,7 @@ def main(argv: list[str]) -> int:
         raise KeyboardInterrupt  # SIGTERM ends `logs -f` as Ctrl-C does, journalctl included
 
     signal.signal(signal.SIGTERM, stop)
+    shown = 0
     try:
         for line in proc.stdout:
             entry = json.loads(line)
@@ -82,6 +85,7 @@ def main(argv: list[str]) -> int:
                 continue
             out = 2 if str(entry.get("PRIORITY")) in ("0", "1", "2", "3") else 1
             os.write(out, message_bytes(entry) + b"\n")
+            shown += 1
     except KeyboardInterrupt:
         proc.terminate()
     except BrokenPipeError:
@@ -90,4 +94,7 @@ def main(argv: list[str]) -> int:
     if code not in (0, -15):
         print(f"pymachine logs: journalctl exited {code}", file=sys.stderr)
         return 125
+    if not created_usec and not shown and args.since is None and args.tail != 0:
+        raise NotFoundError(f"no such container: {args.name}",
+                            hint="no container of that name, and no lines of one in the journal")
     return 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from machinectl_py.args import APPEND, FLAG, Command, Option
+from machinectl_py.errors import UsageError
 from machinectl_py.spec import (
     ContainerSpec,
     Limits,
@@ -131,6 +132,9 @@ def main(argv: list[str]) -> int:
         print(RUN.help_text(), end="")
         return 0
     spec = spec_from_args(args)
+    if spec.restart != "no" and not args["detach"]:
+        raise UsageError("--restart applies to detached containers: a foreground run ends with its command",
+                         hint="use it with -d, or with `pymachine create`")
     if args["detach"]:
         from machinectl_py.cmd_create import run_detached
 

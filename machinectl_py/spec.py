@@ -46,12 +46,17 @@ def validate_name(name: str, what: str = "container name") -> str:
     return name
 
 
+# The largest uid or gid: (uid_t)-1 means "no change" to setresuid and friends.
+MAX_ID = 2**32 - 2
+
+
 def validate_user(user: str) -> str:
     """USER[:GROUP]: names or numbers, looked up in the container's own /etc/passwd at start."""
     name, _, group = user.partition(":")
     if not all(part and len(part) <= 256 and ":" not in part and part.isprintable() and " " not in part
+               and not (part.isdigit() and int(part) > MAX_ID)
                for part in ([name, group] if ":" in user else [name])):
-        raise UsageError(f"invalid user {user!r}", hint="use USER, UID, USER:GROUP or UID:GID")
+        raise UsageError(f"invalid user {user!r}", hint=f"use USER, UID, USER:GROUP or UID:GID (ids 0-{MAX_ID})")
     return user
 
 
@@ -200,6 +205,9 @@ class ContainerSpec(Record):
             raise UsageError(f"invalid network mode {self.network!r}", hint="use 'host' or 'private'")
         if self.restart not in RESTART_POLICIES:
             raise UsageError(f"invalid restart policy {self.restart!r}", hint="use no, on-failure or always")
+        if self.remove and self.restart != "no":
+            # docker's rule: a container removed when it stops has nothing to restart.
+            raise UsageError("conflicting options: --restart and --rm")
         if self.workdir is not None and not self.workdir.startswith("/"):
             raise UsageError(f"invalid working directory {self.workdir!r}: must be absolute")
         if self.user is not None:

@@ -15,6 +15,7 @@ import stat
 
 from machinectl_py import syscalls as sc
 from machinectl_py.errors import UsageError
+from machinectl_py.spec import MAX_ID
 
 MAX_FILE = 1 << 20
 
@@ -59,6 +60,8 @@ def resolve_user(spec: str) -> tuple[int, int, list[int]]:
             raise UsageError(f"no group {group!r} in the container's /etc/group")
     supplementary = sorted({int(g[2]) for g in groups_file
                             if len(g) >= 4 and name and name in g[3].split(",") and g[2].isdigit()})
+    if max(uid, gid, *supplementary) > MAX_ID:  # the image's files are untrusted
+        raise UsageError(f"user {spec!r}: an id above {MAX_ID} in the container's /etc/passwd or /etc/group")
     return uid, gid, [g for g in supplementary if g != gid]
 
 

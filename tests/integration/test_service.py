@@ -302,6 +302,15 @@ def test_rm_racing_start_leaves_a_consistent_state(host: AnyHost) -> None:
     host.assert_no_leftovers(timeout=15)
 
 
+def test_logs_of_an_unknown_name_fail_and_of_a_removed_container_show_its_lines(host: AnyHost) -> None:
+    name = unique("gone")
+    for argv in (["logs", name], ["logs", "-f", name]):
+        r = host.run(["pymachine", *argv], timeout=30)
+        assert r.returncode == 125 and r.stderr.startswith(f"pymachine: no such container: {name}"), r
+    pm(host, "run", "--rm", "--name", name, "busybox", "echo", "left-in-the-journal")
+    wait_for(lambda: "left-in-the-journal" in pm(host, "logs", name), what="the removed container's line")
+
+
 def test_logs_tail_since_and_a_reused_name(host: AnyHost, cleanup: list[str]) -> None:
     name = unique("logs")
     cleanup.append(name)

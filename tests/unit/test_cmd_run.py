@@ -74,3 +74,10 @@ def test_more_cpus_than_the_host_has_is_refused() -> None:
     assert parse(["--cpus", str(cpus), "busybox"]).limits.cpu_quota_usec == cpus * 1_000_000
     with pytest.raises(UsageError, match=f"this host has only {cpus} CPUs"):
         parse(["--cpus", str(cpus + 0.5), "busybox"])
+
+
+def test_restart_without_detach_is_refused_before_anything_happens() -> None:
+    from machinectl_py.cmd_run import main
+
+    with pytest.raises(UsageError, match="--restart applies to detached containers"):
+        main(["--restart", "always", "busybox", "true"])

@@ -112,3 +112,20 @@ def test_check_cpus_available() -> None:
     check_cpus_available("64", None)  # unknown: not checked
     with pytest.raises(UsageError, match="only 2 CPUs"):
         check_cpus_available("2.01", 2)
+
+
+@pytest.mark.parametrize("user", ["4294967294", "0:4294967294", "nobody:0"])
+def test_validate_user_takes_ids_up_to_the_largest(user: str) -> None:
+    assert validate_user(user) == user
+
+
+@pytest.mark.parametrize("user", ["4294967295", "0:99999999999", "99999999999"])
+def test_validate_user_refuses_ids_out_of_range(user: str) -> None:
+    with pytest.raises(UsageError, match="invalid user"):
+        validate_user(user)
+
+
+def test_rm_and_restart_conflict() -> None:
+    with pytest.raises(UsageError, match="conflicting options: --restart and --rm"):
+        ContainerSpec(name="x", image="busybox", remove=True, restart="always").validate()
+    assert ContainerSpec(name="x", image="busybox", remove=True).validate().restart == "no"
