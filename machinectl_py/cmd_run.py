@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 from machinectl_py.args import APPEND, FLAG, Command, Option
 from machinectl_py.errors import UsageError
 from machinectl_py.spec import (
@@ -62,7 +64,8 @@ RUN = Command(
         Option("--pids-limit", "maximum number of tasks (TasksMax=)", metavar="N"),
         Option("--network", "host: share the host's network (default, as systemd-nspawn); private: only lo",
                metavar="MODE", choices=("host", "private"), default="host"),
-        Option("--env -e", "set an environment variable (repeatable)", kind=APPEND, metavar="KEY=VALUE"),
+        Option("--env -e", "set an environment variable (repeatable); a bare KEY passes on its value here",
+               kind=APPEND, metavar="KEY=VALUE"),
         Option("--workdir -w", "working directory inside the container", metavar="DIR"),
         Option("--user -u", "run as USER[:GROUP] (names or numbers, from the container's /etc/passwd); "
                "default: the image's user, else root", metavar="USER"),
@@ -88,8 +91,6 @@ def spec_from_args(args: dict[str, Any]) -> ContainerSpec:
         tasks_max=parse_count(args["pids_limit"], "pids limit") if args["pids_limit"] is not None else None,
     )
     if args["cpus"] is not None:
-        import os
-
         check_cpus_available(args["cpus"], os.cpu_count())
     return ContainerSpec(
         name=args["name"] if args["name"] is not None else generate_name(),
@@ -97,7 +98,7 @@ def spec_from_args(args: dict[str, Any]) -> ContainerSpec:
         command=tuple(args["command"]) or None,
         hostname=args["hostname"],
         network=args["network"],
-        env=parse_env(args["env"]),
+        env=parse_env(args["env"], os.environ),
         workdir=args["workdir"],
         user=args["user"],
         limits=limits,

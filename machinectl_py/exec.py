@@ -55,7 +55,7 @@ stdout and stderr stay apart; the exit status is COMMAND's own.
 options:
   -i, --interactive      keep stdin attached
   -t, --tty              allocate a pseudo-terminal (in the container's /dev/pts)
-  -e, --env KEY=VALUE    set an environment variable (repeatable)
+  -e, --env KEY=VALUE    set an environment variable (repeatable); a bare KEY passes on its value here
   -w, --workdir DIR      working directory inside the container (default: the container's)
   -u, --user USER[:GROUP]  user name or uid (resolved in the container's /etc/passwd);
                            default: the container's own user (its -u, else the image's)
@@ -176,7 +176,7 @@ def main(argv: list[str]) -> int:
         return 0
     from machinectl_py.spec import parse_env
 
-    extra_env = parse_env(opts.env)
+    extra_env = parse_env(opts.env, os.environ)
     from machinectl_py.bus import Bus, BusError
 
     with Bus.system() as bus:

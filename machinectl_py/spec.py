@@ -135,13 +135,21 @@ def parse_count(text: str, what: str) -> int:
     return value
 
 
-def parse_env(items: Sequence[str]) -> dict[str, str]:
+def parse_env(items: Sequence[str], inherit: Mapping[str, str] | None = None) -> dict[str, str]:
+    """KEY=VALUE items. With `inherit` (the command line's -e, given pymachine's environment),
+    a bare KEY takes its value from there, and is left out where it is not set, as docker's -e
+    does; elsewhere (a definition file) a bare KEY is an error."""
     env: dict[str, str] = {}
     for item in items:
         key, sep, value = item.partition("=")
-        if not key or key[0].isdigit() or not _ENV_KEY_CHARS.issuperset(key) or not sep:
-            raise UsageError(f"invalid environment variable {item!r}", hint="use KEY=VALUE")
-        env[key] = value
+        if not key or key[0].isdigit() or not _ENV_KEY_CHARS.issuperset(key) or not (sep or inherit is not None):
+            raise UsageError(f"invalid environment variable {item!r}",
+                             hint="use KEY=VALUE, or KEY to pass on its value here" if inherit is not None
+                             else "use KEY=VALUE")
+        if sep:
+            env[key] = value
+        elif inherit is not None and key in inherit:
+            env[key] = inherit[key]
     return env
 
 

@@ -221,6 +221,9 @@ def _import_archive_file(
     except OSError as e:
         raise ImageError(f"cannot open {source}: {e.strerror}") from None
     try:
+        if os.fstat(fd).st_size == 0:  # a tar holds at least its end-of-archive blocks
+            raise BadArchiveError(f"{'standard input' if source == '-' else source} is empty: "
+                                  "not an image archive or a tarball")
         _stage(progress, "reading", None if formats.detect_compression(fd) else os.fstat(fd).st_size)
         stream = formats.BlobStream(fd, source)
         outer_path, outer_fd = staging.mkdir("outer")

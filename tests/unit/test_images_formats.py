@@ -151,6 +151,22 @@ def test_import_from_stdin(state: Path, tmp_path: Path, monkeypatch: pytest.Monk
     assert os.listdir(state / "tmp") == []
 
 
+def test_empty_input_is_not_an_image(state: Path, tmp_path: Path) -> None:
+    """Zero bytes (an empty file, `< /dev/null`) is a mistake, not an image with an empty root."""
+    empty = tmp_path / "empty.tar"
+    empty.write_bytes(b"")
+    rc, _, err = pm("image", "import", str(empty))
+    assert rc != 0 and "is empty: not an image archive or a tarball" in err
+    result = subprocess.run(
+        ["python3", "-m", "machinectl_py", "image", "import", "-"], stdin=subprocess.DEVNULL,
+        capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])},
+        check=False)
+    assert result.returncode != 0 and "standard input is empty" in result.stderr
+    rc, out, _ = pm("images", "-q")
+    assert rc == 0 and out.split() == []
+    assert os.listdir(state / "tmp") == []
+
+
 # ---------------------------------------------------------------------------------------------
 # Hostile manifests and digests: each fails, registers nothing
 

@@ -129,3 +129,12 @@ def test_rm_and_restart_conflict() -> None:
     with pytest.raises(UsageError, match="conflicting options: --restart and --rm"):
         ContainerSpec(name="x", image="busybox", remove=True, restart="always").validate()
     assert ContainerSpec(name="x", image="busybox", remove=True).validate().restart == "no"
+
+
+def test_a_bare_env_key_passes_on_the_callers_value_or_nothing() -> None:
+    """docker's -e KEY: the value from the caller's environment; unset there, left out."""
+    assert parse_env(["A", "B", "C=3"], {"A": "from-here"}) == {"A": "from-here", "C": "3"}
+    with pytest.raises(UsageError):
+        parse_env(["A"])  # a definition file: no caller's environment to take it from
+    with pytest.raises(UsageError):
+        parse_env(["1A"], {"1A": "x"})
