@@ -81,3 +81,10 @@ def test_restart_without_detach_is_refused_before_anything_happens() -> None:
 
     with pytest.raises(UsageError, match="--restart applies to detached containers"):
         main(["--restart", "always", "busybox", "true"])
+
+
+def test_bare_env_key_comes_from_pymachines_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PM_TEST_PASSED", "yes")
+    monkeypatch.delenv("PM_TEST_UNSET", raising=False)
+    spec = parse(["-e", "PM_TEST_PASSED", "-e", "PM_TEST_UNSET", "busybox"])
+    assert dict(spec.env) == {"PM_TEST_PASSED": "yes"}
