@@ -32,7 +32,7 @@ if TYPE_CHECKING:
 
     from machinectl_py import state
     from machinectl_py.container_init import ChildPlan
-    from machinectl_py.spec import ContainerSpec
+    from machinectl_py.spec import ContainerSpec, Limits
 
 SYSTEMD_DEST = "org.freedesktop.systemd1"
 SYSTEMD_PATH = "/org/freedesktop/systemd1"
@@ -40,6 +40,10 @@ MANAGER = "org.freedesktop.systemd1.Manager"
 TEMPLATE = "pymachine@.service"
 UNIT_DIR = "/etc/systemd/system"
 DROPIN = "50-pymachine.conf"
+# The generator's, at every boot and reload: the Delegate= of the cgroup layout the host has
+# now. It sorts after DROPIN, so it wins over the one `create` wrote in /etc, which names the
+# layout the host had then (a distribution upgrade may have moved it from hybrid to unified).
+DELEGATE_DROPIN = "60-pymachine-delegate.conf"
 JOURNAL_STDOUT = "/run/systemd/journal/stdout"
 UINT64_MAX = 2**64 - 1
 JOB_TIMEOUT_USEC = systemd.JOB_TIMEOUT_USEC
@@ -143,8 +147,16 @@ def dropin_text(name: str, container_id: str, image_name: str, spec: ContainerSp
         lines.append(f"TasksMax={limits.tasks_max}")
     lines += [f"DeviceAllow={path} {access}" for path, access in device_allow]
     if not unified_host:
-        lines += ["Delegate=", "Delegate=" + " ".join(systemd.v1_delegated_controllers(limits))]
+        lines += delegate_lines(limits, unified_host)
     return "\n".join(lines) + "\n"
+
+
+def delegate_lines(limits: Limits, unified_host: bool) -> list[str]:
+    """The unit's Delegate= for this host's cgroup layout (see systemd.delegate_properties); the
+    empty assignment first drops what an earlier drop-in (or the template) said."""
+    if unified_host:
+        return ["Delegate=", "Delegate=yes"]
+    return ["Delegate=", "Delegate=" + " ".join(systemd.v1_delegated_controllers(limits))]
 
 
 def write_dropin(bus: Bus, name: str, container_id: str, image_name: str, spec: ContainerSpec) -> None:

@@ -107,6 +107,30 @@ def test_the_record_of_an_adopted_definition_has_the_generators_id(host: AnyHost
     assert extra_fields(show(host, unit, "LogExtraFields")["LogExtraFields"]) == fields
 
 
+def test_this_boots_cgroup_layout_wins_over_a_stale_drop_in_in_etc(host: AnyHost, definition: str) -> None:
+    """`create` wrote /etc/.../50-pymachine.conf for the layout the host had then; after an
+    upgrade that changed it (hybrid to unified), the generator's 60-pymachine-delegate.conf
+    of this boot decides the unit's Delegate=."""
+    name, unit = definition, f"pymachine@{definition}.service"
+    write_definition(host, name, 'image = "busybox"\ncommand = ["sleep", "1000"]\n')
+    unified = host.run(["stat", "-f", "-c", "%T", "/sys/fs/cgroup"], check=True).stdout.strip() == "cgroup2fs"
+    stale = "memory pids devices" if unified else "yes"  # the other layout's
+    dropins = f"/etc/systemd/system/{unit}.d"
+    host.run(["sh", "-c", f"mkdir -p {dropins} && printf '[Service]\\nDelegate=\\nDelegate={stale}\\n' "
+                          f"> {dropins}/50-pymachine.conf"], check=True)
+    host.run(["systemctl", "daemon-reload"], check=True, timeout=60)
+    props = show(host, unit, "Delegate", "DelegateControllers", "DropInPaths")
+    assert f"/run/systemd/generator/{unit}.d/60-pymachine-delegate.conf" in props["DropInPaths"], props
+    controllers = set(props["DelegateControllers"].split())
+    assert props["Delegate"] == "yes", props
+    if unified:
+        assert {"cpu", "io", "memory", "pids"} <= controllers, props
+    else:
+        assert controllers == {"memory", "pids", "devices"}, props
+    host.run(["systemctl", "start", unit], check=True, timeout=60)
+    assert show(host, unit, "ActiveState")["ActiveState"] == "active"
+
+
 def test_a_bad_definition_is_skipped_and_the_others_still_generated(host: AnyHost, definition: str) -> None:
     name, bad = definition, f"genbad{secrets.token_hex(3)}"
     write_definition(host, name, 'image = "busybox"\nrestart = "always"\n')

@@ -46,6 +46,27 @@ def test_writes_the_units_settings_of_each_definition(dirs: tuple[Path, Path]) -
     assert settings(dropin(out, "db"))["Restart"] == "no"
 
 
+@pytest.mark.parametrize(("unified", "cpus", "expected"), [
+    (True, False, ["Delegate=", "Delegate=yes"]),
+    (False, False, ["Delegate=", "Delegate=memory pids devices"]),
+    (False, True, ["Delegate=", "Delegate=memory pids devices cpu"]),
+])
+def test_the_delegation_follows_the_layout_of_this_boot(dirs: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch,
+                                                        unified: bool, cpus: bool, expected: list[str]) -> None:
+    """In its own drop-in, sorting after the settings one: it overrides the Delegate= that
+    `create` wrote in /etc for the layout the host had then."""
+    from machinectl_py import mounts
+
+    machines, out = dirs
+    monkeypatch.setattr(mounts, "unified_cgroup_host", lambda: unified)
+    (machines / "web.toml").write_text('image = "busybox"\n' + ('[limits]\ncpus = 0.5\n' if cpus else ""))
+    generator.generate(str(out), str(machines))
+    directory = out / "pymachine@web.service.d"
+    assert sorted(os.listdir(directory)) == ["50-pymachine.conf", "60-pymachine-delegate.conf"]
+    lines = (directory / "60-pymachine-delegate.conf").read_text().splitlines()
+    assert lines[1:] == ["[Service]", *expected]
+
+
 def test_the_id_is_stable_until_the_definition_is_written_anew(dirs: tuple[Path, Path], tmp_path: Path) -> None:
     machines, out = dirs
     path = machines / "web.toml"
