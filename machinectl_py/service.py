@@ -147,7 +147,7 @@ def dropin_text(name: str, container_id: str, image_name: str, spec: ContainerSp
         lines.append(f"TasksMax={limits.tasks_max}")
     lines += [f"DeviceAllow={path} {access}" for path, access in device_allow]
     if not unified_host:
-        lines += delegate_lines(limits, unified_host)
+        lines += delegate_lines(limits, unified_host=False)
     return "\n".join(lines) + "\n"
 
 
