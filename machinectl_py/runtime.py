@@ -326,7 +326,7 @@ class ForegroundRun:
         its setup in the scope (its cgroup namespace and mounts) while machined registers it."""
         spec = self.spec
         unit = scope_name(spec.name)
-        props = scope_properties(spec.name, spec.limits, policy.device_allow, (self.leader, self.forwarder),
+        props = scope_properties(spec, policy.device_allow, (self.leader, self.forwarder),
                                  unified_host=unified_cgroup_host())
         try:
             job = systemd.start_scope(self.pid1, unit, props)
