@@ -6,10 +6,10 @@ import argparse
 import contextlib
 import datetime
 import json
-import re
 import sys
 from typing import Any, NoReturn
 
+from machinectl_py import formatting
 from machinectl_py.errors import UsageError
 from machinectl_py.images.progress import Progress, human_size
 
@@ -67,29 +67,6 @@ def inspect_data(store: Any, image_id: str) -> dict[str, Any]:
         "RootFS": {"Type": "layers", "Layers": list(record.diff_ids)},
         "History": config.get("history") or [],
     }
-
-
-_TEMPLATE_RE = re.compile(r"\{\{\s*(json\s+)?((?:\.[A-Za-z0-9_]+)+|\.)\s*\}\}")
-
-
-def render_format(template: str, data: dict[str, Any]) -> str:
-    """A small subset of docker's Go templates: `{{.Field.Sub}}` and `{{json .Field}}`."""
-
-    def value_of(m: re.Match[str]) -> str:
-        value: Any = data
-        path = m.group(2)
-        for key in [k for k in path.split(".") if k]:
-            if not isinstance(value, dict) or key not in value:
-                raise UsageError(f"template field {path!r} does not exist")
-            value = value[key]
-        if m.group(1) or isinstance(value, (dict, list)):
-            return json.dumps(value)
-        return "" if value is None else str(value)
-
-    text = _TEMPLATE_RE.sub(value_of, template)
-    if "{{" in text:
-        raise UsageError(f"unsupported template {template!r}", hint="use {{.Field}} or {{json .Field}}")
-    return text.replace("\\n", "\n").replace("\\t", "\t")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -169,7 +146,7 @@ def cmd_inspect(argv: list[str]) -> int:
     data = [inspect_data(store, find_image(store, ref)) for ref in args.images]
     if args.format:
         for item in data:
-            print(render_format(args.format, item))
+            print(formatting.render(args.format, item))
     else:
         print(json.dumps(data, indent=4))
     return 0
