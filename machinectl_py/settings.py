@@ -269,8 +269,8 @@ def _env_files_toml(value: Any) -> dict[str, str]:
 # -- the table --------------------------------------------------------------------------------------
 
 SETTINGS: tuple[Setting, ...] = (
-    Setting("name", "container (and machine) name; default: a generated adjective_name", flags="--name",
-            metavar="NAME", inspect="Name", help="container (and machine) name: 1-64 of [a-zA-Z0-9-_.]; "
+    Setting("name", "container (and machine) name; default: a generated adjective-name", flags="--name",
+            metavar="NAME", inspect="Name", help="container (and machine) name: 1-64 of [a-zA-Z0-9-.]; "
             "default: generated, as docker's adjective_name"),
     Setting("image", "image name[:tag] or id; `busybox` is built in", key="image", inspect="Config.Image",
             parse=sp.validate_image_name),

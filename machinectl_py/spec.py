@@ -17,9 +17,9 @@ if TYPE_CHECKING:
 
 # No `re` and no `dataclasses` here: this module is on the start-up path (see record.py).
 _ALNUM = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789")
-# machined's rule for machine names (machine_name_is_valid() in systemd):
-# 1-64 characters of [a-zA-Z0-9-_.], no leading dot, no "..".
-_NAME_CHARS = _ALNUM | frozenset("-_.")
+# machined's rule for machine names (machine_name_is_valid() in systemd: a valid hostname):
+# 1-64 characters of [a-zA-Z0-9-.], no leading dot, no "..". machined refuses "_".
+_NAME_CHARS = _ALNUM | frozenset("-.")
 _ENV_KEY_CHARS = _ALNUM | frozenset("_")
 
 _SIZE_UNITS = {
@@ -41,7 +41,8 @@ def validate_name(name: str, what: str = "container name") -> str:
     if not 1 <= len(name) <= 64 or not _NAME_CHARS.issuperset(name) or name.startswith(".") or ".." in name:
         raise UsageError(
             f"invalid {what} {name!r}",
-            hint="use 1-64 characters of [a-zA-Z0-9-_.], not starting with '.' and without '..'",
+            hint="use 1-64 characters of [a-zA-Z0-9-.], not starting with '.' and without '..' "
+                 "(machined's rule for machine names)",
         )
     return name
 
@@ -338,7 +339,7 @@ def parse_mount(item: str) -> Volume | tuple[str, str]:
     return Volume(target=target, source=source, read_only=read_only)
 
 
-# docker's names for containers without --name: adjective_name (a shorter list of both).
+# docker's names for containers without --name, adjective_name, with machined's "-" for "_".
 _ADJECTIVES = ("admiring", "agitated", "amazing", "angry", "awesome", "blissful", "bold", "brave", "busy",
                "charming", "clever", "cool", "compassionate", "confident", "dazzling", "determined", "eager",
                "ecstatic", "elegant", "epic", "festive", "focused", "friendly", "gallant", "gifted", "goofy",
@@ -360,10 +361,10 @@ _NAMES = ("albattani", "allen", "archimedes", "babbage", "bardeen", "bartik", "b
 
 
 def generate_name() -> str:
-    """adjective_name, as docker's; the caller's claim of the container directory fails on a
+    """adjective-name, as docker's adjective_name; the caller's claim of the container directory fails on a
     clash, so a short random tail keeps that unlikely past a few hundred containers."""
     a, b, c = os.urandom(3)
-    return f"{_ADJECTIVES[a % len(_ADJECTIVES)]}_{_NAMES[b % len(_NAMES)]}{c % 100 if c >= 128 else ''}"
+    return f"{_ADJECTIVES[a % len(_ADJECTIVES)]}-{_NAMES[b % len(_NAMES)]}{c % 100 if c >= 128 else ''}"
 
 
 def validate_restart(policy: str) -> str:
