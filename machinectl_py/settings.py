@@ -190,7 +190,7 @@ def _mounts_inspect(volumes: tuple[sp.Volume, ...]) -> list[dict[str, Any]]:
     mounts = []
     for v in volumes:
         mounts.append({"Type": "bind" if v.is_bind else "volume", "Name": None if v.is_bind else v.source,
-                       "Source": v.source if v.is_bind else str(data_dir(v.source or "")),
+                       "Source": v.source if v.is_bind else str(data_dir(v.source)) if v.source else "",
                        "Destination": v.target, "RW": not v.read_only})
     return mounts
 
