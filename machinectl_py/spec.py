@@ -117,6 +117,23 @@ def parse_cpus(text: str) -> int:
     return max(10_000, round(cpus * USEC_PER_SEC))
 
 
+def parse_cpu_weight(text: str) -> int:
+    """--cpu-weight: systemd's CPUWeight=, 1-10000 (100 is every unit's default)."""
+    value = parse_count(text, "CPU weight")
+    if value > 10_000:
+        raise UsageError(f"invalid CPU weight {text!r}: must be 1-10000")
+    return value
+
+
+def parse_cpu_shares(text: str) -> int:
+    """docker's --cpu-shares (2-262144, 1024 the default) on systemd's CPUWeight= scale, as podman
+    converts it: 1024 -> 39, 2 -> 1, 262144 -> 10000."""
+    shares = parse_count(text, "CPU shares")
+    if not 2 <= shares <= 262_144:
+        raise UsageError(f"invalid CPU shares {text!r}: must be 2-262144")
+    return 1 + (shares - 2) * 9999 // 262_142
+
+
 def check_cpus_available(text: str, available: int | None) -> None:
     """docker's rule for --cpus: no more CPUs than the host has. A quota above that is never
     reached, so asking for it is a mistake. (Definitions are checked when made from the
@@ -386,11 +403,12 @@ def validate_network(mode: str) -> str:
 
 
 class Limits(Record):
-    __slots__ = ("memory_max", "cpu_quota_usec", "tasks_max")
-    _defaults = {"memory_max": None, "cpu_quota_usec": None, "tasks_max": None}
+    __slots__ = ("memory_max", "cpu_quota_usec", "tasks_max", "cpu_weight")
+    _defaults = {"memory_max": None, "cpu_quota_usec": None, "tasks_max": None, "cpu_weight": None}
     memory_max: int | None  # bytes -> MemoryMax
     cpu_quota_usec: int | None  # per second -> CPUQuotaPerSecUSec
     tasks_max: int | None  # -> TasksMax
+    cpu_weight: int | None  # 1-10000 -> CPUWeight
 
 
 class Volume(Record):

@@ -65,7 +65,8 @@ def delegate_properties(limits: Limits, unified_host: bool) -> list[Property]:
 
 def v1_delegated_controllers(limits: Limits) -> list[str]:
     """What a container's unit delegates on a host with v1 hierarchies (see delegate_properties)."""
-    return [*V1_DELEGATED_CONTROLLERS, *(["cpu"] if limits.cpu_quota_usec is not None else [])]
+    uses_cpu = limits.cpu_quota_usec is not None or limits.cpu_weight is not None
+    return [*V1_DELEGATED_CONTROLLERS, *(["cpu"] if uses_cpu else [])]
 
 
 def scope_properties(spec: ContainerSpec, device_allow: tuple[tuple[str, str], ...],

@@ -116,11 +116,11 @@ def test_every_new_flag_in_a_definition_and_inspect(host: AnyHost, cleanup: list
     cleanup.append(name)
     ok(host, "create", "--name", name, "--label", "tier=web", "--label", "solo", "--stop-signal", "INT",
        "--stop-timeout", "4", "--read-only", "--tmpfs", "/scratch:size=1m", "--shm-size", "16M", "--init",
-       "--ulimit", "nofile=1024:2048", "--entrypoint", "/bin/sh", "busybox", "-c", "sleep 1")
+       "--ulimit", "nofile=1024:2048", "--cpu-weight", "200", "--entrypoint", "/bin/sh", "busybox", "-c", "sleep 1")
     text = host.run(["cat", f"/etc/pymachine/machines/{name}.toml"], check=True).stdout
     for line in ('labels = { tier = "web", solo = "" }', 'stop_signal = "SIGINT"', "stop_timeout = 4",
                  "read_only = true", 'tmpfs = ["/scratch:size=1m"]', "shm_size = 16777216", "init = true",
-                 'ulimits = { nofile = "1024:2048" }', 'entrypoint = ["/bin/sh"]'):
+                 'ulimits = { nofile = "1024:2048" }', 'entrypoint = ["/bin/sh"]', "cpu_weight = 200"):
         assert line in text, f"{line!r} not in\n{text}"
     ok(host, "start", name)
     data = inspect(host, name)
@@ -134,9 +134,10 @@ def test_every_new_flag_in_a_definition_and_inspect(host: AnyHost, cleanup: list
     assert hostconfig["Ulimits"] == [{"Name": "nofile", "Soft": 1024, "Hard": 2048}]
     unit = f"pymachine@{name}.service"
     shown = host.run(["systemctl", "show", unit, "-p", "KillSignal", "-p", "TimeoutStopUSec", "-p", "LimitNOFILE",
-                      "-p", "LimitNOFILESoft"], check=True).stdout
+                      "-p", "LimitNOFILESoft", "-p", "CPUWeight"], check=True).stdout
     assert "KillSignal=2" in shown and "TimeoutStopUSec=4s" in shown, shown
     assert "LimitNOFILE=2048" in shown and "LimitNOFILESoft=1024" in shown, shown
+    assert "CPUWeight=200" in shown and hostconfig["CpuWeight"] == 200, shown
     assert ok(host, "ps", "-a", "--filter", "label=tier=web", "-q").split() == [name]
     assert ok(host, "ps", "-a", "--filter", "label=tier=db", "-q").split() == []
     table = ok(host, "ps", "-a", "--filter", f"name={name}", "--format", "table {{.Names}}\\t{{.Status}}")

@@ -104,6 +104,15 @@ def test_mount_syntax(item: str, message: str | None) -> None:
         parse_mount(item)
 
 
+def test_cpu_shares_on_systemds_scale() -> None:
+    from machinectl_py.cmd_run import parse
+
+    assert [parse(["--cpu-shares", n, "busybox"]).limits.cpu_weight for n in ("2", "1024", "262144")] == [1, 39, 10000]
+    assert parse(["--cpu-weight", "200", "busybox"]).limits.cpu_weight == 200
+    with pytest.raises(UsageError, match="must be 2-262144"):
+        parse(["--cpu-shares", "1", "busybox"])
+
+
 def test_help_of_run_lists_every_flag_of_the_table() -> None:
     from machinectl_py.cmd_run import RUN
 
