@@ -399,6 +399,13 @@ def build_spec(fields: dict[str, Any]) -> sp.ContainerSpec:
     return sp.ContainerSpec(**values).validate()
 
 
+def name_in_use(name: str) -> bool:
+    """A container directory or a definition of that name exists (for generated names)."""
+    from machinectl_py.paths import config_path, container_path
+
+    return os.path.lexists(container_path(name)) or os.path.lexists(config_path("machines", f"{name}.toml"))
+
+
 def spec_from_args(args: Mapping[str, Any]) -> sp.ContainerSpec:
     """The values of `run`'s or `create`'s parser (and the positionals image, command) -> the spec."""
     _cli_cpu_count["n"] = os.cpu_count()
@@ -412,7 +419,8 @@ def spec_from_args(args: Mapping[str, Any]) -> sp.ContainerSpec:
                 _assign(fields, setting.field, setting.from_cli(raw))
     finally:
         _cli_cpu_count.clear()
-    fields.setdefault("name", sp.generate_name())
+    if "name" not in fields:
+        fields["name"] = sp.generate_name(name_in_use)
     return build_spec(fields)
 
 

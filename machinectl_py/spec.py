@@ -13,7 +13,7 @@ from machinectl_py.record import Record
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from collections.abc import Mapping, Sequence
+    from collections.abc import Callable, Mapping, Sequence
 
 # No `re` and no `dataclasses` here: this module is on the start-up path (see record.py).
 _ALNUM = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789")
@@ -377,11 +377,17 @@ _NAMES = ("albattani", "allen", "archimedes", "babbage", "bardeen", "bartik", "b
           "wescoff", "wiles", "williams", "wozniak", "wright", "yalow", "yonath")
 
 
-def generate_name() -> str:
-    """adjective-name, as docker's adjective_name; the caller's claim of the container directory fails on a
-    clash, so a short random tail keeps that unlikely past a few hundred containers."""
-    a, b, c = os.urandom(3)
-    return f"{_ADJECTIVES[a % len(_ADJECTIVES)]}-{_NAMES[b % len(_NAMES)]}{c % 100 if c >= 128 else ''}"
+def generate_name(taken: Callable[[str], bool] | None = None) -> str:
+    """adjective-name, as docker's adjective_name; where `taken` says a name is in use, a digit
+    is added and another drawn, as docker retries (the claim of the container's directory stays
+    the arbiter between two starts at once)."""
+    suffix = ""
+    while True:
+        a, b, c = os.urandom(3)
+        name = f"{_ADJECTIVES[a % len(_ADJECTIVES)]}-{_NAMES[b % len(_NAMES)]}{suffix}"
+        if taken is None or not taken(name):
+            return name
+        suffix += str(c % 10)
 
 
 def validate_restart(policy: str) -> str:

@@ -7,6 +7,7 @@ machinectl, journalctl, findmnt and /proc.
 from __future__ import annotations
 
 import json
+import re
 import signal
 import time
 
@@ -223,7 +224,7 @@ def test_generated_names_are_unique(host: AnyHost) -> None:
         r = pm(host, "run", "--rm", "busybox", "hostname")
         assert r.returncode == 0
         names.add(r.stdout.strip())
-    assert len(names) == 2 and all(n.startswith("pm-") for n in names)
+    assert len(names) == 2 and all(re.fullmatch(r"[a-z]+-[a-z]+[0-9]*", n) for n in names)
 
 
 def test_namespaces(host: AnyHost) -> None:

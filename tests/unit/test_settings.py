@@ -107,8 +107,13 @@ def test_mount_syntax(item: str, message: str | None) -> None:
 def test_cpu_shares_on_systemds_scale() -> None:
     from machinectl_py.cmd_run import parse
 
-    assert [parse(["--cpu-shares", n, "busybox"]).limits.cpu_weight for n in ("2", "1024", "262144")] == [1, 39, 10000]
-    assert parse(["--cpu-weight", "200", "busybox"]).limits.cpu_weight == 200
+    def weight(*argv: str) -> int | None:
+        spec = parse([*argv, "busybox"])
+        assert spec is not None
+        return spec.limits.cpu_weight
+
+    assert [weight("--cpu-shares", n) for n in ("2", "1024", "262144")] == [1, 39, 10000]
+    assert weight("--cpu-weight", "200") == 200
     with pytest.raises(UsageError, match="must be 2-262144"):
         parse(["--cpu-shares", "1", "busybox"])
 

@@ -72,9 +72,11 @@ def test_parse_env() -> None:
             parse_env([bad])
 
 
-def test_generated_names_are_valid_and_unique() -> None:
-    names = {generate_name() for _ in range(100)}
-    assert len(names) == 100
+def test_generated_names_are_valid_and_skip_names_in_use() -> None:
+    names: set[str] = set()
+    for _ in range(300):
+        names.add(generate_name(names.__contains__))
+    assert len(names) == 300
     for n in names:
         validate_name(n)
 
