@@ -191,7 +191,8 @@ def main(argv: list[str]) -> int:
             from machinectl_py.policy import load_policy
 
             command = Exec(opts, pidfd, unit, env, caps)
-            command.seccomp = load_policy().seccomp_filter()  # the container's own filter, too
+            policy = load_policy()  # the container's own seccomp filter, too
+            command.seccomp = sc.seccomp_filter(policy.seccomp_deny, policy.seccomp_deny_user_namespaces)
             return command.run(bus, BusError)
         finally:
             os.close(pidfd)

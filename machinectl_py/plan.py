@@ -9,7 +9,6 @@ container root; the executor resolves them without following symlinks (an image 
 
 from __future__ import annotations
 
-from machinectl_py import syscalls as sc
 from machinectl_py.record import Record
 
 TYPE_CHECKING = False
@@ -18,8 +17,16 @@ if TYPE_CHECKING:
 
     from machinectl_py.policy import Policy
 
-NOSUID_NODEV = sc.MS_NOSUID | sc.MS_NODEV
-NOSUID_NODEV_NOEXEC = NOSUID_NODEV | sc.MS_NOEXEC
+# The mount flags the plan names (linux/mount.h), as plain ints: the plan stays pure data and
+# never loads the compiled syscall module. tests/unit/test_plan.py checks them against it.
+MS_RDONLY = 0x1
+MS_NOSUID = 0x2
+MS_NODEV = 0x4
+MS_NOEXEC = 0x8
+MS_STRICTATIME = 0x1000000
+
+NOSUID_NODEV = MS_NOSUID | MS_NODEV
+NOSUID_NODEV_NOEXEC = NOSUID_NODEV | MS_NOEXEC
 
 
 class Overlay(Record):
@@ -150,10 +157,10 @@ def base_plan(policy: Policy, *, binds: Sequence[Bind] = ()) -> list[Op]:
     """Everything mounted before the container joins its scope: /proc, /sys, /dev, /run, /tmp."""
     ops: list[Op] = [
         Mount("/proc", "proc", "proc", NOSUID_NODEV_NOEXEC),
-        Mount("/sys", "sysfs", "sysfs", NOSUID_NODEV_NOEXEC | sc.MS_RDONLY),
-        Mount("/dev", "tmpfs", "tmpfs", sc.MS_NOSUID | sc.MS_STRICTATIME, "mode=755,size=4m"),
+        Mount("/sys", "sysfs", "sysfs", NOSUID_NODEV_NOEXEC | MS_RDONLY),
+        Mount("/dev", "tmpfs", "tmpfs", MS_NOSUID | MS_STRICTATIME, "mode=755,size=4m"),
         *DEV_NODES,
-        Mount("/dev/pts", "devpts", "devpts", sc.MS_NOSUID | sc.MS_NOEXEC,
+        Mount("/dev/pts", "devpts", "devpts", MS_NOSUID | MS_NOEXEC,
               "newinstance,ptmxmode=0666,mode=0620,gid=5"),
         Mount("/dev/shm", "tmpfs", "shm", NOSUID_NODEV_NOEXEC, "mode=1777,size=65536k"),
         Mount("/dev/mqueue", "mqueue", "mqueue", NOSUID_NODEV_NOEXEC),

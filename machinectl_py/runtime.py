@@ -104,7 +104,7 @@ def build_child_plan(spec: ContainerSpec, image: images.ResolvedImage, cdir: str
         workdir=spec.workdir or image.config.workdir or "/",
         user=effective_user(spec, image.config),
         capability_mask=policy.capability_mask,
-        seccomp=policy.seccomp_filter(),
+        seccomp=sc.seccomp_filter(policy.seccomp_deny, policy.seccomp_deny_user_namespaces),
         detached=detached,
         tty=spec.tty,
         stdin_devnull=not (spec.tty or spec.interactive),

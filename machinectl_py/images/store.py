@@ -462,18 +462,10 @@ def atomic_write(path: Path, data: bytes, durable: bool = True) -> None:
 
 
 def syncfs(path: Path) -> None:
-    """syncfs(2) on the file system holding `path`: unlike sync(2) it leaves other file systems
-    (and, on a shared machine, other people's dirty pages elsewhere) alone."""
-    import ctypes
+    """syncfs(2) on the file system holding `path`, through the one syscall layer."""
+    from machinectl_py import syscalls  # not at the top: only imports and unpacks sync
 
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        if libc.syncfs(fd) != 0:
-            err = ctypes.get_errno()
-            raise OSError(err, os.strerror(err), str(path))
-    finally:
-        os.close(fd)
+    syscalls.syncfs(str(path))
 
 
 def _fsync_dir(path: Path) -> None:
