@@ -12,6 +12,9 @@ and children close its descriptor with all others before they exec.
 from __future__ import annotations
 
 from machinectl_py._native import ffi, lib
+from machinectl_py.errors import BusError
+
+__all__ = ["Bus", "BusError", "Message", "split_signature"]  # BusError: re-exported for callers
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -20,15 +23,6 @@ if TYPE_CHECKING:
 
 DEFAULT_TIMEOUT_USEC = 30_000_000  # runc waits 30 s for a systemd job, and so do we
 _MESSAGE_SIGNAL = 4
-
-
-class BusError(Exception):
-    """A D-Bus call failed: `name` is the D-Bus error name (or errno's), `message` the text."""
-
-    def __init__(self, name: str, message: str) -> None:
-        super().__init__(f"{message} ({name})")
-        self.name = name
-        self.message = message
 
 
 def _check(rc: int, what: str) -> int:

@@ -118,7 +118,7 @@ def ensure_standard_fds() -> None:
 
 
 def run_verb(module_name: str, func_name: str, args: list[str]) -> int:
-    from machinectl_py.errors import PymachineError
+    from machinectl_py.errors import BusError, PymachineError
 
     try:
         import importlib
@@ -127,7 +127,11 @@ def run_verb(module_name: str, func_name: str, args: list[str]) -> int:
         result: int = getattr(module, func_name)(args)
         return result
     except PymachineError as e:
-        print(f"pymachine: {e.message}", file=sys.stderr)
+        # A D-Bus call that failed where no layer added context (systemd or machined refused):
+        # one line with the D-Bus error's name; a traceback only when debugging.
+        if isinstance(e, BusError) and os.environ.get("PYMACHINE_DEBUG"):
+            raise
+        print(f"pymachine: {e}", file=sys.stderr)
         if e.hint:
             print(f"hint: {e.hint}", file=sys.stderr)
         return e.exit_code
@@ -135,13 +139,6 @@ def run_verb(module_name: str, func_name: str, args: list[str]) -> int:
         return 130
     except OSError as e:
         if os.environ.get("PYMACHINE_DEBUG"):
-            raise
-        print(f"pymachine: {e}", file=sys.stderr)
-        return 125
-    except Exception as e:
-        # A D-Bus call that failed where no layer added context (systemd or machined refused):
-        # one line, not a traceback. Matched by name: importing bus here would slow every verb.
-        if type(e).__name__ != "BusError" or os.environ.get("PYMACHINE_DEBUG"):
             raise
         print(f"pymachine: {e}", file=sys.stderr)
         return 125
