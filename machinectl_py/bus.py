@@ -21,6 +21,12 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Collection, Iterator, Sequence
     from typing import Any
 
+# The bus daemon's own name, and what every peer implements: this layer and the systemd and
+# machined modules above it are the only places that spell out a bus name.
+DBUS = ("org.freedesktop.DBus", "/org/freedesktop/DBus", "org.freedesktop.DBus")
+PROPERTIES = "org.freedesktop.DBus.Properties"
+ERROR_FILE_NOT_FOUND = "org.freedesktop.DBus.Error.FileNotFound"
+ERRORS_NO_SERVICE = ("org.freedesktop.DBus.Error.ServiceUnknown", "org.freedesktop.DBus.Error.NoServer")
 DEFAULT_TIMEOUT_USEC = 30_000_000  # runc waits 30 s for a systemd job, and so do we
 _MESSAGE_SIGNAL = 4
 
@@ -267,13 +273,20 @@ class Bus:
         finally:
             request.close()
 
+    def get_property(self, destination: str, path: str, interface: str, prop: str) -> Any:
+        return self.call(destination, path, PROPERTIES, "Get", "ss", interface, prop)[0]
+
+    def get_all(self, destination: str, path: str, interface: str) -> dict[str, Any]:
+        props: dict[str, Any] = self.call(destination, path, PROPERTIES, "GetAll", "s", interface)[0]
+        return props
+
     def add_match(self, rule: str) -> None:
         """Ask the bus to route matching signals to us; `signals()` then yields them.
 
         Not waited for: the bus daemon handles our messages in order, so the match is in
         place before any call we make after this one is even delivered."""
         if not self.direct:
-            self.send("org.freedesktop.DBus", "/org/freedesktop/DBus", "org.freedesktop.DBus", "AddMatch", "s", rule)
+            self.send(*DBUS, "AddMatch", "s", rule)
 
     def signals(self, timeout_usec: int,
                 members: Collection[str] = ()) -> Iterator[tuple[str, str, str, list[Any]]]:
