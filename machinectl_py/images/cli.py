@@ -8,10 +8,13 @@ import datetime
 import json
 import re
 import sys
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from machinectl_py.errors import UsageError
 from machinectl_py.images.progress import Progress, human_size
+
+if TYPE_CHECKING:
+    from machinectl_py.images.ops import Freeze
 
 
 class _Parser(argparse.ArgumentParser):
@@ -256,7 +259,8 @@ def main_ls(argv: list[str]) -> int:
     return cmd_ls(argv, prog="pymachine images")
 
 
-def main_commit(argv: list[str]) -> int:
+def main_commit(argv: list[str], freeze: Freeze | None = None) -> int:
+    """`pymachine commit`; `freeze` freezes a running container's unit (cmd_commit passes it)."""
     p = _parser("pymachine commit", "Make a new image from a container's changes.")
     p.add_argument("container", metavar="CONTAINER")
     p.add_argument("name", metavar="NAME[:TAG]")
@@ -267,7 +271,8 @@ def main_commit(argv: list[str]) -> int:
 
     progress = Progress("committing", enabled=None if not args.quiet else False)
     try:
-        result = ops.commit_container(args.container, args.name, progress=progress, message=args.message)
+        result = ops.commit_container(args.container, args.name, progress=progress, message=args.message,
+                                      freeze=freeze)
     finally:
         progress.done()
     print(result.id)

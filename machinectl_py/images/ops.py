@@ -539,15 +539,21 @@ def _export_oci(
 # Commit
 
 
+# How commit freezes a running container's unit (freezer.frozen_unit, in the systemd layer):
+# passed in by the caller, so the image store makes no D-Bus calls.
+Freeze = Callable[[str], contextlib.AbstractContextManager[None]]
+
+
 @contextlib.contextmanager
-def frozen(record: state.ContainerRecord) -> Iterator[None]:
+def frozen(record: state.ContainerRecord, freeze: Freeze | None) -> Iterator[None]:
     """Freeze a running container while its upper dir is read, so the layer is one snapshot."""
     if record.state != "running" or not record.unit:
         yield
         return
-    from machinectl_py.images.freeze import frozen_unit
-
-    with frozen_unit(record.unit):
+    if freeze is None:
+        raise ImageError(f"container {record.name} is running and this caller cannot freeze it",
+                         hint=f"stop it first: pymachine stop {record.name}")
+    with freeze(record.unit):
         yield
 
 
@@ -559,6 +565,7 @@ def commit_container(
     limits: Limits = DEFAULT_LIMITS,
     store: Store | None = None,
     message: str | None = None,
+    freeze: Freeze | None = None,
 ) -> Imported:
     from machinectl_py.spec import validate_name
 
@@ -575,7 +582,7 @@ def commit_container(
         with store.gc_shared(), store.staging() as staging:
             layer_path, layer_fd = staging.mkdir("layer")
             try:
-                with frozen(container):
+                with frozen(container, freeze):
                     # Packed: the layer is unpacked when a container first uses it (Store.unpack_layer).
                     diff_id, size, stats = archive.commit_layer(upper_fd, layer_fd, limits, progress)
                 write_layer_info(layer_fd, diff_id, size, stats)

@@ -223,7 +223,7 @@ def test_commit_of_a_running_container_freezes_it(host: AnyHost, image_name: str
 
 FREEZE_PROBE = r"""
 import json, os, subprocess, sys, time
-from machinectl_py.images.freeze import frozen_unit
+from machinectl_py.freezer import frozen_unit
 
 def show(*argv):
     return subprocess.check_output(argv, text=True).strip()
