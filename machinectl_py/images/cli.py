@@ -166,7 +166,8 @@ def cmd_inspect(argv: list[str]) -> int:
     p.add_argument("images", nargs="+", metavar="IMAGE")
     p.add_argument("--format", "-f", help="template such as '{{json .RootFS.Layers}}'")
     args = p.parse_args(argv)
-    from machinectl_py.images.store import Store, find_image
+    from machinectl_py.images.lookup import find_image
+    from machinectl_py.images.store import Store
 
     store = Store()
     data = [inspect_data(store, find_image(store, ref)) for ref in args.images]
