@@ -7,9 +7,16 @@ pairs. Replies come back the same way, variants unwrapped to their value.
 
 sd-bus connections must not cross fork(): only the process that opened a Bus uses it,
 and children close its descriptor with all others before they exec.
+
+On the start-up path (`run`, `start` and `exec` import it; tests/unit/test_startup_imports.py
+guards it): it imports nothing heavy at the top, and its annotations' names come in under
+`TYPE_CHECKING = False`, because `typing` alone costs 8-10 ms to import here.
 """
 
 from __future__ import annotations
+
+import os
+import time
 
 from machinectl_py._native import ffi, lib
 from machinectl_py.errors import BusError
@@ -33,8 +40,6 @@ _MESSAGE_SIGNAL = 4
 
 def _check(rc: int, what: str) -> int:
     if rc < 0:
-        import os
-
         raise BusError(f"errno.{-rc}", f"{what}: {os.strerror(-rc)}")
     return rc
 
@@ -249,8 +254,6 @@ class Bus:
             rc = lib.sd_bus_call(self._ptr, request.ptr, timeout_usec, error, reply_box)
             if rc < 0:
                 name = ffi.string(error.name).decode() if error.name != ffi.NULL else f"errno.{-rc}"
-                import os
-
                 text = ffi.string(error.message).decode() if error.message != ffi.NULL else os.strerror(-rc)
                 lib.sd_bus_error_free(error)
                 raise BusError(name, text)
@@ -293,8 +296,6 @@ class Bus:
         """Yield (path, interface, member, args) of incoming signals until `timeout_usec` passes;
         only those named in `members`, if given (the others' arguments are not even read: a
         direct connection to systemd gets every PropertiesChanged of every unit)."""
-        import time
-
         deadline = time.monotonic() + timeout_usec / 1e6
         box = ffi.new("sd_bus_message **")
         while True:
