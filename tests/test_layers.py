@@ -50,3 +50,11 @@ def test_only_the_syscall_and_bus_layers_load_the_compiled_module() -> None:
     importers = sorted(str(path.relative_to(PACKAGE)) for path in PACKAGE.rglob("*.py")
                        if NATIVE_IMPORT.search(path.read_text()))
     assert importers == ["bus.py", "syscalls.py"]
+
+
+def test_only_the_bus_layer_spells_out_bus_names() -> None:
+    """systemd's and machined's names, paths, interfaces and errors live in bus.py, systemd.py
+    and machined.py; everything else calls the functions there."""
+    spellers = sorted(str(path.relative_to(PACKAGE)) for path in PACKAGE.rglob("*.py")
+                      if "org.freedesktop." in path.read_text())
+    assert spellers == ["bus.py", "machined.py", "systemd.py"]
