@@ -21,21 +21,22 @@ if TYPE_CHECKING:
 
 
 def _command() -> object:
+    from machinectl_py import settings
     from machinectl_py.args import Command
-    from machinectl_py.cmd_run import RUN
 
-    options = [o for o in RUN.options if o.dest not in ("detach", "interactive", "tty")]
     return Command(
         "pymachine create", "pymachine create [OPTIONS] --name NAME IMAGE [COMMAND [ARG...]]",
         "Define a container that runs as the systemd service pymachine@NAME.service.\n\n"
         "Writes its definition to /etc/pymachine/machines/NAME.toml (editable; see the README for the schema)\n"
         "and prints the container's id. Start it with `pymachine start NAME`, or at boot with\n"
         "`systemctl enable pymachine@NAME`.",
-        options, positionals=RUN.positionals, rest=RUN.rest)
+        settings.command_options("create"),
+        positionals=[("image", "image name[:tag] or id; 'busybox' is built in")],
+        rest=("command", "command and arguments"))
 
 
 def main(argv: list[str]) -> int:
-    from machinectl_py.cmd_run import spec_from_args
+    from machinectl_py.settings import spec_from_args
 
     command = _command()
     args = command.parse(argv)  # type: ignore[attr-defined]
@@ -44,7 +45,6 @@ def main(argv: list[str]) -> int:
         return 0
     if args["name"] is None:
         raise UsageError("pymachine create: --name NAME is required", hint="pymachine create --name web busybox ...")
-    args.update(detach=False, interactive=False, tty=False)  # run's options that create has not
     record = create(spec_from_args(args))
     print(record.id)
     return 0

@@ -131,9 +131,11 @@ def stop_container(bus: Bus, name: str, timeout: float) -> None:
     service.manager_send(bus, "ResetFailedUnit", "s", unit)
 
 
-def _stop_any(bus: Bus, name: str, timeout: float) -> None:
-    """Stop a detached container, or a foreground one through machined."""
+def _stop_any(bus: Bus, name: str, timeout: float | None) -> None:
+    """Stop a detached container, or a foreground one through machined. Without -t, the
+    container's own --stop-timeout (docker's rule), else 10 s."""
     from machinectl_py import config, state
+    from machinectl_py.spec import signal_number
 
     try:
         record = state.load(name)
@@ -142,16 +144,19 @@ def _stop_any(bus: Bus, name: str, timeout: float) -> None:
             raise
         # Defined but never started by pymachine (or its start was killed before the
         # record): only its unit can be running.
-        stop_container(bus, name, timeout)
+        stop_container(bus, name, 10.0 if timeout is None else timeout)
         return
+    spec = record.spec
+    grace = timeout if timeout is not None else float(spec.stop_timeout if spec.stop_timeout is not None else 10)
     if record.unit and record.unit.startswith("machine-"):
-        _stop_foreground(bus, name, timeout)
+        _stop_foreground(bus, name, grace, signal_number(spec.stop_signal or "SIGTERM"))
         return
-    stop_container(bus, name, timeout)
+    stop_container(bus, name, grace)
 
 
-def _stop_foreground(bus: Bus, name: str, timeout: float) -> None:
-    """A `pymachine run` in another terminal: SIGTERM to the container's init, SIGKILL to all of
+def _stop_foreground(bus: Bus, name: str, timeout: float, stop_signal: int) -> None:
+    """A `pymachine run` in another terminal: the stop signal (SIGTERM unless --stop-signal) to the
+    container's init, SIGKILL to all of
     it after the timeout (docker stop's rule; the scope's own stop would wait its 10 s). That
     run then tears down and exits 128+N; this returns once machined has dropped the machine."""
     import signal
@@ -159,7 +164,7 @@ def _stop_foreground(bus: Bus, name: str, timeout: float) -> None:
     from machinectl_py import machined
 
     machined.watch_removal(bus)
-    if (timeout > 0 and machined.kill_machine(bus, name, signal.SIGTERM, who="leader")
+    if (timeout > 0 and machined.kill_machine(bus, name, stop_signal, who="leader")
             and machined.wait_removed(bus, name, int(timeout * USEC))):
         return
     if machined.kill_machine(bus, name, signal.SIGKILL, who="all"):
@@ -170,8 +175,8 @@ def main_stop(argv: list[str]) -> int:
     from machinectl_py.bus import Bus
 
     p = _parser("stop", "Stop containers: SIGTERM to their init, SIGKILL after the timeout.")
-    p.add_argument("-t", "--time", type=float, default=10.0, metavar="SECONDS",
-                   help="seconds to wait before SIGKILL (default 10)")
+    p.add_argument("-t", "--time", type=float, default=None, metavar="SECONDS",
+                   help="seconds to wait before SIGKILL (default: the container's --stop-timeout, else 10)")
     p.add_argument("names", nargs="+", metavar="NAME")
     args = p.parse_args(argv)
     with Bus.system() as bus:

@@ -8,19 +8,26 @@ lines go to stdout and stderr lines (priority err) to stderr, as docker does.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import subprocess
 import sys
-from typing import NoReturn
 
-from machinectl_py.errors import PymachineError, UsageError
+from machinectl_py.args import FLAG, Command, Option
+from machinectl_py.errors import PymachineError
 
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> NoReturn:
-        raise UsageError(f"{self.prog}: {message}", hint=f"see '{self.prog} --help'")
+LOGS = Command(
+    "pymachine logs", "pymachine logs [OPTIONS] NAME",
+    "Show a container's output, from the journal: its stdout lines on stdout and its stderr lines\n"
+    "on stderr. The same as `journalctl CONTAINER_NAME=NAME`, without lines of an older container\n"
+    "of the same name.",
+    [
+        Option("--follow -f", "keep printing new lines", kind=FLAG),
+        Option("--tail -n", "only the last N lines", metavar="N", convert=int),
+        Option("--since", "from TIME on (journalctl's format: '10 min ago', '2024-01-01')", metavar="TIME"),
+    ],
+    positionals=[("name", "container name")],
+)
 
 
 def journalctl_argv(name: str, *, follow: bool, lines: int | None, since: str | None) -> list[str]:
@@ -49,16 +56,24 @@ def message_bytes(entry: dict[str, object]) -> bytes:
     return str(message or "").encode()
 
 
+class _Args:
+    def __init__(self, values: dict[str, object]) -> None:
+        self.name = str(values["name"])
+        self.follow = bool(values["follow"])
+        tail = values["tail"]
+        self.tail = tail if isinstance(tail, int) else None
+        since = values["since"]
+        self.since = since if isinstance(since, str) else None
+
+
 def main(argv: list[str]) -> int:
     from machinectl_py import state
     from machinectl_py.errors import NotFoundError
 
-    p = _Parser(prog="pymachine logs", description="Show a container's output, from the journal.")
-    p.add_argument("-f", "--follow", action="store_true", help="keep printing new lines")
-    p.add_argument("-n", "--tail", type=int, metavar="N", help="only the last N lines")
-    p.add_argument("--since", metavar="TIME", help="from TIME on (journalctl's format: '10 min ago', '2024-01-01')")
-    p.add_argument("name", metavar="NAME")
-    args = p.parse_args(argv)
+    values = LOGS.parse_or_help(argv)
+    if values is None:
+        return 0
+    args = _Args(values)
     try:
         created_usec = int(state.load(args.name).created * 1_000_000)
     except NotFoundError:

@@ -4,24 +4,54 @@ container.json and, for the live part, from systemd (the unit's state and main P
 
 from __future__ import annotations
 
-import argparse
 import json
-import re
 import sys
 import time
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any
 
+from machinectl_py import formatting
+from machinectl_py.args import APPEND, FLAG, Command, Option
 from machinectl_py.errors import UsageError
 
-TYPE_CHECKING = False
 if TYPE_CHECKING:
     from machinectl_py import state
     from machinectl_py.bus import Bus
 
+FORMAT_HELP = ("format with a Go-template-like TEMPLATE: '{{ .Field }}', '{{ json .Field }}', "
+               "or 'table {{ .Field }}\\t...' for aligned columns with a header")
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> NoReturn:
-        raise UsageError(f"{self.prog}: {message}", hint=f"see '{self.prog} --help'")
+PS = Command(
+    "pymachine ps", "pymachine ps [OPTIONS]",
+    "List containers: the running ones, or all with -a. The state comes from each container's\n"
+    "record and, for the live part, from its systemd unit.",
+    [
+        Option("--all -a", "include stopped containers", kind=FLAG),
+        Option("--filter -f", "only containers that match: name=TEXT (a part of the name), label=KEY[=VALUE], "
+               "status=created|running|exited|restarting (repeatable: all must match)", kind=APPEND,
+               metavar="FILTER"),
+        Option("--format", FORMAT_HELP + "; the fields are those of --json (.Names, .Status, .ID...)",
+               metavar="TEMPLATE"),
+        Option("--json", "one JSON object per container, in a list", kind=FLAG),
+        Option("--quiet -q", "names only", kind=FLAG),
+    ],
+    epilog="examples:\n  pymachine ps -a --filter label=tier=web\n"
+           "  pymachine ps --format 'table {{.Names}}\\t{{.Status}}'",
+)
+INSPECT = Command(
+    "pymachine inspect", "pymachine inspect [OPTIONS] NAME [NAME...]",
+    "Show containers' details, with docker inspect's field names (State, Config, HostConfig,\n"
+    "Mounts) plus pymachine's own (Unit, UnitState, Definition, StateDir).",
+    [
+        Option("--format -f", FORMAT_HELP + ", e.g. '{{ .State.Pid }}'", metavar="TEMPLATE"),
+        Option("--json", "JSON (the default without --format)", kind=FLAG),
+    ],
+    positionals=[("names", "container names", "+")],
+)
+STATUS = Command(
+    "pymachine status", "pymachine status NAME",
+    "A human summary of a container, like machinectl status.", [],
+    positionals=[("name", "container name")],
+)
 
 
 def _iso(ts: float | None) -> str:
@@ -91,57 +121,89 @@ def _command_text(record: state.ContainerRecord) -> str:
     return " ".join(cmd) if cmd else "(image default)"
 
 
+_LIVE = ("running", "restarting", "starting")
+_FILTER_KEYS = ("name", "label", "status")
+
+
+def parse_filters(items: list[str]) -> list[tuple[str, str]]:
+    filters = []
+    for item in items:
+        key, eq, value = item.partition("=")
+        if key not in _FILTER_KEYS or not eq or not value:
+            raise UsageError(f"pymachine ps: invalid filter {item!r}",
+                             hint="use name=TEXT, label=KEY[=VALUE] or status=STATUS")
+        filters.append((key, value))
+    return filters
+
+
+def matches(s: Status, filters: list[tuple[str, str]]) -> bool:
+    labels = s.record.spec.labels
+    for key, value in filters:
+        if key == "name" and value not in s.record.name:
+            return False
+        if key == "status" and s.status != value:
+            return False
+        if key == "label":
+            label, eq, wanted = value.partition("=")
+            if label not in labels or (eq and labels[label] != wanted):
+                return False
+    return True
+
+
 def main_ps(argv: list[str]) -> int:
     from machinectl_py.bus import Bus
 
-    p = _Parser(prog="pymachine ps", description="List containers (running ones; -a for all).")
-    p.add_argument("-a", "--all", action="store_true", help="include stopped containers")
-    p.add_argument("--json", action="store_true", help="one JSON object per container, in a list")
-    p.add_argument("-q", "--quiet", action="store_true", help="names only")
-    args = p.parse_args(argv)
+    args = PS.parse_or_help(argv)
+    if args is None:
+        return 0
+    filters = parse_filters(args["filter"])
+    show_all = args["all"] or any(key == "status" for key, _ in filters)
     with Bus.system() as bus:
-        rows = [s for s in statuses(bus) if args.all or s.status in ("running", "restarting", "starting")]
-    if args.json:
+        rows = [s for s in statuses(bus) if (show_all or s.status in _LIVE) and matches(s, filters)]
+    if args["json"]:
         print(json.dumps([_ps_json(s) for s in rows], indent=1))
         return 0
-    if args.quiet:
+    if args["quiet"]:
         for s in rows:
             print(s.record.name)
+        return 0
+    if args["format"] is not None:
+        for line in formatting.render_all(args["format"], [_ps_json(s) for s in rows]):
+            print(line)
         return 0
     table = [("NAME", "ID", "IMAGE", "STATUS", "PID", "STARTED", "FINISHED", "UNIT", "COMMAND")]
     for s in rows:
         r = s.record
         table.append((r.name, r.id[:12], r.image_name, s.text, str(s.pid or "-"), _ago(r.started),
                       _ago(r.finished) if s.status == "exited" else "-", r.unit or "-", _command_text(r)[:40]))
-    widths = [max(len(row[i]) for row in table) for i in range(len(table[0]) - 1)]
-    for row in table:
-        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=False)) + "  " + row[-1])
+    for line in formatting.align(table, gap=2):
+        print(line)
     return 0
 
 
 def _ps_json(s: Status) -> dict[str, Any]:
+    """One row of `ps --json` and `ps --format`: pymachine's lower-case fields, and docker's
+    `ps --format` names beside them (.Names, .ID, .Image, .Command, .Status, .State, .Labels...)."""
     r = s.record
+    labels = dict(r.spec.labels)
     return {"name": r.name, "id": r.id, "image": r.image_name, "status": s.status, "exit_code": s.exit_code,
             "pid": s.pid or None, "created": r.created, "started": r.started, "finished": r.finished,
-            "unit": r.unit, "command": list(r.spec.command) if r.spec.command else None}
+            "unit": r.unit, "command": list(r.spec.command) if r.spec.command else None, "labels": labels,
+            "Names": r.name, "ID": r.id[:12], "Image": r.image_name, "Command": _command_text(r),
+            "CreatedAt": _iso(r.created), "RunningFor": _ago(r.started), "Status": s.text, "State": s.status,
+            "Labels": ",".join(f"{k}={v}" for k, v in labels.items()), "Unit": r.unit or "", "Pid": s.pid or 0}
 
 
 # -- inspect ---------------------------------------------------------------------------------------
 
 
 def inspect_data(s: Status) -> dict[str, Any]:
-    """docker inspect's shape, for the fields pymachine has."""
-    from machinectl_py import config
+    """docker inspect's shape: Config, HostConfig and Mounts from the settings table, State here."""
+    from machinectl_py import config, settings
     from machinectl_py.paths import container_path
-    from machinectl_py.volumes import data_dir
 
     r, spec = s.record, s.record.spec
-    mounts = []
-    for v in spec.volumes:
-        bind = bool(v.source and v.source.startswith("/"))
-        mounts.append({"Type": "bind" if bind else "volume", "Name": None if bind else v.source,
-                       "Source": v.source if bind else str(data_dir(v.source or "")),
-                       "Destination": v.target, "RW": not v.read_only})
+    fields = settings.inspect_fields(spec)
     return {
         "Id": r.id, "Name": r.name, "Created": _iso(r.created), "Image": r.image_id, "ImageName": r.image_name,
         "Path": spec.command[0] if spec.command else None,
@@ -149,45 +211,13 @@ def inspect_data(s: Status) -> dict[str, Any]:
         "State": {"Status": s.status, "Running": s.status == "running", "Restarting": s.status == "restarting",
                   "Pid": s.pid, "ExitCode": s.exit_code if s.exit_code is not None else 0,
                   "StartedAt": _iso(r.started), "FinishedAt": _iso(r.finished if s.status == "exited" else None)},
-        "Config": {"Hostname": spec.effective_hostname, "Env": [f"{k}={v}" for k, v in spec.env.items()],
-                   "Cmd": list(spec.command) if spec.command else None, "Image": spec.image,
-                   "WorkingDir": spec.workdir or ""},
-        "HostConfig": {"NetworkMode": spec.network, "RestartPolicy": {"Name": spec.restart},
-                       "Memory": spec.limits.memory_max or 0,
-                       "NanoCpus": (spec.limits.cpu_quota_usec or 0) * 1000,
-                       "PidsLimit": spec.limits.tasks_max or 0, "AutoRemove": spec.remove},
-        "Mounts": mounts,
+        "Config": fields["Config"],
+        "HostConfig": fields["HostConfig"],
+        "Mounts": fields["Mounts"],
         "Unit": r.unit, "UnitState": s.unit_state,
         "Definition": str(config.definition_path(r.name)) if config.definition_exists(r.name) else None,
         "StateDir": container_path(r.name),
     }
-
-
-_FIELD = re.compile(r"{{\s*(json\s+)?((?:\.[A-Za-z0-9_]+)+|\.)\s*}}")
-
-
-def render_format(template: str, data: dict[str, Any]) -> str:
-    """docker's --format for the common case: `{{ .State.Pid }}`, `{{json .Mounts}}`."""
-
-    def value(match: re.Match[str]) -> str:
-        as_json, path = match.group(1), match.group(2)
-        current: Any = data
-        for part in [p for p in path.split(".") if p]:
-            if not isinstance(current, dict) or part not in current:
-                raise UsageError(f"--format: no field {path!r}", hint="fields are those of `pymachine inspect`")
-            current = current[part]
-        if as_json or isinstance(current, (dict, list)):
-            return json.dumps(current)
-        if current is None:
-            return "<no value>"
-        if isinstance(current, bool):
-            return "true" if current else "false"
-        return str(current)
-
-    rest = _FIELD.sub(value, template)
-    if "{{" in rest:
-        raise UsageError(f"--format: unsupported template {template!r}", hint="use paths such as '{{ .State.Pid }}'")
-    return rest.replace("\\n", "\n").replace("\\t", "\t")
 
 
 def _status_of(bus: Bus, name: str) -> Status:
@@ -207,16 +237,14 @@ def _status_of(bus: Bus, name: str) -> Status:
 def main_inspect(argv: list[str]) -> int:
     from machinectl_py.bus import Bus
 
-    p = _Parser(prog="pymachine inspect", description="Show containers' details (docker inspect's fields).")
-    p.add_argument("-f", "--format", help="Go-template-like format, e.g. '{{ .State.Pid }}'")
-    p.add_argument("--json", action="store_true", help="JSON (the default without --format)")
-    p.add_argument("names", nargs="+", metavar="NAME")
-    args = p.parse_args(argv)
+    args = INSPECT.parse_or_help(argv)
+    if args is None:
+        return 0
     with Bus.system() as bus:
-        items = [inspect_data(_status_of(bus, n)) for n in args.names]
-    if args.format and not args.json:
-        for item in items:
-            print(render_format(args.format, item))
+        items = [inspect_data(_status_of(bus, n)) for n in args["names"]]
+    if args["format"] and not args["json"]:
+        for line in formatting.render_all(args["format"], items):
+            print(line)
     else:
         print(json.dumps(items, indent=2))
     return 0
@@ -225,11 +253,11 @@ def main_inspect(argv: list[str]) -> int:
 def main_status(argv: list[str]) -> int:
     from machinectl_py.bus import Bus
 
-    p = _Parser(prog="pymachine status", description="A human summary of a container, like machinectl status.")
-    p.add_argument("name", metavar="NAME")
-    args = p.parse_args(argv)
+    args = STATUS.parse_or_help(argv)
+    if args is None:
+        return 0
     with Bus.system() as bus:
-        s = _status_of(bus, args.name)
+        s = _status_of(bus, args["name"])
     d = inspect_data(s)
     r = s.record
     since = f" since {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(r.started))}" if r.started and \
@@ -269,12 +297,6 @@ def _leader_text(pid: int) -> str:
 
 
 def _limits_text(record: state.ContainerRecord) -> str:
-    lim = record.spec.limits
-    parts = []
-    if lim.memory_max is not None:
-        parts.append(f"MemoryMax={lim.memory_max}")
-    if lim.cpu_quota_usec is not None:
-        parts.append(f"CPUQuota={lim.cpu_quota_usec / 10_000:g}%")
-    if lim.tasks_max is not None:
-        parts.append(f"TasksMax={lim.tasks_max}")
-    return " ".join(parts) or "-"
+    from machinectl_py.settings import live_properties
+
+    return " ".join(p.line for p in live_properties(record.spec)) or "-"

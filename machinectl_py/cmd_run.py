@@ -2,25 +2,10 @@
 
 from __future__ import annotations
 
-import os
-
-from machinectl_py.args import APPEND, FLAG, Command, Option
+from machinectl_py import settings
+from machinectl_py.args import Command
 from machinectl_py.errors import UsageError
-from machinectl_py.spec import (
-    ContainerSpec,
-    Limits,
-    Volume,
-    check_cpus_available,
-    generate_name,
-    parse_count,
-    parse_cpus,
-    parse_env,
-    parse_memory,
-)
-
-TYPE_CHECKING = False
-if TYPE_CHECKING:
-    from typing import Any
+from machinectl_py.spec import ContainerSpec
 
 DESCRIPTION = """\
 Run COMMAND (or the image's default command) in a new container and wait for it.
@@ -54,85 +39,24 @@ RUN = Command(
     "pymachine run",
     "pymachine run [OPTIONS] IMAGE [COMMAND [ARG...]]",
     DESCRIPTION,
-    [
-        Option("--rm", "remove the container and its upper layer when it exits", kind=FLAG),
-        Option("--name", "container (and machine) name: 1-64 of [a-zA-Z0-9-_.]; default: generated",
-               metavar="NAME"),
-        Option("--hostname -h", "hostname inside the container (default: the name)", metavar="NAME"),
-        Option("--memory -m", "memory limit (MemoryMax=), e.g. 64M, 1G", metavar="SIZE"),
-        Option("--cpus", "CPU limit in CPUs (CPUQuotaPerSecUSec=), e.g. 0.5", metavar="N"),
-        Option("--pids-limit", "maximum number of tasks (TasksMax=)", metavar="N"),
-        Option("--network", "host: share the host's network (default, as systemd-nspawn); private: only lo",
-               metavar="MODE", choices=("host", "private"), default="host"),
-        Option("--env -e", "set an environment variable (repeatable); a bare KEY passes on its value here",
-               kind=APPEND, metavar="KEY=VALUE"),
-        Option("--workdir -w", "working directory inside the container", metavar="DIR"),
-        Option("--user -u", "run as USER[:GROUP] (names or numbers, from the container's /etc/passwd); "
-               "default: the image's user, else root", metavar="USER"),
-        Option("--volume -v", "mount a volume: /host/path:/path[:ro], name:/path[:ro] or /path (anonymous); "
-               "repeatable", kind=APPEND, metavar="VOLUME"),
-        Option("--restart", "restart policy of a detached container (Restart= of its unit)", metavar="POLICY",
-               choices=("no", "on-failure", "always"), default="no"),
-        Option("--detach -d", "run as the service pymachine@NAME.service and return (create + start)",
-               kind=FLAG),
-        Option("--interactive -i", "keep stdin attached", kind=FLAG),
-        Option("--tty -t", "allocate a pseudo-terminal", kind=FLAG),
-    ],
+    settings.command_options("run"),
     positionals=[("image", "image name[:tag] or id; 'busybox' is built in")],
     rest=("command", "command and arguments"),
     epilog=EPILOG,
 )
 
 
-def spec_from_args(args: dict[str, Any]) -> ContainerSpec:
-    limits = Limits(
-        memory_max=parse_memory(args["memory"]) if args["memory"] is not None else None,
-        cpu_quota_usec=parse_cpus(args["cpus"]) if args["cpus"] is not None else None,
-        tasks_max=parse_count(args["pids_limit"], "pids limit") if args["pids_limit"] is not None else None,
-    )
-    if args["cpus"] is not None:
-        check_cpus_available(args["cpus"], os.cpu_count())
-    return ContainerSpec(
-        name=args["name"] if args["name"] is not None else generate_name(),
-        image=args["image"],
-        command=tuple(args["command"]) or None,
-        hostname=args["hostname"],
-        network=args["network"],
-        env=parse_env(args["env"], os.environ),
-        workdir=args["workdir"],
-        user=args["user"],
-        limits=limits,
-        volumes=_volumes(args["volume"]),
-        restart=args["restart"],
-        remove=args["rm"],
-        tty=args["tty"],
-        interactive=args["interactive"],
-    ).validate()
-
-
-def _volumes(items: list[str]) -> tuple[Volume, ...]:
-    if not items:
-        return ()
-    from machinectl_py.volumes import parse_volume
-
-    return tuple(parse_volume(v) for v in items)
-
-
 def parse(argv: list[str]) -> ContainerSpec | None:
     """The spec, or None when --help was printed."""
-    args = RUN.parse(argv)
-    if args["help"]:
-        print(RUN.help_text(), end="")
-        return None
-    return spec_from_args(args)
+    args = RUN.parse_or_help(argv)
+    return None if args is None else settings.spec_from_args(args)
 
 
 def main(argv: list[str]) -> int:
-    args = RUN.parse(argv)
-    if args["help"]:
-        print(RUN.help_text(), end="")
+    args = RUN.parse_or_help(argv)
+    if args is None:
         return 0
-    spec = spec_from_args(args)
+    spec = settings.spec_from_args(args)
     if spec.restart != "no" and not args["detach"]:
         raise UsageError("--restart applies to detached containers: a foreground run ends with its command",
                          hint="use it with -d, or with `pymachine create`")

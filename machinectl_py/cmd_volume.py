@@ -2,71 +2,106 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
-from typing import NoReturn
 
-from machinectl_py.errors import PymachineError, UsageError
+from machinectl_py.args import FLAG, Command, Group, Option
+from machinectl_py.errors import PymachineError
 
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> NoReturn:
-        raise UsageError(f"{self.prog}: {message}", hint=f"see '{self.prog} --help'")
+LS = Command("pymachine volume ls", "pymachine volume ls [OPTIONS]", "List volumes, with the containers using them.",
+             [Option("--quiet -q", "names only", kind=FLAG)])
+INSPECT = Command("pymachine volume inspect", "pymachine volume inspect NAME [NAME...]",
+                  "Show volumes as JSON (docker's fields Name, Mountpoint, Driver, CreatedAt; UsedBy).", [],
+                  positionals=[("names", "volume names", "+")])
+RM = Command("pymachine volume rm", "pymachine volume rm [OPTIONS] NAME [NAME...]",
+             "Remove volumes that no container uses.",
+             [Option("--force -f", "even if a container uses it", kind=FLAG)],
+             positionals=[("names", "volume names", "+")])
+PRUNE = Command("pymachine volume prune", "pymachine volume prune", "Remove every volume no container uses.", [])
+CREATE = Command("pymachine volume create", "pymachine volume create [NAME]",
+                 "Create a named volume; without NAME, one with a generated 64-hex name (as docker).", [],
+                 positionals=[("name", "volume name: [a-zA-Z0-9][a-zA-Z0-9_.-]+", "?")])
 
 
 def main(argv: list[str]) -> int:
+    return Group("pymachine volume", "Manage volumes (/var/lib/pymachine/volumes/NAME/_data).", [
+        ("ls", "list volumes", _ls),
+        ("inspect", "show volumes as JSON", _inspect),
+        ("rm", "remove volumes no container uses", _rm),
+        ("prune", "remove every volume no container uses", _prune),
+        ("create", "create a named volume", _create),
+    ]).dispatch(argv)
+
+
+def _ls(argv: list[str]) -> int:
     from machinectl_py import volumes
 
-    p = _Parser(prog="pymachine volume", description="Manage volumes (/var/lib/pymachine/volumes/NAME/_data).")
-    sub = p.add_subparsers(dest="verb", required=True, metavar="ls|inspect|rm|prune")
-    ls = sub.add_parser("ls", help="list volumes")
-    ls.add_argument("-q", "--quiet", action="store_true")
-    ins = sub.add_parser("inspect", help="show volumes as JSON")
-    ins.add_argument("names", nargs="+")
-    rm = sub.add_parser("rm", help="remove volumes no container uses")
-    rm.add_argument("-f", "--force", action="store_true", help="even if a container uses it")
-    rm.add_argument("names", nargs="+")
-    sub.add_parser("prune", help="remove every volume no container uses")
-    create = sub.add_parser("create", help="create a named volume (without NAME: a generated 64-hex name)")
-    create.add_argument("name", nargs="?")
-    args = p.parse_args(argv)
-    if args.verb == "ls":
-        names = volumes.list_volumes()
-        if args.quiet:
-            print("\n".join(names)) if names else None
-            return 0
-        print(f"{'VOLUME NAME':<66}  {'ANONYMOUS':<9}  USED BY")
-        for name in names:
-            meta = volumes.read_meta(name)
-            print(f"{name:<66}  {'yes' if meta.get('anonymous') else 'no':<9}  "
-                  f"{', '.join(volumes.users_of(name)) or '-'}")
+    args = LS.parse_or_help(argv)
+    if args is None:
         return 0
-    if args.verb == "inspect":
-        out = []
-        for name in args.names:
-            meta = volumes.read_meta(name)
-            out.append({"Name": name, "Mountpoint": str(volumes.data_dir(name)), "Driver": "local",
-                        "CreatedAt": meta.get("created"), "Anonymous": bool(meta.get("anonymous")),
-                        "UsedBy": volumes.users_of(name)})
-        print(json.dumps(out, indent=2))
+    names = volumes.list_volumes()
+    if args["quiet"]:
+        print("\n".join(names)) if names else None
         return 0
-    if args.verb == "rm":
-        failed = False
-        for name in args.names:
-            try:
-                volumes.remove_volume(name, force=args.force)
-                print(name)
-            except PymachineError as e:
-                print(f"pymachine: {e.message}", file=sys.stderr)
-                failed = True
-        return 125 if failed else 0
-    if args.verb == "create":
-        # As docker: a generated name makes a named volume all the same (kept by `run --rm`).
-        name = volumes.validate_volume_name(args.name) if args.name is not None else os.urandom(32).hex()
-        volumes.ensure_volume(name)
-        print(name)
+    print(f"{'VOLUME NAME':<66}  {'ANONYMOUS':<9}  USED BY")
+    for name in names:
+        meta = volumes.read_meta(name)
+        print(f"{name:<66}  {'yes' if meta.get('anonymous') else 'no':<9}  "
+              f"{', '.join(volumes.users_of(name)) or '-'}")
+    return 0
+
+
+def _inspect(argv: list[str]) -> int:
+    from machinectl_py import volumes
+
+    args = INSPECT.parse_or_help(argv)
+    if args is None:
+        return 0
+    out = []
+    for name in args["names"]:
+        meta = volumes.read_meta(name)
+        out.append({"Name": name, "Mountpoint": str(volumes.data_dir(name)), "Driver": "local",
+                    "CreatedAt": meta.get("created"), "Anonymous": bool(meta.get("anonymous")),
+                    "UsedBy": volumes.users_of(name)})
+    print(json.dumps(out, indent=2))
+    return 0
+
+
+def _rm(argv: list[str]) -> int:
+    from machinectl_py import volumes
+
+    args = RM.parse_or_help(argv)
+    if args is None:
+        return 0
+    failed = False
+    for name in args["names"]:
+        try:
+            volumes.remove_volume(name, force=args["force"])
+            print(name)
+        except PymachineError as e:
+            print(f"pymachine: {e.message}", file=sys.stderr)
+            failed = True
+    return 125 if failed else 0
+
+
+def _create(argv: list[str]) -> int:
+    from machinectl_py import volumes
+
+    args = CREATE.parse_or_help(argv)
+    if args is None:
+        return 0
+    # As docker: a generated name makes a named volume all the same (kept by `run --rm`).
+    name = volumes.validate_volume_name(args["name"]) if args["name"] is not None else os.urandom(32).hex()
+    volumes.ensure_volume(name)
+    print(name)
+    return 0
+
+
+def _prune(argv: list[str]) -> int:
+    from machinectl_py import volumes
+
+    if PRUNE.parse_or_help(argv) is None:
         return 0
     for name in volumes.prune():
         print(name)

@@ -2,22 +2,16 @@
 
 A definition is what an admin would write by hand (like a .nspawn file), and what
 `pymachine create` writes for them; both are read the same way. The container's name
-is the file's name. Schema (every key but `image` optional):
+is the file's name. Every key but `image` is optional; the keys are declared with their
+flags in settings.SETTINGS, and the README's table of settings lists them:
 
-    image = "busybox"                       # name[:tag] or id
-    command = ["httpd", "-f", "-p", "8080"] # default: the image's Entrypoint + Cmd
+    image = "busybox"
+    command = ["httpd", "-f", "-p", "8080"]
     env = { GREETING = "hello" }
-    workdir = "/www"
-    user = "www-data"                       # USER[:GROUP]; default: the image's user, else root
-    hostname = "web"                        # default: the name
-    network = "host"                        # host | private
-    restart = "on-failure"                  # no | on-failure | always
     volumes = ["/srv/www:/www:ro", "data:/data", "/cache"]
 
     [limits]
-    memory = "64M"                          # MemoryMax=
-    cpus = 0.5                              # CPUQuotaPerSecUSec=
-    pids = 64                               # TasksMax=
+    memory = "64M"
 
 Unknown keys and bad values are errors naming the file, the key and its line. Pure:
 no side effects besides reading and (atomically) writing the file.
@@ -29,27 +23,13 @@ import os
 
 from machinectl_py.errors import NotFoundError, UsageError
 from machinectl_py.paths import config_path
-from machinectl_py.spec import (
-    ContainerSpec,
-    Limits,
-    Volume,
-    parse_count,
-    parse_cpus,
-    parse_env,
-    parse_memory,
-    validate_name,
-)
+from machinectl_py.spec import ContainerSpec, validate_name
 
 # On the path of `create` and `run -d`: no pathlib, json or typing imports at run time.
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Mapping
     from typing import Any
-
-_TOP_KEYS = ("image", "command", "env", "workdir", "user", "hostname", "network", "restart", "volumes",
-             "limits")
-_LIMIT_KEYS = ("memory", "cpus", "pids")
-
 
 def machines_dir() -> str:
     return config_path("machines")
@@ -98,91 +78,55 @@ class _Reader:
 
 
 def parse_definition(name: str, path: os.PathLike[str] | str, text: str) -> ContainerSpec:
-    """TOML text -> a validated ContainerSpec named `name`."""
+    """TOML text -> a validated ContainerSpec named `name`. The keys are settings.SETTINGS'."""
     import tomllib
+
+    from machinectl_py import settings
 
     reader = _Reader(path, text)
     try:
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
         raise DefinitionError(f"{path}: not valid TOML: {e}") from None
-    for key in raw:
-        if key not in _TOP_KEYS:
-            raise reader.fail(key, f"unknown key (known: {', '.join(_TOP_KEYS)})")
-    image = reader.string(raw, "image")
-    if not image:
+    by_key = {s.key: s for s in settings.definition_settings() if s.key}
+    _check_keys(reader, raw, by_key)
+    if "image" not in raw:
         raise DefinitionError(f"{path}: image: missing (every definition names its image)")
-    fields: dict[str, Any] = {"name": name, "image": image}
-    for key in ("workdir", "user", "hostname", "network", "restart"):
-        value = reader.string(raw, key)
-        if value is not None:
-            fields[key] = value
-    fields["command"] = _command(reader, raw.get("command"))
-    fields["env"] = _env(reader, raw.get("env", {}))
-    fields["volumes"] = _volumes(reader, raw.get("volumes", []))
-    fields["limits"] = _limits(reader, raw.get("limits", {}))
+    fields: dict[str, Any] = {"name": name}
+    for key, setting in by_key.items():
+        table, _, sub = key.rpartition(".")
+        section = raw.get(table, {}) if table else raw
+        if sub not in section:
+            continue
+
+        def fail(problem: str, sub: str = sub, table: str = table) -> DefinitionError:
+            return reader.fail(sub, problem, table or None)
+
+        try:
+            settings._assign(fields, setting.field, setting.toml_value(section[sub], fail))
+        except UsageError as e:
+            if isinstance(e, DefinitionError):
+                raise
+            raise fail(e.message) from None
     try:
-        return ContainerSpec(**fields).validate()
+        return settings.build_spec(fields)
     except UsageError as e:
-        key = next((k for k in ("hostname", "network", "restart", "workdir", "user", "volumes") if k in e.message),
-                   "")
-        raise reader.fail(key, e.message) if key else DefinitionError(f"{path}: {e.message}") from None
+        raise DefinitionError(f"{path}: {e.message}") from None
 
 
-def _command(reader: _Reader, value: Any) -> tuple[str, ...] | None:
-    if value is None:
-        return None
-    if isinstance(value, str):
-        return ("/bin/sh", "-c", value)
-    if not isinstance(value, list) or not value or not all(isinstance(v, str) for v in value):
-        raise reader.fail("command", "must be a non-empty list of strings (or one string for /bin/sh -c)")
-    return tuple(value)
-
-
-def _env(reader: _Reader, value: Any) -> dict[str, str]:
-    if not isinstance(value, dict):
-        raise reader.fail("env", "must be a table of NAME = \"value\"")
-    items = []
-    for key, item in value.items():
-        if not isinstance(item, (str, int, float, bool)) or isinstance(item, bool):
-            raise reader.fail(key, "must be a string or a number", "env")
-        items.append(f"{key}={item}")
-    try:
-        return parse_env(items)
-    except UsageError as e:
-        raise reader.fail("env", e.message) from None
-
-
-def _volumes(reader: _Reader, value: Any) -> tuple[Volume, ...]:
-    from machinectl_py.volumes import parse_volume
-
-    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-        raise reader.fail("volumes", "must be a list of strings such as \"/host/path:/path[:ro]\"")
-    try:
-        return tuple(parse_volume(v) for v in value)
-    except UsageError as e:
-        raise reader.fail("volumes", e.message) from None
-
-
-def _limits(reader: _Reader, value: Any) -> Limits:
-    if not isinstance(value, dict):
-        raise reader.fail("limits", "must be a table ([limits])")
-    for key in value:
-        if key not in _LIMIT_KEYS:
-            raise reader.fail(key, f"unknown key (known: {', '.join(_LIMIT_KEYS)})", "limits")
-    try:
-        memory = value.get("memory")
-        cpus = value.get("cpus")
-        pids = value.get("pids")
-        return Limits(
-            memory_max=parse_memory(str(memory)) if memory is not None else None,
-            cpu_quota_usec=parse_cpus(str(cpus)) if cpus is not None else None,
-            tasks_max=parse_count(str(pids), "pids limit") if pids is not None else None,
-        )
-    except UsageError as e:
-        bad = next((k for k, word in (("memory", "memory"), ("cpus", "CPU"), ("pids", "pids")) if word in e.message),
-                   "memory")
-        raise reader.fail(bad, e.message, "limits") from None
+def _check_keys(reader: _Reader, raw: Mapping[str, Any], by_key: Mapping[str, Any]) -> None:
+    tables = {k.partition(".")[0] for k in by_key if k and "." in k}
+    top = [k for k in by_key if k and "." not in k] + sorted(tables)
+    for key, value in raw.items():
+        if key in tables:
+            if not isinstance(value, dict):
+                raise reader.fail(key, f"must be a table ([{key}])")
+            known = [k.partition(".")[2] for k in by_key if k and k.startswith(key + ".")]
+            for sub in value:
+                if sub not in known:
+                    raise reader.fail(sub, f"unknown key (known: {', '.join(known)})", key)
+        elif key not in top:
+            raise reader.fail(key, f"unknown key (known: {', '.join(top)})")
 
 
 def load_definition(name: str) -> ContainerSpec:
@@ -204,48 +148,25 @@ def definition_exists(name: str) -> bool:
 # -- writing ---------------------------------------------------------------------------------
 
 
-# TOML basic strings: control characters escaped, DEL included (TOML 1.0 forbids them raw).
-_TOML_ESCAPES = {i: f"\\u{i:04x}" for i in (*range(0x20), 0x7F)} | {
-    ord('"'): '\\"', ord("\\"): "\\\\", ord("\n"): "\\n", ord("\t"): "\\t", ord("\r"): "\\r"}
-
-
-def _toml_string(value: str) -> str:
-    # Not json.dumps: importing json costs 13 ms on `create` (it compiles regular expressions).
-    return '"' + value.translate(_TOML_ESCAPES) + '"'
-
-
-def _toml_key(key: str) -> str:
-    return key if key.replace("_", "").replace("-", "").isalnum() and key.isascii() else _toml_string(key)
-
-
 def render_definition(spec: ContainerSpec) -> str:
     """A ContainerSpec -> TOML text that parse_definition() reads back to the same spec."""
-    lines = [f"# pymachine container {spec.name}: `pymachine start {spec.name}` runs it as "
-             f"pymachine@{spec.name}.service", f"image = {_toml_string(spec.image)}"]
-    if spec.command is not None:
-        lines.append("command = [" + ", ".join(_toml_string(a) for a in spec.command) + "]")
-    if spec.env:
-        lines.append("env = { " + ", ".join(f"{_toml_key(k)} = {_toml_string(v)}" for k, v in spec.env.items()) + " }")
-    for key in ("workdir", "user", "hostname"):
-        value = getattr(spec, key)
-        if value is not None:
-            lines.append(f"{key} = {_toml_string(value)}")
-    lines.append(f"network = {_toml_string(spec.network)}")
-    lines.append(f"restart = {_toml_string(spec.restart)}")
-    if spec.volumes:
-        from machinectl_py.volumes import format_volume
+    from machinectl_py import settings
 
-        lines.append("volumes = [" + ", ".join(_toml_string(format_volume(v)) for v in spec.volumes) + "]")
-    limits = spec.limits
-    if limits.memory_max is not None or limits.cpu_quota_usec is not None or limits.tasks_max is not None:
-        lines.append("")
-        lines.append("[limits]")
-        if limits.memory_max is not None:
-            lines.append(f"memory = {_toml_string(str(limits.memory_max))}")
-        if limits.cpu_quota_usec is not None:
-            lines.append(f"cpus = {limits.cpu_quota_usec / 1_000_000!r}")
-        if limits.tasks_max is not None:
-            lines.append(f"pids = {limits.tasks_max}")
+    lines = [f"# pymachine container {spec.name}: `pymachine start {spec.name}` runs it as "
+             f"pymachine@{spec.name}.service"]
+    tables: dict[str, list[str]] = {}
+    for setting in settings.definition_settings():
+        assert setting.key is not None
+        if not setting.writes or (setting.render is None and setting.key != "image"):
+            continue
+        value = settings.field_value(spec, setting.field)
+        if setting.key not in ("image", "network", "restart") and settings._is_default(spec, setting.field, value):
+            continue
+        text = settings.toml_string(value) if setting.key == "image" else setting.render(value)  # type: ignore[misc]
+        table, _, key = setting.key.rpartition(".")
+        (tables.setdefault(table, []) if table else lines).append(f"{key} = {text}")
+    for table, entries in tables.items():
+        lines += ["", f"[{table}]", *entries]
     return "\n".join(lines) + "\n"
 
 

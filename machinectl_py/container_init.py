@@ -43,8 +43,10 @@ RUN = b"g"
 
 class ChildPlan(Record):
     __slots__ = ("container_dir", "rootfs", "overlay", "ops", "cgroup_layout", "hostname", "private_network",
-                 "argv", "env", "workdir", "user", "capability_mask", "stdin_devnull", "detached", "tty", "seccomp")
-    _defaults = {"user": None, "stdin_devnull": True, "detached": False, "tty": False, "seccomp": b""}
+                 "argv", "env", "workdir", "user", "capability_mask", "stdin_devnull", "detached", "tty", "seccomp",
+                 "read_only_root", "rlimits")
+    _defaults = {"user": None, "stdin_devnull": True, "detached": False, "tty": False, "seccomp": b"",
+                 "read_only_root": False, "rlimits": ()}
     container_dir: str  # cwd while mounting the overlay (its options use relative names)
     rootfs: str
     overlay: Overlay
@@ -68,6 +70,10 @@ class ChildPlan(Record):
     tty: bool
     # The policy's seccomp program (seccomp.py), installed last; b"": none.
     seccomp: bytes
+    # --read-only: the overlay root remounted read-only once everything is mounted on it.
+    read_only_root: bool
+    # --ulimit: (RLIMIT_* number, soft, hard), -1 for no limit; set before the privileges drop.
+    rlimits: tuple[tuple[int, int, int], ...]
 
 
 def child_main(make_plan: Callable[[], ChildPlan], go_fd: int, status_fd: int, stdout_fd: int, stderr_fd: int,
@@ -114,6 +120,10 @@ def prepare(plan: ChildPlan, go_fd: int, status_fd: int, parent_pid: int) -> Non
     os.chdir(plan.container_dir)
     mounts.mount_overlay(plan.overlay, plan.rootfs)
     mounts.apply(plan.rootfs, plan.ops)
+    if plan.read_only_root:
+        mounts.remount_root_read_only(plan.rootfs)
+    if plan.rlimits:
+        set_rlimits(plan.rlimits)
     sc.sethostname(plan.hostname)
     if plan.private_network:
         bring_up_loopback()
@@ -135,6 +145,15 @@ def prepare(plan: ChildPlan, go_fd: int, status_fd: int, parent_pid: int) -> Non
     if plan.cgroup_layout.mode != "unified":
         mounts.remount_read_only("/", "/sys/fs/cgroup")
     os.umask(0o022)
+
+
+def set_rlimits(rlimits: tuple[tuple[int, int, int], ...]) -> None:
+    """--ulimit, as runc sets process.rlimits: on the init, before the exec (inherited from there)."""
+    import resource
+
+    for number, soft, hard in rlimits:
+        resource.setrlimit(number, (resource.RLIM_INFINITY if soft < 0 else soft,
+                                    resource.RLIM_INFINITY if hard < 0 else hard))
 
 
 def await_parent(go_fd: int, expected: bytes) -> None:

@@ -201,6 +201,12 @@ def remount_read_only(root: str, path: str) -> None:
         os.close(root_fd)
 
 
+def remount_root_read_only(root: str) -> None:
+    """--read-only: the overlay root becomes read-only; the mounts on it (/dev, /run, /tmp,
+    volumes) keep their own flags. Setuid programs keep working, as with docker's --read-only."""
+    sc.mount(None, root, None, sc.MS_REMOUNT | sc.MS_BIND | sc.MS_RDONLY)
+
+
 def pivot_into(root: str) -> None:
     """Make `root` the process's /, and detach the old root entirely.
 

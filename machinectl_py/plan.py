@@ -157,8 +157,36 @@ class CgroupLayout(Record):
 
 
 
-def base_plan(policy: Policy, *, binds: Sequence[Bind] = ()) -> list[Op]:
-    """Everything mounted before the container joins its scope: /proc, /sys, /dev, /run, /tmp."""
+DEFAULT_SHM_BYTES = 64 * 1024**2
+# Where --init puts the tiny init (tini) in the container: /dev is the container's own tmpfs,
+# so the image's tree is not touched; the bind is read-only, so the container cannot write
+# through it to the host's file (the lesson of CVE-2019-5736).
+INIT_PATH = "/dev/init"
+# --tmpfs flags that are mount flags, not tmpfs data.
+_TMPFS_FLAGS = {"ro": MS_RDONLY, "noexec": MS_NOEXEC, "nosuid": MS_NOSUID, "nodev": MS_NODEV,
+                "strictatime": MS_STRICTATIME}
+_TMPFS_CLEARS = {"rw": MS_RDONLY, "exec": MS_NOEXEC, "suid": MS_NOSUID, "dev": MS_NODEV}
+
+
+def tmpfs_mount(target: str, options: str) -> Mount:
+    """A --tmpfs: nosuid and nodev unless asked otherwise (as docker), size= and mode= as data."""
+    flags = NOSUID_NODEV
+    data = []
+    for option in (o for o in options.split(",") if o):
+        if option in _TMPFS_FLAGS:
+            flags |= _TMPFS_FLAGS[option]
+        elif option in _TMPFS_CLEARS:
+            flags &= ~_TMPFS_CLEARS[option]
+        elif "=" in option:
+            data.append(option)
+        # atime flags and the like: the kernel's defaults
+    return Mount(target, "tmpfs", "tmpfs", flags, ",".join(data) or None)
+
+
+def base_plan(policy: Policy, *, binds: Sequence[Bind] = (), shm_size: int | None = None,
+              tmpfs: Sequence[tuple[str, str]] = (), init: str | None = None) -> list[Op]:
+    """Everything mounted before the container joins its scope: /proc, /sys, /dev, /run, /tmp,
+    then the volumes and tmpfs mounts the container asked for, and the tiny init's file with --init."""
     ops: list[Op] = [
         Mount("/proc", "proc", "proc", NOSUID_NODEV_NOEXEC),
         Mount("/sys", "sysfs", "sysfs", NOSUID_NODEV_NOEXEC | MS_RDONLY),
@@ -166,7 +194,8 @@ def base_plan(policy: Policy, *, binds: Sequence[Bind] = ()) -> list[Op]:
         *DEV_NODES,
         Mount("/dev/pts", "devpts", "devpts", MS_NOSUID | MS_NOEXEC,
               "newinstance,ptmxmode=0666,mode=0620,gid=5"),
-        Mount("/dev/shm", "tmpfs", "shm", NOSUID_NODEV_NOEXEC, "mode=1777,size=65536k"),
+        Mount("/dev/shm", "tmpfs", "shm", NOSUID_NODEV_NOEXEC,
+              f"mode=1777,size={(shm_size or DEFAULT_SHM_BYTES) // 1024}k"),
         Mount("/dev/mqueue", "mqueue", "mqueue", NOSUID_NODEV_NOEXEC),
         *DEV_LINKS,
         Mount("/run", "tmpfs", "tmpfs", NOSUID_NODEV, "mode=755,size=65536k"),
@@ -175,6 +204,9 @@ def base_plan(policy: Policy, *, binds: Sequence[Bind] = ()) -> list[Op]:
     ops += [Mask(p) for p in policy.masked_paths]
     ops += [ReadOnly(p) for p in policy.readonly_paths]
     ops += list(binds)
+    ops += [tmpfs_mount(target, options) for target, options in tmpfs]
+    if init is not None:
+        ops.append(Bind(source=init, target=INIT_PATH, read_only=True, is_file=True))
     return ops
 
 

@@ -22,7 +22,7 @@ from machinectl_py.errors import EXIT_ERROR, PymachineError, UsageError
 from machinectl_py.journal import container_fields
 from machinectl_py.mounts import unified_cgroup_host
 from machinectl_py.policy import Policy, load_policy
-from machinectl_py.spec import ContainerSpec
+from machinectl_py.spec import RLIMITS, ContainerSpec
 from machinectl_py.systemd import scope_properties
 
 TYPE_CHECKING = False
@@ -41,12 +41,32 @@ def scope_name(name: str) -> str:
 
 
 def command_for(spec: ContainerSpec, config: images.ImageConfig) -> tuple[str, ...]:
-    """docker's rule: Entrypoint + (the given command, else the image's Cmd)."""
-    argv = tuple(config.entrypoint) + (spec.command if spec.command else tuple(config.cmd))
+    """docker's rule: Entrypoint + (the given command, else the image's Cmd); --entrypoint
+    replaces the image's Entrypoint and drops its Cmd. With --init, tini runs it."""
+    if spec.entrypoint is not None:
+        argv = spec.entrypoint + (spec.command or ())
+    else:
+        argv = tuple(config.entrypoint) + (spec.command if spec.command else tuple(config.cmd))
     if not argv:
         raise UsageError(f"no command given and image {spec.image!r} has none",
                          hint=f"pymachine run {spec.image} COMMAND")
+    if spec.init:
+        init_binary(spec)  # checked here, before anything is made
+        return (plan.INIT_PATH, "--", *argv)
     return argv
+
+
+# Debian's tini package: the statically linked build runs in any image.
+TINI = "/usr/bin/tini-static"
+
+
+def init_binary(spec: ContainerSpec) -> str | None:
+    """The host's tini for --init; an error naming the package when it is missing."""
+    if not spec.init:
+        return None
+    if not os.access(TINI, os.X_OK):
+        raise UsageError(f"--init needs {TINI}", hint="install Debian's tini package (apt-get install tini)")
+    return TINI
 
 
 def effective_user(spec: ContainerSpec, config: images.ImageConfig) -> str | None:
@@ -95,7 +115,8 @@ def build_child_plan(spec: ContainerSpec, image: images.ResolvedImage, cdir: str
         container_dir=cdir,
         rootfs=rootfs_of(cdir),
         overlay=plan.Overlay(layer_links(cdir, image.layers), "upper", "work", volatile=spec.remove),
-        ops=tuple(plan.base_plan(policy, binds=binds)),
+        ops=tuple(plan.base_plan(policy, binds=binds, shm_size=spec.shm_size, tmpfs=tuple(spec.tmpfs.items()),
+                                 init=init_binary(spec))),
         cgroup_layout=_cgroup_layout(),
         hostname=spec.effective_hostname,
         private_network=spec.network == "private",
@@ -108,6 +129,8 @@ def build_child_plan(spec: ContainerSpec, image: images.ResolvedImage, cdir: str
         detached=detached,
         tty=spec.tty,
         stdin_devnull=not (spec.tty or spec.interactive),
+        read_only_root=spec.read_only,
+        rlimits=tuple((RLIMITS[name], soft, hard) for name, (soft, hard) in spec.ulimits.items()),
     )
     if os.environ.get("PYMACHINE_DEBUG"):
         for op in child_plan.ops:
@@ -326,7 +349,7 @@ class ForegroundRun:
         its setup in the scope (its cgroup namespace and mounts) while machined registers it."""
         spec = self.spec
         unit = scope_name(spec.name)
-        props = scope_properties(spec.name, spec.limits, policy.device_allow, (self.leader, self.forwarder),
+        props = scope_properties(spec, policy.device_allow, (self.leader, self.forwarder),
                                  unified_host=unified_cgroup_host())
         try:
             job = systemd.start_scope(self.pid1, unit, props)

@@ -129,18 +129,13 @@ def dropin_text(name: str, container_id: str, image_name: str, spec: ContainerSp
     template's "every controller"."""
     fields = (f"CONTAINER_ID={container_id[:12]} CONTAINER_ID_FULL={container_id} "
               f'"IMAGE_NAME={image_name}"')
+    from machinectl_py.settings import dropin_lines
+
     lines = [f"# Written by pymachine for container {name}; `pymachine rm {name}` removes it.",
-             "[Service]", f"Restart={spec.restart}", f"LogExtraFields={fields}"]
-    limits = spec.limits
-    if limits.memory_max is not None:
-        lines.append(f"MemoryMax={limits.memory_max}")
-    if limits.cpu_quota_usec is not None:
-        lines.append(f"CPUQuota={limits.cpu_quota_usec / 10_000:g}%")
-    if limits.tasks_max is not None:
-        lines.append(f"TasksMax={limits.tasks_max}")
+             "[Service]", f"LogExtraFields={fields}", *dropin_lines(spec)]
     lines += [f"DeviceAllow={path} {access}" for path, access in device_allow]
     if not unified_host:
-        lines += delegate_lines(limits, unified_host=False)
+        lines += delegate_lines(spec.limits, unified_host=False)
     return "\n".join(lines) + "\n"
 
 
@@ -380,14 +375,14 @@ def _setup(name: str) -> int:
         return build_child_plan(spec, image, record.dir_path, policy, env, argv, binds=binds, detached=True)
 
     dropin = os.path.join(dropin_dir(name), DROPIN)
-    if (spec.limits.memory_max or spec.limits.cpu_quota_usec or spec.limits.tasks_max) and \
-            (not os.path.exists(dropin) or definition_is_newer(name, dropin)):
+    from machinectl_py.settings import live_properties
+
+    live = [p.dbus for p in live_properties(spec)]
+    if live and (not os.path.exists(dropin) or definition_is_newer(name, dropin)):
         # Started by systemctl with a definition newer than its drop-in: its limits go to the
         # unit as runtime properties now, before the container exists.
         with Bus.system() as bus:
-            from machinectl_py.systemd import limit_properties
-
-            manager_call(bus, "SetUnitProperties", "sba(sv)", unit_name(name), True, limit_properties(spec.limits))
+            manager_call(bus, "SetUnitProperties", "sba(sv)", unit_name(name), True, live)
     err_fd = journal_stream(name, 3)
     # stdout stays the service's own journal stream (priority info); stderr gets its own at err.
     leader, go_w, status_r = fork_held_init(make_plan, 1, err_fd)

@@ -17,9 +17,9 @@ if TYPE_CHECKING:
 
 # No `re` and no `dataclasses` here: this module is on the start-up path (see record.py).
 _ALNUM = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789")
-# machined's rule for machine names (machine_name_is_valid() in systemd):
-# 1-64 characters of [a-zA-Z0-9-_.], no leading dot, no "..".
-_NAME_CHARS = _ALNUM | frozenset("-_.")
+# machined's rule for machine names (machine_name_is_valid() in systemd: a valid hostname):
+# 1-64 characters of [a-zA-Z0-9-.], no leading dot, no "..". machined refuses "_".
+_NAME_CHARS = _ALNUM | frozenset("-.")
 _ENV_KEY_CHARS = _ALNUM | frozenset("_")
 
 _SIZE_UNITS = {
@@ -41,7 +41,8 @@ def validate_name(name: str, what: str = "container name") -> str:
     if not 1 <= len(name) <= 64 or not _NAME_CHARS.issuperset(name) or name.startswith(".") or ".." in name:
         raise UsageError(
             f"invalid {what} {name!r}",
-            hint="use 1-64 characters of [a-zA-Z0-9-_.], not starting with '.' and without '..'",
+            hint="use 1-64 characters of [a-zA-Z0-9-.], not starting with '.' and without '..' "
+                 "(machined's rule for machine names)",
         )
     return name
 
@@ -116,6 +117,23 @@ def parse_cpus(text: str) -> int:
     return max(10_000, round(cpus * USEC_PER_SEC))
 
 
+def parse_cpu_weight(text: str) -> int:
+    """--cpu-weight: systemd's CPUWeight=, 1-10000 (100 is every unit's default)."""
+    value = parse_count(text, "CPU weight")
+    if value > 10_000:
+        raise UsageError(f"invalid CPU weight {text!r}: must be 1-10000")
+    return value
+
+
+def parse_cpu_shares(text: str) -> int:
+    """docker's --cpu-shares (2-262144, 1024 the default) on systemd's CPUWeight= scale, as podman
+    converts it: 1024 -> 39, 2 -> 1, 262144 -> 10000."""
+    shares = parse_count(text, "CPU shares")
+    if not 2 <= shares <= 262_144:
+        raise UsageError(f"invalid CPU shares {text!r}: must be 2-262144")
+    return 1 + (shares - 2) * 9999 // 262_142
+
+
 def check_cpus_available(text: str, available: int | None) -> None:
     """docker's rule for --cpus: no more CPUs than the host has. A quota above that is never
     reached, so asking for it is a mistake. (Definitions are checked when made from the
@@ -125,13 +143,13 @@ def check_cpus_available(text: str, available: int | None) -> None:
                          hint=f"use a number from 0.01 to {available}")
 
 
-def parse_count(text: str, what: str) -> int:
+def parse_count(text: str, what: str, *, zero: bool = False) -> int:
     try:
         value = int(text)
     except ValueError:
         raise UsageError(f"invalid {what} {text!r}: must be a whole number") from None
-    if value <= 0:
-        raise UsageError(f"invalid {what} {text!r}: must be greater than zero")
+    if value < 0 or (value == 0 and not zero):
+        raise UsageError(f"invalid {what} {text!r}: must be {'zero or more' if zero else 'greater than zero'}")
     return value
 
 
@@ -153,16 +171,244 @@ def parse_env(items: Sequence[str], inherit: Mapping[str, str] | None = None) ->
     return env
 
 
+def read_env_file(path: str, inherit: Mapping[str, str] | None) -> dict[str, str]:
+    """docker's --env-file: KEY=VALUE lines (the value taken as it is, quotes included); a bare KEY
+    passes on pymachine's own value (with `inherit`); blank lines and lines starting with # skipped."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            lines = f.read().splitlines()
+    except (OSError, UnicodeDecodeError) as e:
+        raise UsageError(f"cannot read env file {path!r}: {getattr(e, 'strerror', None) or e}") from None
+    items = [line.lstrip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
+    try:
+        return parse_env(items, inherit if inherit is not None else {})
+    except UsageError as e:
+        raise UsageError(f"env file {path}: {e.message}") from None
+
+
+def parse_labels(items: Sequence[str]) -> dict[str, str]:
+    """KEY=VALUE or KEY (an empty value), as docker's --label."""
+    labels = {}
+    for item in items:
+        key, _, value = item.partition("=")
+        if not key or not key.isprintable() or key != key.strip():
+            raise UsageError(f"invalid label {item!r}", hint="use KEY=VALUE or KEY")
+        labels[key] = value
+    return labels
+
+
+# Signal numbers of x86-64 and arm64 Linux: the `signal` module is not loaded on the start-up path.
+SIGNALS = {"SIGHUP": 1, "SIGINT": 2, "SIGQUIT": 3, "SIGILL": 4, "SIGTRAP": 5, "SIGABRT": 6, "SIGBUS": 7,
+           "SIGFPE": 8, "SIGKILL": 9, "SIGUSR1": 10, "SIGSEGV": 11, "SIGUSR2": 12, "SIGPIPE": 13, "SIGALRM": 14,
+           "SIGTERM": 15, "SIGSTKFLT": 16, "SIGCHLD": 17, "SIGCONT": 18, "SIGSTOP": 19, "SIGTSTP": 20,
+           "SIGTTIN": 21, "SIGTTOU": 22, "SIGURG": 23, "SIGXCPU": 24, "SIGXFSZ": 25, "SIGVTALRM": 26,
+           "SIGPROF": 27, "SIGWINCH": 28, "SIGIO": 29, "SIGPWR": 30, "SIGSYS": 31}
+SIGRTMIN, SIGRTMAX = 34, 64
+
+
+def parse_signal(text: str) -> str:
+    """TERM, SIGTERM, sigterm, 15, RTMIN+3 -> the signal's name as systemd writes it (SIGTERM, SIGRTMIN+3)."""
+    upper = text.strip().upper()
+    if upper.isdigit():
+        number = int(upper)
+        names = {n: k for k, n in SIGNALS.items()}
+        if number in names:
+            return names[number]
+        if SIGRTMIN <= number <= SIGRTMAX:
+            return f"SIGRTMIN+{number - SIGRTMIN}"
+    name = upper if upper.startswith("SIG") else "SIG" + upper
+    if name in SIGNALS:
+        return name
+    base, plus, offset = name.partition("+")
+    if base == "SIGRTMIN" and (not plus or (offset.isdigit() and int(offset) <= SIGRTMAX - SIGRTMIN)):
+        return f"SIGRTMIN+{int(offset or 0)}"
+    raise UsageError(f"invalid signal {text!r}", hint="use a name such as SIGINT or TERM, or a number")
+
+
+def signal_number(name: str) -> int:
+    if name.startswith("SIGRTMIN+"):
+        return SIGRTMIN + int(name[len("SIGRTMIN+"):])
+    return SIGNALS[name]
+
+
+# docker's --ulimit names -> RLIMIT_* numbers (x86-64 and arm64 Linux)
+RLIMITS = {"cpu": 0, "fsize": 1, "data": 2, "stack": 3, "core": 4, "rss": 5, "nproc": 6, "nofile": 7,
+           "memlock": 8, "as": 9, "locks": 10, "sigpending": 11, "msgqueue": 12, "nice": 13, "rtprio": 14,
+           "rttime": 15}
+RLIM_INFINITY_U64 = 2**64 - 1
+
+
+def _rlimit_value(text: str, item: str) -> int:
+    if text in ("-1", "unlimited", "infinity"):
+        return -1
+    if not text.isdigit() or int(text) >= RLIM_INFINITY_U64:
+        raise UsageError(f"invalid ulimit {item!r}: {text!r} is not a number", hint="use NAME=SOFT[:HARD]")
+    return int(text)
+
+
+def parse_ulimits(items: Sequence[str]) -> dict[str, tuple[int, int]]:
+    """docker's --ulimit NAME=SOFT[:HARD] -> {name: (soft, hard)}; -1 (or unlimited) is no limit."""
+    ulimits = {}
+    for item in items:
+        name, eq, values = item.partition("=")
+        if name not in RLIMITS:
+            raise UsageError(f"invalid ulimit {item!r}: unknown resource {name!r}",
+                             hint=f"use one of {', '.join(RLIMITS)}")
+        if not eq or not values:
+            raise UsageError(f"invalid ulimit {item!r}", hint="use NAME=SOFT[:HARD], as nofile=1024:2048")
+        soft_text, _, hard_text = values.partition(":")
+        soft = _rlimit_value(soft_text, item)
+        hard = _rlimit_value(hard_text, item) if hard_text else soft
+        if hard >= 0 and (soft < 0 or soft > hard):
+            raise UsageError(f"invalid ulimit {item!r}: the soft limit is above the hard one")
+        ulimits[name] = (soft, hard)
+    return ulimits
+
+
+def format_ulimit(limit: tuple[int, int]) -> str:
+    soft, hard = limit
+    return f"{soft}:{hard}"
+
+
+DEFAULT_SHM_SIZE = 64 * 1024**2
+# What a --tmpfs or --mount type=tmpfs may pass to the kernel: sizes, modes and the usual flags;
+# never uid=/gid= of the host nor anything that reaches beyond the mount.
+_TMPFS_KEYS = frozenset({"size", "mode", "nr_inodes", "nr_blocks"})
+_TMPFS_FLAGS = frozenset({"ro", "rw", "exec", "noexec", "suid", "nosuid", "dev", "nodev", "atime", "noatime",
+                          "relatime", "strictatime", "nodiratime"})
+
+
+def check_tmpfs_options(options: str, item: str) -> str:
+    for option in (o for o in options.split(",") if o):
+        key, eq, value = option.partition("=")
+        if eq and key in _TMPFS_KEYS and value and value.replace(".", "").isalnum():
+            continue
+        if not eq and key in _TMPFS_FLAGS:
+            continue
+        raise UsageError(f"invalid tmpfs option {option!r} in {item!r}",
+                         hint=f"use {', '.join(sorted(_TMPFS_KEYS))}=VALUE or {', '.join(sorted(_TMPFS_FLAGS))}")
+    return options
+
+
+def _check_target(target: str, item: str) -> str:
+    if not target.startswith("/") or target.rstrip("/") == "" or ".." in target.split("/"):
+        raise UsageError(f"invalid mount {item!r}: the target {target!r} must be an absolute path other than / "
+                         "without '..'")
+    return os.path.normpath(target)
+
+
+def parse_tmpfs(items: Sequence[str]) -> dict[str, str]:
+    """--tmpfs PATH[:OPTIONS] -> {path: options}."""
+    mounts = {}
+    for item in items:
+        path, _, options = item.partition(":")
+        mounts[_check_target(path, item)] = check_tmpfs_options(options, item)
+    return mounts
+
+
+def parse_mount(item: str) -> Volume | tuple[str, str]:
+    """docker's --mount type=bind|volume|tmpfs,source=...,target=...[,readonly] -> a Volume, or
+    (target, tmpfs options) for a tmpfs."""
+    fields: dict[str, str] = {}
+    read_only = False
+    for part in item.split(","):
+        key, eq, value = part.partition("=")
+        key = key.strip().lower()
+        if key in ("readonly", "ro"):
+            if value.lower() not in ("", "1", "true", "0", "false"):
+                raise UsageError(f"invalid mount {item!r}: invalid value for {key}: {value!r}")
+            read_only = value.lower() in ("", "1", "true")
+        elif not eq:
+            raise UsageError(f"invalid mount {item!r}: invalid field {part!r}: must be a key=value pair")
+        elif key in ("type", "source", "src", "target", "destination", "dst", "tmpfs-size", "tmpfs-mode"):
+            fields[{"src": "source", "destination": "target", "dst": "target"}.get(key, key)] = value
+        else:
+            raise UsageError(f"invalid mount {item!r}: unknown field {key!r}",
+                             hint="use type=, source=, target=, readonly, tmpfs-size=, tmpfs-mode=")
+    kind = fields.get("type", "volume")
+    if "target" not in fields:
+        raise UsageError(f"invalid mount {item!r}: target is required")
+    target = _check_target(fields["target"], item)
+    if kind == "tmpfs":
+        if "source" in fields:
+            raise UsageError(f"invalid mount {item!r}: a tmpfs takes no source")
+        options = [f"size={fields['tmpfs-size']}"] if "tmpfs-size" in fields else []
+        options += [f"mode={fields['tmpfs-mode']}"] if "tmpfs-mode" in fields else []
+        options += ["ro"] if read_only else []
+        return (target, check_tmpfs_options(",".join(options), item))
+    if kind not in ("bind", "volume"):
+        raise UsageError(f"invalid mount {item!r}: type {kind!r} is not one of bind, volume, tmpfs")
+    if "tmpfs-size" in fields or "tmpfs-mode" in fields:
+        raise UsageError(f"invalid mount {item!r}: tmpfs options on a {kind} mount")
+    source = fields.get("source") or None
+    if kind == "bind":
+        if source is None:
+            raise UsageError(f"invalid mount {item!r}: source is required for a bind mount")
+        if not source.startswith("/") or ".." in source.split("/"):
+            raise UsageError(f"invalid mount {item!r}: a bind source must be an absolute path without '..'")
+    elif source is not None:
+        if source.startswith("/"):
+            raise UsageError(f"invalid mount {item!r}: a volume's source is a volume name, not a path",
+                             hint="use type=bind for a host path")
+        from machinectl_py.volumes import validate_volume_name
+
+        validate_volume_name(source)
+    return Volume(target=target, source=source, read_only=read_only)
+
+
+# docker's names for containers without --name, adjective_name, with machined's "-" for "_".
+_ADJECTIVES = ("admiring", "agitated", "amazing", "angry", "awesome", "blissful", "bold", "brave", "busy",
+               "charming", "clever", "cool", "compassionate", "confident", "dazzling", "determined", "eager",
+               "ecstatic", "elegant", "epic", "festive", "focused", "friendly", "gallant", "gifted", "goofy",
+               "gracious", "happy", "hardcore", "heuristic", "hopeful", "hungry", "infallible", "inspiring",
+               "jolly", "jovial", "keen", "kind", "laughing", "loving", "lucid", "magical", "modest", "musing",
+               "mystifying", "naughty", "nervous", "nice", "nifty", "nostalgic", "objective", "optimistic",
+               "peaceful", "pedantic", "pensive", "practical", "priceless", "quirky", "quizzical", "relaxed",
+               "reverent", "romantic", "sad", "serene", "sharp", "silly", "sleepy", "stoic", "strange",
+               "suspicious", "sweet", "tender", "thirsty", "trusting", "unruffled", "upbeat", "vibrant",
+               "vigilant", "vigorous", "wizardly", "wonderful", "xenodochial", "youthful", "zealous", "zen")
+_NAMES = ("albattani", "allen", "archimedes", "babbage", "bardeen", "bartik", "bell", "booth", "brahmagupta",
+          "carson", "cerf", "curie", "darwin", "diffie", "dijkstra", "einstein", "elion", "euclid", "euler",
+          "fermat", "feynman", "franklin", "galileo", "gauss", "goldberg", "goodall", "hamilton", "hawking",
+          "heisenberg", "hertz", "hodgkin", "hopper", "hypatia", "jemison", "kepler", "knuth", "lamport",
+          "leakey", "lovelace", "margulis", "maxwell", "mccarthy", "meitner", "mendel", "newton", "nobel",
+          "noether", "pare", "pasteur", "perlman", "pike", "poincare", "ptolemy", "raman", "ritchie", "shannon",
+          "shockley", "sinoussi", "stallman", "swartz", "tesla", "thompson", "torvalds", "turing", "varahamihira",
+          "wescoff", "wiles", "williams", "wozniak", "wright", "yalow", "yonath")
+
+
 def generate_name() -> str:
-    return "pm-" + os.urandom(5).hex()
+    """adjective-name, as docker's adjective_name; the caller's claim of the container directory fails on a
+    clash, so a short random tail keeps that unlikely past a few hundred containers."""
+    a, b, c = os.urandom(3)
+    return f"{_ADJECTIVES[a % len(_ADJECTIVES)]}-{_NAMES[b % len(_NAMES)]}{c % 100 if c >= 128 else ''}"
+
+
+def validate_restart(policy: str) -> str:
+    if policy not in RESTART_POLICIES:
+        raise UsageError(f"invalid restart policy {policy!r}", hint="use no, on-failure or always")
+    return policy
+
+
+def validate_image_name(image: str) -> str:
+    if not image:
+        raise UsageError("the image name is empty")
+    return image
+
+
+def validate_network(mode: str) -> str:
+    if mode not in NETWORK_MODES:
+        raise UsageError(f"invalid network mode {mode!r}", hint="use 'host' or 'private'")
+    return mode
 
 
 class Limits(Record):
-    __slots__ = ("memory_max", "cpu_quota_usec", "tasks_max")
-    _defaults = {"memory_max": None, "cpu_quota_usec": None, "tasks_max": None}
+    __slots__ = ("memory_max", "cpu_quota_usec", "tasks_max", "cpu_weight")
+    _defaults = {"memory_max": None, "cpu_quota_usec": None, "tasks_max": None, "cpu_weight": None}
     memory_max: int | None  # bytes -> MemoryMax
     cpu_quota_usec: int | None  # per second -> CPUQuotaPerSecUSec
     tasks_max: int | None  # -> TasksMax
+    cpu_weight: int | None  # 1-10000 -> CPUWeight
 
 
 class Volume(Record):
@@ -180,11 +426,17 @@ class Volume(Record):
 
 
 class ContainerSpec(Record):
+    """One container, as flags or a definition describe it. Its fields are declared with their
+    flags, keys and inspect paths in settings.SETTINGS (a unit test keeps the two in step)."""
+
     __slots__ = ("name", "image", "command", "hostname", "network", "env", "workdir", "user", "limits",
-                 "volumes", "restart", "remove", "tty", "interactive")
+                 "volumes", "restart", "remove", "tty", "interactive", "entrypoint", "labels", "tmpfs",
+                 "read_only", "shm_size", "init", "stop_signal", "stop_timeout", "ulimits")
     _defaults = {
         "command": None, "hostname": None, "network": "host", "env": {}, "workdir": None, "user": None,
         "limits": Limits(), "volumes": (), "restart": "no", "remove": False, "tty": False, "interactive": False,
+        "entrypoint": None, "labels": {}, "tmpfs": {}, "read_only": False, "shm_size": None, "init": False,
+        "stop_signal": None, "stop_timeout": None, "ulimits": {},
     }
     name: str
     image: str
@@ -200,6 +452,15 @@ class ContainerSpec(Record):
     remove: bool  # --rm
     tty: bool
     interactive: bool
+    entrypoint: tuple[str, ...] | None  # None: the image's; (): none
+    labels: Mapping[str, str]
+    tmpfs: Mapping[str, str]  # target -> mount options
+    read_only: bool
+    shm_size: int | None  # bytes; None: DEFAULT_SHM_SIZE
+    init: bool  # tini as PID 1
+    stop_signal: str | None  # SIGTERM when None
+    stop_timeout: int | None  # seconds; None: 10
+    ulimits: Mapping[str, tuple[int, int]]  # name -> (soft, hard), -1: unlimited
 
     @property
     def effective_hostname(self) -> str:
@@ -223,4 +484,8 @@ class ContainerSpec(Record):
         for vol in self.volumes:
             if not vol.target.startswith("/") or vol.target == "/":
                 raise UsageError(f"invalid volume target {vol.target!r}: must be an absolute path other than /")
+        targets = [v.target for v in self.volumes] + list(self.tmpfs)
+        if len(set(targets)) != len(targets):
+            duplicate = next(t for t in targets if targets.count(t) > 1)
+            raise UsageError(f"duplicate mount point {duplicate!r}")
         return self

@@ -87,8 +87,11 @@ def spec_from_json(data: dict[str, Any]) -> ContainerSpec:
     fields = dict(data)
     fields["limits"] = Limits(**data.get("limits") or {})
     fields["volumes"] = tuple(Volume(**v) for v in data.get("volumes") or ())
-    if fields.get("command") is not None:
-        fields["command"] = tuple(fields["command"])
+    for key in ("command", "entrypoint"):
+        if fields.get(key) is not None:
+            fields[key] = tuple(fields[key])
+    if fields.get("ulimits"):
+        fields["ulimits"] = {k: tuple(v) for k, v in fields["ulimits"].items()}
     return ContainerSpec(**fields)
 
 

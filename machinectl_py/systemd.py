@@ -11,7 +11,7 @@ guards it): it imports nothing heavy at the top, and its annotations' names come
 from __future__ import annotations
 
 from machinectl_py.bus import ERROR_FILE_NOT_FOUND, BusError
-from machinectl_py.spec import Limits
+from machinectl_py.spec import ContainerSpec, Limits
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -37,16 +37,12 @@ V1_DELEGATED_CONTROLLERS = ("memory", "pids", "devices")
 
 
 
-def limit_properties(limits: Limits) -> list[Property]:
-    """Resource limits as unit properties: MemoryMax, CPUQuotaPerSecUSec, TasksMax."""
-    props: list[Property] = []
-    if limits.memory_max is not None:
-        props.append(("MemoryMax", ("t", limits.memory_max)))
-    if limits.cpu_quota_usec is not None:
-        props.append(("CPUQuotaPerSecUSec", ("t", limits.cpu_quota_usec)))
-    if limits.tasks_max is not None:
-        props.append(("TasksMax", ("t", limits.tasks_max)))
-    return props
+def setting_properties(spec: ContainerSpec, *, scope: bool) -> list[Property]:
+    """The unit properties of the container's settings (settings.SETTINGS: limits, stop signal
+    and timeout; for a service also Restart= and Limit*=), in their D-Bus form."""
+    from machinectl_py.settings import unit_properties
+
+    return [p.dbus for p in unit_properties(spec, scope=scope)]
 
 
 def device_properties(device_allow: tuple[tuple[str, str], ...]) -> list[Property]:
@@ -76,25 +72,28 @@ def delegate_properties(limits: Limits, unified_host: bool) -> list[Property]:
 
 def v1_delegated_controllers(limits: Limits) -> list[str]:
     """What a container's unit delegates on a host with v1 hierarchies (see delegate_properties)."""
-    return [*V1_DELEGATED_CONTROLLERS, *(["cpu"] if limits.cpu_quota_usec is not None else [])]
+    uses_cpu = limits.cpu_quota_usec is not None or limits.cpu_weight is not None
+    return [*V1_DELEGATED_CONTROLLERS, *(["cpu"] if uses_cpu else [])]
 
 
-def scope_properties(name: str, limits: Limits, device_allow: tuple[tuple[str, str], ...],
+def scope_properties(spec: ContainerSpec, device_allow: tuple[tuple[str, str], ...],
                      pids: tuple[int, ...], unified_host: bool = True) -> list[Property]:
     """Properties of machine-NAME.scope, the same set machined's CreateMachine would give it
     (PIDs, Delegate=yes, TasksMax 16384 by default) plus nspawn's device policy and our limits;
     on a host with v1 hierarchies, delegated with fewer controllers (delegate_properties)."""
+    limits = spec.limits
     props: list[Property] = [
-        ("Description", ("s", f"pymachine container {name}")),
+        ("Description", ("s", f"pymachine container {spec.name}")),
         ("Slice", ("s", MACHINE_SLICE)),
         ("PIDs", ("au", list(pids))),
         *delegate_properties(limits, unified_host),
         ("CollectMode", ("s", "inactive-or-failed")),
-        ("TimeoutStopUSec", ("t", STOP_TIMEOUT_USEC)),
     ]
+    if spec.stop_timeout is None:
+        props.append(("TimeoutStopUSec", ("t", STOP_TIMEOUT_USEC)))
     if limits.tasks_max is None:
         props.append(("TasksMax", ("t", DEFAULT_TASKS_MAX)))
-    return props + device_properties(device_allow) + limit_properties(limits)
+    return props + device_properties(device_allow) + setting_properties(spec, scope=True)
 
 
 def call(bus: Bus, method: str, signature: str = "", *args: Any) -> list[Any]:

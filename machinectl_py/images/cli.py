@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import datetime
 import json
-import re
 import sys
-from typing import TYPE_CHECKING, Any, NoReturn
+from types import SimpleNamespace
+from typing import TYPE_CHECKING, Any
 
+from machinectl_py import formatting
+from machinectl_py.args import FLAG, Command, Group, Option
 from machinectl_py.errors import UsageError
 from machinectl_py.images.progress import Progress, human_size
 
@@ -17,13 +18,9 @@ if TYPE_CHECKING:
     from machinectl_py.images.ops import Freeze
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> NoReturn:
-        raise UsageError(message, hint=f"see '{self.prog} --help'")
-
-
-def _parser(prog: str, description: str) -> _Parser:
-    return _Parser(prog=prog, description=description)
+def _parse(command: Command, argv: list[str]) -> SimpleNamespace | None:
+    values = command.parse_or_help(argv)
+    return None if values is None else SimpleNamespace(**values)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -72,40 +69,23 @@ def inspect_data(store: Any, image_id: str) -> dict[str, Any]:
     }
 
 
-_TEMPLATE_RE = re.compile(r"\{\{\s*(json\s+)?((?:\.[A-Za-z0-9_]+)+|\.)\s*\}\}")
-
-
-def render_format(template: str, data: dict[str, Any]) -> str:
-    """A small subset of docker's Go templates: `{{.Field.Sub}}` and `{{json .Field}}`."""
-
-    def value_of(m: re.Match[str]) -> str:
-        value: Any = data
-        path = m.group(2)
-        for key in [k for k in path.split(".") if k]:
-            if not isinstance(value, dict) or key not in value:
-                raise UsageError(f"template field {path!r} does not exist")
-            value = value[key]
-        if m.group(1) or isinstance(value, (dict, list)):
-            return json.dumps(value)
-        return "" if value is None else str(value)
-
-    text = _TEMPLATE_RE.sub(value_of, template)
-    if "{{" in text:
-        raise UsageError(f"unsupported template {template!r}", hint="use {{.Field}} or {{json .Field}}")
-    return text.replace("\\n", "\n").replace("\\t", "\t")
-
-
 # ---------------------------------------------------------------------------------------------
 # Verbs
 
 
+IMPORT = Command(
+    "pymachine image import", "pymachine image import [OPTIONS] SOURCE",
+    "Import a docker-archive, an OCI layout (directory or tar; DIR:TAG picks one image of several)\n"
+    "or a rootfs tarball (plain, gzip, xz or zstd).",
+    [Option("--name -n", "NAME[:TAG] for the image", metavar="NAME"),
+     Option("--quiet -q", "print only the image id", kind=FLAG)],
+    positionals=[("source", "file, directory, or - for standard input")])
+
+
 def cmd_import(argv: list[str]) -> int:
-    p = _parser("pymachine image import",
-                "Import a docker-archive, OCI layout (dir or tar) or rootfs tarball.")
-    p.add_argument("source", help="file, directory, or - for standard input")
-    p.add_argument("--name", "-n", help="NAME[:TAG] for the image")
-    p.add_argument("--quiet", "-q", action="store_true", help="print only the image id")
-    args = p.parse_args(argv)
+    args = _parse(IMPORT, argv)
+    if args is None:
+        return 0
     from machinectl_py.images import ops
 
     progress = Progress("importing", enabled=None if not args.quiet else False)
@@ -137,11 +117,16 @@ def _ls_rows(store: Any) -> list[dict[str, Any]]:
     return rows
 
 
+def _ls_command(prog: str) -> Command:
+    return Command(prog, f"{prog} [OPTIONS]", "List images.",
+                   [Option("--json", "print a JSON array", kind=FLAG),
+                    Option("--quiet -q", "print only image ids", kind=FLAG)])
+
+
 def cmd_ls(argv: list[str], prog: str = "pymachine image ls") -> int:
-    p = _parser(prog, "List images.")
-    p.add_argument("--json", action="store_true", help="print a JSON array")
-    p.add_argument("--quiet", "-q", action="store_true", help="print only image ids")
-    args = p.parse_args(argv)
+    args = _parse(_ls_command(prog), argv)
+    if args is None:
+        return 0
     from machinectl_py.images.store import Store
 
     rows = _ls_rows(Store())
@@ -155,46 +140,61 @@ def cmd_ls(argv: list[str], prog: str = "pymachine image ls") -> int:
     table = [("REPOSITORY", "TAG", "IMAGE ID", "CREATED", "SIZE")]
     table += [(r["Repository"], r["Tag"], _short_id(r["ID"]), _ago(r["Created"]), human_size(r["Size"]))
               for r in rows]
-    widths = [max(len(row[i]) for row in table) for i in range(4)]
-    for row in table:
-        print("   ".join(c.ljust(w) for c, w in zip(row[:4], widths, strict=True)) + "   " + row[4])
+    for line in formatting.align(table):
+        print(line)
     return 0
 
 
+INSPECT = Command(
+    "pymachine image inspect", "pymachine image inspect [OPTIONS] IMAGE [IMAGE...]",
+    "Show images as JSON, with docker's fields (Id, RepoTags, Config, RootFS, History...).",
+    [Option("--format -f", "format with a Go-template-like TEMPLATE, e.g. '{{json .RootFS.Layers}}'",
+            metavar="TEMPLATE")],
+    positionals=[("images", "image names or ids", "+")])
+
+
 def cmd_inspect(argv: list[str]) -> int:
-    p = _parser("pymachine image inspect", "Show images as JSON (close to docker's).")
-    p.add_argument("images", nargs="+", metavar="IMAGE")
-    p.add_argument("--format", "-f", help="template such as '{{json .RootFS.Layers}}'")
-    args = p.parse_args(argv)
+    args = _parse(INSPECT, argv)
+    if args is None:
+        return 0
     from machinectl_py.images.lookup import find_image
     from machinectl_py.images.store import Store
 
     store = Store()
     data = [inspect_data(store, find_image(store, ref)) for ref in args.images]
     if args.format:
-        for item in data:
-            print(render_format(args.format, item))
+        for line in formatting.render_all(args.format, data):
+            print(line)
     else:
         print(json.dumps(data, indent=4))
     return 0
 
 
+TAG = Command("pymachine image tag", "pymachine image tag SOURCE_IMAGE TARGET_IMAGE",
+              "Give an image another NAME[:TAG].", [],
+              positionals=[("source", "image name or id"), ("target", "the new NAME[:TAG]")])
+
+
 def cmd_tag(argv: list[str]) -> int:
-    p = _parser("pymachine image tag", "Give an image another NAME[:TAG].")
-    p.add_argument("source", metavar="SOURCE_IMAGE")
-    p.add_argument("target", metavar="TARGET_IMAGE")
-    args = p.parse_args(argv)
+    args = _parse(TAG, argv)
+    if args is None:
+        return 0
     from machinectl_py.images import ops
 
     ops.tag_image(args.source, args.target)
     return 0
 
 
+RM = Command("pymachine image rm", "pymachine image rm [OPTIONS] IMAGE [IMAGE...]",
+             "Remove images (refused while a container uses one, unless -f).",
+             [Option("--force -f", "untag images that containers still use", kind=FLAG)],
+             positionals=[("images", "image names or ids", "+")])
+
+
 def cmd_rm(argv: list[str]) -> int:
-    p = _parser("pymachine image rm", "Remove images (refused while a container uses one, unless -f).")
-    p.add_argument("images", nargs="+", metavar="IMAGE")
-    p.add_argument("--force", "-f", action="store_true", help="untag images that containers still use")
-    args = p.parse_args(argv)
+    args = _parse(RM, argv)
+    if args is None:
+        return 0
     from machinectl_py.images import ops
 
     for line in ops.remove_images(args.images, force=args.force):
@@ -202,10 +202,14 @@ def cmd_rm(argv: list[str]) -> int:
     return 0
 
 
+PRUNE = Command("pymachine image prune", "pymachine image prune [OPTIONS]",
+                "Remove untagged unused images and unused layers.",
+                [Option("--force -f", "accepted for docker compatibility", kind=FLAG)])
+
+
 def cmd_prune(argv: list[str]) -> int:
-    p = _parser("pymachine image prune", "Remove untagged unused images and unused layers.")
-    p.add_argument("--force", "-f", action="store_true", help="accepted for docker compatibility")
-    p.parse_args(argv)
+    if _parse(PRUNE, argv) is None:
+        return 0
     from machinectl_py.images import ops
 
     images, layers, reclaimed = ops.prune()
@@ -215,12 +219,17 @@ def cmd_prune(argv: list[str]) -> int:
     return 0
 
 
+EXPORT = Command("pymachine image export", "pymachine image export [OPTIONS] IMAGE FILE",
+                 "Write an image as a docker-archive or OCI layout tar.",
+                 [Option("--format", "docker-archive (default) or oci", metavar="FORMAT",
+                         choices=("docker-archive", "oci"), default="docker-archive")],
+                 positionals=[("image", "image name or id"), ("file", "output file, or - for standard output")])
+
+
 def cmd_export(argv: list[str]) -> int:
-    p = _parser("pymachine image export", "Write an image as a docker-archive or OCI layout tar.")
-    p.add_argument("image", metavar="IMAGE")
-    p.add_argument("file", metavar="FILE", help="output file, or - for standard output")
-    p.add_argument("--format", default="docker-archive", choices=("docker-archive", "oci"))
-    args = p.parse_args(argv)
+    args = _parse(EXPORT, argv)
+    if args is None:
+        return 0
     from machinectl_py.images import ops
 
     if args.file == "-" and sys.stdout.isatty():
@@ -238,36 +247,34 @@ SUBVERBS = {
     "prune": (cmd_prune, "remove unused images and layers"),
     "export": (cmd_export, "write an image as docker-archive or OCI tar"),
 }
-
-
-def usage() -> str:
-    lines = ["usage: pymachine image COMMAND [ARG...]", "", "Commands:"]
-    lines += [f"  {name:<8} {summary}" for name, (_, summary) in SUBVERBS.items()]
-    return "\n".join(lines) + "\n"
+ALIASES = {"list": "ls", "remove": "rm", "load": "import"}
 
 
 def main(argv: list[str]) -> int:
-    if not argv or argv[0] in ("-h", "--help", "help"):
-        sys.stdout.write(usage())
-        return 0 if argv else 2
-    sub = {"list": "ls", "remove": "rm", "load": "import"}.get(argv[0], argv[0])
-    if sub not in SUBVERBS:
-        raise UsageError(f"unknown image command {argv[0]!r}", hint="see 'pymachine image --help'")
-    return SUBVERBS[sub][0](argv[1:])
+    if argv and argv[0] in ALIASES:
+        argv = [ALIASES[argv[0]], *argv[1:]]
+    return Group("pymachine image", "Manage images: a content-addressed store of layers under "
+                 "/var/lib/pymachine.", [(name, summary, handler) for name, (handler, summary) in SUBVERBS.items()]
+                 ).dispatch(argv)
 
 
 def main_ls(argv: list[str]) -> int:
     return cmd_ls(argv, prog="pymachine images")
 
 
+COMMIT = Command("pymachine commit", "pymachine commit [OPTIONS] CONTAINER NAME[:TAG]",
+                 "Make a new image from a container's changes: its upper layer becomes a new layer on top of\n"
+                 "its image's (a running container is frozen through systemd while its layer is read).",
+                 [Option("--message -m", "history comment", metavar="TEXT"),
+                  Option("--quiet -q", "no progress", kind=FLAG)],
+                 positionals=[("container", "container name"), ("name", "NAME[:TAG] of the new image")])
+
+
 def main_commit(argv: list[str], freeze: Freeze | None = None) -> int:
     """`pymachine commit`; `freeze` freezes a running container's unit (cmd_commit passes it)."""
-    p = _parser("pymachine commit", "Make a new image from a container's changes.")
-    p.add_argument("container", metavar="CONTAINER")
-    p.add_argument("name", metavar="NAME[:TAG]")
-    p.add_argument("--message", "-m", help="history comment")
-    p.add_argument("--quiet", "-q", action="store_true")
-    args = p.parse_args(argv)
+    args = _parse(COMMIT, argv)
+    if args is None:
+        return 0
     from machinectl_py.images import ops
 
     progress = Progress("committing", enabled=None if not args.quiet else False)

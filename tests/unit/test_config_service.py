@@ -7,8 +7,9 @@ from pathlib import Path
 import pytest
 
 from machinectl_py import service
-from machinectl_py.cmd_ps import render_format
 from machinectl_py.errors import UsageError
+from machinectl_py.formatting import render as render_format
+from machinectl_py.formatting import render_all
 from machinectl_py.spec import ContainerSpec, Limits
 
 SHIPPED = Path(__file__).resolve().parents[2] / "units" / "pymachine@.service"
@@ -75,3 +76,11 @@ def test_render_format() -> None:
         render_format("{{ .State.Nope }}", data)
     with pytest.raises(UsageError, match="unsupported"):
         render_format("{{ range .Mounts }}", data)
+
+
+def test_render_format_has_one_rule_for_null_and_a_table_directive() -> None:
+    assert render_format("{{ .Definition }}", {"Definition": None}) == "<no value>"
+    rows = [{"Names": "web", "Status": "running"}, {"Names": "database", "Status": "exited (0)"}]
+    assert render_all("table {{.Names}}\\t{{.Status}}", rows) == [
+        "NAMES      STATUS", "web        running", "database   exited (0)"]
+    assert render_all("{{.Names}}", rows) == ["web", "database"]

@@ -32,9 +32,9 @@ import sys
 base = set(sys.modules)
 import machinectl_py.cli, machinectl_py.cmd_create, machinectl_py.cmd_lifecycle, machinectl_py.service
 import machinectl_py.exec
-from machinectl_py import config, state
+from machinectl_py import config, settings, state
 state.load_json('{"name": "web", "spec": {"command": ["sh", "-c", "x"]}}')
-config._toml_string("sh -c 'echo \\"ok\\"'")
+settings.toml_string("sh -c 'echo \\"ok\\"'")
 print(" ".join(sorted(set(sys.modules) - base)))
 """
 

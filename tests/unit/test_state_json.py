@@ -7,7 +7,7 @@ import tomllib
 
 import pytest
 
-from machinectl_py.config import _toml_string
+from machinectl_py.settings import toml_string as _toml_string
 from machinectl_py.state import dump_json, load_json
 
 VALUES = [

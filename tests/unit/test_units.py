@@ -10,18 +10,33 @@ from machinectl_py.errors import UsageError
 from machinectl_py.journal import MAX_LINE, LineSplitter, container_fields, encode_field, entry
 from machinectl_py.machined import machine_id_bytes
 from machinectl_py.policy import load_policy, parse_policy
-from machinectl_py.spec import Limits
-from machinectl_py.systemd import limit_properties, scope_properties
+from machinectl_py.spec import ContainerSpec, Limits
+from machinectl_py.systemd import scope_properties, setting_properties
+
+
+def _spec(limits: Limits | None = None, **fields: object) -> ContainerSpec:
+    return ContainerSpec(name="web", image="busybox", limits=limits or Limits(), **fields)
 
 
 def test_limit_properties() -> None:
-    assert limit_properties(Limits()) == []
-    assert limit_properties(Limits(64 << 20, 500_000, 32)) == [
+    assert setting_properties(_spec(), scope=True) == []
+    assert setting_properties(_spec(Limits(64 << 20, 500_000, 32)), scope=True) == [
         ("MemoryMax", ("t", 64 << 20)), ("CPUQuotaPerSecUSec", ("t", 500_000)), ("TasksMax", ("t", 32))]
 
 
+def test_stop_signal_and_timeout_reach_the_scope_and_ulimits_only_the_service() -> None:
+    spec = _spec(stop_signal="SIGINT", stop_timeout=3, ulimits={"nofile": (1024, 2048)})
+    scope = dict(scope_properties(spec, (), (41,)))
+    assert scope["KillSignal"] == ("i", 2)
+    assert scope["TimeoutStopUSec"] == ("t", 3_000_000)
+    assert "LimitNOFILE" not in scope
+    service = dict(setting_properties(spec, scope=False))
+    assert service["LimitNOFILE"] == ("t", 2048) and service["LimitNOFILESoft"] == ("t", 1024)
+    assert service["Restart"] == ("s", "no")
+
+
 def test_scope_properties() -> None:
-    props = dict(scope_properties("web", Limits(memory_max=1 << 30), (("/dev/tty", "rwm"),), (41, 42)))
+    props = dict(scope_properties(_spec(Limits(memory_max=1 << 30)), (("/dev/tty", "rwm"),), (41, 42)))
     assert props["Slice"] == ("s", "machine.slice")
     assert props["PIDs"] == ("au", [41, 42])
     assert props["Delegate"] == ("b", True)
@@ -30,7 +45,7 @@ def test_scope_properties() -> None:
     assert props["DevicePolicy"] == ("s", "closed")
     assert props["DeviceAllow"] == ("a(ss)", [("/dev/tty", "rwm")])
     assert props["CollectMode"] == ("s", "inactive-or-failed")
-    limited = scope_properties("web", Limits(tasks_max=32), (), (41,))
+    limited = scope_properties(_spec(Limits(tasks_max=32)), (), (41,))
     assert [v for k, v in limited if k == "TasksMax"] == [("t", 32)]
 
 
@@ -38,12 +53,12 @@ def test_delegation_on_hosts_with_v1_hierarchies_names_the_controllers_in_use() 
     """Pure v2: every controller (the container's cgroup2 is writable). With v1 hierarchies,
     which the container sees read-only: only what its settings use, so that systemd does not
     realize cpu or blkio for the whole tree at each start and stop."""
-    v2 = dict(scope_properties("web", Limits(), (), (41,), unified_host=True))
+    v2 = dict(scope_properties(_spec(), (), (41,), unified_host=True))
     assert v2["Delegate"] == ("b", True) and "DelegateControllers" not in v2
-    v1 = dict(scope_properties("web", Limits(), (), (41,), unified_host=False))
+    v1 = dict(scope_properties(_spec(), (), (41,), unified_host=False))
     assert "Delegate" not in v1
     assert v1["DelegateControllers"] == ("as", ["memory", "pids", "devices"])
-    with_cpu = dict(scope_properties("web", Limits(cpu_quota_usec=500_000), (), (41,), unified_host=False))
+    with_cpu = dict(scope_properties(_spec(Limits(cpu_quota_usec=500_000)), (), (41,), unified_host=False))
     assert with_cpu["DelegateControllers"] == ("as", ["memory", "pids", "devices", "cpu"])
 
 
