@@ -23,14 +23,11 @@ ffibuilder.cdef(
     int unshare(int flags);
     int setns(int fd, int nstype);
     int sethostname(const char *name, size_t len);
-    int mknod(const char *path, unsigned int mode, unsigned long dev);
-    int pm_makedev(unsigned int major, unsigned int minor, unsigned long *dev);
+    int syncfs(int fd);
     int prctl(int option, unsigned long arg2, unsigned long arg3, unsigned long arg4, unsigned long arg5);
     int pm_capset_keep(uint64_t keep);
-    long pm_openat2(int dirfd, const char *path, uint64_t flags, uint64_t mode, uint64_t resolve);
     int pm_close_range(unsigned int first, unsigned int last, unsigned int flags);
     int pm_pidfd_open(int pid, unsigned int flags);
-    int pm_pidfd_send_signal(int pidfd, int sig);
     int pm_syscall_number(const char *name);
     uint32_t pm_audit_arch(void);
     int pm_seccomp_install(const unsigned char *filter, unsigned int instructions);
@@ -48,23 +45,12 @@ ffibuilder.cdef(
     #define MS_NOEXEC ...
     #define MS_REMOUNT ...
     #define MS_BIND ...
-    #define MS_MOVE ...
     #define MS_REC ...
     #define MS_PRIVATE ...
-    #define MS_SLAVE ...
     #define MS_STRICTATIME ...
-    #define MS_RELATIME ...
     #define MNT_DETACH ...
     #define PR_SET_PDEATHSIG ...
-    #define PR_SET_CHILD_SUBREAPER ...
     #define PR_CAPBSET_DROP ...
-    #define PR_SET_NO_NEW_PRIVS ...
-    #define PR_SET_NAME ...
-    #define RESOLVE_IN_ROOT ...
-    #define RESOLVE_NO_MAGICLINKS ...
-    #define RESOLVE_NO_XDEV ...
-    #define RESOLVE_BENEATH ...
-    #define RESOLVE_NO_SYMLINKS ...
 
     /* ---- sd-bus ---- */
     typedef struct sd_bus sd_bus;
@@ -117,42 +103,22 @@ ffibuilder.set_source(
     #include <signal.h>
     #include <sys/mount.h>
     #include <sys/prctl.h>
-    #include <sys/stat.h>
     #include <sys/syscall.h>
-    #include <sys/sysmacros.h>
     #include <linux/audit.h>
     #include <linux/capability.h>
     #include <linux/filter.h>
     #include <linux/seccomp.h>
     #include <systemd/sd-bus.h>
 
-    #ifndef RESOLVE_IN_ROOT
-    #define RESOLVE_NO_XDEV 0x01
-    #define RESOLVE_NO_MAGICLINKS 0x02
-    #define RESOLVE_NO_SYMLINKS 0x04
-    #define RESOLVE_BENEATH 0x08
-    #define RESOLVE_IN_ROOT 0x10
-    #endif
-    #ifndef SYS_openat2
-    #define SYS_openat2 437
-    #endif
     #ifndef SYS_close_range
     #define SYS_close_range 436
     #endif
     #ifndef SYS_pidfd_open
     #define SYS_pidfd_open 434
     #endif
-    #ifndef SYS_pidfd_send_signal
-    #define SYS_pidfd_send_signal 424
-    #endif
 
     static int pm_pivot_root(const char *new_root, const char *put_old) {
         return (int)syscall(SYS_pivot_root, new_root, put_old);
-    }
-
-    static int pm_makedev(unsigned int major, unsigned int minor, unsigned long *dev) {
-        *dev = (unsigned long)makedev(major, minor);
-        return 0;
     }
 
     /* Set effective, permitted and inheritable sets to `keep` (a bit mask of CAP_*). */
@@ -165,23 +131,12 @@ ffibuilder.set_source(
         return (int)syscall(SYS_capset, &hdr, data);
     }
 
-    struct pm_open_how { uint64_t flags; uint64_t mode; uint64_t resolve; };
-
-    static long pm_openat2(int dirfd, const char *path, uint64_t flags, uint64_t mode, uint64_t resolve) {
-        struct pm_open_how how = { flags, mode, resolve };
-        return syscall(SYS_openat2, dirfd, path, &how, sizeof(how));
-    }
-
     static int pm_close_range(unsigned int first, unsigned int last, unsigned int flags) {
         return (int)syscall(SYS_close_range, first, last, flags);
     }
 
     static int pm_pidfd_open(int pid, unsigned int flags) {
         return (int)syscall(SYS_pidfd_open, pid, flags);
-    }
-
-    static int pm_pidfd_send_signal(int pidfd, int sig) {
-        return (int)syscall(SYS_pidfd_send_signal, pidfd, sig, NULL, 0);
     }
 
     /* This architecture's number of each syscall the seccomp policy may name (seccomp.py

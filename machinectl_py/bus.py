@@ -7,34 +7,39 @@ pairs. Replies come back the same way, variants unwrapped to their value.
 
 sd-bus connections must not cross fork(): only the process that opened a Bus uses it,
 and children close its descriptor with all others before they exec.
+
+On the start-up path (`run`, `start` and `exec` import it; tests/unit/test_startup_imports.py
+guards it): it imports nothing heavy at the top, and its annotations' names come in under
+`TYPE_CHECKING = False`, because `typing` alone costs 8-10 ms to import here.
 """
 
 from __future__ import annotations
 
+import os
+import time
+
 from machinectl_py._native import ffi, lib
+from machinectl_py.errors import BusError
+
+__all__ = ["Bus", "BusError", "Message", "split_signature"]  # BusError: re-exported for callers
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Callable, Collection, Iterator, Sequence
     from typing import Any
 
+# The bus daemon's own name, and what every peer implements: this layer and the systemd and
+# machined modules above it are the only places that spell out a bus name.
+DBUS = ("org.freedesktop.DBus", "/org/freedesktop/DBus", "org.freedesktop.DBus")
+PROPERTIES = "org.freedesktop.DBus.Properties"
+ERROR_FILE_NOT_FOUND = "org.freedesktop.DBus.Error.FileNotFound"
+ERRORS_NO_SERVICE = ("org.freedesktop.DBus.Error.ServiceUnknown", "org.freedesktop.DBus.Error.NoServer")
 DEFAULT_TIMEOUT_USEC = 30_000_000  # runc waits 30 s for a systemd job, and so do we
 _MESSAGE_SIGNAL = 4
 
 
-class BusError(Exception):
-    """A D-Bus call failed: `name` is the D-Bus error name (or errno's), `message` the text."""
-
-    def __init__(self, name: str, message: str) -> None:
-        super().__init__(f"{message} ({name})")
-        self.name = name
-        self.message = message
-
-
 def _check(rc: int, what: str) -> int:
     if rc < 0:
-        import os
-
         raise BusError(f"errno.{-rc}", f"{what}: {os.strerror(-rc)}")
     return rc
 
@@ -249,8 +254,6 @@ class Bus:
             rc = lib.sd_bus_call(self._ptr, request.ptr, timeout_usec, error, reply_box)
             if rc < 0:
                 name = ffi.string(error.name).decode() if error.name != ffi.NULL else f"errno.{-rc}"
-                import os
-
                 text = ffi.string(error.message).decode() if error.message != ffi.NULL else os.strerror(-rc)
                 lib.sd_bus_error_free(error)
                 raise BusError(name, text)
@@ -273,21 +276,26 @@ class Bus:
         finally:
             request.close()
 
+    def get_property(self, destination: str, path: str, interface: str, prop: str) -> Any:
+        return self.call(destination, path, PROPERTIES, "Get", "ss", interface, prop)[0]
+
+    def get_all(self, destination: str, path: str, interface: str) -> dict[str, Any]:
+        props: dict[str, Any] = self.call(destination, path, PROPERTIES, "GetAll", "s", interface)[0]
+        return props
+
     def add_match(self, rule: str) -> None:
         """Ask the bus to route matching signals to us; `signals()` then yields them.
 
         Not waited for: the bus daemon handles our messages in order, so the match is in
         place before any call we make after this one is even delivered."""
         if not self.direct:
-            self.send("org.freedesktop.DBus", "/org/freedesktop/DBus", "org.freedesktop.DBus", "AddMatch", "s", rule)
+            self.send(*DBUS, "AddMatch", "s", rule)
 
     def signals(self, timeout_usec: int,
                 members: Collection[str] = ()) -> Iterator[tuple[str, str, str, list[Any]]]:
         """Yield (path, interface, member, args) of incoming signals until `timeout_usec` passes;
         only those named in `members`, if given (the others' arguments are not even read: a
         direct connection to systemd gets every PropertiesChanged of every unit)."""
-        import time
-
         deadline = time.monotonic() + timeout_usec / 1e6
         box = ffi.new("sd_bus_message **")
         while True:

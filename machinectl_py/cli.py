@@ -16,7 +16,7 @@ VERBS: dict[str, tuple[str, str, str]] = {
     "run": ("machinectl_py.cmd_run", "main", "run a command in a new container, in the foreground"),
     "image": ("machinectl_py.images.cli", "main", "import, list, inspect, tag, export and remove images"),
     "images": ("machinectl_py.images.cli", "main_ls", "list images (same as `image ls`)"),
-    "commit": ("machinectl_py.images.cli", "main_commit", "make a new image from a container's changes"),
+    "commit": ("machinectl_py.cmd_commit", "main", "make a new image from a container's changes"),
     "create": ("machinectl_py.cmd_create", "main", "define a detached container (pymachine@NAME.service)"),
     "start": ("machinectl_py.cmd_lifecycle", "main_start", "start detached containers as their systemd units"),
     "stop": ("machinectl_py.cmd_lifecycle", "main_stop", "stop containers (SIGTERM, then SIGKILL)"),
@@ -86,7 +86,8 @@ def main(argv: list[str] | None = None) -> int:
 # teardown and garbage collection cost ~10 ms, a seventh of `run`'s budget, 10-15 ms of a
 # commit). Their files are closed by `with` blocks and their threads joined before they return.
 FAST_EXIT = frozenset({"machinectl_py.cmd_run", "machinectl_py.exec", "machinectl_py.cmd_lifecycle",
-                       "machinectl_py.cmd_create", "machinectl_py.service", "machinectl_py.images.cli"})
+                       "machinectl_py.cmd_create", "machinectl_py.service", "machinectl_py.images.cli",
+                       "machinectl_py.cmd_commit"})
 
 
 def fast_exit(code: int) -> None:
@@ -118,7 +119,7 @@ def ensure_standard_fds() -> None:
 
 
 def run_verb(module_name: str, func_name: str, args: list[str]) -> int:
-    from machinectl_py.errors import PymachineError
+    from machinectl_py.errors import BusError, PymachineError
 
     try:
         import importlib
@@ -127,7 +128,11 @@ def run_verb(module_name: str, func_name: str, args: list[str]) -> int:
         result: int = getattr(module, func_name)(args)
         return result
     except PymachineError as e:
-        print(f"pymachine: {e.message}", file=sys.stderr)
+        # A D-Bus call that failed where no layer added context (systemd or machined refused):
+        # one line with the D-Bus error's name; a traceback only when debugging.
+        if isinstance(e, BusError) and os.environ.get("PYMACHINE_DEBUG"):
+            raise
+        print(f"pymachine: {e}", file=sys.stderr)
         if e.hint:
             print(f"hint: {e.hint}", file=sys.stderr)
         return e.exit_code
@@ -135,13 +140,6 @@ def run_verb(module_name: str, func_name: str, args: list[str]) -> int:
         return 130
     except OSError as e:
         if os.environ.get("PYMACHINE_DEBUG"):
-            raise
-        print(f"pymachine: {e}", file=sys.stderr)
-        return 125
-    except Exception as e:
-        # A D-Bus call that failed where no layer added context (systemd or machined refused):
-        # one line, not a traceback. Matched by name: importing bus here would slow every verb.
-        if type(e).__name__ != "BusError" or os.environ.get("PYMACHINE_DEBUG"):
             raise
         print(f"pymachine: {e}", file=sys.stderr)
         return 125

@@ -33,3 +33,15 @@ class NotFoundError(PymachineError):
 
 class ConflictError(PymachineError):
     """The object exists already or is in a state that forbids the operation."""
+
+
+class BusError(PymachineError):
+    """A D-Bus call failed: `name` is the D-Bus error name (or errno's), `message` the peer's text.
+
+    Raised by the bus layer (bus.py); here so that the CLI's handler knows it without loading
+    the compiled module. Printed as "text (name)" where no layer above added context."""
+
+    def __init__(self, name: str, message: str) -> None:
+        super().__init__(f"{message} ({name})")
+        self.name = name
+        self.message = message

@@ -38,7 +38,6 @@ if TYPE_CHECKING:
 # path; the C module under `signal` does all exec needs.
 _signal: Any = __import__("_signal")
 
-MACHINED = "org.freedesktop.machine1"
 PR_SET_DUMPABLE = 4
 TIOCGPTPEER = 0x5441
 TIOCSPTLCK = 0x40045431
@@ -122,17 +121,12 @@ def parse(argv: list[str]) -> ExecOptions | None:
 
 def find_machine(bus: Bus, name: str) -> tuple[int, str]:
     """(leader PID, unit) of the running container `name`, from machined."""
-    from machinectl_py.bus import BusError
+    from machinectl_py import machined
 
-    try:
-        path = str(bus.call(MACHINED, "/org/freedesktop/machine1", "org.freedesktop.machine1.Manager",
-                            "GetMachine", "s", name)[0])
-    except BusError as e:
-        if e.name == "org.freedesktop.machine1.NoSuchMachine":
-            raise NotFoundError(f"container {name} is not running", hint="see 'pymachine ps -a'") from None
-        raise
-    props = bus.call(MACHINED, path, "org.freedesktop.DBus.Properties", "GetAll", "s",
-                     "org.freedesktop.machine1.Machine")[0]
+    path = machined.machine_path(bus, name)
+    if path is None:
+        raise NotFoundError(f"container {name} is not running", hint="see 'pymachine ps -a'")
+    props = machined.machine_properties(bus, path)
     if props.get("Service") != "pymachine":
         raise NotFoundError(f"machine {name} is not a pymachine container (registered by {props.get('Service')})")
     return int(props["Leader"]), str(props["Unit"])
@@ -191,7 +185,8 @@ def main(argv: list[str]) -> int:
             from machinectl_py.policy import load_policy
 
             command = Exec(opts, pidfd, unit, env, caps)
-            command.seccomp = load_policy().seccomp_filter()  # the container's own filter, too
+            policy = load_policy()  # the container's own seccomp filter, too
+            command.seccomp = sc.seccomp_filter(policy.seccomp_deny, policy.seccomp_deny_user_namespaces)
             return command.run(bus, BusError)
         finally:
             os.close(pidfd)
@@ -208,6 +203,8 @@ class Exec:
         self.child = 0
 
     def run(self, bus: Bus, bus_error: type[Exception]) -> int:
+        from machinectl_py.systemd import attach_processes
+
         go_r, go_w = os.pipe()
         status_r, status_w = os.pipe()
         pty_parent, pty_child = -1, -1
@@ -233,8 +230,7 @@ class Exec:
         if pty_child >= 0:
             os.close(pty_child)
         try:
-            bus.call("org.freedesktop.systemd1", "/org/freedesktop/systemd1", "org.freedesktop.systemd1.Manager",
-                     "AttachProcessesToUnit", "ssau", self.unit, "", [self.child])
+            attach_processes(bus, self.unit, [self.child])
         except bus_error as e:
             os.close(go_w)
             self._reap()

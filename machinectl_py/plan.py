@@ -5,11 +5,14 @@ can be unit-tested and printed (`PYMACHINE_DEBUG=1`). machinectl_py.mounts execu
 in order, inside the container's private mount namespace. Targets are paths inside the
 container root; the executor resolves them without following symlinks (an image whose
 /proc is a symlink must not redirect a mount onto the host: CVE-2019-19921).
+
+On the start-up path (`run` and `start` import it; tests/unit/test_startup_imports.py
+guards it): it imports nothing heavy at the top, and its annotations' names come in under
+`TYPE_CHECKING = False`, because `typing` alone costs 8-10 ms to import here.
 """
 
 from __future__ import annotations
 
-from machinectl_py import syscalls as sc
 from machinectl_py.record import Record
 
 TYPE_CHECKING = False
@@ -18,8 +21,16 @@ if TYPE_CHECKING:
 
     from machinectl_py.policy import Policy
 
-NOSUID_NODEV = sc.MS_NOSUID | sc.MS_NODEV
-NOSUID_NODEV_NOEXEC = NOSUID_NODEV | sc.MS_NOEXEC
+# The mount flags the plan names (linux/mount.h), as plain ints: the plan stays pure data and
+# never loads the compiled syscall module. tests/unit/test_plan.py checks them against it.
+MS_RDONLY = 0x1
+MS_NOSUID = 0x2
+MS_NODEV = 0x4
+MS_NOEXEC = 0x8
+MS_STRICTATIME = 0x1000000
+
+NOSUID_NODEV = MS_NOSUID | MS_NODEV
+NOSUID_NODEV_NOEXEC = NOSUID_NODEV | MS_NOEXEC
 
 
 class Overlay(Record):
@@ -152,9 +163,9 @@ DEFAULT_SHM_BYTES = 64 * 1024**2
 # through it to the host's file (the lesson of CVE-2019-5736).
 INIT_PATH = "/dev/init"
 # --tmpfs flags that are mount flags, not tmpfs data.
-_TMPFS_FLAGS = {"ro": sc.MS_RDONLY, "noexec": sc.MS_NOEXEC, "nosuid": sc.MS_NOSUID, "nodev": sc.MS_NODEV,
-                "strictatime": sc.MS_STRICTATIME}
-_TMPFS_CLEARS = {"rw": sc.MS_RDONLY, "exec": sc.MS_NOEXEC, "suid": sc.MS_NOSUID, "dev": sc.MS_NODEV}
+_TMPFS_FLAGS = {"ro": MS_RDONLY, "noexec": MS_NOEXEC, "nosuid": MS_NOSUID, "nodev": MS_NODEV,
+                "strictatime": MS_STRICTATIME}
+_TMPFS_CLEARS = {"rw": MS_RDONLY, "exec": MS_NOEXEC, "suid": MS_NOSUID, "dev": MS_NODEV}
 
 
 def tmpfs_mount(target: str, options: str) -> Mount:
@@ -178,10 +189,10 @@ def base_plan(policy: Policy, *, binds: Sequence[Bind] = (), shm_size: int | Non
     then the volumes and tmpfs mounts the container asked for, and the tiny init's file with --init."""
     ops: list[Op] = [
         Mount("/proc", "proc", "proc", NOSUID_NODEV_NOEXEC),
-        Mount("/sys", "sysfs", "sysfs", NOSUID_NODEV_NOEXEC | sc.MS_RDONLY),
-        Mount("/dev", "tmpfs", "tmpfs", sc.MS_NOSUID | sc.MS_STRICTATIME, "mode=755,size=4m"),
+        Mount("/sys", "sysfs", "sysfs", NOSUID_NODEV_NOEXEC | MS_RDONLY),
+        Mount("/dev", "tmpfs", "tmpfs", MS_NOSUID | MS_STRICTATIME, "mode=755,size=4m"),
         *DEV_NODES,
-        Mount("/dev/pts", "devpts", "devpts", sc.MS_NOSUID | sc.MS_NOEXEC,
+        Mount("/dev/pts", "devpts", "devpts", MS_NOSUID | MS_NOEXEC,
               "newinstance,ptmxmode=0666,mode=0620,gid=5"),
         Mount("/dev/shm", "tmpfs", "shm", NOSUID_NODEV_NOEXEC,
               f"mode=1777,size={(shm_size or DEFAULT_SHM_BYTES) // 1024}k"),

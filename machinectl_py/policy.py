@@ -40,12 +40,6 @@ class Policy(Record):
     seccomp_deny: tuple[str, ...]
     seccomp_deny_user_namespaces: bool
 
-    def seccomp_filter(self) -> bytes:
-        """The container's seccomp program for this machine (b"": no filter)."""
-        from machinectl_py.seccomp import filter_for
-
-        return filter_for(self.seccomp_deny, self.seccomp_deny_user_namespaces)
-
     @property
     def capability_mask(self) -> int:
         mask = 0

@@ -16,7 +16,7 @@ import sys
 
 from machinectl_py import images, machined, plan, state, systemd
 from machinectl_py import syscalls as sc
-from machinectl_py.bus import Bus, BusError
+from machinectl_py.bus import ERRORS_NO_SERVICE, Bus, BusError
 from machinectl_py.container_init import IN_SCOPE, RUN, ChildPlan, child_main
 from machinectl_py.errors import EXIT_ERROR, PymachineError, UsageError
 from machinectl_py.journal import container_fields
@@ -125,7 +125,7 @@ def build_child_plan(spec: ContainerSpec, image: images.ResolvedImage, cdir: str
         workdir=spec.workdir or image.config.workdir or "/",
         user=effective_user(spec, image.config),
         capability_mask=policy.capability_mask,
-        seccomp=policy.seccomp_filter(),
+        seccomp=sc.seccomp_filter(policy.seccomp_deny, policy.seccomp_deny_user_namespaces),
         detached=detached,
         tty=spec.tty,
         stdin_devnull=not (spec.tty or spec.interactive),
@@ -496,9 +496,9 @@ def _read_all(fd: int) -> str:
 
 
 def _hint_for(e: BusError) -> str | None:
-    if e.name == "org.freedesktop.machine1.MachineExists" or "exists" in e.message.lower():
+    if e.name == machined.MACHINE_EXISTS or "exists" in e.message.lower():
         return "a machine of that name is already registered: see 'machinectl list'"
-    if e.name in ("org.freedesktop.DBus.Error.ServiceUnknown", "org.freedesktop.DBus.Error.NoServer"):
+    if e.name in ERRORS_NO_SERVICE:
         return "is systemd-machined installed (package systemd-container)?"
     return None
 

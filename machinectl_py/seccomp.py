@@ -9,7 +9,8 @@ gets every capability over a much larger kernel surface. The filter is a few doz
 classic-BPF instructions built here, in Python, with no library, and installed by the
 container's init (and by `exec`) just before it drops its capabilities.
 
-Pure: building the program only (tested by installing it in a forked child).
+Pure: building the program only; syscalls.seccomp_filter feeds it this architecture's numbers
+(tested by installing it in a forked child).
 """
 
 from __future__ import annotations
@@ -98,15 +99,3 @@ def build_filter(arch: int, deny: dict[str, int], *, deny_user_namespaces: bool)
     prog.append(_insn(_RET_K, SECCOMP_RET_ALLOW))
     return b"".join(prog)
 
-
-def filter_for(names: tuple[str, ...], deny_user_namespaces: bool) -> bytes:
-    """The filter for this machine's architecture, or b"" (no filter) when the policy asks for
-    nothing or the architecture is unknown to this build."""
-    from machinectl_py import syscalls as sc
-
-    arch = sc.audit_arch()
-    if not arch or not (names or deny_user_namespaces):
-        return b""
-    wanted = set(names) | ({"clone", "unshare", "clone3"} if deny_user_namespaces else set())
-    numbers = {name: nr for name in wanted if (nr := sc.syscall_number(name)) is not None}
-    return build_filter(arch, numbers, deny_user_namespaces=deny_user_namespaces)

@@ -34,9 +34,6 @@ if TYPE_CHECKING:
     from machinectl_py.container_init import ChildPlan
     from machinectl_py.spec import ContainerSpec, Limits
 
-SYSTEMD_DEST = "org.freedesktop.systemd1"
-SYSTEMD_PATH = "/org/freedesktop/systemd1"
-MANAGER = "org.freedesktop.systemd1.Manager"
 TEMPLATE = "pymachine@.service"
 UNIT_DIR = "/etc/systemd/system"
 DROPIN = "50-pymachine.conf"
@@ -103,12 +100,8 @@ def ensure_template(bus: Bus) -> None:
         if not ours or current == wanted:
             return  # the admin's own file, or ours and up to date
     else:
-        try:
-            manager_call(bus, "GetUnitFileState", "s", TEMPLATE)
+        if systemd.unit_file_state(bus, TEMPLATE) is not None:
             return  # shipped by a package elsewhere (/usr/lib/systemd/system)
-        except BusError as e:
-            if e.name not in ("org.freedesktop.systemd1.NoSuchUnit", "org.freedesktop.DBus.Error.FileNotFound"):
-                raise
     _write_atomic(path, wanted)
     manager_call(bus, "Reload")
 
@@ -189,32 +182,15 @@ def remove_dropin(name: str) -> None:
 # -- unit control over D-Bus ----------------------------------------------------------------------
 
 
-def manager_call(bus: Bus, method: str, signature: str = "", *args: Any) -> list[Any]:
-    return bus.call(SYSTEMD_DEST, SYSTEMD_PATH, MANAGER, method, signature, *args)
-
-
-def manager_send(bus: Bus, method: str, signature: str = "", *args: Any) -> None:
-    """A Manager call not waited for (its reply and errors are dropped); see Bus.send."""
-    bus.send(SYSTEMD_DEST, SYSTEMD_PATH, MANAGER, method, signature, *args)
+manager_call = systemd.call
+manager_send = systemd.send  # not waited for: its reply and errors are dropped (Bus.send)
 
 
 # One implementation of these lookups, in the systemd layer; the names here read better at
 # the call sites of the unit's own code.
 unit_object = systemd.unit_path
 unit_property = systemd.get_unit_property
-
-
-def unit_properties(bus: Bus, unit: str, interface: str = "Unit") -> dict[str, Any]:
-    """All properties of a loaded unit's interface; {} if systemd has not loaded it."""
-    path = unit_object(bus, unit)
-    if path is None:
-        return {}
-    try:
-        props: dict[str, Any] = bus.call(SYSTEMD_DEST, path, "org.freedesktop.DBus.Properties", "GetAll", "s",
-                                         f"org.freedesktop.systemd1.{interface}")[0]
-    except BusError:
-        return {}
-    return props
+unit_properties = systemd.unit_properties
 
 
 # The job helpers live in the systemd layer; these names read better at the unit's call sites.
@@ -464,27 +440,16 @@ def _register(bus: Bus, name: str, container_id: str, leader: int, root: str, un
             machined.register_machine(bus, name, container_id, leader, root)
             return
         except BusError as e:
-            holder = _machine_unit(bus, name)
+            holder = machined.machine_unit(bus, name)
             if "exists" not in e.message or holder not in (unit, None) or time.monotonic() > deadline:
                 raise PymachineError(f"cannot register machine {name} with systemd-machined: {e.message}"
                                      + (f" (held by {holder})" if holder else "")) from None
             if holder == unit:
                 try:
-                    bus.call(*machined.MACHINED, "UnregisterMachine", "s", name)
+                    machined.unregister_machine(bus, name)
                 except BusError:
                     pass
             time.sleep(0.05)
-
-
-def _machine_unit(bus: Bus, name: str) -> str | None:
-    from machinectl_py import machined
-
-    try:
-        path = str(bus.call(*machined.MACHINED, "GetMachine", "s", name)[0])
-        return str(bus.call(machined.MACHINED[0], path, "org.freedesktop.DBus.Properties", "Get", "ss",
-                            "org.freedesktop.machine1.Machine", "Unit")[0])
-    except BusError:
-        return None
 
 
 def _reap(pid: int) -> None:

@@ -350,8 +350,6 @@ def parse_mount(item: str) -> Volume | tuple[str, str]:
         if source.startswith("/"):
             raise UsageError(f"invalid mount {item!r}: a volume's source is a volume name, not a path",
                              hint="use type=bind for a host path")
-        from machinectl_py.volumes import validate_volume_name
-
         validate_volume_name(source)
     return Volume(target=target, source=source, read_only=read_only)
 
@@ -415,6 +413,20 @@ class Limits(Record):
     cpu_quota_usec: int | None  # per second -> CPUQuotaPerSecUSec
     tasks_max: int | None  # -> TasksMax
     cpu_weight: int | None  # 1-10000 -> CPUWeight
+
+
+# A volume's name, checked here with Volume, so that spec never imports volumes (an import loop).
+_VOLUME_NAME_FIRST = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789")
+_VOLUME_NAME_CHARS = _VOLUME_NAME_FIRST | set("_.-")
+
+
+def validate_volume_name(name: str) -> str:
+    """docker's rule: [a-zA-Z0-9][a-zA-Z0-9_.-]+ (and no '..', which could climb the store)."""
+    if (len(name) < 2 or len(name) > 128 or name[0] not in _VOLUME_NAME_FIRST
+            or not _VOLUME_NAME_CHARS.issuperset(name) or ".." in name):
+        raise UsageError(f"invalid volume name {name!r}",
+                         hint="use 2-128 characters of [a-zA-Z0-9_.-], starting with a letter or digit")
+    return name
 
 
 class Volume(Record):

@@ -25,23 +25,10 @@ MS_NODEV: int = lib.MS_NODEV
 MS_NOEXEC: int = lib.MS_NOEXEC
 MS_REMOUNT: int = lib.MS_REMOUNT
 MS_BIND: int = lib.MS_BIND
-MS_MOVE: int = lib.MS_MOVE
 MS_REC: int = lib.MS_REC
 MS_PRIVATE: int = lib.MS_PRIVATE
-MS_SLAVE: int = lib.MS_SLAVE
 MS_STRICTATIME: int = lib.MS_STRICTATIME
 MNT_DETACH: int = lib.MNT_DETACH
-
-RESOLVE_IN_ROOT: int = lib.RESOLVE_IN_ROOT
-RESOLVE_NO_MAGICLINKS: int = lib.RESOLVE_NO_MAGICLINKS
-RESOLVE_NO_XDEV: int = lib.RESOLVE_NO_XDEV
-RESOLVE_BENEATH: int = lib.RESOLVE_BENEATH
-RESOLVE_NO_SYMLINKS: int = lib.RESOLVE_NO_SYMLINKS
-
-_NAMESPACE_FLAGS = {
-    "mnt": CLONE_NEWNS, "uts": CLONE_NEWUTS, "ipc": CLONE_NEWIPC, "pid": CLONE_NEWPID,
-    "net": CLONE_NEWNET, "cgroup": CLONE_NEWCGROUP, "user": CLONE_NEWUSER,
-}
 
 
 def _fail(op: str, path: str | None = None) -> OSError:
@@ -79,22 +66,10 @@ def setns(fd: int, nstype: int = 0) -> None:
         raise _fail("setns", f"fd {fd}")
 
 
-def namespace_flag(kind: str) -> int:
-    """'mnt' -> CLONE_NEWNS, as named in /proc/PID/ns/."""
-    return _NAMESPACE_FLAGS[kind]
-
-
 def sethostname(name: str) -> None:
     raw = name.encode()
     if lib.sethostname(raw, len(raw)) != 0:
         raise _fail("sethostname", name)
-
-
-def mknod(path: str, mode: int, major: int, minor: int) -> None:
-    dev = ffi.new("unsigned long *")
-    lib.pm_makedev(major, minor, dev)
-    if lib.mknod(path.encode(), mode, dev[0]) != 0:
-        raise _fail("mknod", path)
 
 
 def prctl(option: int, arg2: int = 0, arg3: int = 0, arg4: int = 0, arg5: int = 0) -> int:
@@ -104,16 +79,8 @@ def prctl(option: int, arg2: int = 0, arg3: int = 0, arg4: int = 0, arg5: int = 
     return rc
 
 
-def set_child_subreaper() -> None:
-    prctl(lib.PR_SET_CHILD_SUBREAPER, 1)
-
-
 def set_parent_death_signal(sig: int) -> None:
     prctl(lib.PR_SET_PDEATHSIG, sig)
-
-
-def set_no_new_privs() -> None:
-    prctl(lib.PR_SET_NO_NEW_PRIVS, 1)
 
 
 def drop_bounding_capability(cap: int) -> None:
@@ -126,11 +93,15 @@ def capset_keep(mask: int) -> None:
         raise _fail("capset")
 
 
-def openat2(dirfd: int, path: str, flags: int, resolve: int, mode: int = 0) -> int:
-    fd: int = lib.pm_openat2(dirfd, path.encode(), flags, mode, resolve)
-    if fd < 0:
-        raise _fail("openat2", path)
-    return fd
+def syncfs(path: str) -> None:
+    """syncfs(2) on the file system holding directory `path`: unlike sync(2) it leaves other
+    file systems (and, on a shared machine, other people's dirty pages elsewhere) alone."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        if lib.syncfs(fd) != 0:
+            raise _fail("syncfs", path)
+    finally:
+        os.close(fd)
 
 
 def close_fds_from(first: int) -> None:
@@ -164,3 +135,17 @@ def seccomp_install(program: bytes) -> None:
         raise ValueError(f"a seccomp program of {len(program)} bytes is not 1-4096 instructions")
     if lib.pm_seccomp_install(program, len(program) // 8) != 0:
         raise _fail("seccomp")
+
+
+def seccomp_filter(deny: tuple[str, ...], deny_user_namespaces: bool) -> bytes:
+    """The policy's seccomp program (seccomp.build_filter) with this architecture's syscall
+    numbers, or b"" (no filter) when the policy asks for nothing or this build does not know
+    the architecture. Here, not in seccomp.py: the numbers come from the compiled module."""
+    from machinectl_py.seccomp import build_filter
+
+    arch = audit_arch()
+    if not arch or not (deny or deny_user_namespaces):
+        return b""
+    wanted = set(deny) | ({"clone", "unshare", "clone3"} if deny_user_namespaces else set())
+    numbers = {name: nr for name in wanted if (nr := syscall_number(name)) is not None}
+    return build_filter(arch, numbers, deny_user_namespaces=deny_user_namespaces)

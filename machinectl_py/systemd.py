@@ -2,11 +2,15 @@
 
 Every resource limit reaches the kernel through systemd as a unit property (the
 "systemd cgroup driver"); pymachine never writes cgroup files itself.
+
+On the start-up path (`run`, `start` and `exec` import it; tests/unit/test_startup_imports.py
+guards it): it imports nothing heavy at the top, and its annotations' names come in under
+`TYPE_CHECKING = False`, because `typing` alone costs 8-10 ms to import here.
 """
 
 from __future__ import annotations
 
-from machinectl_py.bus import BusError
+from machinectl_py.bus import ERROR_FILE_NOT_FOUND, BusError
 from machinectl_py.spec import ContainerSpec, Limits
 
 TYPE_CHECKING = False
@@ -18,6 +22,9 @@ if TYPE_CHECKING:
     Property: TypeAlias = tuple[str, tuple[str, Any]]
 
 SYSTEMD = ("org.freedesktop.systemd1", "/org/freedesktop/systemd1", "org.freedesktop.systemd1.Manager")
+NO_SUCH_UNIT = "org.freedesktop.systemd1.NoSuchUnit"
+UNIT_INACTIVE = "org.freedesktop.systemd1.UnitInactive"
+JOB_FAILED = "org.freedesktop.systemd1.JobFailed"
 MACHINE_SLICE = "machine.slice"
 UINT64_MAX = 2**64 - 1
 STOP_TIMEOUT_USEC = 10_000_000  # docker stop's default grace period
@@ -93,6 +100,26 @@ def call(bus: Bus, method: str, signature: str = "", *args: Any) -> list[Any]:
     return bus.call(*SYSTEMD, method, signature, *args)
 
 
+def send(bus: Bus, method: str, signature: str = "", *args: Any) -> None:
+    """A Manager call not waited for (its reply and errors are dropped); see Bus.send."""
+    bus.send(*SYSTEMD, method, signature, *args)
+
+
+def unit_file_state(bus: Bus, unit: str) -> str | None:
+    """GetUnitFileState ("enabled", "static", ...); None if systemd knows no such unit file."""
+    try:
+        return str(call(bus, "GetUnitFileState", "s", unit)[0])
+    except BusError as e:
+        if e.name in (NO_SUCH_UNIT, ERROR_FILE_NOT_FOUND):
+            return None
+        raise
+
+
+def attach_processes(bus: Bus, unit: str, pids: list[int], subcgroup: str = "") -> None:
+    """AttachProcessesToUnit: move running processes into the unit's cgroup (or a sub-cgroup)."""
+    call(bus, "AttachProcessesToUnit", "ssau", unit, subcgroup, pids)
+
+
 def freeze_unit(bus: Bus, unit: str) -> None:
     call(bus, "FreezeUnit", "s", unit)
 
@@ -105,7 +132,7 @@ def unit_path(bus: Bus, unit: str) -> str | None:
     try:
         return str(call(bus, "GetUnit", "s", unit)[0])
     except BusError as e:
-        if e.name == "org.freedesktop.systemd1.NoSuchUnit":
+        if e.name == NO_SUCH_UNIT:
             return None
         raise
 
@@ -114,8 +141,19 @@ def get_unit_property(bus: Bus, unit: str, interface: str, prop: str) -> Any:
     path = unit_path(bus, unit)
     if path is None:
         return None
-    return bus.call("org.freedesktop.systemd1", path, "org.freedesktop.DBus.Properties", "Get", "ss",
-                    f"org.freedesktop.systemd1.{interface}", prop)[0]
+    return bus.get_property(SYSTEMD[0], path, f"{SYSTEMD[0]}.{interface}", prop)
+
+
+def unit_properties(bus: Bus, unit: str, interface: str = "Unit") -> dict[str, Any]:
+    """All properties of a loaded unit's interface (Unit, Service, Scope); {} if systemd has not
+    loaded it."""
+    path = unit_path(bus, unit)
+    if path is None:
+        return {}
+    try:
+        return bus.get_all(SYSTEMD[0], path, f"{SYSTEMD[0]}.{interface}")
+    except BusError:
+        return {}
 
 
 def watch_jobs(bus: Bus) -> None:
@@ -155,5 +193,5 @@ def wait_scope_started(bus: Bus, unit: str, job: str) -> None:
     A job that does not end in "done" is an error."""
     result = wait_job(bus, job)
     if result != "done":
-        raise BusError("org.freedesktop.systemd1.JobFailed",
+        raise BusError(JOB_FAILED,
                        f"the job that starts {unit} ended {result or 'without an answer'}")

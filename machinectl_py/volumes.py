@@ -22,19 +22,9 @@ from typing import Any
 from machinectl_py.errors import ConflictError, NotFoundError, UsageError
 from machinectl_py.paths import ensure_private_dir, volumes_dir
 from machinectl_py.spec import ContainerSpec, Volume
+from machinectl_py.spec import validate_volume_name as validate_volume_name  # where Volume is
 
-_NAME_FIRST = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789")
-_NAME_CHARS = _NAME_FIRST | set("_.-")
 META = "volume.json"
-
-
-def validate_volume_name(name: str) -> str:
-    """docker's rule: [a-zA-Z0-9][a-zA-Z0-9_.-]+ (and no '..', which could climb the store)."""
-    if len(name) < 2 or len(name) > 128 or name[0] not in _NAME_FIRST or not _NAME_CHARS.issuperset(name) \
-            or ".." in name:
-        raise UsageError(f"invalid volume name {name!r}",
-                         hint="use 2-128 characters of [a-zA-Z0-9_.-], starting with a letter or digit")
-    return name
 
 
 def parse_volume(text: str) -> Volume:

@@ -25,6 +25,10 @@ if TYPE_CHECKING:
     from typing import Any
 
 
+# An image config without Env gets this PATH (docker's default).
+DEFAULT_PATH_ENV = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+
 class ImageConfig(Record):
     __slots__ = ("entrypoint", "cmd", "env", "workdir", "user")
     _defaults = {"entrypoint": (), "cmd": (), "env": {}, "workdir": None, "user": None}
@@ -86,7 +90,8 @@ def resolve(name: str) -> ResolvedImage:
     found = _resolve_from_index(name)
     if found is not None:
         return found
-    from machinectl_py.images.store import Store, resolve_image
+    from machinectl_py.images.lookup import resolve_image
+    from machinectl_py.images.store import Store
 
     image = resolve_image(name)
     Store().write_runtime_index()  # so the next start takes the fast path

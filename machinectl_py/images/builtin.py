@@ -89,8 +89,8 @@ def build_tar(out: io.BufferedWriter | io.BytesIO, binary: str = BUSYBOX) -> dic
 
 
 def _config(diff_id: str, created: str, version: str) -> bytes:
+    from machinectl_py.images import DEFAULT_PATH_ENV
     from machinectl_py.images.formats import host_architecture
-    from machinectl_py.images.ops import DEFAULT_PATH_ENV
 
     return canonical_json({
         "architecture": host_architecture(),
@@ -117,7 +117,7 @@ def ensure_busybox(store: Store | None = None, binary: str = BUSYBOX) -> str:
         try:
             with open(tar_path, "rb") as f:
                 diff_id, size, stats = archive.extract_layer(f, layer_fd)
-            from machinectl_py.images.ops import write_layer_info
+            from machinectl_py.images.store import write_layer_info
 
             write_layer_info(layer_fd, diff_id, size, stats)
         finally:

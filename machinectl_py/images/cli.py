@@ -7,12 +7,15 @@ import datetime
 import json
 import sys
 from types import SimpleNamespace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from machinectl_py import formatting
 from machinectl_py.args import FLAG, Command, Group, Option
 from machinectl_py.errors import UsageError
 from machinectl_py.images.progress import Progress, human_size
+
+if TYPE_CHECKING:
+    from machinectl_py.images.ops import Freeze
 
 
 def _parse(command: Command, argv: list[str]) -> SimpleNamespace | None:
@@ -154,7 +157,8 @@ def cmd_inspect(argv: list[str]) -> int:
     args = _parse(INSPECT, argv)
     if args is None:
         return 0
-    from machinectl_py.images.store import Store, find_image
+    from machinectl_py.images.lookup import find_image
+    from machinectl_py.images.store import Store
 
     store = Store()
     data = [inspect_data(store, find_image(store, ref)) for ref in args.images]
@@ -266,7 +270,8 @@ COMMIT = Command("pymachine commit", "pymachine commit [OPTIONS] CONTAINER NAME[
                  positionals=[("container", "container name"), ("name", "NAME[:TAG] of the new image")])
 
 
-def main_commit(argv: list[str]) -> int:
+def main_commit(argv: list[str], freeze: Freeze | None = None) -> int:
+    """`pymachine commit`; `freeze` freezes a running container's unit (cmd_commit passes it)."""
     args = _parse(COMMIT, argv)
     if args is None:
         return 0
@@ -274,7 +279,8 @@ def main_commit(argv: list[str]) -> int:
 
     progress = Progress("committing", enabled=None if not args.quiet else False)
     try:
-        result = ops.commit_container(args.container, args.name, progress=progress, message=args.message)
+        result = ops.commit_container(args.container, args.name, progress=progress, message=args.message,
+                                      freeze=freeze)
     finally:
         progress.done()
     print(result.id)

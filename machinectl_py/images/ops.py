@@ -16,18 +16,19 @@ from typing import TYPE_CHECKING, Any
 
 from machinectl_py import state
 from machinectl_py.errors import NotFoundError, UsageError
-from machinectl_py.images import archive
-from machinectl_py.images.archive import DEFAULT_LIMITS, LayerStats, Limits
+from machinectl_py.images import DEFAULT_PATH_ENV, archive
+from machinectl_py.images.archive import DEFAULT_LIMITS, Limits
 from machinectl_py.images.errors import BadArchiveError, ImageError, ImageInUseError
+from machinectl_py.images.lookup import find_image
 from machinectl_py.images.store import (
     ImageRecord,
     Staging,
     Store,
     canonical_json,
-    find_image,
     hex_of,
     normalize_reference,
     now_rfc3339,
+    write_layer_info,
 )
 from machinectl_py.record import Record
 
@@ -35,7 +36,6 @@ if TYPE_CHECKING:
     from machinectl_py.images import formats
 
 Progress = Callable[[int], None]
-DEFAULT_PATH_ENV = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 
 class Imported(Record):
@@ -48,23 +48,6 @@ class Imported(Record):
 
 # ---------------------------------------------------------------------------------------------
 # Import
-
-
-def write_layer_info(layer_fd: int, diff_id: str, size: int, stats: LayerStats) -> None:
-    info = {
-        "diff_id": diff_id,
-        "size": size,
-        "content_size": stats.content_size,
-        "entries": stats.entries,
-        "skipped_devices": stats.skipped_devices[:100],
-    }
-    fd = os.open("layer.json", os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600, dir_fd=layer_fd)
-    try:
-        os.write(fd, canonical_json(info))
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.fsync(layer_fd)  # the layer dir's entries too: it becomes visible by one rename
 
 
 def _source_tags(names: tuple[str, ...]) -> list[str]:
@@ -539,15 +522,21 @@ def _export_oci(
 # Commit
 
 
+# How commit freezes a running container's unit (freezer.frozen_unit, in the systemd layer):
+# passed in by the caller, so the image store makes no D-Bus calls.
+Freeze = Callable[[str], contextlib.AbstractContextManager[None]]
+
+
 @contextlib.contextmanager
-def frozen(record: state.ContainerRecord) -> Iterator[None]:
+def frozen(record: state.ContainerRecord, freeze: Freeze | None) -> Iterator[None]:
     """Freeze a running container while its upper dir is read, so the layer is one snapshot."""
     if record.state != "running" or not record.unit:
         yield
         return
-    from machinectl_py.images.freeze import frozen_unit
-
-    with frozen_unit(record.unit):
+    if freeze is None:
+        raise ImageError(f"container {record.name} is running and this caller cannot freeze it",
+                         hint=f"stop it first: pymachine stop {record.name}")
+    with freeze(record.unit):
         yield
 
 
@@ -559,6 +548,7 @@ def commit_container(
     limits: Limits = DEFAULT_LIMITS,
     store: Store | None = None,
     message: str | None = None,
+    freeze: Freeze | None = None,
 ) -> Imported:
     from machinectl_py.spec import validate_name
 
@@ -575,7 +565,7 @@ def commit_container(
         with store.gc_shared(), store.staging() as staging:
             layer_path, layer_fd = staging.mkdir("layer")
             try:
-                with frozen(container):
+                with frozen(container, freeze):
                     # Packed: the layer is unpacked when a container first uses it (Store.unpack_layer).
                     diff_id, size, stats = archive.commit_layer(upper_fd, layer_fd, limits, progress)
                 write_layer_info(layer_fd, diff_id, size, stats)

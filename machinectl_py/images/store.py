@@ -48,13 +48,16 @@ import os
 import re
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from machinectl_py import paths
 from machinectl_py.errors import UsageError
-from machinectl_py.images import ResolvedImage, config_from_oci
+from machinectl_py.images import config_from_oci
 from machinectl_py.images.errors import BadArchiveError, ImageError, ImageNotFoundError
 from machinectl_py.record import Record
+
+if TYPE_CHECKING:
+    from machinectl_py.images.archive import LayerStats
 
 DEFAULT_TAG = "latest"
 _COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
@@ -462,18 +465,28 @@ def atomic_write(path: Path, data: bytes, durable: bool = True) -> None:
 
 
 def syncfs(path: Path) -> None:
-    """syncfs(2) on the file system holding `path`: unlike sync(2) it leaves other file systems
-    (and, on a shared machine, other people's dirty pages elsewhere) alone."""
-    import ctypes
+    """syncfs(2) on the file system holding `path`, through the one syscall layer."""
+    from machinectl_py import syscalls  # not at the top: only imports and unpacks sync
 
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    syscalls.syncfs(str(path))
+
+
+def write_layer_info(layer_fd: int, diff_id: str, size: int, stats: LayerStats) -> None:
+    """layer.json of a layer being built in `layer_fd` (read back by Store.layer_info)."""
+    info = {
+        "diff_id": diff_id,
+        "size": size,
+        "content_size": stats.content_size,
+        "entries": stats.entries,
+        "skipped_devices": stats.skipped_devices[:100],
+    }
+    fd = os.open("layer.json", os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600, dir_fd=layer_fd)
     try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        if libc.syncfs(fd) != 0:
-            err = ctypes.get_errno()
-            raise OSError(err, os.strerror(err), str(path))
+        os.write(fd, canonical_json(info))
+        os.fsync(fd)
     finally:
         os.close(fd)
+    os.fsync(layer_fd)  # the layer dir's entries too: it becomes visible by one rename
 
 
 def _fsync_dir(path: Path) -> None:
@@ -482,40 +495,3 @@ def _fsync_dir(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
-
-
-def find_image(store: Store, ref: str) -> str:
-    """Store.lookup, creating the built-in image when it is asked for and not there yet."""
-    try:
-        return store.lookup(ref)
-    except ImageNotFoundError:
-        from machinectl_py.images import builtin
-
-        if not builtin.is_builtin(ref):
-            raise
-        return builtin.ensure_busybox(store)
-
-
-def resolve_image(ref: str) -> ResolvedImage:
-    """The runtime's entry point: layers bottom-first and config for an image reference."""
-    store = Store()
-    image_id = find_image(store, ref)
-    record = store.record(image_id)
-    layers = []
-    for diff_id in record.diff_ids:
-        diff = store.layer_dir(diff_id) / "diff"
-        if not diff.is_dir():
-            diff = store.unpack_layer(diff_id, ref)
-        layers.append(str(diff))
-    display = image_id
-    with contextlib.suppress(UsageError):
-        normal = normalize_reference(ref)
-        if normal in record.tags:
-            display = normal
-    return ResolvedImage(
-        id=image_id,
-        name=display,
-        layers=tuple(layers),  # strings: the start-up path avoids pathlib
-        diff_ids=record.diff_ids,
-        config=image_config_of(record.config),
-    )

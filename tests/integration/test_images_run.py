@@ -223,7 +223,7 @@ def test_commit_of_a_running_container_freezes_it(host: AnyHost, image_name: str
 
 FREEZE_PROBE = r"""
 import json, os, subprocess, sys, time
-from machinectl_py.images.freeze import frozen_unit
+from machinectl_py.freezer import frozen_unit
 
 def show(*argv):
     return subprocess.check_output(argv, text=True).strip()
@@ -242,7 +242,7 @@ def cgroup_path(hierarchy):
     return None
 
 def freezer():
-    # pure v2: the unit's cgroup (systemd's FreezeUnit); hybrid: the v1 freezer (freeze.py's fallback)
+    # pure v2: the unit's cgroup (systemd's FreezeUnit); hybrid: the v1 freezer (freezer.py's fallback)
     if pure_v2:
         path = cgroup_path("unified")
         events = dict(line.split() for line in open(f"/sys/fs/cgroup{path}/cgroup.events"))
@@ -283,7 +283,7 @@ print(json.dumps(result))
 
 def test_freezing_really_stops_the_container_and_restores_it(host: AnyHost) -> None:
     """Both cgroup layouts: on pure v2 systemd's FreezeUnit freezes the unit's cgroup (cgroup.events
-    `frozen 1`, FreezerState `frozen`); on a hybrid host freeze.py falls back to the v1 freezer
+    `frozen 1`, FreezerState `frozen`); on a hybrid host freezer.py falls back to the v1 freezer
     (systemd, which does not know about it, keeps saying `running`). Either way a counter in the
     container stops while frozen and runs again afterwards."""
     container = unique("freeze")

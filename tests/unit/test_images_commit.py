@@ -307,3 +307,25 @@ def test_a_time_that_import_would_refuse_fails_the_commit(store_dir: Path, secon
     with pytest.raises(ImageError, match="'future' in the upper dir has a time out of range"):
         ops.commit_container("t1", "future:1")
     assert os.listdir(store_dir / "tmp") == [] and "future:1" not in Store().repositories()
+
+
+def test_commit_freezes_a_running_container_with_the_callers_freezer(store_dir: Path) -> None:
+    """The store makes no D-Bus call: the caller (cmd_commit, with freezer.frozen_unit) passes
+    the freezer, and without one a running container is refused, never read unfrozen."""
+    import contextlib
+    from collections.abc import Iterator
+
+    upper = make_container("r1", "busybox", state="running")
+    record_file = upper.parent / "container.json"
+    record_file.write_text(json.dumps({**json.loads(record_file.read_text()), "unit": "machine-r1.scope"}))
+    with pytest.raises(ImageError, match="is running and this caller cannot freeze it"):
+        ops.commit_container("r1", "running:1")
+    frozen: list[str] = []
+
+    @contextlib.contextmanager
+    def freeze(unit: str) -> Iterator[None]:
+        frozen.append(unit)
+        yield
+
+    ops.commit_container("r1", "running:1", freeze=freeze)
+    assert frozen == ["machine-r1.scope"]

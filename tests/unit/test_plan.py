@@ -6,7 +6,6 @@ from machinectl_py.mounts import detect_cgroup_layout
 from machinectl_py.policy import load_policy
 from machinectl_py.runtime import command_for, environment, layer_links, scope_name
 from machinectl_py.spec import ContainerSpec
-from machinectl_py.syscalls import MS_RDONLY
 
 HYBRID = """\
 30 23 0:26 / /sys/fs/cgroup ro,nosuid,nodev,noexec shared:4 - tmpfs tmpfs ro,mode=755
@@ -68,7 +67,7 @@ def test_base_plan_order_and_content() -> None:
     assert mounts[:3] == ["/proc", "/sys", "/dev"]
     assert {"/dev/pts", "/dev/shm", "/run", "/tmp"} <= set(mounts)
     sys_mount = next(op for op in ops if isinstance(op, plan.Mount) and op.target == "/sys")
-    assert sys_mount.flags & MS_RDONLY
+    assert sys_mount.flags & plan.MS_RDONLY
     # proc must be mounted before anything under it is masked
     first_mask = next(i for i, op in enumerate(ops) if isinstance(op, plan.Mask))
     assert first_mask > mounts.index("/proc")
@@ -98,3 +97,11 @@ def test_command_and_environment() -> None:
 def test_scope_name_escapes_dashes() -> None:
     assert scope_name("t1") == "machine-t1.scope"
     assert scope_name("my-box") == "machine-my\\x2dbox.scope"
+
+
+def test_plan_mount_flags_are_the_kernels() -> None:
+    """plan.py spells its MS_* flags as plain ints so it never loads the compiled module."""
+    from machinectl_py import syscalls as sc
+
+    for flag in ("MS_RDONLY", "MS_NOSUID", "MS_NODEV", "MS_NOEXEC", "MS_STRICTATIME"):
+        assert getattr(plan, flag) == getattr(sc, flag), flag

@@ -1,4 +1,7 @@
-"""Freezing a running container while commit reads its upper dir.
+"""Freezing a running container's unit while commit reads its upper dir.
+
+In the systemd layer, not in images/: the image store makes no D-Bus calls; `pymachine
+commit` (cmd_commit.py) hands frozen_unit to images.ops.commit_container.
 
 systemd's FreezeUnit is the first choice. systemd implements it with the cgroup v2 freezer
 only, so on a hybrid host (v1 controllers plus a unified hierarchy that has no controllers)
@@ -16,12 +19,14 @@ import secrets
 import time
 from collections.abc import Iterator
 
-from machinectl_py.images.errors import ImageError
+from machinectl_py.bus import Bus, BusError
+from machinectl_py.errors import PymachineError
+from machinectl_py.systemd import NO_SUCH_UNIT, UNIT_INACTIVE, freeze_unit, get_unit_property, thaw_unit, unit_path
 
 V1_FREEZER = "/sys/fs/cgroup/freezer"
 PROCS_HIERARCHIES = ("/sys/fs/cgroup/unified", "/sys/fs/cgroup/systemd", "/sys/fs/cgroup")
 FREEZE_TIMEOUT = 10.0
-_GONE = ("org.freedesktop.systemd1.NoSuchUnit", "org.freedesktop.systemd1.UnitInactive")
+_GONE = (NO_SUCH_UNIT, UNIT_INACTIVE)
 
 
 @contextlib.contextmanager
@@ -29,9 +34,6 @@ def frozen_unit(unit: str) -> Iterator[None]:
     """Keep `unit`'s processes frozen for the duration; thaw them whatever happens.
 
     Does nothing when the unit does not exist (a stale container record: nothing runs)."""
-    from machinectl_py.bus import Bus, BusError
-    from machinectl_py.systemd import freeze_unit, get_unit_property, thaw_unit, unit_path
-
     with Bus.system() as bus:
         if unit_path(bus, unit) is None:
             yield
@@ -40,7 +42,7 @@ def frozen_unit(unit: str) -> Iterator[None]:
             freeze_unit(bus, unit)
         except BusError as e:
             if "NotSupported" not in e.name:
-                raise ImageError(f"cannot freeze {unit}: {e}") from None
+                raise PymachineError(f"cannot freeze {unit}: {e}") from None
             cgroup = str(get_unit_property(bus, unit, "Scope" if unit.endswith(".scope") else "Service",
                                            "ControlGroup"))
             with _v1_frozen(unit, cgroup):
@@ -54,7 +56,7 @@ def frozen_unit(unit: str) -> Iterator[None]:
             except BusError as e:
                 # A unit that stopped (or went away) while frozen has nothing left to thaw.
                 if e.name not in _GONE:
-                    raise ImageError(f"cannot thaw {unit}: {e}", hint=f"run: systemctl thaw {unit}") from None
+                    raise PymachineError(f"cannot thaw {unit}: {e}", hint=f"run: systemctl thaw {unit}") from None
 
 
 def _unit_pids(cgroup: str) -> set[int]:
@@ -65,7 +67,7 @@ def _unit_pids(cgroup: str) -> set[int]:
                 return {int(line) for line in f if line.strip()}
         except FileNotFoundError:
             continue
-    raise ImageError(f"cannot find the processes of cgroup {cgroup}")
+    raise PymachineError(f"cannot find the processes of cgroup {cgroup}")
 
 
 def _freezer_cgroup_of(pid: int) -> str | None:
@@ -88,7 +90,7 @@ def _write(path: str, value: str) -> None:
 @contextlib.contextmanager
 def _v1_frozen(unit: str, cgroup: str) -> Iterator[None]:
     if not os.path.isfile(f"{V1_FREEZER}/freezer.state") and not os.path.isdir(V1_FREEZER):
-        raise ImageError(f"cannot freeze {unit}: this host has no cgroup freezer", hint="stop the container first")
+        raise PymachineError(f"cannot freeze {unit}: this host has no cgroup freezer", hint="stop the container first")
     mine = f"{V1_FREEZER}/pymachine-commit-{secrets.token_hex(4)}"
     os.mkdir(mine)
     origins: dict[int, str] = {}
@@ -97,7 +99,7 @@ def _v1_frozen(unit: str, cgroup: str) -> Iterator[None]:
         deadline = time.monotonic() + FREEZE_TIMEOUT
         while pending := _unit_pids(cgroup) - origins.keys():
             if time.monotonic() > deadline:
-                raise ImageError(f"cannot freeze {unit}: its processes keep changing")
+                raise PymachineError(f"cannot freeze {unit}: its processes keep changing")
             for pid in pending:
                 origin = _freezer_cgroup_of(pid)
                 if origin is None:
@@ -108,7 +110,7 @@ def _v1_frozen(unit: str, cgroup: str) -> Iterator[None]:
         _write(f"{mine}/freezer.state", "FROZEN")
         while _read_state(mine) != "FROZEN":
             if time.monotonic() > deadline:
-                raise ImageError(f"cannot freeze {unit}: the freezer did not settle")
+                raise PymachineError(f"cannot freeze {unit}: the freezer did not settle")
             time.sleep(0.01)
         yield
     finally:
