@@ -54,7 +54,7 @@ def create(spec: ContainerSpec, *, write_definition: bool = True) -> state.Conta
     """Make the container's definition, state and drop-in; all or nothing."""
     from machinectl_py import config, images, service, state
     from machinectl_py.bus import Bus
-    from machinectl_py.runtime import command_for, effective_user
+    from machinectl_py.launch import command_for, effective_user
 
     spec = spec.validate()
     if spec.tty or spec.interactive:

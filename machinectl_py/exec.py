@@ -24,8 +24,9 @@ from __future__ import annotations
 import os
 import sys
 
+from machinectl_py import payload
 from machinectl_py import syscalls as sc
-from machinectl_py.errors import EXIT_CANNOT_INVOKE, EXIT_ERROR, EXIT_NOT_FOUND, NotFoundError, UsageError
+from machinectl_py.errors import EXIT_CANNOT_INVOKE, EXIT_ERROR, NotFoundError, UsageError
 from machinectl_py.users import drop_privileges, home_of, resolve_user
 
 TYPE_CHECKING = False
@@ -40,10 +41,6 @@ _signal: Any = __import__("_signal")
 
 MACHINED = "org.freedesktop.machine1"
 PR_SET_DUMPABLE = 4
-TIOCGPTPEER = 0x5441
-TIOCSPTLCK = 0x40045431
-TIOCSCTTY = 0x540E
-DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 USAGE = """\
 usage: pymachine exec [OPTIONS] NAME COMMAND [ARG...]
@@ -210,12 +207,7 @@ class Exec:
     def run(self, bus: Bus, bus_error: type[Exception]) -> int:
         go_r, go_w = os.pipe()
         status_r, status_w = os.pipe()
-        pty_parent, pty_child = -1, -1
-        if self.opts.tty:
-            import socket
-
-            pair = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-            pty_parent, pty_child = pair[0].detach(), pair[1].detach()
+        pty_parent, pty_child = payload.console_socketpair() if self.opts.tty else (-1, -1)
         # Our own PID namespace stays the host's; only the child is born in the container's.
         sc.setns(self.pidfd, sc.CLONE_NEWPID)
         self.child = os.fork()
@@ -224,9 +216,7 @@ class Exec:
             os.close(status_r)
             if pty_parent >= 0:
                 os.close(pty_parent)
-                # Loaded now: after setns() the host's Python library is out of reach.
-                import fcntl  # noqa: F401
-                import struct  # noqa: F401
+                payload.preload_console_modules()  # after setns() the host's library is out of reach
             _child(self.opts, self.pidfd, self.env, self.caps, self.seccomp, go_r, status_w, pty_child)
         os.close(go_r)
         os.close(status_w)
@@ -237,7 +227,7 @@ class Exec:
                      "AttachProcessesToUnit", "ssau", self.unit, "", [self.child])
         except bus_error as e:
             os.close(go_w)
-            self._reap()
+            payload.reap(self.child)
             raise UsageError(f"cannot attach to {self.unit}: {e}") from None
         try:
             os.write(go_w, b"g")
@@ -245,17 +235,16 @@ class Exec:
             pass  # the child failed while we attached it: its status says why
         os.close(go_w)
         if pty_parent >= 0:
-            relay_from_socket(pty_parent, self.child, stdin=self.opts.interactive)
+            payload.relay_from_socket(pty_parent, self.child, stdin=self.opts.interactive)
         else:
             self._forward_signals()
-        code = self._reap()
-        failure = _read_all(status_r)
+        code = payload.reap(self.child)
+        failure = payload.read_status(status_r)
         os.close(status_r)
         if failure:
-            code_text, _, message = failure.partition(":")
-            print(f"pymachine exec: {message}", file=sys.stderr)
-            return int(code_text) if code_text.isdigit() else EXIT_ERROR
-        return code
+            print(f"pymachine exec: {failure[1]}", file=sys.stderr)
+            return failure[0]
+        return EXIT_ERROR if code is None else code
 
     def _forward_signals(self) -> None:
         def forward(signum: int, _frame: object) -> None:
@@ -266,33 +255,6 @@ class Exec:
 
         for sig in (_signal.SIGINT, _signal.SIGTERM, _signal.SIGHUP, _signal.SIGQUIT):
             _signal.signal(sig, forward)
-
-    def _reap(self) -> int:
-        while True:
-            try:
-                _, status = os.waitpid(self.child, 0)
-                break
-            except InterruptedError:
-                continue
-            except ChildProcessError:
-                return EXIT_ERROR
-        if os.WIFSIGNALED(status):
-            return 128 + os.WTERMSIG(status)
-        return os.WEXITSTATUS(status)
-
-
-def _read_all(fd: int) -> str:
-    chunks = []
-    while chunk := os.read(fd, 4096):
-        chunks.append(chunk)
-    return b"".join(chunks).decode(errors="replace")
-
-
-def _report(status_fd: int, code: int, message: str) -> None:
-    try:
-        os.write(status_fd, f"{code}:{message}".encode()[:4000])
-    finally:
-        os._exit(code)
 
 
 def _child(opts: ExecOptions, pidfd: int, env: dict[str, str], caps: int, seccomp: bytes, go_fd: int, status_fd: int,
@@ -313,11 +275,14 @@ def _child(opts: ExecOptions, pidfd: int, env: dict[str, str], caps: int, seccom
         try:
             os.chdir(workdir)
         except OSError as e:
-            _report(status_fd, code, f"cannot change to working directory {workdir}: {e.strerror}")
+            payload.report(status_fd, code, f"cannot change to working directory {workdir}: {e.strerror}")
         if os.getcwd().startswith("(unreachable)"):
-            _report(status_fd, code, f"working directory {workdir} is outside the container")
+            payload.report(status_fd, code, f"working directory {workdir} is outside the container")
         if pty_sock >= 0:
-            _attach_pty(pty_sock)
+            slave = payload.open_console(pty_sock)
+            payload.attach_stdio(slave, slave, slave)
+            if slave > 2:
+                os.close(slave)
         elif not opts.interactive:
             devnull = os.open("/dev/null", os.O_RDONLY)
             os.dup2(devnull, 0)
@@ -325,48 +290,19 @@ def _child(opts: ExecOptions, pidfd: int, env: dict[str, str], caps: int, seccom
         if seccomp:
             sc.seccomp_install(seccomp)  # while we still hold CAP_SYS_ADMIN (see container_init.launch)
         drop_privileges(caps, uid, gid, groups)
-        env.setdefault("PATH", DEFAULT_PATH)
+        env.setdefault("PATH", payload.DEFAULT_PATH)
         if opts.tty:
             env.setdefault("TERM", os.environ.get("TERM", "xterm"))
         if uid != 0:
             env["HOME"] = home_of(uid) or "/"
         if os.read(go_fd, 1) != b"g":  # EOF: systemd could not attach us; the parent says why
             os._exit(EXIT_ERROR)
-        status_fd = os.dup2(status_fd, 3, inheritable=False)
-        sc.close_fds_from(4)  # no host fd reaches the command (go_fd included); fd 3 closes on exec
-        # Dispositions survive exec only when ignored: Python ignores SIGPIPE and SIGXFSZ.
-        for sig in (_signal.SIGINT, _signal.SIGTERM, _signal.SIGHUP, _signal.SIGQUIT, _signal.SIGPIPE,
-                    _signal.SIGXFSZ):
-            _signal.signal(sig, _signal.SIG_DFL)
-        _signal.pthread_sigmask(_signal.SIG_SETMASK, [])
-        try:
-            exec_in_path(opts.argv, env)
-        except OSError as e:
-            not_found = e.errno in (2, 20)  # ENOENT, ENOTDIR
-            _report(status_fd, EXIT_NOT_FOUND if not_found else EXIT_CANNOT_INVOKE,
-                    f"cannot run {opts.argv[0]!r}: {'executable file not found' if not_found else e.strerror}")
+        payload.finalize_and_exec(opts.argv, env, status_fd)  # closes go_fd with every other host fd
     except SystemExit:
         raise
     except BaseException as e:
-        message = f"{e.strerror}: {e.filename}" if isinstance(e, OSError) and e.filename else str(e)
-        _report(status_fd, code, message or type(e).__name__)
+        payload.report(status_fd, code, payload.describe(e))
     os._exit(code)
-
-
-def exec_in_path(argv: list[str], env: dict[str, str]) -> None:
-    """execvpe() without its lazy `import warnings`, which fails once we are in the container."""
-    if "/" in argv[0]:
-        os.execve(argv[0], argv, env)
-    first_error: OSError | None = None
-    for directory in env.get("PATH", DEFAULT_PATH).split(":"):
-        try:
-            os.execve(os.path.join(directory or ".", argv[0]), argv, env)
-        except OSError as e:
-            # ENOENT and ENOTDIR mean "look further"; anything else (EACCES) is the answer if
-            # nothing later succeeds, as execvp(3) does.
-            if first_error is None or (first_error.errno in (2, 20) and e.errno not in (2, 20)):
-                first_error = e
-    raise first_error or FileNotFoundError(2, "not found", argv[0])
 
 
 def _container_cwd() -> str:
@@ -376,109 +312,3 @@ def _container_cwd() -> str:
     except OSError:
         return "/"
     return path if path.startswith("/") else "/"
-
-
-def _attach_pty(sock_fd: int) -> None:
-    """Open a pty in the container's own devpts, send the master to the parent, and make
-    the slave our controlling terminal and stdio."""
-    import fcntl
-    import socket
-    import struct
-
-    master = os.open("/dev/ptmx", os.O_RDWR | os.O_NOCTTY | os.O_CLOEXEC)
-    fcntl.ioctl(master, TIOCSPTLCK, struct.pack("i", 0))
-    slave = fcntl.ioctl(master, TIOCGPTPEER, os.O_RDWR | os.O_NOCTTY)
-    sock = socket.socket(fileno=sock_fd)
-    socket.send_fds(sock, [b"m"], [master])
-    sock.close()
-    os.close(master)
-    os.setsid()
-    fcntl.ioctl(slave, TIOCSCTTY, 0)
-    for fd in (0, 1, 2):
-        os.dup2(slave, fd)
-    if slave > 2:
-        os.close(slave)
-
-
-def relay_from_socket(sock_fd: int, child: int, *, stdin: bool, copy_fd: int = -1) -> None:
-    """Receive the pty master the child sends, then relay it to our terminal until it closes.
-
-    copy_fd, if given, also gets everything the pty prints (`run -t`: the log forwarder's
-    pipe, so the journal holds what the terminal showed; `exec` passes none, as docker)."""
-    import socket
-
-    sock = socket.socket(fileno=sock_fd)
-    try:
-        _msg, fds, _flags, _addr = socket.recv_fds(sock, 16, 1)
-    finally:
-        sock.close()
-    if not fds:
-        return  # the child failed before opening the pty: its status says why
-    relay_pty(fds[0], stdin=stdin, copy_fd=copy_fd)
-
-
-def relay_pty(master: int, *, stdin: bool, copy_fd: int = -1) -> None:
-    """Copy our stdin to the pty and the pty to our stdout (and copy_fd), in raw mode, following
-    the window size.
-
-    Ctrl-C reaches the container as a byte on the terminal, and its line discipline turns it
-    into SIGINT for the foreground process group inside."""
-    import contextlib
-    import select
-    import signal
-    import termios
-    import tty
-
-    saved = None
-    if stdin and os.isatty(0):
-        saved = termios.tcgetattr(0)
-        tty.setraw(0)
-
-    def resize(_signum: int = 0, _frame: object = None) -> None:
-        if os.isatty(1):
-            with contextlib.suppress(OSError):
-                termios.tcsetwinsize(master, termios.tcgetwinsize(1))
-
-    resize()
-    previous = signal.signal(signal.SIGWINCH, resize)
-    try:
-        watched = [master] + ([0] if stdin else [])
-        while True:
-            try:
-                ready, _, _ = select.select(watched, [], [])
-            except InterruptedError:
-                continue
-            if master in ready:
-                try:
-                    data = os.read(master, 65536)
-                except OSError:
-                    data = b""  # EIO: every slave fd is closed, the command ended
-                if not data:
-                    break
-                _write_all(1, data)
-                if copy_fd >= 0 and not _write_copy(copy_fd, data):
-                    copy_fd = -1  # the forwarder is gone: the terminal still gets everything
-            if 0 in ready:
-                data = os.read(0, 65536)
-                if not data:
-                    watched.remove(0)
-                else:
-                    _write_all(master, data)
-    finally:
-        signal.signal(signal.SIGWINCH, previous)
-        if saved is not None:
-            termios.tcsetattr(0, termios.TCSADRAIN, saved)
-        os.close(master)
-
-
-def _write_all(fd: int, data: bytes) -> None:
-    while data:
-        data = data[os.write(fd, data):]
-
-
-def _write_copy(fd: int, data: bytes) -> bool:
-    try:
-        _write_all(fd, data)
-        return True
-    except OSError:
-        return False

@@ -20,9 +20,9 @@ from __future__ import annotations
 import os
 import sys
 
-from machinectl_py import systemd
+from machinectl_py import payload, systemd
 from machinectl_py.bus import Bus, BusError
-from machinectl_py.errors import EXIT_ERROR, ConflictError, NotFoundError, PymachineError
+from machinectl_py.errors import ConflictError, NotFoundError, PymachineError
 
 # The setup process is on the path of every start: no typing, contextlib or socket imports
 # (the `socket` module alone pulls in enum, ~5 ms); `_socket` is what it wraps.
@@ -370,8 +370,7 @@ def _record_error(name: str, message: str) -> None:
 def _setup(name: str) -> int:
     from machinectl_py import images, state
     from machinectl_py.container_init import IN_SCOPE, RUN
-    from machinectl_py.policy import load_policy
-    from machinectl_py.runtime import (
+    from machinectl_py.launch import (
         abandon_held_init,
         build_child_plan,
         command_for,
@@ -381,6 +380,7 @@ def _setup(name: str) -> int:
         rootfs_of,
         tell_init,
     )
+    from machinectl_py.policy import load_policy
 
     spec, record = load_container(name)
     try:
@@ -427,7 +427,7 @@ def _setup(name: str) -> int:
             except PymachineError as e:
                 released = True  # `go` is closed below: the init exits, or has failed already
                 early = abandon_held_init(name, go_w, status_r)
-                _reap(leader)
+                payload.reap(leader)
                 raise (early or e) from None
             # Record and PID file first: once released, the payload may end at any time.
             record.state, record.pid, record.started = "running", leader, state.now()
@@ -437,13 +437,12 @@ def _setup(name: str) -> int:
             tell_init(go_w, RUN)
             released = True
             os.close(go_w)
-            failure = _read_all(status_r)
+            failure = payload.read_status(status_r)
             if failure:
-                code_text, _, message = failure.partition(":")
+                code, message = failure
                 _record_error(name, message)
                 print(f"pymachine: {name}: {message}", file=sys.stderr)
-                _reap(leader)
-                code = int(code_text) if code_text.isdigit() else EXIT_ERROR
+                payload.reap(leader)
                 record.state, record.exit_code, record.finished, record.pid = "exited", code, state.now(), None
                 state.save(record)
                 return code
@@ -451,7 +450,7 @@ def _setup(name: str) -> int:
     finally:
         if not released:
             os.close(go_w)  # EOF on `go`: the held init exits without running anything
-            _reap(leader)
+            payload.reap(leader)
         os.close(status_r)
 
 
@@ -490,20 +489,6 @@ def _machine_unit(bus: Bus, name: str) -> str | None:
                             "org.freedesktop.machine1.Machine", "Unit")[0])
     except BusError:
         return None
-
-
-def _reap(pid: int) -> None:
-    try:
-        os.waitpid(pid, 0)
-    except ChildProcessError:
-        pass
-
-
-def _read_all(fd: int) -> str:
-    chunks = []
-    while chunk := os.read(fd, 4096):
-        chunks.append(chunk)
-    return b"".join(chunks).decode(errors="replace")
 
 
 def exit_code_from_env(env: dict[str, str] | os._Environ[str]) -> int | None:
