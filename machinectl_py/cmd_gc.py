@@ -41,11 +41,13 @@ GRACE_SECONDS = 30
 
 
 def collect(bus: Bus, *, grace: float = GRACE_SECONDS) -> list[str]:
-    from machinectl_py import config, service, state
+    from machinectl_py import config, lifecycle, state, systemd
+    from machinectl_py.dropins import remove_dropin
     from machinectl_py.paths import container_path, state_path
+    from machinectl_py.unit_template import ensure_template, unit_name
 
     done: list[str] = []
-    service.ensure_template(bus)  # and a template that runs this pymachine
+    ensure_template(bus)  # and a template that runs this pymachine
     try:
         names = sorted(os.listdir(state_path("containers")))
     except FileNotFoundError:
@@ -71,26 +73,26 @@ def collect(bus: Bus, *, grace: float = GRACE_SECONDS) -> list[str]:
         except Exception:
             done.append(f"unreadable record {path}/{state.RECORD} (left alone)")
             continue
-        unit = record.unit or service.unit_name(name)
-        active = service.unit_property(bus, unit, "Unit", "ActiveState") in service.ACTIVE_STATES
-        if record.state == "running" and not active:
+        container = lifecycle.Container(record)
+        unit = container.unit
+        if record.state == "running" and not systemd.unit_is_active(bus, unit):
             record.state, record.pid, record.finished = "exited", None, record.finished or state.now()
             state.save(record)
             done.append(f"{name}: marked exited ({unit} is not running)")
             if record.spec.remove:
-                service.remove_container(name, record)
+                container.remove_files()
                 done.append(f"{name}: removed (--rm)")
     for dropin in _dropin_names():
         if not os.path.exists(container_path(dropin)) and not config.definition_exists(dropin):
-            service.remove_dropin(dropin)
-            done.append(f"removed stale drop-in of {service.unit_name(dropin)}")
+            remove_dropin(dropin)
+            done.append(f"removed stale drop-in of {unit_name(dropin)}")
     for path in stale_temp_files(_temp_file_dirs()):
         with contextlib.suppress(FileNotFoundError):
             os.unlink(path)
             done.append(f"removed {path}")
-    for unit in _failed_units(bus):
+    for unit in systemd.failed_units(bus, ["pymachine@*.service", "machine-*.scope"]):
         with contextlib.suppress(Exception):
-            service.manager_call(bus, "ResetFailedUnit", "s", unit)
+            systemd.call(bus, "ResetFailedUnit", "s", unit)
             done.append(f"reset failed unit {unit}")
     return done
 
@@ -152,8 +154,9 @@ def stale_temp_files(places: list[tuple[str, str]]) -> list[str]:
 def _temp_file_dirs() -> list[tuple[str, str]]:
     """Where pymachine writes files atomically (a temporary file renamed into place)."""
     from machinectl_py import config
+    from machinectl_py.dropins import dropin_dir
     from machinectl_py.paths import run_path, state_path
-    from machinectl_py.service import TEMPLATE, UNIT_DIR, dropin_dir
+    from machinectl_py.unit_template import TEMPLATE, UNIT_DIR
 
     return [(config.machines_dir(), "."), (run_path(), ""), (state_path("cache"), ""), (UNIT_DIR, TEMPLATE),
             *[(dropin_dir(name), "") for name in _dropin_names()]]
@@ -174,7 +177,7 @@ def _lock_free(name: str) -> bool:
 
 
 def _dropin_names() -> list[str]:
-    from machinectl_py.service import UNIT_DIR
+    from machinectl_py.unit_template import UNIT_DIR
 
     names = []
     with contextlib.suppress(FileNotFoundError):
@@ -182,14 +185,6 @@ def _dropin_names() -> list[str]:
             if entry.startswith("pymachine@") and entry.endswith(".service.d") and entry != "pymachine@.service.d":
                 names.append(entry[len("pymachine@"):-len(".service.d")])
     return names
-
-
-def _failed_units(bus: Bus) -> list[str]:
-    from machinectl_py import service
-
-    units = service.manager_call(bus, "ListUnitsByPatterns", "asas", ["failed"],
-                                 ["pymachine@*.service", "machine-*.scope"])[0]
-    return [str(u[0]) for u in units]
 
 
 def main(argv: list[str]) -> int:

@@ -39,7 +39,6 @@ if TYPE_CHECKING:
 # path; the C module under `signal` does all exec needs.
 _signal: Any = __import__("_signal")
 
-MACHINED = "org.freedesktop.machine1"
 PR_SET_DUMPABLE = 4
 
 USAGE = """\
@@ -119,17 +118,11 @@ def parse(argv: list[str]) -> ExecOptions | None:
 
 def find_machine(bus: Bus, name: str) -> tuple[int, str]:
     """(leader PID, unit) of the running container `name`, from machined."""
-    from machinectl_py.bus import BusError
+    from machinectl_py import machined
 
-    try:
-        path = str(bus.call(MACHINED, "/org/freedesktop/machine1", "org.freedesktop.machine1.Manager",
-                            "GetMachine", "s", name)[0])
-    except BusError as e:
-        if e.name == "org.freedesktop.machine1.NoSuchMachine":
-            raise NotFoundError(f"container {name} is not running", hint="see 'pymachine ps -a'") from None
-        raise
-    props = bus.call(MACHINED, path, "org.freedesktop.DBus.Properties", "GetAll", "s",
-                     "org.freedesktop.machine1.Machine")[0]
+    props = machined.machine_properties(bus, name)
+    if props is None:
+        raise NotFoundError(f"container {name} is not running", hint="see 'pymachine ps -a'")
     if props.get("Service") != "pymachine":
         raise NotFoundError(f"machine {name} is not a pymachine container (registered by {props.get('Service')})")
     return int(props["Leader"]), str(props["Unit"])
@@ -174,7 +167,7 @@ def main(argv: list[str]) -> int:
     from machinectl_py.spec import parse_env
 
     extra_env = parse_env(opts.env, os.environ)
-    from machinectl_py.bus import Bus, BusError
+    from machinectl_py.bus import Bus
 
     with Bus.system() as bus:
         leader, unit = find_machine(bus, opts.name)
@@ -189,7 +182,7 @@ def main(argv: list[str]) -> int:
 
             command = Exec(opts, pidfd, unit, env, caps)
             command.seccomp = load_policy().seccomp_filter()  # the container's own filter, too
-            return command.run(bus, BusError)
+            return command.run(bus)
         finally:
             os.close(pidfd)
 
@@ -204,7 +197,7 @@ class Exec:
         self.seccomp = b""
         self.child = 0
 
-    def run(self, bus: Bus, bus_error: type[Exception]) -> int:
+    def run(self, bus: Bus) -> int:
         go_r, go_w = os.pipe()
         status_r, status_w = os.pipe()
         pty_parent, pty_child = payload.console_socketpair() if self.opts.tty else (-1, -1)
@@ -222,10 +215,12 @@ class Exec:
         os.close(status_w)
         if pty_child >= 0:
             os.close(pty_child)
+        from machinectl_py import systemd
+        from machinectl_py.bus import BusError
+
         try:
-            bus.call("org.freedesktop.systemd1", "/org/freedesktop/systemd1", "org.freedesktop.systemd1.Manager",
-                     "AttachProcessesToUnit", "ssau", self.unit, "", [self.child])
-        except bus_error as e:
+            systemd.attach_processes(bus, self.unit, [self.child])
+        except BusError as e:
             os.close(go_w)
             payload.reap(self.child)
             raise UsageError(f"cannot attach to {self.unit}: {e}") from None

@@ -73,3 +73,16 @@ def wait_removed(bus: Bus, name: str, timeout_usec: int) -> bool:
                            timeout_usec):
         return True
     return not machine_exists(bus, name)
+
+
+def machine_properties(bus: Bus, name: str) -> dict[str, Any] | None:
+    """The machine's properties (Leader, Unit, Service...); None if machined has no such machine."""
+    try:
+        path = str(bus.call(*MACHINED, "GetMachine", "s", name)[0])
+    except BusError as e:
+        if e.name == NO_SUCH_MACHINE:
+            return None
+        raise
+    props: dict[str, Any] = bus.call(MACHINED[0], path, "org.freedesktop.DBus.Properties", "GetAll", "s",
+                                     "org.freedesktop.machine1.Machine")[0]
+    return props

@@ -94,6 +94,11 @@ def call(bus: Bus, method: str, signature: str = "", *args: Any) -> list[Any]:
     return bus.call(*SYSTEMD, method, signature, *args)
 
 
+def send(bus: Bus, method: str, signature: str = "", *args: Any) -> None:
+    """A Manager call not waited for (its reply and errors are dropped); see Bus.send."""
+    bus.send(*SYSTEMD, method, signature, *args)
+
+
 def freeze_unit(bus: Bus, unit: str) -> None:
     call(bus, "FreezeUnit", "s", unit)
 
@@ -117,6 +122,38 @@ def get_unit_property(bus: Bus, unit: str, interface: str, prop: str) -> Any:
         return None
     return bus.call("org.freedesktop.systemd1", path, "org.freedesktop.DBus.Properties", "Get", "ss",
                     f"org.freedesktop.systemd1.{interface}", prop)[0]
+
+
+def unit_properties(bus: Bus, unit: str, interface: str = "Unit") -> dict[str, Any]:
+    """All properties of a loaded unit's interface; {} if systemd has not loaded it."""
+    path = unit_path(bus, unit)
+    if path is None:
+        return {}
+    try:
+        props: dict[str, Any] = bus.call(SYSTEMD[0], path, "org.freedesktop.DBus.Properties", "GetAll", "s",
+                                         f"org.freedesktop.systemd1.{interface}")[0]
+    except BusError:
+        return {}
+    return props
+
+
+# Units whose state means "the container runs (or is about to)".
+ACTIVE_STATES = ("active", "activating", "reloading", "deactivating")
+
+
+def unit_is_active(bus: Bus, unit: str) -> bool:
+    return get_unit_property(bus, unit, "Unit", "ActiveState") in ACTIVE_STATES
+
+
+def attach_processes(bus: Bus, unit: str, pids: list[int]) -> None:
+    """AttachProcessesToUnit: systemd moves the processes into the unit's cgroup (every
+    hierarchy, v1 or v2), the systemd way into a running unit."""
+    call(bus, "AttachProcessesToUnit", "ssau", unit, "", pids)
+
+
+def failed_units(bus: Bus, patterns: list[str]) -> list[str]:
+    units = call(bus, "ListUnitsByPatterns", "asas", ["failed"], patterns)[0]
+    return [str(u[0]) for u in units]
 
 
 def watch_jobs(bus: Bus) -> None:
