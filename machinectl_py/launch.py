@@ -16,7 +16,7 @@ import sys
 
 from machinectl_py import images, payload, plan
 from machinectl_py import syscalls as sc
-from machinectl_py.container_init import ChildPlan, child_main
+from machinectl_py.container_init import IN_SCOPE, RUN, ChildPlan, child_main
 from machinectl_py.errors import PymachineError, UsageError
 from machinectl_py.policy import Policy
 from machinectl_py.spec import ContainerSpec
@@ -101,35 +101,84 @@ def build_child_plan(spec: ContainerSpec, image: images.ResolvedImage, cdir: str
     return child_plan
 
 
-def fork_held_init(make_plan: Callable[[], ChildPlan], out_w: int, err_w: int) -> tuple[int, int, int]:
-    """Fork the container's init, held on the `go` pipe. Returns (pid, go_w, status_r).
+class HeldInit:
+    """The container's init, forked into a new PID namespace and held on its `go` pipe until
+    the caller releases it (the release protocol above). Owns the parent's ends of both pipes.
 
     The child makes its own plan (make_plan, e.g. a partial build_child_plan): that work then
-    overlaps systemd's making of the scope, which needs only the child's PID. A plan that
+    overlaps systemd's making of the unit, which needs only the child's PID. A plan that
     cannot be made is a failure the child reports on the status pipe, like any other."""
-    go_r, go_w = os.pipe()
-    status_r, status_w = os.pipe()
-    # unshare(CLONE_NEWPID) changes only where our *next* child goes: that child is
-    # PID 1 of the new namespace, and we stay its parent so it can die with us.
-    parent = os.getpid()
-    sc.unshare(sc.CLONE_NEWPID)
-    pid = os.fork()
-    if pid == 0:
-        os.close(go_w)
-        os.close(status_r)
-        child_main(make_plan, go_r, status_w, out_w, err_w, parent)
-    os.close(go_r)
-    os.close(status_w)
-    return pid, go_w, status_r
 
+    def __init__(self, make_plan: Callable[[], ChildPlan], out_w: int, err_w: int) -> None:
+        go_r, go_w = os.pipe()
+        status_r, status_w = os.pipe()
+        # unshare(CLONE_NEWPID) changes only where our *next* child goes: that child is
+        # PID 1 of the new namespace, and we stay its parent so it can die with us.
+        parent = os.getpid()
+        sc.unshare(sc.CLONE_NEWPID)
+        pid = os.fork()
+        if pid == 0:
+            os.close(go_w)
+            os.close(status_r)
+            child_main(make_plan, go_r, status_w, out_w, err_w, parent)
+        os.close(go_r)
+        os.close(status_w)
+        self.pid = pid
+        self._go_w = go_w
+        self._status_r = status_r
 
-def tell_init(go_w: int, what: bytes) -> None:
-    """IN_SCOPE or RUN to the held init (container_init.await_parent). An init that failed on
-    its own is gone: its status pipe says why, so a broken pipe here is not the error."""
-    try:
-        os.write(go_w, what)
-    except BrokenPipeError:
-        pass
+    def in_scope(self) -> None:
+        """It is in its unit's cgroup: the setup that needs the cgroup may go on."""
+        self._tell(IN_SCOPE)
+
+    def release(self) -> None:
+        """The machine is registered: the payload may run."""
+        self._tell(RUN)
+        self._close_go()
+
+    def failure(self) -> tuple[int, str] | None:
+        """Block until the init execs the payload or fails; (exit code, why) if it failed.
+        Closes the status pipe."""
+        failure = payload.read_status(self._status_r)
+        self._close_status()
+        return failure
+
+    def abandon(self, name: str) -> PymachineError | None:
+        """The start is abandoned before the payload ran: EOF on `go` makes the held init exit
+        without running anything. If the init had failed on its own already (a hostile image,
+        a missing mount source), that is the real reason, so it is returned, with the init's
+        exit code, to be raised instead of the error that followed from it (machined cannot
+        register a leader that is gone)."""
+        self._close_go()
+        failure = self.failure()
+        if failure is None:
+            return None
+        error = PymachineError(f"{name}: {failure[1]}")
+        error.exit_code = failure[0]
+        return error
+
+    def close(self) -> None:
+        """Close what is still open; EOF on `go` before the release: the init exits."""
+        self._close_go()
+        self._close_status()
+
+    def _tell(self, what: bytes) -> None:
+        # An init that failed on its own is gone: its status pipe says why, so a broken pipe
+        # here is not the error.
+        try:
+            os.write(self._go_w, what)
+        except BrokenPipeError:
+            pass
+
+    def _close_go(self) -> None:
+        if self._go_w >= 0:
+            os.close(self._go_w)
+            self._go_w = -1
+
+    def _close_status(self) -> None:
+        if self._status_r >= 0:
+            os.close(self._status_r)
+            self._status_r = -1
 
 
 def in_unit_cgroup(pid: int, unit: str) -> bool:
@@ -141,21 +190,6 @@ def in_unit_cgroup(pid: int, unit: str) -> bool:
     except (OSError, IndexError):
         return False
     return any(path.endswith("/" + unit) for path in paths)
-
-
-def abandon_held_init(name: str, go_w: int, status_r: int) -> PymachineError | None:
-    """The start is abandoned before the payload ran: EOF on `go` makes the held init exit
-    without running anything. If the init had failed on its own already (a hostile image,
-    a missing mount source), that is the real reason, so it is returned, with the init's
-    exit code, to be raised instead of the error that followed from it (machined cannot
-    register a leader that is gone). Closes go_w; status_r stays the caller's."""
-    os.close(go_w)
-    failure = payload.read_status(status_r)
-    if failure is None:
-        return None
-    error = PymachineError(f"{name}: {failure[1]}")
-    error.exit_code = failure[0]
-    return error
 
 
 def _cgroup_layout() -> plan.CgroupLayout:

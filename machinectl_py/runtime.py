@@ -17,19 +17,17 @@ import sys
 
 from machinectl_py import images, machined, payload, plan, state, systemd
 from machinectl_py.bus import Bus, BusError
-from machinectl_py.container_init import IN_SCOPE, RUN, ChildPlan
+from machinectl_py.container_init import ChildPlan
 from machinectl_py.errors import PymachineError
 from machinectl_py.journal import container_fields
 from machinectl_py.launch import (
-    abandon_held_init,
+    HeldInit,
     build_child_plan,
     command_for,
     effective_user,
     environment,
-    fork_held_init,
     in_unit_cgroup,
     rootfs_of,
-    tell_init,
 )
 from machinectl_py.mounts import unified_cgroup_host
 from machinectl_py.policy import Policy, load_policy
@@ -120,6 +118,7 @@ class ForegroundRun:
                         rootfs: str, policy: Policy, image_name: str) -> int:
         spec = self.spec
         hold_w = journal_copy = -1
+        init: HeldInit | None = None
         try:
             out_r, out_w = os.pipe()
             err_r, err_w = os.pipe()
@@ -130,7 +129,8 @@ class ForegroundRun:
                 os.close(fd)
             tty_parent, tty_child = payload.console_socketpair() if spec.tty else (-1, -1)
             child_out, child_err = (tty_child, tty_child) if spec.tty else (out_w, err_w)
-            self.leader, go_w, status_r = self._fork_container(make_plan, child_out, child_err)
+            init = HeldInit(make_plan, child_out, child_err)
+            self.leader = init.pid
             # -t: the pty relay below keeps out_w to copy what the terminal shows to the journal.
             journal_copy = out_w if spec.tty else -1
             if journal_copy < 0:
@@ -143,25 +143,21 @@ class ForegroundRun:
             # wait with EINTR and lose the reply. Our handler runs right after, and cancels.
             held = signal.pthread_sigmask(signal.SIG_BLOCK, HELD_SIGNALS)
             try:
-                self._make_machine(bus, rootfs, policy, record, go_w)
+                self._make_machine(bus, rootfs, policy, record, init)
             except PymachineError as e:
-                early = abandon_held_init(spec.name, go_w, status_r)
-                os.close(status_r)
-                raise (early or e) from None
+                raise (init.abandon(spec.name) or e) from None
             finally:
                 signal.pthread_sigmask(signal.SIG_SETMASK, held)
             if self.cancelled_by:
                 # Ctrl-C or SIGTERM during setup: the payload never runs.
-                os.close(go_w)
-                os.close(status_r)
+                init.close()
                 code = 128 + self.cancelled_by
                 record.state, record.exit_code, record.finished = "exited", code, state.now()
                 if not spec.remove:
                     state.save(record)
                 return code
             # The payload may run now: it is in its scope, under its limits, and registered.
-            tell_init(go_w, RUN)
-            os.close(go_w)
+            init.release()
             self.released = True
             record.state, record.pid, record.started = "running", self.leader, state.now()
             state.save(record)
@@ -169,14 +165,15 @@ class ForegroundRun:
                 payload.relay_from_socket(tty_parent, self.leader, stdin=spec.interactive, copy_fd=journal_copy)
                 os.close(journal_copy)  # EOF: the forwarder flushes the last line
                 journal_copy = -1
-            failure = payload.read_status(status_r)
-            os.close(status_r)
+            failure = init.failure()
             code = self._wait_leader()
             if failure:
                 code, message = failure
                 print(f"pymachine: {spec.name}: {message}", file=sys.stderr)
             record.state, record.exit_code, record.finished, record.pid = "exited", code, state.now(), None
         finally:
+            if init is not None:
+                init.close()
             if journal_copy >= 0:
                 os.close(journal_copy)
             self._teardown(bus, hold_w)
@@ -185,7 +182,7 @@ class ForegroundRun:
         return code
 
     def _make_machine(self, bus: Bus, rootfs: str, policy: Policy, record: state.ContainerRecord,
-                      go_w: int) -> None:
+                      init: HeldInit) -> None:
         """machine-NAME.scope with the held init and the forwarder in it, under its limits; then
         the machine registered with machined, which adopts the scope. This is the order of
         machined's own CreateMachine, with two fewer D-Bus hops (see systemd.start_scope).
@@ -209,7 +206,7 @@ class ForegroundRun:
         # terminate would stop it. Such an init is a failed start (its status says why).
         if not in_unit_cgroup(self.leader, unit):
             raise PymachineError(f"the container's init never reached {unit}")
-        tell_init(go_w, IN_SCOPE)
+        init.in_scope()
         try:
             machined.register_machine(bus, spec.name, self.container_id, self.leader, rootfs)
         except BusError as e:
@@ -260,10 +257,6 @@ class ForegroundRun:
             finally:
                 os._exit(code)
         return pid
-
-    def _fork_container(self, make_plan: Callable[[], ChildPlan], out_w: int, err_w: int) -> tuple[int, int, int]:
-        """Fork the container's init, held on the `go` pipe. Returns (pid, go_w, status_r)."""
-        return fork_held_init(make_plan, out_w, err_w)
 
     def _install_signal_handlers(self) -> None:
         def forward_signal(signum: int, _frame: object) -> None:

@@ -95,17 +95,7 @@ def service_main(argv: list[str]) -> int:
 
 def _setup(name: str) -> int:
     from machinectl_py import dropins, images, state, systemd
-    from machinectl_py.container_init import IN_SCOPE, RUN
-    from machinectl_py.launch import (
-        abandon_held_init,
-        build_child_plan,
-        command_for,
-        effective_user,
-        environment,
-        fork_held_init,
-        rootfs_of,
-        tell_init,
-    )
+    from machinectl_py.launch import HeldInit, build_child_plan, command_for, effective_user, environment, rootfs_of
     from machinectl_py.policy import load_policy
 
     container = lifecycle.Container.load_or_adopt(name, container_id=_adopted_id())
@@ -135,30 +125,30 @@ def _setup(name: str) -> int:
                          systemd.limit_properties(spec.limits))
     err_fd = journal_stream(name, 3)
     # stdout stays the service's own journal stream (priority info); stderr gets its own at err.
-    leader, go_w, status_r = fork_held_init(make_plan, 1, err_fd)
+    init = HeldInit(make_plan, 1, err_fd)
+    leader = init.pid
     os.close(err_fd)
-    released = False
+    settled = False  # the init was released (systemd waits for it) or is reaped
     try:
         with Bus.system() as bus:
             unit = unit_name(name)
             # Forked in the unit's cgroup: the init may finish its setup while machined registers it.
-            tell_init(go_w, IN_SCOPE)
+            init.in_scope()
             try:
                 _register(bus, name, record.id, leader, rootfs_of(record.dir_path), unit)
             except PymachineError as e:
-                released = True  # `go` is closed below: the init exits, or has failed already
-                early = abandon_held_init(name, go_w, status_r)
+                early = init.abandon(name)  # the init exits, or has failed already
                 payload.reap(leader)
+                settled = True
                 raise (early or e) from None
             # Record and PID file first: once released, the payload may end at any time.
             record.state, record.pid, record.started = "running", leader, state.now()
             record.exit_code, record.finished, record.unit = None, None, unit
             state.save(record)
             write_pid_file(name, leader)
-            tell_init(go_w, RUN)
-            released = True
-            os.close(go_w)
-            failure = payload.read_status(status_r)
+            init.release()
+            settled = True
+            failure = init.failure()
             if failure:
                 code, message = failure
                 lifecycle.record_error(name, message)
@@ -169,10 +159,9 @@ def _setup(name: str) -> int:
                 return code
             return 0
     finally:
-        if not released:
-            os.close(go_w)  # EOF on `go`: the held init exits without running anything
+        init.close()  # before the release, EOF on `go`: the held init exits without running anything
+        if not settled:
             payload.reap(leader)
-        os.close(status_r)
 
 
 def _register(bus: Bus, name: str, container_id: str, leader: int, root: str, unit: str) -> None:
