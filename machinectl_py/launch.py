@@ -74,7 +74,7 @@ def rootfs_of(cdir: str) -> str:
 def build_child_plan(spec: ContainerSpec, image: images.ResolvedImage, cdir: str, policy: Policy,
                      env: Mapping[str, str], argv: tuple[str, ...], *, binds: Sequence[plan.Bind] = (),
                      detached: bool = False) -> ChildPlan:
-    """Runs in the forked init (see fork_held_init): makes the container dir's parts too."""
+    """Runs in the forked init (see HeldInit): makes the container dir's parts too."""
     for sub in ("upper", "work", "rootfs"):
         os.makedirs(os.path.join(cdir, sub), mode=0o755, exist_ok=True)
     child_plan = ChildPlan(
