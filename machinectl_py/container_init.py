@@ -21,6 +21,7 @@ from machinectl_py import syscalls as sc
 from machinectl_py.errors import EXIT_CANNOT_INVOKE, EXIT_ERROR
 from machinectl_py.payload import (
     attach_stdio,
+    confine,
     describe,
     finalize_and_exec,
     open_console,
@@ -29,7 +30,7 @@ from machinectl_py.payload import (
 )
 from machinectl_py.plan import cgroup_plan, own_hierarchies
 from machinectl_py.record import Record
-from machinectl_py.users import drop_privileges, home_of, resolve_user
+from machinectl_py.users import home_of, resolve_user
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -133,16 +134,11 @@ def await_parent(go_fd: int, expected: bytes) -> None:
 
 
 def launch(plan: ChildPlan, go_fd: int, status_fd: int, stdout_fd: int, stderr_fd: int) -> None:
-    if plan.seccomp:
-        # Before the capabilities go: without no_new_privs (which would disarm setuid programs
-        # in the container) installing a filter needs CAP_SYS_ADMIN. Nothing the filter denies
-        # is called from here to the exec.
-        sc.seccomp_install(plan.seccomp)
     uid, gid, groups = resolve_user(plan.user) if plan.user else (0, 0, [])
     env = dict(plan.env)
     if "HOME" not in env:
         env["HOME"] = home_of(uid) or ("/root" if uid == 0 else "/")
-    drop_privileges(plan.capability_mask, uid, gid, groups)
+    confine(plan.seccomp, plan.capability_mask, uid, gid, groups)
     stdin = os.open("/dev/null", os.O_RDONLY) if plan.stdin_devnull else 0
     if plan.tty:
         stdin = stdout_fd = stderr_fd = open_console(stdout_fd)

@@ -27,7 +27,7 @@ import sys
 from machinectl_py import payload
 from machinectl_py import syscalls as sc
 from machinectl_py.errors import EXIT_CANNOT_INVOKE, EXIT_ERROR, NotFoundError, UsageError
-from machinectl_py.users import drop_privileges, home_of, resolve_user
+from machinectl_py.users import home_of, resolve_user
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -282,9 +282,7 @@ def _child(opts: ExecOptions, pidfd: int, env: dict[str, str], caps: int, seccom
             devnull = os.open("/dev/null", os.O_RDONLY)
             os.dup2(devnull, 0)
             os.close(devnull)
-        if seccomp:
-            sc.seccomp_install(seccomp)  # while we still hold CAP_SYS_ADMIN (see container_init.launch)
-        drop_privileges(caps, uid, gid, groups)
+        payload.confine(seccomp, caps, uid, gid, groups)  # the leader's bounding set, the container's filter
         env.setdefault("PATH", payload.DEFAULT_PATH)
         if opts.tty:
             env.setdefault("TERM", os.environ.get("TERM", "xterm"))

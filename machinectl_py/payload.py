@@ -5,9 +5,10 @@ command joining a running container (exec.py) end the same way, as runc's run in
 init share `setupConsole` and `finalizeNamespace`:
 
   child:  open_console (-t: a pty of the container's own devpts, its master sent to the
-          parent) -> finalize_and_exec (the status pipe on fd 3, every other fd above 2
-          closed, signal dispositions reset, the command looked up in the container's PATH
-          and exec'd) -> report (why it could not, with docker's exit code, on fd 3)
+          parent) -> confine (seccomp filter, capabilities, user) -> finalize_and_exec (the
+          status pipe on fd 3, every other fd above 2 closed, signal dispositions reset, the
+          command looked up in the container's PATH and exec'd) -> report (why it could
+          not, with docker's exit code, on fd 3)
   parent: read_status (the child's failure, if any) -> reap (its exit code, 128+N when
           killed by signal N); relay_from_socket / relay_pty for a terminal.
 
@@ -22,6 +23,7 @@ import os
 
 from machinectl_py import syscalls as sc
 from machinectl_py.errors import EXIT_CANNOT_INVOKE, EXIT_ERROR, EXIT_NOT_FOUND
+from machinectl_py.users import drop_privileges
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -90,6 +92,17 @@ def attach_stdio(stdin: int, stdout: int, stderr: int) -> None:
     for src, dst in ((stdin, 0), (stdout, 1), (stderr, 2)):
         if src != dst:
             os.dup2(src, dst)
+
+
+def confine(seccomp: bytes, capability_mask: int, uid: int, gid: int, groups: list[int]) -> None:
+    """The container's seccomp filter, then its capabilities and user.
+
+    The filter goes first, while we still hold CAP_SYS_ADMIN: without no_new_privs (which
+    would disarm setuid programs in the container) installing one needs it. Nothing the
+    filter denies is called from here to the exec. A non-root uid ends with no capability."""
+    if seccomp:
+        sc.seccomp_install(seccomp)
+    drop_privileges(capability_mask, uid, gid, groups)
 
 
 def finalize_and_exec(argv: Sequence[str], env: Mapping[str, str], status_fd: int,
