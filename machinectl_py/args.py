@@ -61,7 +61,9 @@ class Command:
         self._by_name = {name: opt for opt in self.options for name in opt.names}
 
     def error(self, message: str) -> UsageError:
-        return UsageError(f"{self.prog}: {message}", hint=f"see '{self.prog} --help'")
+        """A usage error: one line, naming the verb, with where to read more (exit 125)."""
+        verb = self.prog.removeprefix("pymachine ")
+        return UsageError(f"{verb}: {message} (see '{self.prog} --help')")
 
     def parse(self, argv: Sequence[str]) -> dict[str, Any]:
         values: dict[str, Any] = {opt.dest: _copy(opt.default) for opt in self.options}
@@ -167,7 +169,8 @@ class Command:
         if args:
             lines += ["", "arguments:"]
             width = max(len(a[0]) for a in args)
-            lines += [f"  {name:<{width}}  {text}" for name, text in args]
+            for name, text in args:
+                lines += _wrapped(f"  {name:<{width}}  ", text)
         lines += ["", "options:"]
         rows = []
         for opt in self.options:
@@ -180,12 +183,23 @@ class Command:
         for names, text in rows:
             if len(names) > width:
                 lines.append(f"  {names}")
-                lines.append(f"  {'':<{width}}  {text}")
+                lines += _wrapped(f"  {'':<{width}}  ", text)
             else:
-                lines.append(f"  {names:<{width}}  {text}")
+                lines += _wrapped(f"  {names:<{width}}  ", text)
         if self.epilog:
             lines += ["", self.epilog]
         return "\n".join(lines) + "\n"
+
+
+HELP_WIDTH = 100
+
+
+def _wrapped(head: str, text: str) -> list[str]:
+    """`head` then `text` word-wrapped at HELP_WIDTH, continuation lines indented under it."""
+    import textwrap  # --help only: textwrap imports re
+
+    return textwrap.wrap(text, HELP_WIDTH, initial_indent=head, subsequent_indent=" " * len(head),
+                         break_on_hyphens=False) or [head.rstrip()]
 
 
 def _copy(value: Any) -> Any:
@@ -209,12 +223,13 @@ class Group:
         return "\n".join(lines) + "\n"
 
     def dispatch(self, argv: Sequence[str]) -> int:
+        verb = self.prog.removeprefix("pymachine ")
         if not argv:
-            raise UsageError(f"{self.prog}: missing COMMAND", hint=f"see '{self.prog} --help'")
+            raise UsageError(f"{verb}: missing COMMAND (see '{self.prog} --help')")
         if argv[0] in ("--help", "-h", "help"):
             print(self.help_text(), end="")
             return 0
         for name, _, handler in self.verbs:
             if argv[0] == name:
                 return handler(list(argv[1:]))
-        raise UsageError(f"{self.prog}: unknown command {argv[0]!r}", hint=f"see '{self.prog} --help'")
+        raise UsageError(f"{verb}: unknown command {argv[0]!r} (see '{self.prog} --help')")

@@ -32,7 +32,7 @@ VERBS: dict[str, tuple[str, str, str]] = {
     "gc": ("machinectl_py.cmd_gc", "main", "clean what interrupted commands left behind"),
     # Hidden: the ExecStart= and ExecStopPost= of pymachine@.service.
     "_service": ("machinectl_py.service", "service_main", ""),
-    "_service-stopped": ("machinectl_py.service", "stopped_main", ""),
+    "_service-stopped": ("machinectl_py.service_stop", "stopped_main", ""),
 }
 
 USAGE = """\
@@ -86,8 +86,8 @@ def main(argv: list[str] | None = None) -> int:
 # teardown and garbage collection cost ~10 ms, a seventh of `run`'s budget, 10-15 ms of a
 # commit). Their files are closed by `with` blocks and their threads joined before they return.
 FAST_EXIT = frozenset({"machinectl_py.cmd_run", "machinectl_py.exec", "machinectl_py.cmd_lifecycle",
-                       "machinectl_py.cmd_create", "machinectl_py.service", "machinectl_py.images.cli",
-                       "machinectl_py.cmd_commit"})
+                       "machinectl_py.cmd_create", "machinectl_py.service", "machinectl_py.service_stop",
+                       "machinectl_py.images.cli", "machinectl_py.cmd_commit"})
 
 
 def fast_exit(code: int) -> None:

@@ -98,12 +98,13 @@ class Status:
 
 
 def _unit_props(bus: Bus, record: state.ContainerRecord) -> dict[str, Any]:
-    from machinectl_py import service
+    from machinectl_py import systemd
+    from machinectl_py.unit_template import unit_name
 
-    unit = record.unit or service.unit_name(record.name)
-    props = service.unit_properties(bus, unit, "Unit")
+    unit = record.unit or unit_name(record.name)
+    props = systemd.unit_properties(bus, unit, "Unit")
     if props and unit.endswith(".service"):
-        props.update({k: v for k, v in service.unit_properties(bus, unit, "Service").items()
+        props.update({k: v for k, v in systemd.unit_properties(bus, unit, "Service").items()
                       if k in ("MainPID", "ExecMainStatus", "Result", "NRestarts")})
     elif props:
         props["MainPID"] = record.pid or 0

@@ -61,9 +61,10 @@ def main(argv: list[str]) -> int:
         raise UsageError("--restart applies to detached containers: a foreground run ends with its command",
                          hint="use it with -d, or with `pymachine create`")
     if args["detach"]:
-        from machinectl_py.cmd_create import run_detached
+        from machinectl_py import lifecycle
 
-        return run_detached(spec)
+        print(lifecycle.create_and_start(spec).record.id, flush=True)  # the id, as docker prints it
+        return 0
     from machinectl_py.runtime import run_foreground
 
     return run_foreground(spec)

@@ -14,15 +14,23 @@ from __future__ import annotations
 # _signal is the C module under `signal`, without the enum wrappers that make
 # `import signal` cost ~3 ms (enum) on the start-up path.
 import _signal as signal
-import errno
 import os
 
 from machinectl_py import mounts
 from machinectl_py import syscalls as sc
-from machinectl_py.errors import EXIT_CANNOT_INVOKE, EXIT_ERROR, EXIT_NOT_FOUND
+from machinectl_py.errors import EXIT_CANNOT_INVOKE, EXIT_ERROR
+from machinectl_py.payload import (
+    attach_stdio,
+    confine,
+    describe,
+    finalize_and_exec,
+    open_console,
+    preload_console_modules,
+    report,
+)
 from machinectl_py.plan import cgroup_plan, own_hierarchies
 from machinectl_py.record import Record
-from machinectl_py.users import drop_privileges, home_of, resolve_user
+from machinectl_py.users import home_of, resolve_user
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -33,9 +41,6 @@ if TYPE_CHECKING:
 _SIOCGIFFLAGS = 0x8913
 _SIOCSIFFLAGS = 0x8914
 _IFF_UP = 0x1
-_TIOCSPTLCK = 0x40045431
-_TIOCGPTPEER = 0x5441
-_TIOCSCTTY = 0x540E
 # What the parent writes on the `go` pipe; EOF instead of either: abandon the start.
 IN_SCOPE = b"c"
 RUN = b"g"
@@ -87,21 +92,7 @@ def child_main(make_plan: Callable[[], ChildPlan], go_fd: int, status_fd: int, s
         code = EXIT_CANNOT_INVOKE
         launch(plan, go_fd, status_fd, stdout_fd, stderr_fd)
     except BaseException as e:
-        _report(status_fd, code, _describe(e))
-    os._exit(code)
-
-
-def _describe(e: BaseException) -> str:
-    if isinstance(e, OSError) and e.filename:
-        return f"{e.strerror}: {e.filename}"
-    return str(e) or type(e).__name__
-
-
-def _report(status_fd: int, code: int, message: str) -> None:
-    try:
-        os.write(status_fd, f"{code}:{message}".encode()[:4000])
-    except OSError:
-        pass
+        report(status_fd, code, describe(e))
     os._exit(code)
 
 
@@ -128,9 +119,7 @@ def prepare(plan: ChildPlan, go_fd: int, status_fd: int, parent_pid: int) -> Non
     if plan.private_network:
         bring_up_loopback()
     if plan.tty:
-        import fcntl  # noqa: F401 - loaded before pivot_root for open_pty()
-        import socket  # noqa: F401
-        import struct  # noqa: F401
+        preload_console_modules()  # after pivot_root the host's library is out of reach
     # Everything up to here runs while systemd makes the scope; only what needs the scope waits.
     mounts.pivot_into(plan.rootfs)
     # Wait until the parent has put us in the container's scope.
@@ -164,61 +153,19 @@ def await_parent(go_fd: int, expected: bytes) -> None:
 
 
 def launch(plan: ChildPlan, go_fd: int, status_fd: int, stdout_fd: int, stderr_fd: int) -> None:
-    if plan.seccomp:
-        # Before the capabilities go: without no_new_privs (which would disarm setuid programs
-        # in the container) installing a filter needs CAP_SYS_ADMIN. Nothing the filter denies
-        # is called from here to the exec.
-        sc.seccomp_install(plan.seccomp)
     uid, gid, groups = resolve_user(plan.user) if plan.user else (0, 0, [])
     env = dict(plan.env)
     if "HOME" not in env:
         env["HOME"] = home_of(uid) or ("/root" if uid == 0 else "/")
-    drop_privileges(plan.capability_mask, uid, gid, groups)
+    confine(plan.seccomp, plan.capability_mask, uid, gid, groups)
     stdin = os.open("/dev/null", os.O_RDONLY) if plan.stdin_devnull else 0
     if plan.tty:
-        stdin = stdout_fd = stderr_fd = open_pty(stdout_fd)
+        stdin = stdout_fd = stderr_fd = open_console(stdout_fd)
     # The machine is registered: from here on, only what the exec needs.
     await_parent(go_fd, RUN)
     os.close(go_fd)
-    for src, dst in ((stdin, 0), (stdout_fd, 1), (stderr_fd, 2)):
-        if src != dst:
-            os.dup2(src, dst)
-    os.set_inheritable(status_fd, False)
-    keep_status = os.dup2(status_fd, 3, inheritable=False)
-    # No host file descriptor may reach the container (CVE-2024-21626): close all above 3,
-    # and fd 3 (the status pipe) closes itself on exec.
-    sc.close_fds_from(4)
-    try:
-        os.chdir(plan.workdir)
-    except OSError as e:
-        # Reported here, on fd 3: the status fd child_main knows was closed just above.
-        _report(keep_status, EXIT_CANNOT_INVOKE, f"cannot change to working directory {plan.workdir}: {e.strerror}")
-    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGPIPE, signal.SIGCHLD):
-        signal.signal(sig, signal.SIG_DFL)
-    signal.pthread_sigmask(signal.SIG_SETMASK, [])
-    try:
-        os.execvpe(plan.argv[0], list(plan.argv), env)
-    except OSError as e:
-        code = EXIT_NOT_FOUND if e.errno in (errno.ENOENT, errno.ENOTDIR) else EXIT_CANNOT_INVOKE
-        what = "executable file not found" if code == EXIT_NOT_FOUND else e.strerror
-        _report(keep_status, code, f"cannot run {plan.argv[0]!r}: {what}")
-
-
-def open_pty(sock_fd: int) -> int:
-    """Open a pty in the container's devpts (we are inside its root now), send the master to
-    the parent over `sock_fd`, make the slave our controlling terminal; returns the slave."""
-    import fcntl  # preloaded by prepare(): after pivot_root the host's library is out of reach
-    import socket
-    import struct
-
-    master = os.open("/dev/ptmx", os.O_RDWR | os.O_NOCTTY | os.O_CLOEXEC)
-    fcntl.ioctl(master, _TIOCSPTLCK, struct.pack("i", 0))
-    slave: int = fcntl.ioctl(master, _TIOCGPTPEER, os.O_RDWR | os.O_NOCTTY)
-    with socket.socket(fileno=sock_fd) as sock:
-        socket.send_fds(sock, [b"m"], [master])
-    os.close(master)
-    fcntl.ioctl(slave, _TIOCSCTTY, 0)  # we are a session leader (setsid in prepare) without a terminal
-    return slave
+    attach_stdio(stdin, stdout_fd, stderr_fd)
+    finalize_and_exec(plan.argv, env, status_fd, plan.workdir)
 
 
 def bring_up_loopback() -> None:

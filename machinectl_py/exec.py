@@ -24,9 +24,11 @@ from __future__ import annotations
 import os
 import sys
 
+from machinectl_py import payload
 from machinectl_py import syscalls as sc
-from machinectl_py.errors import EXIT_CANNOT_INVOKE, EXIT_ERROR, EXIT_NOT_FOUND, NotFoundError, UsageError
-from machinectl_py.users import drop_privileges, home_of, resolve_user
+from machinectl_py.args import APPEND, FLAG, Command, Option
+from machinectl_py.errors import EXIT_CANNOT_INVOKE, EXIT_ERROR, NotFoundError, UsageError
+from machinectl_py.users import home_of, resolve_user
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -39,81 +41,49 @@ if TYPE_CHECKING:
 _signal: Any = __import__("_signal")
 
 PR_SET_DUMPABLE = 4
-TIOCGPTPEER = 0x5441
-TIOCSPTLCK = 0x40045431
-TIOCSCTTY = 0x540E
-DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
-USAGE = """\
-usage: pymachine exec [OPTIONS] NAME COMMAND [ARG...]
-
-Run COMMAND in the running container NAME: in all its namespaces and in its unit's
-cgroup (attached by systemd), with the container's environment plus -e, as root or -u.
-stdout and stderr stay apart; the exit status is COMMAND's own.
-
-options:
-  -i, --interactive      keep stdin attached
-  -t, --tty              allocate a pseudo-terminal (in the container's /dev/pts)
-  -e, --env KEY=VALUE    set an environment variable (repeatable); a bare KEY passes on its value here
-  -w, --workdir DIR      working directory inside the container (default: the container's)
-  -u, --user USER[:GROUP]  user name or uid (resolved in the container's /etc/passwd);
-                           default: the container's own user (its -u, else the image's)
-  --help                 show this help and exit
-"""
+EXEC = Command(
+    "pymachine exec", "pymachine exec [OPTIONS] NAME COMMAND [ARG...]",
+    "Run COMMAND in the running container NAME: in all its namespaces and in its unit's\n"
+    "cgroup (attached by systemd), with the container's environment plus -e, as its user or -u.\n"
+    "stdout and stderr stay apart; the exit status is COMMAND's own.",
+    [
+        Option("--interactive -i", "keep stdin attached", kind=FLAG),
+        Option("--tty -t", "allocate a pseudo-terminal (in the container's /dev/pts)", kind=FLAG),
+        Option("--env -e", "set an environment variable (repeatable); a bare KEY passes on its value here",
+               kind=APPEND, metavar="KEY=VALUE"),
+        Option("--workdir -w", "working directory inside the container (default: the container's)", metavar="DIR"),
+        Option("--user -u", "user name or uid, USER[:GROUP] (resolved in the container's /etc/passwd); "
+               "default: the container's own user (its -u, else the image's)", metavar="USER"),
+    ],
+    positionals=[("name", "container name")],
+    rest=("argv", "the command and its arguments"),
+    epilog="exit status:\n  COMMAND's own; 125 if pymachine failed, 126 if COMMAND could not be invoked, 127 if it "
+           "was not found.",
+)
 
 
 class ExecOptions:
     __slots__ = ("name", "argv", "env", "workdir", "user", "tty", "interactive")
 
-    def __init__(self) -> None:
-        self.name = ""
-        self.argv: list[str] = []
-        self.env: list[str] = []
-        self.workdir: str | None = None
-        self.user: str | None = None
-        self.tty = False
-        self.interactive = False
-
-
-_VALUE_OPTS = {"-e": "env", "--env": "env", "-w": "workdir", "--workdir": "workdir", "-u": "user", "--user": "user"}
-_FLAG_OPTS = {"-i": "interactive", "--interactive": "interactive", "-t": "tty", "--tty": "tty"}
+    def __init__(self, values: dict[str, Any]) -> None:
+        self.name: str = values["name"]
+        self.argv: list[str] = values["argv"]
+        self.env: list[str] = values["env"]
+        self.workdir: str | None = values["workdir"]
+        self.user: str | None = values["user"]
+        self.tty: bool = values["tty"]
+        self.interactive: bool = values["interactive"]
 
 
 def parse(argv: list[str]) -> ExecOptions | None:
     """docker's form: options, NAME, then the command (options end at NAME)."""
-    opts = ExecOptions()
-    args = list(argv)
-    while args and args[0].startswith("-") and args[0] != "-":
-        arg = args.pop(0)
-        if arg == "--":
-            break
-        if arg == "--help":
-            sys.stdout.write(USAGE)
-            return None
-        name, eq, inline = arg.partition("=") if arg.startswith("--") else (arg, "", "")
-        if not arg.startswith("--") and len(arg) > 2:
-            if all(f"-{c}" in _FLAG_OPTS for c in arg[1:]):  # bundled flags: -it
-                for c in arg[1:]:
-                    setattr(opts, _FLAG_OPTS[f"-{c}"], True)
-                continue
-            name, eq, inline = arg[:2], "=", arg[2:]  # -eK=V
-        if name in _FLAG_OPTS and not eq:
-            setattr(opts, _FLAG_OPTS[name], True)
-        elif name in _VALUE_OPTS:
-            if not eq:
-                if not args:
-                    raise UsageError(f"pymachine exec: option {name} needs a value")
-                inline = args.pop(0)
-            dest = _VALUE_OPTS[name]
-            if dest == "env":
-                opts.env.append(inline)
-            else:
-                setattr(opts, dest, inline)
-        else:
-            raise UsageError(f"pymachine exec: unknown option {arg!r}", hint="see 'pymachine exec --help'")
-    if len(args) < 2:
-        raise UsageError("pymachine exec: expected NAME COMMAND [ARG...]", hint="see 'pymachine exec --help'")
-    opts.name, opts.argv = args[0], args[1:]
+    values = EXEC.parse_or_help(argv)
+    if values is None:
+        return None
+    if not values["argv"]:
+        raise EXEC.error("missing COMMAND")
+    opts = ExecOptions(values)
     if opts.workdir is not None and not opts.workdir.startswith("/"):
         raise UsageError(f"invalid working directory {opts.workdir!r}: must be absolute")
     return opts
@@ -123,10 +93,9 @@ def find_machine(bus: Bus, name: str) -> tuple[int, str]:
     """(leader PID, unit) of the running container `name`, from machined."""
     from machinectl_py import machined
 
-    path = machined.machine_path(bus, name)
-    if path is None:
+    props = machined.machine_properties(bus, name)
+    if props is None:
         raise NotFoundError(f"container {name} is not running", hint="see 'pymachine ps -a'")
-    props = machined.machine_properties(bus, path)
     if props.get("Service") != "pymachine":
         raise NotFoundError(f"machine {name} is not a pymachine container (registered by {props.get('Service')})")
     return int(props["Leader"]), str(props["Unit"])
@@ -171,7 +140,7 @@ def main(argv: list[str]) -> int:
     from machinectl_py.spec import parse_env
 
     extra_env = parse_env(opts.env, os.environ)
-    from machinectl_py.bus import Bus, BusError
+    from machinectl_py.bus import Bus
 
     with Bus.system() as bus:
         leader, unit = find_machine(bus, opts.name)
@@ -187,7 +156,7 @@ def main(argv: list[str]) -> int:
             command = Exec(opts, pidfd, unit, env, caps)
             policy = load_policy()  # the container's own seccomp filter, too
             command.seccomp = sc.seccomp_filter(policy.seccomp_deny, policy.seccomp_deny_user_namespaces)
-            return command.run(bus, BusError)
+            return command.run(bus)
         finally:
             os.close(pidfd)
 
@@ -202,17 +171,10 @@ class Exec:
         self.seccomp = b""
         self.child = 0
 
-    def run(self, bus: Bus, bus_error: type[Exception]) -> int:
-        from machinectl_py.systemd import attach_processes
-
+    def run(self, bus: Bus) -> int:
         go_r, go_w = os.pipe()
         status_r, status_w = os.pipe()
-        pty_parent, pty_child = -1, -1
-        if self.opts.tty:
-            import socket
-
-            pair = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-            pty_parent, pty_child = pair[0].detach(), pair[1].detach()
+        pty_parent, pty_child = payload.console_socketpair() if self.opts.tty else (-1, -1)
         # Our own PID namespace stays the host's; only the child is born in the container's.
         sc.setns(self.pidfd, sc.CLONE_NEWPID)
         self.child = os.fork()
@@ -221,19 +183,20 @@ class Exec:
             os.close(status_r)
             if pty_parent >= 0:
                 os.close(pty_parent)
-                # Loaded now: after setns() the host's Python library is out of reach.
-                import fcntl  # noqa: F401
-                import struct  # noqa: F401
+                payload.preload_console_modules()  # after setns() the host's library is out of reach
             _child(self.opts, self.pidfd, self.env, self.caps, self.seccomp, go_r, status_w, pty_child)
         os.close(go_r)
         os.close(status_w)
         if pty_child >= 0:
             os.close(pty_child)
+        from machinectl_py import systemd
+        from machinectl_py.bus import BusError
+
         try:
-            attach_processes(bus, self.unit, [self.child])
-        except bus_error as e:
+            systemd.attach_processes(bus, self.unit, [self.child])
+        except BusError as e:
             os.close(go_w)
-            self._reap()
+            payload.reap(self.child)
             raise UsageError(f"cannot attach to {self.unit}: {e}") from None
         try:
             os.write(go_w, b"g")
@@ -241,17 +204,16 @@ class Exec:
             pass  # the child failed while we attached it: its status says why
         os.close(go_w)
         if pty_parent >= 0:
-            relay_from_socket(pty_parent, self.child, stdin=self.opts.interactive)
+            payload.relay_from_socket(pty_parent, self.child, stdin=self.opts.interactive)
         else:
             self._forward_signals()
-        code = self._reap()
-        failure = _read_all(status_r)
+        code = payload.reap(self.child)
+        failure = payload.read_status(status_r)
         os.close(status_r)
         if failure:
-            code_text, _, message = failure.partition(":")
-            print(f"pymachine exec: {message}", file=sys.stderr)
-            return int(code_text) if code_text.isdigit() else EXIT_ERROR
-        return code
+            print(f"pymachine exec: {failure[1]}", file=sys.stderr)
+            return failure[0]
+        return EXIT_ERROR if code is None else code
 
     def _forward_signals(self) -> None:
         def forward(signum: int, _frame: object) -> None:
@@ -262,33 +224,6 @@ class Exec:
 
         for sig in (_signal.SIGINT, _signal.SIGTERM, _signal.SIGHUP, _signal.SIGQUIT):
             _signal.signal(sig, forward)
-
-    def _reap(self) -> int:
-        while True:
-            try:
-                _, status = os.waitpid(self.child, 0)
-                break
-            except InterruptedError:
-                continue
-            except ChildProcessError:
-                return EXIT_ERROR
-        if os.WIFSIGNALED(status):
-            return 128 + os.WTERMSIG(status)
-        return os.WEXITSTATUS(status)
-
-
-def _read_all(fd: int) -> str:
-    chunks = []
-    while chunk := os.read(fd, 4096):
-        chunks.append(chunk)
-    return b"".join(chunks).decode(errors="replace")
-
-
-def _report(status_fd: int, code: int, message: str) -> None:
-    try:
-        os.write(status_fd, f"{code}:{message}".encode()[:4000])
-    finally:
-        os._exit(code)
 
 
 def _child(opts: ExecOptions, pidfd: int, env: dict[str, str], caps: int, seccomp: bytes, go_fd: int, status_fd: int,
@@ -309,60 +244,32 @@ def _child(opts: ExecOptions, pidfd: int, env: dict[str, str], caps: int, seccom
         try:
             os.chdir(workdir)
         except OSError as e:
-            _report(status_fd, code, f"cannot change to working directory {workdir}: {e.strerror}")
+            payload.report(status_fd, code, f"cannot change to working directory {workdir}: {e.strerror}")
         if os.getcwd().startswith("(unreachable)"):
-            _report(status_fd, code, f"working directory {workdir} is outside the container")
+            payload.report(status_fd, code, f"working directory {workdir} is outside the container")
         if pty_sock >= 0:
-            _attach_pty(pty_sock)
+            slave = payload.open_console(pty_sock)
+            payload.attach_stdio(slave, slave, slave)
+            if slave > 2:
+                os.close(slave)
         elif not opts.interactive:
             devnull = os.open("/dev/null", os.O_RDONLY)
             os.dup2(devnull, 0)
             os.close(devnull)
-        if seccomp:
-            sc.seccomp_install(seccomp)  # while we still hold CAP_SYS_ADMIN (see container_init.launch)
-        drop_privileges(caps, uid, gid, groups)
-        env.setdefault("PATH", DEFAULT_PATH)
+        payload.confine(seccomp, caps, uid, gid, groups)  # the leader's bounding set, the container's filter
+        env.setdefault("PATH", payload.DEFAULT_PATH)
         if opts.tty:
             env.setdefault("TERM", os.environ.get("TERM", "xterm"))
         if uid != 0:
             env["HOME"] = home_of(uid) or "/"
         if os.read(go_fd, 1) != b"g":  # EOF: systemd could not attach us; the parent says why
             os._exit(EXIT_ERROR)
-        status_fd = os.dup2(status_fd, 3, inheritable=False)
-        sc.close_fds_from(4)  # no host fd reaches the command (go_fd included); fd 3 closes on exec
-        # Dispositions survive exec only when ignored: Python ignores SIGPIPE and SIGXFSZ.
-        for sig in (_signal.SIGINT, _signal.SIGTERM, _signal.SIGHUP, _signal.SIGQUIT, _signal.SIGPIPE,
-                    _signal.SIGXFSZ):
-            _signal.signal(sig, _signal.SIG_DFL)
-        _signal.pthread_sigmask(_signal.SIG_SETMASK, [])
-        try:
-            exec_in_path(opts.argv, env)
-        except OSError as e:
-            not_found = e.errno in (2, 20)  # ENOENT, ENOTDIR
-            _report(status_fd, EXIT_NOT_FOUND if not_found else EXIT_CANNOT_INVOKE,
-                    f"cannot run {opts.argv[0]!r}: {'executable file not found' if not_found else e.strerror}")
+        payload.finalize_and_exec(opts.argv, env, status_fd)  # closes go_fd with every other host fd
     except SystemExit:
         raise
     except BaseException as e:
-        message = f"{e.strerror}: {e.filename}" if isinstance(e, OSError) and e.filename else str(e)
-        _report(status_fd, code, message or type(e).__name__)
+        payload.report(status_fd, code, payload.describe(e))
     os._exit(code)
-
-
-def exec_in_path(argv: list[str], env: dict[str, str]) -> None:
-    """execvpe() without its lazy `import warnings`, which fails once we are in the container."""
-    if "/" in argv[0]:
-        os.execve(argv[0], argv, env)
-    first_error: OSError | None = None
-    for directory in env.get("PATH", DEFAULT_PATH).split(":"):
-        try:
-            os.execve(os.path.join(directory or ".", argv[0]), argv, env)
-        except OSError as e:
-            # ENOENT and ENOTDIR mean "look further"; anything else (EACCES) is the answer if
-            # nothing later succeeds, as execvp(3) does.
-            if first_error is None or (first_error.errno in (2, 20) and e.errno not in (2, 20)):
-                first_error = e
-    raise first_error or FileNotFoundError(2, "not found", argv[0])
 
 
 def _container_cwd() -> str:
@@ -372,109 +279,3 @@ def _container_cwd() -> str:
     except OSError:
         return "/"
     return path if path.startswith("/") else "/"
-
-
-def _attach_pty(sock_fd: int) -> None:
-    """Open a pty in the container's own devpts, send the master to the parent, and make
-    the slave our controlling terminal and stdio."""
-    import fcntl
-    import socket
-    import struct
-
-    master = os.open("/dev/ptmx", os.O_RDWR | os.O_NOCTTY | os.O_CLOEXEC)
-    fcntl.ioctl(master, TIOCSPTLCK, struct.pack("i", 0))
-    slave = fcntl.ioctl(master, TIOCGPTPEER, os.O_RDWR | os.O_NOCTTY)
-    sock = socket.socket(fileno=sock_fd)
-    socket.send_fds(sock, [b"m"], [master])
-    sock.close()
-    os.close(master)
-    os.setsid()
-    fcntl.ioctl(slave, TIOCSCTTY, 0)
-    for fd in (0, 1, 2):
-        os.dup2(slave, fd)
-    if slave > 2:
-        os.close(slave)
-
-
-def relay_from_socket(sock_fd: int, child: int, *, stdin: bool, copy_fd: int = -1) -> None:
-    """Receive the pty master the child sends, then relay it to our terminal until it closes.
-
-    copy_fd, if given, also gets everything the pty prints (`run -t`: the log forwarder's
-    pipe, so the journal holds what the terminal showed; `exec` passes none, as docker)."""
-    import socket
-
-    sock = socket.socket(fileno=sock_fd)
-    try:
-        _msg, fds, _flags, _addr = socket.recv_fds(sock, 16, 1)
-    finally:
-        sock.close()
-    if not fds:
-        return  # the child failed before opening the pty: its status says why
-    relay_pty(fds[0], stdin=stdin, copy_fd=copy_fd)
-
-
-def relay_pty(master: int, *, stdin: bool, copy_fd: int = -1) -> None:
-    """Copy our stdin to the pty and the pty to our stdout (and copy_fd), in raw mode, following
-    the window size.
-
-    Ctrl-C reaches the container as a byte on the terminal, and its line discipline turns it
-    into SIGINT for the foreground process group inside."""
-    import contextlib
-    import select
-    import signal
-    import termios
-    import tty
-
-    saved = None
-    if stdin and os.isatty(0):
-        saved = termios.tcgetattr(0)
-        tty.setraw(0)
-
-    def resize(_signum: int = 0, _frame: object = None) -> None:
-        if os.isatty(1):
-            with contextlib.suppress(OSError):
-                termios.tcsetwinsize(master, termios.tcgetwinsize(1))
-
-    resize()
-    previous = signal.signal(signal.SIGWINCH, resize)
-    try:
-        watched = [master] + ([0] if stdin else [])
-        while True:
-            try:
-                ready, _, _ = select.select(watched, [], [])
-            except InterruptedError:
-                continue
-            if master in ready:
-                try:
-                    data = os.read(master, 65536)
-                except OSError:
-                    data = b""  # EIO: every slave fd is closed, the command ended
-                if not data:
-                    break
-                _write_all(1, data)
-                if copy_fd >= 0 and not _write_copy(copy_fd, data):
-                    copy_fd = -1  # the forwarder is gone: the terminal still gets everything
-            if 0 in ready:
-                data = os.read(0, 65536)
-                if not data:
-                    watched.remove(0)
-                else:
-                    _write_all(master, data)
-    finally:
-        signal.signal(signal.SIGWINCH, previous)
-        if saved is not None:
-            termios.tcsetattr(0, termios.TCSADRAIN, saved)
-        os.close(master)
-
-
-def _write_all(fd: int, data: bytes) -> None:
-    while data:
-        data = data[os.write(fd, data):]
-
-
-def _write_copy(fd: int, data: bytes) -> bool:
-    try:
-        _write_all(fd, data)
-        return True
-    except OSError:
-        return False

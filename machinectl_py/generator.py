@@ -8,7 +8,7 @@ For each /etc/pymachine/machines/NAME.toml this one writes, into the first ("nor
     pymachine@NAME.service.d/50-pymachine.conf
     pymachine@NAME.service.d/60-pymachine-delegate.conf
 
-with the same text `pymachine create`/`start` write to /etc/systemd/system (service.dropin_text:
+with the same text `pymachine create`/`start` write to /etc/systemd/system (dropins.dropin_text:
 Restart=, the limits, DeviceAllow= from the policy, LogExtraFields= with CONTAINER_ID and
 IMAGE_NAME). So a hand-written definition started by `systemctl enable --now pymachine@NAME`, or
 at boot, has its restart policy and journal fields from its very first start, as podman's quadlet
@@ -112,8 +112,8 @@ def dropin_for(name: str, path: str, device_allow: tuple[tuple[str, str], ...],
     """The drop-in texts of one definition (its settings, its delegation); raises
     PymachineError for a bad one."""
     from machinectl_py import config
+    from machinectl_py.dropins import delegate_lines, dropin_text
     from machinectl_py.mounts import unified_cgroup_host
-    from machinectl_py.service import delegate_lines, dropin_text
 
     with open(path, encoding="utf-8") as f:
         text = f.read()
@@ -131,9 +131,10 @@ def dropin_for(name: str, path: str, device_allow: tuple[tuple[str, str], ...],
 
 def generate(output_dir: str, machines_dir: str) -> list[str]:
     """Write the drop-ins into output_dir; returns the unit names it wrote for."""
+    from machinectl_py.dropins import DELEGATE_DROPIN, DROPIN
     from machinectl_py.errors import PymachineError
-    from machinectl_py.service import DELEGATE_DROPIN, DROPIN, unit_name
     from machinectl_py.spec import validate_name
+    from machinectl_py.unit_template import unit_name
 
     try:
         entries = sorted(os.listdir(machines_dir))

@@ -83,11 +83,6 @@ def machine_path(bus: Bus, name: str) -> str | None:
         raise
 
 
-def machine_properties(bus: Bus, path: str) -> dict[str, Any]:
-    """Name, Service, Leader, Unit, RootDirectory... of the machine at `path`."""
-    return bus.get_all(MACHINED[0], path, MACHINE_INTERFACE)
-
-
 def machine_unit(bus: Bus, name: str) -> str | None:
     """The unit a machine runs in; None if there is no such machine (or machined cannot tell)."""
     try:
@@ -108,3 +103,9 @@ def wait_removed(bus: Bus, name: str, timeout_usec: int) -> bool:
                            timeout_usec):
         return True
     return not machine_exists(bus, name)
+
+
+def machine_properties(bus: Bus, name: str) -> dict[str, Any] | None:
+    """The machine's properties (Name, Service, Leader, Unit...); None if machined has no such machine."""
+    path = machine_path(bus, name)
+    return None if path is None else bus.get_all(MACHINED[0], path, MACHINE_INTERFACE)

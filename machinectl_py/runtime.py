@@ -1,4 +1,5 @@
-"""The one place that mixes D-Bus and system calls: the life of a foreground container.
+"""`pymachine run`: the life of a foreground container (the start kit it shares with the
+unit's setup process is launch.py's).
 
 validate -> resolve image -> claim the container dir -> fork the log forwarder ->
 fork the container (held) -> systemd starts machine-NAME.scope with both in it ->
@@ -14,22 +15,29 @@ import _signal as signal
 import os
 import sys
 
-from machinectl_py import images, machined, plan, state, systemd
-from machinectl_py import syscalls as sc
+from machinectl_py import images, machined, payload, plan, state, systemd
 from machinectl_py.bus import ERRORS_NO_SERVICE, Bus, BusError
-from machinectl_py.container_init import IN_SCOPE, RUN, ChildPlan, child_main
-from machinectl_py.errors import EXIT_ERROR, PymachineError, UsageError
+from machinectl_py.container_init import ChildPlan
+from machinectl_py.errors import PymachineError
 from machinectl_py.journal import container_fields
+from machinectl_py.launch import (
+    HeldInit,
+    build_child_plan,
+    command_for,
+    effective_user,
+    environment,
+    in_unit_cgroup,
+    rootfs_of,
+)
 from machinectl_py.mounts import unified_cgroup_host
 from machinectl_py.policy import Policy, load_policy
-from machinectl_py.spec import RLIMITS, ContainerSpec
+from machinectl_py.spec import ContainerSpec
 from machinectl_py.systemd import scope_properties
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from collections.abc import Callable, Mapping, Sequence
+    from collections.abc import Callable
 
-DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 REMOVAL_TIMEOUT_USEC = 15_000_000
 KILL_GRACE_SECONDS = 3
 HELD_SIGNALS = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP}
@@ -38,169 +46,6 @@ HELD_SIGNALS = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP}
 def scope_name(name: str) -> str:
     # machined escapes names for unit names; our names ([a-zA-Z0-9-_.]) only need '-' escaped.
     return f"machine-{name.replace('-', chr(92) + 'x2d')}.scope"
-
-
-def command_for(spec: ContainerSpec, config: images.ImageConfig) -> tuple[str, ...]:
-    """docker's rule: Entrypoint + (the given command, else the image's Cmd); --entrypoint
-    replaces the image's Entrypoint and drops its Cmd. With --init, tini runs it."""
-    if spec.entrypoint is not None:
-        argv = spec.entrypoint + (spec.command or ())
-    else:
-        argv = tuple(config.entrypoint) + (spec.command if spec.command else tuple(config.cmd))
-    if not argv:
-        raise UsageError(f"no command given and image {spec.image!r} has none",
-                         hint=f"pymachine run {spec.image} COMMAND")
-    if spec.init:
-        init_binary(spec)  # checked here, before anything is made
-        return (plan.INIT_PATH, "--", *argv)
-    return argv
-
-
-# Debian's tini package: the statically linked build runs in any image.
-TINI = "/usr/bin/tini-static"
-
-
-def init_binary(spec: ContainerSpec) -> str | None:
-    """The host's tini for --init; an error naming the package when it is missing."""
-    if not spec.init:
-        return None
-    if not os.access(TINI, os.X_OK):
-        raise UsageError(f"--init needs {TINI}", hint="install Debian's tini package (apt-get install tini)")
-    return TINI
-
-
-def effective_user(spec: ContainerSpec, config: images.ImageConfig) -> str | None:
-    """-u, else the image's User; None: root."""
-    return spec.user or config.user or None
-
-
-def environment(spec: ContainerSpec, config: images.ImageConfig) -> dict[str, str]:
-    env = {"PATH": DEFAULT_PATH, "container": "pymachine"}
-    env.update(config.env)
-    env.update(spec.env)
-    env["HOSTNAME"] = spec.effective_hostname
-    # HOME, when neither the image nor -e sets it, comes from the container's /etc/passwd
-    # entry of the user it runs as (container_init.launch).
-    if spec.tty:
-        env.setdefault("TERM", os.environ.get("TERM", "xterm"))
-    return env
-
-
-def layer_links(container_dir: str, layers: tuple[os.PathLike[str] | str, ...]) -> tuple[str, ...]:
-    """Short relative names for the layers (l/0 = bottom): the overlay option string
-    must fit in one page, and long store paths would cap images at a few dozen layers."""
-    links = os.path.join(container_dir, "l")
-    os.makedirs(links, exist_ok=True)
-    names = []
-    for i, layer in enumerate(layers):
-        link = os.path.join(links, str(i))
-        if not os.path.islink(link):
-            os.symlink(layer, link)
-        names.append(f"l/{i}")
-    return tuple(reversed(names))  # overlayfs wants the top layer first
-
-
-def rootfs_of(cdir: str) -> str:
-    """Where the container's root is mounted (in its own mount namespace only)."""
-    return os.path.join(cdir, "rootfs")
-
-
-def build_child_plan(spec: ContainerSpec, image: images.ResolvedImage, cdir: str, policy: Policy,
-                     env: Mapping[str, str], argv: tuple[str, ...], *, binds: Sequence[plan.Bind] = (),
-                     detached: bool = False) -> ChildPlan:
-    """Runs in the forked init (see fork_held_init): makes the container dir's parts too."""
-    for sub in ("upper", "work", "rootfs"):
-        os.makedirs(os.path.join(cdir, sub), mode=0o755, exist_ok=True)
-    child_plan = ChildPlan(
-        container_dir=cdir,
-        rootfs=rootfs_of(cdir),
-        overlay=plan.Overlay(layer_links(cdir, image.layers), "upper", "work", volatile=spec.remove),
-        ops=tuple(plan.base_plan(policy, binds=binds, shm_size=spec.shm_size, tmpfs=tuple(spec.tmpfs.items()),
-                                 init=init_binary(spec))),
-        cgroup_layout=_cgroup_layout(),
-        hostname=spec.effective_hostname,
-        private_network=spec.network == "private",
-        argv=argv,
-        env=dict(env),
-        workdir=spec.workdir or image.config.workdir or "/",
-        user=effective_user(spec, image.config),
-        capability_mask=policy.capability_mask,
-        seccomp=sc.seccomp_filter(policy.seccomp_deny, policy.seccomp_deny_user_namespaces),
-        detached=detached,
-        tty=spec.tty,
-        stdin_devnull=not (spec.tty or spec.interactive),
-        read_only_root=spec.read_only,
-        rlimits=tuple((RLIMITS[name], soft, hard) for name, (soft, hard) in spec.ulimits.items()),
-    )
-    if os.environ.get("PYMACHINE_DEBUG"):
-        for op in child_plan.ops:
-            print(plan.describe(op), file=sys.stderr)
-    return child_plan
-
-
-def fork_held_init(make_plan: Callable[[], ChildPlan], out_w: int, err_w: int) -> tuple[int, int, int]:
-    """Fork the container's init, held on the `go` pipe. Returns (pid, go_w, status_r).
-
-    The child makes its own plan (make_plan, e.g. a partial build_child_plan): that work then
-    overlaps systemd's making of the scope, which needs only the child's PID. A plan that
-    cannot be made is a failure the child reports on the status pipe, like any other."""
-    go_r, go_w = os.pipe()
-    status_r, status_w = os.pipe()
-    # unshare(CLONE_NEWPID) changes only where our *next* child goes: that child is
-    # PID 1 of the new namespace, and we stay its parent so it can die with us.
-    parent = os.getpid()
-    sc.unshare(sc.CLONE_NEWPID)
-    pid = os.fork()
-    if pid == 0:
-        os.close(go_w)
-        os.close(status_r)
-        child_main(make_plan, go_r, status_w, out_w, err_w, parent)
-    os.close(go_r)
-    os.close(status_w)
-    return pid, go_w, status_r
-
-
-def tell_init(go_w: int, what: bytes) -> None:
-    """IN_SCOPE or RUN to the held init (container_init.await_parent). An init that failed on
-    its own is gone: its status pipe says why, so a broken pipe here is not the error."""
-    try:
-        os.write(go_w, what)
-    except BrokenPipeError:
-        pass
-
-
-def in_unit_cgroup(pid: int, unit: str) -> bool:
-    """Is `pid` (alive, or dead and not yet reaped) in the cgroup of `unit`? On v1 and v2 alike
-    systemd's own hierarchy names the unit as the cgroup path's last component."""
-    try:
-        with open(f"/proc/{pid}/cgroup") as f:
-            paths = [line.rstrip("\n").split(":", 2)[2] for line in f]
-    except (OSError, IndexError):
-        return False
-    return any(path.endswith("/" + unit) for path in paths)
-
-
-def abandon_held_init(name: str, go_w: int, status_r: int) -> PymachineError | None:
-    """The start is abandoned before the payload ran: EOF on `go` makes the held init exit
-    without running anything. If the init had failed on its own already (a hostile image,
-    a missing mount source), that is the real reason, so it is returned, with the init's
-    exit code, to be raised instead of the error that followed from it (machined cannot
-    register a leader that is gone). Closes go_w; status_r stays the caller's."""
-    os.close(go_w)
-    failure = _read_all(status_r)
-    if not failure:
-        return None
-    code_text, _, message = failure.partition(":")
-    error = PymachineError(f"{name}: {message}")
-    if code_text.isdigit():
-        error.exit_code = int(code_text)
-    return error
-
-
-def _cgroup_layout() -> plan.CgroupLayout:
-    from machinectl_py.mounts import detect_cgroup_layout
-
-    return detect_cgroup_layout()
 
 
 class ForegroundRun:
@@ -273,6 +118,7 @@ class ForegroundRun:
                         rootfs: str, policy: Policy, image_name: str) -> int:
         spec = self.spec
         hold_w = journal_copy = -1
+        init: HeldInit | None = None
         try:
             out_r, out_w = os.pipe()
             err_r, err_w = os.pipe()
@@ -281,9 +127,10 @@ class ForegroundRun:
                                                   image_name)
             for fd in (out_r, err_r, hold_r):
                 os.close(fd)
-            tty_parent, tty_child = _tty_socketpair() if spec.tty else (-1, -1)
+            tty_parent, tty_child = payload.console_socketpair() if spec.tty else (-1, -1)
             child_out, child_err = (tty_child, tty_child) if spec.tty else (out_w, err_w)
-            self.leader, go_w, status_r = self._fork_container(make_plan, child_out, child_err)
+            init = HeldInit(make_plan, child_out, child_err)
+            self.leader = init.pid
             # -t: the pty relay below keeps out_w to copy what the terminal shows to the journal.
             journal_copy = out_w if spec.tty else -1
             if journal_copy < 0:
@@ -296,43 +143,37 @@ class ForegroundRun:
             # wait with EINTR and lose the reply. Our handler runs right after, and cancels.
             held = signal.pthread_sigmask(signal.SIG_BLOCK, HELD_SIGNALS)
             try:
-                self._make_machine(bus, rootfs, policy, record, go_w)
+                self._make_machine(bus, rootfs, policy, record, init)
             except PymachineError as e:
-                early = abandon_held_init(spec.name, go_w, status_r)
-                os.close(status_r)
-                raise (early or e) from None
+                raise (init.abandon(spec.name) or e) from None
             finally:
                 signal.pthread_sigmask(signal.SIG_SETMASK, held)
             if self.cancelled_by:
                 # Ctrl-C or SIGTERM during setup: the payload never runs.
-                os.close(go_w)
-                os.close(status_r)
+                init.close()
                 code = 128 + self.cancelled_by
                 record.state, record.exit_code, record.finished = "exited", code, state.now()
                 if not spec.remove:
                     state.save(record)
                 return code
             # The payload may run now: it is in its scope, under its limits, and registered.
-            tell_init(go_w, RUN)
-            os.close(go_w)
+            init.release()
             self.released = True
             record.state, record.pid, record.started = "running", self.leader, state.now()
             state.save(record)
             if tty_parent >= 0:
-                from machinectl_py.exec import relay_from_socket
-
-                relay_from_socket(tty_parent, self.leader, stdin=spec.interactive, copy_fd=journal_copy)
+                payload.relay_from_socket(tty_parent, self.leader, stdin=spec.interactive, copy_fd=journal_copy)
                 os.close(journal_copy)  # EOF: the forwarder flushes the last line
                 journal_copy = -1
-            failure = _read_all(status_r)
-            os.close(status_r)
+            failure = init.failure()
             code = self._wait_leader()
             if failure:
-                failed_code, _, message = failure.partition(":")
+                code, message = failure
                 print(f"pymachine: {spec.name}: {message}", file=sys.stderr)
-                code = int(failed_code) if failed_code.isdigit() else EXIT_ERROR
             record.state, record.exit_code, record.finished, record.pid = "exited", code, state.now(), None
         finally:
+            if init is not None:
+                init.close()
             if journal_copy >= 0:
                 os.close(journal_copy)
             self._teardown(bus, hold_w)
@@ -341,7 +182,7 @@ class ForegroundRun:
         return code
 
     def _make_machine(self, bus: Bus, rootfs: str, policy: Policy, record: state.ContainerRecord,
-                      go_w: int) -> None:
+                      init: HeldInit) -> None:
         """machine-NAME.scope with the held init and the forwarder in it, under its limits; then
         the machine registered with machined, which adopts the scope. This is the order of
         machined's own CreateMachine, with two fewer D-Bus hops (see systemd.start_scope).
@@ -365,7 +206,7 @@ class ForegroundRun:
         # terminate would stop it. Such an init is a failed start (its status says why).
         if not in_unit_cgroup(self.leader, unit):
             raise PymachineError(f"the container's init never reached {unit}")
-        tell_init(go_w, IN_SCOPE)
+        init.in_scope()
         try:
             machined.register_machine(bus, spec.name, self.container_id, self.leader, rootfs)
         except BusError as e:
@@ -417,10 +258,6 @@ class ForegroundRun:
                 os._exit(code)
         return pid
 
-    def _fork_container(self, make_plan: Callable[[], ChildPlan], out_w: int, err_w: int) -> tuple[int, int, int]:
-        """Fork the container's init, held on the `go` pipe. Returns (pid, go_w, status_r)."""
-        return fork_held_init(make_plan, out_w, err_w)
-
     def _install_signal_handlers(self) -> None:
         def forward_signal(signum: int, _frame: object) -> None:
             if not self.released:
@@ -464,10 +301,7 @@ class ForegroundRun:
 
     @staticmethod
     def _reap(pid: int) -> None:
-        try:
-            os.waitpid(pid, 0)
-        except ChildProcessError:
-            pass
+        payload.reap(pid)
 
     def _end_machine(self, bus: Bus) -> None:
         """Every process of the container is gone: ask machined to terminate the machine; the
@@ -478,21 +312,6 @@ class ForegroundRun:
         stop job checks the cgroup there and then. Not waited for: a machine that is gone
         already (machinectl terminate) sent its MachineRemoved, which is queued for us."""
         machined.request_termination(bus, self.spec.name)
-
-
-def _tty_socketpair() -> tuple[int, int]:
-    """-t: the child sends the pty master it opens in the container's devpts through this."""
-    import socket
-
-    parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
-    return parent.detach(), child.detach()
-
-
-def _read_all(fd: int) -> str:
-    chunks = []
-    while chunk := os.read(fd, 4096):
-        chunks.append(chunk)
-    return b"".join(chunks).decode(errors="replace")
 
 
 def _hint_for(e: BusError) -> str | None:

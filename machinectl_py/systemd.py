@@ -156,6 +156,19 @@ def unit_properties(bus: Bus, unit: str, interface: str = "Unit") -> dict[str, A
         return {}
 
 
+# Units whose state means "the container runs (or is about to)".
+ACTIVE_STATES = ("active", "activating", "reloading", "deactivating")
+
+
+def unit_is_active(bus: Bus, unit: str) -> bool:
+    return get_unit_property(bus, unit, "Unit", "ActiveState") in ACTIVE_STATES
+
+
+def failed_units(bus: Bus, patterns: list[str]) -> list[str]:
+    units = call(bus, "ListUnitsByPatterns", "asas", ["failed"], patterns)[0]
+    return [str(u[0]) for u in units]
+
+
 def watch_jobs(bus: Bus) -> None:
     """Subscribe to JobRemoved: must precede the call that creates the job."""
     bus.add_match(f"type='signal',sender='{SYSTEMD[0]}',interface='{SYSTEMD[2]}',member='JobRemoved',"

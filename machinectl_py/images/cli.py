@@ -7,15 +7,12 @@ import datetime
 import json
 import sys
 from types import SimpleNamespace
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from machinectl_py import formatting
 from machinectl_py.args import FLAG, Command, Group, Option
 from machinectl_py.errors import UsageError
 from machinectl_py.images.progress import Progress, human_size
-
-if TYPE_CHECKING:
-    from machinectl_py.images.ops import Freeze
 
 
 def _parse(command: Command, argv: list[str]) -> SimpleNamespace | None:
@@ -260,28 +257,3 @@ def main(argv: list[str]) -> int:
 
 def main_ls(argv: list[str]) -> int:
     return cmd_ls(argv, prog="pymachine images")
-
-
-COMMIT = Command("pymachine commit", "pymachine commit [OPTIONS] CONTAINER NAME[:TAG]",
-                 "Make a new image from a container's changes: its upper layer becomes a new layer on top of\n"
-                 "its image's (a running container is frozen through systemd while its layer is read).",
-                 [Option("--message -m", "history comment", metavar="TEXT"),
-                  Option("--quiet -q", "no progress", kind=FLAG)],
-                 positionals=[("container", "container name"), ("name", "NAME[:TAG] of the new image")])
-
-
-def main_commit(argv: list[str], freeze: Freeze | None = None) -> int:
-    """`pymachine commit`; `freeze` freezes a running container's unit (cmd_commit passes it)."""
-    args = _parse(COMMIT, argv)
-    if args is None:
-        return 0
-    from machinectl_py.images import ops
-
-    progress = Progress("committing", enabled=None if not args.quiet else False)
-    try:
-        result = ops.commit_container(args.container, args.name, progress=progress, message=args.message,
-                                      freeze=freeze)
-    finally:
-        progress.done()
-    print(result.id)
-    return 0

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from machinectl_py import service
+from machinectl_py import dropins, service_stop, unit_template
 from machinectl_py.errors import UsageError
 from machinectl_py.formatting import render as render_format
 from machinectl_py.formatting import render_all
@@ -19,14 +19,15 @@ def directives(text: str) -> list[str]:
     return [line for line in text.splitlines() if line and not line.startswith("#")]
 
 
-def test_fallback_template_matches_the_shipped_unit() -> None:
-    # A wheel has no units/ directory: the embedded copy must say the same as the shipped file.
-    shipped = [d for d in directives(SHIPPED.read_text()) if not d.startswith("Documentation=")]
-    assert shipped == directives(service._TEMPLATE_FALLBACK)
+def test_the_template_has_one_source() -> None:
+    # The checkout's units/ file; an installed copy (setup.py's build step) is the same file.
+    assert unit_template.SOURCES[0] == str(SHIPPED)
+    assert unit_template.template_text() == SHIPPED.read_text()
+    assert not (Path(unit_template.__file__).parent / "data" / "pymachine@.service").exists()  # not in git
 
 
 def test_template_points_at_the_installed_executable() -> None:
-    text = service.template_text("/opt/venv/bin/pymachine")
+    text = unit_template.template_text("/opt/venv/bin/pymachine")
     assert "ExecStart=/opt/venv/bin/pymachine _service %i" in text
     assert "ExecStopPost=/opt/venv/bin/pymachine _service-stopped %i" in text
     for needed in ("Type=forking", "PIDFile=/run/pymachine/%i.pid", "Delegate=yes", "Slice=machine.slice",
@@ -37,7 +38,7 @@ def test_template_points_at_the_installed_executable() -> None:
 def test_dropin_carries_restart_limits_and_journal_fields() -> None:
     spec = ContainerSpec(name="web", image="busybox", restart="on-failure",
                          limits=Limits(memory_max=64 * 1024**2, cpu_quota_usec=500_000, tasks_max=40)).validate()
-    text = service.dropin_text("web", "ab" * 32, "busybox:latest", spec, (("/dev/fuse", "rwm"),))
+    text = dropins.dropin_text("web", "ab" * 32, "busybox:latest", spec, (("/dev/fuse", "rwm"),))
     lines = text.splitlines()
     assert "[Service]" in lines
     assert "Restart=on-failure" in lines
@@ -49,10 +50,10 @@ def test_dropin_carries_restart_limits_and_journal_fields() -> None:
 
 def test_dropin_on_a_host_with_v1_hierarchies_delegates_what_the_container_uses() -> None:
     plain = ContainerSpec(name="web", image="busybox").validate()
-    text = service.dropin_text("web", "ab" * 32, "busybox:latest", plain, unified_host=False)
+    text = dropins.dropin_text("web", "ab" * 32, "busybox:latest", plain, unified_host=False)
     assert text.splitlines()[-2:] == ["Delegate=", "Delegate=memory pids devices"]
     capped = ContainerSpec(name="web", image="busybox", limits=Limits(cpu_quota_usec=500_000)).validate()
-    text = service.dropin_text("web", "ab" * 32, "busybox:latest", capped, unified_host=False)
+    text = dropins.dropin_text("web", "ab" * 32, "busybox:latest", capped, unified_host=False)
     assert text.splitlines()[-1] == "Delegate=memory pids devices cpu"
 
 
@@ -64,7 +65,7 @@ def test_dropin_on_a_host_with_v1_hierarchies_delegates_what_the_container_uses(
     ({}, None),
 ])
 def test_exit_code_from_systemd_environment(env: dict[str, str], code: int | None) -> None:
-    assert service.exit_code_from_env(env) == code
+    assert service_stop.exit_code_from_env(env) == code
 
 
 def test_render_format() -> None:

@@ -8,7 +8,7 @@ import sys
 import time
 from pathlib import Path
 
-from machinectl_py.cmd_gc import is_pymachine_command, other_pymachine_processes, stale_temp_files, temp_file_pid
+from machinectl_py.debris import is_pymachine_command, other_pymachine_processes, stale_temp_files, temp_file_pid
 
 
 def test_temp_file_pid() -> None:

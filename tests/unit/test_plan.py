@@ -2,9 +2,10 @@ from pathlib import Path
 
 from machinectl_py import plan
 from machinectl_py.images import ImageConfig
+from machinectl_py.launch import command_for, environment, layer_links
 from machinectl_py.mounts import detect_cgroup_layout
 from machinectl_py.policy import load_policy
-from machinectl_py.runtime import command_for, environment, layer_links, scope_name
+from machinectl_py.runtime import scope_name
 from machinectl_py.spec import ContainerSpec
 
 HYBRID = """\

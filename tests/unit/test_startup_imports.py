@@ -31,7 +31,8 @@ DETACHED_PROBE = """
 import sys
 base = set(sys.modules)
 import machinectl_py.cli, machinectl_py.cmd_create, machinectl_py.cmd_lifecycle, machinectl_py.service
-import machinectl_py.exec
+import machinectl_py.exec, machinectl_py.lifecycle, machinectl_py.dropins, machinectl_py.unit_template
+import machinectl_py.launch, machinectl_py.payload
 from machinectl_py import config, settings, state
 state.load_json('{"name": "web", "spec": {"command": ["sh", "-c", "x"]}}')
 settings.toml_string("sh -c 'echo \\"ok\\"'")

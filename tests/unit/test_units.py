@@ -123,7 +123,7 @@ def test_dump_json_matches_the_json_module() -> None:
 
 
 def test_in_unit_cgroup_reads_proc() -> None:
-    from machinectl_py.runtime import in_unit_cgroup
+    from machinectl_py.launch import in_unit_cgroup
 
     with open("/proc/self/cgroup") as f:
         own = f.readline().rstrip("\n").split(":", 2)[2].rsplit("/", 1)[-1]

@@ -1,0 +1,221 @@
+"""The start kit of a new container, shared by `pymachine run` (runtime.py) and the unit's
+setup process (service.py): its command and environment, its plan, and its init forked and
+held in fresh namespaces until the caller has put it in its unit and registered it.
+
+The release protocol (container_init.await_parent): the init makes its plan and mounts while
+held on the `go` pipe; the caller tells it IN_SCOPE once systemd has put it in the unit's
+cgroup, then RUN once machined has registered the machine; EOF instead abandons the start.
+What the init and `exec` share after that (console, fd closing, exec, status, reaping) is
+payload.py's.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from machinectl_py import images, payload, plan
+from machinectl_py import syscalls as sc
+from machinectl_py.container_init import IN_SCOPE, RUN, ChildPlan, child_main
+from machinectl_py.errors import PymachineError, UsageError
+from machinectl_py.policy import Policy
+from machinectl_py.spec import RLIMITS, ContainerSpec
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable, Mapping, Sequence
+
+
+def command_for(spec: ContainerSpec, config: images.ImageConfig) -> tuple[str, ...]:
+    """docker's rule: Entrypoint + (the given command, else the image's Cmd); --entrypoint
+    replaces the image's Entrypoint and drops its Cmd. With --init, tini runs it."""
+    if spec.entrypoint is not None:
+        argv = spec.entrypoint + (spec.command or ())
+    else:
+        argv = tuple(config.entrypoint) + (spec.command if spec.command else tuple(config.cmd))
+    if not argv:
+        raise UsageError(f"no command given and image {spec.image!r} has none",
+                         hint=f"pymachine run {spec.image} COMMAND")
+    if spec.init:
+        init_binary(spec)  # checked here, before anything is made
+        return (plan.INIT_PATH, "--", *argv)
+    return argv
+
+
+# Debian's tini package: the statically linked build runs in any image.
+TINI = "/usr/bin/tini-static"
+
+
+def init_binary(spec: ContainerSpec) -> str | None:
+    """The host's tini for --init; an error naming the package when it is missing."""
+    if not spec.init:
+        return None
+    if not os.access(TINI, os.X_OK):
+        raise UsageError(f"--init needs {TINI}", hint="install Debian's tini package (apt-get install tini)")
+    return TINI
+
+
+def effective_user(spec: ContainerSpec, config: images.ImageConfig) -> str | None:
+    """-u, else the image's User; None: root."""
+    return spec.user or config.user or None
+
+
+def environment(spec: ContainerSpec, config: images.ImageConfig) -> dict[str, str]:
+    env = {"PATH": payload.DEFAULT_PATH, "container": "pymachine"}
+    env.update(config.env)
+    env.update(spec.env)
+    env["HOSTNAME"] = spec.effective_hostname
+    # HOME, when neither the image nor -e sets it, comes from the container's /etc/passwd
+    # entry of the user it runs as (container_init.launch).
+    if spec.tty:
+        env.setdefault("TERM", os.environ.get("TERM", "xterm"))
+    return env
+
+
+def layer_links(container_dir: str, layers: tuple[os.PathLike[str] | str, ...]) -> tuple[str, ...]:
+    """Short relative names for the layers (l/0 = bottom): the overlay option string
+    must fit in one page, and long store paths would cap images at a few dozen layers."""
+    links = os.path.join(container_dir, "l")
+    os.makedirs(links, exist_ok=True)
+    names = []
+    for i, layer in enumerate(layers):
+        link = os.path.join(links, str(i))
+        if not os.path.islink(link):
+            os.symlink(layer, link)
+        names.append(f"l/{i}")
+    return tuple(reversed(names))  # overlayfs wants the top layer first
+
+
+def rootfs_of(cdir: str) -> str:
+    """Where the container's root is mounted (in its own mount namespace only)."""
+    return os.path.join(cdir, "rootfs")
+
+
+def build_child_plan(spec: ContainerSpec, image: images.ResolvedImage, cdir: str, policy: Policy,
+                     env: Mapping[str, str], argv: tuple[str, ...], *, binds: Sequence[plan.Bind] = (),
+                     detached: bool = False) -> ChildPlan:
+    """Runs in the forked init (see HeldInit): makes the container dir's parts too."""
+    for sub in ("upper", "work", "rootfs"):
+        os.makedirs(os.path.join(cdir, sub), mode=0o755, exist_ok=True)
+    child_plan = ChildPlan(
+        container_dir=cdir,
+        rootfs=rootfs_of(cdir),
+        overlay=plan.Overlay(layer_links(cdir, image.layers), "upper", "work", volatile=spec.remove),
+        ops=tuple(plan.base_plan(policy, binds=binds, shm_size=spec.shm_size, tmpfs=tuple(spec.tmpfs.items()),
+                                 init=init_binary(spec))),
+        cgroup_layout=_cgroup_layout(),
+        hostname=spec.effective_hostname,
+        private_network=spec.network == "private",
+        argv=argv,
+        env=dict(env),
+        workdir=spec.workdir or image.config.workdir or "/",
+        user=effective_user(spec, image.config),
+        capability_mask=policy.capability_mask,
+        seccomp=sc.seccomp_filter(policy.seccomp_deny, policy.seccomp_deny_user_namespaces),
+        detached=detached,
+        tty=spec.tty,
+        stdin_devnull=not (spec.tty or spec.interactive),
+        read_only_root=spec.read_only,
+        rlimits=tuple((RLIMITS[name], soft, hard) for name, (soft, hard) in spec.ulimits.items()),
+    )
+    if os.environ.get("PYMACHINE_DEBUG"):
+        for op in child_plan.ops:
+            print(plan.describe(op), file=sys.stderr)
+    return child_plan
+
+
+class HeldInit:
+    """The container's init, forked into a new PID namespace and held on its `go` pipe until
+    the caller releases it (the release protocol above). Owns the parent's ends of both pipes.
+
+    The child makes its own plan (make_plan, e.g. a partial build_child_plan): that work then
+    overlaps systemd's making of the unit, which needs only the child's PID. A plan that
+    cannot be made is a failure the child reports on the status pipe, like any other."""
+
+    def __init__(self, make_plan: Callable[[], ChildPlan], out_w: int, err_w: int) -> None:
+        go_r, go_w = os.pipe()
+        status_r, status_w = os.pipe()
+        # unshare(CLONE_NEWPID) changes only where our *next* child goes: that child is
+        # PID 1 of the new namespace, and we stay its parent so it can die with us.
+        parent = os.getpid()
+        sc.unshare(sc.CLONE_NEWPID)
+        pid = os.fork()
+        if pid == 0:
+            os.close(go_w)
+            os.close(status_r)
+            child_main(make_plan, go_r, status_w, out_w, err_w, parent)
+        os.close(go_r)
+        os.close(status_w)
+        self.pid = pid
+        self._go_w = go_w
+        self._status_r = status_r
+
+    def in_scope(self) -> None:
+        """It is in its unit's cgroup: the setup that needs the cgroup may go on."""
+        self._tell(IN_SCOPE)
+
+    def release(self) -> None:
+        """The machine is registered: the payload may run."""
+        self._tell(RUN)
+        self._close_go()
+
+    def failure(self) -> tuple[int, str] | None:
+        """Block until the init execs the payload or fails; (exit code, why) if it failed.
+        Closes the status pipe."""
+        failure = payload.read_status(self._status_r)
+        self._close_status()
+        return failure
+
+    def abandon(self, name: str) -> PymachineError | None:
+        """The start is abandoned before the payload ran: EOF on `go` makes the held init exit
+        without running anything. If the init had failed on its own already (a hostile image,
+        a missing mount source), that is the real reason, so it is returned, with the init's
+        exit code, to be raised instead of the error that followed from it (machined cannot
+        register a leader that is gone)."""
+        self._close_go()
+        failure = self.failure()
+        if failure is None:
+            return None
+        error = PymachineError(f"{name}: {failure[1]}")
+        error.exit_code = failure[0]
+        return error
+
+    def close(self) -> None:
+        """Close what is still open; EOF on `go` before the release: the init exits."""
+        self._close_go()
+        self._close_status()
+
+    def _tell(self, what: bytes) -> None:
+        # An init that failed on its own is gone: its status pipe says why, so a broken pipe
+        # here is not the error.
+        try:
+            os.write(self._go_w, what)
+        except BrokenPipeError:
+            pass
+
+    def _close_go(self) -> None:
+        if self._go_w >= 0:
+            os.close(self._go_w)
+            self._go_w = -1
+
+    def _close_status(self) -> None:
+        if self._status_r >= 0:
+            os.close(self._status_r)
+            self._status_r = -1
+
+
+def in_unit_cgroup(pid: int, unit: str) -> bool:
+    """Is `pid` (alive, or dead and not yet reaped) in the cgroup of `unit`? On v1 and v2 alike
+    systemd's own hierarchy names the unit as the cgroup path's last component."""
+    try:
+        with open(f"/proc/{pid}/cgroup") as f:
+            paths = [line.rstrip("\n").split(":", 2)[2] for line in f]
+    except (OSError, IndexError):
+        return False
+    return any(path.endswith("/" + unit) for path in paths)
+
+
+def _cgroup_layout() -> plan.CgroupLayout:
+    from machinectl_py.mounts import detect_cgroup_layout
+
+    return detect_cgroup_layout()

@@ -1,0 +1,270 @@
+"""What every process pymachine starts inside a container shares, from both sides of the fork.
+
+The container's init (container_init.py, for `run` and the unit's setup process) and a
+command joining a running container (exec.py) end the same way, as runc's run init and exec
+init share `setupConsole` and `finalizeNamespace`:
+
+  child:  open_console (-t: a pty of the container's own devpts, its master sent to the
+          parent) -> confine (seccomp filter, capabilities, user) -> finalize_and_exec (the
+          status pipe on fd 3, every other fd above 2 closed, signal dispositions reset, the
+          command looked up in the container's PATH and exec'd) -> report (why it could
+          not, with docker's exit code, on fd 3)
+  parent: read_status (the child's failure, if any) -> reap (its exit code, 128+N when
+          killed by signal N); relay_from_socket / relay_pty for a terminal.
+
+On the start path of `run`, the unit's setup process and `exec`: imports stay minimal (no
+`signal`, `socket` or `contextlib` at import time; the terminal's modules load on use).
+"""
+
+from __future__ import annotations
+
+import _signal
+import os
+
+from machinectl_py import syscalls as sc
+from machinectl_py.errors import EXIT_CANNOT_INVOKE, EXIT_ERROR, EXIT_NOT_FOUND
+from machinectl_py.users import drop_privileges
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Mapping, Sequence
+    from typing import NoReturn
+
+DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+STATUS_FD = 3  # where the status pipe waits for the exec (closed by it: O_CLOEXEC)
+_TIOCSPTLCK = 0x40045431
+_TIOCGPTPEER = 0x5441
+_TIOCSCTTY = 0x540E
+_ENOENT, _ENOTDIR = 2, 20
+# Dispositions survive exec only when ignored (Python ignores SIGPIPE and SIGXFSZ); handlers
+# the parent pymachine installed before the fork are reset by the exec itself.
+_RESET_SIGNALS = (_signal.SIGINT, _signal.SIGTERM, _signal.SIGHUP, _signal.SIGQUIT, _signal.SIGPIPE,
+                  _signal.SIGXFSZ, _signal.SIGCHLD)
+
+
+# -- the child side ---------------------------------------------------------------------------
+
+
+def report(status_fd: int, code: int, message: str) -> NoReturn:
+    """Tell the parent why the command cannot run (`CODE:message`), and exit with CODE."""
+    try:
+        os.write(status_fd, f"{code}:{message}".encode()[:4000])
+    except OSError:
+        pass
+    os._exit(code)
+
+
+def describe(e: BaseException) -> str:
+    if isinstance(e, OSError) and e.filename:
+        return f"{e.strerror}: {e.filename}"
+    return str(e) or type(e).__name__
+
+
+def preload_console_modules() -> None:
+    """open_console's modules, loaded while the host's Python library is still reachable
+    (before pivot_root or setns(CLONE_NEWNS) makes the container's root ours)."""
+    import fcntl  # noqa: F401
+    import socket  # noqa: F401
+    import struct  # noqa: F401
+
+
+def open_console(sock_fd: int) -> int:
+    """-t: open a pty in the container's devpts (we are inside its root now), send the master
+    to the parent over `sock_fd`, make the slave our controlling terminal; returns the slave.
+    Needs preload_console_modules() first."""
+    import fcntl
+    import socket
+    import struct
+
+    master = os.open("/dev/ptmx", os.O_RDWR | os.O_NOCTTY | os.O_CLOEXEC)
+    fcntl.ioctl(master, _TIOCSPTLCK, struct.pack("i", 0))
+    slave: int = fcntl.ioctl(master, _TIOCGPTPEER, os.O_RDWR | os.O_NOCTTY)
+    with socket.socket(fileno=sock_fd) as sock:
+        socket.send_fds(sock, [b"m"], [master])
+    os.close(master)
+    if os.getsid(0) != os.getpid():
+        os.setsid()  # a terminal is only ever the controlling terminal of a session leader
+    fcntl.ioctl(slave, _TIOCSCTTY, 0)
+    return slave
+
+
+def attach_stdio(stdin: int, stdout: int, stderr: int) -> None:
+    for src, dst in ((stdin, 0), (stdout, 1), (stderr, 2)):
+        if src != dst:
+            os.dup2(src, dst)
+
+
+def confine(seccomp: bytes, capability_mask: int, uid: int, gid: int, groups: list[int]) -> None:
+    """The container's seccomp filter, then its capabilities and user.
+
+    The filter goes first, while we still hold CAP_SYS_ADMIN: without no_new_privs (which
+    would disarm setuid programs in the container) installing one needs it. Nothing the
+    filter denies is called from here to the exec. A non-root uid ends with no capability."""
+    if seccomp:
+        sc.seccomp_install(seccomp)
+    drop_privileges(capability_mask, uid, gid, groups)
+
+
+def finalize_and_exec(argv: Sequence[str], env: Mapping[str, str], status_fd: int,
+                      workdir: str | None = None) -> NoReturn:
+    """The last steps before the command, in the container: from here on only what the exec
+    needs. No host file descriptor may reach the command (CVE-2024-21626): the status pipe
+    moves to fd 3, which closes itself on exec, and every fd above it is closed."""
+    os.set_inheritable(status_fd, False)
+    status_fd = os.dup2(status_fd, STATUS_FD, inheritable=False)
+    sc.close_fds_from(STATUS_FD + 1)
+    if workdir is not None:
+        try:
+            os.chdir(workdir)
+        except OSError as e:
+            report(status_fd, EXIT_CANNOT_INVOKE, f"cannot change to working directory {workdir}: {e.strerror}")
+    for sig in _RESET_SIGNALS:
+        _signal.signal(sig, _signal.SIG_DFL)
+    _signal.pthread_sigmask(_signal.SIG_SETMASK, [])
+    try:
+        exec_in_path(list(argv), dict(env))
+    except OSError as e:
+        error = e
+    not_found = error.errno in (_ENOENT, _ENOTDIR)
+    report(status_fd, EXIT_NOT_FOUND if not_found else EXIT_CANNOT_INVOKE,
+           f"cannot run {argv[0]!r}: {'executable file not found' if not_found else error.strerror}")
+
+
+def exec_in_path(argv: list[str], env: dict[str, str]) -> NoReturn:
+    """execvpe() in the container's PATH, without execvpe's lazy `import warnings`, which fails
+    once the container's root is ours. Returns only by raising OSError."""
+    if "/" in argv[0]:
+        os.execve(argv[0], argv, env)
+    first_error: OSError | None = None
+    for directory in env.get("PATH", DEFAULT_PATH).split(":"):
+        try:
+            os.execve(os.path.join(directory or ".", argv[0]), argv, env)
+        except OSError as e:
+            # ENOENT and ENOTDIR mean "look further"; anything else (EACCES) is the answer if
+            # nothing later succeeds, as execvp(3) does.
+            if first_error is None or (first_error.errno in (_ENOENT, _ENOTDIR) and e.errno not in (_ENOENT, _ENOTDIR)):
+                first_error = e
+    raise first_error or FileNotFoundError(_ENOENT, "not found", argv[0])
+
+
+# -- the parent side --------------------------------------------------------------------------
+
+
+def read_status(fd: int) -> tuple[int, str] | None:
+    """Block until the child's status pipe closes (its exec, or its exit); None: it exec'd.
+    Else (docker's exit code, why)."""
+    chunks = []
+    while chunk := os.read(fd, 4096):
+        chunks.append(chunk)
+    if not chunks:
+        return None
+    code_text, _, message = b"".join(chunks).decode(errors="replace").partition(":")
+    return (int(code_text) if code_text.isdigit() else EXIT_ERROR), message
+
+
+def reap(pid: int) -> int | None:
+    """Wait for a child; its exit code as docker's (128+N if killed by signal N), None if it
+    was reaped already."""
+    while True:
+        try:
+            _, status = os.waitpid(pid, 0)
+            break
+        except InterruptedError:
+            continue
+        except ChildProcessError:
+            return None
+    if os.WIFSIGNALED(status):
+        return 128 + os.WTERMSIG(status)
+    return os.WEXITSTATUS(status)
+
+
+def console_socketpair() -> tuple[int, int]:
+    """-t: (parent's end, child's end); the child sends the pty master it opens through it."""
+    import socket
+
+    parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+    return parent.detach(), child.detach()
+
+
+def relay_from_socket(sock_fd: int, child: int, *, stdin: bool, copy_fd: int = -1) -> None:
+    """Receive the pty master the child sends, then relay it to our terminal until it closes.
+
+    copy_fd, if given, also gets everything the pty prints (`run -t`: the log forwarder's
+    pipe, so the journal holds what the terminal showed; `exec` passes none, as docker)."""
+    import socket
+
+    sock = socket.socket(fileno=sock_fd)
+    try:
+        _msg, fds, _flags, _addr = socket.recv_fds(sock, 16, 1)
+    finally:
+        sock.close()
+    if not fds:
+        return  # the child failed before opening the pty: its status says why
+    relay_pty(fds[0], stdin=stdin, copy_fd=copy_fd)
+
+
+def relay_pty(master: int, *, stdin: bool, copy_fd: int = -1) -> None:
+    """Copy our stdin to the pty and the pty to our stdout (and copy_fd), in raw mode, following
+    the window size.
+
+    Ctrl-C reaches the container as a byte on the terminal, and its line discipline turns it
+    into SIGINT for the foreground process group inside."""
+    import contextlib
+    import select
+    import signal
+    import termios
+    import tty
+
+    saved = None
+    if stdin and os.isatty(0):
+        saved = termios.tcgetattr(0)
+        tty.setraw(0)
+
+    def resize(_signum: int = 0, _frame: object = None) -> None:
+        if os.isatty(1):
+            with contextlib.suppress(OSError):
+                termios.tcsetwinsize(master, termios.tcgetwinsize(1))
+
+    resize()
+    previous = signal.signal(signal.SIGWINCH, resize)
+    try:
+        watched = [master] + ([0] if stdin else [])
+        while True:
+            try:
+                ready, _, _ = select.select(watched, [], [])
+            except InterruptedError:
+                continue
+            if master in ready:
+                try:
+                    data = os.read(master, 65536)
+                except OSError:
+                    data = b""  # EIO: every slave fd is closed, the command ended
+                if not data:
+                    break
+                _write_all(1, data)
+                if copy_fd >= 0 and not _write_copy(copy_fd, data):
+                    copy_fd = -1  # the forwarder is gone: the terminal still gets everything
+            if 0 in ready:
+                data = os.read(0, 65536)
+                if not data:
+                    watched.remove(0)
+                else:
+                    _write_all(master, data)
+    finally:
+        signal.signal(signal.SIGWINCH, previous)
+        if saved is not None:
+            termios.tcsetattr(0, termios.TCSADRAIN, saved)
+        os.close(master)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    while data:
+        data = data[os.write(fd, data):]
+
+
+def _write_copy(fd: int, data: bytes) -> bool:
+    try:
+        _write_all(fd, data)
+        return True
+    except OSError:
+        return False

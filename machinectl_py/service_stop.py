@@ -1,0 +1,71 @@
+"""`pymachine _service-stopped NAME`: the stop hook of pymachine@NAME.service (ExecStopPost=).
+
+Records how the container ended (docker's exit code: 128+N when killed by signal N) in its
+record, removes the PID file, and removes a `run -d --rm` container.
+"""
+
+from __future__ import annotations
+
+import os
+
+from machinectl_py import lifecycle, systemd
+from machinectl_py.bus import Bus, BusError
+from machinectl_py.errors import NotFoundError
+from machinectl_py.unit_template import unit_name
+
+
+def stopped_main(argv: list[str]) -> int:
+    """`pymachine _service-stopped NAME`: ExecStopPost=, records how the container ended."""
+    if len(argv) != 1:
+        return 2
+    name = argv[0]
+    try:
+        container = lifecycle.Container.load(name)
+    except NotFoundError:
+        return 0  # removed while it ran
+    from machinectl_py.paths import run_path
+
+    try:
+        os.unlink(run_path(f"{name}.pid"))
+    except FileNotFoundError:
+        pass
+    code = exit_code_from_env(os.environ)
+    if code is None:
+        code = _exit_code_from_unit(name)
+    if code is None:
+        code = container.record.exit_code  # the setup process failed and said how (it is no main process)
+    container.record_exit(code)
+    if container.record.spec.remove:  # run -d --rm
+        container.remove_files()
+    return 0
+
+
+def exit_code_from_env(env: dict[str, str] | os._Environ[str]) -> int | None:
+    """systemd's $EXIT_CODE/$EXIT_STATUS -> docker's code (128+N when killed by signal N)."""
+    import signal
+
+    kind = env.get("EXIT_CODE", "")
+    status = env.get("EXIT_STATUS", "")
+    if kind == "exited" and status.isdigit():
+        return int(status)
+    if kind in ("killed", "dumped"):
+        try:
+            return 128 + int(signal.Signals[f"SIG{status}"])
+        except KeyError:
+            return 128 + int(status) if status.isdigit() else None
+    return None
+
+
+def _exit_code_from_unit(name: str) -> int | None:
+    """ExecMainCode/ExecMainStatus of the unit (CLD_EXITED=1, CLD_KILLED=2, CLD_DUMPED=3)."""
+    try:
+        with Bus.system() as bus:
+            props = systemd.unit_properties(bus, unit_name(name), "Service")
+    except BusError:
+        return None
+    code, status = props.get("ExecMainCode"), int(props.get("ExecMainStatus") or 0)
+    if code == 1:
+        return status
+    if code in (2, 3):
+        return 128 + status
+    return None
