@@ -75,9 +75,11 @@ class LayerRow:
         self.count = 0
         self.status = "waiting"
         self.started = time.monotonic()
+        self.resumed = 0
 
     def start(self, resumed: int) -> None:
         self.started = time.monotonic()
+        self.resumed = resumed
         self.status = f"resuming at {human_size(resumed)}" if resumed else "downloading"
         self.owner.changed()
 
@@ -146,7 +148,8 @@ class LayerProgress:
                 self._draw()
             else:
                 elapsed = time.monotonic() - row.started
-                sys.stderr.write(f"{row.label}: {row.status} {human_size(row.total)} in {elapsed:.1f}s\n")
+                resumed = f" (resumed at {human_size(row.resumed)})" if row.resumed else ""
+                sys.stderr.write(f"{row.label}: {row.status} {human_size(row.total)} in {elapsed:.1f}s{resumed}\n")
                 sys.stderr.flush()
 
     def _clear(self) -> None:

@@ -428,6 +428,10 @@ def _pull_image(session: Session, ref: Reference, manifest: dict[str, Any], mani
     raw_config, blobs = fetch_config(session, ref, manifest)
     with store.gc_shared(), store.staging() as staging:
         wanted = {b.diff_id: b for b in blobs if not store.has_layer(b.diff_id)}
+        if options.progress is not None:
+            for b in blobs:
+                if b.diff_id not in wanted:
+                    options.progress.note(b.digest, "already in the store")
         staged = _fetch_layers(session, ref, list(wanted.values()), staging, store, options)
         with store.write_lock():
             installed = store.install_layers(staged)

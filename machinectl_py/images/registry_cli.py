@@ -102,8 +102,32 @@ def _tls_verify(values: dict[str, Any]) -> bool | None:
     return None if value is None else value == "true"
 
 
+def _options_first(command: Command, argv: list[str]) -> list[str]:
+    """Options may follow the operands, as docker and podman accept (`pull IMAGE --tls-verify=false`):
+    moved in front of them for args.Command, which stops at the first operand (for `run`'s COMMAND)."""
+    options: list[str] = []
+    operands: list[str] = []
+    takes_value = {name for opt in command.options if opt.kind != FLAG for name in opt.names}
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        i += 1
+        if arg == "--":
+            operands += argv[i:]
+            break
+        if arg.startswith("-") and arg != "-":
+            options.append(arg)
+            short_value = arg[:2] in takes_value and not arg.startswith("--") and len(arg) == 2
+            if (arg in takes_value or short_value) and i < len(argv):
+                options.append(argv[i])
+                i += 1
+        else:
+            operands.append(arg)
+    return [*options, "--", *operands]
+
+
 def _parse(command: Command, argv: list[str]) -> dict[str, Any] | None:
-    values = command.parse(argv)
+    values = command.parse(_options_first(command, argv))
     if values["help"]:
         sys.stdout.write(command.help_text())
         return None
