@@ -406,3 +406,93 @@ def test_bad_input_is_one_line_and_125(host: AnyHost, args: list[str], message: 
     assert result.returncode == 125
     assert result.stderr.splitlines()[0].startswith(message), result.stderr
     assert "Traceback" not in result.stderr
+
+
+class FlakyProxy:
+    """A TCP proxy in front of the registry that fails the way networks do: for one blob it
+    answers 503 once, then cuts the next response after `cut` bytes with a TCP reset."""
+
+    def __init__(self, upstream: Registry, digest: str, cut: int) -> None:
+        import threading
+
+        self.upstream = upstream
+        self.digest = digest
+        self.cut = cut
+        self.events: list[str] = []
+        self.server = socket.create_server(("127.0.0.1", 0))
+        self.address = f"127.0.0.1:{self.server.getsockname()[1]}"
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        import threading
+
+        while True:
+            try:
+                client, _ = self.server.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._handle, args=(client,), daemon=True).start()
+
+    def _handle(self, client: socket.socket) -> None:
+        import select
+        import struct
+
+        with client:
+            head = b""
+            while b"\r\n\r\n" not in head and not head.startswith(b"\x16"):  # 0x16: a TLS hello, relayed
+                chunk = client.recv(65536)
+                if not chunk:
+                    return
+                head += chunk
+            line = head.split(b"\r\n", 1)[0].decode(errors="replace")
+            target = line.startswith("GET ") and self.digest in line
+            if target and "503" not in self.events:
+                self.events.append("503")
+                client.sendall(b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+                return
+            cut = target and "reset" not in self.events
+            with socket.create_connection(("127.0.0.1", self.upstream.port)) as up:
+                up.sendall(head)
+                sent = 0
+                while True:
+                    ready, _, _ = select.select([client, up], [], [], 30)
+                    if not ready:
+                        return
+                    if client in ready:
+                        data = client.recv(65536)
+                        if not data:
+                            return
+                        up.sendall(data)
+                    if up in ready:
+                        data = up.recv(65536)
+                        if not data:
+                            return
+                        if cut and sent + len(data) > self.cut:
+                            self.events.append("reset")
+                            client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                            return  # closing with linger 0 sends RST
+                        client.sendall(data)
+                        sent += len(data)
+
+    def close(self) -> None:
+        self.server.close()
+
+
+def test_503_and_a_connection_reset_midway_are_retried_and_resumed(host: AnyHost, registry: Registry,
+                                                                   tmp_path: Path) -> None:
+    layout = unique_layout(tmp_path / "img", os.urandom(8 << 20))
+    ref = registry.put(layout, "test/flaky:1")
+    layer = registry.inspect(ref, "--raw")["layers"][0]
+    proxy = FlakyProxy(registry, layer["digest"], cut=3 << 20)
+    try:
+        env = {**private_store(tmp_path), "PYMACHINE_PULL_BACKOFF": "0.05"}
+        flaky_ref = f"{proxy.address}/test/flaky:1"
+        result = pm(host, "pull", flaky_ref, "--tls-verify=false", env=env)
+    finally:
+        proxy.close()
+    assert proxy.events == ["503", "reset"], result.stderr
+    assert layers_of(host, flaky_ref, env) == diff_ids(registry, ref)
+    log = (registry.work / "registry.log").read_text()
+    assert re.search(rf'"GET /v2/test/flaky/blobs/{layer["digest"]} HTTP/1.1" 206 ', log), log[-2000:]
+    store_is_clean(tmp_path / "state")
