@@ -99,7 +99,8 @@ def render_format(template: str, data: dict[str, Any]) -> str:
 def cmd_import(argv: list[str]) -> int:
     p = _parser("pymachine image import",
                 "Import a docker-archive, OCI layout (dir or tar) or rootfs tarball.")
-    p.add_argument("source", help="file, directory, or - for standard input")
+    p.add_argument("source", help="file, directory, or - for standard input; FILE:TAG or DIR:TAG picks "
+                   "one image of several (as skopeo's oci:DIR:TAG)")
     p.add_argument("--name", "-n", help="NAME[:TAG] for the image")
     p.add_argument("--quiet", "-q", action="store_true", help="print only the image id")
     args = p.parse_args(argv)
