@@ -410,5 +410,7 @@ def _reason(e: BaseException) -> str:
 
 
 def _tls_hint(registry: str) -> str:
-    return (f"trust its CA with /etc/pymachine/certs.d/{registry}/ca.crt, or, for a registry you trust "
-            "over an unverified connection, use --tls-verify=false")
+    from machinectl_py import paths
+
+    return (f"trust its CA with {paths.config_path('certs.d', registry, 'ca.crt')}, or, for a registry you "
+            "trust over an unverified connection, use --tls-verify=false")

@@ -38,7 +38,7 @@ USER, PASSWORD = "alice", "s3cret-" + secrets.token_hex(4)
 class Registry:
     """One docker-registry process on 127.0.0.1:<free port>."""
 
-    def __init__(self, work: Path, htpasswd: bool = False) -> None:
+    def __init__(self, work: Path, htpasswd: bool = False, tls: bool = False) -> None:
         self.work = work
         self.storage = work / "storage"
         with socket.socket() as s:
@@ -50,17 +50,28 @@ class Registry:
             line = build.run("htpasswd", "-Bbn", USER, PASSWORD)
             (work / "htpasswd").write_text(line)
             auth = f"auth:\n  htpasswd:\n    realm: test-realm\n    path: {work / 'htpasswd'}\n"
+        tls_config = ""
+        self.ca: Path | None = None
+        if tls:
+            self.ca = make_certificates(work / "tls")
+            tls_config = f"  tls:\n    certificate: {work / 'tls/server.crt'}\n    key: {work / 'tls/server.key'}\n"
         (work / "config.yml").write_text(
             "version: 0.1\nlog:\n  level: warn\n  accesslog:\n    disabled: false\n"
             f"storage:\n  filesystem:\n    rootdirectory: {self.storage}\n  delete:\n    enabled: true\n"
-            f"http:\n  addr: {self.address}\n  secret: {secrets.token_hex(16)}\n{auth}")
+            f"http:\n  addr: {self.address}\n  secret: {secrets.token_hex(16)}\n{tls_config}{auth}")
         self.log = (work / "registry.log").open("w")
         self.proc = subprocess.Popen(["docker-registry", "serve", str(work / "config.yml")],
                                      stdout=self.log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 20
         while True:
             try:
-                urllib.request.urlopen(f"http://{self.address}/v2/", timeout=2).close()
+                if self.ca is not None:
+                    import ssl
+
+                    context = ssl.create_default_context(cafile=str(self.ca))
+                    urllib.request.urlopen(f"https://{self.address}/v2/", timeout=2, context=context).close()
+                else:
+                    urllib.request.urlopen(f"http://{self.address}/v2/", timeout=2).close()
                 break
             except urllib.error.HTTPError:
                 break  # 401: up, and asking for credentials
@@ -99,6 +110,32 @@ class Registry:
 @pytest.fixture(scope="module")
 def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Registry]:
     r = Registry(tmp_path_factory.mktemp("registry"))
+    try:
+        yield r
+    finally:
+        r.stop()
+
+
+def make_certificates(directory: Path) -> Path:
+    """A CA and a server certificate for 127.0.0.1 signed by it (openssl); returns the CA's file."""
+    directory.mkdir()
+    subject_ca = ["-subj", "/CN=pymachine test CA", "-addext", "basicConstraints=critical,CA:TRUE",
+                  "-addext", "keyUsage=critical,keyCertSign"]
+    build.run("openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-keyout",
+              directory / "ca.key", "-out", directory / "ca.crt", *subject_ca)
+    build.run("openssl", "req", "-newkey", "rsa:2048", "-nodes", "-keyout", directory / "server.key",
+              "-out", directory / "server.csr", "-subj", "/CN=127.0.0.1")
+    (directory / "ext").write_text("subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\n"
+                                   "extendedKeyUsage=serverAuth\n")
+    build.run("openssl", "x509", "-req", "-in", directory / "server.csr", "-CA", directory / "ca.crt",
+              "-CAkey", directory / "ca.key", "-CAcreateserial", "-days", "2", "-out", directory / "server.crt",
+              "-extfile", directory / "ext")
+    return directory / "ca.crt"
+
+
+@pytest.fixture(scope="module")
+def tls_registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Registry]:
+    r = Registry(tmp_path_factory.mktemp("tlsregistry"), tls=True)
     try:
         yield r
     finally:
@@ -200,6 +237,23 @@ def test_without_tls_verify_false_a_plain_http_registry_is_refused(host: AnyHost
     result = pm(host, "pull", ref, env=private_store(tmp_path), check=False)
     assert result.returncode == 125
     assert result.stderr.startswith(f"pymachine: TLS with {registry.address} failed: it answered without TLS")
+
+
+def test_tls_with_a_ca_trusted_through_certs_d(host: AnyHost, tls_registry: Registry, umoci_layout: Path,
+                                               tmp_path: Path) -> None:
+    ref = tls_registry.put(umoci_layout, "test/tls:1")
+    env = private_store(tmp_path)
+    untrusted = pm(host, "pull", ref, env=env, check=False)
+    assert untrusted.returncode == 125
+    assert untrusted.stderr.startswith(f"pymachine: TLS with {tls_registry.address} failed: "
+                                       "CERTIFICATE_VERIFY_FAILED")
+    certs = tmp_path / "conf" / "certs.d" / tls_registry.address  # $PYMACHINE_CONFIG_DIR/certs.d, as podman's
+    assert f"hint: trust its CA with {certs}/ca.crt" in untrusted.stderr
+    assert tls_registry.ca is not None
+    certs.mkdir(parents=True)
+    shutil.copy(tls_registry.ca, certs / "ca.crt")
+    pm(host, "pull", ref, env=env)
+    assert layers_of(host, ref, env) == diff_ids(tls_registry, ref)
 
 
 def test_short_name_through_the_search_list(host: AnyHost, registry: Registry, umoci_layout: Path,
