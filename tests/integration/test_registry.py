@@ -524,6 +524,9 @@ class FlakyProxy:
                             return
                         if cut and sent + len(data) > self.cut:
                             self.events.append("reset")
+                            # A reset drops what the client has not read yet: give it time to read
+                            # what was sent, so the retry must resume from the middle.
+                            time.sleep(1)
                             client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
                             return  # closing with linger 0 sends RST
                         client.sendall(data)
