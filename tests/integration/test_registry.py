@@ -38,7 +38,8 @@ USER, PASSWORD = "alice", "s3cret-" + secrets.token_hex(4)
 class Registry:
     """One docker-registry process on 127.0.0.1:<free port>."""
 
-    def __init__(self, work: Path, htpasswd: bool = False, tls: bool = False) -> None:
+    def __init__(self, work: Path, htpasswd: bool = False, tls: bool = False, token_realm: str = "",
+                 token_cert: Path | None = None) -> None:
         self.work = work
         self.storage = work / "storage"
         with socket.socket() as s:
@@ -50,6 +51,9 @@ class Registry:
             line = build.run("htpasswd", "-Bbn", USER, PASSWORD)
             (work / "htpasswd").write_text(line)
             auth = f"auth:\n  htpasswd:\n    realm: test-realm\n    path: {work / 'htpasswd'}\n"
+        if token_realm:
+            auth = (f"auth:\n  token:\n    realm: {token_realm}\n    service: test-registry\n"
+                    f"    issuer: test-issuer\n    rootcertbundle: {token_cert}\n")
         tls_config = ""
         self.ca: Path | None = None
         if tls:
@@ -80,7 +84,7 @@ class Registry:
                     log = (work / "registry.log").read_text()
                     raise RuntimeError(f"docker-registry did not start: {log}") from None
                 time.sleep(0.05)
-        self.creds = ["--dest-creds", f"{USER}:{PASSWORD}"] if htpasswd else []
+        self.creds = ["--dest-creds", f"{USER}:{PASSWORD}"] if htpasswd or token_realm else []
 
     def put(self, layout: Path, repo: str, *extra: str, tag: str = "latest") -> str:
         build.run("skopeo", "copy", "--quiet", "--dest-tls-verify=false", *self.creds, *extra,
@@ -140,6 +144,82 @@ def tls_registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Registry]
         yield r
     finally:
         r.stop()
+
+
+class TokenServer:
+    """The token service of distribution's token auth (docs/spec/auth/token.md), as a registry
+    deployment puts beside it: checks USER/PASSWORD (HTTP Basic) and answers a JWT granting
+    the scopes asked for, signed RS256 by a key whose self-signed certificate the registry
+    trusts (`rootcertbundle`) and which the token carries in `x5c`. Signing is openssl's."""
+
+    def __init__(self, work: Path) -> None:
+        import http.server
+        import threading
+
+        work.mkdir()
+        self.key, self.cert = work / "sign.key", work / "sign.crt"
+        build.run("openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-keyout", self.key,
+                  "-out", self.cert, "-subj", "/CN=pymachine test token signer")
+        self.der = subprocess.run(["openssl", "x509", "-in", self.cert, "-outform", "DER"],
+                                  capture_output=True, check=True).stdout
+        self.requests: list[str] = []
+        server = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                server.requests.append(self.path)
+                body = server.answer(self.path, self.headers.get("Authorization", ""))
+                self.send_response(200 if body else 401)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, format: str, *args: object) -> None:
+                pass
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.realm = f"http://127.0.0.1:{self.httpd.server_address[1]}/token"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def answer(self, path: str, authorization: str) -> bytes:
+        import base64
+        import urllib.parse
+
+        if authorization != "Basic " + base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode():
+            return b""
+        query = urllib.parse.parse_qs(urllib.parse.urlsplit(path).query)
+        access = []
+        for scope in query.get("scope", []):
+            kind, name, actions = scope.split(":")
+            access.append({"type": kind, "name": name, "actions": actions.split(",")})
+        now = int(time.time())
+        header = {"typ": "JWT", "alg": "RS256", "x5c": [base64.b64encode(self.der).decode()]}
+        claims = {"iss": "test-issuer", "sub": USER, "aud": query["service"][0], "exp": now + 300,
+                  "nbf": now - 10, "iat": now, "jti": secrets.token_hex(8), "access": access}
+
+        def b64(data: bytes) -> str:
+            return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+        signing = f"{b64(json.dumps(header).encode())}.{b64(json.dumps(claims).encode())}"
+        signature = subprocess.run(["openssl", "dgst", "-sha256", "-sign", self.key], input=signing.encode(),
+                                   capture_output=True, check=True).stdout
+        return json.dumps({"token": f"{signing}.{b64(signature)}"}).encode()
+
+    def stop(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+@pytest.fixture(scope="module")
+def token_registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Registry, TokenServer]]:
+    work = tmp_path_factory.mktemp("tokenregistry")
+    tokens = TokenServer(work / "token")
+    r = Registry(work, token_realm=tokens.realm, token_cert=tokens.cert)
+    try:
+        yield r, tokens
+    finally:
+        r.stop()
+        tokens.stop()
 
 
 @pytest.fixture(scope="module")
@@ -418,6 +498,30 @@ def test_auth_login_logout(host: AnyHost, auth_registry: Registry, umoci_layout:
     pm(host, "pull", ref, "--tls-verify=false", env=env)
     pm(host, "logout", auth_registry.address, env=env)
     assert pm(host, "pull", ref, "--tls-verify=false", env=env, check=False).returncode == 125
+
+
+def test_bearer_tokens_from_the_registrys_token_service(host: AnyHost, token_registry: tuple[Registry, TokenServer],
+                                                         umoci_layout: Path, tmp_path: Path) -> None:
+    registry, tokens = token_registry
+    ref = registry.put(umoci_layout, "team/app:1")
+    env = {**private_store(tmp_path), "REGISTRY_AUTH_FILE": str(tmp_path / "auth.json")}
+    anonymous = pm(host, "pull", ref, "--tls-verify=false", env=env, check=False)
+    assert anonymous.returncode == 125
+    assert anonymous.stderr.splitlines()[0] == f"pymachine: {registry.address} requires authentication"
+    wrong = pm(host, "login", "-u", USER, "--password-stdin", "--tls-verify=false", registry.address,
+               env=env, input="wrong\n", check=False)
+    assert wrong.returncode == 125 and "wrong user name or password" in wrong.stderr
+    pm(host, "login", "-u", USER, "--password-stdin", "--tls-verify=false", registry.address,
+       env=env, input=PASSWORD + "\n")
+    tokens.requests.clear()
+    pm(host, "pull", ref, "--tls-verify=false", env=env)
+    assert layers_of(host, ref, env) == diff_ids(registry, ref)
+    assert [r for r in tokens.requests if "scope=repository%3Ateam%2Fapp%3Apull" in r], tokens.requests
+    # a push to another repository asks for push there and pull on the source of the mount
+    out = pm(host, "push", "--tls-verify=false", ref, f"{registry.address}/other/app:1", env=env).stdout
+    assert "0 layers uploaded, 2 mounted" in out
+    assert any("repository%3Aother%2Fapp%3Apull%2Cpush" in r and "repository%3Ateam%2Fapp%3Apull" in r
+               for r in tokens.requests), tokens.requests
 
 
 def test_push_of_a_committed_image_round_trips(host: AnyHost, registry: Registry, umoci_layout: Path,
