@@ -381,6 +381,9 @@ def prune(store: Store | None = None) -> tuple[list[str], int, int]:
                 store.remove_image(image_id)
                 removed.append(image_id)
         layers, reclaimed = _remove_unreferenced_layers(store)
+    from machinectl_py.images import pull  # the bytes interrupted pulls kept to resume
+
+    reclaimed += pull.remove_partial_downloads(store)
     return removed, layers, reclaimed
 
 

@@ -452,6 +452,31 @@ def _downloads(store: Any) -> Path:
     return path
 
 
+def remove_partial_downloads(store: Any) -> int:
+    """For `image prune`: forget what interrupted pulls kept to resume (not what a running pull
+    holds: its flock). Returns the bytes freed."""
+    directory: Path = store.root / "downloads"
+    freed = 0
+    try:
+        names = os.listdir(directory)
+    except FileNotFoundError:
+        return 0
+    for name in names:
+        try:
+            fd = os.open(directory / name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except OSError:
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            freed += os.fstat(fd).st_size
+            os.unlink(directory / name)
+        except OSError:
+            continue  # in use by a pull, or already gone
+        finally:
+            os.close(fd)
+    return freed
+
+
 def _fetch_layers(session: Session, ref: Reference, blobs: list[LayerBlob], staging: Any, store: Any,
                   options: Options) -> dict[str, Path]:
     from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait

@@ -475,6 +475,10 @@ def test_a_pull_killed_midway_leaves_nothing_visible_and_resumes(host: AnyHost, 
     # the registry served the rest only: a Range request from where the first pull stopped
     log = (registry.work / "registry.log").read_text()
     assert re.search(rf'"GET /v2/test/big/blobs/{layer["digest"]} HTTP/1.1" 206 ', log), log[-2000:]
+    # what a pull that is never repeated would keep: `image prune` forgets it
+    (state / "downloads" / ("0" * 64)).write_bytes(b"x" * 4096)
+    assert "reclaimed 4.1kB" in pm(host, "image", "prune", env=env).stdout
+    store_is_clean(state)
 
 
 def test_auth_login_logout(host: AnyHost, auth_registry: Registry, umoci_layout: Path, tmp_path: Path) -> None:
