@@ -418,7 +418,7 @@ def pull(text: str, options: Options, store: Any = None) -> Pulled:
         return _pull_image(session, ref, manifest, digest, options, store)
     raise ImageError(f"cannot pull {text!r}: " + "; ".join(failures),
                      hint="short names are looked up in unqualified-search-registries of "
-                          f"{' and '.join(reference.REGISTRIES_CONF)}")
+                          f"{' and '.join(reference.registries_conf_files())}")
 
 
 def _pull_image(session: Session, ref: Reference, manifest: dict[str, Any], manifest_digest: str,

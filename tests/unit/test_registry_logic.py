@@ -149,3 +149,28 @@ def test_docker_config_json_is_read(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     (tmp_path / ".docker" / "config.json").write_text(
         json.dumps({"auths": {"https://index.docker.io/v1/": {"auth": token}}}))
     assert authfile.lookup("docker.io", "library/busybox") == ("bob", "pw")
+
+
+def test_layer_compression_from_its_media_type() -> None:
+    from machinectl_py.images.pull import LayerBlob
+
+    def kind(media: str) -> str | None:
+        return LayerBlob("sha256:" + HEX, 1, media, "sha256:" + HEX).compression
+
+    assert kind("application/vnd.oci.image.layer.v1.tar+gzip") == "gzip"
+    assert kind("application/vnd.docker.image.rootfs.diff.tar.gzip") == "gzip"
+    assert kind("application/vnd.oci.image.layer.v1.tar+zstd") == "zstd"
+    assert kind("application/vnd.oci.image.layer.v1.tar") is None
+
+
+def test_options_may_follow_the_image_as_with_docker() -> None:
+    from machinectl_py.images.registry_cli import LOGIN, PULL, _options_first
+
+    values = PULL.parse(_options_first(PULL, ["127.0.0.1:5000/a:1", "--tls-verify=false", "-q",
+                                              "--platform", "linux/arm64"]))
+    assert (values["image"], values["tls_verify"], values["quiet"], values["platform"]) == (
+        "127.0.0.1:5000/a:1", "false", True, "linux/arm64")
+    values = LOGIN.parse(_options_first(LOGIN, ["reg:5000", "-u", "alice", "--password-stdin"]))
+    assert (values["registry"], values["username"], values["password_stdin"]) == ("reg:5000", "alice", True)
+    with pytest.raises(UsageError, match="unexpected argument"):
+        PULL.parse(_options_first(PULL, ["a", "b"]))
