@@ -661,3 +661,19 @@ def test_503_and_a_connection_reset_midway_are_retried_and_resumed(host: AnyHost
     log = (registry.work / "registry.log").read_text()
     assert re.search(rf'"GET /v2/test/flaky/blobs/{layer["digest"]} HTTP/1.1" 206 ', log), log[-2000:]
     store_is_clean(tmp_path / "state")
+
+
+def test_per_layer_progress_on_a_terminal(host: AnyHost, registry: Registry, umoci_layout: Path,
+                                          tmp_path: Path) -> None:
+    from ptydrive import on_pty
+
+    ref = registry.put(umoci_layout, "test/tty:1")
+    env = private_store(tmp_path)
+    session = on_pty(host, ["env", *(f"{k}={v}" for k, v in env.items()), "pymachine", "pull", ref,
+                            "--tls-verify=false"])
+    assert session.exit_code == 0, session.output
+    short = [layer["digest"].removeprefix("sha256:")[:12] for layer in registry.inspect(ref, "--raw")["layers"]]
+    final = session.output.rsplit("\x1b[J", 1)[-1]  # the last redraw: one line per layer
+    assert [line.split(":")[0] for line in final.splitlines() if ": pulled " in line] == short, session.output
+    assert "\x1b[2F" in session.output  # redrawn in place: the cursor went back up two lines
+    assert f"Pulled {ref}" in session.output
