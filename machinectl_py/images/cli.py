@@ -76,7 +76,8 @@ IMPORT = Command(
     "or a rootfs tarball (plain, gzip, xz or zstd).",
     [Option("--name -n", "NAME[:TAG] for the image", metavar="NAME"),
      Option("--quiet -q", "print only the image id", kind=FLAG)],
-    positionals=[("source", "file, directory, or - for standard input")])
+    positionals=[("source", "file, directory, or - for standard input; FILE:TAG or DIR:TAG picks one image "
+                  "of several (as skopeo's oci:DIR:TAG)")])
 
 
 def cmd_import(argv: list[str]) -> int:

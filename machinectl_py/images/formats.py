@@ -67,6 +67,9 @@ class FoundImage:
     config: bytes  # the config JSON, byte for byte: its sha256 is the image id
     layers: tuple[LayerRef, ...]
     names: tuple[str, ...]  # references the source gives the image (RepoTags, annotations)
+    # What `SOURCE:TAG` may pick it by (skopeo's oci:DIR:TAG): OCI ref.name annotations as
+    # written (often a bare tag), docker-archive RepoTags.
+    ref_names: tuple[str, ...] = ()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -207,7 +210,7 @@ def read_docker_archive(root_fd: int) -> list[FoundImage]:
         if not isinstance(tags, list) or not all(isinstance(t, str) for t in tags):
             raise BadArchiveError(f"{what} has invalid RepoTags")
         layers = tuple(LayerRef(path=p, diff_id=d) for p, d in zip(layer_paths, diff_ids, strict=True))
-        images.append(FoundImage(config=raw, layers=layers, names=tuple(tags)))
+        images.append(FoundImage(config=raw, layers=layers, names=tuple(tags), ref_names=tuple(tags)))
     return images
 
 
@@ -222,7 +225,8 @@ def read_oci_layout(root_fd: int) -> list[FoundImage]:
         image = _read_oci_manifest(root_fd, descriptor)
         seen = by_digest.get(descriptor["digest"])
         if seen is not None:
-            image = dataclasses.replace(seen, names=seen.names + image.names)
+            image = dataclasses.replace(seen, names=seen.names + image.names,
+                                        ref_names=seen.ref_names + image.ref_names)
         by_digest[descriptor["digest"]] = image
     images = list(by_digest.values())
     if not images:
@@ -314,7 +318,8 @@ def _read_oci_manifest(root_fd: int, descriptor: dict[str, Any]) -> FoundImage:
     elif isinstance(annotations.get(ANNOTATION_REF), str) and ":" in annotations[ANNOTATION_REF]:
         # A bare ref name is only a tag (umoci, skopeo): it names no repository, so it is not used.
         names.append(annotations[ANNOTATION_REF])
-    return FoundImage(config=raw_config, layers=tuple(layers), names=tuple(names))
+    ref_names = (annotations[ANNOTATION_REF],) if isinstance(annotations.get(ANNOTATION_REF), str) else ()
+    return FoundImage(config=raw_config, layers=tuple(layers), names=tuple(names), ref_names=ref_names)
 
 
 def read_layout(root_fd: int, kind: str) -> list[FoundImage]:

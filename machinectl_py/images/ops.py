@@ -144,12 +144,12 @@ def import_image(
     store: Store | None = None,
     comment: str = "pymachine image import",
 ) -> list[Imported]:
-    """Import SOURCE (docker-archive, OCI layout dir or tar, rootfs tar; '-' is stdin)."""
+    """Import SOURCE (docker-archive, OCI layout dir or tar, rootfs tar; '-' is stdin).
+    SOURCE:TAG picks the image of that tag from a layout or archive holding several."""
     from machinectl_py.images import formats  # not at the top: commit, tag and rm do not need it
 
     tags = [normalize_reference(name)] if name else None
-    if source != "-" and not os.path.exists(source):
-        raise NotFoundError(f"{source}: no such file or directory")
+    source, pick = split_source(source)
     store = (store or Store()).ensure()
     with store.gc_shared(), store.staging() as staging:
         path = str(_spool_stdin(staging)) if source == "-" else source
@@ -165,8 +165,11 @@ def import_image(
             else:
                 found, root_fd = _import_archive_file(
                     path, source, staging, staged, limits, progress, comment)
+            if pick is not None:
+                found = pick_image(found, pick, source)
             if tags is not None and len(found) != 1:
-                raise UsageError(f"{source} holds {len(found)} images; --name needs exactly one")
+                raise UsageError(f"{source} holds {len(found)} images; --name needs exactly one",
+                                 hint=f"pick one by its tag: {source}:TAG")
             reused = 0
             for img in found:
                 for layer in img.layers:
@@ -190,6 +193,33 @@ def import_image(
                 store.set_tags(image_id, image_tags)
                 results.append(Imported(image_id, tuple(image_tags), installed, reused))
         return results
+
+
+def split_source(source: str) -> tuple[str, str | None]:
+    """`PATH` or `PATH:TAG` (skopeo's oci:DIR:TAG, docker-archive:FILE:NAME:TAG): the longest
+    existing path before a colon. A path that exists as given is never split."""
+    if source == "-" or os.path.exists(source):
+        return source, None
+    colon = source.rfind(":")
+    while colon > 0:
+        if os.path.exists(source[:colon]) and source[colon + 1:]:
+            return source[:colon], source[colon + 1:]
+        colon = source.rfind(":", 0, colon)
+    raise NotFoundError(f"{source}: no such file or directory")
+
+
+def pick_image(found: list[formats.FoundImage], pick: str, source: str) -> list[formats.FoundImage]:
+    """The images of `source` tagged `pick` (an OCI ref.name, or a docker-archive RepoTag)."""
+    normal = None
+    with contextlib.suppress(UsageError):
+        normal = normalize_reference(pick)
+    chosen = [img for img in found
+              if pick in img.ref_names or (normal is not None and normal in _source_tags(img.ref_names))]
+    if not chosen:
+        listed = sorted({n for img in found for n in img.ref_names})
+        raise NotFoundError(f"{source} has no image tagged {pick!r}",
+                            hint=f"it has: {', '.join(listed) or 'no tagged image'}")
+    return chosen
 
 
 def _import_archive_file(
@@ -334,6 +364,9 @@ def prune(store: Store | None = None) -> tuple[list[str], int, int]:
                 store.remove_image(image_id)
                 removed.append(image_id)
         layers, reclaimed = _remove_unreferenced_layers(store)
+    from machinectl_py.images import pull  # the bytes interrupted pulls kept to resume
+
+    reclaimed += pull.remove_partial_downloads(store)
     return removed, layers, reclaimed
 
 
