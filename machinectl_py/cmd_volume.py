@@ -6,13 +6,16 @@ import json
 import os
 import sys
 
+from machinectl_py import formatting
 from machinectl_py.args import FLAG, Command, Group, Option
 from machinectl_py.errors import PymachineError
 
+FORMAT = Option("--format -f", "format each volume with a Go-template-like TEMPLATE ('{{ .Name }}', "
+                "'table {{.Name}}\\t{{.Mountpoint}}'); the fields are those of `volume inspect`", metavar="TEMPLATE")
 LS = Command("pymachine volume ls", "pymachine volume ls [OPTIONS]", "List volumes, with the containers using them.",
-             [Option("--quiet -q", "names only", kind=FLAG)])
-INSPECT = Command("pymachine volume inspect", "pymachine volume inspect NAME [NAME...]",
-                  "Show volumes as JSON (docker's fields Name, Mountpoint, Driver, CreatedAt; UsedBy).", [],
+             [Option("--quiet -q", "names only", kind=FLAG), FORMAT])
+INSPECT = Command("pymachine volume inspect", "pymachine volume inspect [OPTIONS] NAME [NAME...]",
+                  "Show volumes as JSON (docker's fields Name, Mountpoint, Driver, CreatedAt; UsedBy).", [FORMAT],
                   positionals=[("names", "volume names", "+")])
 RM = Command("pymachine volume rm", "pymachine volume rm [OPTIONS] NAME [NAME...]",
              "Remove volumes that no container uses.",
@@ -44,6 +47,10 @@ def _ls(argv: list[str]) -> int:
     if args["quiet"]:
         print("\n".join(names)) if names else None
         return 0
+    if args["format"] is not None:
+        for line in formatting.render_all(args["format"], [_inspect_data(name) for name in names]):
+            print(line)
+        return 0
     print(f"{'VOLUME NAME':<66}  {'ANONYMOUS':<9}  USED BY")
     for name in names:
         meta = volumes.read_meta(name)
@@ -53,19 +60,26 @@ def _ls(argv: list[str]) -> int:
 
 
 def _inspect(argv: list[str]) -> int:
-    from machinectl_py import volumes
 
     args = INSPECT.parse_or_help(argv)
     if args is None:
         return 0
-    out = []
-    for name in args["names"]:
-        meta = volumes.read_meta(name)
-        out.append({"Name": name, "Mountpoint": str(volumes.data_dir(name)), "Driver": "local",
-                    "CreatedAt": meta.get("created"), "Anonymous": bool(meta.get("anonymous")),
-                    "UsedBy": volumes.users_of(name)})
+    out = [_inspect_data(name) for name in args["names"]]
+    if args["format"] is not None:
+        for line in formatting.render_all(args["format"], out):
+            print(line)
+        return 0
     print(json.dumps(out, indent=2))
     return 0
+
+
+def _inspect_data(name: str) -> dict[str, object]:
+    from machinectl_py import volumes
+
+    meta = volumes.read_meta(name)
+    return {"Name": name, "Mountpoint": str(volumes.data_dir(name)), "Driver": "local",
+            "CreatedAt": meta.get("created"), "Anonymous": bool(meta.get("anonymous")),
+            "UsedBy": volumes.users_of(name)}
 
 
 def _rm(argv: list[str]) -> int:

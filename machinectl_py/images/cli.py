@@ -118,6 +118,9 @@ def _ls_rows(store: Any) -> list[dict[str, Any]]:
 def _ls_command(prog: str) -> Command:
     return Command(prog, f"{prog} [OPTIONS]", "List images.",
                    [Option("--json", "print a JSON array", kind=FLAG),
+                    Option("--format", "format each image with a Go-template-like TEMPLATE ('{{ .Repository }}', "
+                           "'table {{.Repository}}\\t{{.Tag}}'); the fields are those of --json",
+                           metavar="TEMPLATE"),
                     Option("--quiet -q", "print only image ids", kind=FLAG)])
 
 
@@ -134,6 +137,10 @@ def cmd_ls(argv: list[str], prog: str = "pymachine image ls") -> int:
     if args.quiet:
         for image_id in dict.fromkeys(r["ID"] for r in rows):
             print(_short_id(image_id))
+        return 0
+    if args.format is not None:
+        for line in formatting.render_all(args.format, rows):
+            print(line)
         return 0
     table = [("REPOSITORY", "TAG", "IMAGE ID", "CREATED", "SIZE")]
     table += [(r["Repository"], r["Tag"], _short_id(r["ID"]), _ago(r["Created"]), human_size(r["Size"]))

@@ -195,3 +195,20 @@ def test_bad_plumbing_flags_give_one_line_and_exit_125(host: AnyHost, args: list
 def test_generated_names_are_docker_style(host: AnyHost) -> None:
     out = ok(host, "run", "--rm", "busybox", "hostname").strip()
     assert re.fullmatch(r"[a-z]+-[a-z]+[0-9]*", out), out  # docker's adjective_name, with machined's "-"
+
+
+@pytest.mark.usefixtures("no_leftovers")
+def test_format_in_image_ls_and_volume_verbs(host: AnyHost) -> None:
+    """One --format renderer in every verb that lists or inspects."""
+    ok(host, "run", "--rm", "busybox", "true")  # the built-in image is in the store
+    table = ok(host, "image", "ls", "--format", "table {{.Repository}}\\t{{.Tag}}").splitlines()
+    assert table[0].split() == ["REPOSITORY", "TAG"] and ["busybox", "latest"] in [r.split() for r in table[1:]]
+    name = unique("fmtvol")
+    ok(host, "volume", "create", name)
+    try:
+        assert f"{name} local" in ok(host, "volume", "ls", "--format", "{{.Name}} {{.Driver}}").splitlines()
+        assert ok(host, "volume", "inspect", "-f", "{{.Mountpoint}}", name).strip().endswith(f"/{name}/_data")
+        r = pm(host, "volume", "inspect", "-f", "{{.Nope}}", name)
+        assert r.returncode == 125 and "no field '.Nope'" in r.stderr
+    finally:
+        ok(host, "volume", "rm", name)
