@@ -60,3 +60,14 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter, config: p
     report = config.stash.get(_BOOT_REPORT, None)
     if report:
         terminalreporter.write_line(report)
+
+
+@pytest.fixture
+def cleanup(host: AnyHost) -> Iterator[list[str]]:
+    """Names of containers the test makes: removed (with their volumes) after it, then the host
+    must hold nothing of them."""
+    names: list[str] = []
+    yield names
+    for name in names:
+        host.run(["pymachine", "rm", "-f", "-v", name], timeout=60)
+    host.assert_no_leftovers(timeout=15)

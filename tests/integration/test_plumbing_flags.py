@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import re
 import secrets
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -17,15 +16,6 @@ pytestmark = [pytest.mark.integration]
 
 def unique(prefix: str) -> str:
     return f"{prefix}-{secrets.token_hex(3)}"
-
-
-@pytest.fixture
-def cleanup(host: AnyHost) -> Iterator[list[str]]:
-    names: list[str] = []
-    yield names
-    for name in names:
-        host.run(["pymachine", "rm", "-f", "-v", name], timeout=60)
-    host.assert_no_leftovers(timeout=15)
 
 
 def ok(host: AnyHost, *args: str) -> str:

@@ -8,7 +8,7 @@ import secrets
 import socket
 import time
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import pytest
 from helpers import read_until
@@ -75,15 +75,6 @@ def unit_pids(host: AnyHost, unit: str) -> list[int]:
 
 def cmdline(host: AnyHost, pid: int) -> str:
     return host.run(["cat", f"/proc/{pid}/cmdline"]).stdout.replace("\0", " ")
-
-
-@pytest.fixture
-def cleanup(host: AnyHost) -> Iterator[list[str]]:
-    names: list[str] = []
-    yield names
-    for name in names:
-        host.run(["pymachine", "rm", "-f", "-v", name], timeout=60)
-    host.assert_no_leftovers(timeout=15)
 
 
 def test_done_when_sequence(host: AnyHost, cleanup: list[str]) -> None:
