@@ -50,9 +50,10 @@ RUN = b"g"
 class ChildPlan(Record):
     __slots__ = ("container_dir", "rootfs", "overlay", "ops", "cgroup_layout", "hostname", "private_network",
                  "argv", "env", "workdir", "user", "capability_mask", "stdin_devnull", "detached", "tty", "seccomp",
-                 "read_only_root", "rlimits", "netns_path", "start_fd", "no_new_privs")
+                 "read_only_root", "rlimits", "netns_path", "start_fd", "no_new_privs", "groups")
     _defaults = {"user": None, "stdin_devnull": True, "detached": False, "tty": False, "seccomp": b"",
-                 "read_only_root": False, "rlimits": (), "netns_path": None, "start_fd": -1, "no_new_privs": False}
+                 "read_only_root": False, "rlimits": (), "netns_path": None, "start_fd": -1, "no_new_privs": False,
+                 "groups": None}
     container_dir: str  # cwd while mounting the overlay (its options use relative names)
     rootfs: str
     # None: `rootfs` is a directory used as it is (an OCI bundle's root), bound onto itself.
@@ -87,6 +88,8 @@ class ChildPlan(Record):
     netns_path: str | None
     start_fd: int
     no_new_privs: bool
+    # process.user.additionalGids: exactly these supplementary groups; None: the container's /etc/group.
+    groups: tuple[int, ...] | None
 
 
 def child_main(make_plan: Callable[[], ChildPlan], go_fd: int, status_fd: int, stdout_fd: int, stderr_fd: int,
@@ -167,6 +170,8 @@ def await_parent(go_fd: int, expected: bytes) -> None:
 
 def launch(plan: ChildPlan, go_fd: int, status_fd: int, stdout_fd: int, stderr_fd: int) -> None:
     uid, gid, groups = resolve_user(plan.user) if plan.user else (0, 0, [])
+    if plan.groups is not None:
+        groups = list(plan.groups)
     env = dict(plan.env)
     if "HOME" not in env:
         env["HOME"] = home_of(uid) or ("/root" if uid == 0 else "/")

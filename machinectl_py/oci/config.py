@@ -45,6 +45,7 @@ class OciConfig:
     env: dict[str, str]
     cwd: str
     user: str  # "UID:GID", numbers, as users.resolve_user reads them
+    groups: tuple[int, ...]  # additionalGids
     terminal: bool
     rootfs: str  # absolute
     readonly_root: bool
@@ -128,6 +129,7 @@ def parse(raw: Any, bundle: str, container_id: str) -> OciConfig:
         env=_env(process),
         cwd=_cwd(process),
         user=_user(process),
+        groups=_groups(process),
         terminal=bool(process.get("terminal", False)),
         rootfs=rootfs,
         readonly_root=bool(root.get("readonly", False)),
@@ -173,12 +175,17 @@ def _cwd(process: dict[str, Any]) -> str:
 def _user(process: dict[str, Any]) -> str:
     user = _obj(process.get("user"), "process.user")
     _unknown(user, {"uid", "gid", "additionalGids", "umask", "username"}, "process.user")
-    if user.get("additionalGids"):
-        raise fail("process.user.additionalGids", "not supported by pymachine yet")
     uid, gid = user.get("uid", 0), user.get("gid", 0)
     if not isinstance(uid, int) or not isinstance(gid, int) or uid < 0 or gid < 0:
         raise fail("process.user", "uid and gid must be non-negative numbers")
     return f"{uid}:{gid}"
+
+
+def _groups(process: dict[str, Any]) -> tuple[int, ...]:
+    groups = _list(_obj(process.get("user"), "process.user").get("additionalGids"), "process.user.additionalGids")
+    if not all(isinstance(g, int) and 0 <= g < 2**32 - 1 for g in groups):
+        raise fail("process.user.additionalGids", "must be an array of group ids")
+    return tuple(groups)
 
 
 def _capabilities(process: dict[str, Any]) -> int:

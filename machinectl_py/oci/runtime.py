@@ -57,12 +57,15 @@ def status_of(root: str, st: dict[str, Any]) -> str:
 
 
 def oci_state(root: str, st: dict[str, Any]) -> dict[str, Any]:
-    """The runtime spec's state: ociVersion, id, status, pid, bundle, annotations (as runc,
-    which adds rootfs, created and owner)."""
+    """The runtime spec's state: ociVersion, id, status, pid, bundle, annotations (with runc's
+    additions rootfs, created and owner)."""
     status = status_of(root, st)
-    return {"ociVersion": oci_config.OCI_VERSION, "id": st["id"], "pid": 0 if status == "stopped" else st["pid"],
-            "status": status, "bundle": st["bundle"], "rootfs": st["rootfs"], "created": st["created"],
-            "owner": "", "annotations": st.get("annotations", {})}
+    state = {"ociVersion": oci_config.OCI_VERSION, "id": st["id"], "pid": 0 if status == "stopped" else st["pid"],
+             "status": status, "bundle": st["bundle"], "rootfs": st["rootfs"], "created": st["created"],
+             "owner": ""}
+    if st.get("annotations"):
+        state["annotations"] = st["annotations"]  # omitted when empty, as runc does
+    return state
 
 
 # -- create / start ------------------------------------------------------------------------------
@@ -126,7 +129,7 @@ def _create_locked(root: str, container_id: str, bundle: str, cfg: oci_config.Oc
     child = ChildPlan(
         container_dir=bundle, rootfs=cfg.rootfs, overlay=None, ops=cfg.ops, cgroup_layout=_cgroup_layout(),
         hostname=cfg.hostname or name, private_network=cfg.private_network, argv=cfg.args, env=cfg.env,
-        workdir=cfg.cwd, user=cfg.user, capability_mask=cfg.capability_mask, stdin_devnull=False, detached=True,
+        workdir=cfg.cwd, user=cfg.user, groups=cfg.groups, capability_mask=cfg.capability_mask, stdin_devnull=False, detached=True,
         tty=cfg.terminal, read_only_root=cfg.readonly_root, rlimits=cfg.rlimits, netns_path=cfg.netns_path,
         start_fd=start_fd, no_new_privs=cfg.no_new_privs)
     init = HeldInit(lambda: child, console if console >= 0 else 1, console if console >= 0 else 2)
