@@ -1,7 +1,7 @@
 """The OCI runtime's state under --root (default /run/pymachine-runc): ROOT/ID/state.json, the
-start FIFO ROOT/ID/exec.fifo while the container is created and not yet started, and a lock
-(a POSIX lock on ROOT/ID/lock:
-unlike flock, it is not inherited by the container's init, forked while `create` holds it) that serializes the verbs on one ID."""
+start FIFO ROOT/ID/exec.fifo while the container is created and not yet started, and a lock that
+serializes the verbs on one ID: a POSIX lock on ROOT/ID/lock, which, unlike flock, the container's
+init (forked while `create` holds it) does not inherit."""
 
 from __future__ import annotations
 

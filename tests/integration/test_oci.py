@@ -62,8 +62,8 @@ def test_bundle_lifecycle_beside_runc(host: AnyHost, tmp_path: Path) -> None:
         if runtime == ours:
             assert cid in machine_names(host), "a created container is a machine already"
         host.run([*base, "start", cid], check=True)
-        wait_until(lambda: json.loads(host.run([*base, "state", cid]).stdout)["status"] == "stopped",
-                   what="the container to stop")
+        wait_until(lambda base=base, cid=cid: json.loads(host.run([*base, "state", cid]).stdout)["status"]  # type: ignore[misc]
+                   == "stopped", what="the container to stop")
         stopped = json.loads(host.run([*base, "state", cid], check=True).stdout)
         assert out.read_text() == "started\n"
         host.run([*base, "delete", cid], check=True)
