@@ -303,9 +303,9 @@ def delete(root: str, container_id: str, force: bool) -> None:
         if status not in ("stopped", "created") and not force:
             raise OciError(f"cannot delete container {container_id} that is not stopped: {status}")
         if status != "stopped":
+            if status == "paused":
+                _thaw(os.path.join(store.container_dir(root, container_id), RESUME_FIFO))
             with Bus.systemd() as pid1:
-                if status == "paused":
-                    _quiet(lambda: systemd.thaw_unit(pid1, st["unit"]))
                 _quiet(lambda: systemd.kill_unit(pid1, st["unit"], signal.SIGKILL))
             _kill(int(st["pid"]))
             _wait_stopped(root, st)
@@ -339,22 +339,86 @@ def _end_unit(st: dict[str, Any]) -> None:
         _quiet(lambda: systemd.run_job(pid1, "StopUnit", st["unit"], timeout_usec=STOP_WAIT_SECONDS * 1_000_000))
 
 
+RESUME_FIFO = "resume.fifo"
+
+
 def pause(root: str, container_id: str, frozen: bool) -> None:
+    """pause/resume: systemd's FreezeUnit, held by a small helper process (freezer.frozen_unit)
+    until `resume` opens the resume FIFO: on a hybrid host systemd cannot freeze a unit, and the
+    helper uses the v1 freezer hierarchy instead, which only a process that stays can undo."""
     lock = store.lock(root, container_id)
     try:
         st = store.load(root, container_id)
         status = status_of(root, st)
-        if status not in ("running", "paused"):
-            raise OciError(f"container not running or paused: {status}")
-        with Bus.systemd() as pid1:
-            try:
-                (systemd.freeze_unit if frozen else systemd.thaw_unit)(pid1, st["unit"])
-            except BusError as e:
-                raise OciError(f"cannot {'freeze' if frozen else 'thaw'} {st['unit']}: {e.message}") from None
+        if status != ("running" if frozen else "paused"):
+            raise OciError(f"container not {'running' if frozen else 'paused'}: {status}")
+        fifo = os.path.join(store.container_dir(root, container_id), RESUME_FIFO)
+        if frozen:
+            _freeze(st["unit"], fifo)
+        else:
+            _thaw(fifo)
         st["paused"] = frozen
         store.save(root, container_id, st)
     finally:
         os.close(lock)
+
+
+def _freeze(unit: str, fifo: str) -> None:
+    os.mkfifo(fifo, 0o600)
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.close(r)
+        os.setsid()
+        if os.fork() == 0:
+            _hold_frozen(unit, fifo, w)
+        os._exit(0)
+    os.close(w)
+    payload.reap(pid)
+    with os.fdopen(r, "rb") as f:
+        answer = f.read()
+    if answer != b"frozen":
+        if os.path.exists(fifo):
+            os.unlink(fifo)
+        raise OciError(answer.decode(errors="replace") or f"cannot freeze {unit}")
+
+
+def _hold_frozen(unit: str, fifo: str, report_fd: int) -> None:
+    """The helper: never returns."""
+    from machinectl_py import freezer
+
+    code = 0
+    try:
+        for fd in (0, 1, 2):
+            devnull = os.open("/dev/null", os.O_RDWR)
+            os.dup2(devnull, fd)
+            os.close(devnull)
+        with freezer.frozen_unit(unit):
+            os.write(report_fd, b"frozen")
+            os.close(report_fd)
+            report_fd = -1
+            with open(fifo, "rb") as f:  # blocks until `resume` opens it
+                f.read()
+    except BaseException as e:
+        code = 1
+        if report_fd >= 0:
+            os.write(report_fd, (e.message if isinstance(e, PymachineError) else str(e)).encode())
+    finally:
+        if os.path.exists(fifo):
+            os.unlink(fifo)
+        os._exit(code)
+
+
+def _thaw(fifo: str) -> None:
+    """Open the resume FIFO: the helper thaws the unit, removes the FIFO and exits."""
+    try:
+        fd = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except (FileNotFoundError, OSError):
+        return  # no helper waits: nothing is frozen
+    os.close(fd)
+    deadline = time.monotonic() + STOP_WAIT_SECONDS
+    while os.path.exists(fifo) and time.monotonic() < deadline:
+        time.sleep(0.01)
 
 
 def processes(root: str, container_id: str) -> list[tuple[int, str]]:

@@ -70,7 +70,7 @@ def ids(root: str) -> list[str]:
 
 def remove(root: str, container_id: str) -> None:
     path = container_dir(root, container_id)
-    for name in ("state.json", "state.json.tmp", FIFO, "lock"):
+    for name in ("state.json", "state.json.tmp", FIFO, "resume.fifo", "lock"):
         try:
             os.unlink(os.path.join(path, name))
         except FileNotFoundError:

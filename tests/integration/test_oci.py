@@ -129,10 +129,40 @@ def test_ctr_detached_task(host: AnyHost, containerd: str) -> None:
         assert len(ps.splitlines()) >= 2, ps
         journal = host.run(["journalctl", "-q", "--no-pager", f"CONTAINER_NAME={cid}"]).stdout
         assert f"started {cid}" in journal, journal
+        host.run(["ctr", "task", "pause", cid], check=True)
+        assert f"{cid}" in host.run(["ctr", "task", "ls"]).stdout.split("PAUSED")[0]
+        host.run(["ctr", "task", "resume", cid], check=True)
+        r = host.run(["ctr", "task", "exec", "--exec-id", "y", cid, "true"], timeout=60)
+        assert r.returncode == 0, r.stderr
         host.run(["ctr", "task", "kill", "-s", "SIGKILL", cid], check=True)
         wait_until(lambda: "STOPPED" in host.run(["ctr", "task", "ls"]).stdout, what="the task to stop")
     finally:
         host.run(["ctr", "task", "rm", "-f", cid])
         host.run(["ctr", "container", "rm", cid])
     assert cid not in machine_names(host)
+    host.assert_no_leftovers(timeout=15)
+
+
+def test_ctr_shared_network_namespace(host: AnyHost, containerd: str) -> None:
+    """Two containers in one network namespace, as the containers of a Kubernetes pod: the second
+    joins the first's by path (linux.namespaces[].path)."""
+    first, second = f"n1-{secrets.token_hex(2)}", f"n2-{secrets.token_hex(2)}"
+    run = ["ctr", "run", "-d", "--runc-binary", containerd]
+    try:
+        host.run([*run, IMAGE, first, "busybox", "sleep", "1000"], check=True, timeout=60)
+        pid = host.run(["sh", "-c", f"ctr task ls | awk '$1 == \"{first}\" {{print $2}}'"], check=True).stdout.strip()
+        host.run([*run, "--with-ns", f"network:/proc/{pid}/ns/net", IMAGE, second, "busybox", "sleep", "1000"],
+                 check=True, timeout=60)
+        nets = [host.run(["ctr", "task", "exec", "--exec-id", "n", name, "busybox", "readlink", "/proc/self/ns/net"],
+                         check=True).stdout for name in (first, second)]
+        assert nets[0] == nets[1] and nets[0].startswith("net:"), nets
+        assert {first, second} <= set(machine_names(host))
+    finally:
+        for name in (first, second):
+            host.run(["ctr", "task", "kill", "-s", "SIGKILL", name])
+        for name in (first, second):
+            wait_until(lambda name=name: "RUNNING" not in host.run(["ctr", "task", "ls"]).stdout,  # type: ignore[misc]
+                       what="the tasks to stop")
+            host.run(["ctr", "task", "rm", "-f", name])
+            host.run(["ctr", "container", "rm", name])
     host.assert_no_leftovers(timeout=15)
