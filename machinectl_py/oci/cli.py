@@ -7,14 +7,17 @@ FILE, which the shim reads to report why a command failed. Exit 1 on failure, as
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 import time
-from typing import Any
 
 from machinectl_py.errors import PymachineError
 from machinectl_py.oci import store
+from machinectl_py.state import dump_json, load_json
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 PROG = "pymachine-runc"
 # flag -> takes a value? (aliases map to one name)
@@ -89,9 +92,7 @@ def main(argv: list[str] | None = None) -> int:
         log = (global_values.get("log"), str(global_values.get("log-format", "text")))
         if global_values.get("version") or global_values.get("v"):
             from machinectl_py import __version__
-            from machinectl_py.oci.config import OCI_VERSION
-
-            print(f"{PROG} version {__version__}\nspec: {OCI_VERSION}")
+            print(f"{PROG} version {__version__}\nspec: {store.OCI_VERSION}")
             return 0
         if not rest:
             print(f"usage: {PROG} [global options] command [command options] [arguments...]\n"
@@ -121,8 +122,8 @@ def _fail(message: str, log: tuple[str | None, str]) -> int:
         try:
             with open(path, "a") as f:
                 if fmt == "json":
-                    f.write(json.dumps({"level": "error", "msg": message,
-                                        "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}) + "\n")
+                    f.write(dump_json({"level": "error", "msg": message,
+                                       "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}) + "\n")
                 else:
                     f.write(f"level=error msg={message!r}\n")
         except OSError:
@@ -141,6 +142,9 @@ def dispatch(command: str, values: dict[str, Any], positional: list[str], root: 
         if positional:
             raise Usage(f"{command} takes no arguments")
         return _no_id(command, values, root)
+    if command == "state":
+        print(dump_json(store.oci_state(root, store.load(root, _one_id(positional, command, usage)))))
+        return 0
     from machinectl_py.oci import runtime
 
     if command == "kill":
@@ -158,8 +162,6 @@ def dispatch(command: str, values: dict[str, Any], positional: list[str], root: 
                        values.get("console-socket"))
     elif command == "start":
         runtime.start(root, container_id)
-    elif command == "state":
-        print(json.dumps(runtime.oci_state(root, store.load(root, container_id)), indent=2))
     elif command == "delete":
         runtime.delete(root, container_id, bool(values.get("force")))
     elif command in ("pause", "resume"):
@@ -171,31 +173,29 @@ def _no_id(command: str, values: dict[str, Any], root: str) -> int:
     from machinectl_py.oci import defaults
 
     if command == "features":
-        print(json.dumps(defaults.features(), indent=2))
+        print(dump_json(defaults.features()))
     elif command == "spec":
         path = os.path.join(str(values.get("bundle") or "."), "config.json")
         if os.path.exists(path):
             raise PymachineError("File config.json exists. Remove it first.")
         with open(path, "w") as f:
-            json.dump(defaults.default_spec(), f, indent="\t")
+            f.write(dump_json(defaults.default_spec()) + "\n")
     else:
         _list(values, root)
     return 0
 
 
 def _list(values: dict[str, Any], root: str) -> None:
-    from machinectl_py.oci import runtime
-
     states = []
     for container_id in store.ids(root):
         try:
-            states.append(runtime.oci_state(root, store.load(root, container_id)))
+            states.append(store.oci_state(root, store.load(root, container_id)))
         except store.StoreError:
             continue  # deleted meanwhile
     if values.get("quiet"):
         print("\n".join(s["id"] for s in states) if states else "", end="\n" if states else "")
     elif values.get("format") == "json":
-        print(json.dumps(states))
+        print(dump_json(states))
     else:
         print(f"{'ID':<20} {'PID':<8} {'STATUS':<10} {'BUNDLE':<40} CREATED")
         for s in states:
@@ -209,7 +209,7 @@ def _ps(values: dict[str, Any], positional: list[str], root: str, usage: str) ->
         raise Usage(f"ps requires {usage}")
     procs = runtime.processes(root, positional[0])
     if values.get("format") == "json":
-        print(json.dumps([pid for pid, _ in procs]))
+        print(dump_json([pid for pid, _ in procs]))
     elif values.get("format", "table") == "table":
         print(f"{'PID':>8} CMD")
         for pid, cmd in procs:
@@ -228,7 +228,7 @@ def _exec(values: dict[str, Any], positional: list[str], root: str, usage: str) 
     if values.get("process"):
         try:
             with open(values["process"]) as f:
-                process = json.load(f)
+                process = load_json(f.read())
         except (OSError, ValueError) as e:
             raise PymachineError(f"cannot read the process file {values['process']}: {e}") from None
     else:

@@ -12,11 +12,12 @@ from dataclasses import dataclass, field
 from typing import Any, TypeAlias
 
 from machinectl_py import plan
+from machinectl_py.oci import store
 from machinectl_py.policy import CAPABILITIES
 from machinectl_py.spec import RLIMITS
 
 Property: TypeAlias = tuple[str, tuple[str, Any]]
-OCI_VERSION = "1.0.2"
+OCI_VERSION = store.OCI_VERSION
 UINT64_MAX = 2**64 - 1
 # The namespaces a container always gets new (pid is the held init's, mount, uts, ipc the
 # init's own unshare, cgroup after it joined its scope); network may be new or joined.

@@ -9,19 +9,23 @@ shim's, as with runc, while its cgroup, limits and machine are systemd's.
 
 from __future__ import annotations
 
+# _signal: `signal` without its enum wrappers (~3 ms of imports); see container_init.
+import _signal as signal
 import os
-import signal
 import time
-from typing import Any
 
 from machinectl_py import journal, machined, payload, systemd
 from machinectl_py.bus import Bus
-from machinectl_py.container_init import ChildPlan
 from machinectl_py.errors import BusError, PymachineError
-from machinectl_py.launch import HeldInit, _cgroup_layout, in_unit_cgroup
-from machinectl_py.mounts import unified_cgroup_host
-from machinectl_py.oci import config as oci_config
 from machinectl_py.oci import store
+from machinectl_py.oci.store import status_of
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
+
+    from machinectl_py.launch import HeldInit
+    from machinectl_py.oci import config as oci_config
 
 STOP_WAIT_SECONDS = 10
 START_WAIT_SECONDS = 10
@@ -29,43 +33,6 @@ START_WAIT_SECONDS = 10
 
 class OciError(PymachineError):
     pass
-
-
-# -- status -------------------------------------------------------------------------------------
-
-
-def _start_time(pid: int) -> tuple[str, str] | None:
-    """(state letter, start time in ticks) of /proc/PID/stat; None if there is no such process."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            fields = f.read().rpartition(")")[2].split()
-    except (FileNotFoundError, ProcessLookupError):
-        return None
-    return fields[0], fields[19]
-
-
-def status_of(root: str, st: dict[str, Any]) -> str:
-    """created, running, paused or stopped; a PID reused by another process counts as stopped."""
-    proc = _start_time(int(st["pid"]))
-    if proc is None or proc[0] in ("Z", "X") or proc[1] != st["starttime"]:
-        return "stopped"
-    if os.path.exists(os.path.join(store.container_dir(root, st["id"]), store.FIFO)):
-        return "created"
-    if st.get("paused"):
-        return "paused"
-    return "running"
-
-
-def oci_state(root: str, st: dict[str, Any]) -> dict[str, Any]:
-    """The runtime spec's state: ociVersion, id, status, pid, bundle, annotations (with runc's
-    additions rootfs, created and owner)."""
-    status = status_of(root, st)
-    state = {"ociVersion": oci_config.OCI_VERSION, "id": st["id"], "pid": 0 if status == "stopped" else st["pid"],
-             "status": status, "bundle": st["bundle"], "rootfs": st["rootfs"], "created": st["created"],
-             "owner": ""}
-    if st.get("annotations"):
-        state["annotations"] = st["annotations"]  # omitted when empty, as runc does
-    return state
 
 
 # -- create / start ------------------------------------------------------------------------------
@@ -83,7 +50,12 @@ def log_event(st: dict[str, Any], what: str) -> None:
 
 
 def create(root: str, container_id: str, bundle: str, pid_file: str | None, console_socket: str | None) -> None:
-    oci_config.check_id(container_id)
+    from machinectl_py.oci import config as oci_config
+
+    try:
+        oci_config.check_id(container_id)
+    except oci_config.OciConfigError as e:
+        raise OciError(str(e)) from None
     bundle = os.path.abspath(bundle)
     cfg = read_config(bundle, container_id)
     if cfg.terminal and not console_socket:
@@ -99,11 +71,12 @@ def create(root: str, container_id: str, bundle: str, pid_file: str | None, cons
 
 
 def read_config(bundle: str, container_id: str) -> oci_config.OciConfig:
-    import json
+    from machinectl_py.oci import config as oci_config
+    from machinectl_py.state import load_json
 
     try:
         with open(os.path.join(bundle, "config.json")) as f:
-            raw = json.load(f)
+            raw = load_json(f.read())
     except FileNotFoundError:
         raise OciError(f"JSON specification file {os.path.join(bundle, 'config.json')} not found") from None
     except ValueError as e:
@@ -119,13 +92,17 @@ def read_config(bundle: str, container_id: str) -> oci_config.OciConfig:
 
 def _create_locked(root: str, container_id: str, bundle: str, cfg: oci_config.OciConfig, pid_file: str | None,
                    console_socket: str | None) -> None:
+    from machinectl_py.container_init import ChildPlan
+    from machinectl_py.launch import HeldInit, _cgroup_layout
+    from machinectl_py.oci.config import machine_name
+
     cdir = store.container_dir(root, container_id)
     fifo = os.path.join(cdir, store.FIFO)
     os.mkfifo(fifo, 0o600)
     start_fd = os.open(fifo, os.O_PATH | os.O_CLOEXEC)
     os.set_inheritable(start_fd, True)
     console = _connect(console_socket) if cfg.terminal and console_socket else -1
-    name = oci_config.machine_name(container_id)
+    name = machine_name(container_id)
     child = ChildPlan(
         container_dir=bundle, rootfs=cfg.rootfs, overlay=None, ops=cfg.ops, cgroup_layout=_cgroup_layout(),
         hostname=cfg.hostname or name, private_network=cfg.private_network, argv=cfg.args, env=cfg.env,
@@ -143,7 +120,7 @@ def _create_locked(root: str, container_id: str, bundle: str, cfg: oci_config.Oc
         "unit": cfg.unit, "machine": name, "machine_id": os.urandom(16).hex(), "starttime": "",
     }
     try:
-        proc = _start_time(init.pid)
+        proc = store.start_time(init.pid)
         st["starttime"] = proc[1] if proc else ""
         if cfg.oom_score_adj is not None:
             with open(f"/proc/{init.pid}/oom_score_adj", "w") as f:
@@ -183,6 +160,8 @@ def _connect(path: str) -> int:
 def scope_properties(cfg: oci_config.OciConfig, pid: int) -> list[systemd.Property]:
     """The scope of an OCI container: in the slice of cgroupsPath, delegated as machined makes
     every machine's scope (on a host with v1 hierarchies, with the controllers its limits use)."""
+    from machinectl_py.mounts import unified_cgroup_host
+
     props: list[systemd.Property] = [
         ("Description", ("s", f"pymachine OCI container {cfg.unit}")),
         ("Slice", ("s", cfg.slice)),
@@ -201,6 +180,8 @@ def scope_properties(cfg: oci_config.OciConfig, pid: int) -> list[systemd.Proper
 
 
 def _make_machine(cfg: oci_config.OciConfig, st: dict[str, Any], init: HeldInit) -> None:
+    from machinectl_py.launch import in_unit_cgroup
+
     with Bus.systemd() as pid1:
         try:
             job = systemd.start_scope(pid1, cfg.unit, scope_properties(cfg, init.pid))
@@ -259,11 +240,12 @@ def parse_signal(text: str) -> int:
         if 0 < number < 65:
             return number
     else:
+        import signal as signals  # the enum of names
+
         name = text.upper()
         name = name if name.startswith("SIG") else "SIG" + name
-        sig = getattr(signal.Signals, name, None) if name in signal.Signals.__members__ else None
-        if sig is not None:
-            return int(sig)
+        if name in signals.Signals.__members__:
+            return int(signals.Signals[name])
     raise OciError(f"unknown signal {text!r}")
 
 
@@ -441,6 +423,7 @@ def exec_process(root: str, container_id: str, process: dict[str, Any], *, conso
     cwd, the container's capabilities bound), attached to the container's scope."""
     from machinectl_py import exec as joining
     from machinectl_py import syscalls as sc
+    from machinectl_py.oci import config as oci_config
 
     st = store.load(root, container_id)
     if status_of(root, st) not in ("running", "created"):

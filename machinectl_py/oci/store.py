@@ -6,10 +6,15 @@ init (forked while `create` holds it) does not inherit."""
 from __future__ import annotations
 
 import fcntl
-import json
 import os
-from typing import Any
 
+from machinectl_py.state import dump_json, load_json
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
+
+OCI_VERSION = "1.0.2"
 DEFAULT_ROOT = "/run/pymachine-runc"
 FIFO = "exec.fifo"
 
@@ -47,14 +52,14 @@ def save(root: str, container_id: str, state: dict[str, Any]) -> None:
     path = os.path.join(container_dir(root, container_id), "state.json")
     tmp = path + ".tmp"
     with open(tmp, "w") as f:
-        json.dump(state, f)
+        f.write(dump_json(state))
     os.rename(tmp, path)
 
 
 def load(root: str, container_id: str) -> dict[str, Any]:
     try:
         with open(os.path.join(container_dir(root, container_id), "state.json")) as f:
-            state: dict[str, Any] = json.load(f)
+            state: dict[str, Any] = load_json(f.read())
             return state
     except (FileNotFoundError, NotADirectoryError):
         raise StoreError(f"container does not exist: {container_id}") from None
@@ -87,3 +92,40 @@ def write_pid_file(path: str, pid: int) -> None:
     with open(tmp, "w") as f:
         f.write(str(pid))
     os.rename(tmp, path)
+
+
+# -- status: read-only, for `state` and `list` (no D-Bus, nothing heavy imported) ----------------
+
+
+def start_time(pid: int) -> tuple[str, str] | None:
+    """(state letter, start time in ticks) of /proc/PID/stat; None if there is no such process."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rpartition(")")[2].split()
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    return fields[0], fields[19]
+
+
+def status_of(root: str, st: dict[str, Any]) -> str:
+    """created, running, paused or stopped; a PID reused by another process counts as stopped."""
+    proc = start_time(int(st["pid"]))
+    if proc is None or proc[0] in ("Z", "X") or proc[1] != st["starttime"]:
+        return "stopped"
+    if os.path.exists(os.path.join(container_dir(root, st["id"]), FIFO)):
+        return "created"
+    if st.get("paused"):
+        return "paused"
+    return "running"
+
+
+def oci_state(root: str, st: dict[str, Any]) -> dict[str, Any]:
+    """The runtime spec's state: ociVersion, id, status, pid, bundle, annotations (with runc's
+    additions rootfs, created and owner)."""
+    status = status_of(root, st)
+    state = {"ociVersion": OCI_VERSION, "id": st["id"], "pid": 0 if status == "stopped" else st["pid"],
+             "status": status, "bundle": st["bundle"], "rootfs": st["rootfs"], "created": st["created"],
+             "owner": ""}
+    if st.get("annotations"):
+        state["annotations"] = st["annotations"]  # omitted when empty, as runc does
+    return state
