@@ -175,14 +175,17 @@ def launch(plan: ChildPlan, go_fd: int, status_fd: int, stdout_fd: int, stderr_f
     env = dict(plan.env)
     if "HOME" not in env:
         env["HOME"] = home_of(uid) or ("/root" if uid == 0 else "/")
+    console = -1
     if plan.start_fd >= 0:
+        if plan.tty:
+            console = open_console(stdout_fd)  # its master reaches the console socket at create, as runc's
         await_start(plan.start_fd, status_fd)
     confine(plan.seccomp, plan.capability_mask, uid, gid, groups)
     if plan.no_new_privs:
         sc.prctl(PR_SET_NO_NEW_PRIVS, 1)
     stdin = os.open("/dev/null", os.O_RDONLY) if plan.stdin_devnull else 0
     if plan.tty:
-        stdin = stdout_fd = stderr_fd = open_console(stdout_fd)
+        stdin = stdout_fd = stderr_fd = console if console >= 0 else open_console(stdout_fd)
     # The machine is registered: from here on, only what the exec needs.
     await_parent(go_fd, RUN)
     os.close(go_fd)

@@ -166,3 +166,47 @@ def test_ctr_shared_network_namespace(host: AnyHost, containerd: str) -> None:
             host.run(["ctr", "task", "rm", "-f", name])
             host.run(["ctr", "container", "rm", name])
     host.assert_no_leftovers(timeout=15)
+
+
+CONSOLE_DRIVER = r"""
+import array, os, socket, subprocess, sys
+runtime, root, bundle, cid, sock_path = sys.argv[1:6]
+server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+server.bind(sock_path)
+server.listen(1)
+proc = subprocess.Popen([runtime, "--root", root, "create", "--bundle", bundle, "--console-socket", sock_path, cid],
+                        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
+conn, _ = server.accept()
+msg, fds, _, _ = socket.recv_fds(conn, 1024, 1)
+assert proc.wait(60) == 0, "create failed"
+subprocess.run([runtime, "--root", root, "start", cid], check=True)
+out = b""
+while b"done" not in out:
+    try:
+        chunk = os.read(fds[0], 1024)
+    except OSError:
+        break
+    if not chunk:
+        break
+    out += chunk
+print(out.decode(errors="replace"))
+"""
+
+
+def test_console_socket(host: AnyHost, tmp_path: Path) -> None:
+    """terminal: true with --console-socket: the init's pty master reaches the socket's owner (as
+    containerd's shim receives it), and the process has a terminal."""
+    bundle = make_bundle(tmp_path / "bundle", [])
+    ours = runc_binary(host)
+    write_spec(host, ours, bundle, ["sh", "-c", "[ -t 0 ] && [ -t 1 ] && echo on-a-tty; echo done"])
+    spec = json.loads((bundle / "config.json").read_text())
+    spec["process"]["terminal"] = True
+    (bundle / "config.json").write_text(json.dumps(spec))
+    cid, root = f"tty-{secrets.token_hex(2)}", str(tmp_path / "root")
+    r = host.run(["python3", "-c", CONSOLE_DRIVER, ours, root, str(bundle), cid, str(tmp_path / "console.sock")],
+                 timeout=90)
+    assert r.returncode == 0 and "on-a-tty" in r.stdout, (r.stdout, r.stderr)
+    wait_until(lambda: json.loads(host.run([ours, "--root", root, "state", cid]).stdout)["status"] == "stopped",
+               what="the container to stop")
+    host.run([ours, "--root", root, "delete", cid], check=True)
+    host.assert_no_leftovers(timeout=15)
