@@ -50,9 +50,9 @@ RUN = b"g"
 class ChildPlan(Record):
     __slots__ = ("container_dir", "rootfs", "overlay", "ops", "cgroup_layout", "hostname", "private_network",
                  "argv", "env", "workdir", "user", "capability_mask", "stdin_devnull", "detached", "tty", "seccomp",
-                 "read_only_root", "rlimits", "netns_path", "start_fd", "no_new_privs", "groups")
+                 "read_only_root", "rlimits", "join_namespaces", "start_fd", "no_new_privs", "groups")
     _defaults = {"user": None, "stdin_devnull": True, "detached": False, "tty": False, "seccomp": b"",
-                 "read_only_root": False, "rlimits": (), "netns_path": None, "start_fd": -1, "no_new_privs": False,
+                 "read_only_root": False, "rlimits": (), "join_namespaces": (), "start_fd": -1, "no_new_privs": False,
                  "groups": None}
     container_dir: str  # cwd while mounting the overlay (its options use relative names)
     rootfs: str
@@ -82,10 +82,11 @@ class ChildPlan(Record):
     read_only_root: bool
     # --ulimit: (RLIMIT_* number, soft, hard), -1 for no limit; set before the privileges drop.
     rlimits: tuple[tuple[int, int, int], ...]
-    # The OCI runtime (oci/): a network namespace to join (containerd's or CNI's) instead of
-    # the host's or a new one; an O_PATH fd of the bundle's start FIFO, on which the init waits,
-    # once set up, for `start` (runc's create/start split); process.noNewPrivileges.
-    netns_path: str | None
+    # The OCI runtime (oci/): namespaces to join instead of making new ones, (kind, path) with
+    # kind network, ipc or uts (a Kubernetes pod's, made by the engine); an O_PATH fd of the
+    # bundle's start FIFO, on which the init waits, once set up, for `start` (runc's
+    # create/start split); process.noNewPrivileges.
+    join_namespaces: tuple[tuple[str, str], ...]
     start_fd: int
     no_new_privs: bool
     # process.user.additionalGids: exactly these supplementary groups; None: the container's /etc/group.
@@ -116,8 +117,8 @@ def prepare(plan: ChildPlan, go_fd: int, status_fd: int, parent_pid: int) -> Non
     flags = sc.CLONE_NEWNS | sc.CLONE_NEWUTS | sc.CLONE_NEWIPC
     if plan.private_network:
         flags |= sc.CLONE_NEWNET
-    if plan.netns_path is not None:
-        join_netns(plan.netns_path)
+    for kind, path in plan.join_namespaces:
+        flags &= ~join_namespace(kind, path)
     sc.unshare(flags)
     # Nothing mounted from here on may propagate back to the host.
     sc.mount(None, "/", None, sc.MS_REC | sc.MS_PRIVATE)
@@ -131,7 +132,8 @@ def prepare(plan: ChildPlan, go_fd: int, status_fd: int, parent_pid: int) -> Non
         mounts.remount_root_read_only(plan.rootfs)
     if plan.rlimits:
         set_rlimits(plan.rlimits)
-    sc.sethostname(plan.hostname)
+    if plan.hostname:  # "": a joined UTS namespace keeps its own
+        sc.sethostname(plan.hostname)
     if plan.private_network:
         bring_up_loopback()
     if plan.tty:
@@ -193,13 +195,15 @@ def launch(plan: ChildPlan, go_fd: int, status_fd: int, stdout_fd: int, stderr_f
     finalize_and_exec(plan.argv, env, status_fd, plan.workdir)
 
 
-def join_netns(path: str) -> None:
-    """linux.namespaces' network `path`: the network namespace the engine made (a pod's)."""
+def join_namespace(kind: str, path: str) -> int:
+    """linux.namespaces' `path`: join the namespace the engine made (a pod's); its CLONE_ flag."""
+    flag = {"network": sc.CLONE_NEWNET, "ipc": sc.CLONE_NEWIPC, "uts": sc.CLONE_NEWUTS}[kind]
     fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     try:
-        sc.setns(fd, sc.CLONE_NEWNET)
+        sc.setns(fd, flag)
     finally:
         os.close(fd)
+    return flag
 
 
 def await_start(start_fd: int, status_fd: int) -> None:

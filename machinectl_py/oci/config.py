@@ -57,7 +57,7 @@ class OciConfig:
     no_new_privs: bool
     oom_score_adj: int | None
     private_network: bool
-    netns_path: str | None
+    join_namespaces: tuple[tuple[str, str], ...]  # (network|ipc|uts, path)
     slice: str
     unit: str
     properties: tuple[Property, ...]
@@ -123,7 +123,10 @@ def parse(raw: Any, bundle: str, container_id: str) -> OciConfig:
     if not rootfs:
         raise fail("root.path", "missing")
     rootfs = os.path.normpath(os.path.join(bundle, rootfs))
-    private_network, netns_path = _namespaces(_list(linux.get("namespaces"), "linux.namespaces"))
+    private_network, joined = _namespaces(_list(linux.get("namespaces"), "linux.namespaces"))
+    hostname = str(top.get("hostname") or "")
+    if hostname and any(kind == "uts" for kind, _ in joined):
+        raise fail("hostname", "setting it needs a new uts namespace, not a joined one (as runc)")
     slice_, unit = cgroup_unit(linux.get("cgroupsPath"), container_id)
     return OciConfig(
         args=_args(process),
@@ -134,14 +137,14 @@ def parse(raw: Any, bundle: str, container_id: str) -> OciConfig:
         terminal=bool(process.get("terminal", False)),
         rootfs=rootfs,
         readonly_root=bool(root.get("readonly", False)),
-        hostname=str(top.get("hostname") or ""),
+        hostname=hostname,
         ops=tuple(_ops(top, linux)),
         capability_mask=_capabilities(process),
         rlimits=_rlimits(process),
         no_new_privs=bool(process.get("noNewPrivileges", False)),
         oom_score_adj=_oom(process),
         private_network=private_network,
-        netns_path=netns_path,
+        join_namespaces=joined,
         slice=slice_,
         unit=unit,
         properties=tuple(resource_properties(_obj(linux.get("resources"), "linux.resources"))),
@@ -222,9 +225,13 @@ def _oom(process: dict[str, Any]) -> int | None:
     return value
 
 
-def _namespaces(items: list[Any]) -> tuple[bool, str | None]:
-    """(a new network namespace?, the path of one to join). pid, mount, ipc, uts are always new
-    (pymachine's init makes them); a path to join them, or a user namespace, is refused."""
+JOINABLE = ("network", "ipc", "uts")
+
+
+def _namespaces(items: list[Any]) -> tuple[bool, tuple[tuple[str, str], ...]]:
+    """(a new network namespace?, the namespaces to join by path). pid, mount and cgroup are
+    always new (pymachine's init makes them); network, ipc and uts may be joined by path, as the
+    containers of a Kubernetes pod join its sandbox's; a user namespace is refused."""
     types = {}
     for item in items:
         ns = _obj(item, "linux.namespaces[]")
@@ -232,15 +239,14 @@ def _namespaces(items: list[Any]) -> tuple[bool, str | None]:
         if kind not in NAMESPACES:
             raise fail("linux.namespaces", f"{kind!r} namespaces are not supported by pymachine")
         path = ns.get("path")
-        if path and kind != "network":
+        if path and kind not in JOINABLE:
             raise fail("linux.namespaces", f"joining an existing {kind} namespace is not supported by pymachine")
         types[kind] = str(path) if path else None
     for required in ("pid", "mount"):
         if required not in types:
             raise fail("linux.namespaces", f"pymachine always makes a new {required} namespace; the config must ask")
-    if "network" not in types:
-        return False, None
-    return types["network"] is None, types["network"]
+    joined = tuple((kind, path) for kind, path in types.items() if path is not None)
+    return "network" in types and types["network"] is None, joined
 
 
 def cgroup_unit(cgroups_path: Any, container_id: str) -> tuple[str, str]:

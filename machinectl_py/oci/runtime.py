@@ -105,10 +105,11 @@ def _create_locked(root: str, container_id: str, bundle: str, cfg: oci_config.Oc
     name = machine_name(container_id)
     child = ChildPlan(
         container_dir=bundle, rootfs=cfg.rootfs, overlay=None, ops=cfg.ops, cgroup_layout=_cgroup_layout(),
-        hostname=cfg.hostname or name, private_network=cfg.private_network, argv=cfg.args, env=cfg.env,
+        hostname=cfg.hostname or ("" if any(k == "uts" for k, _ in cfg.join_namespaces) else name),
+        private_network=cfg.private_network, argv=cfg.args, env=cfg.env,
         workdir=cfg.cwd, user=cfg.user, groups=cfg.groups, capability_mask=cfg.capability_mask,
         stdin_devnull=False, detached=True,
-        tty=cfg.terminal, read_only_root=cfg.readonly_root, rlimits=cfg.rlimits, netns_path=cfg.netns_path,
+        tty=cfg.terminal, read_only_root=cfg.readonly_root, rlimits=cfg.rlimits, join_namespaces=cfg.join_namespaces,
         start_fd=start_fd, no_new_privs=cfg.no_new_privs)
     init = HeldInit(lambda: child, console if console >= 0 else 1, console if console >= 0 else 2)
     os.close(start_fd)

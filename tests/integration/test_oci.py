@@ -144,18 +144,22 @@ def test_ctr_detached_task(host: AnyHost, containerd: str) -> None:
 
 
 def test_ctr_shared_network_namespace(host: AnyHost, containerd: str) -> None:
-    """Two containers in one network namespace, as the containers of a Kubernetes pod: the second
-    joins the first's by path (linux.namespaces[].path)."""
+    """Two containers in one network, IPC and UTS namespace, as the containers of a Kubernetes
+    pod: the second joins the first's by path (linux.namespaces[].path)."""
     first, second = f"n1-{secrets.token_hex(2)}", f"n2-{secrets.token_hex(2)}"
     run = ["ctr", "run", "-d", "--runc-binary", containerd]
     try:
         host.run([*run, IMAGE, first, "busybox", "sleep", "1000"], check=True, timeout=60)
         pid = host.run(["sh", "-c", f"ctr task ls | awk '$1 == \"{first}\" {{print $2}}'"], check=True).stdout.strip()
-        host.run([*run, "--with-ns", f"network:/proc/{pid}/ns/net", IMAGE, second, "busybox", "sleep", "1000"],
-                 check=True, timeout=60)
-        nets = [host.run(["ctr", "task", "exec", "--exec-id", "n", name, "busybox", "readlink", "/proc/self/ns/net"],
-                         check=True).stdout for name in (first, second)]
-        assert nets[0] == nets[1] and nets[0].startswith("net:"), nets
+        host.run([*run, *(f"--with-ns={kind}:/proc/{pid}/ns/{ns}" for kind, ns in
+                           (("network", "net"), ("ipc", "ipc"), ("uts", "uts"))),
+                  IMAGE, second, "busybox", "sleep", "1000"], check=True, timeout=60)
+        script = "for ns in net ipc uts; do busybox readlink /proc/self/ns/$ns; done"
+        nss = [host.run(["ctr", "task", "exec", "--exec-id", "n", name, "sh", "-c", script],
+                        check=True).stdout for name in (first, second)]
+        assert nss[0] == nss[1] and nss[0].startswith("net:"), nss
+        host_net = host.run(["readlink", "/proc/self/ns/net"], check=True).stdout
+        assert host_net.strip() not in nss[0], "a network namespace of its own, not the host's"
         assert {first, second} <= set(machine_names(host))
     finally:
         for name in (first, second):

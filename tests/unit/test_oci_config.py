@@ -25,7 +25,7 @@ def spec(**changes: Any) -> dict[str, Any]:
 def test_default_spec_translates() -> None:
     cfg = config.parse(spec(), "/b", "c1")
     assert cfg.args == ("sh",) and cfg.rootfs == "/b/rootfs" and cfg.readonly_root
-    assert cfg.user == "0:0" and cfg.no_new_privs and cfg.private_network and cfg.netns_path is None
+    assert cfg.user == "0:0" and cfg.no_new_privs and cfg.private_network and cfg.join_namespaces == ()
     assert cfg.unit == "machine-c1.scope" and cfg.slice == "machine.slice"
     assert cfg.capability_mask == (1 << 29) | (1 << 5) | (1 << 10)  # AUDIT_WRITE, KILL, NET_BIND_SERVICE
     assert cfg.rlimits == ((7, 1024, 1024),)
@@ -55,9 +55,14 @@ def test_cgroups_path_systemd_form() -> None:
 
 
 def test_network_namespace_path_is_joined() -> None:
-    namespaces = [{"type": "pid"}, {"type": "mount"}, {"type": "network", "path": "/var/run/netns/pod"}]
-    cfg = config.parse(spec(linux__namespaces=namespaces), "/b", "c1")
-    assert (cfg.private_network, cfg.netns_path) == (False, "/var/run/netns/pod")
+    namespaces = [{"type": "pid"}, {"type": "mount"}, {"type": "network", "path": "/var/run/netns/pod"},
+                  {"type": "ipc", "path": "/proc/9/ns/ipc"}, {"type": "uts", "path": "/proc/9/ns/uts"}]
+    cfg = config.parse(spec(linux__namespaces=namespaces, hostname=""), "/b", "c1")
+    assert cfg.private_network is False
+    assert cfg.join_namespaces == (("network", "/var/run/netns/pod"), ("ipc", "/proc/9/ns/ipc"),
+                                   ("uts", "/proc/9/ns/uts"))
+    with pytest.raises(config.OciConfigError, match="hostname"):
+        config.parse(spec(linux__namespaces=namespaces), "/b", "c1")  # runc's spec sets one
 
 
 @pytest.mark.parametrize(("changes", "field"), [
