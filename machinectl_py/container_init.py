@@ -43,18 +43,21 @@ _SIOCSIFFLAGS = 0x8914
 _IFF_UP = 0x1
 # What the parent writes on the `go` pipe; EOF instead of either: abandon the start.
 IN_SCOPE = b"c"
+PR_SET_NO_NEW_PRIVS = 38
 RUN = b"g"
 
 
 class ChildPlan(Record):
     __slots__ = ("container_dir", "rootfs", "overlay", "ops", "cgroup_layout", "hostname", "private_network",
                  "argv", "env", "workdir", "user", "capability_mask", "stdin_devnull", "detached", "tty", "seccomp",
-                 "read_only_root", "rlimits")
+                 "read_only_root", "rlimits", "join_namespaces", "start_fd", "no_new_privs", "groups")
     _defaults = {"user": None, "stdin_devnull": True, "detached": False, "tty": False, "seccomp": b"",
-                 "read_only_root": False, "rlimits": ()}
+                 "read_only_root": False, "rlimits": (), "join_namespaces": (), "start_fd": -1, "no_new_privs": False,
+                 "groups": None}
     container_dir: str  # cwd while mounting the overlay (its options use relative names)
     rootfs: str
-    overlay: Overlay
+    # None: `rootfs` is a directory used as it is (an OCI bundle's root), bound onto itself.
+    overlay: Overlay | None
     ops: tuple[Op, ...]
     cgroup_layout: CgroupLayout
     hostname: str
@@ -79,6 +82,15 @@ class ChildPlan(Record):
     read_only_root: bool
     # --ulimit: (RLIMIT_* number, soft, hard), -1 for no limit; set before the privileges drop.
     rlimits: tuple[tuple[int, int, int], ...]
+    # The OCI runtime (oci/): namespaces to join instead of making new ones, (kind, path) with
+    # kind network, ipc or uts (a Kubernetes pod's, made by the engine); an O_PATH fd of the
+    # bundle's start FIFO, on which the init waits, once set up, for `start` (runc's
+    # create/start split); process.noNewPrivileges.
+    join_namespaces: tuple[tuple[str, str], ...]
+    start_fd: int
+    no_new_privs: bool
+    # process.user.additionalGids: exactly these supplementary groups; None: the container's /etc/group.
+    groups: tuple[int, ...] | None
 
 
 def child_main(make_plan: Callable[[], ChildPlan], go_fd: int, status_fd: int, stdout_fd: int, stderr_fd: int,
@@ -105,17 +117,23 @@ def prepare(plan: ChildPlan, go_fd: int, status_fd: int, parent_pid: int) -> Non
     flags = sc.CLONE_NEWNS | sc.CLONE_NEWUTS | sc.CLONE_NEWIPC
     if plan.private_network:
         flags |= sc.CLONE_NEWNET
+    for kind, path in plan.join_namespaces:
+        flags &= ~join_namespace(kind, path)
     sc.unshare(flags)
     # Nothing mounted from here on may propagate back to the host.
     sc.mount(None, "/", None, sc.MS_REC | sc.MS_PRIVATE)
     os.chdir(plan.container_dir)
-    mounts.mount_overlay(plan.overlay, plan.rootfs)
+    if plan.overlay is None:
+        sc.mount(plan.rootfs, plan.rootfs, None, sc.MS_BIND | sc.MS_REC)
+    else:
+        mounts.mount_overlay(plan.overlay, plan.rootfs)
     mounts.apply(plan.rootfs, plan.ops)
     if plan.read_only_root:
         mounts.remount_root_read_only(plan.rootfs)
     if plan.rlimits:
         set_rlimits(plan.rlimits)
-    sc.sethostname(plan.hostname)
+    if plan.hostname:  # "": a joined UTS namespace keeps its own
+        sc.sethostname(plan.hostname)
     if plan.private_network:
         bring_up_loopback()
     if plan.tty:
@@ -154,18 +172,50 @@ def await_parent(go_fd: int, expected: bytes) -> None:
 
 def launch(plan: ChildPlan, go_fd: int, status_fd: int, stdout_fd: int, stderr_fd: int) -> None:
     uid, gid, groups = resolve_user(plan.user) if plan.user else (0, 0, [])
+    if plan.groups is not None:
+        groups = list(plan.groups)
     env = dict(plan.env)
     if "HOME" not in env:
         env["HOME"] = home_of(uid) or ("/root" if uid == 0 else "/")
+    console = -1
+    if plan.start_fd >= 0:
+        if plan.tty:
+            console = open_console(stdout_fd)  # its master reaches the console socket at create, as runc's
+        await_start(plan.start_fd, status_fd)
     confine(plan.seccomp, plan.capability_mask, uid, gid, groups)
+    if plan.no_new_privs:
+        sc.prctl(PR_SET_NO_NEW_PRIVS, 1)
     stdin = os.open("/dev/null", os.O_RDONLY) if plan.stdin_devnull else 0
     if plan.tty:
-        stdin = stdout_fd = stderr_fd = open_console(stdout_fd)
+        stdin = stdout_fd = stderr_fd = console if console >= 0 else open_console(stdout_fd)
     # The machine is registered: from here on, only what the exec needs.
     await_parent(go_fd, RUN)
     os.close(go_fd)
     attach_stdio(stdin, stdout_fd, stderr_fd)
     finalize_and_exec(plan.argv, env, status_fd, plan.workdir)
+
+
+def join_namespace(kind: str, path: str) -> int:
+    """linux.namespaces' `path`: join the namespace the engine made (a pod's); its CLONE_ flag."""
+    flag = {"network": sc.CLONE_NEWNET, "ipc": sc.CLONE_NEWIPC, "uts": sc.CLONE_NEWUTS}[kind]
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        sc.setns(fd, flag)
+    finally:
+        os.close(fd)
+    return flag
+
+
+def await_start(start_fd: int, status_fd: int) -> None:
+    """runc's create/start split: set up and held, the init tells its creator so by closing the
+    status pipe (stderr takes its place: a later failure to exec is printed there), then blocks
+    opening the start FIFO for writing until `start` opens it for reading. The FIFO is reached
+    through /proc/self/fd of the O_PATH fd opened on the host before pivot_root."""
+    os.dup2(2, status_fd)
+    fd = os.open(f"/proc/self/fd/{start_fd}", os.O_WRONLY | os.O_CLOEXEC)
+    os.write(fd, b"0")
+    os.close(fd)
+    os.close(start_fd)
 
 
 def bring_up_loopback() -> None:

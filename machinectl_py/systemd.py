@@ -208,3 +208,14 @@ def wait_scope_started(bus: Bus, unit: str, job: str) -> None:
     if result != "done":
         raise BusError(JOB_FAILED,
                        f"the job that starts {unit} ended {result or 'without an answer'}")
+
+
+def kill_unit(bus: Bus, unit: str, signal: int, whom: str = "all") -> None:
+    """KillUnit: a signal to the unit's processes (`all`, or its `main` one)."""
+    call(bus, "KillUnit", "ssi", unit, whom, signal)
+
+
+def unit_processes(bus: Bus, unit: str) -> list[tuple[str, int, str]]:
+    """GetUnitProcesses: (cgroup, PID, command line) of every process in the unit."""
+    rows: list[Any] = call(bus, "GetUnitProcesses", "s", unit)[0]
+    return [(str(r[0]), int(r[1]), str(r[2])) for r in rows]

@@ -26,10 +26,12 @@ SITE = "usr/lib/python3/dist-packages"
 EXPECTED_FILES = (
     UNIT,
     "usr/bin/pymachine",
+    "usr/bin/pymachine-runc",
     "lib/systemd/system-generators/pymachine-generator",
     f"{SITE}/machinectl_py/__init__.py",
     f"{SITE}/machinectl_py/cli.py",
     f"{SITE}/machinectl_py/images/__init__.py",
+    f"{SITE}/machinectl_py/oci/cli.py",
     f"{SITE}/machinectl_py/data/policy-default.toml",
     "usr/share/pymachine/default.toml",
     "usr/share/doc/pymachine/copyright",
@@ -143,6 +145,7 @@ def test_unpacked_program_runs_with_debians_python(unpacked: Path) -> None:
     script = unpacked / "usr/bin/pymachine"
     # Isolated and without site (see bin/pymachine); then sys.path comes from the launcher alone.
     assert script.read_text().startswith("#!/usr/bin/python3 -IS\n")
+    assert (unpacked / "usr/bin/pymachine-runc").read_text().startswith("#!/usr/bin/python3 -IS\n")
     env = {**CLEAN_ENV, "PYTHONPATH": str(unpacked / SITE)}
     version = subprocess.run(["/usr/bin/python3", "-S", str(script), "--version"], capture_output=True,
                              text=True, env=env, cwd=unpacked, timeout=60)

@@ -1,0 +1,110 @@
+"""The OCI config.json translation (machinectl_py.oci.config) and runc's flag parsing, without root."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from machinectl_py import plan
+from machinectl_py.oci import cli, config, defaults
+
+
+def spec(**changes: Any) -> dict[str, Any]:
+    raw = defaults.default_spec()
+    raw["process"]["terminal"] = False
+    for dotted, value in changes.items():
+        target = raw
+        *parents, last = dotted.split("__")
+        for key in parents:
+            target = target.setdefault(key, {})
+        target[last] = value
+    return raw
+
+
+def test_default_spec_translates() -> None:
+    cfg = config.parse(spec(), "/b", "c1")
+    assert cfg.args == ("sh",) and cfg.rootfs == "/b/rootfs" and cfg.readonly_root
+    assert cfg.user == "0:0" and cfg.no_new_privs and cfg.private_network and cfg.join_namespaces == ()
+    assert cfg.unit == "machine-c1.scope" and cfg.slice == "machine.slice"
+    assert cfg.capability_mask == (1 << 29) | (1 << 5) | (1 << 10)  # AUDIT_WRITE, KILL, NET_BIND_SERVICE
+    assert cfg.rlimits == ((7, 1024, 1024),)
+    assert plan.Mount("/proc", "proc", "proc", 0, None) in cfg.ops
+    assert plan.DeviceNode("/dev/null", 1, 3) in cfg.ops, "the spec's default devices on /dev"
+    assert plan.Mask("/proc/kcore") in cfg.ops and plan.ReadOnly("/proc/sys") in cfg.ops
+    assert not any(isinstance(op, plan.CgroupMount) for op in cfg.ops), "the init mounts its cgroup view itself"
+
+
+def test_resources_become_unit_properties() -> None:
+    resources = {"memory": {"limit": 64 << 20}, "cpu": {"quota": 50000, "period": 100000, "shares": 1024},
+                 "pids": {"limit": 32}, "devices": [{"allow": False, "access": "rwm"},
+                                                     {"allow": True, "type": "c", "major": 10, "minor": 200,
+                                                      "access": "rwm"}]}
+    props = dict(config.parse(spec(linux__resources=resources), "/b", "c1").properties)
+    assert props["MemoryMax"] == ("t", 64 << 20)
+    assert props["CPUQuotaPerSecUSec"] == ("t", 500000)
+    assert props["TasksMax"] == ("t", 32)
+    assert props["CPUWeight"][1] == 1 + (1022 * 9999) // 262142
+    assert props["DevicePolicy"] == ("s", "closed") and ("/dev/char/10:200", "rwm") in props["DeviceAllow"][1]
+
+
+def test_cgroups_path_systemd_form() -> None:
+    cfg = config.parse(spec(linux__cgroupsPath="kubepods.slice:cri-containerd:abc"), "/b", "abc")
+    assert (cfg.slice, cfg.unit) == ("kubepods.slice", "cri-containerd-abc.scope")
+    assert config.cgroup_unit("/default/x-y", "x-y") == ("machine.slice", "machine-x\\x2dy.scope")
+
+
+def test_network_namespace_path_is_joined() -> None:
+    namespaces = [{"type": "pid"}, {"type": "mount"}, {"type": "network", "path": "/var/run/netns/pod"},
+                  {"type": "ipc", "path": "/proc/9/ns/ipc"}, {"type": "uts", "path": "/proc/9/ns/uts"}]
+    cfg = config.parse(spec(linux__namespaces=namespaces, hostname=""), "/b", "c1")
+    assert cfg.private_network is False
+    assert cfg.join_namespaces == (("network", "/var/run/netns/pod"), ("ipc", "/proc/9/ns/ipc"),
+                                   ("uts", "/proc/9/ns/uts"))
+    with pytest.raises(config.OciConfigError, match="hostname"):
+        config.parse(spec(linux__namespaces=namespaces), "/b", "c1")  # runc's spec sets one
+
+
+@pytest.mark.parametrize(("changes", "field"), [
+    ({"hooks": {"prestart": [{"path": "/bin/true"}]}}, "hooks"),
+    ({"linux__uidMappings": [{"containerID": 0, "hostID": 1000, "size": 1}]}, "linux.uidMappings"),
+    ({"linux__seccomp": {"defaultAction": "SCMP_ACT_ALLOW"}}, "linux.seccomp"),
+    ({"linux__namespaces": [{"type": "pid"}, {"type": "mount"}, {"type": "user"}]}, "linux.namespaces"),
+    ({"linux__intelRdt": {}}, "linux.intelRdt"),
+    ({"process__args": []}, "process.args"),
+    ({"process__cwd": "relative"}, "process.cwd"),
+    ({"mounts": [{"destination": "/x", "type": "nfs", "source": "h:/"}]}, "mounts[0].type"),
+    ({"linux__resources": {"memory": {"kernel": 1}}}, "linux.resources.memory.kernel"),
+])
+def test_unsupported_fields_are_errors_naming_them(changes: dict[str, Any], field: str) -> None:
+    with pytest.raises(config.OciConfigError, match=field.replace("[", r"\[").replace("]", r"\]")):
+        config.parse(spec(**changes), "/b", "c1")
+
+
+def test_ids_and_machine_names() -> None:
+    config.check_id("abc-1.2_3")
+    for bad in ("", "../x", "a/b", "a b"):
+        with pytest.raises(config.OciConfigError):
+            config.check_id(bad)
+    assert config.machine_name("a" * 70) == "a" * 64
+
+
+def test_runc_flags() -> None:
+    values, rest = cli.parse_flags(["--root", "/r", "--log=/l", "--systemd-cgroup", "create", "-b", "x"],
+                                   cli.GLOBAL_FLAGS, {}, True)
+    assert values == {"root": "/r", "log": "/l", "systemd-cgroup": True} and rest == ["create", "-b", "x"]
+    flags, aliases, _ = cli.COMMANDS["exec"]
+    values, rest = cli.parse_flags(["-d", "--pid-file", "p", "id", "sh", "-c", "x"], flags, aliases, True)
+    assert values == {"detach": True, "pid-file": "p"} and rest == ["id", "sh", "-c", "x"]
+    with pytest.raises(cli.Usage, match="flag provided but not defined: -nope"):
+        cli.parse_flags(["--nope"], flags, aliases, True)
+
+
+def test_cli_errors_are_one_line(capsys: pytest.CaptureFixture[str], tmp_path: Any) -> None:
+    assert cli.main(["--root", str(tmp_path), "frobnicate"]) == 1
+    assert cli.main(["--root", str(tmp_path), "--log", str(tmp_path / "log"), "--log-format", "json",
+                     "state", "nope"]) == 1
+    err = capsys.readouterr().err.splitlines()
+    assert err == ["pymachine-runc: No help topic for 'frobnicate'", "pymachine-runc: container does not exist: nope"]
+    assert '"level": "error"' in (tmp_path / "log").read_text()
+    assert cli.main(["features"]) == 0 and '"ociVersionMax"' in capsys.readouterr().out
