@@ -150,6 +150,21 @@ class Message:
                 return values
             values.append(item)
 
+    def read_rows(self, row: str, keep: Sequence[int]) -> list[tuple[Any, ...]]:
+        """Read an array of structs of basic fields, one sd_bus_message_read() per struct (as
+        systemctl reads ListUnits), decoding only the fields in `keep`. read_all() makes about
+        three reader calls per field from Python; with 500 units, ListUnits's 5,000 fields cost
+        it tens of milliseconds, this a few."""
+        m = self.ptr
+        boxes = [ffi.new("const char **" if c in _STRING_TYPES else _BASIC_C_TYPES[c]) for c in row]
+        struct = f"({row})".encode()
+        _check(lib.sd_bus_message_enter_container(m, b"a", struct), "enter array")
+        rows: list[tuple[Any, ...]] = []
+        while _check(lib.sd_bus_message_read(m, struct, *boxes), "read row") > 0:
+            rows.append(tuple(_unbox(row[i], boxes[i]) for i in keep))
+        _check(lib.sd_bus_message_exit_container(m), "exit array")
+        return rows
+
     def _read_next(self) -> Any:
         m = self.ptr
         ctype = ffi.new("char *")
@@ -185,6 +200,12 @@ class Message:
 
 
 _END = object()
+
+
+def _unbox(c: str, box: Any) -> Any:
+    if c in _STRING_TYPES:
+        return ffi.string(box[0]).decode("utf-8", "replace")
+    return bool(box[0]) if c == "b" else box[0]
 
 
 class Bus:
@@ -245,8 +266,9 @@ class Bus:
             raise
         return request
 
-    def call(self, destination: str, path: str, interface: str, member: str,
-             signature: str = "", *args: Any, timeout_usec: int = DEFAULT_TIMEOUT_USEC) -> list[Any]:
+    def _reply(self, destination: str, path: str, interface: str, member: str, signature: str,
+               args: tuple[Any, ...], timeout_usec: int) -> Message:
+        """Make the call and wait for its reply; the caller closes the reply."""
         request = self._new_call(destination, path, interface, member, signature, args)
         try:
             error = ffi.new("sd_bus_error *")
@@ -257,13 +279,27 @@ class Bus:
                 text = ffi.string(error.message).decode() if error.message != ffi.NULL else os.strerror(-rc)
                 lib.sd_bus_error_free(error)
                 raise BusError(name, text)
-            reply = Message(reply_box[0])
-            try:
-                return reply.read_all()
-            finally:
-                reply.close()
+            return Message(reply_box[0])
         finally:
             request.close()
+
+    def call(self, destination: str, path: str, interface: str, member: str,
+             signature: str = "", *args: Any, timeout_usec: int = DEFAULT_TIMEOUT_USEC) -> list[Any]:
+        reply = self._reply(destination, path, interface, member, signature, args, timeout_usec)
+        try:
+            return reply.read_all()
+        finally:
+            reply.close()
+
+    def call_rows(self, destination: str, path: str, interface: str, member: str, signature: str,
+                  *args: Any, row: str, keep: Sequence[int]) -> list[tuple[Any, ...]]:
+        """A call whose reply is one array of structs of basic fields (`row`, as "ssssssouso"
+        for ListUnits), returning only the fields at the indices in `keep`: see Message.read_rows."""
+        reply = self._reply(destination, path, interface, member, signature, args, DEFAULT_TIMEOUT_USEC)
+        try:
+            return reply.read_rows(row, keep)
+        finally:
+            reply.close()
 
     def send(self, destination: str, path: str, interface: str, member: str, signature: str = "",
              *args: Any) -> None:

@@ -156,6 +156,34 @@ def unit_properties(bus: Bus, unit: str, interface: str = "Unit") -> dict[str, A
         return {}
 
 
+# The state of units, for ps and inspect: two of the Unit interface's ~100 properties. A GetAll
+# of the Unit and Service interfaces decoded ~2,700 values per container in Python.
+STATE_PROPERTIES = ("ActiveState", "SubState")
+# ListUnits* reply rows: name, description, load, active and sub state, followed, path, job id,
+# job type, job path.
+_UNIT_ROW = "ssssssouso"
+
+
+def unit_states(bus: Bus, patterns: list[str]) -> dict[str, dict[str, Any]]:
+    """ActiveState and SubState of every unit systemd holds whose name matches a pattern, in one
+    call; a unit it does not hold is absent (as GetUnit's NoSuchUnit)."""
+    rows = bus.call_rows(*SYSTEMD, "ListUnitsByPatterns", "asas", [], patterns, row=_UNIT_ROW, keep=(0, 3, 4))
+    return {name: {"ActiveState": active, "SubState": sub} for name, active, sub in rows}
+
+
+def unit_state(bus: Bus, unit: str, service_properties: tuple[str, ...] = ()) -> dict[str, Any]:
+    """ActiveState, SubState and the named properties of the Service interface of one unit,
+    each asked alone (a few round trips of ~0.1 ms); {} if systemd does not hold the unit."""
+    path = unit_path(bus, unit)
+    if path is None:
+        return {}
+    wanted = [("Unit", p) for p in STATE_PROPERTIES] + [("Service", p) for p in service_properties]
+    try:
+        return {p: bus.get_property(SYSTEMD[0], path, f"{SYSTEMD[0]}.{iface}", p) for iface, p in wanted}
+    except BusError:
+        return {}  # unloaded between the two calls
+
+
 # Units whose state means "the container runs (or is about to)".
 ACTIVE_STATES = ("active", "activating", "reloading", "deactivating")
 
