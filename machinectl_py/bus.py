@@ -319,6 +319,61 @@ class Bus:
         props: dict[str, Any] = self.call(destination, path, PROPERTIES, "GetAll", "s", interface)[0]
         return props
 
+    def get_properties(self, destination: str, path: str, wanted: Sequence[tuple[str, str]]) -> list[Any]:
+        """Properties.Get of each (interface, property) of one object, in one round trip: every
+        request is sent before the first reply is read, as the peer answers in turn. Each round
+        trip waits for the peer to be scheduled (~0.1 ms idle, ~1 ms on a loaded machine), and
+        a GetAll would make it send, and us decode, hundreds of properties."""
+        cookies = [self._send_call(destination, path, PROPERTIES, "Get", "ss", (iface, prop))
+                   for iface, prop in wanted]
+        replies = self._collect_replies(cookies, DEFAULT_TIMEOUT_USEC)
+        try:
+            return [_checked_reply(replies[c]).read_all()[0] for c in cookies]
+        finally:
+            for reply in replies.values():
+                reply.close()
+
+    def _send_call(self, destination: str, path: str, interface: str, member: str, signature: str,
+                   args: tuple[Any, ...]) -> int:
+        request = self._new_call(destination, path, interface, member, signature, args)
+        try:
+            cookie = ffi.new("uint64_t *")
+            _check(lib.sd_bus_send(self._ptr, request.ptr, cookie), f"{member}: send")
+            return int(cookie[0])
+        finally:
+            request.close()
+
+    def _collect_replies(self, cookies: Collection[int], timeout_usec: int) -> dict[int, Message]:
+        """The replies to calls sent with _send_call: sd_bus_process() hands us every message no
+        callback claimed, and a reply to a call sent without one is such a message."""
+        deadline = time.monotonic() + timeout_usec / 1e6
+        replies: dict[int, Message] = {}
+        box = ffi.new("sd_bus_message **")
+        cookie = ffi.new("uint64_t *")
+        try:
+            while len(replies) < len(cookies):
+                rc = _check(lib.sd_bus_process(self._ptr, box), "process")
+                if box[0] != ffi.NULL:
+                    msg = Message(box[0])
+                    box[0] = ffi.NULL
+                    if (lib.sd_bus_message_get_reply_cookie(msg.ptr, cookie) >= 0 and cookie[0] in cookies
+                            and cookie[0] not in replies):
+                        replies[int(cookie[0])] = msg
+                    else:
+                        msg.close()  # a signal or a stray reply: not ours to handle here
+                    continue
+                if rc > 0:
+                    continue
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise BusError("org.freedesktop.DBus.Error.Timeout", "no reply in time")
+                _check(lib.sd_bus_wait(self._ptr, int(left * 1e6)), "wait")
+        except BaseException:
+            for reply in replies.values():
+                reply.close()
+            raise
+        return replies
+
     def add_match(self, rule: str) -> None:
         """Ask the bus to route matching signals to us; `signals()` then yields them.
 
@@ -360,6 +415,14 @@ class Bus:
 
     def wait_for_signal(self, accept: Callable[[str, str, str, list[Any]], bool], timeout_usec: int) -> bool:
         return any(accept(*signal) for signal in self.signals(timeout_usec))
+
+
+def _checked_reply(reply: Message) -> Message:
+    """The reply, or its error as a BusError."""
+    error = lib.sd_bus_message_get_error(reply.ptr)
+    if error != ffi.NULL:
+        raise BusError(_opt_str(error.name) or "org.freedesktop.DBus.Error.Failed", _opt_str(error.message))
+    return reply
 
 
 def _opt_str(ptr: Any) -> str:

@@ -4,16 +4,18 @@ container.json and, for the live part, from systemd (the unit's state and main P
 
 from __future__ import annotations
 
-import json
 import sys
 import time
-from typing import TYPE_CHECKING, Any
 
 from machinectl_py import formatting
 from machinectl_py.args import APPEND, FLAG, Command, Option
 from machinectl_py.errors import UsageError
 
+# `ps` and `inspect` are polled by scripts: no `json` or `typing` import (formatting.to_json).
+TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from typing import Any
+
     from machinectl_py import state
     from machinectl_py.bus import Bus
 
@@ -185,7 +187,7 @@ def main_ps(argv: list[str]) -> int:
     with Bus.systemd() as bus:
         rows = [s for s in statuses(bus) if (show_all or s.status in _LIVE) and matches(s, filters)]
     if args["json"]:
-        print(json.dumps([_ps_json(s) for s in rows], indent=1))
+        print(formatting.to_json([_ps_json(s) for s in rows], indent=1))
         return 0
     if args["quiet"]:
         for s in rows:
@@ -270,7 +272,7 @@ def main_inspect(argv: list[str]) -> int:
         for line in formatting.render_all(args["format"], items):
             print(line)
     else:
-        print(json.dumps(items, indent=2))
+        print(formatting.to_json(items, indent=2))
     return 0
 
 

@@ -172,14 +172,15 @@ def unit_states(bus: Bus, patterns: list[str]) -> dict[str, dict[str, Any]]:
 
 
 def unit_state(bus: Bus, unit: str, service_properties: tuple[str, ...] = ()) -> dict[str, Any]:
-    """ActiveState, SubState and the named properties of the Service interface of one unit,
-    each asked alone (a few round trips of ~0.1 ms); {} if systemd does not hold the unit."""
+    """ActiveState, SubState and the named properties of the Service interface of one unit, in
+    two round trips (GetUnit, then every Get at once); {} if systemd does not hold the unit."""
     path = unit_path(bus, unit)
     if path is None:
         return {}
-    wanted = [("Unit", p) for p in STATE_PROPERTIES] + [("Service", p) for p in service_properties]
+    wanted = [(f"{SYSTEMD[0]}.Unit", p) for p in STATE_PROPERTIES]
+    wanted += [(f"{SYSTEMD[0]}.Service", p) for p in service_properties]
     try:
-        return {p: bus.get_property(SYSTEMD[0], path, f"{SYSTEMD[0]}.{iface}", p) for iface, p in wanted}
+        return dict(zip((p for _, p in wanted), bus.get_properties(SYSTEMD[0], path, wanted), strict=True))
     except BusError:
         return {}  # unloaded between the two calls
 
