@@ -94,7 +94,7 @@ def add_bin_option(ap: argparse.ArgumentParser) -> None:
                          "install there adds ~40 ms of import hooks to every pymachine process)")
 
 
-def run_driver(bin_dir: str, driver: str, count: int) -> Any:
+def run_driver(bin_dir: str, driver: str, count: int | str) -> Any:
     """Boot a test host with `bin_dir` first on PATH, run DRIVER COUNT ROOTFS inside, return
     the JSON it prints last; None (after saying why) if it failed."""
     with testhost.get_host(path_prepend=[bin_dir] if Path(bin_dir).is_dir() else [],
