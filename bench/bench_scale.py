@@ -12,7 +12,9 @@ and the start-cost curve: the median of the last ten starts before each count ag
 10th start's band (starts 1-10). Ends by counting resident pymachine processes (target: none)
 and removing every container outside the timing.
 
-    python3 bench/bench_scale.py [--counts 10,100,500] [--bin /opt/pymachine/bin]
+    python3 bench/bench_scale.py [--counts 10,100,500] [--bin /opt/pymachine/bin] [--baseline OLD/bin]
+
+--baseline times another install's `ps` and `inspect` alongside (an older pymachine).
 """
 
 from __future__ import annotations
@@ -27,11 +29,12 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tools"))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from bench_exec import add_bin_option, run_driver  # noqa: E402
+from bench_exec import add_baseline_option, add_bin_option, run_driver  # noqa: E402
 
 DRIVER = r"""
 import json, os, shutil, subprocess, sys, tempfile, time
 counts, rootfs = [int(c) for c in sys.argv[1].split(",")], sys.argv[2]
+baseline = sys.argv[3] if len(sys.argv) > 3 else ""
 podman = shutil.which("podman")
 def run(cmd):
     subprocess.run(cmd, check=True, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
@@ -48,6 +51,9 @@ probes = {
     "run --rm": ["pymachine", "run", "--rm", "busybox", "true"],
     "machinectl list": ["machinectl", "list", "--no-pager"],
 }
+if baseline:
+    probes["baseline ps"] = [baseline + "/pymachine", "ps"]
+    probes["baseline inspect"] = [baseline + "/pymachine", "inspect", "s0"]
 if podman:
     tar = tempfile.mktemp(suffix=".tar")
     subprocess.run(["tar", "-C", rootfs, "-cf", tar, "."], check=True)
@@ -104,6 +110,9 @@ def report(data: Any) -> None:
             print(f"  {key:<18} {value:8.1f}")
         if "machinectl list" in med:
             print(f"  ps / machinectl list          {med['ps'] / med['machinectl list']:6.2f}")
+        if "baseline ps" in med:
+            print(f"  ps / baseline ps              {med['ps'] / med['baseline ps']:6.2f}")
+            print(f"  inspect / baseline inspect    {med['inspect'] / med['baseline inspect']:6.2f}")
         if "podman ps" in med:
             print(f"  ps / podman ps                {med['ps'] / med['podman ps']:6.2f}")
             print(f"  inspect / podman inspect      {med['inspect'] / med['podman inspect']:6.2f}")
@@ -118,8 +127,9 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--counts", default="10,100", help="comma-separated container counts (ascending)")
     add_bin_option(ap)
+    add_baseline_option(ap)
     args = ap.parse_args()
-    data = run_driver(args.bin, DRIVER, args.counts)
+    data = run_driver(args.bin, DRIVER, args.counts, args.baseline)
     if data is None:
         return 1
     report(data)
