@@ -103,12 +103,12 @@ def add_baseline_option(ap: argparse.ArgumentParser) -> None:
                     help="another install's bin dir (an older pymachine), timed alternating with --bin")
 
 
-def run_driver(bin_dir: str, driver: str, count: int | str, baseline: str = "") -> Any:
-    """Boot a test host with `bin_dir` first on PATH, run DRIVER COUNT ROOTFS [BASELINE] inside,
-    return the JSON it prints last; None (after saying why) if it failed."""
+def run_driver(bin_dir: str, driver: str, count: int | str, baseline: str = "", *extra_args: str) -> Any:
+    """Boot a test host with `bin_dir` first on PATH, run DRIVER COUNT ROOTFS [BASELINE [EXTRA...]]
+    inside, return the JSON it prints last; None (after saying why) if it failed."""
     with testhost.get_host(path_prepend=[bin_dir] if Path(bin_dir).is_dir() else [],
                            shared_paths=shared_paths(*[d for d in (bin_dir, baseline) if d])) as host:
-        extra = [str(Path(baseline).resolve())] if baseline else []
+        extra = [str(Path(baseline).resolve()) if baseline else "", *extra_args] if baseline or extra_args else []
         result = host.run(["python3", "-c", driver, str(count), busybox_rootfs(host), *extra], timeout=1800)
     if result.returncode != 0:
         print(f"bench: a run failed:\n{result.stdout}{result.stderr}", file=sys.stderr)

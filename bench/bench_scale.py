@@ -12,7 +12,7 @@ and the start-cost curve: the median of the last ten starts before each count ag
 10th start's band (starts 1-10). Ends by counting resident pymachine processes (target: none)
 and removing every container outside the timing.
 
-    python3 bench/bench_scale.py [--counts 10,100,500] [--bin /opt/pymachine/bin] [--baseline OLD/bin]
+    python3 bench/bench_scale.py [--counts 10,100,500] [--bin /opt/pymachine/bin] [--baseline OLD/bin] [--no-podman]
 
 --baseline times another install's `ps` and `inspect` alongside (an older pymachine).
 """
@@ -35,7 +35,7 @@ DRIVER = r"""
 import json, os, shutil, subprocess, sys, tempfile, time
 counts, rootfs = [int(c) for c in sys.argv[1].split(",")], sys.argv[2]
 baseline = sys.argv[3] if len(sys.argv) > 3 else ""
-podman = shutil.which("podman")
+podman = shutil.which("podman") if "no-podman" not in sys.argv[4:] else None
 def run(cmd):
     subprocess.run(cmd, check=True, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
 def timed(cmd):
@@ -55,19 +55,22 @@ if baseline:
     probes["baseline ps"] = [baseline + "/pymachine", "ps"]
     probes["baseline inspect"] = [baseline + "/pymachine", "inspect", "s0"]
 if podman:
-    tar = tempfile.mktemp(suffix=".tar")
+    # podman's overlay driver refuses an overlayfs below it (the test host's /): its store goes
+    # to the shared /tmp, a real file system.
+    store = tempfile.mkdtemp(prefix="bench-podman-", dir="/tmp")
+    podman = [podman, "--root", store + "/root", "--runroot", store + "/run", "--storage-driver", "overlay"]
+    tar = store + "/busybox.tar"
     subprocess.run(["tar", "-C", rootfs, "-cf", tar, "."], check=True)
-    run([podman, "import", tar, "bench-busybox"])
-    os.unlink(tar)
-    probes["podman ps"] = [podman, "ps"]
-    probes["podman inspect"] = [podman, "inspect", "ps0"]
+    run([*podman, "import", tar, "bench-busybox"])
+    probes["podman ps"] = [*podman, "ps"]
+    probes["podman inspect"] = [*podman, "inspect", "ps0"]
 starts, podman_starts, results, started = [], [], {}, 0
 try:
     for count in counts:
         while started < count:
             starts.append(timed(["pymachine", "run", "-d", "--name", f"s{started}", "busybox", "sleep", "100000"]))
             if podman:
-                podman_starts.append(timed([podman, "run", "-d", "--network", "host", "--name", f"ps{started}",
+                podman_starts.append(timed([*podman, "run", "-d", "--network", "host", "--name", f"ps{started}",
                                             "bench-busybox", "sleep", "100000"]))
             started += 1
         times = {k: [] for k in probes}
@@ -89,7 +92,10 @@ finally:
     for i in range(started):
         subprocess.run(["pymachine", "rm", "-f", f"s{i}"], capture_output=True)
         if podman:
-            subprocess.run([podman, "rm", "-f", "-t", "0", f"ps{i}"], capture_output=True)
+            subprocess.run([*podman, "rm", "-f", "-t", "0", f"ps{i}"], capture_output=True)
+    if podman:
+        subprocess.run([*podman, "system", "reset", "-f"], capture_output=True)
+        shutil.rmtree(store, ignore_errors=True)
 """
 
 
@@ -128,8 +134,9 @@ def main() -> int:
     ap.add_argument("--counts", default="10,100", help="comma-separated container counts (ascending)")
     add_bin_option(ap)
     add_baseline_option(ap)
+    ap.add_argument("--no-podman", action="store_true", help="leave podman out even if it is installed")
     args = ap.parse_args()
-    data = run_driver(args.bin, DRIVER, args.counts, args.baseline)
+    data = run_driver(args.bin, DRIVER, args.counts, args.baseline, *(["no-podman"] if args.no_podman else []))
     if data is None:
         return 1
     report(data)
