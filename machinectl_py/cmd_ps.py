@@ -111,8 +111,8 @@ def _unit(record: state.ContainerRecord) -> str:
 
 
 def _unit_props(bus: Bus, record: state.ContainerRecord) -> dict[str, Any]:
-    """One container's unit state: a handful of single-property calls, whatever the number of
-    containers."""
+    """One container's unit state: two round trips (GetUnit, then its few properties' Gets at
+    once), whatever the number of containers."""
     from machinectl_py import systemd
 
     unit = _unit(record)
