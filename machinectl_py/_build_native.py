@@ -75,10 +75,13 @@ ffibuilder.cdef(
     int sd_bus_send(sd_bus *bus, sd_bus_message *m, uint64_t *cookie);
     int sd_bus_message_peek_type(sd_bus_message *m, char *type, const char **contents);
     int sd_bus_message_read_basic(sd_bus_message *m, char type, void *p);
+    int sd_bus_message_read(sd_bus_message *m, const char *types, ...);
     int sd_bus_message_read_array(sd_bus_message *m, char type, const void **ptr, size_t *size);
     int sd_bus_message_enter_container(sd_bus_message *m, char type, const char *contents);
     int sd_bus_message_exit_container(sd_bus_message *m);
     int sd_bus_message_get_type(sd_bus_message *m, uint8_t *type);
+    int sd_bus_message_get_reply_cookie(sd_bus_message *m, uint64_t *cookie);
+    const sd_bus_error *sd_bus_message_get_error(sd_bus_message *m);
     const char *sd_bus_message_get_interface(sd_bus_message *m);
     const char *sd_bus_message_get_member(sd_bus_message *m);
     const char *sd_bus_message_get_path(sd_bus_message *m);

@@ -150,6 +150,21 @@ class Message:
                 return values
             values.append(item)
 
+    def read_rows(self, row: str, keep: Sequence[int]) -> list[tuple[Any, ...]]:
+        """Read an array of structs of basic fields, one sd_bus_message_read() per struct (as
+        systemctl reads ListUnits), decoding only the fields in `keep`. read_all() makes about
+        three reader calls per field from Python; with 500 units, ListUnits's 5,000 fields cost
+        it tens of milliseconds, this a few."""
+        m = self.ptr
+        boxes = [ffi.new("const char **" if c in _STRING_TYPES else _BASIC_C_TYPES[c]) for c in row]
+        struct = f"({row})".encode()
+        _check(lib.sd_bus_message_enter_container(m, b"a", struct), "enter array")
+        rows: list[tuple[Any, ...]] = []
+        while _check(lib.sd_bus_message_read(m, struct, *boxes), "read row") > 0:
+            rows.append(tuple(_unbox(row[i], boxes[i]) for i in keep))
+        _check(lib.sd_bus_message_exit_container(m), "exit array")
+        return rows
+
     def _read_next(self) -> Any:
         m = self.ptr
         ctype = ffi.new("char *")
@@ -185,6 +200,12 @@ class Message:
 
 
 _END = object()
+
+
+def _unbox(c: str, box: Any) -> Any:
+    if c in _STRING_TYPES:
+        return ffi.string(box[0]).decode("utf-8", "replace")
+    return bool(box[0]) if c == "b" else box[0]
 
 
 class Bus:
@@ -245,8 +266,9 @@ class Bus:
             raise
         return request
 
-    def call(self, destination: str, path: str, interface: str, member: str,
-             signature: str = "", *args: Any, timeout_usec: int = DEFAULT_TIMEOUT_USEC) -> list[Any]:
+    def _reply(self, destination: str, path: str, interface: str, member: str, signature: str,
+               args: tuple[Any, ...], timeout_usec: int) -> Message:
+        """Make the call and wait for its reply; the caller closes the reply."""
         request = self._new_call(destination, path, interface, member, signature, args)
         try:
             error = ffi.new("sd_bus_error *")
@@ -257,13 +279,27 @@ class Bus:
                 text = ffi.string(error.message).decode() if error.message != ffi.NULL else os.strerror(-rc)
                 lib.sd_bus_error_free(error)
                 raise BusError(name, text)
-            reply = Message(reply_box[0])
-            try:
-                return reply.read_all()
-            finally:
-                reply.close()
+            return Message(reply_box[0])
         finally:
             request.close()
+
+    def call(self, destination: str, path: str, interface: str, member: str,
+             signature: str = "", *args: Any, timeout_usec: int = DEFAULT_TIMEOUT_USEC) -> list[Any]:
+        reply = self._reply(destination, path, interface, member, signature, args, timeout_usec)
+        try:
+            return reply.read_all()
+        finally:
+            reply.close()
+
+    def call_rows(self, destination: str, path: str, interface: str, member: str, signature: str,
+                  *args: Any, row: str, keep: Sequence[int]) -> list[tuple[Any, ...]]:
+        """A call whose reply is one array of structs of basic fields (`row`, as "ssssssouso"
+        for ListUnits), returning only the fields at the indices in `keep`: see Message.read_rows."""
+        reply = self._reply(destination, path, interface, member, signature, args, DEFAULT_TIMEOUT_USEC)
+        try:
+            return reply.read_rows(row, keep)
+        finally:
+            reply.close()
 
     def send(self, destination: str, path: str, interface: str, member: str, signature: str = "",
              *args: Any) -> None:
@@ -282,6 +318,61 @@ class Bus:
     def get_all(self, destination: str, path: str, interface: str) -> dict[str, Any]:
         props: dict[str, Any] = self.call(destination, path, PROPERTIES, "GetAll", "s", interface)[0]
         return props
+
+    def get_properties(self, destination: str, path: str, wanted: Sequence[tuple[str, str]]) -> list[Any]:
+        """Properties.Get of each (interface, property) of one object, in one round trip: every
+        request is sent before the first reply is read, as the peer answers in turn. Each round
+        trip waits for the peer to be scheduled (~0.1 ms idle, ~1 ms on a loaded machine), and
+        a GetAll would make it send, and us decode, hundreds of properties."""
+        cookies = [self._send_call(destination, path, PROPERTIES, "Get", "ss", (iface, prop))
+                   for iface, prop in wanted]
+        replies = self._collect_replies(cookies, DEFAULT_TIMEOUT_USEC)
+        try:
+            return [_checked_reply(replies[c]).read_all()[0] for c in cookies]
+        finally:
+            for reply in replies.values():
+                reply.close()
+
+    def _send_call(self, destination: str, path: str, interface: str, member: str, signature: str,
+                   args: tuple[Any, ...]) -> int:
+        request = self._new_call(destination, path, interface, member, signature, args)
+        try:
+            cookie = ffi.new("uint64_t *")
+            _check(lib.sd_bus_send(self._ptr, request.ptr, cookie), f"{member}: send")
+            return int(cookie[0])
+        finally:
+            request.close()
+
+    def _collect_replies(self, cookies: Collection[int], timeout_usec: int) -> dict[int, Message]:
+        """The replies to calls sent with _send_call: sd_bus_process() hands us every message no
+        callback claimed, and a reply to a call sent without one is such a message."""
+        deadline = time.monotonic() + timeout_usec / 1e6
+        replies: dict[int, Message] = {}
+        box = ffi.new("sd_bus_message **")
+        cookie = ffi.new("uint64_t *")
+        try:
+            while len(replies) < len(cookies):
+                rc = _check(lib.sd_bus_process(self._ptr, box), "process")
+                if box[0] != ffi.NULL:
+                    msg = Message(box[0])
+                    box[0] = ffi.NULL
+                    if (lib.sd_bus_message_get_reply_cookie(msg.ptr, cookie) >= 0 and cookie[0] in cookies
+                            and cookie[0] not in replies):
+                        replies[int(cookie[0])] = msg
+                    else:
+                        msg.close()  # a signal or a stray reply: not ours to handle here
+                    continue
+                if rc > 0:
+                    continue
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise BusError("org.freedesktop.DBus.Error.Timeout", "no reply in time")
+                _check(lib.sd_bus_wait(self._ptr, int(left * 1e6)), "wait")
+        except BaseException:
+            for reply in replies.values():
+                reply.close()
+            raise
+        return replies
 
     def add_match(self, rule: str) -> None:
         """Ask the bus to route matching signals to us; `signals()` then yields them.
@@ -324,6 +415,14 @@ class Bus:
 
     def wait_for_signal(self, accept: Callable[[str, str, str, list[Any]], bool], timeout_usec: int) -> bool:
         return any(accept(*signal) for signal in self.signals(timeout_usec))
+
+
+def _checked_reply(reply: Message) -> Message:
+    """The reply, or its error as a BusError."""
+    error = lib.sd_bus_message_get_error(reply.ptr)
+    if error != ffi.NULL:
+        raise BusError(_opt_str(error.name) or "org.freedesktop.DBus.Error.Failed", _opt_str(error.message))
+    return reply
 
 
 def _opt_str(ptr: Any) -> str:

@@ -4,16 +4,18 @@ container.json and, for the live part, from systemd (the unit's state and main P
 
 from __future__ import annotations
 
-import json
 import sys
 import time
-from typing import TYPE_CHECKING, Any
 
 from machinectl_py import formatting
 from machinectl_py.args import APPEND, FLAG, Command, Option
 from machinectl_py.errors import UsageError
 
+# `ps` and `inspect` are polled by scripts: no `json` or `typing` import (formatting.to_json).
+TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from typing import Any
+
     from machinectl_py import state
     from machinectl_py.bus import Bus
 
@@ -97,24 +99,47 @@ class Status:
         return self.status
 
 
-def _unit_props(bus: Bus, record: state.ContainerRecord) -> dict[str, Any]:
-    from machinectl_py import systemd
+# The Service properties inspect and status read; ps reads none (see _listed_props).
+_SERVICE_PROPERTIES = ("MainPID", "ExecMainStatus", "Result", "NRestarts")
+_UNIT_PATTERNS = ["pymachine@*.service", "machine-*.scope"]
+
+
+def _unit(record: state.ContainerRecord) -> str:
     from machinectl_py.unit_template import unit_name
 
-    unit = record.unit or unit_name(record.name)
-    props = systemd.unit_properties(bus, unit, "Unit")
-    if props and unit.endswith(".service"):
-        props.update({k: v for k, v in systemd.unit_properties(bus, unit, "Service").items()
-                      if k in ("MainPID", "ExecMainStatus", "Result", "NRestarts")})
-    elif props:
+    return record.unit or unit_name(record.name)
+
+
+def _unit_props(bus: Bus, record: state.ContainerRecord) -> dict[str, Any]:
+    """One container's unit state: two round trips (GetUnit, then its few properties' Gets at
+    once), whatever the number of containers."""
+    from machinectl_py import systemd
+
+    unit = _unit(record)
+    service = unit.endswith(".service")
+    props = systemd.unit_state(bus, unit, _SERVICE_PROPERTIES if service else ())
+    if props and not service:
+        props["MainPID"] = record.pid or 0
+    return props
+
+
+def _listed_props(record: state.ContainerRecord, units: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """A container's unit state from the one ListUnitsByPatterns of `ps`. MainPID comes from the
+    record: the unit's setup process writes the init's PID there and to PIDFile=, from which
+    systemd takes MainPID (Type=forking), and a restart writes both again."""
+    props = dict(units.get(_unit(record), {}))
+    if props:
         props["MainPID"] = record.pid or 0
     return props
 
 
 def statuses(bus: Bus) -> list[Status]:
-    from machinectl_py import state
+    """Every container's status with one bus call, whatever their number."""
+    from machinectl_py import state, systemd
 
-    return [Status(r, _unit_props(bus, r)) for r in state.list_records()]
+    records = state.list_records()
+    units = systemd.unit_states(bus, _UNIT_PATTERNS) if records else {}
+    return [Status(r, _listed_props(r, units)) for r in records]
 
 
 def _command_text(record: state.ContainerRecord) -> str:
@@ -159,10 +184,10 @@ def main_ps(argv: list[str]) -> int:
         return 0
     filters = parse_filters(args["filter"])
     show_all = args["all"] or any(key == "status" for key, _ in filters)
-    with Bus.system() as bus:
+    with Bus.systemd() as bus:
         rows = [s for s in statuses(bus) if (show_all or s.status in _LIVE) and matches(s, filters)]
     if args["json"]:
-        print(json.dumps([_ps_json(s) for s in rows], indent=1))
+        print(formatting.to_json([_ps_json(s) for s in rows], indent=1))
         return 0
     if args["quiet"]:
         for s in rows:
@@ -241,13 +266,13 @@ def main_inspect(argv: list[str]) -> int:
     args = INSPECT.parse_or_help(argv)
     if args is None:
         return 0
-    with Bus.system() as bus:
+    with Bus.systemd() as bus:
         items = [inspect_data(_status_of(bus, n)) for n in args["names"]]
     if args["format"] and not args["json"]:
         for line in formatting.render_all(args["format"], items):
             print(line)
     else:
-        print(json.dumps(items, indent=2))
+        print(formatting.to_json(items, indent=2))
     return 0
 
 
@@ -257,7 +282,7 @@ def main_status(argv: list[str]) -> int:
     args = STATUS.parse_or_help(argv)
     if args is None:
         return 0
-    with Bus.system() as bus:
+    with Bus.systemd() as bus:
         s = _status_of(bus, args["name"])
     d = inspect_data(s)
     r = s.record

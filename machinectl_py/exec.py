@@ -1,7 +1,8 @@
 """`pymachine exec`: run a command inside a running container.
 
-The container is found through machined (its leader's PID and its unit). A pidfd of the
-leader pins that very process, so a recycled PID can never send us elsewhere. Then:
+The container is found from its record (its leader's PID and its unit, checked in /proc
+once a pidfd pins the process), else through machined. The pidfd pins that very process,
+so a recycled PID can never send us elsewhere. Then:
 
   parent (host)                               child
   setns(pidfd, PID)  -> only our children     (born in the container's PID namespace)
@@ -101,6 +102,44 @@ def find_machine(bus: Bus, name: str) -> tuple[int, str]:
     return int(props["Leader"]), str(props["Unit"])
 
 
+def find_from_record(name: str) -> tuple[int, int, str] | None:
+    """(pidfd of the leader, its PID, unit) of the running container `name`, from its record and
+    /proc, with no bus call (machined took two round trips through the bus daemon here); None
+    when that cannot vouch for it: the caller then asks machined. The record's PID is the init
+    pymachine started and, for a detached one, systemd's MainPID (PIDFile=); once the pidfd pins
+    a process, it must be PID 1 of a namespace inside the container's unit, so a PID recycled
+    since the record was written is refused, and a process that dies now fails setns()."""
+    from machinectl_py import state
+
+    try:
+        record = state.load(name)
+    except (NotFoundError, OSError, ValueError, KeyError):
+        return None
+    if not record.pid or not record.unit or record.state != "running":
+        return None
+    try:
+        pidfd = sc.pidfd_open(record.pid)
+    except OSError:
+        return None
+    try:
+        if _is_init_of(record.pid, record.unit):
+            return pidfd, record.pid, record.unit
+    except OSError:
+        pass
+    os.close(pidfd)
+    return None
+
+
+def _is_init_of(pid: int, unit: str) -> bool:
+    """PID is PID 1 of its PID namespace and lives in UNIT's cgroup (or below: it is delegated)."""
+    with open(f"/proc/{pid}/status") as f:
+        nspid = next((line.split()[1:] for line in f if line.startswith("NSpid:")), [])
+    if len(nspid) < 2 or nspid[-1] != "1":
+        return False
+    with open(f"/proc/{pid}/cgroup") as f:
+        return any(f"/{unit}/" in line.rstrip("\n").split(":", 2)[-1] + "/" for line in f)
+
+
 def configured_user(name: str) -> str | None:
     """The user the container's command runs as (its record: -u, else the image's User), which
     exec runs as too unless it has -u, as with docker; None: root."""
@@ -142,23 +181,30 @@ def main(argv: list[str]) -> int:
     extra_env = parse_env(opts.env, os.environ)
     from machinectl_py.bus import Bus
 
-    with Bus.system() as bus:
-        leader, unit = find_machine(bus, opts.name)
-        if opts.user is None:
-            opts.user = configured_user(opts.name)
+    found = find_from_record(opts.name)
+    if found is None:
+        with Bus.system() as machines:
+            leader, unit = find_machine(machines, opts.name)
         pidfd = sc.pidfd_open(leader)
-        try:
-            env = leader_environment(leader)
-            env.update(extra_env)
-            caps = leader_capabilities(leader)
-            from machinectl_py.policy import load_policy
+    else:
+        pidfd, leader, unit = found
+    if opts.user is None:
+        opts.user = configured_user(opts.name)
+    try:
+        env = leader_environment(leader)
+        env.update(extra_env)
+        caps = leader_capabilities(leader)
+        from machinectl_py.policy import load_policy
 
-            command = Exec(opts, pidfd, unit, env, caps)
-            policy = load_policy()  # the container's own seccomp filter, too
-            command.seccomp = sc.seccomp_filter(policy.seccomp_deny, policy.seccomp_deny_user_namespaces)
+        command = Exec(opts, pidfd, unit, env, caps)
+        policy = load_policy()  # the container's own seccomp filter, too
+        command.seccomp = sc.seccomp_filter(policy.seccomp_deny, policy.seccomp_deny_user_namespaces)
+        # Straight to systemd on its private socket: through the bus daemon, systemd's check of
+        # our credentials for AttachProcessesToUnit costs it round trips to the daemon.
+        with Bus.systemd() as bus:
             return command.run(bus)
-        finally:
-            os.close(pidfd)
+    finally:
+        os.close(pidfd)
 
 
 class Exec:

@@ -185,6 +185,8 @@ def _volumes_render(volumes: tuple[sp.Volume, ...]) -> str:
 
 
 def _mounts_inspect(volumes: tuple[sp.Volume, ...]) -> list[dict[str, Any]]:
+    if not volumes:
+        return []  # volumes.py imports pathlib and shutil: ~15 ms of every inspect without a volume
     from machinectl_py.volumes import data_dir
 
     mounts = []

@@ -156,6 +156,35 @@ def unit_properties(bus: Bus, unit: str, interface: str = "Unit") -> dict[str, A
         return {}
 
 
+# The state of units, for ps and inspect: two of the Unit interface's ~100 properties. A GetAll
+# of the Unit and Service interfaces decoded ~2,700 values per container in Python.
+STATE_PROPERTIES = ("ActiveState", "SubState")
+# ListUnits* reply rows: name, description, load, active and sub state, followed, path, job id,
+# job type, job path.
+_UNIT_ROW = "ssssssouso"
+
+
+def unit_states(bus: Bus, patterns: list[str]) -> dict[str, dict[str, Any]]:
+    """ActiveState and SubState of every unit systemd holds whose name matches a pattern, in one
+    call; a unit it does not hold is absent (as GetUnit's NoSuchUnit)."""
+    rows = bus.call_rows(*SYSTEMD, "ListUnitsByPatterns", "asas", [], patterns, row=_UNIT_ROW, keep=(0, 3, 4))
+    return {name: {"ActiveState": active, "SubState": sub} for name, active, sub in rows}
+
+
+def unit_state(bus: Bus, unit: str, service_properties: tuple[str, ...] = ()) -> dict[str, Any]:
+    """ActiveState, SubState and the named properties of the Service interface of one unit, in
+    two round trips (GetUnit, then every Get at once); {} if systemd does not hold the unit."""
+    path = unit_path(bus, unit)
+    if path is None:
+        return {}
+    wanted = [(f"{SYSTEMD[0]}.Unit", p) for p in STATE_PROPERTIES]
+    wanted += [(f"{SYSTEMD[0]}.Service", p) for p in service_properties]
+    try:
+        return dict(zip((p for _, p in wanted), bus.get_properties(SYSTEMD[0], path, wanted), strict=True))
+    except BusError:
+        return {}  # unloaded between the two calls
+
+
 # Units whose state means "the container runs (or is about to)".
 ACTIVE_STATES = ("active", "activating", "reloading", "deactivating")
 

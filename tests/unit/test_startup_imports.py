@@ -117,3 +117,21 @@ def test_launcher_falls_back_to_site_for_other_layouts() -> None:
     result = subprocess.run([sys.executable, "-IS", str(root / "bin" / "pymachine"), "--version"],
                             capture_output=True, text=True, cwd="/", check=True)
     assert result.stdout.startswith("pymachine ")
+
+
+PS_PROBE = """
+import sys
+base = set(sys.modules)
+import machinectl_py.cli, machinectl_py.cmd_ps, machinectl_py.bus, machinectl_py.systemd
+from machinectl_py import config, formatting, paths, settings, state, unit_template
+formatting.align([("NAME", "STATUS"), ("web", "running")])
+formatting.to_json([{"Name": "web", "State": {"Pid": 1}, "Args": []}], indent=2)
+print(" ".join(sorted(set(sys.modules) - base)))
+"""
+
+
+def test_ps_and_inspect_import_nothing_heavy() -> None:
+    """Scripts poll `ps` and `inspect`: with one bus call each, imports are most of their time."""
+    out = subprocess.run([sys.executable, "-c", PS_PROBE],
+                         capture_output=True, text=True, check=True).stdout.split()
+    assert not HEAVY & set(out), f"heavy modules on the ps/inspect path: {sorted(HEAVY & set(out))}"
