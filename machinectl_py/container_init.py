@@ -30,7 +30,7 @@ from machinectl_py.payload import (
 )
 from machinectl_py.plan import cgroup_plan, own_hierarchies
 from machinectl_py.record import Record
-from machinectl_py.users import home_of, resolve_user
+from machinectl_py.users import home_of, resolve_groups, resolve_user
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -49,9 +49,9 @@ RUN = b"g"
 class ChildPlan(Record):
     __slots__ = ("container_dir", "rootfs", "overlay", "ops", "cgroup_layout", "hostname", "private_network",
                  "argv", "env", "workdir", "user", "capability_mask", "stdin_devnull", "detached", "tty", "seccomp",
-                 "read_only_root", "rlimits")
+                 "read_only_root", "rlimits", "no_new_privileges", "group_add", "sysctls")
     _defaults = {"user": None, "stdin_devnull": True, "detached": False, "tty": False, "seccomp": b"",
-                 "read_only_root": False, "rlimits": ()}
+                 "read_only_root": False, "rlimits": (), "no_new_privileges": False, "group_add": (), "sysctls": ()}
     container_dir: str  # cwd while mounting the overlay (its options use relative names)
     rootfs: str
     overlay: Overlay
@@ -79,6 +79,11 @@ class ChildPlan(Record):
     read_only_root: bool
     # --ulimit: (RLIMIT_* number, soft, hard), -1 for no limit; set before the privileges drop.
     rlimits: tuple[tuple[int, int, int], ...]
+    # --security-opt no-new-privileges, --group-add (names or gids of the container's
+    # /etc/group), --sysctl as (path under /proc/sys, value): see security.py.
+    no_new_privileges: bool
+    group_add: tuple[str, ...]
+    sysctls: tuple[tuple[str, str], ...]
 
 
 def child_main(make_plan: Callable[[], ChildPlan], go_fd: int, status_fd: int, stdout_fd: int, stderr_fd: int,
@@ -106,6 +111,8 @@ def prepare(plan: ChildPlan, go_fd: int, status_fd: int, parent_pid: int) -> Non
     if plan.private_network:
         flags |= sc.CLONE_NEWNET
     sc.unshare(flags)
+    if plan.sysctls:
+        write_sysctls(plan.sysctls)
     # Nothing mounted from here on may propagate back to the host.
     sc.mount(None, "/", None, sc.MS_REC | sc.MS_PRIVATE)
     os.chdir(plan.container_dir)
@@ -136,6 +143,20 @@ def prepare(plan: ChildPlan, go_fd: int, status_fd: int, parent_pid: int) -> Non
     os.umask(0o022)
 
 
+def write_sysctls(sysctls: tuple[tuple[str, str], ...]) -> None:
+    """--sysctl: written right after unshare, through the host's /proc: a namespaced sysctl
+    file acts on the writer's namespace (IPC ones on our new IPC namespace, net.* on our new
+    network namespace; security.py admits no other), and the container's /proc/sys is
+    mounted read-only later."""
+    for path, value in sysctls:
+        try:
+            with open(path, "w") as f:
+                f.write(value)
+        except OSError as e:
+            raise OSError(e.errno, f"sysctl {path.removeprefix('/proc/sys/').replace('/', '.')}={value}: "
+                          f"{e.strerror}") from None
+
+
 def set_rlimits(rlimits: tuple[tuple[int, int, int], ...]) -> None:
     """--ulimit, as runc sets process.rlimits: on the init, before the exec (inherited from there)."""
     import resource
@@ -154,10 +175,11 @@ def await_parent(go_fd: int, expected: bytes) -> None:
 
 def launch(plan: ChildPlan, go_fd: int, status_fd: int, stdout_fd: int, stderr_fd: int) -> None:
     uid, gid, groups = resolve_user(plan.user) if plan.user else (0, 0, [])
+    groups = groups + [g for g in resolve_groups(plan.group_add) if g not in groups]
     env = dict(plan.env)
     if "HOME" not in env:
         env["HOME"] = home_of(uid) or ("/root" if uid == 0 else "/")
-    confine(plan.seccomp, plan.capability_mask, uid, gid, groups)
+    confine(plan.seccomp, plan.capability_mask, uid, gid, groups, no_new_privs=plan.no_new_privileges)
     stdin = os.open("/dev/null", os.O_RDONLY) if plan.stdin_devnull else 0
     if plan.tty:
         stdin = stdout_fd = stderr_fd = open_console(stdout_fd)

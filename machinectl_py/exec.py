@@ -133,6 +133,21 @@ def leader_capabilities(leader: int) -> int:
     raise OSError(f"no CapBnd in /proc/{leader}/status")
 
 
+def container_confinement(name: str, caps: int) -> tuple[bytes, bool]:
+    """The container's own seccomp program (its profile, for the capabilities it holds) and
+    its no_new_privs, from its record: exec gets no syscall the container lacks."""
+    from machinectl_py import seccomp_compile, security, state
+    from machinectl_py.spec import ContainerSpec
+
+    try:
+        spec = state.load(name).spec
+    except (NotFoundError, OSError, ValueError, KeyError):
+        spec = ContainerSpec(name=name, image="")  # no readable record: pymachine's defaults
+    choice = security.seccomp_choice(spec)
+    program = b"" if choice == security.UNCONFINED else seccomp_compile.program(choice, security.capability_names(caps))
+    return program, security.no_new_privileges(spec)
+
+
 def main(argv: list[str]) -> int:
     opts = parse(argv)
     if opts is None:
@@ -151,11 +166,8 @@ def main(argv: list[str]) -> int:
             env = leader_environment(leader)
             env.update(extra_env)
             caps = leader_capabilities(leader)
-            from machinectl_py.policy import load_policy
-
             command = Exec(opts, pidfd, unit, env, caps)
-            policy = load_policy()  # the container's own seccomp filter, too
-            command.seccomp = sc.seccomp_filter(policy.seccomp_deny, policy.seccomp_deny_user_namespaces)
+            command.seccomp, command.no_new_privs = container_confinement(opts.name, caps)
             return command.run(bus)
         finally:
             os.close(pidfd)
@@ -169,6 +181,7 @@ class Exec:
         self.env = env
         self.caps = caps
         self.seccomp = b""
+        self.no_new_privs = False
         self.child = 0
 
     def run(self, bus: Bus) -> int:
@@ -184,7 +197,8 @@ class Exec:
             if pty_parent >= 0:
                 os.close(pty_parent)
                 payload.preload_console_modules()  # after setns() the host's library is out of reach
-            _child(self.opts, self.pidfd, self.env, self.caps, self.seccomp, go_r, status_w, pty_child)
+            _child(self.opts, self.pidfd, self.env, self.caps, (self.seccomp, self.no_new_privs), go_r, status_w,
+                   pty_child)
         os.close(go_r)
         os.close(status_w)
         if pty_child >= 0:
@@ -226,8 +240,8 @@ class Exec:
             _signal.signal(sig, forward)
 
 
-def _child(opts: ExecOptions, pidfd: int, env: dict[str, str], caps: int, seccomp: bytes, go_fd: int, status_fd: int,
-           pty_sock: int) -> None:
+def _child(opts: ExecOptions, pidfd: int, env: dict[str, str], caps: int, confinement: tuple[bytes, bool], go_fd: int,
+           status_fd: int, pty_sock: int) -> None:
     """Never returns. Imports nothing after setns(): the host's Python library is out of reach then."""
     code = EXIT_ERROR
     try:
@@ -256,7 +270,8 @@ def _child(opts: ExecOptions, pidfd: int, env: dict[str, str], caps: int, seccom
             devnull = os.open("/dev/null", os.O_RDONLY)
             os.dup2(devnull, 0)
             os.close(devnull)
-        payload.confine(seccomp, caps, uid, gid, groups)  # the leader's bounding set, the container's filter
+        seccomp, no_new_privs = confinement  # the container's filter, and the leader's bounding set:
+        payload.confine(seccomp, caps, uid, gid, groups, no_new_privs=no_new_privs)
         env.setdefault("PATH", payload.DEFAULT_PATH)
         if opts.tty:
             env.setdefault("TERM", os.environ.get("TERM", "xterm"))

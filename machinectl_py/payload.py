@@ -36,6 +36,7 @@ _TIOCSPTLCK = 0x40045431
 _TIOCGPTPEER = 0x5441
 _TIOCSCTTY = 0x540E
 _ENOENT, _ENOTDIR = 2, 20
+PR_SET_NO_NEW_PRIVS = 38
 # Dispositions survive exec only when ignored (Python ignores SIGPIPE and SIGXFSZ); handlers
 # the parent pymachine installed before the fork are reset by the exec itself.
 _RESET_SIGNALS = (_signal.SIGINT, _signal.SIGTERM, _signal.SIGHUP, _signal.SIGQUIT, _signal.SIGPIPE,
@@ -94,15 +95,20 @@ def attach_stdio(stdin: int, stdout: int, stderr: int) -> None:
             os.dup2(src, dst)
 
 
-def confine(seccomp: bytes, capability_mask: int, uid: int, gid: int, groups: list[int]) -> None:
+def confine(seccomp: bytes, capability_mask: int, uid: int, gid: int, groups: list[int], *,
+            no_new_privs: bool = False) -> None:
     """The container's seccomp filter, then its capabilities and user.
 
     The filter goes first, while we still hold CAP_SYS_ADMIN: without no_new_privs (which
     would disarm setuid programs in the container) installing one needs it. Nothing the
-    filter denies is called from here to the exec. A non-root uid ends with no capability."""
+    filter denies is called from here to the exec. A non-root uid ends with no capability.
+    no_new_privs (--security-opt no-new-privileges) last: setuid bits and file capabilities
+    then grant nothing to the command or its children."""
     if seccomp:
         sc.seccomp_install(seccomp)
     drop_privileges(capability_mask, uid, gid, groups)
+    if no_new_privs:
+        sc.prctl(PR_SET_NO_NEW_PRIVS, 1)
 
 
 def finalize_and_exec(argv: Sequence[str], env: Mapping[str, str], status_fd: int,
