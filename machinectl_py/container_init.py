@@ -27,6 +27,7 @@ from machinectl_py.payload import (
     open_console,
     preload_console_modules,
     report,
+    sealed_helper,
 )
 from machinectl_py.plan import cgroup_plan, own_hierarchies
 from machinectl_py.record import Record
@@ -93,9 +94,10 @@ def child_main(make_plan: Callable[[], ChildPlan], go_fd: int, status_fd: int, s
     code = EXIT_ERROR
     try:
         plan = make_plan()
+        helper_fd = sealed_helper()  # while the host's files are reachable (payload.py says why)
         prepare(plan, go_fd, status_fd, parent_pid)
         code = EXIT_CANNOT_INVOKE
-        launch(plan, go_fd, status_fd, stdout_fd, stderr_fd)
+        launch(plan, go_fd, status_fd, stdout_fd, stderr_fd, helper_fd)
     except BaseException as e:
         report(status_fd, code, describe(e))
     os._exit(code)
@@ -173,7 +175,7 @@ def await_parent(go_fd: int, expected: bytes) -> None:
         os._exit(EXIT_ERROR)
 
 
-def launch(plan: ChildPlan, go_fd: int, status_fd: int, stdout_fd: int, stderr_fd: int) -> None:
+def launch(plan: ChildPlan, go_fd: int, status_fd: int, stdout_fd: int, stderr_fd: int, helper_fd: int = -1) -> None:
     uid, gid, groups = resolve_user(plan.user) if plan.user else (0, 0, [])
     groups = groups + [g for g in resolve_groups(plan.group_add) if g not in groups]
     env = dict(plan.env)
@@ -187,7 +189,7 @@ def launch(plan: ChildPlan, go_fd: int, status_fd: int, stdout_fd: int, stderr_f
     await_parent(go_fd, RUN)
     os.close(go_fd)
     attach_stdio(stdin, stdout_fd, stderr_fd)
-    finalize_and_exec(plan.argv, env, status_fd, plan.workdir)
+    finalize_and_exec(plan.argv, env, status_fd, plan.workdir, helper_fd)
 
 
 def bring_up_loopback() -> None:

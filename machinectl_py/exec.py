@@ -188,6 +188,8 @@ class Exec:
         go_r, go_w = os.pipe()
         status_r, status_w = os.pipe()
         pty_parent, pty_child = payload.console_socketpair() if self.opts.tty else (-1, -1)
+        # Without -t, pipes: never our own stdio, which may be the admin's terminal.
+        ours, theirs = payload.stdio_pipes(self.opts.interactive) if not self.opts.tty else ((-1, -1, -1), None)
         # Our own PID namespace stays the host's; only the child is born in the container's.
         sc.setns(self.pidfd, sc.CLONE_NEWPID)
         self.child = os.fork()
@@ -197,8 +199,14 @@ class Exec:
             if pty_parent >= 0:
                 os.close(pty_parent)
                 payload.preload_console_modules()  # after setns() the host's library is out of reach
+            payload.close_all(ours)
+            if theirs is not None:
+                payload.attach_stdio(*theirs)  # the command's stdio: pipes to us
+                payload.close_all(theirs)
             _child(self.opts, self.pidfd, self.env, self.caps, (self.seccomp, self.no_new_privs), go_r, status_w,
                    pty_child)
+        if theirs is not None:
+            payload.close_all(theirs)
         os.close(go_r)
         os.close(status_w)
         if pty_child >= 0:
@@ -210,6 +218,7 @@ class Exec:
             systemd.attach_processes(bus, self.unit, [self.child])
         except BusError as e:
             os.close(go_w)
+            payload.close_all(ours)
             payload.reap(self.child)
             raise UsageError(f"cannot attach to {self.unit}: {e}") from None
         try:
@@ -221,6 +230,7 @@ class Exec:
             payload.relay_from_socket(pty_parent, self.child, stdin=self.opts.interactive)
         else:
             self._forward_signals()
+            payload.relay_pipes(self.child, *ours)
         code = payload.reap(self.child)
         failure = payload.read_status(status_r)
         os.close(status_r)
@@ -246,6 +256,7 @@ def _child(opts: ExecOptions, pidfd: int, env: dict[str, str], caps: int, confin
     code = EXIT_ERROR
     try:
         sc.prctl(PR_SET_DUMPABLE, 0)
+        helper_fd = payload.sealed_helper()  # before setns: the host's files are out of reach after
         # Everything up to the exec happens while systemd attaches us to the unit (it takes
         # ~10 ms on a hybrid cgroup host); only the exec waits for `go`.
         sc.setns(pidfd, sc.CLONE_NEWIPC | sc.CLONE_NEWUTS | sc.CLONE_NEWNET | sc.CLONE_NEWCGROUP | sc.CLONE_NEWNS)
@@ -267,7 +278,7 @@ def _child(opts: ExecOptions, pidfd: int, env: dict[str, str], caps: int, confin
             if slave > 2:
                 os.close(slave)
         elif not opts.interactive:
-            devnull = os.open("/dev/null", os.O_RDONLY)
+            devnull = os.open("/dev/null", os.O_RDONLY)  # the container's
             os.dup2(devnull, 0)
             os.close(devnull)
         seccomp, no_new_privs = confinement  # the container's filter, and the leader's bounding set:
@@ -279,7 +290,7 @@ def _child(opts: ExecOptions, pidfd: int, env: dict[str, str], caps: int, confin
             env["HOME"] = home_of(uid) or "/"
         if os.read(go_fd, 1) != b"g":  # EOF: systemd could not attach us; the parent says why
             os._exit(EXIT_ERROR)
-        payload.finalize_and_exec(opts.argv, env, status_fd)  # closes go_fd with every other host fd
+        payload.finalize_and_exec(opts.argv, env, status_fd, helper_fd=helper_fd)  # closes go_fd and every host fd
     except SystemExit:
         raise
     except BaseException as e:

@@ -271,3 +271,68 @@ def test_priority_prefixes_are_not_parsed(host: AnyHost, cleanup: list[str]) -> 
         by_message = {e["MESSAGE"]: e["PRIORITY"] for e in journal_entries(host, who)}
         assert by_message.get("<0>emergency?") == "6", by_message
         assert by_message.get("<2>crit?") == "3", by_message
+
+
+# -- no host executable, no host terminal ------------------------------------------------------------------------
+
+# The CVE-2019-5736 class: a container file whose interpreter is the exec'ing process's own
+# executable. Were that the host's Python, it would start inside the container (and fail
+# there without its library, saying so), its /proc/PID/exe a handle on the host's binary.
+EVIL = "#!/proc/self/exe\nprint('host python ran')\n"
+
+
+@pytest.fixture
+def evil_dir(host: AnyHost) -> Iterator[str]:
+    d = f"/var/tmp/{unique('evil')}"
+    host.run(["mkdir", "-p", d], check=True)
+    host.run(["sh", "-c", f"cat > {d}/evil && chmod 755 {d}/evil"], input=EVIL, check=True)
+    yield d
+    host.run(["rm", "-rf", d])
+
+
+# The host's dynamic loader and libc in the container, so that the host's Python, were it run
+# there, would start (and then fail on its missing library, saying so).
+LOADER = ("-v", "/lib64:/lib64:ro", "-v", "/usr/lib/x86_64-linux-gnu:/usr/lib/x86_64-linux-gnu:ro",
+          "-v", "/usr/lib/x86_64-linux-gnu:/lib/x86_64-linux-gnu:ro")
+
+
+def no_python(text: str) -> bool:
+    return not any(word in text for word in ("host python ran", "Python", "encodings", "python3"))
+
+
+@pytest.mark.usefixtures("no_leftovers")
+def test_proc_self_exe_script_as_the_command_finds_no_host_binary(host: AnyHost, evil_dir: str) -> None:
+    code, out, err = run(host, *LOADER, "-v", f"{evil_dir}:/x:ro", "busybox", "/x/evil")
+    assert code == 126 and no_python(out + err), (code, out, err)
+
+
+def test_proc_self_exe_script_run_by_exec_finds_no_host_binary(host: AnyHost, evil_dir: str,
+                                                               cleanup: list[str]) -> None:
+    name = unique("exe")
+    cleanup.append(name)
+    r = pm(host, "run", "-d", "--name", name, *LOADER, "-v", f"{evil_dir}:/x:ro", "busybox", "sleep", "1000")
+    assert r.returncode == 0, r.stderr
+    r = pm(host, "exec", name, "/x/evil")
+    assert r.returncode == 126 and no_python(r.stdout + r.stderr), r
+    # What a process of the container sees as the exec'd process's executable: never a host file.
+    r = pm(host, "exec", name, "sh", "-c", "readlink /proc/$$/exe")
+    assert r.stdout.strip() == "/bin/busybox", r
+    r = pm(host, "exec", name, "no-such-command")
+    assert r.returncode == 127 and "no-such-command" in r.stderr and "not found" in r.stderr
+
+
+def test_exec_passes_pipes_not_the_admins_terminal(host: AnyHost, cleanup: list[str]) -> None:
+    from ptydrive import Expect, on_pty
+
+    name = unique("tty")
+    cleanup.append(name)
+    r = pm(host, "run", "-d", "--name", name, "busybox", "sleep", "1000")
+    assert r.returncode == 0, r.stderr
+    # A background process keeps the exec's stdout and writes on it after exec returned; with
+    # the admin's terminal as that stdout, its line would appear there, before DONE.
+    grab = "exec 3>&1; (sleep 1; echo GRABBED >&3) >/dev/null 2>&1 & readlink /proc/self/fd/0; readlink /proc/self/fd/1"
+    script = f"pymachine exec -i {name} sh -c '{grab}'; sleep 3; echo DONE"
+    session = on_pty(host, ["sh", "-c", script], [Expect("DONE")], timeout=60)
+    assert "GRABBED" not in session.output, session.output
+    assert "pts" not in session.output.split("DONE")[0], session.output  # fd 0 and 1 are pipes
+    assert session.output.count("pipe:") == 2, session.output
