@@ -172,7 +172,7 @@ class HeldInit:
     overlaps systemd's making of the unit, which needs only the child's PID. A plan that
     cannot be made is a failure the child reports on the status pipe, like any other."""
 
-    def __init__(self, make_plan: Callable[[], ChildPlan], out_w: int, err_w: int) -> None:
+    def __init__(self, make_plan: Callable[[], ChildPlan], out_w: int, err_w: int, in_r: int = -1) -> None:
         go_r, go_w = os.pipe()
         status_r, status_w = os.pipe()
         # unshare(CLONE_NEWPID) changes only where our *next* child goes: that child is
@@ -183,6 +183,8 @@ class HeldInit:
         if pid == 0:
             os.close(go_w)
             os.close(status_r)
+            if in_r >= 0:  # `run -i` without -t: stdin is a pipe from us (payload.fork_stdin_relay)
+                os.dup2(in_r, 0)
             child_main(make_plan, go_r, status_w, out_w, err_w, parent)
         os.close(go_r)
         os.close(status_w)

@@ -271,6 +271,24 @@ def stdio_pipes(interactive: bool) -> tuple[tuple[int, int, int], tuple[int, int
     return (in_w, out_r, err_r), (in_r, out_w, err_w)
 
 
+def fork_stdin_relay(in_w: int) -> int:
+    """`run -i` without -t: a process that copies our stdin into the container's stdin pipe
+    until either ends, so the container never holds our terminal (see stdio_pipes). Ctrl-C
+    is pymachine's to pass on, not the relay's to die of. Returns its PID."""
+    pid = os.fork()
+    if pid == 0:
+        try:
+            _signal.signal(_signal.SIGINT, _signal.SIG_IGN)
+            os.dup2(in_w, STATUS_FD)
+            sc.close_fds_from(STATUS_FD + 1)
+            while data := os.read(0, 65536):
+                _write_all(STATUS_FD, data)
+        except (OSError, KeyboardInterrupt):
+            pass
+        os._exit(0)
+    return pid
+
+
 def close_all(fds: tuple[int, ...]) -> None:
     for fd in fds:
         if fd >= 0:

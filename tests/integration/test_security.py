@@ -336,3 +336,16 @@ def test_exec_passes_pipes_not_the_admins_terminal(host: AnyHost, cleanup: list[
     assert "GRABBED" not in session.output, session.output
     assert "pts" not in session.output.split("DONE")[0], session.output  # fd 0 and 1 are pipes
     assert session.output.count("pipe:") == 2, session.output
+
+
+@pytest.mark.usefixtures("no_leftovers")
+def test_run_interactive_without_tty_passes_a_pipe(host: AnyHost) -> None:
+    from ptydrive import Expect, Send, on_pty
+
+    argv = ["pymachine", "run", "--rm", "-i", "busybox", "sh", "-c",
+            "readlink /proc/self/fd/0; readlink /proc/self/fd/1; read line; echo got-$line"]
+    session = on_pty(host, argv, [Expect("pipe:"), Send("hello\n"), Expect("got-hello")], timeout=60)
+    assert "pts" not in session.output.replace("got-hello", ""), session.output
+    assert session.exit_code == 0, session.output
+    code, out, err = run(host, "-i", "busybox", "cat")
+    assert code == 0 and out == "", err  # our stdin here is empty: EOF reaches the container
