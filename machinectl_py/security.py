@@ -157,6 +157,13 @@ def capability_names(mask: int) -> frozenset[str]:
     return frozenset(name for name, bit in CAPABILITIES.items() if mask & (1 << bit))
 
 
+def host_user_namespace_required(spec: ContainerSpec) -> bool:
+    """The hook for user namespaces (issue #13, item 1): --privileged gives the container the
+    host's root, so it implies --userns=host (as with docker's userns-remap); the userns code
+    calls this when it picks the container's user namespace."""
+    return spec.privileged
+
+
 def seccomp_choice(spec: ContainerSpec) -> str | None:
     """UNCONFINED (no filter: --privileged or seccomp=unconfined), a profile's path, or None
     for pymachine's default profile."""

@@ -43,6 +43,20 @@ def test_capability_names_and_sets() -> None:
     assert "SYS_ADMIN" in security.capabilities(spec(privileged=True), policy)
 
 
+def test_definition_keys_round_trip_and_privileged_hook() -> None:
+    from machinectl_py import config
+
+    text = ('image = "busybox"\ncap_add = ["net_admin"]\ncap_drop = ["ALL"]\nsecurity_opt = ["no-new-privileges"]\n'
+            'sysctls = { "kernel.shmmax" = "1000" }\ngroup_add = ["42"]\ndevices = ["/dev/null:/dev/n2:rw"]\n')
+    s = config.parse_definition("web", "/x/web.toml", text)
+    assert (s.cap_add, s.cap_drop, s.group_add) == (("NET_ADMIN",), ("ALL",), ("42",))
+    assert config.parse_definition("web", "/x/web.toml", config.render_definition(s)) == s
+    with pytest.raises(UsageError, match=r"web\.toml:2: sysctls: .*not namespaced"):
+        config.parse_definition("web", "/x/web.toml", 'image = "busybox"\nsysctls = { "vm.swappiness" = "1" }\n')
+    assert security.host_user_namespace_required(spec(privileged=True))
+    assert not security.host_user_namespace_required(spec())
+
+
 def test_security_opts_and_sysctls() -> None:
     assert security.parse_security_opts(["no-new-privileges", "seccomp=unconfined"]) == \
         ("no-new-privileges", "seccomp=unconfined")
