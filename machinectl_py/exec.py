@@ -14,9 +14,12 @@ leader pins that very process, so a recycled PID can never send us elsewhere. Th
   go                                          close every fd > 2; exec
   wait, return the command's exit code
 
-The child is not dumpable until exec, so no container process can reach this Python's
-/proc/PID/exe (CVE-2019-5736), and it holds no host fd when the command starts
-(CVE-2024-21626). Hot path: imports stay minimal (the bench compares with `runc exec`).
+The child is not dumpable, so no container process can reach this Python's /proc/PID/exe
+while it runs, and its last exec is made by the sealed exec helper (payload.sealed_helper),
+so a "#!/proc/self/exe" file finds no host executable either (CVE-2019-5736's class). It
+holds no host fd when the command starts (CVE-2024-21626), and without -t its stdio is pipes
+relayed by us (payload.stdio_pipes), never our terminal. Hot path: imports stay minimal (the
+bench compares with `runc exec`).
 """
 
 from __future__ import annotations
