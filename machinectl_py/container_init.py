@@ -27,10 +27,11 @@ from machinectl_py.payload import (
     open_console,
     preload_console_modules,
     report,
+    sealed_helper,
 )
 from machinectl_py.plan import cgroup_plan, own_hierarchies
 from machinectl_py.record import Record
-from machinectl_py.users import home_of, resolve_user
+from machinectl_py.users import home_of, resolve_groups, resolve_user
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -50,10 +51,11 @@ RUN = b"g"
 class ChildPlan(Record):
     __slots__ = ("container_dir", "rootfs", "overlay", "ops", "cgroup_layout", "hostname", "private_network",
                  "argv", "env", "workdir", "user", "capability_mask", "stdin_devnull", "detached", "tty", "seccomp",
-                 "read_only_root", "rlimits", "join_namespaces", "start_fd", "no_new_privs", "groups")
+                 "read_only_root", "rlimits", "join_namespaces", "start_fd", "groups", "no_new_privileges",
+                 "group_add", "sysctls")
     _defaults = {"user": None, "stdin_devnull": True, "detached": False, "tty": False, "seccomp": b"",
-                 "read_only_root": False, "rlimits": (), "join_namespaces": (), "start_fd": -1, "no_new_privs": False,
-                 "groups": None}
+                 "read_only_root": False, "rlimits": (), "join_namespaces": (), "start_fd": -1, "groups": None,
+                 "no_new_privileges": False, "group_add": (), "sysctls": ()}
     container_dir: str  # cwd while mounting the overlay (its options use relative names)
     rootfs: str
     # None: `rootfs` is a directory used as it is (an OCI bundle's root), bound onto itself.
@@ -85,12 +87,16 @@ class ChildPlan(Record):
     # The OCI runtime (oci/): namespaces to join instead of making new ones, (kind, path) with
     # kind network, ipc or uts (a Kubernetes pod's, made by the engine); an O_PATH fd of the
     # bundle's start FIFO, on which the init waits, once set up, for `start` (runc's
-    # create/start split); process.noNewPrivileges.
+    # create/start split).
     join_namespaces: tuple[tuple[str, str], ...]
     start_fd: int
-    no_new_privs: bool
     # process.user.additionalGids: exactly these supplementary groups; None: the container's /etc/group.
     groups: tuple[int, ...] | None
+    # --security-opt no-new-privileges (and OCI's process.noNewPrivileges), --group-add (names or
+    # gids of the container's /etc/group), --sysctl as (path under /proc/sys, value): see security.py.
+    no_new_privileges: bool
+    group_add: tuple[str, ...]
+    sysctls: tuple[tuple[str, str], ...]
 
 
 def child_main(make_plan: Callable[[], ChildPlan], go_fd: int, status_fd: int, stdout_fd: int, stderr_fd: int,
@@ -100,9 +106,10 @@ def child_main(make_plan: Callable[[], ChildPlan], go_fd: int, status_fd: int, s
     code = EXIT_ERROR
     try:
         plan = make_plan()
+        helper_fd = sealed_helper()  # while the host's files are reachable (payload.py says why)
         prepare(plan, go_fd, status_fd, parent_pid)
         code = EXIT_CANNOT_INVOKE
-        launch(plan, go_fd, status_fd, stdout_fd, stderr_fd)
+        launch(plan, go_fd, status_fd, stdout_fd, stderr_fd, helper_fd)
     except BaseException as e:
         report(status_fd, code, describe(e))
     os._exit(code)
@@ -120,6 +127,8 @@ def prepare(plan: ChildPlan, go_fd: int, status_fd: int, parent_pid: int) -> Non
     for kind, path in plan.join_namespaces:
         flags &= ~join_namespace(kind, path)
     sc.unshare(flags)
+    if plan.sysctls:
+        write_sysctls(plan.sysctls)
     # Nothing mounted from here on may propagate back to the host.
     sc.mount(None, "/", None, sc.MS_REC | sc.MS_PRIVATE)
     os.chdir(plan.container_dir)
@@ -154,6 +163,20 @@ def prepare(plan: ChildPlan, go_fd: int, status_fd: int, parent_pid: int) -> Non
     os.umask(0o022)
 
 
+def write_sysctls(sysctls: tuple[tuple[str, str], ...]) -> None:
+    """--sysctl: written right after unshare, through the host's /proc: a namespaced sysctl
+    file acts on the writer's namespace (IPC ones on our new IPC namespace, net.* on our new
+    network namespace; security.py admits no other), and the container's /proc/sys is
+    mounted read-only later."""
+    for path, value in sysctls:
+        try:
+            with open(path, "w") as f:
+                f.write(value)
+        except OSError as e:
+            raise OSError(e.errno, f"sysctl {path.removeprefix('/proc/sys/').replace('/', '.')}={value}: "
+                          f"{e.strerror}") from None
+
+
 def set_rlimits(rlimits: tuple[tuple[int, int, int], ...]) -> None:
     """--ulimit, as runc sets process.rlimits: on the init, before the exec (inherited from there)."""
     import resource
@@ -170,10 +193,11 @@ def await_parent(go_fd: int, expected: bytes) -> None:
         os._exit(EXIT_ERROR)
 
 
-def launch(plan: ChildPlan, go_fd: int, status_fd: int, stdout_fd: int, stderr_fd: int) -> None:
+def launch(plan: ChildPlan, go_fd: int, status_fd: int, stdout_fd: int, stderr_fd: int, helper_fd: int = -1) -> None:
     uid, gid, groups = resolve_user(plan.user) if plan.user else (0, 0, [])
     if plan.groups is not None:
         groups = list(plan.groups)
+    groups = groups + [g for g in resolve_groups(plan.group_add) if g not in groups]
     env = dict(plan.env)
     if "HOME" not in env:
         env["HOME"] = home_of(uid) or ("/root" if uid == 0 else "/")
@@ -182,9 +206,7 @@ def launch(plan: ChildPlan, go_fd: int, status_fd: int, stdout_fd: int, stderr_f
         if plan.tty:
             console = open_console(stdout_fd)  # its master reaches the console socket at create, as runc's
         await_start(plan.start_fd, status_fd)
-    confine(plan.seccomp, plan.capability_mask, uid, gid, groups)
-    if plan.no_new_privs:
-        sc.prctl(PR_SET_NO_NEW_PRIVS, 1)
+    confine(plan.seccomp, plan.capability_mask, uid, gid, groups, no_new_privs=plan.no_new_privileges)
     stdin = os.open("/dev/null", os.O_RDONLY) if plan.stdin_devnull else 0
     if plan.tty:
         stdin = stdout_fd = stderr_fd = console if console >= 0 else open_console(stdout_fd)
@@ -192,7 +214,7 @@ def launch(plan: ChildPlan, go_fd: int, status_fd: int, stdout_fd: int, stderr_f
     await_parent(go_fd, RUN)
     os.close(go_fd)
     attach_stdio(stdin, stdout_fd, stderr_fd)
-    finalize_and_exec(plan.argv, env, status_fd, plan.workdir)
+    finalize_and_exec(plan.argv, env, status_fd, plan.workdir, helper_fd)
 
 
 def join_namespace(kind: str, path: str) -> int:

@@ -49,10 +49,20 @@ def dropin_text(name: str, container_id: str, image_name: str, spec: ContainerSp
 
     lines = [f"# Written by pymachine for container {name}; `pymachine rm {name}` removes it.",
              "[Service]", f"LogExtraFields={fields}", *dropin_lines(spec)]
-    lines += [f"DeviceAllow={path} {access}" for path, access in device_allow]
+    lines += device_lines(spec, device_allow)
     if not unified_host:
         lines += delegate_lines(spec.limits, unified_host=False)
     return "\n".join(lines) + "\n"
+
+
+def device_lines(spec: ContainerSpec, device_allow: tuple[tuple[str, str], ...]) -> list[str]:
+    """The scope's device list (security.device_allow) as drop-in lines; --privileged: every
+    device (the empty DeviceAllow= drops the template's list)."""
+    from machinectl_py import security
+
+    if security.device_policy(spec) == "auto":
+        return ["DevicePolicy=auto", "DeviceAllow="]
+    return [f"DeviceAllow={path} {access}" for path, access in security.device_allow(spec, device_allow)]
 
 
 def delegate_lines(limits: Limits, unified_host: bool) -> list[str]:

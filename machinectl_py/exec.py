@@ -15,9 +15,12 @@ so a recycled PID can never send us elsewhere. Then:
   go                                          close every fd > 2; exec
   wait, return the command's exit code
 
-The child is not dumpable until exec, so no container process can reach this Python's
-/proc/PID/exe (CVE-2019-5736), and it holds no host fd when the command starts
-(CVE-2024-21626). Hot path: imports stay minimal (the bench compares with `runc exec`).
+The child is not dumpable, so no container process can reach this Python's /proc/PID/exe
+while it runs, and its last exec is made by the sealed exec helper (payload.sealed_helper),
+so a "#!/proc/self/exe" file finds no host executable either (CVE-2019-5736's class). It
+holds no host fd when the command starts (CVE-2024-21626), and without -t its stdio is pipes
+relayed by us (payload.stdio_pipes), never our terminal. Hot path: imports stay minimal (the
+bench compares with `runc exec`).
 """
 
 from __future__ import annotations
@@ -172,6 +175,21 @@ def leader_capabilities(leader: int) -> int:
     raise OSError(f"no CapBnd in /proc/{leader}/status")
 
 
+def container_confinement(name: str, caps: int) -> tuple[bytes, bool]:
+    """The container's own seccomp program (its profile, for the capabilities it holds) and
+    its no_new_privs, from its record: exec gets no syscall the container lacks."""
+    from machinectl_py import seccomp_compile, security, state
+    from machinectl_py.spec import ContainerSpec
+
+    try:
+        spec = state.load(name).spec
+    except (NotFoundError, OSError, ValueError, KeyError):
+        spec = ContainerSpec(name=name, image="")  # no readable record: pymachine's defaults
+    choice = security.seccomp_choice(spec)
+    program = b"" if choice == security.UNCONFINED else seccomp_compile.program(choice, security.capability_names(caps))
+    return program, security.no_new_privileges(spec)
+
+
 def main(argv: list[str]) -> int:
     opts = parse(argv)
     if opts is None:
@@ -194,11 +212,8 @@ def main(argv: list[str]) -> int:
         env = leader_environment(leader)
         env.update(extra_env)
         caps = leader_capabilities(leader)
-        from machinectl_py.policy import load_policy
-
         command = Exec(opts, pidfd, unit, env, caps)
-        policy = load_policy()  # the container's own seccomp filter, too
-        command.seccomp = sc.seccomp_filter(policy.seccomp_deny, policy.seccomp_deny_user_namespaces)
+        command.seccomp, command.no_new_privs = container_confinement(opts.name, caps)
         # Straight to systemd on its private socket: through the bus daemon, systemd's check of
         # our credentials for AttachProcessesToUnit costs it round trips to the daemon.
         with Bus.systemd() as bus:
@@ -215,12 +230,15 @@ class Exec:
         self.env = env
         self.caps = caps
         self.seccomp = b""
+        self.no_new_privs = False
         self.child = 0
 
     def run(self, bus: Bus) -> int:
         go_r, go_w = os.pipe()
         status_r, status_w = os.pipe()
         pty_parent, pty_child = payload.console_socketpair() if self.opts.tty else (-1, -1)
+        # Without -t, pipes: never our own stdio, which may be the admin's terminal.
+        ours, theirs = payload.stdio_pipes(self.opts.interactive) if not self.opts.tty else ((-1, -1, -1), None)
         # Our own PID namespace stays the host's; only the child is born in the container's.
         sc.setns(self.pidfd, sc.CLONE_NEWPID)
         self.child = os.fork()
@@ -230,7 +248,14 @@ class Exec:
             if pty_parent >= 0:
                 os.close(pty_parent)
                 payload.preload_console_modules()  # after setns() the host's library is out of reach
-            _child(self.opts, self.pidfd, self.env, self.caps, self.seccomp, go_r, status_w, pty_child)
+            payload.close_all(ours)
+            if theirs is not None:
+                payload.attach_stdio(*theirs)  # the command's stdio: pipes to us
+                payload.close_all(theirs)
+            _child(self.opts, self.pidfd, self.env, self.caps, (self.seccomp, self.no_new_privs), go_r, status_w,
+                   pty_child)
+        if theirs is not None:
+            payload.close_all(theirs)
         os.close(go_r)
         os.close(status_w)
         if pty_child >= 0:
@@ -242,6 +267,7 @@ class Exec:
             systemd.attach_processes(bus, self.unit, [self.child])
         except BusError as e:
             os.close(go_w)
+            payload.close_all(ours)
             payload.reap(self.child)
             raise UsageError(f"cannot attach to {self.unit}: {e}") from None
         try:
@@ -253,6 +279,7 @@ class Exec:
             payload.relay_from_socket(pty_parent, self.child, stdin=self.opts.interactive)
         else:
             self._forward_signals()
+            payload.relay_pipes(self.child, *ours)
         code = payload.reap(self.child)
         failure = payload.read_status(status_r)
         os.close(status_r)
@@ -272,12 +299,13 @@ class Exec:
             _signal.signal(sig, forward)
 
 
-def _child(opts: ExecOptions, pidfd: int, env: dict[str, str], caps: int, seccomp: bytes, go_fd: int, status_fd: int,
-           pty_sock: int) -> None:
+def _child(opts: ExecOptions, pidfd: int, env: dict[str, str], caps: int, confinement: tuple[bytes, bool], go_fd: int,
+           status_fd: int, pty_sock: int) -> None:
     """Never returns. Imports nothing after setns(): the host's Python library is out of reach then."""
     code = EXIT_ERROR
     try:
         sc.prctl(PR_SET_DUMPABLE, 0)
+        helper_fd = payload.sealed_helper()  # before setns: the host's files are out of reach after
         # Everything up to the exec happens while systemd attaches us to the unit (it takes
         # ~10 ms on a hybrid cgroup host); only the exec waits for `go`.
         sc.setns(pidfd, sc.CLONE_NEWIPC | sc.CLONE_NEWUTS | sc.CLONE_NEWNET | sc.CLONE_NEWCGROUP | sc.CLONE_NEWNS)
@@ -299,10 +327,11 @@ def _child(opts: ExecOptions, pidfd: int, env: dict[str, str], caps: int, seccom
             if slave > 2:
                 os.close(slave)
         elif not opts.interactive:
-            devnull = os.open("/dev/null", os.O_RDONLY)
+            devnull = os.open("/dev/null", os.O_RDONLY)  # the container's
             os.dup2(devnull, 0)
             os.close(devnull)
-        payload.confine(seccomp, caps, uid, gid, groups)  # the leader's bounding set, the container's filter
+        seccomp, no_new_privs = confinement  # the container's filter, and the leader's bounding set:
+        payload.confine(seccomp, caps, uid, gid, groups, no_new_privs=no_new_privs)
         env.setdefault("PATH", payload.DEFAULT_PATH)
         if opts.tty:
             env.setdefault("TERM", os.environ.get("TERM", "xterm"))
@@ -310,7 +339,7 @@ def _child(opts: ExecOptions, pidfd: int, env: dict[str, str], caps: int, seccom
             env["HOME"] = home_of(uid) or "/"
         if os.read(go_fd, 1) != b"g":  # EOF: systemd could not attach us; the parent says why
             os._exit(EXIT_ERROR)
-        payload.finalize_and_exec(opts.argv, env, status_fd)  # closes go_fd with every other host fd
+        payload.finalize_and_exec(opts.argv, env, status_fd, helper_fd=helper_fd)  # closes go_fd and every host fd
     except SystemExit:
         raise
     except BaseException as e:

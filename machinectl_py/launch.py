@@ -102,7 +102,7 @@ def build_child_plan(spec: ContainerSpec, image: images.ResolvedImage, cdir: str
         rootfs=rootfs_of(cdir),
         overlay=plan.Overlay(layer_links(cdir, image.layers), "upper", "work", volatile=spec.remove),
         ops=tuple(plan.base_plan(policy, binds=binds, shm_size=spec.shm_size, tmpfs=tuple(spec.tmpfs.items()),
-                                 init=init_binary(spec))),
+                                 init=init_binary(spec))) + device_nodes(spec),
         cgroup_layout=_cgroup_layout(),
         hostname=spec.effective_hostname,
         private_network=spec.network == "private",
@@ -110,8 +110,7 @@ def build_child_plan(spec: ContainerSpec, image: images.ResolvedImage, cdir: str
         env=dict(env),
         workdir=spec.workdir or image.config.workdir or "/",
         user=effective_user(spec, image.config),
-        capability_mask=policy.capability_mask,
-        seccomp=sc.seccomp_filter(policy.seccomp_deny, policy.seccomp_deny_user_namespaces),
+        **security_fields(spec, policy),
         detached=detached,
         tty=spec.tty,
         stdin_devnull=not (spec.tty or spec.interactive),
@@ -124,6 +123,47 @@ def build_child_plan(spec: ContainerSpec, image: images.ResolvedImage, cdir: str
     return child_plan
 
 
+def security_fields(spec: ContainerSpec, policy: Policy) -> dict[str, object]:
+    """The ChildPlan fields of docker's security flags (security.py): capabilities kept, the
+    seccomp program (compiled once per profile, seccomp_compile.py), no_new_privs, extra
+    groups and sysctls."""
+    from machinectl_py import seccomp_compile, security
+
+    caps = security.capabilities(spec, policy)
+    choice = security.seccomp_choice(spec)
+    mask = security.capability_mask(caps)
+    if spec.privileged:
+        mask &= own_bounding_set()  # "every capability" is every one we have to give
+    return {
+        "capability_mask": mask,
+        "seccomp": b"" if choice == security.UNCONFINED else seccomp_compile.program(choice, caps),
+        "no_new_privileges": security.no_new_privileges(spec),
+        "group_add": spec.group_add,
+        "sysctls": security.sysctl_items(spec.sysctls),
+    }
+
+
+def own_bounding_set() -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("CapBnd:"):
+                return int(line.split()[1], 16)
+    return 0
+
+
+def device_nodes(spec: ContainerSpec) -> tuple[plan.Op, ...]:
+    """--device: the host's node bound at its path in the container's /dev. A bind, not
+    mknod: the unit's device list (DeviceAllow= without "m") applies to the setup process
+    of a detached container too, and a bind needs no mknod there (nor in a user namespace)."""
+    from machinectl_py import security
+
+    binds: list[plan.Op] = []
+    for host, target, _perms in map(security.split_device, spec.devices):
+        security.device_numbers(host)  # still a device node
+        binds.append(plan.Bind(host, target, is_file=True))
+    return tuple(binds)
+
+
 class HeldInit:
     """The container's init, forked into a new PID namespace and held on its `go` pipe until
     the caller releases it (the release protocol above). Owns the parent's ends of both pipes.
@@ -132,7 +172,7 @@ class HeldInit:
     overlaps systemd's making of the unit, which needs only the child's PID. A plan that
     cannot be made is a failure the child reports on the status pipe, like any other."""
 
-    def __init__(self, make_plan: Callable[[], ChildPlan], out_w: int, err_w: int) -> None:
+    def __init__(self, make_plan: Callable[[], ChildPlan], out_w: int, err_w: int, in_r: int = -1) -> None:
         go_r, go_w = os.pipe()
         status_r, status_w = os.pipe()
         # unshare(CLONE_NEWPID) changes only where our *next* child goes: that child is
@@ -143,6 +183,8 @@ class HeldInit:
         if pid == 0:
             os.close(go_w)
             os.close(status_r)
+            if in_r >= 0:  # `run -i` without -t: stdin is a pipe from us (payload.fork_stdin_relay)
+                os.dup2(in_r, 0)
             child_main(make_plan, go_r, status_w, out_w, err_w, parent)
         os.close(go_r)
         os.close(status_w)

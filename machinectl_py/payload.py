@@ -32,10 +32,14 @@ if TYPE_CHECKING:
 
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 STATUS_FD = 3  # where the status pipe waits for the exec (closed by it: O_CLOEXEC)
+HELPER_FD = 4  # the sealed exec helper's memfd (see sealed_helper)
+_F_ADD_SEALS = 1033
+_F_SEAL_SEAL, _F_SEAL_SHRINK, _F_SEAL_GROW, _F_SEAL_WRITE = 1, 2, 4, 8
 _TIOCSPTLCK = 0x40045431
 _TIOCGPTPEER = 0x5441
 _TIOCSCTTY = 0x540E
 _ENOENT, _ENOTDIR = 2, 20
+PR_SET_NO_NEW_PRIVS = 38
 # Dispositions survive exec only when ignored (Python ignores SIGPIPE and SIGXFSZ); handlers
 # the parent pymachine installed before the fork are reset by the exec itself.
 _RESET_SIGNALS = (_signal.SIGINT, _signal.SIGTERM, _signal.SIGHUP, _signal.SIGQUIT, _signal.SIGPIPE,
@@ -89,30 +93,39 @@ def open_console(sock_fd: int) -> int:
 
 
 def attach_stdio(stdin: int, stdout: int, stderr: int) -> None:
+    """Make these fds 0, 1 and 2 (-1: leave that one as it is)."""
     for src, dst in ((stdin, 0), (stdout, 1), (stderr, 2)):
-        if src != dst:
+        if src != dst and src >= 0:
             os.dup2(src, dst)
 
 
-def confine(seccomp: bytes, capability_mask: int, uid: int, gid: int, groups: list[int]) -> None:
+def confine(seccomp: bytes, capability_mask: int, uid: int, gid: int, groups: list[int], *,
+            no_new_privs: bool = False) -> None:
     """The container's seccomp filter, then its capabilities and user.
 
     The filter goes first, while we still hold CAP_SYS_ADMIN: without no_new_privs (which
     would disarm setuid programs in the container) installing one needs it. Nothing the
-    filter denies is called from here to the exec. A non-root uid ends with no capability."""
+    filter denies is called from here to the exec. A non-root uid ends with no capability.
+    no_new_privs (--security-opt no-new-privileges) last: setuid bits and file capabilities
+    then grant nothing to the command or its children."""
     if seccomp:
         sc.seccomp_install(seccomp)
     drop_privileges(capability_mask, uid, gid, groups)
+    if no_new_privs:
+        sc.prctl(PR_SET_NO_NEW_PRIVS, 1)
 
 
 def finalize_and_exec(argv: Sequence[str], env: Mapping[str, str], status_fd: int,
-                      workdir: str | None = None) -> NoReturn:
+                      workdir: str | None = None, helper_fd: int = -1) -> NoReturn:
     """The last steps before the command, in the container: from here on only what the exec
     needs. No host file descriptor may reach the command (CVE-2024-21626): the status pipe
-    moves to fd 3, which closes itself on exec, and every fd above it is closed."""
+    moves to fd 3, which closes itself on exec, the helper (see sealed_helper) to fd 4, which
+    closes on exec too, and every fd above them is closed."""
     os.set_inheritable(status_fd, False)
     status_fd = os.dup2(status_fd, STATUS_FD, inheritable=False)
-    sc.close_fds_from(STATUS_FD + 1)
+    if helper_fd >= 0:
+        helper_fd = os.dup2(helper_fd, HELPER_FD, inheritable=False)
+    sc.close_fds_from(STATUS_FD + 1 if helper_fd < 0 else HELPER_FD + 1)
     if workdir is not None:
         try:
             os.chdir(workdir)
@@ -122,12 +135,73 @@ def finalize_and_exec(argv: Sequence[str], env: Mapping[str, str], status_fd: in
         _signal.signal(sig, _signal.SIG_DFL)
     _signal.pthread_sigmask(_signal.SIG_SETMASK, [])
     try:
+        if helper_fd >= 0:
+            exec_through_helper(helper_fd, list(argv), dict(env), status_fd)
         exec_in_path(list(argv), dict(env))
     except OSError as e:
         error = e
     not_found = error.errno in (_ENOENT, _ENOTDIR)
     report(status_fd, EXIT_NOT_FOUND if not_found else EXIT_CANNOT_INVOKE,
            f"cannot run {argv[0]!r}: {'executable file not found' if not_found else error.strerror}")
+
+
+def sealed_helper() -> int:
+    """The exec helper (machinectl_py/helper/exec_helper.c) in a sealed memfd; -1 where this
+    build has none (an architecture it does not know).
+
+    Why: the process that execs the container's command resolves a "#!" line with its own
+    /proc/self/exe. For pymachine's own process that is the host's Python: a container file
+    starting "#!/proc/self/exe" would run the host's Python inside the container, and a
+    container process could reopen its /proc/PID/exe for writing (CVE-2019-5736's class).
+    So the last exec is made by this static helper, run from an anonymous memfd sealed
+    against writes, as runc runs from a sealed copy of itself: "#!/proc/self/exe" finds the
+    helper again, never a host file. Called before the container's root becomes ours."""
+    try:
+        with open(os.path.join(os.path.dirname(__file__), "data", "exec-helper"), "rb") as f:
+            code = f.read()
+    except FileNotFoundError:
+        return -1
+    fd = os.memfd_create("pymachine-exec", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
+    view = memoryview(code)
+    while view:
+        view = view[os.write(fd, view):]
+    import fcntl
+
+    fcntl.fcntl(fd, _F_ADD_SEALS, _F_SEAL_SEAL | _F_SEAL_SHRINK | _F_SEAL_GROW | _F_SEAL_WRITE)
+    return fd
+
+
+def exec_through_helper(helper_fd: int, argv: list[str], env: dict[str, str], status_fd: int) -> None:
+    """Find the command in the container's PATH, then exec the helper (fexecve: execveat of
+    the memfd) with PATH ARGV0 ARGS...; it execs the command, or reports `errno N` on the
+    status pipe, which stays open for it (it marks it close-on-exec itself). Returns only
+    by raising OSError."""
+    path = argv[0] if "/" in argv[0] else find_in_path(argv[0], env)
+    if not os.access(path, os.X_OK):  # ENOENT or EACCES named here, with the command's name
+        raise PermissionError(13, "Permission denied", path) if os.path.exists(path) else \
+            FileNotFoundError(_ENOENT, "not found", path)
+    os.set_inheritable(status_fd, True)
+    os.execve(helper_fd, [path, *argv], env)
+
+
+def find_in_path(name: str, env: dict[str, str]) -> str:
+    """execvp(3)'s search, done before the exec: the first executable regular file of PATH;
+    an existing but not executable one answers EACCES if nothing later is found."""
+    denied: str | None = None
+    for directory in env.get("PATH", DEFAULT_PATH).split(":"):
+        candidate = os.path.join(directory or ".", name)
+        try:
+            st = os.stat(candidate)
+        except OSError:
+            continue
+        if st.st_mode & 0o170000 != 0o100000:  # not a regular file
+            continue
+        if os.access(candidate, os.X_OK):
+            return candidate
+        denied = denied or candidate
+    if denied is not None:
+        raise PermissionError(13, "Permission denied", denied)
+    raise FileNotFoundError(_ENOENT, "not found", name)
 
 
 def exec_in_path(argv: list[str], env: dict[str, str]) -> NoReturn:
@@ -158,7 +232,14 @@ def read_status(fd: int) -> tuple[int, str] | None:
         chunks.append(chunk)
     if not chunks:
         return None
-    code_text, _, message = b"".join(chunks).decode(errors="replace").partition(":")
+    text = b"".join(chunks).decode(errors="replace")
+    if text.startswith("errno ") and text[6:].isdigit():
+        # The exec helper could not exec the command (exec_through_helper).
+        number = int(text[6:])
+        not_found = number in (_ENOENT, _ENOTDIR)
+        return (EXIT_NOT_FOUND if not_found else EXIT_CANNOT_INVOKE,
+                f"cannot run the command: {'executable file not found' if not_found else os.strerror(number)}")
+    code_text, _, message = text.partition(":")
     return (int(code_text) if code_text.isdigit() else EXIT_ERROR), message
 
 
@@ -176,6 +257,91 @@ def reap(pid: int) -> int | None:
     if os.WIFSIGNALED(status):
         return 128 + os.WTERMSIG(status)
     return os.WEXITSTATUS(status)
+
+
+def stdio_pipes(interactive: bool) -> tuple[tuple[int, int, int], tuple[int, int, int]]:
+    """The command's stdio as pipes (podman's way): (our ends: stdin's writer or -1, stdout's
+    and stderr's readers; the child's: stdin (-1 without -i: the child opens the container's
+    /dev/null), stdout, stderr). A
+    process of the container holding its stdout after the command ended gets EPIPE, never
+    the admin's terminal, which it could write on and read the next commands typed from."""
+    in_r, in_w = os.pipe() if interactive else (-1, -1)
+    out_r, out_w = os.pipe()
+    err_r, err_w = os.pipe()
+    return (in_w, out_r, err_r), (in_r, out_w, err_w)
+
+
+def fork_stdin_relay(in_w: int) -> int:
+    """`run -i` without -t: a process that copies our stdin into the container's stdin pipe
+    until either ends, so the container never holds our terminal (see stdio_pipes). Ctrl-C
+    is pymachine's to pass on, not the relay's to die of. Returns its PID."""
+    pid = os.fork()
+    if pid == 0:
+        try:
+            _signal.signal(_signal.SIGINT, _signal.SIG_IGN)
+            os.dup2(in_w, STATUS_FD)
+            sc.close_fds_from(STATUS_FD + 1)
+            while data := os.read(0, 65536):
+                _write_all(STATUS_FD, data)
+        except (OSError, KeyboardInterrupt):
+            pass
+        os._exit(0)
+    return pid
+
+
+def close_all(fds: tuple[int, ...]) -> None:
+    for fd in fds:
+        if fd >= 0:
+            os.close(fd)
+
+
+def relay_pipes(child: int, in_w: int, out_r: int, err_r: int) -> None:
+    """Copy our stdin to the command's and its stdout and stderr to ours until it exits; then
+    what is left in the pipes, and close them: a background process of the container keeps
+    nothing of ours."""
+    import select
+
+    pidfd = os.pidfd_open(child)
+    targets = {out_r: 1, err_r: 2}
+    watched = [pidfd, out_r, err_r] + ([0] if in_w >= 0 else [])
+    try:
+        while out_r in watched or err_r in watched:
+            ready, _, _ = select.select(watched, [], [])
+            for fd in ready:
+                if fd == pidfd:
+                    continue
+                if fd == 0:
+                    data = os.read(0, 65536)
+                    if not data or not _write_copy(in_w, data):
+                        watched.remove(0)
+                        os.close(in_w)
+                        in_w = -1
+                    continue
+                data = os.read(fd, 65536)
+                if not data:
+                    watched.remove(fd)
+                else:
+                    _write_copy(targets[fd], data)
+            if pidfd in ready:
+                _drain(out_r, err_r, targets)
+                break
+    finally:
+        close_all((pidfd, in_w, out_r, err_r))
+
+
+def _drain(out_r: int, err_r: int, targets: dict[int, int]) -> None:
+    """The command has exited: what it wrote is in the pipes; a background process's output
+    may keep coming, so read only what is there now."""
+    for fd in (out_r, err_r):
+        os.set_blocking(fd, False)
+        while True:
+            try:
+                data = os.read(fd, 65536)
+            except BlockingIOError:
+                break
+            if not data:
+                break
+            _write_copy(targets[fd], data)
 
 
 def console_socketpair() -> tuple[int, int]:

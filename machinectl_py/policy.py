@@ -1,5 +1,5 @@
 """The security policy applied to every container (capabilities, masked and read-only paths,
-the devices the unit allows, the seccomp deny-list).
+the devices the unit allows). The seccomp filter is a profile of its own (seccomp_profile.py).
 
 The shipped default is policies/default.toml; an admin overrides it with
 /etc/pymachine/policy.toml. Pure: loading and validation only; runtime applies it.
@@ -25,20 +25,15 @@ CAPABILITIES = {
     "SETFCAP": 31, "MAC_OVERRIDE": 32, "MAC_ADMIN": 33, "SYSLOG": 34, "WAKE_ALARM": 35,
     "BLOCK_SUSPEND": 36, "AUDIT_READ": 37, "PERFMON": 38, "BPF": 39, "CHECKPOINT_RESTORE": 40,
 }
-_KEYS = {"capabilities", "masked_paths", "readonly_paths", "device_allow", "seccomp_deny",
-         "seccomp_deny_user_namespaces"}
+_KEYS = {"capabilities", "masked_paths", "readonly_paths", "device_allow"}
 
 
 class Policy(Record):
-    __slots__ = ("capabilities", "masked_paths", "readonly_paths", "device_allow", "seccomp_deny",
-                 "seccomp_deny_user_namespaces")
-    _defaults = {"seccomp_deny": (), "seccomp_deny_user_namespaces": False}
+    __slots__ = ("capabilities", "masked_paths", "readonly_paths", "device_allow")
     capabilities: frozenset[str]
     masked_paths: tuple[str, ...]
     readonly_paths: tuple[str, ...]
     device_allow: tuple[tuple[str, str], ...]
-    seccomp_deny: tuple[str, ...]
-    seccomp_deny_user_namespaces: bool
 
     @property
     def capability_mask(self) -> int:
@@ -107,6 +102,9 @@ def _write_cache(cache: str, key: list[object], raw: dict[str, object]) -> None:
 
 def parse_policy(raw: dict[str, object], source: str) -> Policy:
     unknown = set(raw) - _KEYS
+    if unknown & {"seccomp_deny", "seccomp_deny_user_namespaces"}:
+        raise UsageError(f"{source}: {sorted(unknown)[0]!r} is gone: the seccomp filter is an allow-list profile now",
+                         hint="remove the key; a container takes another profile with --security-opt seccomp=FILE")
     if unknown:
         raise UsageError(f"{source}: unknown key {sorted(unknown)[0]!r}")
     caps = _string_list(raw.get("capabilities", []), source, "capabilities")
@@ -120,23 +118,11 @@ def parse_policy(raw: dict[str, object], source: str) -> Policy:
         isinstance(d, list) and len(d) == 2 and all(isinstance(x, str) for x in d) for d in devices
     ):
         raise UsageError(f"{source}: device_allow must be a list of [path, access] pairs")
-    deny = _string_list(raw.get("seccomp_deny", []), source, "seccomp_deny")
-    from machinectl_py.seccomp import KNOWN_SYSCALLS
-
-    unknown_syscalls = [name for name in deny if name not in KNOWN_SYSCALLS]
-    if unknown_syscalls:
-        raise UsageError(f"{source}: seccomp_deny: unknown syscall {unknown_syscalls[0]!r} "
-                         f"(known: {', '.join(sorted(KNOWN_SYSCALLS))})")
-    deny_userns = raw.get("seccomp_deny_user_namespaces", False)
-    if not isinstance(deny_userns, bool):
-        raise UsageError(f"{source}: seccomp_deny_user_namespaces must be true or false")
     return Policy(
         capabilities=frozenset(c.upper().removeprefix("CAP_") for c in caps),
         masked_paths=tuple(masked),
         readonly_paths=tuple(readonly),
         device_allow=tuple((d[0], d[1]) for d in devices),
-        seccomp_deny=tuple(deny),
-        seccomp_deny_user_namespaces=deny_userns,
     )
 
 

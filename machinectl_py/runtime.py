@@ -117,7 +117,7 @@ class ForegroundRun:
     def _start_and_wait(self, bus: Bus, record: state.ContainerRecord, make_plan: Callable[[], ChildPlan],
                         rootfs: str, policy: Policy, image_name: str) -> int:
         spec = self.spec
-        hold_w = journal_copy = -1
+        hold_w = journal_copy = in_w = stdin_relay = -1
         init: HeldInit | None = None
         try:
             out_r, out_w = os.pipe()
@@ -129,7 +129,16 @@ class ForegroundRun:
                 os.close(fd)
             tty_parent, tty_child = payload.console_socketpair() if spec.tty else (-1, -1)
             child_out, child_err = (tty_child, tty_child) if spec.tty else (out_w, err_w)
-            init = HeldInit(make_plan, child_out, child_err)
+            # -i without -t: stdin through a pipe (payload.stdio_pipes says why). Its relay is
+            # forked before the init: after HeldInit's unshare, our children are born in the
+            # container's PID namespace.
+            in_r, in_w = os.pipe() if spec.interactive and not spec.tty else (-1, -1)
+            if in_w >= 0:
+                stdin_relay = payload.fork_stdin_relay(in_w)
+                os.close(in_w)
+                in_w = -1
+            init = HeldInit(make_plan, child_out, child_err, in_r)
+            payload.close_all((in_r,))
             self.leader = init.pid
             # -t: the pty relay below keeps out_w to copy what the terminal shows to the journal.
             journal_copy = out_w if spec.tty else -1
@@ -174,6 +183,9 @@ class ForegroundRun:
         finally:
             if init is not None:
                 init.close()
+            payload.close_all((in_w,))
+            if stdin_relay > 0:
+                _end_relay(stdin_relay)
             if journal_copy >= 0:
                 os.close(journal_copy)
             self._teardown(bus, hold_w)
@@ -312,6 +324,15 @@ class ForegroundRun:
         stop job checks the cgroup there and then. Not waited for: a machine that is gone
         already (machinectl terminate) sent its MachineRemoved, which is queued for us."""
         machined.request_termination(bus, self.spec.name)
+
+
+def _end_relay(pid: int) -> None:
+    """The container's stdin relay outlives the container only while blocked reading ours."""
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    payload.reap(pid)
 
 
 def _hint_for(e: BusError) -> str | None:

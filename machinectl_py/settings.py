@@ -268,6 +268,38 @@ def _env_files_toml(value: Any) -> dict[str, str]:
     return env
 
 
+def _security(name: str) -> Callable[[Any], Any]:
+    def parse(value: Any) -> Any:
+        from machinectl_py import security
+
+        return getattr(security, name)(value)
+
+    return parse
+
+
+def _list_or_none(value: Any) -> list[Any] | None:
+    return list(value) or None
+
+
+def _sysctls_toml(value: Any) -> dict[str, str]:
+    from machinectl_py.security import parse_sysctls
+
+    return parse_sysctls([f"{k}={v}" for k, v in _string_table(value).items()])
+
+
+def _groups(items: list[str]) -> tuple[str, ...]:
+    for item in items:
+        if not item or ":" in item or not item.isprintable() or " " in item or len(item) > 256:
+            raise UsageError(f"invalid --group-add {item!r}", hint="use a group name or gid")
+    return tuple(items)
+
+
+def _devices_inspect(devices: tuple[str, ...]) -> list[dict[str, str]] | None:
+    rows = [dict(zip(("PathOnHost", "PathInContainer", "CgroupPermissions"), d.rsplit(":", 2), strict=True))
+            for d in devices]
+    return rows or None
+
+
 # -- the table --------------------------------------------------------------------------------------
 
 SETTINGS: tuple[Setting, ...] = (
@@ -336,6 +368,31 @@ SETTINGS: tuple[Setting, ...] = (
             "(repeatable)", flags="--ulimit", kind=APPEND, metavar="NAME=SOFT[:HARD]", key="ulimits",
             inspect="HostConfig.Ulimits", parse=sp.parse_ulimits, from_toml=_ulimits_toml, render=_ulimits_render,
             to_inspect=_ulimits_inspect, unit=_ulimit_props, unit_doc="Limit*= (LimitNOFILE=...)"),
+    # docker's security flags (security.py), one block.
+    Setting("cap_add", "add a capability (repeatable): NET_ADMIN or CAP_NET_ADMIN, or ALL", flags="--cap-add",
+            kind=APPEND, metavar="CAP", key="cap_add", inspect="HostConfig.CapAdd",
+            parse=_security("parse_capabilities"), render=toml_array, to_inspect=_list_or_none),
+    Setting("cap_drop", "drop a capability (repeatable): NET_RAW or CAP_NET_RAW, or ALL", flags="--cap-drop",
+            kind=APPEND, metavar="CAP", key="cap_drop", inspect="HostConfig.CapDrop",
+            parse=_security("parse_capabilities"), render=toml_array, to_inspect=_list_or_none),
+    Setting("privileged", "every capability, no seccomp filter, every device allowed (DevicePolicy=auto); root in "
+            "the container is the host's root", flags="--privileged", kind=FLAG, key="privileged",
+            inspect="HostConfig.Privileged", render=lambda v: "true"),
+    Setting("security_opt", "no-new-privileges, seccomp=unconfined or seccomp=PROFILE.json (docker's profile "
+            "format; repeatable)", flags="--security-opt", kind=APPEND, metavar="OPT", key="security_opt",
+            inspect="HostConfig.SecurityOpt", parse=_security("parse_security_opts"), render=toml_array,
+            to_inspect=_list_or_none),
+    Setting("sysctls", "set a namespaced sysctl: net.* (with --network private), kernel.shm*, kernel.msg*, "
+            "kernel.sem, fs.mqueue.* (repeatable)", flags="--sysctl", kind=APPEND, metavar="NAME=VALUE",
+            key="sysctls", inspect="HostConfig.Sysctls", parse=_security("parse_sysctls"), from_toml=_sysctls_toml,
+            render=toml_table, to_inspect=lambda v: dict(v) or None),
+    Setting("group_add", "add a supplementary group of the container's /etc/group, name or gid (repeatable)",
+            flags="--group-add", kind=APPEND, metavar="GROUP", key="group_add", inspect="HostConfig.GroupAdd",
+            parse=_groups, render=toml_array, to_inspect=_list_or_none),
+    Setting("devices", "add a host device: HOST[:CONTAINER][:rwm], made in the container's /dev and allowed in "
+            "its unit (repeatable)", flags="--device", kind=APPEND, metavar="HOST[:CONT][:rwm]", key="devices",
+            inspect="HostConfig.Devices", parse=_security("parse_devices"), render=toml_array,
+            to_inspect=_devices_inspect, unit_doc="DeviceAllow="),
     Setting("limits.memory_max", "memory limit, e.g. 64M, 1G", flags="--memory -m", metavar="SIZE",
             key="limits.memory", inspect="HostConfig.Memory", parse=sp.parse_memory, render=str, number_ok=True,
             to_inspect=lambda v: v or 0, unit=lambda v: [prop("MemoryMax", "t", v)], unit_doc="MemoryMax="),

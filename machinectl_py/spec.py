@@ -449,12 +449,15 @@ class ContainerSpec(Record):
 
     __slots__ = ("name", "image", "command", "hostname", "network", "env", "workdir", "user", "limits",
                  "volumes", "restart", "remove", "tty", "interactive", "entrypoint", "labels", "tmpfs",
-                 "read_only", "shm_size", "init", "stop_signal", "stop_timeout", "ulimits")
+                 "read_only", "shm_size", "init", "stop_signal", "stop_timeout", "ulimits",
+                 "cap_add", "cap_drop", "privileged", "security_opt", "sysctls", "group_add", "devices")
     _defaults = {
         "command": None, "hostname": None, "network": "host", "env": {}, "workdir": None, "user": None,
         "limits": Limits(), "volumes": (), "restart": "no", "remove": False, "tty": False, "interactive": False,
         "entrypoint": None, "labels": {}, "tmpfs": {}, "read_only": False, "shm_size": None, "init": False,
         "stop_signal": None, "stop_timeout": None, "ulimits": {},
+        "cap_add": (), "cap_drop": (), "privileged": False, "security_opt": (), "sysctls": {}, "group_add": (),
+        "devices": (),
     }
     name: str
     image: str
@@ -479,6 +482,17 @@ class ContainerSpec(Record):
     stop_signal: str | None  # SIGTERM when None
     stop_timeout: int | None  # seconds; None: 10
     ulimits: Mapping[str, tuple[int, int]]  # name -> (soft, hard), -1: unlimited
+    # docker's security flags (security.py): capability names without CAP_ (or ALL); all
+    # capabilities, no seccomp, every device; "no-new-privileges", "seccomp=unconfined|PATH";
+    # namespaced sysctls; extra groups (names or gids of the container's /etc/group);
+    # devices as "HOST:CONTAINER:PERMS".
+    cap_add: tuple[str, ...]
+    cap_drop: tuple[str, ...]
+    privileged: bool
+    security_opt: tuple[str, ...]
+    sysctls: Mapping[str, str]
+    group_add: tuple[str, ...]
+    devices: tuple[str, ...]
 
     @property
     def effective_hostname(self) -> str:
@@ -486,6 +500,11 @@ class ContainerSpec(Record):
 
     def validate(self) -> ContainerSpec:
         validate_name(self.name)
+        net_sysctls = [k for k in self.sysctls if k.startswith("net.")]
+        if net_sysctls and self.network != "private":
+            # With the host's network namespace it would be the host's sysctl (security.py).
+            raise UsageError(f"sysctl {net_sysctls[0]!r} needs --network private: with the host's network it is "
+                             "the host's")
         if self.hostname is not None:
             validate_hostname(self.hostname)
         if self.network not in NETWORK_MODES:

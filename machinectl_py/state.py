@@ -87,7 +87,7 @@ def spec_from_json(data: dict[str, Any]) -> ContainerSpec:
     fields = dict(data)
     fields["limits"] = Limits(**data.get("limits") or {})
     fields["volumes"] = tuple(Volume(**v) for v in data.get("volumes") or ())
-    for key in ("command", "entrypoint"):
+    for key in ("command", "entrypoint", "cap_add", "cap_drop", "security_opt", "group_add", "devices"):
         if fields.get(key) is not None:
             fields[key] = tuple(fields[key])
     if fields.get("ulimits"):

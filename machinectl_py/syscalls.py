@@ -117,35 +117,9 @@ def pidfd_open(pid: int) -> int:
     return fd
 
 
-def syscall_number(name: str) -> int | None:
-    """This architecture's number for syscall `name` (one the seccomp policy may name)."""
-    nr: int = lib.pm_syscall_number(name.encode())
-    return nr if nr >= 0 else None
-
-
-def audit_arch() -> int:
-    """AUDIT_ARCH_* of this build's architecture (seccomp_data.arch of native syscalls); 0 if unknown."""
-    arch: int = lib.pm_audit_arch()
-    return arch
-
-
 def seccomp_install(program: bytes) -> None:
     """Install a classic-BPF seccomp filter (8-byte struct sock_filter instructions)."""
     if len(program) % 8 or not 0 < len(program) // 8 <= 4096:
         raise ValueError(f"a seccomp program of {len(program)} bytes is not 1-4096 instructions")
     if lib.pm_seccomp_install(program, len(program) // 8) != 0:
         raise _fail("seccomp")
-
-
-def seccomp_filter(deny: tuple[str, ...], deny_user_namespaces: bool) -> bytes:
-    """The policy's seccomp program (seccomp.build_filter) with this architecture's syscall
-    numbers, or b"" (no filter) when the policy asks for nothing or this build does not know
-    the architecture. Here, not in seccomp.py: the numbers come from the compiled module."""
-    from machinectl_py.seccomp import build_filter
-
-    arch = audit_arch()
-    if not arch or not (deny or deny_user_namespaces):
-        return b""
-    wanted = set(deny) | ({"clone", "unshare", "clone3"} if deny_user_namespaces else set())
-    numbers = {name: nr for name in wanted if (nr := syscall_number(name)) is not None}
-    return build_filter(arch, numbers, deny_user_namespaces=deny_user_namespaces)

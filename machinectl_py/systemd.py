@@ -45,9 +45,15 @@ def setting_properties(spec: ContainerSpec, *, scope: bool) -> list[Property]:
     return [p.dbus for p in unit_properties(spec, scope=scope)]
 
 
-def device_properties(device_allow: tuple[tuple[str, str], ...]) -> list[Property]:
-    """DevicePolicy=closed plus the policy's allow-list, as systemd-nspawn sets for its scopes."""
-    return [("DevicePolicy", ("s", "closed")), ("DeviceAllow", ("a(ss)", list(device_allow)))]
+def device_properties(spec: ContainerSpec, device_allow: tuple[tuple[str, str], ...]) -> list[Property]:
+    """DevicePolicy=closed plus the policy's allow-list and --device's nodes, as systemd-nspawn
+    sets for its scopes; --privileged: DevicePolicy=auto, every device (security.py)."""
+    from machinectl_py import security
+
+    if security.device_policy(spec) == "auto":
+        return [("DevicePolicy", ("s", "auto"))]
+    allowed = list(security.device_allow(spec, device_allow))
+    return [("DevicePolicy", ("s", "closed")), ("DeviceAllow", ("a(ss)", allowed))]
 
 
 def delegate_properties(limits: Limits, unified_host: bool) -> list[Property]:
@@ -93,7 +99,7 @@ def scope_properties(spec: ContainerSpec, device_allow: tuple[tuple[str, str], .
         props.append(("TimeoutStopUSec", ("t", STOP_TIMEOUT_USEC)))
     if limits.tasks_max is None:
         props.append(("TasksMax", ("t", DEFAULT_TASKS_MAX)))
-    return props + device_properties(device_allow) + setting_properties(spec, scope=True)
+    return props + device_properties(spec, device_allow) + setting_properties(spec, scope=True)
 
 
 def call(bus: Bus, method: str, signature: str = "", *args: Any) -> list[Any]:

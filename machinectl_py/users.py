@@ -65,6 +65,26 @@ def resolve_user(spec: str) -> tuple[int, int, list[int]]:
     return uid, gid, [g for g in supplementary if g != gid]
 
 
+def resolve_groups(groups: tuple[str, ...]) -> list[int]:
+    """--group-add: names or gids of the container's /etc/group (a gid no entry names is used
+    as it is, as docker does)."""
+    entries = _entries("/etc/group")
+    out = []
+    for group in groups:
+        match = next((g for g in entries if len(g) >= 3 and g[2].isdigit() and (g[0] == group or g[2] == group)),
+                     None)
+        if match is not None:
+            gid = int(match[2])
+        elif group.isdigit():
+            gid = int(group)
+        else:
+            raise UsageError(f"--group-add: no group {group!r} in the container's /etc/group")
+        if gid > MAX_ID:
+            raise UsageError(f"--group-add {group!r}: gid above {MAX_ID}")
+        out.append(gid)
+    return out
+
+
 def home_of(uid: int) -> str | None:
     for e in _entries("/etc/passwd"):
         if len(e) >= 6 and e[2] == str(uid):
@@ -93,3 +113,7 @@ def drop_privileges(keep_mask: int, uid: int = 0, gid: int = 0, groups: list[int
     os.setgroups(groups)
     os.setgid(gid)
     os.setuid(uid)  # leaves no capability behind for a non-root uid
+    if uid == 0:
+        # root with a group (-u 0:GID, --group-add) keeps its uid, so setuid() clears
+        # nothing: without this it would keep every capability it was started with.
+        sc.capset_keep(keep_mask)

@@ -110,7 +110,7 @@ def _create_locked(root: str, container_id: str, bundle: str, cfg: oci_config.Oc
         workdir=cfg.cwd, user=cfg.user, groups=cfg.groups, capability_mask=cfg.capability_mask,
         stdin_devnull=False, detached=True,
         tty=cfg.terminal, read_only_root=cfg.readonly_root, rlimits=cfg.rlimits, join_namespaces=cfg.join_namespaces,
-        start_fd=start_fd, no_new_privs=cfg.no_new_privs)
+        start_fd=start_fd, no_new_privileges=cfg.no_new_privs)
     init = HeldInit(lambda: child, console if console >= 0 else 1, console if console >= 0 else 2)
     os.close(start_fd)
     if console >= 0:
@@ -449,7 +449,7 @@ def exec_process(root: str, container_id: str, process: dict[str, Any], *, conso
         os.close(status_r)
         if console >= 0:
             payload.preload_console_modules()
-        joining._child(opts, pidfd, dict(parsed.env), caps, b"", go_r, status_w, console)
+        joining._child(opts, pidfd, dict(parsed.env), caps, (b"", False), go_r, status_w, console)
     for fd in (go_r, status_w, pidfd, *([console] if console >= 0 else [])):
         os.close(fd)
     try:
