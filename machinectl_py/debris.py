@@ -88,10 +88,27 @@ def collect(bus: Bus, *, grace: float = GRACE_SECONDS) -> list[str]:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(path)
             done.append(f"removed {path}")
+    done += _collect_network()
     for unit in systemd.failed_units(bus, ["pymachine@*.service", "machine-*.scope"]):
         with contextlib.suppress(Exception):
             systemd.call(bus, "ResetFailedUnit", "s", unit)
             done.append(f"reset failed unit {unit}")
+    return done
+
+
+def _collect_network() -> list[str]:
+    """Leases whose holder is gone (a kill -9 of pymachine, a crash), and the bridges and nft
+    table no container uses any more."""
+    from machinectl_py import ipam, netsetup
+
+    before = {n: set(ipam.read_leases(n)) for n in ipam.networks_with_leases()}
+    if not before:
+        return []
+    netsetup.release(None)
+    done = []
+    for network, addresses in before.items():
+        for address in sorted(addresses - set(ipam.read_leases(network))):
+            done.append(f"freed the lease of {address} on network {network}")
     return done
 
 

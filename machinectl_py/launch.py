@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 import sys
 
-from machinectl_py import images, payload, plan
+from machinectl_py import images, network, payload, plan
 from machinectl_py import syscalls as sc
 from machinectl_py.container_init import IN_SCOPE, RUN, ChildPlan, child_main
 from machinectl_py.errors import PymachineError, UsageError
@@ -105,12 +105,12 @@ def build_child_plan(spec: ContainerSpec, image: images.ResolvedImage, cdir: str
                                  init=init_binary(spec))),
         cgroup_layout=_cgroup_layout(),
         hostname=spec.effective_hostname,
-        private_network=spec.network == "private",
+        private_network=network.is_private(spec.network),
         argv=argv,
         env=dict(env),
         workdir=spec.workdir or image.config.workdir or "/",
         user=effective_user(spec, image.config),
-        capability_mask=policy.capability_mask,
+        capability_mask=network.capability_mask(spec.network, policy.capability_mask),
         seccomp=sc.seccomp_filter(policy.seccomp_deny, policy.seccomp_deny_user_namespaces),
         detached=detached,
         tty=spec.tty,
@@ -122,6 +122,29 @@ def build_child_plan(spec: ContainerSpec, image: images.ResolvedImage, cdir: str
         for op in child_plan.ops:
             print(plan.describe(op), file=sys.stderr)
     return child_plan
+
+
+def connect_network(spec: ContainerSpec, leader: int) -> None:
+    """`bridge`: the held init's namespace gets its veth, address and route (before release)."""
+    name = network.attached_network(spec.network)
+    if name is not None:
+        from machinectl_py import netsetup  # subprocess: only on this opt-in path
+
+        netsetup.attach(name, spec.name, leader)
+
+
+def disconnect_network(name: str) -> None:
+    """Free the container's lease, and its network's bridge and rules if it was the last."""
+    from machinectl_py.paths import run_path
+
+    try:
+        leases = [f for f in os.listdir(run_path("networks")) if f.endswith(".json")]
+    except FileNotFoundError:
+        return  # no container was ever on a network since boot: nothing to import or do
+    if leases:
+        from machinectl_py import netsetup
+
+        netsetup.release(name)
 
 
 class HeldInit:
@@ -138,12 +161,17 @@ class HeldInit:
         # unshare(CLONE_NEWPID) changes only where our *next* child goes: that child is
         # PID 1 of the new namespace, and we stay its parent so it can die with us.
         parent = os.getpid()
+        own_pid_ns = os.open("/proc/self/ns/pid", os.O_RDONLY | os.O_CLOEXEC)
         sc.unshare(sc.CLONE_NEWPID)
         pid = os.fork()
         if pid == 0:
             os.close(go_w)
             os.close(status_r)
             child_main(make_plan, go_r, status_w, out_w, err_w, parent)
+        # Our later children (ip, nft, ...) go back to our own PID namespace: in the init's,
+        # fork fails with ENOMEM once the init is dead (teardown), and PIDs would read as its own.
+        sc.setns(own_pid_ns, sc.CLONE_NEWPID)
+        os.close(own_pid_ns)
         os.close(go_r)
         os.close(status_w)
         self.pid = pid

@@ -218,7 +218,9 @@ class Container:
         """Everything of a stopped container: definition, drop-in, anonymous volumes, state dir."""
         from machinectl_py import config, volumes
         from machinectl_py.dropins import remove_dropin
+        from machinectl_py.launch import disconnect_network
 
+        disconnect_network(self.name)
         config.remove_definition(self.name)
         remove_dropin(self.name)
         volumes.remove_anonymous(self.record.spec)

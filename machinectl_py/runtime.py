@@ -24,6 +24,8 @@ from machinectl_py.launch import (
     HeldInit,
     build_child_plan,
     command_for,
+    connect_network,
+    disconnect_network,
     effective_user,
     environment,
     in_unit_cgroup,
@@ -213,11 +215,16 @@ class ForegroundRun:
             raise PymachineError(f"cannot register machine {spec.name} with systemd-machined: {e.message}",
                                  hint=_hint_for(e)) from None
         self.machine_registered = True
+        connect_network(spec, self.leader)  # a failure here abandons the start like any other
 
     def _teardown(self, bus: Bus, hold_w: int) -> None:
         """Undo in reverse: the container, then the forwarder (the scope's last process),
         then the machine and its scope. Each step runs even if one before failed."""
         self._kill_and_reap_leader()
+        try:
+            disconnect_network(self.spec.name)
+        except PymachineError as e:
+            print(f"pymachine: {self.spec.name}: {e}", file=sys.stderr)
         if hold_w >= 0:
             os.close(hold_w)  # the forwarder flushes what is left and exits
         if self.forwarder:

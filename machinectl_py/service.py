@@ -95,7 +95,15 @@ def service_main(argv: list[str]) -> int:
 
 def _setup(name: str) -> int:
     from machinectl_py import dropins, images, state, systemd
-    from machinectl_py.launch import HeldInit, build_child_plan, command_for, effective_user, environment, rootfs_of
+    from machinectl_py.launch import (
+        HeldInit,
+        build_child_plan,
+        command_for,
+        connect_network,
+        effective_user,
+        environment,
+        rootfs_of,
+    )
     from machinectl_py.policy import load_policy
 
     container = lifecycle.Container.load_or_adopt(name, container_id=_adopted_id())
@@ -138,6 +146,7 @@ def _setup(name: str) -> int:
             init.in_scope()
             try:
                 _register(bus, name, record.id, leader, rootfs_of(record.dir_path), unit)
+                connect_network(spec, leader)
             except PymachineError as e:
                 early = init.abandon(name)  # the init exits, or has failed already
                 payload.reap(leader)

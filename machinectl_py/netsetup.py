@@ -1,0 +1,163 @@
+"""The `bridge` mode's mechanism: a bridge per network, a veth per container, NAT through
+nftables in pymachine's own table `inet pymachine`.
+
+Runs in the parent (runtime.py, service.py) between the machine's registration and the
+release of the held init, whose network namespace is already its own. Links and addresses go
+through iproute2 (`ip -b -`: one batch per namespace) and the ruleset through `nft -f -`; the
+README says why (import and call costs measured). Only pymachine's table is ever written:
+it is regenerated whole, in one nft transaction, from the networks in use, and deleted when no
+network is in use, so other tables (docker's, podman's, firewalld's) are never touched.
+
+Teardown: the container's end of its veth lives in its namespace, so the kernel removes the
+pair when the namespace dies (a dying container, a `kill -9` of pymachine). What is left is
+the lease (freed at stop, rm and by `gc`; ignored once its holder is gone, see ipam.py), and
+the bridge and nft table of a network with no lease left, removed with its last lease.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+import zlib
+
+from machinectl_py import ipam
+from machinectl_py.errors import PymachineError
+
+NFT_TABLE = "pymachine"
+NETNS_TIMEOUT = 10.0
+
+
+def host_veth(name: str) -> str:
+    """The host side of a container's veth: short (IFNAMSIZ), stable for the name."""
+    return f"pmv{zlib.crc32(name.encode()):08x}"
+
+
+def _run(argv: list[str], stdin: str | None = None, what: str = "") -> str:
+    r = subprocess.run(argv, input=stdin, capture_output=True, text=True)
+    if r.returncode != 0:
+        # `ip -b` ends with "Command failed -:N": the line before it says what failed.
+        detail = [line for line in r.stderr.strip().splitlines() if not line.startswith("Command failed")]
+        raise PymachineError(f"{what or argv[0]}: {'; '.join(detail) or f'exit {r.returncode}'}")
+    return r.stdout
+
+
+def link_exists(name: str) -> bool:
+    return os.path.exists(f"/sys/class/net/{name}")
+
+
+def _wait_own_netns(pid: int) -> None:
+    """The held init unshares its network namespace first thing; wait until it has."""
+    ours = os.stat("/proc/self/ns/net").st_ino
+    deadline = time.monotonic() + NETNS_TIMEOUT
+    while True:
+        try:
+            if os.stat(f"/proc/{pid}/ns/net").st_ino != ours:
+                return
+        except FileNotFoundError:
+            raise PymachineError("the container's init exited before its network was set up") from None
+        if time.monotonic() > deadline:
+            raise PymachineError("the container's init made no network namespace")
+        time.sleep(0.001)
+
+
+def ensure_bridge(net: ipam.Network) -> None:
+    if link_exists(net.bridge):
+        return
+    _run(["ip", "-b", "-"], what=f"bridge {net.bridge}", stdin=(
+        f"link add {net.bridge} type bridge\n"
+        f"addr add {net.gateway}/{net.subnet.prefixlen} dev {net.bridge}\n"
+        f"link set {net.bridge} up\n"))
+
+
+def remove_bridge(net: ipam.Network) -> None:
+    if link_exists(net.bridge):
+        _run(["ip", "link", "del", net.bridge], what=f"remove bridge {net.bridge}")
+
+
+def ruleset(networks: list[ipam.Network]) -> str:
+    """pymachine's whole table for the networks in use (pure: tested without root). The first
+    two lines make `delete table` succeed whether or not the table exists, in one transaction."""
+    lines = [f"table inet {NFT_TABLE}", f"delete table inet {NFT_TABLE}"]
+    if not networks:
+        return "\n".join(lines) + "\n"
+    nat, forward = [], []
+    for net in networks:
+        if net.internal:
+            # No way out: neither NAT nor forwarding beyond its own bridge.
+            forward.append(f'iifname "{net.bridge}" oifname != "{net.bridge}" drop')
+            forward.append(f'oifname "{net.bridge}" iifname != "{net.bridge}" drop')
+        else:
+            nat.append(f"ip saddr {net.subnet} ip daddr != {net.subnet} masquerade")
+    lines += [f"table inet {NFT_TABLE} {{",
+              "  chain postrouting {", "    type nat hook postrouting priority srcnat; policy accept;",
+              *(f"    {rule}" for rule in nat), "  }",
+              "  chain forward {", "    type filter hook forward priority filter; policy accept;",
+              *(f"    {rule}" for rule in forward), "  }",
+              "}"]
+    return "\n".join(lines) + "\n"
+
+
+def apply_ruleset(networks: list[ipam.Network]) -> None:
+    _run(["nft", "-f", "-"], stdin=ruleset(networks), what=f"nft table inet {NFT_TABLE}")
+    if any(not net.internal for net in networks):
+        # Routing between the bridge and the uplink (per network namespace, as docker does).
+        with open("/proc/sys/net/ipv4/ip_forward", "w") as f:
+            f.write("1")
+
+
+def _networks_in_use(extra: ipam.Network | None = None) -> list[ipam.Network]:
+    names = set(ipam.networks_with_leases())
+    nets = [ipam.load(n) for n in sorted(names)]
+    if extra is not None and extra.name not in names:
+        nets.append(extra)
+    return nets
+
+
+def attach(network: str, name: str, pid: int) -> str:
+    """Connect container `name` (init `pid`) to `network`: lease, bridge, NAT, veth, address,
+    route. Returns its address. On failure its lease is freed again."""
+    net = ipam.load(network)
+    _wait_own_netns(pid)
+    with ipam.locked():
+        address = ipam.allocate(net, name, pid)
+        try:
+            ensure_bridge(net)
+            apply_ruleset(_networks_in_use(net))
+            _add_veth(net, name, pid, str(address))
+        except BaseException:
+            _release_locked(network, name)
+            raise
+    return str(address)
+
+
+def _add_veth(net: ipam.Network, name: str, pid: int, address: str) -> None:
+    host = host_veth(name)
+    if link_exists(host):  # a previous run's, whose namespace is being torn down
+        _run(["ip", "link", "del", host], what=f"remove stale {host}")
+    _run(["ip", "-b", "-"], what=f"veth {host}", stdin=(
+        # By path, not PID: our children share the container's PID namespace (launch.HeldInit
+        # unshared it for the init), where the kernel would read a PID as one of its own.
+        f"link add {host} type veth peer name eth0 netns /proc/{pid}/ns/net\n"
+        f"link set {host} master {net.bridge}\n"
+        f"link set {host} up\n"))
+    _run(["nsenter", f"--net=/proc/{pid}/ns/net", "ip", "-b", "-"], what="the container's eth0", stdin=(
+        f"addr add {address}/{net.subnet.prefixlen} dev eth0\n"
+        "link set eth0 up\n"
+        f"route add default via {net.gateway} dev eth0\n"))
+
+
+def _release_locked(network: str, name: str | None) -> None:
+    if ipam.release(network, name):
+        remove_bridge(ipam.load(network))
+        apply_ruleset(_networks_in_use())
+
+
+def release(name: str | None) -> None:
+    """Free container `name`'s leases (None: only leases whose holder is gone), then the bridges
+    and rules no container uses any more. Best effort per network; the first error is raised."""
+    with ipam.locked():
+        if link_exists(host_veth(name or "")) and name:
+            subprocess.run(["ip", "link", "del", host_veth(name)], capture_output=True)
+        for network in ipam.networks_with_leases():
+            _release_locked(network, name)
