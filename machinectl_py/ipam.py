@@ -142,7 +142,7 @@ def holder_alive(lease: dict[str, object]) -> bool:
     return isinstance(pid, int) and pid > 0 and process_start_time(pid) == start
 
 
-def allocate(net: Network, name: str, pid: int) -> ipaddress.IPv4Address:
+def allocate(net: Network, name: str, pid: int, ports: list[list[object]] | None = None) -> ipaddress.IPv4Address:
     """Lease a free address of `net` to container `name` whose init is `pid`. Caller holds the lock.
     A container holds one lease per network: a restart replaces its old one."""
     leases = {ip: lease for ip, lease in read_leases(net.name).items()
@@ -151,6 +151,8 @@ def allocate(net: Network, name: str, pid: int) -> ipaddress.IPv4Address:
     for host in net.subnet.hosts():
         if str(host) not in taken:
             leases[str(host)] = {"name": name, "pid": pid, "start": process_start_time(pid)}
+            if ports:
+                leases[str(host)]["ports"] = ports
             write_leases(net.name, leases)
             return host
     raise UsageError(f"network {net.name}: no free address in {net.subnet}")

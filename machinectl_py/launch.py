@@ -130,7 +130,15 @@ def connect_network(spec: ContainerSpec, leader: int) -> None:
     if name is not None:
         from machinectl_py import netsetup  # subprocess: only on this opt-in path
 
-        netsetup.attach(name, spec.name, leader)
+        netsetup.attach(name, spec.name, leader, spec.ports)
+
+
+def check_network(spec: ContainerSpec) -> None:
+    """Before anything is made: a host port another container publishes fails the start here."""
+    if spec.ports:
+        from machinectl_py import netsetup
+
+        netsetup.check_ports(spec.name, spec.ports)
 
 
 def disconnect_network(name: str) -> None:

@@ -263,6 +263,9 @@ def create_and_start(spec: ContainerSpec) -> Container:
 
     if spec.tty or spec.interactive:
         raise UsageError("-d cannot be combined with -i/-t", hint="use `pymachine exec -it NAME sh` afterwards")
+    from machinectl_py.launch import check_network
+
+    check_network(spec)  # a published port in use: refused before the container exists
     with Bus.system() as bus:
         container = Container.create(spec, bus=bus)
     container.start()

@@ -22,9 +22,10 @@ import time
 import zlib
 
 from machinectl_py import ipam
-from machinectl_py.errors import PymachineError
+from machinectl_py.errors import ConflictError, PymachineError
 
 NFT_TABLE = "pymachine"
+EPHEMERAL = (32768, 61000)  # free host ports for `-p PORT` (Linux's ip_local_port_range)
 NETNS_TIMEOUT = 10.0
 
 
@@ -68,6 +69,9 @@ def ensure_bridge(net: ipam.Network) -> None:
         f"link add {net.bridge} type bridge\n"
         f"addr add {net.gateway}/{net.subnet.prefixlen} dev {net.bridge}\n"
         f"link set {net.bridge} up\n"))
+    # 127.0.0.1 -> a published port: the output hook's DNAT sends a loopback-sourced packet out
+    # of the bridge, which the kernel drops as martian unless the bridge allows it.
+    _write_sysctl(f"/proc/sys/net/ipv4/conf/{net.bridge}/route_localnet")
 
 
 def remove_bridge(net: ipam.Network) -> None:
@@ -75,9 +79,29 @@ def remove_bridge(net: ipam.Network) -> None:
         _run(["ip", "link", "del", net.bridge], what=f"remove bridge {net.bridge}")
 
 
-def ruleset(networks: list[ipam.Network]) -> str:
+class Published:
+    """One published port of a running container: host side (ip or all, port) -> its address."""
+
+    __slots__ = ("bridge", "address", "host_ip", "host_port", "port", "proto")
+
+    def __init__(self, bridge: str, address: str, host_ip: str, host_port: int, port: int, proto: str) -> None:
+        self.bridge, self.address, self.host_ip = bridge, address, host_ip
+        self.host_port, self.port, self.proto = host_port, port, proto
+
+    def dnat(self) -> str:
+        daddr = f"ip daddr {self.host_ip} " if self.host_ip else ""
+        return (f"{daddr}fib daddr type local {self.proto} dport {self.host_port} "
+                f"dnat ip to {self.address}:{self.port}")
+
+
+def ruleset(networks: list[ipam.Network], published: list[Published] = []) -> str:  # noqa: B006 (never mutated)
     """pymachine's whole table for the networks in use (pure: tested without root). The first
-    two lines make `delete table` succeed whether or not the table exists, in one transaction."""
+    two lines make `delete table` succeed whether or not the table exists, in one transaction.
+
+    Published ports: DNAT in prerouting (from other hosts and from containers: hairpin) and in
+    output (from the host itself, 127.0.0.1 included: the bridge has route_localnet, and
+    loopback sources are masqueraded to the gateway on their way out). A DNATed connection
+    from the network itself is masqueraded too, so the answer comes back through the host."""
     lines = [f"table inet {NFT_TABLE}", f"delete table inet {NFT_TABLE}"]
     if not networks:
         return "\n".join(lines) + "\n"
@@ -89,7 +113,14 @@ def ruleset(networks: list[ipam.Network]) -> str:
             forward.append(f'oifname "{net.bridge}" iifname != "{net.bridge}" drop')
         else:
             nat.append(f"ip saddr {net.subnet} ip daddr != {net.subnet} masquerade")
+        nat.append(f'oifname "{net.bridge}" ip saddr 127.0.0.0/8 masquerade')
+        nat.append(f'oifname "{net.bridge}" ip saddr {net.subnet} ct status dnat masquerade')
+    dnat = [p.dnat() for p in published]
     lines += [f"table inet {NFT_TABLE} {{",
+              "  chain prerouting {", "    type nat hook prerouting priority dstnat; policy accept;",
+              *(f"    {rule}" for rule in dnat), "  }",
+              "  chain output {", "    type nat hook output priority -100; policy accept;",
+              *(f"    {rule}" for rule in dnat), "  }",
               "  chain postrouting {", "    type nat hook postrouting priority srcnat; policy accept;",
               *(f"    {rule}" for rule in nat), "  }",
               "  chain forward {", "    type filter hook forward priority filter; policy accept;",
@@ -99,11 +130,24 @@ def ruleset(networks: list[ipam.Network]) -> str:
 
 
 def apply_ruleset(networks: list[ipam.Network]) -> None:
-    _run(["nft", "-f", "-"], stdin=ruleset(networks), what=f"nft table inet {NFT_TABLE}")
+    _run(["nft", "-f", "-"], stdin=ruleset(networks, _published(networks)), what=f"nft table inet {NFT_TABLE}")
     if any(not net.internal for net in networks):
         # Routing between the bridge and the uplink (per network namespace, as docker does).
-        with open("/proc/sys/net/ipv4/ip_forward", "w") as f:
-            f.write("1")
+        _write_sysctl("/proc/sys/net/ipv4/ip_forward")
+
+
+def _write_sysctl(path: str) -> None:
+    with open(path, "w") as f:
+        f.write("1")
+
+
+def _published(networks: list[ipam.Network]) -> list[Published]:
+    out = []
+    for net in networks:
+        for address, lease in sorted(ipam.read_leases(net.name).items()):
+            for host_ip, host_port, port, proto in lease.get("ports") or []:  # type: ignore[attr-defined]
+                out.append(Published(net.bridge, address, host_ip, host_port, port, proto))
+    return out
 
 
 def _networks_in_use(extra: ipam.Network | None = None) -> list[ipam.Network]:
@@ -114,13 +158,50 @@ def _networks_in_use(extra: ipam.Network | None = None) -> list[ipam.Network]:
     return nets
 
 
-def attach(network: str, name: str, pid: int) -> str:
-    """Connect container `name` (init `pid`) to `network`: lease, bridge, NAT, veth, address,
-    route. Returns its address. On failure its lease is freed again."""
+def _taken_ports() -> dict[tuple[int, str], tuple[str, str]]:
+    """(host port, proto) -> (host ip, container) of every live lease on every network."""
+    taken = {}
+    for network in ipam.networks_with_leases():
+        for lease in ipam.read_leases(network).values():
+            if ipam.holder_alive(lease):
+                for host_ip, host_port, _, proto in lease.get("ports") or []:  # type: ignore[attr-defined]
+                    taken[(host_port, proto)] = (host_ip, str(lease.get("name")))
+    return taken
+
+
+def resolve_ports(name: str, ports: tuple[str, ...]) -> list[list[object]]:
+    """The container's ports as [host ip, host port, port, proto], free host ports picked for
+    `-p PORT`. A host port another container publishes is refused. Caller holds the lock."""
+    from machinectl_py.network import split_port
+
+    taken = {k: v for k, v in _taken_ports().items() if v[1] != name}
+    resolved: list[list[object]] = []
+    for port in ports:
+        host_ip, host_port, inner, proto = split_port(port)
+        if host_port == 0:
+            host_port = next(p for p in range(EPHEMERAL[0], EPHEMERAL[1]) if (p, proto) not in taken)
+        other = taken.get((host_port, proto))
+        if other is not None and (not other[0] or not host_ip or other[0] == host_ip):
+            raise ConflictError(f"host port {host_port}/{proto} is already published by container {other[1]}")
+        taken[(host_port, proto)] = (host_ip, name)
+        resolved.append([host_ip, host_port, inner, proto])
+    return resolved
+
+
+def check_ports(name: str, ports: tuple[str, ...]) -> None:
+    """Before anything starts: refuse a host port another running container publishes."""
+    if ports and ipam.networks_with_leases():
+        with ipam.locked():
+            resolve_ports(name, ports)
+
+
+def attach(network: str, name: str, pid: int, ports: tuple[str, ...] = ()) -> str:
+    """Connect container `name` (init `pid`) to `network`: lease, bridge, NAT and published
+    ports, veth, address, route. Returns its address. On failure its lease is freed again."""
     net = ipam.load(network)
     _wait_own_netns(pid)
     with ipam.locked():
-        address = ipam.allocate(net, name, pid)
+        address = ipam.allocate(net, name, pid, resolve_ports(name, ports))
         try:
             ensure_bridge(net)
             apply_ruleset(_networks_in_use(net))

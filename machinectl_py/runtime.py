@@ -23,6 +23,7 @@ from machinectl_py.journal import container_fields
 from machinectl_py.launch import (
     HeldInit,
     build_child_plan,
+    check_network,
     command_for,
     connect_network,
     disconnect_network,
@@ -82,6 +83,7 @@ class ForegroundRun:
 
     def _run(self, bus: Bus) -> int:
         spec = self.spec
+        check_network(spec)
         policy = load_policy()
         image = images.resolve(spec.image)
         argv = command_for(spec, image.config)

@@ -106,14 +106,23 @@ def test_detached_web_answers_on_its_address_stop_rm_leave_nothing(host: AnyHost
 
 
 def test_concurrent_starts_get_distinct_addresses(host: AnyHost, clean: Snapshot) -> None:
-    n = 20
-    script = (f"for i in $(seq {n}); do pymachine run --rm --network bridge busybox sh -c "
-              "'ip -o -4 addr show eth0; sleep 2' > /tmp/pmnet.$i 2>&1 & done; wait; "
-              "cat /tmp/pmnet.*; rm -f /tmp/pmnet.*")
-    r = host.run(["sh", "-c", script], timeout=600)
-    addresses = [line.split()[3] for line in r.stdout.splitlines() if " inet " in line]
-    assert len(addresses) == n, r.stdout
-    assert len(set(addresses)) == n, sorted(addresses)
+    """20 starts at once, all running together: 20 leases, 20 addresses, as machined sees them."""
+    n, prefix = 20, unique("par")
+    names = [f"{prefix}-{i}" for i in range(n)]
+    starts = " ".join(f"pymachine run -d --name {name} --network bridge busybox sleep 600 >/dev/null &"
+                      for name in names)
+    try:
+        r = host.run(["sh", "-c", f"{starts} wait"], timeout=600)
+        assert r.returncode == 0, r.stderr
+        held = leases(host)
+        assert sorted(str(lease["name"]) for lease in held.values()) == sorted(names), held
+        listed = host.run(["machinectl", "list", "--no-legend", "--no-pager", "--full"], check=True).stdout
+        seen = {line.split()[0]: line.split()[-1] for line in listed.splitlines() if line.startswith(prefix)}
+        assert sorted(seen) == sorted(names) and len(set(seen.values())) == n, seen
+        assert set(seen.values()) == set(held), (seen, held)
+    finally:
+        host.run(["sh", "-c", " ".join(f"pymachine rm -f {name} >/dev/null &" for name in names) + " wait"],
+                 timeout=600)
     assert snapshot(host) == clean
 
 
@@ -133,3 +142,40 @@ def test_gc_frees_what_a_killed_pymachine_left(host: AnyHost, clean: Snapshot) -
     r = pm(host, "gc")
     assert r.returncode == 0, r.stderr
     assert snapshot(host) == clean, r.stdout
+
+
+def http(host: AnyHost, url: str) -> str:
+    return host.run(["python3", "-c", HTTP_GET, url], check=True, timeout=60).stdout
+
+
+def test_published_port_done_when(host: AnyHost, clean: Snapshot) -> None:
+    """The issue's sequence: a published port answers on 127.0.0.1, localhost, the test host's
+    other address and from another container (hairpin); a second publisher of the same host
+    port fails before anything exists; stop and rm leave links, rules and leases as before."""
+    name, second = unique("web"), unique("web")
+    try:
+        r = pm(host, "run", "-d", "--name", name, "--network", "bridge", "-p", "8080:80", "busybox", "sh", "-c",
+               "mkdir -p /www && echo page > /www/index.html && exec httpd -f -p 80 -h /www")
+        assert r.returncode == 0, r.stderr
+        for address in ("127.0.0.1", "localhost", UPLINK_ADDRESS):
+            assert http(host, f"http://{address}:8080/") == "page\n", address
+        hairpin = pm(host, "run", "--rm", "--network", "bridge", "busybox", "sh", "-c",
+                     f"printf 'GET / HTTP/1.0\\r\\n\\r\\n' | nc -w 5 {UPLINK_ADDRESS} 8080")
+        assert hairpin.stdout.endswith("page\n"), hairpin
+        assert pm(host, "port", name).stdout == "80/tcp -> 0.0.0.0:8080\n"
+        before_second = snapshot(host)
+        r = pm(host, "run", "-d", "--name", second, "--network", "bridge", "-p", "8080:80", "busybox", "true")
+        assert r.returncode == 125 and r.stderr.splitlines()[0] == (
+            f"pymachine: host port 8080/tcp is already published by container {name}"), r.stderr
+        assert second not in pm(host, "ps", "-a").stdout and snapshot(host) == before_second
+        assert nft_tables(host) == sorted([*clean[1], "inet pymachine"])
+        assert pm(host, "stop", "-t", "1", name).returncode == 0
+    finally:
+        pm(host, "rm", "-f", name)
+    assert snapshot(host) == clean
+
+
+def test_ports_without_the_bridge_are_refused(host: AnyHost, clean: Snapshot) -> None:
+    r = pm(host, "run", "--rm", "-p", "8080:80", "busybox", "true")
+    assert r.returncode == 125 and "published ports need" in r.stderr, r.stderr
+    assert snapshot(host) == clean

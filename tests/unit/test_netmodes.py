@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from machinectl_py import ipam, netsetup, network, spec
-from machinectl_py.errors import UsageError
+from machinectl_py.errors import ConflictError, UsageError
 from machinectl_py.policy import CAPABILITIES
 
 NET_RAW = 1 << CAPABILITIES["NET_RAW"]
@@ -73,7 +73,7 @@ def test_ruleset_is_only_pymachines_table() -> None:
     text = netsetup.ruleset([ipam.Network("pymachine", "10.89.0.0/16"), ipam.Network("app", "10.90.0.0/24",
                                                                                     internal=True)])
     assert "ip saddr 10.89.0.0/16 ip daddr != 10.89.0.0/16 masquerade" in text
-    assert "10.90.0.0/24" not in text and 'iifname "pm-app" oifname != "pm-app" drop' in text
+    assert "ip daddr != 10.90.0.0/24 masquerade" not in text and 'iifname "pm-app" oifname != "pm-app" drop' in text
     tables = [line for line in text.splitlines() if line.startswith("table")]
     assert tables == ["table inet pymachine", "table inet pymachine {"]
     assert netsetup.host_veth("web") == netsetup.host_veth("web") and len(netsetup.host_veth("web")) <= 15
@@ -104,3 +104,25 @@ def test_ports_need_the_bridge() -> None:
     assert caught.value.hint == "add --network bridge"
     spec.ContainerSpec(name="a", image="i", network="bridge", ports=(":8080:80/tcp",)).validate()
     assert network.ports_inspect((":8080:80/tcp",)) == {"80/tcp": [{"HostIp": "", "HostPort": "8080"}]}
+
+
+def test_published_ports_dnat_from_outside_and_from_the_host() -> None:
+    nets = [ipam.Network("pymachine", "10.89.0.0/16")]
+    text = netsetup.ruleset(nets, [netsetup.Published("pm-pymachine", "10.89.0.2", "", 8080, 80, "tcp"),
+                                   netsetup.Published("pm-pymachine", "10.89.0.3", "127.0.0.1", 53, 53, "udp")])
+    rule = "fib daddr type local tcp dport 8080 dnat ip to 10.89.0.2:80"
+    assert text.count(rule) == 2, "prerouting (others, hairpin) and output (the host itself)"
+    assert "ip daddr 127.0.0.1 fib daddr type local udp dport 53 dnat ip to 10.89.0.3:53" in text
+    assert 'oifname "pm-pymachine" ip saddr 127.0.0.0/8 masquerade' in text
+
+
+def test_a_published_host_port_is_taken_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PYMACHINE_RUN_DIR", str(tmp_path))
+    net = ipam.Network("n", "10.0.0.0/24")
+    with ipam.locked():
+        ipam.allocate(net, "web", os.getpid(), netsetup.resolve_ports("web", (":8080:80/tcp", "::81/tcp")))
+        with pytest.raises(ConflictError, match="host port 8080/tcp is already published by container web"):
+            netsetup.resolve_ports("web2", (":8080:80/tcp",))
+        assert netsetup.resolve_ports("web2", (":8080:80/udp",)) == [["", 8080, 80, "udp"]]
+        picked = netsetup.resolve_ports("web2", ("::80/tcp",))[0][1]
+        assert isinstance(picked, int) and netsetup.EPHEMERAL[0] < picked < netsetup.EPHEMERAL[1]
