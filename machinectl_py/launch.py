@@ -133,6 +133,15 @@ def connect_network(spec: ContainerSpec, leader: int) -> None:
         netsetup.attach(name, spec.name, leader, spec.ports)
 
 
+def network_binds(spec: ContainerSpec) -> list[plan.Bind]:
+    """bridge: the container's /etc/hosts and /etc/resolv.conf, written now (netfiles.py)."""
+    if network.attached_network(spec.network) is None:
+        return []
+    from machinectl_py import netfiles
+
+    return netfiles.prepare(spec.name, spec.effective_hostname, spec.add_hosts, spec.dns)
+
+
 def check_network(spec: ContainerSpec) -> None:
     """Before anything is made: a host port another container publishes fails the start here."""
     if spec.ports:
@@ -145,6 +154,10 @@ def disconnect_network(name: str) -> None:
     """Free the container's lease, and its network's bridge and rules if it was the last."""
     from machinectl_py.paths import run_path
 
+    if os.path.isdir(run_path("netfiles", name)):
+        from machinectl_py import netfiles
+
+        netfiles.remove(name)
     try:
         leases = [f for f in os.listdir(run_path("networks")) if f.endswith(".json")]
     except FileNotFoundError:

@@ -209,7 +209,17 @@ def attach(network: str, name: str, pid: int, ports: tuple[str, ...] = ()) -> st
         except BaseException:
             _release_locked(network, name)
             raise
+        refresh_hosts(network)
     return str(address)
+
+
+def refresh_hosts(network: str) -> None:
+    """Every container of the network gets the others' names in its /etc/hosts."""
+    from machinectl_py import netfiles
+
+    peers = {str(lease.get("name")): ip for ip, lease in ipam.read_leases(network).items()}
+    for peer, ip in peers.items():
+        netfiles.refresh(peer, ip, peers)
 
 
 def _add_veth(net: ipam.Network, name: str, pid: int, address: str) -> None:
@@ -232,6 +242,8 @@ def _release_locked(network: str, name: str | None) -> None:
     if ipam.release(network, name):
         remove_bridge(ipam.load(network))
         apply_ruleset(_networks_in_use())
+    else:
+        refresh_hosts(network)
 
 
 def release(name: str | None) -> None:

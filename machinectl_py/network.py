@@ -99,3 +99,26 @@ def ports_inspect(ports: tuple[str, ...]) -> dict[str, list[dict[str, str]]]:
         host_ip, host, inner, proto = split_port(port)
         bindings.setdefault(f"{inner}/{proto}", []).append({"HostIp": host_ip, "HostPort": str(host or "")})
     return bindings
+
+
+# -- names: --dns SERVER, --add-host NAME:IP -----------------------------------------------------
+
+
+def _is_ip(text: str) -> bool:
+    return _is_ipv4(text) or (":" in text and all(c in "0123456789abcdefABCDEF:." for c in text))
+
+
+def parse_dns(items: tuple[str, ...] | list[str]) -> tuple[str, ...]:
+    for item in items:
+        if not _is_ip(item):
+            raise UsageError(f"invalid DNS server {item!r}: not an IP address")
+    return tuple(items)
+
+
+def parse_add_hosts(items: tuple[str, ...] | list[str]) -> tuple[str, ...]:
+    """NAME:IP each (docker's --add-host); IPv6 addresses keep their colons."""
+    for item in items:
+        name, _, ip = item.partition(":")
+        if not name or not _is_ip(ip) or any(c.isspace() for c in name):
+            raise UsageError(f"invalid host entry {item!r}", hint="use NAME:IP")
+    return tuple(items)

@@ -30,6 +30,7 @@ from machinectl_py.launch import (
     effective_user,
     environment,
     in_unit_cgroup,
+    network_binds,
     rootfs_of,
 )
 from machinectl_py.mounts import unified_cgroup_host
@@ -99,6 +100,7 @@ class ForegroundRun:
 
                 spec = self.spec = volumes.create_anonymous(spec)
                 binds = volumes.bind_ops(spec)
+            binds += network_binds(spec)
             record = state.ContainerRecord(
                 name=spec.name, id=self.container_id, image_name=image.name, image_id=image.id,
                 spec=spec, created=state.now(), unit=scope_name(spec.name), user=effective_user(spec, image.config))

@@ -102,6 +102,7 @@ def _setup(name: str) -> int:
         connect_network,
         effective_user,
         environment,
+        network_binds,
         rootfs_of,
     )
     from machinectl_py.policy import load_policy
@@ -121,6 +122,7 @@ def _setup(name: str) -> int:
         from machinectl_py import volumes
 
         binds = volumes.bind_ops(spec)
+    binds += network_binds(spec)
 
     def make_plan() -> ChildPlan:
         return build_child_plan(spec, image, record.dir_path, policy, env, argv, binds=binds, detached=True)

@@ -449,12 +449,14 @@ class ContainerSpec(Record):
 
     __slots__ = ("name", "image", "command", "hostname", "network", "env", "workdir", "user", "limits",
                  "volumes", "restart", "remove", "tty", "interactive", "entrypoint", "labels", "tmpfs",
-                 "read_only", "shm_size", "init", "stop_signal", "stop_timeout", "ulimits", "ports")
+                 "read_only", "shm_size", "init", "stop_signal", "stop_timeout", "ulimits", "ports",
+                 "dns", "add_hosts")
     _defaults = {
         "command": None, "hostname": None, "network": "host", "env": {}, "workdir": None, "user": None,
         "limits": Limits(), "volumes": (), "restart": "no", "remove": False, "tty": False, "interactive": False,
         "entrypoint": None, "labels": {}, "tmpfs": {}, "read_only": False, "shm_size": None, "init": False,
-        "stop_signal": None, "stop_timeout": None, "ulimits": {}, "ports": (),
+        "stop_signal": None, "stop_timeout": None, "ulimits": {}, "ports": (), "dns": (),
+        "add_hosts": (),
     }
     name: str
     image: str
@@ -479,6 +481,8 @@ class ContainerSpec(Record):
     stop_signal: str | None  # SIGTERM when None
     stop_timeout: int | None  # seconds; None: 10
     ports: tuple[str, ...]  # published: "HOSTIP:HOSTPORT:PORT/PROTO" each (network.parse_ports)
+    dns: tuple[str, ...]  # servers for /etc/resolv.conf (bridge); none: the host's upstream ones
+    add_hosts: tuple[str, ...]  # NAME:IP lines for /etc/hosts (bridge)
     ulimits: Mapping[str, tuple[int, int]]  # name -> (soft, hard), -1: unlimited
 
     @property
@@ -493,6 +497,9 @@ class ContainerSpec(Record):
             raise UsageError(f"invalid network mode {self.network!r}", hint="use bridge, host or none ('private')")
         if self.ports and self.network != "bridge":
             raise UsageError(f"published ports need a network of the container's own, not {self.network!r}",
+                             hint="add --network bridge")
+        if (self.dns or self.add_hosts) and self.network != "bridge":
+            raise UsageError(f"--dns and --add-host need the bridge network, not {self.network!r}",
                              hint="add --network bridge")
         if self.restart not in RESTART_POLICIES:
             raise UsageError(f"invalid restart policy {self.restart!r}", hint="use no, on-failure or always")

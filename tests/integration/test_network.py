@@ -179,3 +179,28 @@ def test_ports_without_the_bridge_are_refused(host: AnyHost, clean: Snapshot) ->
     r = pm(host, "run", "--rm", "-p", "8080:80", "busybox", "true")
     assert r.returncode == 125 and "published ports need" in r.stderr, r.stderr
     assert snapshot(host) == clean
+
+
+def test_names_and_resolver_on_the_bridge(host: AnyHost, clean: Snapshot) -> None:
+    """Containers on a network find each other by name (kept current in /etc/hosts); the
+    resolver is the host's upstream one, never a loopback stub; --dns and --add-host apply."""
+    first, second = unique("alpha"), unique("beta")
+    try:
+        r = pm(host, "run", "-d", "--name", first, "--network", "bridge", "busybox", "sleep", "600")
+        assert r.returncode == 0, r.stderr
+        r = pm(host, "run", "--rm", "--name", second, "--network", "bridge", "--dns", "10.231.0.1",
+               "--add-host", "db.example:10.1.2.3", "busybox", "sh", "-c",
+               f"ping -c1 -W2 {first} >/dev/null && echo reached; cat /etc/resolv.conf /etc/hosts")
+        assert r.returncode == 0, r.stderr
+        assert r.stdout.startswith("reached\n"), r.stdout
+        assert "nameserver 10.231.0.1" in r.stdout and "127.0.0.53" not in r.stdout
+        assert "10.1.2.3\tdb.example" in r.stdout and f"\t{first}" in r.stdout
+        address = next(ip for ip, lease in leases(host).items() if lease["name"] == first)
+        own = pm(host, "exec", first, "cat", "/etc/hosts", "/etc/resolv.conf").stdout
+        assert any(line.startswith(f"{address}\t") and first in line.split() for line in own.splitlines()), own
+        assert second not in own, "the second container left: its name is gone from the first's hosts"
+        assert "127.0.0.53" not in own and "127.0.0.1\tlocalhost" in own
+    finally:
+        pm(host, "rm", "-f", first)
+    assert snapshot(host) == clean
+    assert host.run(["ls", "/run/pymachine/netfiles"]).stdout.strip() == ""

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from machinectl_py import ipam, netsetup, network, spec
+from machinectl_py import ipam, netfiles, netsetup, network, spec
 from machinectl_py.errors import ConflictError, UsageError
 from machinectl_py.policy import CAPABILITIES
 
@@ -126,3 +126,29 @@ def test_a_published_host_port_is_taken_once(tmp_path: Path, monkeypatch: pytest
         assert netsetup.resolve_ports("web2", (":8080:80/udp",)) == [["", 8080, 80, "udp"]]
         picked = netsetup.resolve_ports("web2", ("::80/tcp",))[0][1]
         assert isinstance(picked, int) and netsetup.EPHEMERAL[0] < picked < netsetup.EPHEMERAL[1]
+
+
+def test_resolv_conf_is_the_upstream_servers_never_a_loopback_stub() -> None:
+    upstream = "# stub\nnameserver 127.0.0.53\nnameserver 192.0.2.53\nsearch corp.example\noptions edns0\n"
+    text = netfiles.resolv_text((), upstream)
+    assert "127.0.0.53" not in text and "nameserver 192.0.2.53" in text
+    assert "search corp.example" in text and "options edns0" in text
+    mine = netfiles.resolv_text(("10.0.0.53",), upstream)
+    assert "192.0.2.53" not in mine and "nameserver 10.0.0.53" in mine
+
+
+def test_hosts_name_the_container_its_peers_and_added_hosts() -> None:
+    text = netfiles.hosts_text("web", "www", "10.89.0.2", {"web": "10.89.0.2", "db": "10.89.0.3"},
+                               ("cache:10.0.0.9",))
+    assert text.splitlines()[0] == "127.0.0.1\tlocalhost"
+    assert "10.89.0.2\twww web" in text and "10.89.0.3\tdb" in text and "10.0.0.9\tcache" in text
+    assert text.count("10.89.0.2") == 1
+    assert "127.0.1.1\tweb" in netfiles.hosts_text("web", "web", None, {}, ())
+
+
+@pytest.mark.parametrize("bad", [["x"], ["name:"], [":10.0.0.1"], ["na me:10.0.0.1"]])
+def test_bad_host_entries_are_refused(bad: list[str]) -> None:
+    with pytest.raises(UsageError, match="invalid host entry"):
+        network.parse_add_hosts(bad)
+    with pytest.raises(UsageError, match="invalid DNS server"):
+        network.parse_dns(["dns.example"])
