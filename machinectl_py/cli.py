@@ -33,6 +33,7 @@ VERBS: dict[str, tuple[str, str, str]] = {
     "logs": ("machinectl_py.cmd_logs", "main", "show a container's output, from the journal"),
     "exec": ("machinectl_py.exec", "main", "run a command in a running container"),
     "volume": ("machinectl_py.cmd_volume", "main", "manage volumes: ls, inspect, create, rm, prune"),
+    "port": ("machinectl_py.cmd_port", "main", "list a container's published ports"),
     "gc": ("machinectl_py.cmd_gc", "main", "clean what interrupted commands left behind"),
     # Hidden: the ExecStart= and ExecStopPost= of pymachine@.service.
     "_service": ("machinectl_py.service", "service_main", ""),

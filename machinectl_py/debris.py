@@ -88,10 +88,36 @@ def collect(bus: Bus, *, grace: float = GRACE_SECONDS) -> list[str]:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(path)
             done.append(f"removed {path}")
+    done += _collect_network()
     for unit in systemd.failed_units(bus, ["pymachine@*.service", "machine-*.scope"]):
         with contextlib.suppress(Exception):
             systemd.call(bus, "ResetFailedUnit", "s", unit)
             done.append(f"reset failed unit {unit}")
+    return done
+
+
+def _collect_network() -> list[str]:
+    """Leases whose holder is gone (a kill -9 of pymachine, a crash), and the bridges and nft
+    table no container uses any more."""
+    from machinectl_py import ipam, netfiles, netsetup
+    from machinectl_py.paths import container_path, run_path
+
+    done = []
+    try:
+        names = os.listdir(run_path("netfiles"))
+    except FileNotFoundError:
+        names = []
+    for name in names:  # /etc/hosts and resolv.conf of a container that is gone (a kill -9, then gc)
+        if not os.path.exists(container_path(name)):
+            netfiles.remove(name)
+            done.append(f"removed {netfiles.files_dir(name)}")
+    before = {n: set(ipam.read_leases(n)) for n in ipam.networks_with_leases()}
+    if not before:
+        return done
+    netsetup.release(None)
+    for network, addresses in before.items():
+        for address in sorted(addresses - set(ipam.read_leases(network))):
+            done.append(f"freed the lease of {address} on network {network}")
     return done
 
 

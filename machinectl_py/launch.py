@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 import sys
 
-from machinectl_py import images, payload, plan
+from machinectl_py import images, network, payload, plan
 from machinectl_py import syscalls as sc
 from machinectl_py.container_init import IN_SCOPE, RUN, ChildPlan, child_main
 from machinectl_py.errors import PymachineError, UsageError
@@ -105,7 +105,7 @@ def build_child_plan(spec: ContainerSpec, image: images.ResolvedImage, cdir: str
                                  init=init_binary(spec))) + device_nodes(spec),
         cgroup_layout=_cgroup_layout(),
         hostname=spec.effective_hostname,
-        private_network=spec.network == "private",
+        private_network=network.is_private(spec.network),
         argv=argv,
         env=dict(env),
         workdir=spec.workdir or image.config.workdir or "/",
@@ -134,6 +134,9 @@ def security_fields(spec: ContainerSpec, policy: Policy) -> dict[str, object]:
     mask = security.capability_mask(caps)
     if spec.privileged:
         mask &= own_bounding_set()  # "every capability" is every one we have to give
+    # The host's network: no NET_RAW unless asked for by name, ALL or --privileged (network.py).
+    asked = caps if spec.privileged or security.ALL in spec.cap_add else frozenset(spec.cap_add)
+    mask = network.capability_mask(spec.network, mask, asked)
     return {
         "capability_mask": mask,
         "seccomp": b"" if choice == security.UNCONFINED else seccomp_compile.program(choice, caps),
@@ -164,6 +167,50 @@ def device_nodes(spec: ContainerSpec) -> tuple[plan.Op, ...]:
     return tuple(binds)
 
 
+def connect_network(spec: ContainerSpec, leader: int) -> None:
+    """`bridge`: the held init's namespace gets its veth, address and route (before release)."""
+    name = network.attached_network(spec.network)
+    if name is not None:
+        from machinectl_py import netsetup  # subprocess: only on this opt-in path
+
+        netsetup.attach(name, spec.name, leader, spec.ports)
+
+
+def network_binds(spec: ContainerSpec) -> list[plan.Bind]:
+    """bridge: the container's /etc/hosts and /etc/resolv.conf, written now (netfiles.py)."""
+    if network.attached_network(spec.network) is None:
+        return []
+    from machinectl_py import netfiles
+
+    return netfiles.prepare(spec.name, spec.effective_hostname, spec.add_hosts, spec.dns)
+
+
+def check_network(spec: ContainerSpec) -> None:
+    """Before anything is made: a host port another container publishes fails the start here."""
+    if spec.ports:
+        from machinectl_py import netsetup
+
+        netsetup.check_ports(spec.name, spec.ports)
+
+
+def disconnect_network(name: str) -> None:
+    """Free the container's lease, and its network's bridge and rules if it was the last."""
+    from machinectl_py.paths import run_path
+
+    if os.path.isdir(run_path("netfiles", name)):
+        from machinectl_py import netfiles
+
+        netfiles.remove(name)
+    try:
+        leases = [f for f in os.listdir(run_path("networks")) if f.endswith(".json")]
+    except FileNotFoundError:
+        return  # no container was ever on a network since boot: nothing to import or do
+    if leases:
+        from machinectl_py import netsetup
+
+        netsetup.release(name)
+
+
 class HeldInit:
     """The container's init, forked into a new PID namespace and held on its `go` pipe until
     the caller releases it (the release protocol above). Owns the parent's ends of both pipes.
@@ -178,6 +225,7 @@ class HeldInit:
         # unshare(CLONE_NEWPID) changes only where our *next* child goes: that child is
         # PID 1 of the new namespace, and we stay its parent so it can die with us.
         parent = os.getpid()
+        own_pid_ns = os.open("/proc/self/ns/pid", os.O_RDONLY | os.O_CLOEXEC)
         sc.unshare(sc.CLONE_NEWPID)
         pid = os.fork()
         if pid == 0:
@@ -186,6 +234,10 @@ class HeldInit:
             if in_r >= 0:  # `run -i` without -t: stdin is a pipe from us (payload.fork_stdin_relay)
                 os.dup2(in_r, 0)
             child_main(make_plan, go_r, status_w, out_w, err_w, parent)
+        # Our later children (ip, nft, ...) go back to our own PID namespace: in the init's,
+        # fork fails with ENOMEM once the init is dead (teardown), and PIDs would read as its own.
+        sc.setns(own_pid_ns, sc.CLONE_NEWPID)
+        os.close(own_pid_ns)
         os.close(go_r)
         os.close(status_w)
         self.pid = pid

@@ -218,7 +218,9 @@ class Container:
         """Everything of a stopped container: definition, drop-in, anonymous volumes, state dir."""
         from machinectl_py import config, volumes
         from machinectl_py.dropins import remove_dropin
+        from machinectl_py.launch import disconnect_network
 
+        disconnect_network(self.name)
         config.remove_definition(self.name)
         remove_dropin(self.name)
         volumes.remove_anonymous(self.record.spec)
@@ -261,6 +263,9 @@ def create_and_start(spec: ContainerSpec) -> Container:
 
     if spec.tty or spec.interactive:
         raise UsageError("-d cannot be combined with -i/-t", hint="use `pymachine exec -it NAME sh` afterwards")
+    from machinectl_py.launch import check_network
+
+    check_network(spec)  # a published port in use: refused before the container exists
     with Bus.system() as bus:
         container = Container.create(spec, bus=bus)
     container.start()

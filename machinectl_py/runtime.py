@@ -23,10 +23,14 @@ from machinectl_py.journal import container_fields
 from machinectl_py.launch import (
     HeldInit,
     build_child_plan,
+    check_network,
     command_for,
+    connect_network,
+    disconnect_network,
     effective_user,
     environment,
     in_unit_cgroup,
+    network_binds,
     rootfs_of,
 )
 from machinectl_py.mounts import unified_cgroup_host
@@ -80,6 +84,7 @@ class ForegroundRun:
 
     def _run(self, bus: Bus) -> int:
         spec = self.spec
+        check_network(spec)
         policy = load_policy()
         image = images.resolve(spec.image)
         argv = command_for(spec, image.config)
@@ -95,6 +100,7 @@ class ForegroundRun:
 
                 spec = self.spec = volumes.create_anonymous(spec)
                 binds = volumes.bind_ops(spec)
+            binds += network_binds(spec)
             record = state.ContainerRecord(
                 name=spec.name, id=self.container_id, image_name=image.name, image_id=image.id,
                 spec=spec, created=state.now(), unit=scope_name(spec.name), user=effective_user(spec, image.config))
@@ -225,11 +231,16 @@ class ForegroundRun:
             raise PymachineError(f"cannot register machine {spec.name} with systemd-machined: {e.message}",
                                  hint=_hint_for(e)) from None
         self.machine_registered = True
+        connect_network(spec, self.leader)  # a failure here abandons the start like any other
 
     def _teardown(self, bus: Bus, hold_w: int) -> None:
         """Undo in reverse: the container, then the forwarder (the scope's last process),
         then the machine and its scope. Each step runs even if one before failed."""
         self._kill_and_reap_leader()
+        try:
+            disconnect_network(self.spec.name)
+        except PymachineError as e:
+            print(f"pymachine: {self.spec.name}: {e}", file=sys.stderr)
         if hold_w >= 0:
             os.close(hold_w)  # the forwarder flushes what is left and exits
         if self.forwarder:

@@ -95,7 +95,16 @@ def service_main(argv: list[str]) -> int:
 
 def _setup(name: str) -> int:
     from machinectl_py import dropins, images, state, systemd
-    from machinectl_py.launch import HeldInit, build_child_plan, command_for, effective_user, environment, rootfs_of
+    from machinectl_py.launch import (
+        HeldInit,
+        build_child_plan,
+        command_for,
+        connect_network,
+        effective_user,
+        environment,
+        network_binds,
+        rootfs_of,
+    )
     from machinectl_py.policy import load_policy
 
     container = lifecycle.Container.load_or_adopt(name, container_id=_adopted_id())
@@ -113,6 +122,7 @@ def _setup(name: str) -> int:
         from machinectl_py import volumes
 
         binds = volumes.bind_ops(spec)
+    binds += network_binds(spec)
 
     def make_plan() -> ChildPlan:
         return build_child_plan(spec, image, record.dir_path, policy, env, argv, binds=binds, detached=True)
@@ -138,6 +148,7 @@ def _setup(name: str) -> int:
             init.in_scope()
             try:
                 _register(bus, name, record.id, leader, rootfs_of(record.dir_path), unit)
+                connect_network(spec, leader)
             except PymachineError as e:
                 early = init.abandon(name)  # the init exits, or has failed already
                 payload.reap(leader)

@@ -29,6 +29,9 @@ def stopped_main(argv: list[str]) -> int:
         os.unlink(run_path(f"{name}.pid"))
     except FileNotFoundError:
         pass
+    from machinectl_py.launch import disconnect_network
+
+    disconnect_network(name)  # its namespace is gone with its init: the lease (and idle bridge) go too
     code = exit_code_from_env(os.environ)
     if code is None:
         code = _exit_code_from_unit(name)

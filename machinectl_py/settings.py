@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import os
 
+from machinectl_py import network
 from machinectl_py import spec as sp
 from machinectl_py.args import APPEND, FLAG, VALUE, Option
 from machinectl_py.errors import UsageError
@@ -332,9 +333,23 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("hostname", "hostname inside the container (default: the name)", flags="--hostname -h",
             metavar="NAME", key="hostname", inspect="Config.Hostname", parse=sp.validate_hostname,
             render=toml_string),
-    Setting("network", "host: share the host's network (default, as systemd-nspawn); private: only lo",
+    Setting("network", "host: share the host's network (default, as systemd-nspawn; without CAP_NET_RAW); "
+            "bridge: a veth on the network pymachine (10.89.0.0/16) with NAT; none (alias private): only lo",
             flags="--network", metavar="MODE", choices=sp.NETWORK_MODES, key="network",
             inspect="HostConfig.NetworkMode", parse=sp.validate_network, render=toml_string),
+    Setting("ports", "publish a container's port on the host (bridge only): [HOSTIP:][HOSTPORT:]PORT[/tcp|udp], "
+            "ranges as 8080-8081:80-81; no HOSTPORT: a free one (see `pymachine port`); repeatable",
+            flags="--publish -p", kind=APPEND, metavar="[IP:][HOSTPORT:]PORT", key="ports",
+            inspect="HostConfig.PortBindings", parse=network.parse_ports,
+            from_toml=lambda v: network.parse_ports(_str_list(v)), render=toml_array, to_inspect=network.ports_inspect),
+    Setting("dns", "a DNS server for the container's /etc/resolv.conf (bridge; repeatable; default: the host's "
+            "upstream servers)", flags="--dns", kind=APPEND, metavar="IP", key="dns", inspect="HostConfig.Dns",
+            parse=network.parse_dns, from_toml=lambda v: network.parse_dns(_str_list(v)), render=toml_array,
+            to_inspect=list),
+    Setting("add_hosts", "add a line to the container's /etc/hosts (bridge; repeatable)", flags="--add-host",
+            kind=APPEND, metavar="NAME:IP", key="add_hosts", inspect="HostConfig.ExtraHosts",
+            parse=network.parse_add_hosts, from_toml=lambda v: network.parse_add_hosts(_str_list(v)),
+            render=toml_array, to_inspect=list),
     Setting("restart", "restart policy of a detached container: no, on-failure or always", flags="--restart",
             metavar="POLICY", choices=sp.RESTART_POLICIES, key="restart", inspect="HostConfig.RestartPolicy",
             parse=sp.validate_restart, render=toml_string, to_inspect=lambda v: {"Name": v, "MaximumRetryCount": 0},

@@ -30,7 +30,7 @@ _SIZE_UNITS = {
     "t": 1024**4, "tb": 1024**4, "tib": 1024**4,
 }
 
-NETWORK_MODES = ("host", "private")
+NETWORK_MODES = ("bridge", "host", "none", "private")  # the meaning of each: network.py
 RESTART_POLICIES = ("no", "on-failure", "always")
 USEC_PER_SEC = 1_000_000
 # The kernel refuses cgroup memory limits this small to be useful; docker's floor is 6 MiB.
@@ -402,7 +402,7 @@ def validate_image_name(image: str) -> str:
 
 def validate_network(mode: str) -> str:
     if mode not in NETWORK_MODES:
-        raise UsageError(f"invalid network mode {mode!r}", hint="use 'host' or 'private'")
+        raise UsageError(f"invalid network mode {mode!r}", hint="use bridge, host or none ('private')")
     return mode
 
 
@@ -450,14 +450,15 @@ class ContainerSpec(Record):
     __slots__ = ("name", "image", "command", "hostname", "network", "env", "workdir", "user", "limits",
                  "volumes", "restart", "remove", "tty", "interactive", "entrypoint", "labels", "tmpfs",
                  "read_only", "shm_size", "init", "stop_signal", "stop_timeout", "ulimits",
-                 "cap_add", "cap_drop", "privileged", "security_opt", "sysctls", "group_add", "devices")
+                 "cap_add", "cap_drop", "privileged", "security_opt", "sysctls", "group_add", "devices", "ports",
+                 "dns", "add_hosts")
     _defaults = {
         "command": None, "hostname": None, "network": "host", "env": {}, "workdir": None, "user": None,
         "limits": Limits(), "volumes": (), "restart": "no", "remove": False, "tty": False, "interactive": False,
         "entrypoint": None, "labels": {}, "tmpfs": {}, "read_only": False, "shm_size": None, "init": False,
         "stop_signal": None, "stop_timeout": None, "ulimits": {},
         "cap_add": (), "cap_drop": (), "privileged": False, "security_opt": (), "sysctls": {}, "group_add": (),
-        "devices": (),
+        "devices": (), "ports": (), "dns": (), "add_hosts": (),
     }
     name: str
     image: str
@@ -481,6 +482,9 @@ class ContainerSpec(Record):
     init: bool  # tini as PID 1
     stop_signal: str | None  # SIGTERM when None
     stop_timeout: int | None  # seconds; None: 10
+    ports: tuple[str, ...]  # published: "HOSTIP:HOSTPORT:PORT/PROTO" each (network.parse_ports)
+    dns: tuple[str, ...]  # servers for /etc/resolv.conf (bridge); none: the host's upstream ones
+    add_hosts: tuple[str, ...]  # NAME:IP lines for /etc/hosts (bridge)
     ulimits: Mapping[str, tuple[int, int]]  # name -> (soft, hard), -1: unlimited
     # docker's security flags (security.py): capability names without CAP_ (or ALL); all
     # capabilities, no seccomp, every device; "no-new-privileges", "seccomp=unconfined|PATH";
@@ -508,7 +512,13 @@ class ContainerSpec(Record):
         if self.hostname is not None:
             validate_hostname(self.hostname)
         if self.network not in NETWORK_MODES:
-            raise UsageError(f"invalid network mode {self.network!r}", hint="use 'host' or 'private'")
+            raise UsageError(f"invalid network mode {self.network!r}", hint="use bridge, host or none ('private')")
+        if self.ports and self.network != "bridge":
+            raise UsageError(f"published ports need a network of the container's own, not {self.network!r}",
+                             hint="add --network bridge")
+        if (self.dns or self.add_hosts) and self.network != "bridge":
+            raise UsageError(f"--dns and --add-host need the bridge network, not {self.network!r}",
+                             hint="add --network bridge")
         if self.restart not in RESTART_POLICIES:
             raise UsageError(f"invalid restart policy {self.restart!r}", hint="use no, on-failure or always")
         if self.remove and self.restart != "no":

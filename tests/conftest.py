@@ -8,6 +8,7 @@ reason: a missing systemd is a broken environment, never a reason to skip.
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -37,6 +38,7 @@ def host(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactor
     except (TestHostError, OSError) as e:
         pytest.fail(f"the systemd test host did not boot: {e}", pytrace=False)
     if isinstance(h, TestHost):
+        join_network_namespace(h.pid)
         report = f"systemd test host {h.id} booted in {h.boot_seconds:.2f} s (PID {h.pid})"
         if h.degraded_units:
             report += f", degraded: {' '.join(h.degraded_units)}"
@@ -47,6 +49,25 @@ def host(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactor
         yield h
     finally:
         h.stop()
+
+
+MACHINE_NETNS_ENV = "PYMACHINE_TEST_MACHINE_NETNS"
+
+
+def join_network_namespace(pid: int) -> None:
+    """pytest's own thread joins the test host's network namespace: the servers tests start
+    here (a registry, a token service, a flaky proxy) and the clients they run (skopeo, urllib)
+    then share the test host's loopback with its containers, as on a machine where systemd is
+    PID 1, and the machine's own network is never used. (setns moves only the calling thread;
+    processes and threads it starts from now on follow it.)"""
+    from machinectl_py import syscalls as sc
+
+    os.environ[MACHINE_NETNS_ENV] = os.readlink("/proc/self/ns/net")  # for tests that check they left it
+    fd = os.open(f"/proc/{pid}/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        sc.setns(fd, sc.CLONE_NEWNET)
+    finally:
+        os.close(fd)
 
 
 @pytest.fixture

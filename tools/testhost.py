@@ -7,13 +7,17 @@ simply run locally (`LocalHost`). Where it is not (this kind of CI machine), `Te
 
 - a launcher process (this file, `_boot` verb) moves itself into a fresh child cgroup in every
   cgroup hierarchy, unshares a PID namespace and forks the future PID 1;
-- PID 1 unshares mount, cgroup, UTS and IPC namespaces (never the network: tests reach ports
-  from outside), makes every mount private (so nothing propagates back to the real host), mounts
-  an overlay of the host's `/` (upper/work dirs under /var/lib/pymachine-testhost/<id>/), binds the
-  shared paths (the checkout, pytest's temp root) from the host, builds a small /dev (tmpfs
-  with device nodes, a fresh devpts, a pty as /dev/console), fresh /proc, read-only /sys, a tmpfs
-  /sys/fs/cgroup with each hierarchy mounted inside the cgroup namespace, tmpfs /run, pivots into
-  the new root and execs systemd with `container=pymachine-testhost`;
+- PID 1 unshares mount, cgroup, UTS, IPC and network namespaces, brings up its own `lo` and a
+  veth pair as a fake uplink (`uplink0` 10.231.0.2/24, its peer `uplink1` 10.231.0.1/24 as the
+  default gateway; this kernel has no `dummy` link type), so that the bridges, veths, addresses
+  and nft rules the tests make exist only there, never in the machine's own network namespace
+  (servers and clients of a test run inside, via `host.run`); it makes every mount private (so
+  nothing propagates back to the real host), mounts an overlay of the host's `/` (upper/work dirs
+  under /var/lib/pymachine-testhost/<id>/), binds the shared paths (the checkout, pytest's temp
+  root) from the host, builds a small /dev (tmpfs with device nodes, a fresh devpts, a pty as
+  /dev/console), fresh /proc, read-only /sys, a tmpfs /sys/fs/cgroup with each hierarchy mounted
+  inside the cgroup namespace, tmpfs /run, pivots into the new root and execs systemd with
+  `container=pymachine-testhost`;
 - the launcher copies the console pty into console.log and reaps PID 1.
 
 On a pure cgroup v2 host the host's systemd needs a subtree delegated to it, with no process in a
@@ -85,7 +89,7 @@ BASE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 PASSED_ENV = ("TERM", "CI")
 
 # Units that only slow the boot down or act on the real host's kernel state (sysctl, modules,
-# binfmt_misc, the shared network namespace, the shared /tmp): masked in the overlay.
+# binfmt_misc, the network the test host sets up itself, the shared /tmp): masked in the overlay.
 MASKED_UNITS = (
     "getty.target", "getty@.service", "serial-getty@.service", "console-getty.service",
     "container-getty@.service", "timers.target", "systemd-timesyncd.service",
@@ -105,6 +109,10 @@ MASKED_UNITS = (
     "apt-daily.timer", "apt-daily-upgrade.timer", "man-db.timer", "e2scrub_all.timer",
     "fstrim.timer", "dpkg-db-backup.timer", "logrotate.timer",
 )
+# The fake uplink: the test host's "other address" (UPLINK_ADDRESS) and its default route.
+UPLINK, UPLINK_PEER = "uplink0", "uplink1"
+UPLINK_CIDR, UPLINK_PEER_CIDR = "10.231.0.2/24", "10.231.0.1/24"
+UPLINK_ADDRESS = UPLINK_CIDR.split("/")[0]
 GENERATOR_DIRS = ("/lib/systemd/system-generators", "/usr/lib/systemd/system-generators")
 # Started at boot rather than on first bus activation, so the first test does not pay for it.
 BOOT_WANTS = ("systemd-machined.service",)
@@ -153,6 +161,7 @@ CLONE_NEWCGROUP = 0x02000000
 CLONE_NEWUTS = 0x04000000
 CLONE_NEWIPC = 0x08000000
 CLONE_NEWPID = 0x20000000
+CLONE_NEWNET = 0x40000000
 MS_RDONLY = 0x1
 MS_NOSUID = 0x2
 MS_NODEV = 0x4
@@ -1162,7 +1171,8 @@ def _pump_console(master: int, pid: int) -> int:
 def _pid1(state_dir: Path, config: dict[str, Any], console_fd: int, console_path: str) -> None:
     set_parent_death_signal(signal.SIGKILL)
     os.setsid()
-    unshare(CLONE_NEWNS | CLONE_NEWCGROUP | CLONE_NEWUTS | CLONE_NEWIPC)
+    unshare(CLONE_NEWNS | CLONE_NEWCGROUP | CLONE_NEWUTS | CLONE_NEWIPC | CLONE_NEWNET)
+    setup_fake_network()
     # Everything below happens in the private mount namespace: make it private recursively first,
     # so no mount made here propagates to the real host (on a systemd host "/" is shared).
     mount(None, "/", None, MS_REC | MS_PRIVATE)
@@ -1203,6 +1213,24 @@ def _pid1(state_dir: Path, config: dict[str, Any], console_fd: int, console_path
     except OSError as e:
         os.write(2, f"testhost PID 1: cannot execute {systemd}: {e.strerror}\n".encode())
         os._exit(127)
+
+
+def setup_fake_network() -> None:
+    """Bring up lo and the fake uplink in the current network namespace, which must be a private
+    one (the test host's, or a throwaway VM's): never the machine's own."""
+    steps = [
+        ["link", "set", "lo", "up"],
+        ["link", "add", UPLINK, "type", "veth", "peer", "name", UPLINK_PEER],
+        ["addr", "add", UPLINK_CIDR, "dev", UPLINK],
+        ["addr", "add", UPLINK_PEER_CIDR, "dev", UPLINK_PEER],
+        ["link", "set", UPLINK, "up"],
+        ["link", "set", UPLINK_PEER, "up"],
+        ["route", "add", "default", "via", UPLINK_PEER_CIDR.split("/")[0], "dev", UPLINK],
+    ]
+    for step in steps:
+        r = subprocess.run(["ip", *step], capture_output=True, text=True)
+        if r.returncode != 0:
+            raise TestHostError(f"ip {' '.join(step)}: {r.stderr.strip()}")
 
 
 def _bind_pymachine_state(root: str, base: Path) -> None:
@@ -1283,6 +1311,7 @@ def _usage() -> str:
         "usage: testhost.py run [--path-prepend DIR]... [--share DIR]... [--] CMD [ARG...]\n"
         "       testhost.py shell [--path-prepend DIR]... [--share DIR]...\n"
         "       testhost.py clean-stale\n"
+        "       testhost.py fake-network   (in a throwaway VM only: lo and the fake uplink)\n"
         "Boots a systemd test host, runs CMD (or an interactive shell) inside, tears it down and\n"
         "exits with CMD's status. Default --path-prepend: <checkout>/.venv/bin if it exists."
     )
@@ -1304,6 +1333,21 @@ def _cli_run(host: TestHost | LocalHost, argv: list[str]) -> int:
         signal.signal(signal.SIGINT, previous)
         host.stop()
     return 128 - code if code < 0 else code
+
+
+def _cli_fake_network() -> int:
+    """The VM tier's guest (its own kernel, so its own network) gets the test host's network.
+    Refused on anything but a virtual machine: the machine's own network is never touched."""
+    virt = subprocess.run(["systemd-detect-virt", "--vm"], capture_output=True, text=True)
+    if virt.returncode != 0:
+        print("testhost: fake-network runs only inside a throwaway VM", file=sys.stderr)
+        return 125
+    try:
+        setup_fake_network()
+    except TestHostError as e:
+        print(f"testhost: {e}", file=sys.stderr)
+        return 125
+    return 0
 
 
 @dataclass
@@ -1352,6 +1396,8 @@ def main(argv: list[str]) -> int:
     if args.verb == "clean-stale":
         print("\n".join(clean_stale()))
         return 0
+    if args.verb == "fake-network":
+        return _cli_fake_network()
     if args.verb == "shell":
         args.command = args.command or ["/bin/bash", "--login"]
     elif args.verb != "run" or not args.command:

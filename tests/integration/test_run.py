@@ -243,12 +243,28 @@ def test_namespaces(host: AnyHost) -> None:
     assert all(line.endswith(":/") for line in lines[7:])  # the cgroup namespace roots at the scope
 
 
-def test_private_network_has_only_loopback_up(host: AnyHost) -> None:
-    r = pm(host, "run", "--rm", "--network", "private", "busybox", "sh", "-c", "ip -o link; ping -c1 -W1 127.0.0.1")
+@pytest.mark.parametrize("mode", ["none", "private"])
+def test_private_network_has_only_loopback_up(host: AnyHost, mode: str) -> None:
+    r = pm(host, "run", "--rm", "--network", mode, "busybox", "sh", "-c", "ip -o link; ping -c1 -W1 127.0.0.1")
     assert r.returncode == 0, r.stderr
     links = [line.split(":")[1].strip() for line in r.stdout.splitlines() if ": " in line and "link/" in line]
     assert links == ["lo"]
     assert "UP" in r.stdout.splitlines()[0]
+
+
+NET_RAW = 1 << 13  # linux/capability.h
+
+
+def test_host_network_has_no_net_raw(host: AnyHost) -> None:
+    """On the host's own interfaces CAP_NET_RAW would capture the host's traffic (AF_PACKET)."""
+    def bounding(*args: str) -> int:
+        r = pm(host, "run", "--rm", *args, "busybox", "grep", "CapBnd", "/proc/self/status")
+        assert r.returncode == 0, r.stderr
+        return int(r.stdout.split()[1], 16)
+
+    assert not bounding("--network", "host") & NET_RAW
+    assert bounding() == bounding("--network", "host"), "host is the default"
+    assert bounding("--network", "none") & NET_RAW
 
 
 def test_rootfs_mounts(host: AnyHost) -> None:

@@ -1,13 +1,11 @@
 """Detached containers as pymachine@NAME.service, checked with systemctl, machinectl, journalctl,
-/proc and HTTP from outside the test host."""
+/proc and HTTP (busybox wget inside the test host's network namespace)."""
 
 from __future__ import annotations
 
 import json
 import secrets
-import socket
 import time
-import urllib.request
 from collections.abc import Callable
 
 import pytest
@@ -23,11 +21,10 @@ def unique(prefix: str) -> str:
     return f"{prefix}-{secrets.token_hex(3)}"
 
 
-def free_port() -> int:
-    # The test host shares the network namespace of the machine: pick a port nobody uses.
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+def free_port(host: AnyHost) -> int:
+    """A port nobody uses in the host's network namespace (the test host has its own)."""
+    script = "import socket; s = socket.socket(); s.bind(('127.0.0.1', 0)); print(s.getsockname()[1])"
+    return int(host.run(["python3", "-c", script], check=True).stdout)
 
 
 def wait_for(predicate: Callable[[], bool], timeout: float = 10.0, what: str = "condition") -> None:
@@ -38,16 +35,25 @@ def wait_for(predicate: Callable[[], bool], timeout: float = 10.0, what: str = "
         time.sleep(0.1)
 
 
-def http_get(port: int, path: str = "/") -> str:
-    last: Exception | None = None
-    for _ in range(50):
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=2) as r:
-                return str(r.read().decode())
-        except OSError as e:
-            last = e
-            time.sleep(0.1)
-    raise AssertionError(f"no HTTP answer on port {port}: {last}")
+HTTP_GET = """
+import sys, time, urllib.request
+for _ in range(50):
+    try:
+        with urllib.request.urlopen(sys.argv[1], timeout=2) as r:
+            sys.stdout.write(r.read().decode()); sys.exit(0)
+    except OSError as e:
+        last = e; time.sleep(0.1)
+sys.exit(f"no answer: {last}")
+"""
+
+
+def http_get(host: AnyHost, port: int, path: str = "/") -> str:
+    """GET from inside the host's network namespace (the static busybox's wget crashes on the
+    machine itself: it is built for containers)."""
+    r = host.run(["python3", "-c", HTTP_GET, f"http://127.0.0.1:{port}{path}"], timeout=200)
+    if r.returncode != 0:
+        raise AssertionError(f"no HTTP answer on port {port}: {r.stderr}")
+    return r.stdout
 
 
 def pm(host: AnyHost, *args: str, check: bool = True, timeout: float = 60) -> str:
@@ -81,12 +87,12 @@ def test_done_when_sequence(host: AnyHost, cleanup: list[str]) -> None:
     """The issue's acceptance sequence, as a new user would type it (on a free port)."""
     name = unique("web")
     cleanup.append(name)
-    port = free_port()
+    port = free_port(host)
     unit = f"pymachine@{name}.service"
     pm(host, "create", "--name", name, "busybox", "sh", "-c",
        f"mkdir -p /www && echo ok > /www/index.html && echo serving on {port} && exec httpd -f -p {port} -h /www")
     pm(host, "start", name)
-    assert http_get(port) == "ok\n"
+    assert http_get(host, port) == "ok\n"
     status = host.run(["systemctl", "status", "--no-pager", unit])
     assert "active (running)" in status.stdout, status.stdout
     # No pymachine process stays: every process of the unit is the container's.
@@ -104,7 +110,7 @@ def test_done_when_sequence(host: AnyHost, cleanup: list[str]) -> None:
     assert f"containers/{name}" not in host.run(["findmnt", "-rn", "-o", "TARGET"]).stdout
     assert "exited (137)" in pm(host, "ps", "-a"), "SIGKILL after the 1 s grace: 128+9"
     host.run(["systemctl", "enable", "--now", unit], check=True)
-    assert http_get(port) == "ok\n"
+    assert http_get(host, port) == "ok\n"
     assert show(host, unit, "ActiveState")["ActiveState"] == "active"
     host.run(["systemctl", "disable", "--now", unit], check=True, timeout=60)
     # The foreground path is untouched: run --rm still lives in machine-NAME.scope.

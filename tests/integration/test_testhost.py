@@ -19,6 +19,11 @@ from pathlib import Path
 import pytest
 from testhost import (
     STATE_BASE,
+    UPLINK,
+    UPLINK_ADDRESS,
+    UPLINK_CIDR,
+    UPLINK_PEER,
+    UPLINK_PEER_CIDR,
     HostCommandError,
     LocalHost,
     TestHost,
@@ -133,16 +138,35 @@ def test_timeout_kills_the_command_inside(host: AnyHost) -> None:
     wait_for(lambda: host.run(["pgrep", "-f", marker]).returncode == 1, what=f"{marker} to die")
 
 
-def test_namespaces_are_private_except_the_network(host: AnyHost) -> None:
+def test_namespaces_are_private_including_the_network(host: AnyHost) -> None:
     names = ("net", "mnt", "pid", "cgroup")
     inside = host.run(["readlink", *(f"/proc/self/ns/{ns}" for ns in names)]).stdout.split()
     outside = [os.readlink(f"/proc/self/ns/{ns}") for ns in names]
-    assert inside[0] == outside[0], "the network namespace must be the real host's"
     if isinstance(host, TestHost):
-        assert all(i != o for i, o in zip(inside[1:], outside[1:], strict=True)), (inside, outside)
+        # pytest's thread joined the host's network namespace (conftest): compare with the one it left
+        outside[0] = os.environ["PYMACHINE_TEST_MACHINE_NETNS"]
+        assert all(i != o for i, o in zip(inside, outside, strict=True)), (inside, outside)
         assert host.run(["hostname"]).stdout.strip() == "pymachine-testhost"
     else:
         assert inside == outside, "LocalHost runs commands on this machine itself"
+
+
+def test_the_network_is_lo_and_the_fake_uplink(host: AnyHost) -> None:
+    """Bridges, veths and nft rules of the tests live only here: lo, and a veth pair as the uplink
+    (the VM tier's guest sets up the same with `testhost.py fake-network`)."""
+    links = json.loads(host.run(["ip", "-j", "addr"], check=True).stdout)
+    addrs = {link["ifname"]: [f"{a['local']}/{a['prefixlen']}" for a in link["addr_info"] if a["family"] == "inet"]
+             for link in links}
+    assert addrs["lo"] == ["127.0.0.1/8"]
+    assert addrs[UPLINK] == [UPLINK_CIDR] and addrs[UPLINK_PEER] == [UPLINK_PEER_CIDR]
+    route = json.loads(host.run(["ip", "-j", "route", "show", "default"], check=True).stdout)
+    assert route[0]["dev"] == UPLINK
+    if isinstance(host, TestHost):
+        assert set(addrs) == {"lo", UPLINK, UPLINK_PEER}, addrs
+        # A server inside answers a client inside, on the uplink's address too.
+        script = (f"import socket; s = socket.create_server(('{UPLINK_ADDRESS}', 0)); "
+                  "c = socket.create_connection(s.getsockname()); print(s.accept()[1][0])")
+        assert host.run(["python3", "-c", script], check=True).stdout.strip() == UPLINK_ADDRESS
 
 
 def test_tmp_path_is_shared_and_the_rest_of_tmp_is_not(host: AnyHost, tmp_path: Path) -> None:

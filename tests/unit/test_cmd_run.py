@@ -35,7 +35,7 @@ def test_defaults() -> None:
 
 
 @pytest.mark.parametrize("argv", [
-    [], ["--memory", "lots", "busybox"], ["--name", "a/b", "busybox"], ["--network", "bridge", "busybox"],
+    [], ["--memory", "lots", "busybox"], ["--name", "a/b", "busybox"], ["--network", "bogus", "busybox"],
     ["--pids-limit", "0", "busybox"], ["--cpus", "-1", "busybox"], ["--bogus", "busybox"],
 ])
 def test_bad_arguments_are_usage_errors(argv: list[str]) -> None:
@@ -62,8 +62,8 @@ def test_option_forms(argv: list[str], expected: str | None) -> None:
 
 
 def test_network_choices_are_checked() -> None:
-    with pytest.raises(UsageError, match="choose from host, private"):
-        parse(["--network=bridge", "busybox"])
+    with pytest.raises(UsageError, match="choose from bridge, host, none, private"):
+        parse(["--network=bogus", "busybox"])
 
 
 def test_more_cpus_than_the_host_has_is_refused() -> None:

@@ -1,0 +1,182 @@
+"""Networks and address leases for the `bridge` mode.
+
+A network is a subnet with a gateway, served by one Linux bridge. Its definition is a small
+TOML file, `/etc/pymachine/networks/NAME.toml` (hand-editable, like container definitions);
+the default network `pymachine` is written on first use. Leases live under /run (a reboot
+forgets them, as it forgets the containers' namespaces): `/run/pymachine/networks/NAME.json`
+maps each leased address to its holder, the container's name and its init's PID and start
+time. Every change happens under one exclusive flock (`networks/lock`: leases, bridges and
+pymachine's nft table change together) and is written atomically
+(a temporary file renamed over the old one), so concurrent starts get distinct addresses and a
+`kill -9` at any step leaves either the old file or the new one. A lease whose holder is gone
+(PID dead, or reused by another process) is free: the next allocation or `gc` drops it.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import ipaddress
+import json
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from machinectl_py.errors import UsageError
+from machinectl_py.paths import config_path, run_path
+
+DEFAULT_NETWORK = "pymachine"
+DEFAULT_SUBNET = "10.89.0.0/16"
+# Linux names links with at most 15 characters.
+IFNAMSIZ = 15
+
+
+class Network:
+    __slots__ = ("name", "subnet", "gateway", "internal")
+
+    def __init__(self, name: str, subnet: str, gateway: str | None = None, internal: bool = False) -> None:
+        try:
+            net = ipaddress.IPv4Network(subnet)
+        except ValueError as e:
+            raise UsageError(f"network {name}: invalid subnet {subnet!r}: {e}") from None
+        if net.num_addresses < 4:
+            raise UsageError(f"network {name}: subnet {subnet} is too small", hint="use a /30 or larger")
+        gw = ipaddress.IPv4Address(gateway) if gateway else net.network_address + 1
+        if gw not in net or gw in (net.network_address, net.broadcast_address):
+            raise UsageError(f"network {name}: gateway {gw} is not a host address of {net}")
+        self.name, self.subnet, self.gateway, self.internal = name, net, gw, internal
+
+    @property
+    def bridge(self) -> str:
+        return f"pm-{self.name}"[:IFNAMSIZ]
+
+    def to_toml(self) -> str:
+        return (f'subnet = "{self.subnet}"\ngateway = "{self.gateway}"\n'
+                f"internal = {'true' if self.internal else 'false'}\n")
+
+
+def definition_path(name: str) -> str:
+    return config_path("networks", f"{name}.toml")
+
+
+def load(name: str) -> Network:
+    """The network's definition; the default network is written on first use."""
+    path = definition_path(name)
+    try:
+        with open(path, "rb") as f:
+            import tomllib
+
+            raw = tomllib.load(f)
+    except FileNotFoundError:
+        if name != DEFAULT_NETWORK:
+            raise UsageError(f"no such network: {name}", hint="see 'pymachine network ls'") from None
+        net = Network(name, DEFAULT_SUBNET)
+        save(net)
+        return net
+    except (OSError, ValueError) as e:
+        raise UsageError(f"cannot read network {name} ({path}): {e}") from None
+    return Network(name, str(raw.get("subnet", "")), raw.get("gateway"), bool(raw.get("internal", False)))
+
+
+def save(net: Network) -> None:
+    path = definition_path(net.name)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    _write_atomic(path, net.to_toml())
+
+
+def _write_atomic(path: str, text: str) -> None:
+    tmp = f"{path}.{os.getpid()}.tmp"
+    with open(tmp, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def leases_path(network: str) -> str:
+    return run_path("networks", f"{network}.json")
+
+
+@contextmanager
+def locked() -> Iterator[None]:
+    """Hold the networks' lock: leases, bridges and pymachine's nft table change under it."""
+    os.makedirs(run_path("networks"), exist_ok=True)
+    fd = os.open(run_path("networks", "lock"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def read_leases(network: str) -> dict[str, dict[str, object]]:
+    try:
+        with open(leases_path(network)) as f:
+            data = json.load(f)
+    except FileNotFoundError:
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def write_leases(network: str, leases: dict[str, dict[str, object]]) -> None:
+    if not leases:
+        try:
+            os.unlink(leases_path(network))
+        except FileNotFoundError:
+            pass
+        return
+    os.makedirs(run_path("networks"), exist_ok=True)
+    _write_atomic(leases_path(network), json.dumps(leases, indent=1, sort_keys=True) + "\n")
+
+
+def process_start_time(pid: int) -> int | None:
+    """Field 22 of /proc/PID/stat: tells a PID's holder from a later process reusing it."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return int(f.read().rsplit(")", 1)[1].split()[19])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def holder_alive(lease: dict[str, object]) -> bool:
+    pid, start = lease.get("pid"), lease.get("start")
+    return isinstance(pid, int) and pid > 0 and process_start_time(pid) == start
+
+
+def allocate(net: Network, name: str, pid: int, ports: list[list[object]] | None = None) -> ipaddress.IPv4Address:
+    """Lease a free address of `net` to container `name` whose init is `pid`. Caller holds the lock.
+    A container holds one lease per network: a restart replaces its old one."""
+    leases = {ip: lease for ip, lease in read_leases(net.name).items()
+              if lease.get("name") != name and holder_alive(lease)}
+    taken = {*leases, str(net.gateway)}
+    for host in net.subnet.hosts():
+        if str(host) not in taken:
+            leases[str(host)] = {"name": name, "pid": pid, "start": process_start_time(pid)}
+            if ports:
+                leases[str(host)]["ports"] = ports
+            write_leases(net.name, leases)
+            return host
+    raise UsageError(f"network {net.name}: no free address in {net.subnet}")
+
+
+def release(network: str, name: str | None) -> bool:
+    """Free the leases of container `name` (and any whose holder is gone). Caller holds the lock.
+    True if the network has no lease left."""
+    leases = read_leases(network)
+    kept = {ip: lease for ip, lease in leases.items() if lease.get("name") != name and holder_alive(lease)}
+    if kept != leases:
+        write_leases(network, kept)
+    return not kept
+
+
+def lease_of(network: str, name: str) -> str | None:
+    for ip, lease in read_leases(network).items():
+        if lease.get("name") == name:
+            return ip
+    return None
+
+
+def networks_with_leases() -> list[str]:
+    try:
+        return sorted(f[:-5] for f in os.listdir(run_path("networks")) if f.endswith(".json"))
+    except FileNotFoundError:
+        return []

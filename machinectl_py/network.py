@@ -1,0 +1,124 @@
+"""Network modes of a container: what each one means for its namespaces and capabilities.
+
+Pure (no syscalls): `launch` asks it which namespace to make and which capabilities the mode
+takes away. Modes: `host` shares the host's network namespace (opt-in: no network isolation);
+`none` gives the container its own namespace with only `lo` (`private` is its older alias);
+`bridge` adds a veth on the default network's bridge, with an address, a route and NAT
+(ipam.py, netsetup.py).
+"""
+
+from __future__ import annotations
+
+from machinectl_py.errors import UsageError
+from machinectl_py.policy import CAPABILITIES
+
+MODES = ("bridge", "host", "none", "private")
+PRIVATE_MODES = frozenset({"bridge", "none", "private"})
+DEFAULT_NETWORK = "pymachine"  # ipam.DEFAULT_NETWORK, without importing it on the start path
+
+
+def is_private(mode: str) -> bool:
+    """True if the container gets a network namespace of its own."""
+    return mode in PRIVATE_MODES
+
+
+def capability_mask(mode: str, mask: int, cap_add: frozenset[str] = frozenset()) -> int:
+    """The policy's capability mask, less what the network mode forbids.
+
+    With `host`, CAP_NET_RAW on the host's own interfaces means AF_PACKET sockets that capture
+    the host's traffic and forged packets from the host's addresses: dropped unless the user
+    asks for it by name (the hook for `--cap-add NET_RAW`: pass the added names in cap_add)."""
+    if mode == "host" and "NET_RAW" not in cap_add:
+        return mask & ~(1 << CAPABILITIES["NET_RAW"])
+    return mask
+
+
+def attached_network(mode: str) -> str | None:
+    """The network a container in this mode is connected to, if any."""
+    return DEFAULT_NETWORK if mode == "bridge" else None
+
+
+# -- published ports: `-p [HOSTIP:][HOSTPORT:]PORT[/tcp|udp]`, with ranges --------------------------
+# Kept as canonical strings "HOSTIP:HOSTPORT:PORT/PROTO" (HOSTIP and HOSTPORT may be empty: every
+# address, a free port picked at start), one per port: ranges are expanded when parsed.
+
+PROTOCOLS = ("tcp", "udp")
+
+
+def parse_ports(items: tuple[str, ...] | list[str]) -> tuple[str, ...]:
+    ports: list[str] = []
+    for item in items:
+        ports += _parse_port(item)
+    return tuple(ports)
+
+
+def _parse_port(item: str) -> list[str]:
+    spec, _, proto = item.partition("/")
+    proto = proto or "tcp"
+    if proto not in PROTOCOLS:
+        raise UsageError(f"invalid port {item!r}: protocol {proto!r}", hint="use tcp or udp")
+    parts = spec.rsplit(":", 2)
+    host_ip = parts[0] if len(parts) == 3 else ""
+    host = parts[-2] if len(parts) >= 2 else ""
+    if host_ip and not _is_ipv4(host_ip):
+        raise UsageError(f"invalid port {item!r}: {host_ip!r} is not an IPv4 address")
+    inner = _port_range(parts[-1], item)
+    outer = _port_range(host, item) if host else [0] * len(inner)
+    if len(outer) != len(inner):
+        raise UsageError(f"invalid port {item!r}: the host and container ranges differ in length")
+    return [f"{host_ip}:{h or ''}:{c}/{proto}" for h, c in zip(outer, inner, strict=True)]
+
+
+def _port_range(text: str, item: str) -> list[int]:
+    first, _, last = text.partition("-")
+    try:
+        low, high = int(first), int(last or first)
+    except ValueError:
+        raise UsageError(f"invalid port {item!r}", hint="use [HOSTIP:][HOSTPORT:]PORT[/tcp|udp]") from None
+    if not 1 <= low <= high <= 65535:
+        raise UsageError(f"invalid port {item!r}: ports are 1-65535, ranges low-high")
+    return list(range(low, high + 1))
+
+
+def _is_ipv4(text: str) -> bool:
+    parts = text.split(".")
+    return len(parts) == 4 and all(p.isdigit() and int(p) <= 255 and str(int(p)) == p for p in parts)
+
+
+def split_port(port: str) -> tuple[str, int, int, str]:
+    """A canonical port -> (host ip or "", host port or 0, container port, protocol)."""
+    spec, _, proto = port.partition("/")
+    host_ip, host, inner = spec.split(":")
+    return host_ip, int(host or 0), int(inner), proto
+
+
+def ports_inspect(ports: tuple[str, ...]) -> dict[str, list[dict[str, str]]]:
+    """docker's HostConfig.PortBindings."""
+    bindings: dict[str, list[dict[str, str]]] = {}
+    for port in ports:
+        host_ip, host, inner, proto = split_port(port)
+        bindings.setdefault(f"{inner}/{proto}", []).append({"HostIp": host_ip, "HostPort": str(host or "")})
+    return bindings
+
+
+# -- names: --dns SERVER, --add-host NAME:IP -----------------------------------------------------
+
+
+def _is_ip(text: str) -> bool:
+    return _is_ipv4(text) or (":" in text and all(c in "0123456789abcdefABCDEF:." for c in text))
+
+
+def parse_dns(items: tuple[str, ...] | list[str]) -> tuple[str, ...]:
+    for item in items:
+        if not _is_ip(item):
+            raise UsageError(f"invalid DNS server {item!r}: not an IP address")
+    return tuple(items)
+
+
+def parse_add_hosts(items: tuple[str, ...] | list[str]) -> tuple[str, ...]:
+    """NAME:IP each (docker's --add-host); IPv6 addresses keep their colons."""
+    for item in items:
+        name, _, ip = item.partition(":")
+        if not name or not _is_ip(ip) or any(c.isspace() for c in name):
+            raise UsageError(f"invalid host entry {item!r}", hint="use NAME:IP")
+    return tuple(items)

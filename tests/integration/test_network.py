@@ -1,0 +1,207 @@
+"""`--network bridge`: a veth on the default network's bridge, an address leased under a lock,
+NAT in pymachine's own nft table, and nothing left after stop, rm, a dying container or a
+kill -9 of pymachine. Checked with the real clients (`ip -j`, `nft -j`, machinectl, HTTP).
+
+Everything here happens in the test host's own network namespace (tools/testhost.py: lo and a
+fake uplink), never in the machine's: the test host must have one, or these tests fail.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import signal
+from collections.abc import Iterator
+
+import pytest
+from helpers import AnyHost, pm, wait_until
+from testhost import UPLINK_ADDRESS, TestHost
+
+pytestmark = pytest.mark.integration
+
+LEASES = "/run/pymachine/networks/pymachine.json"
+SUBNET_PREFIX = "10.89."
+HTTP_GET = """
+import sys, time, urllib.request
+for _ in range(50):
+    try:
+        with urllib.request.urlopen(sys.argv[1], timeout=2) as r:
+            sys.stdout.write(r.read().decode()); sys.exit(0)
+    except OSError as e:
+        last = e; time.sleep(0.1)
+sys.exit(f"no answer: {last}")
+"""
+
+
+def unique(prefix: str) -> str:
+    return f"{prefix}-{secrets.token_hex(3)}"
+
+
+def links(host: AnyHost) -> list[str]:
+    return sorted(link["ifname"] for link in json.loads(host.run(["ip", "-j", "link"], check=True).stdout))
+
+
+def nft_tables(host: AnyHost) -> list[str]:
+    out = json.loads(host.run(["nft", "-j", "list", "tables"], check=True).stdout)["nftables"]
+    return sorted(f"{t['table']['family']} {t['table']['name']}" for t in out if "table" in t)
+
+
+def leases(host: AnyHost) -> dict[str, dict[str, object]]:
+    r = host.run(["cat", LEASES])
+    return json.loads(r.stdout) if r.returncode == 0 else {}
+
+
+Snapshot = tuple[list[str], list[str], dict[str, dict[str, object]]]
+
+
+def snapshot(host: AnyHost) -> Snapshot:
+    return links(host), nft_tables(host), leases(host)
+
+
+@pytest.fixture
+def clean(host: AnyHost) -> Iterator[Snapshot]:
+    """The network state before the test; after it, the same again (after gc at worst)."""
+    if isinstance(host, TestHost):
+        mine = host.run(["readlink", "/proc/self/ns/net"], check=True).stdout.strip()
+        # the machine's own namespace, which pytest left for the test host's (conftest)
+        assert mine != os.environ["PYMACHINE_TEST_MACHINE_NETNS"]
+    before = snapshot(host)
+    assert "inet pymachine" not in before[1] and before[2] == {}, before
+    yield before
+    host.assert_no_leftovers(timeout=15)
+
+
+def test_bridge_run_gets_an_address_a_route_and_leaves_nothing(host: AnyHost, clean: Snapshot) -> None:
+    script = f"ip -o -4 addr show eth0; ip route | grep ^default; ping -c1 -W2 {UPLINK_ADDRESS} >/dev/null && echo up"
+    r = pm(host, "run", "--rm", "--network", "bridge", "busybox", "sh", "-c", script)
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    assert f"inet {SUBNET_PREFIX}" in lines[0] and "/16" in lines[0], lines
+    assert lines[1].startswith("default via 10.89.0.1 dev eth0"), lines
+    assert lines[2] == "up", "the test host's uplink address answers through the bridge"
+    assert snapshot(host) == clean
+
+
+def test_detached_web_answers_on_its_address_stop_rm_leave_nothing(host: AnyHost, clean: Snapshot) -> None:
+    name = unique("web")
+    try:
+        r = pm(host, "run", "-d", "--name", name, "--network", "bridge", "busybox", "sh", "-c",
+               "mkdir -p /www && echo hello > /www/index.html && exec httpd -f -p 80 -h /www")
+        assert r.returncode == 0, r.stderr
+        held = leases(host)
+        assert [lease["name"] for lease in held.values()] == [name], held
+        address = next(iter(held))
+        assert address.startswith(SUBNET_PREFIX)
+        page = host.run(["python3", "-c", HTTP_GET, f"http://{address}/"], check=True)
+        assert page.stdout == "hello\n"
+        listed = host.run(["machinectl", "list", "--no-legend", "--no-pager", "--full"], check=True).stdout
+        assert address in listed, listed
+        tables = nft_tables(host)
+        assert tables == sorted([*clean[1], "inet pymachine"]), "only pymachine's table is added"
+        assert pm(host, "stop", "-t", "1", name).returncode == 0
+        assert leases(host) == {}, "stop frees the lease"
+    finally:
+        pm(host, "rm", "-f", name)
+    assert snapshot(host) == clean
+
+
+def test_concurrent_starts_get_distinct_addresses(host: AnyHost, clean: Snapshot) -> None:
+    """20 starts at once, all running together: 20 leases, 20 addresses, as machined sees them."""
+    n, prefix = 20, unique("par")
+    names = [f"{prefix}-{i}" for i in range(n)]
+    starts = " ".join(f"pymachine run -d --name {name} --network bridge busybox sleep 600 >/dev/null &"
+                      for name in names)
+    try:
+        r = host.run(["sh", "-c", f"{starts} wait"], timeout=600)
+        assert r.returncode == 0, r.stderr
+        held = leases(host)
+        assert sorted(str(lease["name"]) for lease in held.values()) == sorted(names), held
+        listed = host.run(["machinectl", "list", "--no-legend", "--no-pager", "--full"], check=True).stdout
+        seen = {line.split()[0]: line.split()[-1] for line in listed.splitlines() if line.startswith(prefix)}
+        assert sorted(seen) == sorted(names) and len(set(seen.values())) == n, seen
+        assert set(seen.values()) == set(held), (seen, held)
+    finally:
+        host.run(["sh", "-c", " ".join(f"pymachine rm -f {name} >/dev/null &" for name in names) + " wait"],
+                 timeout=600)
+    assert snapshot(host) == clean
+
+
+def test_gc_frees_what_a_killed_pymachine_left(host: AnyHost, clean: Snapshot) -> None:
+    proc = host.popen(["pymachine", "run", "--rm", "--network", "bridge", "busybox", "sleep", "100"])
+    try:
+        wait_until(lambda: bool(leases(host)), what="the lease")
+        wait_until(lambda: any(link.startswith("pmv") for link in links(host)), what="the veth")
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    # The init died with pymachine (its parent-death signal), and its veth with its namespace.
+    wait_until(lambda: not any(link.startswith("pmv") for link in links(host)), what="the veth to go")
+    assert leases(host), "nobody freed the lease: pymachine was killed"
+    r = pm(host, "gc")
+    assert r.returncode == 0, r.stderr
+    assert snapshot(host) == clean, r.stdout
+
+
+def http(host: AnyHost, url: str) -> str:
+    return host.run(["python3", "-c", HTTP_GET, url], check=True, timeout=60).stdout
+
+
+def test_published_port_done_when(host: AnyHost, clean: Snapshot) -> None:
+    """The issue's sequence: a published port answers on 127.0.0.1, localhost, the test host's
+    other address and from another container (hairpin); a second publisher of the same host
+    port fails before anything exists; stop and rm leave links, rules and leases as before."""
+    name, second = unique("web"), unique("web")
+    try:
+        r = pm(host, "run", "-d", "--name", name, "--network", "bridge", "-p", "8080:80", "busybox", "sh", "-c",
+               "mkdir -p /www && echo page > /www/index.html && exec httpd -f -p 80 -h /www")
+        assert r.returncode == 0, r.stderr
+        for address in ("127.0.0.1", "localhost", UPLINK_ADDRESS):
+            assert http(host, f"http://{address}:8080/") == "page\n", address
+        hairpin = pm(host, "run", "--rm", "--network", "bridge", "busybox", "sh", "-c",
+                     f"printf 'GET / HTTP/1.0\\r\\n\\r\\n' | nc -w 5 {UPLINK_ADDRESS} 8080")
+        assert hairpin.stdout.endswith("page\n"), hairpin
+        assert pm(host, "port", name).stdout == "80/tcp -> 0.0.0.0:8080\n"
+        before_second = snapshot(host)
+        r = pm(host, "run", "-d", "--name", second, "--network", "bridge", "-p", "8080:80", "busybox", "true")
+        assert r.returncode == 125 and r.stderr.splitlines()[0] == (
+            f"pymachine: host port 8080/tcp is already published by container {name}"), r.stderr
+        assert second not in pm(host, "ps", "-a").stdout and snapshot(host) == before_second
+        assert nft_tables(host) == sorted([*clean[1], "inet pymachine"])
+        assert pm(host, "stop", "-t", "1", name).returncode == 0
+    finally:
+        pm(host, "rm", "-f", name)
+    assert snapshot(host) == clean
+
+
+def test_ports_without_the_bridge_are_refused(host: AnyHost, clean: Snapshot) -> None:
+    r = pm(host, "run", "--rm", "-p", "8080:80", "busybox", "true")
+    assert r.returncode == 125 and "published ports need" in r.stderr, r.stderr
+    assert snapshot(host) == clean
+
+
+def test_names_and_resolver_on_the_bridge(host: AnyHost, clean: Snapshot) -> None:
+    """Containers on a network find each other by name (kept current in /etc/hosts); the
+    resolver is the host's upstream one, never a loopback stub; --dns and --add-host apply."""
+    first, second = unique("alpha"), unique("beta")
+    try:
+        r = pm(host, "run", "-d", "--name", first, "--network", "bridge", "busybox", "sleep", "600")
+        assert r.returncode == 0, r.stderr
+        r = pm(host, "run", "--rm", "--name", second, "--network", "bridge", "--dns", "10.231.0.1",
+               "--add-host", "db.example:10.1.2.3", "busybox", "sh", "-c",
+               f"ping -c1 -W2 {first} >/dev/null && echo reached; cat /etc/resolv.conf /etc/hosts")
+        assert r.returncode == 0, r.stderr
+        assert r.stdout.startswith("reached\n"), r.stdout
+        assert "nameserver 10.231.0.1" in r.stdout and "127.0.0.53" not in r.stdout
+        assert "10.1.2.3\tdb.example" in r.stdout and f"\t{first}" in r.stdout
+        address = next(ip for ip, lease in leases(host).items() if lease["name"] == first)
+        own = pm(host, "exec", first, "cat", "/etc/hosts", "/etc/resolv.conf").stdout
+        assert any(line.startswith(f"{address}\t") and first in line.split() for line in own.splitlines()), own
+        assert second not in own, "the second container left: its name is gone from the first's hosts"
+        assert "127.0.0.53" not in own and "127.0.0.1\tlocalhost" in own
+    finally:
+        pm(host, "rm", "-f", first)
+    assert snapshot(host) == clean
+    assert host.run(["ls", "/run/pymachine/netfiles"]).stdout.strip() == ""

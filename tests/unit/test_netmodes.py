@@ -1,0 +1,154 @@
+"""Network modes: which get a namespace of their own, which capabilities they take away."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from machinectl_py import ipam, netfiles, netsetup, network, spec
+from machinectl_py.errors import ConflictError, UsageError
+from machinectl_py.policy import CAPABILITIES
+
+NET_RAW = 1 << CAPABILITIES["NET_RAW"]
+CHOWN = 1 << CAPABILITIES["CHOWN"]
+
+
+def test_modes_match_the_spec_check() -> None:
+    assert set(network.MODES) == set(spec.NETWORK_MODES)
+
+
+def test_none_and_its_alias_private_get_a_namespace_host_does_not() -> None:
+    assert network.is_private("none") and network.is_private("private")
+    assert not network.is_private("host")
+
+
+def test_host_mode_drops_net_raw_unless_added() -> None:
+    mask = NET_RAW | CHOWN
+    assert network.capability_mask("host", mask) == CHOWN
+    assert network.capability_mask("host", mask, frozenset({"NET_RAW"})) == mask
+    assert network.capability_mask("none", mask) == mask
+
+
+def test_leases_are_distinct_and_freed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PYMACHINE_RUN_DIR", str(tmp_path / "run"))
+    monkeypatch.setenv("PYMACHINE_CONFIG_DIR", str(tmp_path / "etc"))
+    net = ipam.load(ipam.DEFAULT_NETWORK)  # written on first use
+    assert (tmp_path / "etc/networks/pymachine.toml").read_text().startswith('subnet = "10.89.0.0/16"')
+    me = os.getpid()
+    with ipam.locked():
+        first = ipam.allocate(net, "a", me)
+        second = ipam.allocate(net, "b", me)
+        again = ipam.allocate(net, "a", me)  # a restart replaces its own lease
+    assert (str(first), str(second)) == ("10.89.0.2", "10.89.0.3") and again == first
+    assert ipam.lease_of("pymachine", "b") == "10.89.0.3"
+    with ipam.locked():
+        assert not ipam.release("pymachine", "a")
+        assert ipam.release("pymachine", "b")
+    assert not (tmp_path / "run/networks/pymachine.json").exists()
+
+
+def test_a_lease_whose_holder_is_gone_is_free(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PYMACHINE_RUN_DIR", str(tmp_path))
+    ipam.write_leases("n", {"10.0.0.2": {"name": "dead", "pid": 2**22 + 1, "start": 1}})
+    net = ipam.Network("n", "10.0.0.0/29")
+    with ipam.locked():
+        assert str(ipam.allocate(net, "x", os.getpid())) == "10.0.0.2"
+        assert ipam.release("n", None) is False  # x's holder (this process) lives
+
+
+@pytest.mark.parametrize(("subnet", "gateway", "error"), [
+    ("10.0.0.0/33", None, "invalid subnet"), ("10.0.0.0/31", None, "too small"),
+    ("10.0.0.0/24", "10.0.1.1", "not a host address"), ("10.0.0.0/24", "10.0.0.255", "not a host address"),
+])
+def test_bad_networks_are_refused(subnet: str, gateway: str | None, error: str) -> None:
+    with pytest.raises(UsageError, match=error):
+        ipam.Network("n", subnet, gateway)
+
+
+def test_ruleset_is_only_pymachines_table() -> None:
+    empty = netsetup.ruleset([])
+    assert empty == "table inet pymachine\ndelete table inet pymachine\n"
+    text = netsetup.ruleset([ipam.Network("pymachine", "10.89.0.0/16"), ipam.Network("app", "10.90.0.0/24",
+                                                                                    internal=True)])
+    assert "ip saddr 10.89.0.0/16 ip daddr != 10.89.0.0/16 masquerade" in text
+    assert "ip daddr != 10.90.0.0/24 masquerade" not in text and 'iifname "pm-app" oifname != "pm-app" drop' in text
+    tables = [line for line in text.splitlines() if line.startswith("table")]
+    assert tables == ["table inet pymachine", "table inet pymachine {"]
+    assert netsetup.host_veth("web") == netsetup.host_veth("web") and len(netsetup.host_veth("web")) <= 15
+
+
+@pytest.mark.parametrize(("items", "ports"), [
+    (["8080:80"], (":8080:80/tcp",)),
+    (["127.0.0.1:8080:80/udp"], ("127.0.0.1:8080:80/udp",)),
+    (["80"], ("::80/tcp",)),
+    (["10.0.0.1::53/udp"], ("10.0.0.1::53/udp",)),
+    (["8080-8081:80-81"], (":8080:80/tcp", ":8081:81/tcp")),
+])
+def test_ports_parse_to_one_canonical_string_each(items: list[str], ports: tuple[str, ...]) -> None:
+    assert network.parse_ports(items) == ports
+    _, _, inner, proto = network.split_port(ports[0])
+    assert inner in (80, 53) and proto in ("tcp", "udp")
+
+
+@pytest.mark.parametrize("item", ["0", "70000", "8080:80/sctp", "1.2.3:80:80", "80-79", "8080-8082:80-81", "x:80"])
+def test_bad_ports_are_usage_errors(item: str) -> None:
+    with pytest.raises(UsageError, match="port"):
+        network.parse_ports([item])
+
+
+def test_ports_need_the_bridge() -> None:
+    with pytest.raises(UsageError, match="published ports need") as caught:
+        spec.ContainerSpec(name="a", image="i", ports=(":8080:80/tcp",)).validate()
+    assert caught.value.hint == "add --network bridge"
+    spec.ContainerSpec(name="a", image="i", network="bridge", ports=(":8080:80/tcp",)).validate()
+    assert network.ports_inspect((":8080:80/tcp",)) == {"80/tcp": [{"HostIp": "", "HostPort": "8080"}]}
+
+
+def test_published_ports_dnat_from_outside_and_from_the_host() -> None:
+    nets = [ipam.Network("pymachine", "10.89.0.0/16")]
+    text = netsetup.ruleset(nets, [netsetup.Published("pm-pymachine", "10.89.0.2", "", 8080, 80, "tcp"),
+                                   netsetup.Published("pm-pymachine", "10.89.0.3", "127.0.0.1", 53, 53, "udp")])
+    rule = "fib daddr type local tcp dport 8080 dnat ip to 10.89.0.2:80"
+    assert text.count(rule) == 2, "prerouting (others, hairpin) and output (the host itself)"
+    assert "ip daddr 127.0.0.1 fib daddr type local udp dport 53 dnat ip to 10.89.0.3:53" in text
+    assert 'oifname "pm-pymachine" ip saddr 127.0.0.0/8 masquerade' in text
+
+
+def test_a_published_host_port_is_taken_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PYMACHINE_RUN_DIR", str(tmp_path))
+    net = ipam.Network("n", "10.0.0.0/24")
+    with ipam.locked():
+        ipam.allocate(net, "web", os.getpid(), netsetup.resolve_ports("web", (":8080:80/tcp", "::81/tcp")))
+        with pytest.raises(ConflictError, match="host port 8080/tcp is already published by container web"):
+            netsetup.resolve_ports("web2", (":8080:80/tcp",))
+        assert netsetup.resolve_ports("web2", (":8080:80/udp",)) == [["", 8080, 80, "udp"]]
+        picked = netsetup.resolve_ports("web2", ("::80/tcp",))[0][1]
+        assert isinstance(picked, int) and netsetup.EPHEMERAL[0] < picked < netsetup.EPHEMERAL[1]
+
+
+def test_resolv_conf_is_the_upstream_servers_never_a_loopback_stub() -> None:
+    upstream = "# stub\nnameserver 127.0.0.53\nnameserver 192.0.2.53\nsearch corp.example\noptions edns0\n"
+    text = netfiles.resolv_text((), upstream)
+    assert "127.0.0.53" not in text and "nameserver 192.0.2.53" in text
+    assert "search corp.example" in text and "options edns0" in text
+    mine = netfiles.resolv_text(("10.0.0.53",), upstream)
+    assert "192.0.2.53" not in mine and "nameserver 10.0.0.53" in mine
+
+
+def test_hosts_name_the_container_its_peers_and_added_hosts() -> None:
+    text = netfiles.hosts_text("web", "www", "10.89.0.2", {"web": "10.89.0.2", "db": "10.89.0.3"},
+                               ("cache:10.0.0.9",))
+    assert text.splitlines()[0] == "127.0.0.1\tlocalhost"
+    assert "10.89.0.2\twww web" in text and "10.89.0.3\tdb" in text and "10.0.0.9\tcache" in text
+    assert text.count("10.89.0.2") == 1
+    assert "127.0.1.1\tweb" in netfiles.hosts_text("web", "web", None, {}, ())
+
+
+@pytest.mark.parametrize("bad", [["x"], ["name:"], [":10.0.0.1"], ["na me:10.0.0.1"]])
+def test_bad_host_entries_are_refused(bad: list[str]) -> None:
+    with pytest.raises(UsageError, match="invalid host entry"):
+        network.parse_add_hosts(bad)
+    with pytest.raises(UsageError, match="invalid DNS server"):
+        network.parse_dns(["dns.example"])
