@@ -49,9 +49,9 @@ RUN = b"g"
 class ChildPlan(Record):
     __slots__ = ("container_dir", "rootfs", "overlay", "ops", "cgroup_layout", "hostname", "private_network",
                  "argv", "env", "workdir", "user", "capability_mask", "stdin_devnull", "detached", "tty", "seccomp",
-                 "read_only_root", "rlimits")
+                 "read_only_root", "rlimits", "oom_score_adj")
     _defaults = {"user": None, "stdin_devnull": True, "detached": False, "tty": False, "seccomp": b"",
-                 "read_only_root": False, "rlimits": ()}
+                 "read_only_root": False, "rlimits": (), "oom_score_adj": None}
     container_dir: str  # cwd while mounting the overlay (its options use relative names)
     rootfs: str
     overlay: Overlay
@@ -79,6 +79,9 @@ class ChildPlan(Record):
     read_only_root: bool
     # --ulimit: (RLIMIT_* number, soft, hard), -1 for no limit; set before the privileges drop.
     rlimits: tuple[tuple[int, int, int], ...]
+    # --oom-score-adj: written to /proc/self/oom_score_adj (inherited), as runc does; a scope has
+    # no OOMScoreAdjust= of its own (it starts no process).
+    oom_score_adj: int | None
 
 
 def child_main(make_plan: Callable[[], ChildPlan], go_fd: int, status_fd: int, stdout_fd: int, stderr_fd: int,
@@ -115,6 +118,8 @@ def prepare(plan: ChildPlan, go_fd: int, status_fd: int, parent_pid: int) -> Non
         mounts.remount_root_read_only(plan.rootfs)
     if plan.rlimits:
         set_rlimits(plan.rlimits)
+    if plan.oom_score_adj is not None:
+        set_oom_score_adj(plan.oom_score_adj)
     sc.sethostname(plan.hostname)
     if plan.private_network:
         bring_up_loopback()
@@ -134,6 +139,17 @@ def prepare(plan: ChildPlan, go_fd: int, status_fd: int, parent_pid: int) -> Non
     if plan.cgroup_layout.mode != "unified":
         mounts.remount_read_only("/", "/sys/fs/cgroup")
     os.umask(0o022)
+
+
+def set_oom_score_adj(value: int) -> None:
+    """--oom-score-adj on the init (inherited by everything it starts). Going below the
+    inherited value takes CAP_SYS_RESOURCE, which a namespaced host may not have."""
+    try:
+        with open("/proc/self/oom_score_adj", "w") as f:
+            f.write(str(value))
+    except OSError as e:
+        raise OSError(e.errno, f"--oom-score-adj {value}: cannot write /proc/self/oom_score_adj: {e.strerror}"
+                      ) from None
 
 
 def set_rlimits(rlimits: tuple[tuple[int, int, int], ...]) -> None:

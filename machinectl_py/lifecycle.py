@@ -77,6 +77,11 @@ class Container:
         spec = spec.validate()
         if spec.tty or spec.interactive:
             raise UsageError("a detached container has no terminal: -i/-t work with `pymachine run` and `exec`")
+        if bus is not None:
+            from machinectl_py.mounts import unified_cgroup_host
+            from machinectl_py.settings import check_host_support
+
+            check_host_support(spec, unified_cgroup_host())
         image = images.resolve(spec.image)
         command_for(spec, image.config)  # fails now, not at start, when there is no command at all
         if write_definition and config.definition_exists(spec.name):

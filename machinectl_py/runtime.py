@@ -190,8 +190,11 @@ class ForegroundRun:
         its setup in the scope (its cgroup namespace and mounts) while machined registers it."""
         spec = self.spec
         unit = scope_name(spec.name)
-        props = scope_properties(spec, policy.device_allow, (self.leader, self.forwarder),
-                                 unified_host=unified_cgroup_host())
+        unified = unified_cgroup_host()
+        from machinectl_py.settings import check_host_support
+
+        check_host_support(spec, unified)
+        props = scope_properties(spec, policy.device_allow, (self.leader, self.forwarder), unified_host=unified)
         try:
             job = systemd.start_scope(self.pid1, unit, props)
             state.save(record)

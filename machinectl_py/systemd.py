@@ -84,7 +84,7 @@ def scope_properties(spec: ContainerSpec, device_allow: tuple[tuple[str, str], .
     limits = spec.limits
     props: list[Property] = [
         ("Description", ("s", f"pymachine container {spec.name}")),
-        ("Slice", ("s", MACHINE_SLICE)),
+        ("Slice", ("s", spec.slice or MACHINE_SLICE)),
         ("PIDs", ("au", list(pids))),
         *delegate_properties(limits, unified_host),
         ("CollectMode", ("s", "inactive-or-failed")),
