@@ -27,6 +27,7 @@ VERBS: dict[str, tuple[str, str, str]] = {
     "inspect": ("machinectl_py.cmd_ps", "main_inspect", "show containers' details (docker inspect's fields)"),
     "status": ("machinectl_py.cmd_ps", "main_status", "a human summary of a container"),
     "logs": ("machinectl_py.cmd_logs", "main", "show a container's output, from the journal"),
+    "update": ("machinectl_py.cmd_update", "main", "change containers' resource limits, live and for good"),
     "exec": ("machinectl_py.exec", "main", "run a command in a running container"),
     "volume": ("machinectl_py.cmd_volume", "main", "manage volumes: ls, inspect, create, rm, prune"),
     "gc": ("machinectl_py.cmd_gc", "main", "clean what interrupted commands left behind"),

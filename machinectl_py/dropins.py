@@ -95,6 +95,33 @@ def remove_dropin(name: str) -> None:
     shutil.rmtree(f"/run/systemd/system.control/{unit_name(name)}.d", ignore_errors=True)
 
 
+def runtime_dropin_dir(unit: str) -> str:
+    """Where `systemctl set-property --runtime` and SetUnitProperties(runtime) write a unit's properties."""
+    return f"/run/systemd/system.control/{unit}.d"
+
+
+def runtime_dropins(unit: str) -> list[str]:
+    try:
+        names = sorted(os.listdir(runtime_dropin_dir(unit)))
+    except FileNotFoundError:
+        return []
+    return [os.path.join(runtime_dropin_dir(unit), n) for n in names if n.endswith(".conf")]
+
+
+def remove_runtime_settings(unit: str, properties: list[str]) -> bool:
+    """Remove the runtime drop-ins (50-NAME.conf) of these properties: once the container's own
+    drop-in holds the values, they would only shadow a later `update` or the definition. True if
+    one was removed (systemd then wants a reload)."""
+    removed = False
+    for prop in properties:
+        try:
+            os.unlink(os.path.join(runtime_dropin_dir(unit), f"50-{prop}.conf"))
+            removed = True
+        except FileNotFoundError:
+            pass
+    return removed
+
+
 def is_stale(name: str) -> bool:
     """Is the drop-in missing, or older than the container's definition?"""
     return not os.path.exists(dropin_path(name)) or definition_is_newer(name, dropin_path(name))

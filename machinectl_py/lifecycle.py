@@ -22,12 +22,14 @@ from __future__ import annotations
 import os
 
 from machinectl_py import state
-from machinectl_py.errors import ConflictError, NotFoundError, PymachineError, UsageError
+from machinectl_py.errors import BusError, ConflictError, NotFoundError, PymachineError, UsageError
 from machinectl_py.state import ContainerLock
 from machinectl_py.unit_template import unit_name
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from typing import Any
+
     from machinectl_py.bus import Bus
     from machinectl_py.spec import ContainerSpec
 
@@ -255,6 +257,52 @@ class Container:
                 pass  # the unit's files are gone; systemd notices on its next reload
         finally:
             lock.release()
+
+
+# -- update: new limits, live and persisted -------------------------------------------------------
+
+
+def update(bus: Bus, name: str, args: dict[str, Any]) -> list[str]:
+    """`update`: the new limits (and restart policy) live through SetUnitProperties on the running
+    unit, then persisted: a foreground container's record; a detached one's definition, record
+    and drop-in. Everything is checked before anything changes, and systemd checks its part
+    before it applies any, so a refused value changes nothing anywhere. Returns the flags given."""
+    from machinectl_py import settings, systemd
+    from machinectl_py.mounts import unified_cgroup_host
+
+    container = Container.load_or_adopt(name, bus=bus)
+    old = container.record.spec if container.is_foreground else container.sync()
+    new, given = settings.updated_spec(old, args)
+    if not given:
+        raise UsageError("update: you must provide one or more flags when using this command",
+                         hint="pymachine update --memory 128M NAME")
+    if container.is_foreground and new.restart != old.restart:
+        raise UsageError(f"update {name}: --restart: a foreground container (`pymachine run`) has no restart "
+                         "policy")
+    settings.check_host_support(new, unified_cgroup_host())
+    props = settings.live_properties(new)
+    if props and systemd.unit_is_active(bus, container.unit):
+        try:
+            systemd.set_unit_properties(bus, container.unit, [p.dbus for p in props])
+        except BusError as e:
+            raise UsageError(f"update {name}: systemd refused the new limits: {e.message}") from None
+    _persist_update(bus, container, new, [settings.unit_property_name(p) for p in props])
+    return given
+
+
+def _persist_update(bus: Bus, container: Container, spec: ContainerSpec, prop_names: list[str]) -> None:
+    from machinectl_py import config, dropins
+
+    record = container.record
+    record.spec = spec
+    if container.is_foreground:
+        state.save(record)
+        return
+    config.write_definition(spec, exclusive=False)
+    state.save(record)
+    dropins.remove_runtime_settings(container.unit, prop_names)
+    dropins.write_dropin(bus, container.name, record.id, record.image_name, spec)
+    dropins.reload_if_needed(bus, container.name)
 
 
 # -- the verbs' entry points, for containers with or without a record ----------------------------

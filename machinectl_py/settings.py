@@ -484,6 +484,35 @@ def command_options(verb: str) -> list[Option]:
     return [*options, DETACH] if verb == "run" else options
 
 
+def update_options() -> list[Option]:
+    """The options of `update`: every limit (docker update's flags) and --restart."""
+    return [s.option for s in SETTINGS if s.option is not None
+            and (s.field.startswith("limits.") or s.field == "restart")]
+
+
+def updated_spec(spec: sp.ContainerSpec, args: Mapping[str, Any]) -> tuple[sp.ContainerSpec, list[str]]:
+    """`update`'s flags applied to a container's spec: the new spec (validated) and the flags given."""
+    fields: dict[str, Any] = {"limits": spec.limits.to_fields()}
+    given = []
+    for setting in SETTINGS:
+        if setting.option is None or setting.dest not in args or _is_unset(setting, args[setting.dest]):
+            continue
+        if not (setting.field.startswith("limits.") or setting.field == "restart"):
+            continue
+        given.append(setting.dest_flag)
+        value = setting.from_cli(args[setting.dest])
+        table, _, sub = setting.field.rpartition(".")
+        target = fields["limits"] if table else fields
+        target[sub] = {**target[sub], **value} if isinstance(value, dict) and target.get(sub) else value
+    new = spec.replace(limits=sp.Limits(**fields.pop("limits")), **fields)
+    return new.validate(), given
+
+
+def unit_property_name(prop: UnitProperty) -> str:
+    """The name systemd gives a property in its files (CPUQuota for CPUQuotaPerSecUSec)."""
+    return prop.line.partition("=")[0] or prop.name
+
+
 def _merge(old: Any, new: Any) -> Any:
     if isinstance(old, dict) and isinstance(new, dict):
         return {**old, **new}

@@ -14,6 +14,7 @@ from machinectl_py.record import Record
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping, Sequence
+    from typing import Any
 
 # No `re` and no `dataclasses` here: this module is on the start-up path (see record.py).
 _ALNUM = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789")
@@ -427,6 +428,9 @@ class Limits(Record):
     device_write_bps: Mapping[str, int]  # -> IOWriteBandwidthMax
     device_read_iops: Mapping[str, int]  # -> IOReadIOPSMax
     device_write_iops: Mapping[str, int]  # -> IOWriteIOPSMax
+
+    def to_fields(self) -> dict[str, Any]:
+        return {name: getattr(self, name) for name in self.__slots__}
 
     def validate(self) -> Limits:
         """docker's rules between limits: --memory-swap needs --memory and is at least as big."""

@@ -120,6 +120,16 @@ def attach_processes(bus: Bus, unit: str, pids: list[int], subcgroup: str = "") 
     call(bus, "AttachProcessesToUnit", "ssau", unit, subcgroup, pids)
 
 
+def set_unit_properties(bus: Bus, unit: str, properties: list[Property], *, runtime: bool = True) -> None:
+    """SetUnitProperties: systemd checks every property before it applies any (one refused value
+    changes nothing), applies them to the unit's cgroup at once and writes them as drop-ins
+    (/run/systemd/system.control with `runtime`, else /etc/systemd/system.control)."""
+    call(bus, "SetUnitProperties", "sba(sv)", unit, runtime, properties)
+
+
+RUNTIME_CONTROL_DIR = "/run/systemd/system.control"
+
+
 def freeze_unit(bus: Bus, unit: str) -> None:
     call(bus, "FreezeUnit", "s", unit)
 
