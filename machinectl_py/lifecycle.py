@@ -213,10 +213,11 @@ class Container:
     def kill(self, bus: Bus, signal: int) -> None:
         kill(bus, self.name, signal)
 
-    def record_exit(self, code: int | None) -> None:
+    def record_exit(self, code: int | None, oom_killed: bool = False) -> None:
         """The unit ended (its ExecStopPost=): how, in the record."""
         record = self.record
         record.state, record.exit_code, record.finished, record.pid = "exited", code, state.now(), None
+        record.oom_killed = oom_killed
         state.save(record)
 
     # -- removal ----------------------------------------------------------------------------------

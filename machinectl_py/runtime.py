@@ -167,6 +167,7 @@ class ForegroundRun:
                 journal_copy = -1
             failure = init.failure()
             code = self._wait_leader()
+            record.oom_killed = self._oom_killed()
             if failure:
                 code, message = failure
                 print(f"pymachine: {spec.name}: {message}", file=sys.stderr)
@@ -216,6 +217,14 @@ class ForegroundRun:
             raise PymachineError(f"cannot register machine {spec.name} with systemd-machined: {e.message}",
                                  hint=_hint_for(e)) from None
         self.machine_registered = True
+
+    def _oom_killed(self) -> bool:
+        """Did the OOM killer kill in the scope? Its memory cgroup says so, read through the
+        forwarder, which is still in it (systemd records no result for a scope's OOM kill on v1)."""
+        from machinectl_py import cgroupfs
+
+        cgroup = cgroupfs.cgroup_of(self.forwarder) if self.forwarder else None
+        return cgroup is not None and cgroupfs.oom_kills(cgroup) > 0
 
     def _teardown(self, bus: Bus, hold_w: int) -> None:
         """Undo in reverse: the container, then the forwarder (the scope's last process),

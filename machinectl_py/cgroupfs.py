@@ -1,0 +1,82 @@
+"""Reading the kernel's cgroup files: what systemd has no property for (OOM kills on a v1 host,
+a v1 cgroup's IO bytes) and the kernel's side of `explain`. Read only: every write to a cgroup
+goes through systemd as a unit property.
+
+Paths are systemd's ControlGroup= values (/machine.slice/pymachine@web.service). On a pure v2
+host a controller's file is /sys/fs/cgroup/CGROUP/FILE; on a hybrid or legacy one it is in
+the controller's own hierarchy, /sys/fs/cgroup/CONTROLLER/CGROUP/FILE.
+"""
+
+from __future__ import annotations
+
+import os
+
+ROOT = "/sys/fs/cgroup"
+# The v1 hierarchy of each v2 file pymachine reads (Debian mounts cpu and cpuacct together).
+V1_FILES = {"memory.max": ("memory", "memory.limit_in_bytes"), "memory.low": ("memory", "memory.soft_limit_in_bytes"),
+            "pids.max": ("pids", "pids.max"), "cpu.max": ("cpu", "cpu.cfs_quota_us"),
+            "cpu.weight": ("cpu", "cpu.shares"), "memory.current": ("memory", "memory.usage_in_bytes"),
+            "io.max": ("blkio", "blkio.throttle.read_bps_device")}
+
+
+def unified() -> bool:
+    return os.path.exists(f"{ROOT}/cgroup.controllers")
+
+
+def file_path(cgroup: str, v2_name: str, unified_host: bool | None = None) -> str:
+    """The file that holds what `v2_name` holds on v2, on this host's layout."""
+    if unified_host if unified_host is not None else unified():
+        return f"{ROOT}{cgroup}/{v2_name}"
+    controller, v1_name = V1_FILES.get(v2_name, (v2_name.partition(".")[0], v2_name))
+    return f"{ROOT}/{controller}{cgroup}/{v1_name}"
+
+
+def read(path: str) -> str | None:
+    try:
+        with open(path) as f:
+            return f.read().strip()
+    except OSError:
+        return None
+
+
+def keyed(text: str | None) -> dict[str, int]:
+    """'key value' lines (memory.events, memory.oom_control, cpu.stat) -> {key: value}."""
+    out = {}
+    for line in (text or "").splitlines():
+        key, _, value = line.partition(" ")
+        if value.strip().lstrip("-").isdigit():
+            out[key] = int(value)
+    return out
+
+
+def oom_kills(cgroup: str, unified_host: bool | None = None) -> int:
+    """Processes of the cgroup the OOM killer killed: memory.events on v2, memory.oom_control's
+    oom_kill on v1 (both count kills under this cgroup's limit)."""
+    if unified_host if unified_host is not None else unified():
+        return keyed(read(f"{ROOT}{cgroup}/memory.events")).get("oom_kill", 0)
+    return keyed(read(f"{ROOT}/memory{cgroup}/memory.oom_control")).get("oom_kill", 0)
+
+
+def cgroup_of(pid: int | str, unified_host: bool | None = None) -> str | None:
+    """The cgroup of a process in the hierarchy that holds its memory (the unit's, for a process
+    systemd put there): the v2 line on v2, the memory controller's on v1."""
+    text = read(f"/proc/{pid}/cgroup")
+    want_v2 = unified_host if unified_host is not None else unified()
+    for line in (text or "").splitlines():
+        _, controllers, path = line.split(":", 2)
+        if (want_v2 and controllers == "") or (not want_v2 and "memory" in controllers.split(",")):
+            return path
+    return None
+
+
+def io_bytes_v1(cgroup: str) -> tuple[int, int]:
+    """(read, written) bytes of a v1 cgroup, where systemd keeps no IO accounting."""
+    read_bytes = written = 0
+    for line in (read(f"{ROOT}/blkio{cgroup}/blkio.throttle.io_service_bytes_recursive") or "").splitlines():
+        parts = line.split()
+        if len(parts) == 3 and parts[2].isdigit():
+            if parts[1] == "Read":
+                read_bytes += int(parts[2])
+            elif parts[1] == "Write":
+                written += int(parts[2])
+    return read_bytes, written
