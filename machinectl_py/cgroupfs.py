@@ -80,3 +80,52 @@ def io_bytes_v1(cgroup: str) -> tuple[int, int]:
             elif parts[1] == "Write":
                 written += int(parts[2])
     return read_bytes, written
+
+
+def processes(cgroup: str, unified_host: bool | None = None) -> list[int]:
+    """Every process in the cgroup and the cgroups below it (a delegated unit's container makes its
+    own), from the v2 hierarchy or, on v1, the memory controller's (every pymachine unit has one)."""
+    v2 = unified_host if unified_host is not None else unified()
+    top = f"{ROOT}{cgroup}" if v2 else f"{ROOT}/memory{cgroup}"
+    pids: list[int] = []
+    for directory, _, _ in os.walk(top):
+        pids += [int(p) for p in (read(f"{directory}/cgroup.procs") or "").split()]
+    return pids
+
+
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def stat_fields(pid: int) -> list[str]:
+    """/proc/PID/stat's fields after the command (field 3, the state, is [0])."""
+    text = read(f"/proc/{pid}/stat") or ""
+    return text[text.rfind(")") + 2:].split()
+
+
+def cpu_nsec(pids: list[int]) -> int:
+    """CPU time (user + system) of these processes, in ns: a v1 host's stand-in for
+    CPUUsageNSec where the unit keeps no CPU accounting (only the living processes count)."""
+    ticks = 0
+    for pid in pids:
+        fields = stat_fields(pid)
+        if len(fields) > 12:
+            ticks += int(fields[11]) + int(fields[12])
+    return ticks * 1_000_000_000 // CLOCK_TICKS
+
+
+def net_bytes(pid: int) -> tuple[int, int]:
+    """(received, sent) bytes of the network namespace of a process, loopback aside."""
+    rx = tx = 0
+    for line in (read(f"/proc/{pid}/net/dev") or "").splitlines()[2:]:
+        name, _, counters = line.partition(":")
+        values = counters.split()
+        if name.strip() != "lo" and len(values) >= 9:
+            rx, tx = rx + int(values[0]), tx + int(values[8])
+    return rx, tx
+
+
+def mem_total() -> int:
+    for line in (read("/proc/meminfo") or "").splitlines():
+        if line.startswith("MemTotal:"):
+            return int(line.split()[1]) * 1024
+    return 0

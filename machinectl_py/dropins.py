@@ -48,7 +48,8 @@ def dropin_text(name: str, container_id: str, image_name: str, spec: ContainerSp
     from machinectl_py.settings import dropin_lines
 
     lines = [f"# Written by pymachine for container {name}; `pymachine rm {name}` removes it.",
-             "[Service]", f"LogExtraFields={fields}", *dropin_lines(spec)]
+             "[Service]", f"LogExtraFields={fields}",
+             *(f"{prop}=yes" for prop, _ in systemd.accounting_properties(unified_host)), *dropin_lines(spec)]
     lines += [f"DeviceAllow={path} {access}" for path, access in device_allow]
     if not unified_host:
         lines += delegate_lines(spec.limits, unified_host=False)
