@@ -107,6 +107,7 @@ class Container:
                 from machinectl_py.dropins import write_dropin
 
                 write_dropin(bus, spec.name, record.id, image.name, spec)
+            _event("create", record)
             return cls(record)
         except BaseException:
             _undo_create(spec, definition=write_definition)
@@ -249,6 +250,7 @@ class Container:
             if not volumes:
                 self.record.spec = self.record.spec.replace(volumes=())  # keep anonymous volumes unless -v
             self.remove_files()
+            _event("destroy", self.record)
             systemd.send(bus, "ResetFailedUnit", "s", unit_name(self.name))
             try:
                 from machinectl_py.dropins import reload_if_needed
@@ -288,6 +290,7 @@ def update(bus: Bus, name: str, args: dict[str, Any]) -> list[str]:
         except BusError as e:
             raise UsageError(f"update {name}: systemd refused the new limits: {e.message}") from None
     _persist_update(bus, container, new, [settings.unit_property_name(p) for p in props])
+    _event("update", container.record)
     return given
 
 
@@ -307,6 +310,12 @@ def _persist_update(bus: Bus, container: Container, spec: ContainerSpec, prop_na
 
 
 # -- the verbs' entry points, for containers with or without a record ----------------------------
+
+
+def _event(action: str, record: state.ContainerRecord, **attributes: str) -> None:
+    from machinectl_py.journal import container_event
+
+    container_event(action, record, **attributes)
 
 
 def create_and_start(spec: ContainerSpec) -> Container:
@@ -363,6 +372,7 @@ def stop(bus: Bus, name: str, timeout: float | None) -> None:
         stop_service(bus, name, DEFAULT_STOP_TIMEOUT if timeout is None else timeout)
         return
     container.stop(bus, timeout)
+    _event("stop", container.record)
 
 
 def stop_service(bus: Bus, name: str, timeout: float) -> None:
@@ -409,6 +419,10 @@ def kill(bus: Bus, name: str, signal: int) -> None:
 
     if not machined.kill_machine(bus, name, signal, who="leader"):
         raise NotFoundError(f"container {name} is not running")
+    try:
+        _event("kill", state.load(name), signal=str(signal))
+    except NotFoundError:
+        pass
 
 
 def remove(bus: Bus, name: str, *, force: bool, volumes: bool) -> None:

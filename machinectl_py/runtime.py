@@ -19,7 +19,7 @@ from machinectl_py import images, machined, payload, plan, state, systemd
 from machinectl_py.bus import ERRORS_NO_SERVICE, Bus, BusError
 from machinectl_py.container_init import ChildPlan
 from machinectl_py.errors import PymachineError
-from machinectl_py.journal import container_fields
+from machinectl_py.journal import container_event, container_fields
 from machinectl_py.launch import (
     HeldInit,
     build_child_plan,
@@ -161,6 +161,7 @@ class ForegroundRun:
             self.released = True
             record.state, record.pid, record.started = "running", self.leader, state.now()
             state.save(record)
+            container_event("start", record)
             if tty_parent >= 0:
                 payload.relay_from_socket(tty_parent, self.leader, stdin=spec.interactive, copy_fd=journal_copy)
                 os.close(journal_copy)  # EOF: the forwarder flushes the last line
@@ -172,6 +173,9 @@ class ForegroundRun:
                 code, message = failure
                 print(f"pymachine: {spec.name}: {message}", file=sys.stderr)
             record.state, record.exit_code, record.finished, record.pid = "exited", code, state.now(), None
+            if record.oom_killed:
+                container_event("oom", record)
+            container_event("die", record, exitCode=str(code))
         finally:
             if init is not None:
                 init.close()

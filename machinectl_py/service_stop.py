@@ -35,9 +35,19 @@ def stopped_main(argv: list[str]) -> int:
     if code is None:
         code = container.record.exit_code  # the setup process failed and said how (it is no main process)
     container.record_exit(code, oom_killed=was_oom_killed(os.environ))
+    record_end_events(container.record)
     if container.record.spec.remove:  # run -d --rm
         container.remove_files()
     return 0
+
+
+def record_end_events(record: object) -> None:
+    """docker's events at a container's end: oom (if so), then die with its exit code."""
+    from machinectl_py.journal import container_event
+
+    if getattr(record, "oom_killed", False):
+        container_event("oom", record)
+    container_event("die", record, exitCode=str(getattr(record, "exit_code", None)))
 
 
 def was_oom_killed(env: dict[str, str] | os._Environ[str]) -> bool:
