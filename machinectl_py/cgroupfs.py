@@ -129,3 +129,55 @@ def mem_total() -> int:
         if line.startswith("MemTotal:"):
             return int(line.split()[1]) * 1024
     return 0
+
+
+# -- the kernel's side of a unit property (explain) ------------------------------------------------
+
+UINT64_MAX = 2**64 - 1
+_V1_UNLIMITED = 1 << 62  # v1 spells "no limit" as a page-rounded LONG_MAX
+
+
+def _limit(text: str | None) -> int | None:
+    if text is None:
+        return None
+    if text == "max" or text == "-1" or (text.isdigit() and int(text) >= _V1_UNLIMITED):
+        return UINT64_MAX
+    return int(text) if text.lstrip("-").isdigit() else None
+
+
+def _quota(quota: str | None, period: str | None) -> int | None:
+    """CPUQuotaPerSecUSec from a quota and its period (cpu.max, or v1's cfs files)."""
+    if quota is None or period is None or not period.isdigit():
+        return None
+    if quota in ("max", "-1"):
+        return UINT64_MAX
+    return int(quota) * 1_000_000 // int(period)
+
+
+def kernel_value(prop: str, cgroup: str, unified_host: bool) -> tuple[str, object] | None:
+    """(file, value in the unit property's own terms) of what the kernel enforces for `prop`
+    in the cgroup; None where pymachine reads no file for it."""
+    base = f"{ROOT}{cgroup}" if unified_host else ""
+    if prop in ("MemoryMax", "MemoryLow", "MemorySwapMax", "TasksMax"):
+        v2 = {"MemoryMax": "memory.max", "MemoryLow": "memory.low", "MemorySwapMax": "memory.swap.max",
+              "TasksMax": "pids.max"}[prop]
+        path = file_path(cgroup, v2, unified_host)
+        return path, _limit(read(path))
+    if prop == "CPUQuotaPerSecUSec":
+        if unified_host:
+            quota, _, period = (read(f"{base}/cpu.max") or "").partition(" ")
+            return f"{base}/cpu.max", _quota(quota or None, period or None)
+        v1 = f"{ROOT}/cpu{cgroup}"
+        return f"{v1}/cpu.cfs_quota_us", _quota(read(f"{v1}/cpu.cfs_quota_us"), read(f"{v1}/cpu.cfs_period_us"))
+    if prop == "CPUWeight":
+        if unified_host:
+            return f"{base}/cpu.weight", _limit(read(f"{base}/cpu.weight"))
+        shares = _limit(read(f"{ROOT}/cpu{cgroup}/cpu.shares"))
+        return f"{ROOT}/cpu{cgroup}/cpu.shares", None if shares is None else round(shares * 100 / 1024)
+    if unified_host and prop in ("AllowedCPUs", "AllowedMemoryNodes"):
+        path = f"{base}/{'cpuset.cpus' if prop == 'AllowedCPUs' else 'cpuset.mems'}"
+        return path, read(path)
+    if unified_host and prop == "IOWeight":
+        text = read(f"{base}/io.weight") or ""
+        return f"{base}/io.weight", _limit(text.split()[1]) if text.startswith("default ") else None
+    return None

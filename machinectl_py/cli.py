@@ -27,6 +27,7 @@ VERBS: dict[str, tuple[str, str, str]] = {
     "inspect": ("machinectl_py.cmd_ps", "main_inspect", "show containers' details (docker inspect's fields)"),
     "status": ("machinectl_py.cmd_ps", "main_status", "a human summary of a container"),
     "logs": ("machinectl_py.cmd_logs", "main", "show a container's output, from the journal"),
+    "explain": ("machinectl_py.cmd_explain", "main", "show each limit in definition, unit and kernel; drift"),
     "events": ("machinectl_py.cmd_events", "main", "show what happens to containers, live or since a time"),
     "stats": ("machinectl_py.cmd_stats", "main_stats", "show containers' use of CPU, memory, network, block IO"),
     "top": ("machinectl_py.cmd_stats", "main_top", "show the processes of a container"),

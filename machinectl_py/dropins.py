@@ -123,6 +123,18 @@ def remove_runtime_settings(unit: str, properties: list[str]) -> bool:
     return removed
 
 
+def remove_control_settings(unit: str, properties: list[str]) -> bool:
+    """As remove_runtime_settings, for `systemctl set-property` without --runtime (/etc)."""
+    removed = False
+    for prop in properties:
+        try:
+            os.unlink(f"/etc/systemd/system.control/{unit}.d/50-{prop}.conf")
+            removed = True
+        except FileNotFoundError:
+            pass
+    return removed
+
+
 def is_stale(name: str) -> bool:
     """Is the drop-in missing, or older than the container's definition?"""
     return not os.path.exists(dropin_path(name)) or definition_is_newer(name, dropin_path(name))

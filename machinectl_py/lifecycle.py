@@ -294,6 +294,27 @@ def update(bus: Bus, name: str, args: dict[str, Any]) -> list[str]:
     return given
 
 
+def reapply(bus: Bus, container: Container, drifted: list[str]) -> None:
+    """`explain --fix`: the definition's limits onto the unit and the kernel again. The drop-ins
+    `systemctl set-property` left for the drifted properties go (runtime and persistent), the
+    values are set live, and a detached container's unit is reloaded from pymachine's own
+    drop-in (which also makes systemd write every cgroup attribute again)."""
+    from machinectl_py import dropins, settings, systemd
+
+    spec = container.record.spec if container.is_foreground else container.sync()
+    key_of = {name: key for name, key, _ in settings.LIMIT_PROPERTIES}
+    props = settings.live_properties(spec)
+    if props and systemd.unit_is_active(bus, container.unit):
+        systemd.set_unit_properties(bus, container.unit, [p.dbus for p in props])
+    if container.is_foreground:
+        return  # a transient scope's values live in its control drop-ins: keep those just written
+    keys = [key_of.get(name, name) for name in drifted] + [settings.unit_property_name(p) for p in props]
+    dropins.remove_runtime_settings(container.unit, keys)
+    dropins.remove_control_settings(container.unit, keys)
+    dropins.write_dropin(bus, container.name, container.record.id, container.record.image_name, spec)
+    dropins.reload_if_needed(bus, container.name)
+
+
 def _persist_update(bus: Bus, container: Container, spec: ContainerSpec, prop_names: list[str]) -> None:
     from machinectl_py import config, dropins
 

@@ -380,6 +380,20 @@ def _limit_settings() -> tuple[Setting, ...]:
     )
 
 
+# Every limit's unit property: (D-Bus name, its key in unit files, the flag). `explain` checks
+# these on a unit even where the definition sets none (a `systemctl set-property` may have).
+LIMIT_PROPERTIES = (
+    ("MemoryMax", "MemoryMax", "--memory"), ("CPUQuotaPerSecUSec", "CPUQuota", "--cpus"),
+    ("CPUWeight", "CPUWeight", "--cpu-weight"), ("TasksMax", "TasksMax", "--pids-limit"),
+    ("MemoryLow", "MemoryLow", "--memory-reservation"), ("MemorySwapMax", "MemorySwapMax", "--memory-swap"),
+    ("AllowedCPUs", "AllowedCPUs", "--cpuset-cpus"), ("AllowedMemoryNodes", "AllowedMemoryNodes", "--cpuset-mems"),
+    ("IOWeight", "IOWeight", "--blkio-weight"), ("IOReadBandwidthMax", "IOReadBandwidthMax", "--device-read-bps"),
+    ("IOWriteBandwidthMax", "IOWriteBandwidthMax", "--device-write-bps"),
+    ("IOReadIOPSMax", "IOReadIOPSMax", "--device-read-iops"),
+    ("IOWriteIOPSMax", "IOWriteIOPSMax", "--device-write-iops"),
+)
+
+
 # -- the table --------------------------------------------------------------------------------------
 
 SETTINGS: tuple[Setting, ...] = (
@@ -618,6 +632,24 @@ def _check_devices(spec: sp.ContainerSpec) -> None:
                 raise UsageError(f"{setting.dest_flag}: {path}: {e.strerror}") from None
             if not is_block:
                 raise UsageError(f"{setting.dest_flag}: {path} is not a block device")
+
+
+def expected_properties(spec: sp.ContainerSpec) -> dict[str, tuple[Setting, Any]]:
+    """The limits a spec sets, by D-Bus property: the setting and the value systemd should hold
+    (the device limits' entries of one property joined in one list)."""
+    out: dict[str, tuple[Setting, Any]] = {}
+    for setting in SETTINGS:
+        if setting.unit is None or not setting.field.startswith("limits."):
+            continue
+        value = field_value(spec, setting.field)
+        if _is_default(spec, setting.field, value):
+            continue
+        for p in setting.unit_props(value, spec):
+            if p.signature.startswith("a(") and p.name in out:
+                out[p.name] = (setting, out[p.name][1] + p.value)
+            else:
+                out[p.name] = (setting, p.value)
+    return out
 
 
 def v1_refused(spec: sp.ContainerSpec) -> list[str]:

@@ -210,6 +210,23 @@ def unit_accounting(bus: Bus, unit: str) -> dict[str, Any]:
     return out
 
 
+def unit_values(bus: Bus, unit: str, names: list[str]) -> dict[str, Any]:
+    """Some properties of a unit's own interface (Service or Scope) plus its DropInPaths and
+    ActiveState; {} when systemd does not know it."""
+    path = unit_object_path(unit)
+    iface = f"{SYSTEMD[0]}.{'Scope' if unit.endswith('.scope') else 'Service'}"
+    out: dict[str, Any] = {}
+    try:
+        for name in ("ActiveState", "DropInPaths", "FragmentPath", "ControlGroup"):
+            owner = iface if name == "ControlGroup" else f"{SYSTEMD[0]}.Unit"
+            out[name] = bus.get_property(SYSTEMD[0], path, owner, name)
+        for name in names:
+            out[name] = bus.get_property(SYSTEMD[0], path, iface, name)
+    except BusError:
+        return {}
+    return out
+
+
 # Units whose state means "the container runs (or is about to)".
 ACTIVE_STATES = ("active", "activating", "reloading", "deactivating")
 
