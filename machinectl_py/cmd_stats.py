@@ -155,7 +155,7 @@ def sample(bus: Bus, records: list[state.ContainerRecord], unified: bool) -> lis
     from machinectl_py import systemd
     from machinectl_py.unit_template import unit_name
 
-    return [Sample(r, systemd.unit_accounting(bus, r.unit or unit_name(r.name)), unified) for r in records]
+    return [Sample(r, systemd.unit_accounting(bus, r.unit or unit_name(r.name), unified), unified) for r in records]
 
 
 def render(samples: list[Sample], before: dict[str, Sample], args: dict[str, Any], show_all: bool) -> list[str]:

@@ -191,7 +191,10 @@ ACCOUNTING = ("ActiveState", "ActiveEnterTimestampMonotonic", "ControlGroup", "M
               "CPUUsageNSec", "TasksCurrent", "IOReadBytes", "IOWriteBytes")
 
 
-def unit_accounting(bus: Bus, unit: str) -> dict[str, Any]:
+V2_ONLY_ACCOUNTING = ("CPUUsageNSec", "IOReadBytes", "IOWriteBytes")  # never counted for pymachine's units on v1
+
+
+def unit_accounting(bus: Bus, unit: str, unified_host: bool = True) -> dict[str, Any]:
     """What `stats` shows of a unit, from systemd's accounting properties (UINT64_MAX where
     systemd keeps no count); {} for a unit systemd has not loaded. One Get per property: a
     GetAll of a service's ~250 properties costs more to decode than eight calls on the private
@@ -201,6 +204,8 @@ def unit_accounting(bus: Bus, unit: str) -> dict[str, Any]:
     out: dict[str, Any] = {}
     try:
         for name in ACCOUNTING:
+            if not unified_host and name in V2_ONLY_ACCOUNTING:
+                continue
             owner = f"{SYSTEMD[0]}.Unit" if name.startswith("Active") else iface
             out[name] = bus.get_property(SYSTEMD[0], path, owner, name)
         if not unit.endswith(".scope"):
