@@ -143,9 +143,8 @@ def send_event(kind: str, action: str, actor: str, attributes: dict[str, str]) -
     fields = [("MESSAGE_ID", EVENT_MESSAGE_ID), ("MESSAGE", f"{kind} {action} {attributes.get('name', actor)}"),
               ("PRIORITY", str(PRIORITY_INFO)), ("SYSLOG_IDENTIFIER", "pymachine"),
               ("PYMACHINE_EVENT_TYPE", kind), ("PYMACHINE_EVENT_ACTION", action), ("PYMACHINE_EVENT_ACTOR", actor)]
+    # No CONTAINER_NAME: `pymachine logs` (journalctl CONTAINER_NAME=...) shows the container's output only.
     fields += [(f"PYMACHINE_EVENT_ATTR_{key.upper()}", value) for key, value in attributes.items()]
-    if kind == "container" and "name" in attributes:
-        fields.append(("CONTAINER_NAME", attributes["name"]))
     data = b"".join(encode_field(k, v.encode()) for k, v in fields)
     try:
         sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_DGRAM | _socket.SOCK_CLOEXEC)

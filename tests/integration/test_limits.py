@@ -22,10 +22,10 @@ def read(host: AnyHost, path: str) -> str:
 
 
 def block_device(host: AnyHost) -> tuple[str, str]:
-    """A disk of the machine that is not a loop or zram one: (its node, MAJ:MIN). The test host's
+    """A disk of the machine (virtio, SCSI, NVMe...): (its node, MAJ:MIN). The test host's
     /dev has no disks: the node is made there, for the disk /sys/block names."""
     names = host.run(["ls", "/sys/block"], check=True).stdout.split()
-    name = next((n for n in names if not n.startswith(("loop", "zram", "ram"))), names[0])
+    name = next((n for n in names if n.startswith(("vd", "sd", "nvme", "xvd", "hd"))), names[0])
     majmin = read(host, f"/sys/block/{name}/dev")
     if host.run(["test", "-b", f"/dev/{name}"]).returncode == 0:
         return f"/dev/{name}", majmin
