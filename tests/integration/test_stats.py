@@ -40,7 +40,9 @@ def test_stats_of_busy_capped_and_idle_containers(host: AnyHost) -> None:
         assert set(names) <= set(rows)
         busy, half, idle = (rows[n] for n in names)
         assert 10 <= float(busy["cpu_percent"]) <= 110, busy  # type: ignore[arg-type]
-        assert 5 <= float(half["cpu_percent"]) <= 60, half  # type: ignore[arg-type]
+        # The quota is firm, but the average since the unit went active also counts the CPU its
+        # setup process used before: a band above 50.
+        assert 5 <= float(half["cpu_percent"]) <= 75, half  # type: ignore[arg-type]
         assert float(idle["cpu_percent"]) < 10, idle  # type: ignore[arg-type]
         assert idle["memory_limit"] == 64 << 20 and str(idle["MemUsage"]).endswith(" / 64MiB")
         assert idle["PIDs"] == "1" and 0 < int(idle["memory_bytes"]) < 64 << 20  # type: ignore[call-overload]
