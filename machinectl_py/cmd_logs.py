@@ -31,8 +31,11 @@ LOGS = Command(
 
 
 def journalctl_argv(name: str, *, follow: bool, lines: int | None, since: str | None) -> list[str]:
+    # SYSLOG_IDENTIFIER too: the container's lines carry its name there (the forwarder's, the
+    # unit's SyslogIdentifier=); pymachine's events from inside the unit get its CONTAINER_NAME
+    # through LogExtraFields= but say SYSLOG_IDENTIFIER=pymachine.
     argv = ["journalctl", "--no-pager", "-q", "-o", "json", "--output-fields=MESSAGE,PRIORITY",
-            f"CONTAINER_NAME={name}"]
+            f"CONTAINER_NAME={name}", f"SYSLOG_IDENTIFIER={name}"]
     if since is not None:
         argv.append(f"--since={since}")
     if lines is not None:

@@ -93,7 +93,13 @@ class Status:
         self.exit_code = record.exit_code if self.status in ("exited", "restarting") else None
 
     @property
+    def oom_killed(self) -> bool:
+        return self.status == "exited" and self.record.oom_killed
+
+    @property
     def text(self) -> str:
+        if self.oom_killed:
+            return f"oom-killed ({self.exit_code if self.exit_code is not None else '?'})"
         if self.status == "exited":
             return f"exited ({self.exit_code if self.exit_code is not None else '?'})"
         return self.status
@@ -213,6 +219,7 @@ def _ps_json(s: Status) -> dict[str, Any]:
     r = s.record
     labels = dict(r.spec.labels)
     return {"name": r.name, "id": r.id, "image": r.image_name, "status": s.status, "exit_code": s.exit_code,
+            "oom_killed": s.oom_killed,
             "pid": s.pid or None, "created": r.created, "started": r.started, "finished": r.finished,
             "unit": r.unit, "command": list(r.spec.command) if r.spec.command else None, "labels": labels,
             "Names": r.name, "ID": r.id[:12], "Image": r.image_name, "Command": _command_text(r),
@@ -236,6 +243,7 @@ def inspect_data(s: Status) -> dict[str, Any]:
         "Args": list(spec.command[1:]) if spec.command else [],
         "State": {"Status": s.status, "Running": s.status == "running", "Restarting": s.status == "restarting",
                   "Pid": s.pid, "ExitCode": s.exit_code if s.exit_code is not None else 0,
+                  "OOMKilled": s.oom_killed,
                   "StartedAt": _iso(r.started), "FinishedAt": _iso(r.finished if s.status == "exited" else None)},
         "Config": fields["Config"],
         "HostConfig": fields["HostConfig"],

@@ -52,10 +52,10 @@ class ChildPlan(Record):
     __slots__ = ("container_dir", "rootfs", "overlay", "ops", "cgroup_layout", "hostname", "private_network",
                  "argv", "env", "workdir", "user", "capability_mask", "stdin_devnull", "detached", "tty", "seccomp",
                  "read_only_root", "rlimits", "join_namespaces", "start_fd", "groups", "no_new_privileges",
-                 "group_add", "sysctls")
+                 "group_add", "sysctls", "oom_score_adj")
     _defaults = {"user": None, "stdin_devnull": True, "detached": False, "tty": False, "seccomp": b"",
                  "read_only_root": False, "rlimits": (), "join_namespaces": (), "start_fd": -1, "groups": None,
-                 "no_new_privileges": False, "group_add": (), "sysctls": ()}
+                 "no_new_privileges": False, "group_add": (), "sysctls": (), "oom_score_adj": None}
     container_dir: str  # cwd while mounting the overlay (its options use relative names)
     rootfs: str
     # None: `rootfs` is a directory used as it is (an OCI bundle's root), bound onto itself.
@@ -97,6 +97,9 @@ class ChildPlan(Record):
     no_new_privileges: bool
     group_add: tuple[str, ...]
     sysctls: tuple[tuple[str, str], ...]
+    # --oom-score-adj: written to /proc/self/oom_score_adj (inherited), as runc does; a scope has
+    # no OOMScoreAdjust= of its own (it starts no process).
+    oom_score_adj: int | None
 
 
 def child_main(make_plan: Callable[[], ChildPlan], go_fd: int, status_fd: int, stdout_fd: int, stderr_fd: int,
@@ -141,6 +144,8 @@ def prepare(plan: ChildPlan, go_fd: int, status_fd: int, parent_pid: int) -> Non
         mounts.remount_root_read_only(plan.rootfs)
     if plan.rlimits:
         set_rlimits(plan.rlimits)
+    if plan.oom_score_adj is not None:
+        set_oom_score_adj(plan.oom_score_adj)
     if plan.hostname:  # "": a joined UTS namespace keeps its own
         sc.sethostname(plan.hostname)
     if plan.private_network:
@@ -175,6 +180,17 @@ def write_sysctls(sysctls: tuple[tuple[str, str], ...]) -> None:
         except OSError as e:
             raise OSError(e.errno, f"sysctl {path.removeprefix('/proc/sys/').replace('/', '.')}={value}: "
                           f"{e.strerror}") from None
+
+
+def set_oom_score_adj(value: int) -> None:
+    """--oom-score-adj on the init (inherited by everything it starts). Going below the
+    inherited value takes CAP_SYS_RESOURCE, which a namespaced host may not have."""
+    try:
+        with open("/proc/self/oom_score_adj", "w") as f:
+            f.write(str(value))
+    except OSError as e:
+        raise OSError(e.errno, f"--oom-score-adj {value}: cannot write /proc/self/oom_score_adj: {e.strerror}"
+                      ) from None
 
 
 def set_rlimits(rlimits: tuple[tuple[int, int, int], ...]) -> None:

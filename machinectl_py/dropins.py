@@ -48,7 +48,8 @@ def dropin_text(name: str, container_id: str, image_name: str, spec: ContainerSp
     from machinectl_py.settings import dropin_lines
 
     lines = [f"# Written by pymachine for container {name}; `pymachine rm {name}` removes it.",
-             "[Service]", f"LogExtraFields={fields}", *dropin_lines(spec)]
+             "[Service]", f"LogExtraFields={fields}",
+             *(f"{prop}=yes" for prop, _ in systemd.accounting_properties(unified_host)), *dropin_lines(spec)]
     lines += device_lines(spec, device_allow)
     if not unified_host:
         lines += delegate_lines(spec.limits, unified_host=False)
@@ -103,6 +104,45 @@ def remove_dropin(name: str) -> None:
     shutil.rmtree(dropin_dir(name), ignore_errors=True)
     # Runtime properties that `systemctl set-property --runtime` may have left.
     shutil.rmtree(f"/run/systemd/system.control/{unit_name(name)}.d", ignore_errors=True)
+
+
+def runtime_dropin_dir(unit: str) -> str:
+    """Where `systemctl set-property --runtime` and SetUnitProperties(runtime) write a unit's properties."""
+    return f"/run/systemd/system.control/{unit}.d"
+
+
+def runtime_dropins(unit: str) -> list[str]:
+    try:
+        names = sorted(os.listdir(runtime_dropin_dir(unit)))
+    except FileNotFoundError:
+        return []
+    return [os.path.join(runtime_dropin_dir(unit), n) for n in names if n.endswith(".conf")]
+
+
+def remove_runtime_settings(unit: str, properties: list[str]) -> bool:
+    """Remove the runtime drop-ins (50-NAME.conf) of these properties: once the container's own
+    drop-in holds the values, they would only shadow a later `update` or the definition. True if
+    one was removed (systemd then wants a reload)."""
+    removed = False
+    for prop in properties:
+        try:
+            os.unlink(os.path.join(runtime_dropin_dir(unit), f"50-{prop}.conf"))
+            removed = True
+        except FileNotFoundError:
+            pass
+    return removed
+
+
+def remove_control_settings(unit: str, properties: list[str]) -> bool:
+    """As remove_runtime_settings, for `systemctl set-property` without --runtime (/etc)."""
+    removed = False
+    for prop in properties:
+        try:
+            os.unlink(f"/etc/systemd/system.control/{unit}.d/50-{prop}.conf")
+            removed = True
+        except FileNotFoundError:
+            pass
+    return removed
 
 
 def is_stale(name: str) -> bool:

@@ -127,3 +127,35 @@ def _chunks(line: bytes) -> list[bytes]:
     if len(line) <= MAX_LINE:
         return [line]
     return [line[i:i + MAX_LINE] for i in range(0, len(line), MAX_LINE)]
+
+
+# -- pymachine's events (`pymachine events`): journal entries of their own ---------------------------
+
+# The MESSAGE_ID of every event entry (journalctl MESSAGE_ID=...): a random 128-bit id, made once.
+EVENT_MESSAGE_ID = "5f0c2a8e1d7b4c39a6e2b91f04d3c7a8"
+
+
+def send_event(kind: str, action: str, actor: str, attributes: dict[str, str]) -> None:
+    """Record one event (docker's Type, Action, Actor.ID, Actor.Attributes) in the journal, where
+    `pymachine events` finds it, live or with --since. Best effort: no journald, no event."""
+    import _socket
+
+    fields = [("MESSAGE_ID", EVENT_MESSAGE_ID), ("MESSAGE", f"{kind} {action} {attributes.get('name', actor)}"),
+              ("PRIORITY", str(PRIORITY_INFO)), ("SYSLOG_IDENTIFIER", "pymachine"),
+              ("PYMACHINE_EVENT_TYPE", kind), ("PYMACHINE_EVENT_ACTION", action), ("PYMACHINE_EVENT_ACTOR", actor)]
+    # No CONTAINER_NAME: `pymachine logs` (journalctl CONTAINER_NAME=...) shows the container's output only.
+    fields += [(f"PYMACHINE_EVENT_ATTR_{key.upper()}", value) for key, value in attributes.items()]
+    data = b"".join(encode_field(k, v.encode()) for k, v in fields)
+    try:
+        sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_DGRAM | _socket.SOCK_CLOEXEC)
+        try:
+            sock.sendto(data, JOURNAL_SOCKET)
+        finally:
+            sock.close()
+    except OSError:
+        pass
+
+
+def container_event(action: str, record: Any, **extra: str) -> None:
+    """A container's event, with docker's attributes (name, image, exitCode...)."""
+    send_event("container", action, record.id, {"name": record.name, "image": record.image_name, **extra})

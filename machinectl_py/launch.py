@@ -116,6 +116,7 @@ def build_child_plan(spec: ContainerSpec, image: images.ResolvedImage, cdir: str
         stdin_devnull=not (spec.tty or spec.interactive),
         read_only_root=spec.read_only,
         rlimits=tuple((RLIMITS[name], soft, hard) for name, (soft, hard) in spec.ulimits.items()),
+        oom_score_adj=spec.oom_score_adj,
     )
     if os.environ.get("PYMACHINE_DEBUG"):
         for op in child_plan.ops:

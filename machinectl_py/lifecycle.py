@@ -22,12 +22,14 @@ from __future__ import annotations
 import os
 
 from machinectl_py import state
-from machinectl_py.errors import ConflictError, NotFoundError, PymachineError, UsageError
+from machinectl_py.errors import BusError, ConflictError, NotFoundError, PymachineError, UsageError
 from machinectl_py.state import ContainerLock
 from machinectl_py.unit_template import unit_name
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from typing import Any
+
     from machinectl_py.bus import Bus
     from machinectl_py.spec import ContainerSpec
 
@@ -77,6 +79,11 @@ class Container:
         spec = spec.validate()
         if spec.tty or spec.interactive:
             raise UsageError("a detached container has no terminal: -i/-t work with `pymachine run` and `exec`")
+        if bus is not None:
+            from machinectl_py.mounts import unified_cgroup_host
+            from machinectl_py.settings import check_host_support
+
+            check_host_support(spec, unified_cgroup_host())
         image = images.resolve(spec.image)
         command_for(spec, image.config)  # fails now, not at start, when there is no command at all
         if write_definition and config.definition_exists(spec.name):
@@ -100,6 +107,7 @@ class Container:
                 from machinectl_py.dropins import write_dropin
 
                 write_dropin(bus, spec.name, record.id, image.name, spec)
+            _event("create", record)
             return cls(record)
         except BaseException:
             _undo_create(spec, definition=write_definition)
@@ -206,10 +214,11 @@ class Container:
     def kill(self, bus: Bus, signal: int) -> None:
         kill(bus, self.name, signal)
 
-    def record_exit(self, code: int | None) -> None:
+    def record_exit(self, code: int | None, oom_killed: bool = False) -> None:
         """The unit ended (its ExecStopPost=): how, in the record."""
         record = self.record
         record.state, record.exit_code, record.finished, record.pid = "exited", code, state.now(), None
+        record.oom_killed = oom_killed
         state.save(record)
 
     # -- removal ----------------------------------------------------------------------------------
@@ -243,6 +252,7 @@ class Container:
             if not volumes:
                 self.record.spec = self.record.spec.replace(volumes=())  # keep anonymous volumes unless -v
             self.remove_files()
+            _event("destroy", self.record)
             systemd.send(bus, "ResetFailedUnit", "s", unit_name(self.name))
             try:
                 from machinectl_py.dropins import reload_if_needed
@@ -254,7 +264,81 @@ class Container:
             lock.release()
 
 
+# -- update: new limits, live and persisted -------------------------------------------------------
+
+
+def update(bus: Bus, name: str, args: dict[str, Any]) -> list[str]:
+    """`update`: the new limits (and restart policy) live through SetUnitProperties on the running
+    unit, then persisted: a foreground container's record; a detached one's definition, record
+    and drop-in. Everything is checked before anything changes, and systemd checks its part
+    before it applies any, so a refused value changes nothing anywhere. Returns the flags given."""
+    from machinectl_py import settings, systemd
+    from machinectl_py.mounts import unified_cgroup_host
+
+    container = Container.load_or_adopt(name, bus=bus)
+    old = container.record.spec if container.is_foreground else container.sync()
+    new, given = settings.updated_spec(old, args)
+    if not given:
+        raise UsageError("update: you must provide one or more flags when using this command",
+                         hint="pymachine update --memory 128M NAME")
+    if container.is_foreground and new.restart != old.restart:
+        raise UsageError(f"update {name}: --restart: a foreground container (`pymachine run`) has no restart "
+                         "policy")
+    settings.check_host_support(new, unified_cgroup_host())
+    props = settings.live_properties(new)
+    if props and systemd.unit_is_active(bus, container.unit):
+        try:
+            systemd.set_unit_properties(bus, container.unit, [p.dbus for p in props])
+        except BusError as e:
+            raise UsageError(f"update {name}: systemd refused the new limits: {e.message}") from None
+    _persist_update(bus, container, new, [settings.unit_property_name(p) for p in props])
+    _event("update", container.record)
+    return given
+
+
+def reapply(bus: Bus, container: Container, drifted: list[str]) -> None:
+    """`explain --fix`: the definition's limits onto the unit and the kernel again. The drop-ins
+    `systemctl set-property` left for the drifted properties go (runtime and persistent), the
+    values are set live, and a detached container's unit is reloaded from pymachine's own
+    drop-in (which also makes systemd write every cgroup attribute again)."""
+    from machinectl_py import dropins, settings, systemd
+
+    spec = container.record.spec if container.is_foreground else container.sync()
+    key_of = {name: key for name, key, _ in settings.LIMIT_PROPERTIES}
+    props = settings.live_properties(spec)
+    if props and systemd.unit_is_active(bus, container.unit):
+        systemd.set_unit_properties(bus, container.unit, [p.dbus for p in props])
+    if container.is_foreground:
+        return  # a transient scope's values live in its control drop-ins: keep those just written
+    keys = [key_of.get(name, name) for name in drifted] + [settings.unit_property_name(p) for p in props]
+    dropins.remove_runtime_settings(container.unit, keys)
+    dropins.remove_control_settings(container.unit, keys)
+    dropins.write_dropin(bus, container.name, container.record.id, container.record.image_name, spec)
+    dropins.reload_if_needed(bus, container.name)
+
+
+def _persist_update(bus: Bus, container: Container, spec: ContainerSpec, prop_names: list[str]) -> None:
+    from machinectl_py import config, dropins
+
+    record = container.record
+    record.spec = spec
+    if container.is_foreground:
+        state.save(record)
+        return
+    config.write_definition(spec, exclusive=False)
+    state.save(record)
+    dropins.remove_runtime_settings(container.unit, prop_names)
+    dropins.write_dropin(bus, container.name, record.id, record.image_name, spec)
+    dropins.reload_if_needed(bus, container.name)
+
+
 # -- the verbs' entry points, for containers with or without a record ----------------------------
+
+
+def _event(action: str, record: state.ContainerRecord, **attributes: str) -> None:
+    from machinectl_py.journal import container_event
+
+    container_event(action, record, **attributes)
 
 
 def create_and_start(spec: ContainerSpec) -> Container:
@@ -314,6 +398,7 @@ def stop(bus: Bus, name: str, timeout: float | None) -> None:
         stop_service(bus, name, DEFAULT_STOP_TIMEOUT if timeout is None else timeout)
         return
     container.stop(bus, timeout)
+    _event("stop", container.record)
 
 
 def stop_service(bus: Bus, name: str, timeout: float) -> None:
@@ -360,6 +445,10 @@ def kill(bus: Bus, name: str, signal: int) -> None:
 
     if not machined.kill_machine(bus, name, signal, who="leader"):
         raise NotFoundError(f"container {name} is not running")
+    try:
+        _event("kill", state.load(name), signal=str(signal))
+    except NotFoundError:
+        pass
 
 
 def remove(bus: Bus, name: str, *, force: bool, volumes: bool) -> None:

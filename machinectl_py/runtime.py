@@ -19,7 +19,7 @@ from machinectl_py import images, machined, payload, plan, state, systemd
 from machinectl_py.bus import ERRORS_NO_SERVICE, Bus, BusError
 from machinectl_py.container_init import ChildPlan
 from machinectl_py.errors import PymachineError
-from machinectl_py.journal import container_fields
+from machinectl_py.journal import container_event, container_fields
 from machinectl_py.launch import (
     HeldInit,
     build_child_plan,
@@ -176,16 +176,21 @@ class ForegroundRun:
             self.released = True
             record.state, record.pid, record.started = "running", self.leader, state.now()
             state.save(record)
+            container_event("start", record)
             if tty_parent >= 0:
                 payload.relay_from_socket(tty_parent, self.leader, stdin=spec.interactive, copy_fd=journal_copy)
                 os.close(journal_copy)  # EOF: the forwarder flushes the last line
                 journal_copy = -1
             failure = init.failure()
             code = self._wait_leader()
+            record.oom_killed = self._oom_killed()
             if failure:
                 code, message = failure
                 print(f"pymachine: {spec.name}: {message}", file=sys.stderr)
             record.state, record.exit_code, record.finished, record.pid = "exited", code, state.now(), None
+            if record.oom_killed:
+                container_event("oom", record)
+            container_event("die", record, exitCode=str(code))
         finally:
             if init is not None:
                 init.close()
@@ -208,8 +213,11 @@ class ForegroundRun:
         its setup in the scope (its cgroup namespace and mounts) while machined registers it."""
         spec = self.spec
         unit = scope_name(spec.name)
-        props = scope_properties(spec, policy.device_allow, (self.leader, self.forwarder),
-                                 unified_host=unified_cgroup_host())
+        unified = unified_cgroup_host()
+        from machinectl_py.settings import check_host_support
+
+        check_host_support(spec, unified)
+        props = scope_properties(spec, policy.device_allow, (self.leader, self.forwarder), unified_host=unified)
         try:
             job = systemd.start_scope(self.pid1, unit, props)
             state.save(record)
@@ -232,6 +240,14 @@ class ForegroundRun:
                                  hint=_hint_for(e)) from None
         self.machine_registered = True
         connect_network(spec, self.leader)  # a failure here abandons the start like any other
+
+    def _oom_killed(self) -> bool:
+        """Did the OOM killer kill in the scope? Its memory cgroup says so, read through the
+        forwarder, which is still in it (systemd records no result for a scope's OOM kill on v1)."""
+        from machinectl_py import cgroupfs
+
+        cgroup = cgroupfs.cgroup_of(self.forwarder) if self.forwarder else None
+        return cgroup is not None and cgroupfs.oom_kills(cgroup) > 0
 
     def _teardown(self, bus: Bus, hold_w: int) -> None:
         """Undo in reverse: the container, then the forwarder (the scope's last process),

@@ -161,6 +161,9 @@ def _setup(name: str) -> int:
             write_pid_file(name, leader)
             init.release()
             settled = True
+            from machinectl_py.journal import container_event
+
+            container_event("start", record)
             failure = init.failure()
             if failure:
                 code, message = failure

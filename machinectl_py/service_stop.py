@@ -37,10 +37,34 @@ def stopped_main(argv: list[str]) -> int:
         code = _exit_code_from_unit(name)
     if code is None:
         code = container.record.exit_code  # the setup process failed and said how (it is no main process)
-    container.record_exit(code)
+    container.record_exit(code, oom_killed=was_oom_killed(os.environ))
+    record_end_events(container.record)
     if container.record.spec.remove:  # run -d --rm
         container.remove_files()
     return 0
+
+
+def record_end_events(record: object) -> None:
+    """docker's events at a container's end: oom (if so), then die with its exit code."""
+    from machinectl_py.journal import container_event
+
+    if getattr(record, "oom_killed", False):
+        container_event("oom", record)
+    container_event("die", record, exitCode=str(getattr(record, "exit_code", None)))
+
+
+def was_oom_killed(env: dict[str, str] | os._Environ[str]) -> bool:
+    """systemd says so on v2 ($SERVICE_RESULT=oom-kill, from memory.events); on a v1 host it
+    cannot, so the memory cgroup's own count says it (this hook runs in the unit's cgroup, in
+    its .control sub-cgroup when the unit is delegated)."""
+    from machinectl_py import cgroupfs
+
+    if env.get("SERVICE_RESULT") == "oom-kill":
+        return True
+    cgroup = cgroupfs.cgroup_of("self")
+    if cgroup is None:
+        return False
+    return cgroupfs.oom_kills(cgroup.removesuffix("/.control")) > 0
 
 
 def exit_code_from_env(env: dict[str, str] | os._Environ[str]) -> int | None:

@@ -57,14 +57,15 @@ class Setting:
     """One container setting. `field` is its ContainerSpec attribute ("limits.x" for a limit)."""
 
     __slots__ = ("field", "option", "key", "inspect", "parse", "from_toml", "render", "to_inspect", "unit",
-                 "unit_doc", "doc", "writes", "number_ok")
+                 "unit_doc", "doc", "writes", "number_ok", "v2_only", "needs_spec")
 
     def __init__(self, field: str, doc: str, *, flags: str | None = None, kind: str = VALUE, metavar: str = "VALUE",
                  choices: tuple[str, ...] = (), key: str | None = None, inspect: str | None = None,
                  parse: Callable[[Any], Any] | None = None, from_toml: Callable[[Any], Any] | None = None,
                  render: Callable[[Any], str] | None = None, to_inspect: Callable[[Any], Any] | None = None,
-                 unit: Callable[[Any], list[UnitProperty]] | None = None, unit_doc: str = "",
-                 help: str | None = None, writes: bool = True, number_ok: bool = False) -> None:
+                 unit: Callable[..., list[UnitProperty]] | None = None, unit_doc: str = "",
+                 help: str | None = None, writes: bool = True, number_ok: bool = False, v2_only: bool = False,
+                 needs_spec: bool = False) -> None:
         self.field = field
         self.doc = doc  # one line for the README's table
         self.option = Option(flags, help or doc, kind=kind, metavar=metavar, choices=choices) if flags else None
@@ -79,11 +80,23 @@ class Setting:
         # False: another setting of the same field writes it (--env-file is written as env).
         self.writes = writes
         self.number_ok = number_ok  # a definition may write it as a number (memory = 67108864)
+        # systemd applies it on the unified (cgroup v2) hierarchy only: on a host with v1
+        # controllers it would be a silent no-op, so pymachine refuses it there (v1_refused).
+        self.v2_only = v2_only
+        self.needs_spec = needs_spec  # `unit` takes (value, spec): --memory-swap is relative to --memory
+
+    def unit_props(self, value: Any, spec: sp.ContainerSpec) -> list[UnitProperty]:
+        assert self.unit is not None
+        return self.unit(value, spec) if self.needs_spec else self.unit(value)
 
     @property
     def dest(self) -> str:
         assert self.option is not None
         return self.option.dest
+
+    @property
+    def dest_flag(self) -> str:
+        return self.option.names[0] if self.option else self.field
 
     def from_cli(self, raw: Any) -> Any:
         return self.parse(raw)
@@ -301,6 +314,121 @@ def _devices_inspect(devices: tuple[str, ...]) -> list[dict[str, str]] | None:
     return rows or None
 
 
+# -- the limits of issue #15: docker's flags, each one unit property ----------------------------------
+
+UINT64_MAX = 2**64 - 1
+
+
+def _refuse_kernel_memory(_: Any) -> Any:
+    raise UsageError("--kernel-memory is not supported: kernel memory limits are deprecated by the kernel and "
+                     "refused by docker", hint="use --memory, which counts kernel memory on cgroup v2")
+
+
+def _swap_props(total: int, spec: sp.ContainerSpec) -> list[UnitProperty]:
+    """docker's --memory-swap is memory plus swap; systemd's MemorySwapMax= is the swap alone."""
+    if total == -1:
+        return [prop("MemorySwapMax", "t", UINT64_MAX, "MemorySwapMax=infinity")]
+    swap = total - (spec.limits.memory_max or 0)
+    return [prop("MemorySwapMax", "t", swap)]
+
+
+def _cpuset_prop(name: str) -> Callable[[str], list[UnitProperty]]:
+    return lambda v: [prop(name, "ay", sp.cpuset_mask(v), f"{name}={v}")]
+
+
+def _blkio_to_io(weight: int) -> int:
+    """docker's blkio weight (10-1000, default 500) on systemd's IOWeight= scale (1-10000, default
+    100), as systemd itself maps the two (cgroup_weight_blkio_to_io): /5. Refused on v1: there
+    blkio.weight exists only under the CFQ/BFQ schedulers, and this kind of kernel has neither."""
+    return max(1, weight // 5)
+
+
+def _device_props(name: str) -> Callable[[Mapping[str, int]], list[UnitProperty]]:
+    return lambda rates: [prop(name, "a(st)", [(path, rate)], f"{name}={path} {rate}") for path, rate in rates.items()]
+
+
+def _rates_toml(flag: str, size: bool) -> Callable[[Any], dict[str, int]]:
+    def parse(value: Any) -> dict[str, int]:
+        return sp.parse_device_rates([f"{k}:{v}" for k, v in _string_table(value).items()], flag, size=size)
+    return parse
+
+
+def _rates_inspect(rates: Mapping[str, int]) -> list[dict[str, Any]]:
+    return [{"Path": path, "Rate": rate} for path, rate in rates.items()]
+
+
+def _device_setting(field: str, flag: str, what: str, prop_name: str, inspect: str, size: bool) -> Setting:
+    """On v1 systemd translates the bandwidth limits to blkio.throttle.*_bps_device; its BlockIO
+    settings have no IOPS, so the IOPS limits are v2 only."""
+    return Setting(f"limits.{field}", f"limit {what} of a device: /dev/DEVICE:{'SIZE' if size else 'N'} "
+                   "(repeatable)", flags=flag, kind=APPEND, metavar="DEV:RATE", key=f"limits.{field}",
+                   inspect=inspect, parse=lambda items: sp.parse_device_rates(items, flag, size=size),
+                   from_toml=_rates_toml(flag, size), render=toml_table, to_inspect=_rates_inspect,
+                   unit=_device_props(prop_name), unit_doc=f"{prop_name}=", v2_only=not size)
+
+
+def _limit_settings() -> tuple[Setting, ...]:
+    """docker's resource flags beyond --memory, --cpus and --pids-limit (issue #15), one block."""
+    return (
+        Setting("limits.memory_low", "memory soft limit (docker's reservation): protected from reclaim below it",
+                flags="--memory-reservation", metavar="SIZE", key="limits.memory_reservation",
+                inspect="HostConfig.MemoryReservation", parse=lambda t: sp.parse_size(t, "memory reservation"),
+                render=str, number_ok=True, to_inspect=lambda v: v or 0, v2_only=True,
+                unit=lambda v: [prop("MemoryLow", "t", v)], unit_doc="MemoryLow="),
+        Setting("limits.memory_swap", "memory plus swap, as docker's (-1: unlimited swap); needs --memory",
+                flags="--memory-swap", metavar="SIZE", key="limits.memory_swap", inspect="HostConfig.MemorySwap",
+                parse=sp.parse_memory_swap, render=str, number_ok=True, to_inspect=lambda v: v or 0, v2_only=True,
+                unit=_swap_props, needs_spec=True, unit_doc="MemorySwapMax= (the swap part)"),
+        Setting("limits.memory_max", "refused: kernel memory limits are gone from the kernel and docker",
+                flags="--kernel-memory", metavar="SIZE", key="limits.kernel_memory", parse=_refuse_kernel_memory,
+                from_toml=_refuse_kernel_memory, writes=False),
+        Setting("limits.cpuset_cpus", "CPUs the container may run on, e.g. 0-2,4", flags="--cpuset-cpus",
+                metavar="LIST", key="limits.cpuset_cpus", inspect="HostConfig.CpusetCpus",
+                parse=lambda t: sp.parse_cpuset(t, "--cpuset-cpus"), render=toml_string,
+                to_inspect=lambda v: v or "", v2_only=True, unit=_cpuset_prop("AllowedCPUs"),
+                unit_doc="AllowedCPUs="),
+        Setting("limits.cpuset_mems", "memory (NUMA) nodes the container may use, e.g. 0",
+                flags="--cpuset-mems", metavar="LIST", key="limits.cpuset_mems", inspect="HostConfig.CpusetMems",
+                parse=lambda t: sp.parse_cpuset(t, "--cpuset-mems"), render=toml_string,
+                to_inspect=lambda v: v or "", v2_only=True, unit=_cpuset_prop("AllowedMemoryNodes"),
+                unit_doc="AllowedMemoryNodes="),
+        Setting("limits.blkio_weight", "relative block IO weight, 10-1000 (docker's scale; IOWeight= is 1/5)",
+                flags="--blkio-weight", metavar="N", key="limits.blkio_weight", inspect="HostConfig.BlkioWeight",
+                parse=sp.parse_blkio_weight, render=str, number_ok=True, to_inspect=lambda v: v or 0, v2_only=True,
+                unit=lambda v: [prop("IOWeight", "t", _blkio_to_io(v))], unit_doc="IOWeight="),
+        _device_setting("device_read_bps", "--device-read-bps", "reads (bytes per second)", "IOReadBandwidthMax",
+                        "HostConfig.BlkioDeviceReadBps", True),
+        _device_setting("device_write_bps", "--device-write-bps", "writes (bytes per second)",
+                        "IOWriteBandwidthMax", "HostConfig.BlkioDeviceWriteBps", True),
+        _device_setting("device_read_iops", "--device-read-iops", "reads (IO per second)", "IOReadIOPSMax",
+                        "HostConfig.BlkioDeviceReadIOps", False),
+        _device_setting("device_write_iops", "--device-write-iops", "writes (IO per second)", "IOWriteIOPSMax",
+                        "HostConfig.BlkioDeviceWriteIOps", False),
+        Setting("oom_score_adj", "the container's OOM score adjustment, -1000 to 1000", flags="--oom-score-adj",
+                metavar="N", key="oom_score_adj", inspect="HostConfig.OomScoreAdj", parse=sp.parse_oom_score_adj,
+                render=str, number_ok=True, to_inspect=lambda v: v or 0,
+                unit=lambda v: [prop("OOMScoreAdjust", "i", v, service_only=True)], unit_doc="OOMScoreAdjust="),
+        Setting("slice", "the slice the container's unit runs in (default machine.slice); made if missing",
+                flags="--slice --cgroup-parent", metavar="SLICE", key="slice", inspect="HostConfig.CgroupParent",
+                parse=sp.parse_slice, render=toml_string, to_inspect=lambda v: v or "",
+                unit=lambda v: [prop("Slice", "s", v, service_only=True)], unit_doc="Slice="),
+    )
+
+
+# Every limit's unit property: (D-Bus name, its key in unit files, the flag). `explain` checks
+# these on a unit even where the definition sets none (a `systemctl set-property` may have).
+LIMIT_PROPERTIES = (
+    ("MemoryMax", "MemoryMax", "--memory"), ("CPUQuotaPerSecUSec", "CPUQuota", "--cpus"),
+    ("CPUWeight", "CPUWeight", "--cpu-weight"), ("TasksMax", "TasksMax", "--pids-limit"),
+    ("MemoryLow", "MemoryLow", "--memory-reservation"), ("MemorySwapMax", "MemorySwapMax", "--memory-swap"),
+    ("AllowedCPUs", "AllowedCPUs", "--cpuset-cpus"), ("AllowedMemoryNodes", "AllowedMemoryNodes", "--cpuset-mems"),
+    ("IOWeight", "IOWeight", "--blkio-weight"), ("IOReadBandwidthMax", "IOReadBandwidthMax", "--device-read-bps"),
+    ("IOWriteBandwidthMax", "IOWriteBandwidthMax", "--device-write-bps"),
+    ("IOReadIOPSMax", "IOReadIOPSMax", "--device-read-iops"),
+    ("IOWriteIOPSMax", "IOWriteIOPSMax", "--device-write-iops"),
+)
+
+
 # -- the table --------------------------------------------------------------------------------------
 
 SETTINGS: tuple[Setting, ...] = (
@@ -424,6 +552,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("limits.tasks_max", "maximum number of tasks", flags="--pids-limit", metavar="N", key="limits.pids",
             inspect="HostConfig.PidsLimit", parse=_limit_count("pids limit"), render=str, number_ok=True,
             to_inspect=lambda v: v or 0, unit=lambda v: [prop("TasksMax", "t", v)], unit_doc="TasksMax="),
+    *_limit_settings(),
     Setting("remove", "remove the container and its upper layer when it exits", flags="--rm", kind=FLAG,
             inspect="HostConfig.AutoRemove"),
     Setting("interactive", "keep stdin attached", flags="--interactive -i", kind=FLAG, inspect="Config.OpenStdin"),
@@ -441,6 +570,35 @@ def command_options(verb: str) -> list[Option]:
     options = [s.option for s in SETTINGS if s.option is not None
                and not (verb == "create" and s.field in NOT_FOR_CREATE)]
     return [*options, DETACH] if verb == "run" else options
+
+
+def update_options() -> list[Option]:
+    """The options of `update`: every limit (docker update's flags) and --restart."""
+    return [s.option for s in SETTINGS if s.option is not None
+            and (s.field.startswith("limits.") or s.field == "restart")]
+
+
+def updated_spec(spec: sp.ContainerSpec, args: Mapping[str, Any]) -> tuple[sp.ContainerSpec, list[str]]:
+    """`update`'s flags applied to a container's spec: the new spec (validated) and the flags given."""
+    fields: dict[str, Any] = {"limits": spec.limits.to_fields()}
+    given = []
+    for setting in SETTINGS:
+        if setting.option is None or setting.dest not in args or _is_unset(setting, args[setting.dest]):
+            continue
+        if not (setting.field.startswith("limits.") or setting.field == "restart"):
+            continue
+        given.append(setting.dest_flag)
+        value = setting.from_cli(args[setting.dest])
+        table, _, sub = setting.field.rpartition(".")
+        target = fields["limits"] if table else fields
+        target[sub] = {**target[sub], **value} if isinstance(value, dict) and target.get(sub) else value
+    new = spec.replace(limits=sp.Limits(**fields.pop("limits")), **fields)
+    return new.validate(), given
+
+
+def unit_property_name(prop: UnitProperty) -> str:
+    """The name systemd gives a property in its files (CPUQuota for CPUQuotaPerSecUSec)."""
+    return prop.line.partition("=")[0] or prop.name
 
 
 def _merge(old: Any, new: Any) -> Any:
@@ -524,14 +682,67 @@ def unit_properties(spec: sp.ContainerSpec, *, scope: bool) -> list[UnitProperty
         value = field_value(spec, setting.field)
         if _is_default(spec, setting.field, value) and setting.field != "restart":
             continue
-        props += [p for p in setting.unit(value) if not (scope and p.service_only)]
+        props += [p for p in setting.unit_props(value, spec) if not (scope and p.service_only)]
     return props
 
 
 def live_properties(spec: sp.ContainerSpec) -> list[UnitProperty]:
     """The resource limits alone: what SetUnitProperties may change on a unit that exists."""
     return [p for s in SETTINGS if s.field.startswith("limits.") and s.unit is not None
-            and not _is_default(spec, s.field, field_value(spec, s.field)) for p in s.unit(field_value(spec, s.field))]
+            and not _is_default(spec, s.field, field_value(spec, s.field))
+            for p in s.unit_props(field_value(spec, s.field), spec)]
+
+
+def _check_devices(spec: sp.ContainerSpec) -> None:
+    import stat
+
+    for setting in SETTINGS:
+        if setting.unit is None or not setting.field.startswith("limits.device_"):
+            continue
+        for path in field_value(spec, setting.field):
+            try:
+                is_block = stat.S_ISBLK(os.stat(path).st_mode)
+            except OSError as e:
+                raise UsageError(f"{setting.dest_flag}: {path}: {e.strerror}") from None
+            if not is_block:
+                raise UsageError(f"{setting.dest_flag}: {path} is not a block device")
+
+
+def expected_properties(spec: sp.ContainerSpec) -> dict[str, tuple[Setting, Any]]:
+    """The limits a spec sets, by D-Bus property: the setting and the value systemd should hold
+    (the device limits' entries of one property joined in one list)."""
+    out: dict[str, tuple[Setting, Any]] = {}
+    for setting in SETTINGS:
+        if setting.unit is None or not setting.field.startswith("limits."):
+            continue
+        value = field_value(spec, setting.field)
+        if _is_default(spec, setting.field, value):
+            continue
+        for p in setting.unit_props(value, spec):
+            if p.signature.startswith("a(") and p.name in out:
+                out[p.name] = (setting, out[p.name][1] + p.value)
+            else:
+                out[p.name] = (setting, p.value)
+    return out
+
+
+def v1_refused(spec: sp.ContainerSpec) -> list[str]:
+    """The flags of the spec's settings that systemd cannot apply on a host with v1 controller
+    hierarchies (it would accept them and do nothing)."""
+    return [s.dest_flag for s in SETTINGS if s.v2_only
+            and not _is_default(spec, s.field, field_value(spec, s.field))]
+
+
+def check_host_support(spec: sp.ContainerSpec, unified_host: bool) -> None:
+    """What systemd would accept and then skip with a line in its log is an error here, naming
+    the flag: on a hybrid or legacy host a v2-only limit; a device limit on what is no block
+    device of this host (systemd only logs "Couldn't stat device")."""
+    _check_devices(spec)
+    refused = [] if unified_host else v1_refused(spec)
+    if refused:
+        raise UsageError(f"{', '.join(refused)}: not supported on this host's cgroup v1 controllers (systemd "
+                         "applies it on the unified cgroup v2 hierarchy only)",
+                         hint="boot the host with systemd.unified_cgroup_hierarchy=1 to use it")
 
 
 def dropin_lines(spec: sp.ContainerSpec) -> list[str]:

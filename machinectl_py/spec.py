@@ -14,6 +14,7 @@ from machinectl_py.record import Record
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping, Sequence
+    from typing import Any
 
 # No `re` and no `dataclasses` here: this module is on the start-up path (see record.py).
 _ALNUM = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789")
@@ -407,12 +408,131 @@ def validate_network(mode: str) -> str:
 
 
 class Limits(Record):
-    __slots__ = ("memory_max", "cpu_quota_usec", "tasks_max", "cpu_weight")
-    _defaults = {"memory_max": None, "cpu_quota_usec": None, "tasks_max": None, "cpu_weight": None}
+    __slots__ = ("memory_max", "cpu_quota_usec", "tasks_max", "cpu_weight", "memory_low", "memory_swap",
+                 "cpuset_cpus", "cpuset_mems", "blkio_weight", "device_read_bps", "device_write_bps",
+                 "device_read_iops", "device_write_iops")
+    _defaults = {"memory_max": None, "cpu_quota_usec": None, "tasks_max": None, "cpu_weight": None,
+                 "memory_low": None, "memory_swap": None, "cpuset_cpus": None, "cpuset_mems": None,
+                 "blkio_weight": None, "device_read_bps": {}, "device_write_bps": {}, "device_read_iops": {},
+                 "device_write_iops": {}}
     memory_max: int | None  # bytes -> MemoryMax
     cpu_quota_usec: int | None  # per second -> CPUQuotaPerSecUSec
     tasks_max: int | None  # -> TasksMax
     cpu_weight: int | None  # 1-10000 -> CPUWeight
+    memory_low: int | None  # bytes -> MemoryLow (docker's --memory-reservation)
+    memory_swap: int | None  # docker's total of memory + swap, -1: unlimited -> MemorySwapMax (the difference)
+    cpuset_cpus: str | None  # "0-1,3" -> AllowedCPUs
+    cpuset_mems: str | None  # "0" -> AllowedMemoryNodes
+    blkio_weight: int | None  # docker's 10-1000 -> IOWeight, 1/5 of it (systemd's own blkio<->io mapping)
+    device_read_bps: Mapping[str, int]  # device path -> bytes per second -> IOReadBandwidthMax
+    device_write_bps: Mapping[str, int]  # -> IOWriteBandwidthMax
+    device_read_iops: Mapping[str, int]  # -> IOReadIOPSMax
+    device_write_iops: Mapping[str, int]  # -> IOWriteIOPSMax
+
+    def to_fields(self) -> dict[str, Any]:
+        return {name: getattr(self, name) for name in self.__slots__}
+
+    def validate(self) -> Limits:
+        """docker's rules between limits: --memory-swap needs --memory and is at least as big."""
+        if self.memory_swap is not None:
+            if self.memory_max is None:
+                raise UsageError("you should always set the memory limit when using the memory swap limit",
+                                 hint="add --memory (docker's rule: --memory-swap is memory plus swap)")
+            if self.memory_swap != -1 and self.memory_swap < self.memory_max:
+                raise UsageError("minimum memory swap limit should be larger than memory limit",
+                                 hint="--memory-swap is the total of memory and swap, or -1 for unlimited swap")
+        if self.memory_low is not None and self.memory_max is not None and self.memory_low > self.memory_max:
+            raise UsageError("minimum memory limit can not be less than memory reservation limit",
+                             hint="--memory-reservation must be at most --memory")
+        return self
+
+
+# -- the limits of issue #15 (docker's flags for them), parsed --------------------------------------
+
+
+def parse_memory_swap(text: str) -> int:
+    """docker's --memory-swap: the total of memory and swap ("-1": unlimited swap)."""
+    return -1 if text.strip() == "-1" else parse_size(text, "memory swap limit")
+
+
+def parse_cpuset(text: str, what: str) -> str:
+    """"0-2,4" (docker's --cpuset-cpus/--cpuset-mems) -> its normalized form: sorted, ranges merged."""
+    items = cpuset_items(text, what)
+    return format_cpuset(items)
+
+
+def cpuset_items(text: str, what: str) -> list[int]:
+    numbers: set[int] = set()
+    for part in text.strip().split(","):
+        low, dash, high = part.strip().partition("-")
+        if not low.isdigit() or (dash and not high.isdigit()) or (dash and int(high) < int(low)) \
+                or int(high if dash else low) > 8191:
+            raise UsageError(f"invalid value {text!r} for {what}", hint="use a list such as 0-2,4")
+        numbers.update(range(int(low), int(high if dash else low) + 1))
+    return sorted(numbers)
+
+
+def format_cpuset(items: Sequence[int]) -> str:
+    ranges: list[list[int]] = []
+    for n in items:
+        if ranges and ranges[-1][1] == n - 1:
+            ranges[-1][1] = n
+        else:
+            ranges.append([n, n])
+    return ",".join(str(a) if a == b else f"{a}-{b}" for a, b in ranges)
+
+
+def cpuset_mask(text: str) -> bytes:
+    """systemd's D-Bus form of AllowedCPUs=/AllowedMemoryNodes=: bit N of byte N/8 is CPU N."""
+    items = cpuset_items(text, "cpuset")
+    mask = bytearray(items[-1] // 8 + 1 if items else 0)
+    for n in items:
+        mask[n // 8] |= 1 << (n % 8)
+    return bytes(mask)
+
+
+def parse_blkio_weight(text: str) -> int:
+    """docker's --blkio-weight, 10-1000."""
+    value = parse_count(text, "blkio weight")
+    if not 10 <= value <= 1000:
+        raise UsageError(f"invalid blkio weight {text!r}: range of blkio weight is from 10 to 1000")
+    return value
+
+
+def parse_device_rates(items: Sequence[str], flag: str, *, size: bool) -> dict[str, int]:
+    """docker's --device-read-bps /dev/sda:1mb (a size) or --device-read-iops /dev/sda:1000."""
+    rates = {}
+    for item in items:
+        path, colon, rate = item.rpartition(":")
+        if not colon or not path.startswith("/dev/") or ".." in path.split("/") or not rate:
+            raise UsageError(f"invalid value {item!r} for {flag}", hint=f"use {flag} /dev/DEVICE:RATE")
+        rates[path] = parse_size(rate, f"rate for {flag}") if size else parse_count(rate, f"rate for {flag}")
+    return rates
+
+
+def parse_oom_score_adj(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise UsageError(f"invalid value {text!r} for --oom-score-adj: must be a whole number") from None
+    if not -1000 <= value <= 1000:
+        raise UsageError(f"invalid value {text!r} for --oom-score-adj: valid range is -1000 to 1000")
+    return value
+
+
+_SLICE_CHARS = _ALNUM | frozenset(":_.\\")
+
+
+def parse_slice(text: str) -> str:
+    """--cgroup-parent/--slice: a slice unit, nested by dashes (machine-web.slice lives in
+    machine.slice), as docker's systemd cgroup driver takes --cgroup-parent."""
+    base = text.removesuffix(".slice")
+    if (not text.endswith(".slice") or not base or len(text) > 255 or base.startswith("-")
+            or base.endswith("-") or "--" in base or not _SLICE_CHARS.issuperset(base.replace("-", ""))):
+        raise UsageError(f"invalid slice {text!r}",
+                         hint="use a systemd slice name such as machine-web.slice (dashes nest: it lives in "
+                              "machine.slice); cgroup paths are not taken")
+    return text
 
 
 # A volume's name, checked here with Volume, so that spec never imports volumes (an import loop).
@@ -451,14 +571,14 @@ class ContainerSpec(Record):
                  "volumes", "restart", "remove", "tty", "interactive", "entrypoint", "labels", "tmpfs",
                  "read_only", "shm_size", "init", "stop_signal", "stop_timeout", "ulimits",
                  "cap_add", "cap_drop", "privileged", "security_opt", "sysctls", "group_add", "devices", "ports",
-                 "dns", "add_hosts")
+                 "dns", "add_hosts", "oom_score_adj", "slice")
     _defaults = {
         "command": None, "hostname": None, "network": "host", "env": {}, "workdir": None, "user": None,
         "limits": Limits(), "volumes": (), "restart": "no", "remove": False, "tty": False, "interactive": False,
         "entrypoint": None, "labels": {}, "tmpfs": {}, "read_only": False, "shm_size": None, "init": False,
         "stop_signal": None, "stop_timeout": None, "ulimits": {},
         "cap_add": (), "cap_drop": (), "privileged": False, "security_opt": (), "sysctls": {}, "group_add": (),
-        "devices": (), "ports": (), "dns": (), "add_hosts": (),
+        "devices": (), "ports": (), "dns": (), "add_hosts": (), "oom_score_adj": None, "slice": None,
     }
     name: str
     image: str
@@ -497,6 +617,8 @@ class ContainerSpec(Record):
     sysctls: Mapping[str, str]
     group_add: tuple[str, ...]
     devices: tuple[str, ...]
+    oom_score_adj: int | None  # -1000..1000 -> OOMScoreAdjust= (and the init's /proc/self/oom_score_adj)
+    slice: str | None  # the unit's Slice=; None: machine.slice
 
     @property
     def effective_hostname(self) -> str:
@@ -509,6 +631,7 @@ class ContainerSpec(Record):
             # With the host's network namespace it would be the host's sysctl (security.py).
             raise UsageError(f"sysctl {net_sysctls[0]!r} needs --network private: with the host's network it is "
                              "the host's")
+        self.limits.validate()
         if self.hostname is not None:
             validate_hostname(self.hostname)
         if self.network not in NETWORK_MODES:

@@ -29,7 +29,7 @@ class ContainerRecord:
     def __init__(self, name: str, id: str, image_name: str, image_id: str, spec: ContainerSpec, created: float,
                  state: str = "created", exit_code: int | None = None, started: float | None = None,
                  finished: float | None = None, unit: str | None = None, pid: int | None = None,
-                 user: str | None = None) -> None:
+                 user: str | None = None, oom_killed: bool = False) -> None:
         self.name = name
         self.id = id
         self.image_name = image_name
@@ -45,6 +45,8 @@ class ContainerRecord:
         # Who the command runs as, as configured (-u, else the image's User; None: root):
         # `exec` runs as that user too, as with docker.
         self.user = user
+        # The OOM killer killed a process of its last run (docker's State.OOMKilled).
+        self.oom_killed = oom_killed
 
     @property
     def dir_path(self) -> str:
@@ -66,7 +68,7 @@ class ContainerRecord:
             "image": {"name": self.image_name, "id": self.image_id},
             "spec": spec_to_json(self.spec), "created": self.created, "state": self.state,
             "exit_code": self.exit_code, "started": self.started, "finished": self.finished,
-            "unit": self.unit, "pid": self.pid, "user": self.user,
+            "unit": self.unit, "pid": self.pid, "user": self.user, "oom_killed": self.oom_killed,
         }
 
     @classmethod
@@ -76,6 +78,7 @@ class ContainerRecord:
             spec=spec_from_json(data["spec"]), created=data["created"], state=data.get("state", "created"),
             exit_code=data.get("exit_code"), started=data.get("started"), finished=data.get("finished"),
             unit=data.get("unit"), pid=data.get("pid"), user=data.get("user"),
+            oom_killed=bool(data.get("oom_killed")),
         )
 
 

@@ -82,6 +82,18 @@ def v1_delegated_controllers(limits: Limits) -> list[str]:
     return [*V1_DELEGATED_CONTROLLERS, *(["cpu"] if uses_cpu else [])]
 
 
+def accounting_properties(unified_host: bool) -> list[Property]:
+    """The accounting `pymachine stats` reads (MemoryCurrent, TasksCurrent, CPUUsageNSec,
+    IOReadBytes): on v2 all of it, cheap there. On a host with v1 hierarchies, memory and
+    tasks only, whose controllers the unit has anyway: CPU or IO accounting would make systemd
+    realize cpuacct or blkio for every unit in the slice at each start (see delegate_properties);
+    `stats` reads the processes' CPU time there instead."""
+    names = ["MemoryAccounting", "TasksAccounting"]
+    if unified_host:
+        names += ["CPUAccounting", "IOAccounting"]
+    return [(name, ("b", True)) for name in names]
+
+
 def scope_properties(spec: ContainerSpec, device_allow: tuple[tuple[str, str], ...],
                      pids: tuple[int, ...], unified_host: bool = True) -> list[Property]:
     """Properties of machine-NAME.scope, the same set machined's CreateMachine would give it
@@ -90,9 +102,10 @@ def scope_properties(spec: ContainerSpec, device_allow: tuple[tuple[str, str], .
     limits = spec.limits
     props: list[Property] = [
         ("Description", ("s", f"pymachine container {spec.name}")),
-        ("Slice", ("s", MACHINE_SLICE)),
+        ("Slice", ("s", spec.slice or MACHINE_SLICE)),
         ("PIDs", ("au", list(pids))),
         *delegate_properties(limits, unified_host),
+        *accounting_properties(unified_host),
         ("CollectMode", ("s", "inactive-or-failed")),
     ]
     if spec.stop_timeout is None:
@@ -124,6 +137,16 @@ def unit_file_state(bus: Bus, unit: str) -> str | None:
 def attach_processes(bus: Bus, unit: str, pids: list[int], subcgroup: str = "") -> None:
     """AttachProcessesToUnit: move running processes into the unit's cgroup (or a sub-cgroup)."""
     call(bus, "AttachProcessesToUnit", "ssau", unit, subcgroup, pids)
+
+
+def set_unit_properties(bus: Bus, unit: str, properties: list[Property], *, runtime: bool = True) -> None:
+    """SetUnitProperties: systemd checks every property before it applies any (one refused value
+    changes nothing), applies them to the unit's cgroup at once and writes them as drop-ins
+    (/run/systemd/system.control with `runtime`, else /etc/systemd/system.control)."""
+    call(bus, "SetUnitProperties", "sba(sv)", unit, runtime, properties)
+
+
+RUNTIME_CONTROL_DIR = "/run/systemd/system.control"
 
 
 def freeze_unit(bus: Bus, unit: str) -> None:
@@ -189,6 +212,59 @@ def unit_state(bus: Bus, unit: str, service_properties: tuple[str, ...] = ()) ->
         return dict(zip((p for _, p in wanted), bus.get_properties(SYSTEMD[0], path, wanted), strict=True))
     except BusError:
         return {}  # unloaded between the two calls
+
+
+def unit_object_path(unit: str) -> str:
+    """The unit's object path without asking systemd (GetUnit): its name escaped as systemd's
+    bus_label_escape does (a letter or, after the first, a digit kept; anything else _XX)."""
+    escaped = "".join(c if c.isascii() and (c.isalpha() or (i and c.isdigit())) else f"_{ord(c):02x}"
+                      for i, c in enumerate(unit))
+    return f"{SYSTEMD[1]}/unit/{escaped}"
+
+
+ACCOUNTING = ("ActiveState", "ActiveEnterTimestampMonotonic", "ControlGroup", "MemoryCurrent", "MemoryMax",
+              "CPUUsageNSec", "TasksCurrent", "IOReadBytes", "IOWriteBytes")
+
+
+V2_ONLY_ACCOUNTING = ("CPUUsageNSec", "IOReadBytes", "IOWriteBytes")  # never counted for pymachine's units on v1
+
+
+def unit_accounting(bus: Bus, unit: str, unified_host: bool = True) -> dict[str, Any]:
+    """What `stats` shows of a unit, from systemd's accounting properties (UINT64_MAX where
+    systemd keeps no count); {} for a unit systemd has not loaded. One Get per property: a
+    GetAll of a service's ~250 properties costs more to decode than eight calls on the private
+    socket."""
+    path = unit_object_path(unit)
+    iface = f"{SYSTEMD[0]}.{'Scope' if unit.endswith('.scope') else 'Service'}"
+    out: dict[str, Any] = {}
+    try:
+        for name in ACCOUNTING:
+            if not unified_host and name in V2_ONLY_ACCOUNTING:
+                continue
+            owner = f"{SYSTEMD[0]}.Unit" if name.startswith("Active") else iface
+            out[name] = bus.get_property(SYSTEMD[0], path, owner, name)
+        if not unit.endswith(".scope"):
+            out["MainPID"] = bus.get_property(SYSTEMD[0], path, iface, "MainPID")
+    except BusError:
+        return {}
+    return out
+
+
+def unit_values(bus: Bus, unit: str, names: list[str]) -> dict[str, Any]:
+    """Some properties of a unit's own interface (Service or Scope) plus its DropInPaths and
+    ActiveState; {} when systemd does not know it."""
+    path = unit_object_path(unit)
+    iface = f"{SYSTEMD[0]}.{'Scope' if unit.endswith('.scope') else 'Service'}"
+    out: dict[str, Any] = {}
+    try:
+        for name in ("ActiveState", "DropInPaths", "FragmentPath", "ControlGroup"):
+            owner = iface if name == "ControlGroup" else f"{SYSTEMD[0]}.Unit"
+            out[name] = bus.get_property(SYSTEMD[0], path, owner, name)
+        for name in names:
+            out[name] = bus.get_property(SYSTEMD[0], path, iface, name)
+    except BusError:
+        return {}
+    return out
 
 
 # Units whose state means "the container runs (or is about to)".

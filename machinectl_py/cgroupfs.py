@@ -1,0 +1,183 @@
+"""Reading the kernel's cgroup files: what systemd has no property for (OOM kills on a v1 host,
+a v1 cgroup's IO bytes) and the kernel's side of `explain`. Read only: every write to a cgroup
+goes through systemd as a unit property.
+
+Paths are systemd's ControlGroup= values (/machine.slice/pymachine@web.service). On a pure v2
+host a controller's file is /sys/fs/cgroup/CGROUP/FILE; on a hybrid or legacy one it is in
+the controller's own hierarchy, /sys/fs/cgroup/CONTROLLER/CGROUP/FILE.
+"""
+
+from __future__ import annotations
+
+import os
+
+ROOT = "/sys/fs/cgroup"
+# The v1 hierarchy of each v2 file pymachine reads (Debian mounts cpu and cpuacct together).
+V1_FILES = {"memory.max": ("memory", "memory.limit_in_bytes"), "memory.low": ("memory", "memory.soft_limit_in_bytes"),
+            "pids.max": ("pids", "pids.max"), "cpu.max": ("cpu", "cpu.cfs_quota_us"),
+            "cpu.weight": ("cpu", "cpu.shares"), "memory.current": ("memory", "memory.usage_in_bytes"),
+            "io.max": ("blkio", "blkio.throttle.read_bps_device")}
+
+
+def unified() -> bool:
+    return os.path.exists(f"{ROOT}/cgroup.controllers")
+
+
+def file_path(cgroup: str, v2_name: str, unified_host: bool | None = None) -> str:
+    """The file that holds what `v2_name` holds on v2, on this host's layout."""
+    if unified_host if unified_host is not None else unified():
+        return f"{ROOT}{cgroup}/{v2_name}"
+    controller, v1_name = V1_FILES.get(v2_name, (v2_name.partition(".")[0], v2_name))
+    return f"{ROOT}/{controller}{cgroup}/{v1_name}"
+
+
+def read(path: str) -> str | None:
+    try:
+        with open(path) as f:
+            return f.read().strip()
+    except OSError:
+        return None
+
+
+def keyed(text: str | None) -> dict[str, int]:
+    """'key value' lines (memory.events, memory.oom_control, cpu.stat) -> {key: value}."""
+    out = {}
+    for line in (text or "").splitlines():
+        key, _, value = line.partition(" ")
+        if value.strip().lstrip("-").isdigit():
+            out[key] = int(value)
+    return out
+
+
+def oom_kills(cgroup: str, unified_host: bool | None = None) -> int:
+    """Processes of the cgroup the OOM killer killed: memory.events on v2, memory.oom_control's
+    oom_kill on v1 (both count kills under this cgroup's limit)."""
+    if unified_host if unified_host is not None else unified():
+        return keyed(read(f"{ROOT}{cgroup}/memory.events")).get("oom_kill", 0)
+    return keyed(read(f"{ROOT}/memory{cgroup}/memory.oom_control")).get("oom_kill", 0)
+
+
+def cgroup_of(pid: int | str, unified_host: bool | None = None) -> str | None:
+    """The cgroup of a process in the hierarchy that holds its memory (the unit's, for a process
+    systemd put there): the v2 line on v2, the memory controller's on v1."""
+    text = read(f"/proc/{pid}/cgroup")
+    want_v2 = unified_host if unified_host is not None else unified()
+    for line in (text or "").splitlines():
+        _, controllers, path = line.split(":", 2)
+        if (want_v2 and controllers == "") or (not want_v2 and "memory" in controllers.split(",")):
+            return path
+    return None
+
+
+def io_bytes_v1(cgroup: str) -> tuple[int, int]:
+    """(read, written) bytes of a v1 cgroup, where systemd keeps no IO accounting."""
+    read_bytes = written = 0
+    for line in (read(f"{ROOT}/blkio{cgroup}/blkio.throttle.io_service_bytes_recursive") or "").splitlines():
+        parts = line.split()
+        if len(parts) == 3 and parts[2].isdigit():
+            if parts[1] == "Read":
+                read_bytes += int(parts[2])
+            elif parts[1] == "Write":
+                written += int(parts[2])
+    return read_bytes, written
+
+
+def processes(cgroup: str, unified_host: bool | None = None) -> list[int]:
+    """Every process in the cgroup and the cgroups below it (a delegated unit's container makes its
+    own), from the v2 hierarchy or, on v1, the memory controller's (every pymachine unit has one)."""
+    v2 = unified_host if unified_host is not None else unified()
+    top = f"{ROOT}{cgroup}" if v2 else f"{ROOT}/memory{cgroup}"
+    pids: list[int] = []
+    for directory, _, _ in os.walk(top):
+        pids += [int(p) for p in (read(f"{directory}/cgroup.procs") or "").split()]
+    return pids
+
+
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def stat_fields(pid: int) -> list[str]:
+    """/proc/PID/stat's fields after the command (field 3, the state, is [0])."""
+    text = read(f"/proc/{pid}/stat") or ""
+    return text[text.rfind(")") + 2:].split()
+
+
+def cpu_nsec(pids: list[int]) -> int:
+    """CPU time (user + system) of these processes, in ns: a v1 host's stand-in for
+    CPUUsageNSec where the unit keeps no CPU accounting (only the living processes count)."""
+    ticks = 0
+    for pid in pids:
+        fields = stat_fields(pid)
+        if len(fields) > 12:
+            ticks += int(fields[11]) + int(fields[12])
+    return ticks * 1_000_000_000 // CLOCK_TICKS
+
+
+def net_bytes(pid: int) -> tuple[int, int]:
+    """(received, sent) bytes of the network namespace of a process, loopback aside."""
+    rx = tx = 0
+    for line in (read(f"/proc/{pid}/net/dev") or "").splitlines()[2:]:
+        name, _, counters = line.partition(":")
+        values = counters.split()
+        if name.strip() != "lo" and len(values) >= 9:
+            rx, tx = rx + int(values[0]), tx + int(values[8])
+    return rx, tx
+
+
+def mem_total() -> int:
+    for line in (read("/proc/meminfo") or "").splitlines():
+        if line.startswith("MemTotal:"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
+# -- the kernel's side of a unit property (explain) ------------------------------------------------
+
+UINT64_MAX = 2**64 - 1
+_V1_UNLIMITED = 1 << 62  # v1 spells "no limit" as a page-rounded LONG_MAX
+
+
+def _limit(text: str | None) -> int | None:
+    if text is None:
+        return None
+    if text == "max" or text == "-1" or (text.isdigit() and int(text) >= _V1_UNLIMITED):
+        return UINT64_MAX
+    return int(text) if text.lstrip("-").isdigit() else None
+
+
+def _quota(quota: str | None, period: str | None) -> int | None:
+    """CPUQuotaPerSecUSec from a quota and its period (cpu.max, or v1's cfs files)."""
+    if quota is None or period is None or not period.isdigit():
+        return None
+    if quota in ("max", "-1"):
+        return UINT64_MAX
+    return int(quota) * 1_000_000 // int(period)
+
+
+def kernel_value(prop: str, cgroup: str, unified_host: bool) -> tuple[str, object] | None:
+    """(file, value in the unit property's own terms) of what the kernel enforces for `prop`
+    in the cgroup; None where pymachine reads no file for it."""
+    base = f"{ROOT}{cgroup}" if unified_host else ""
+    if prop in ("MemoryMax", "MemoryLow", "MemorySwapMax", "TasksMax"):
+        v2 = {"MemoryMax": "memory.max", "MemoryLow": "memory.low", "MemorySwapMax": "memory.swap.max",
+              "TasksMax": "pids.max"}[prop]
+        path = file_path(cgroup, v2, unified_host)
+        return path, _limit(read(path))
+    if prop == "CPUQuotaPerSecUSec":
+        if unified_host:
+            quota, _, period = (read(f"{base}/cpu.max") or "").partition(" ")
+            return f"{base}/cpu.max", _quota(quota or None, period or None)
+        v1 = f"{ROOT}/cpu{cgroup}"
+        return f"{v1}/cpu.cfs_quota_us", _quota(read(f"{v1}/cpu.cfs_quota_us"), read(f"{v1}/cpu.cfs_period_us"))
+    if prop == "CPUWeight":
+        if unified_host:
+            return f"{base}/cpu.weight", _limit(read(f"{base}/cpu.weight"))
+        shares = _limit(read(f"{ROOT}/cpu{cgroup}/cpu.shares"))
+        return f"{ROOT}/cpu{cgroup}/cpu.shares", None if shares is None else round(shares * 100 / 1024)
+    if unified_host and prop in ("AllowedCPUs", "AllowedMemoryNodes"):
+        path = f"{base}/{'cpuset.cpus' if prop == 'AllowedCPUs' else 'cpuset.mems'}"
+        return path, read(path)
+    if unified_host and prop == "IOWeight":
+        text = read(f"{base}/io.weight") or ""
+        return f"{base}/io.weight", _limit(text.split()[1]) if text.startswith("default ") else None
+    return None
