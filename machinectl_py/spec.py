@@ -627,10 +627,10 @@ class ContainerSpec(Record):
     def validate(self) -> ContainerSpec:
         validate_name(self.name)
         net_sysctls = [k for k in self.sysctls if k.startswith("net.")]
-        if net_sysctls and self.network != "private":
+        if net_sysctls and self.network == "host":
             # With the host's network namespace it would be the host's sysctl (security.py).
-            raise UsageError(f"sysctl {net_sysctls[0]!r} needs --network private: with the host's network it is "
-                             "the host's")
+            raise UsageError(f"sysctl {net_sysctls[0]!r} needs a network of the container's own (bridge or none): "
+                             "with the host's network it is the host's")
         self.limits.validate()
         if self.hostname is not None:
             validate_hostname(self.hostname)
