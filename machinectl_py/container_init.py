@@ -16,7 +16,7 @@ from __future__ import annotations
 import _signal as signal
 import os
 
-from machinectl_py import mounts
+from machinectl_py import idmap, mounts
 from machinectl_py import syscalls as sc
 from machinectl_py.errors import EXIT_CANNOT_INVOKE, EXIT_ERROR
 from machinectl_py.payload import (
@@ -49,9 +49,9 @@ RUN = b"g"
 class ChildPlan(Record):
     __slots__ = ("container_dir", "rootfs", "overlay", "ops", "cgroup_layout", "hostname", "private_network",
                  "argv", "env", "workdir", "user", "capability_mask", "stdin_devnull", "detached", "tty", "seccomp",
-                 "read_only_root", "rlimits")
+                 "read_only_root", "rlimits", "userns")
     _defaults = {"user": None, "stdin_devnull": True, "detached": False, "tty": False, "seccomp": b"",
-                 "read_only_root": False, "rlimits": ()}
+                 "read_only_root": False, "rlimits": (), "userns": None}
     container_dir: str  # cwd while mounting the overlay (its options use relative names)
     rootfs: str
     overlay: Overlay
@@ -79,6 +79,8 @@ class ChildPlan(Record):
     read_only_root: bool
     # --ulimit: (RLIMIT_* number, soft, hard), -1 for no limit; set before the privileges drop.
     rlimits: tuple[tuple[int, int, int], ...]
+    # --userns=auto: (host base, size) of the container's ID range (idmap.py); None: the host's.
+    userns: tuple[int, int] | None
 
 
 def child_main(make_plan: Callable[[], ChildPlan], go_fd: int, status_fd: int, stdout_fd: int, stderr_fd: int,
@@ -88,15 +90,18 @@ def child_main(make_plan: Callable[[], ChildPlan], go_fd: int, status_fd: int, s
     code = EXIT_ERROR
     try:
         plan = make_plan()
-        prepare(plan, go_fd, status_fd, parent_pid)
+        userns_fd = prepare(plan, go_fd, status_fd, parent_pid)
         code = EXIT_CANNOT_INVOKE
+        if userns_fd >= 0:
+            enter_userns(userns_fd, plan.detached)
         launch(plan, go_fd, status_fd, stdout_fd, stderr_fd)
     except BaseException as e:
         report(status_fd, code, describe(e))
     os._exit(code)
 
 
-def prepare(plan: ChildPlan, go_fd: int, status_fd: int, parent_pid: int) -> None:
+def prepare(plan: ChildPlan, go_fd: int, status_fd: int, parent_pid: int) -> int:
+    """Everything done as host root; returns the fd of the user namespace to enter (-1: none)."""
     # If pymachine dies, the container dies with it (it is the init of its PID namespace).
     # (Had it died already, the `go` pipe below reads EOF and we exit.)
     sc.set_parent_death_signal(signal.SIGKILL)
@@ -109,8 +114,15 @@ def prepare(plan: ChildPlan, go_fd: int, status_fd: int, parent_pid: int) -> Non
     # Nothing mounted from here on may propagate back to the host.
     sc.mount(None, "/", None, sc.MS_REC | sc.MS_PRIVATE)
     os.chdir(plan.container_dir)
-    mounts.mount_overlay(plan.overlay, plan.rootfs)
-    mounts.apply(plan.rootfs, plan.ops)
+    userns_fd = mount_root(plan)
+    if plan.userns is not None:
+        # The mount points and device nodes made on the idmapped root are the container
+        # root's: the host's root has no ID on it (EOVERFLOW).
+        sc.set_fs_ids(plan.userns[0], plan.userns[0])
+    mounts.apply(plan.rootfs, plan.ops, userns_fd)
+    if plan.userns is not None:
+        sc.set_fs_ids(0, 0)
+        sc.set_parent_death_signal(signal.SIGKILL)  # a change of fsuid cleared it
     if plan.read_only_root:
         mounts.remount_root_read_only(plan.rootfs)
     if plan.rlimits:
@@ -131,9 +143,39 @@ def prepare(plan: ChildPlan, go_fd: int, status_fd: int, parent_pid: int) -> Non
         layout = own_hierarchies(plan.cgroup_layout, f.read())
     sc.unshare(sc.CLONE_NEWCGROUP)
     mounts.apply("/", cgroup_plan(layout))
+    if plan.userns is not None:
+        delegate_cgroup(layout, plan.userns[0])
     if plan.cgroup_layout.mode != "unified":
         mounts.remount_read_only("/", "/sys/fs/cgroup")
     os.umask(0o022)
+    return userns_fd
+
+
+def mount_root(plan: ChildPlan) -> int:
+    """The overlay root; with a user namespace, over idmapped layers (idmap.py), and the
+    namespace's fd for the mounts and the entry that follow."""
+    if plan.userns is None:
+        mounts.mount_overlay(plan.overlay, plan.rootfs)
+        return -1
+    userns_fd = idmap.make_userns(*plan.userns)
+    idmap.mount_overlay(plan.overlay, plan.rootfs, plan.container_dir, userns_fd, plan.userns[0])
+    return userns_fd
+
+
+def delegate_cgroup(layout: CgroupLayout, base: int) -> None:
+    """The container's root owns its cgroup v2 subtree (on a hybrid host: the unified one)."""
+    if layout.mode == "unified":
+        idmap.delegate_cgroup("/sys/fs/cgroup", base)
+    elif layout.unified_dir:
+        idmap.delegate_cgroup(f"/sys/fs/cgroup/{layout.unified_dir}", base)
+
+
+def enter_userns(userns_fd: int, detached: bool) -> None:
+    """Last step as host root: from here on the init is root of its user namespace only."""
+    idmap.enter(userns_fd)
+    os.close(userns_fd)
+    if not detached:
+        sc.set_parent_death_signal(signal.SIGKILL)  # the change of credentials cleared it
 
 
 def set_rlimits(rlimits: tuple[tuple[int, int, int], ...]) -> None:

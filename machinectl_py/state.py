@@ -29,7 +29,7 @@ class ContainerRecord:
     def __init__(self, name: str, id: str, image_name: str, image_id: str, spec: ContainerSpec, created: float,
                  state: str = "created", exit_code: int | None = None, started: float | None = None,
                  finished: float | None = None, unit: str | None = None, pid: int | None = None,
-                 user: str | None = None) -> None:
+                 user: str | None = None, userns: tuple[int, int] | None = None) -> None:
         self.name = name
         self.id = id
         self.image_name = image_name
@@ -45,6 +45,8 @@ class ContainerRecord:
         # Who the command runs as, as configured (-u, else the image's User; None: root):
         # `exec` runs as that user too, as with docker.
         self.user = user
+        # --userns=auto: (host base, size) of its UID/GID range, kept for its restarts (userns.py).
+        self.userns = userns
 
     @property
     def dir_path(self) -> str:
@@ -67,6 +69,7 @@ class ContainerRecord:
             "spec": spec_to_json(self.spec), "created": self.created, "state": self.state,
             "exit_code": self.exit_code, "started": self.started, "finished": self.finished,
             "unit": self.unit, "pid": self.pid, "user": self.user,
+            "userns": list(self.userns) if self.userns else None,
         }
 
     @classmethod
@@ -76,6 +79,7 @@ class ContainerRecord:
             spec=spec_from_json(data["spec"]), created=data["created"], state=data.get("state", "created"),
             exit_code=data.get("exit_code"), started=data.get("started"), finished=data.get("finished"),
             unit=data.get("unit"), pid=data.get("pid"), user=data.get("user"),
+            userns=tuple(data["userns"]) if data.get("userns") else None,
         )
 
 
@@ -199,7 +203,11 @@ def list_records() -> list[ContainerRecord]:
 
 
 def remove_dir(name: str) -> None:
+    """The container's directory, and with it its claim on a UID range (userns.py)."""
+    from machinectl_py import userns
+
     remove_tree(container_path(name))
+    userns.release(name)
 
 
 def remove_tree(path: str) -> None:
