@@ -53,16 +53,21 @@ def _pool_dir() -> str:
     return state_path("userns")
 
 
+# The host's ID files: (path, the ID fields of a line).
+HOST_ID_FILES: tuple[tuple[str, tuple[int, ...]], ...] = (("/etc/passwd", (2, 3)), ("/etc/group", (2,)))
+SUBID_FILES = ("/etc/subuid", "/etc/subgid")
+
+
 def _reserved_ranges() -> list[tuple[int, int]]:
     """The host's own IDs: every user and group, and every subordinate range (start, end)."""
     ranges: list[tuple[int, int]] = []
-    for path, fields in (("/etc/passwd", (2, 3)), ("/etc/group", (2,))):
+    for path, fields in HOST_ID_FILES:
         for line in _lines(path):
             parts = line.split(":")
             for i in fields:
                 if len(parts) > i and parts[i].isdigit():
                     ranges.append((int(parts[i]), int(parts[i]) + 1))
-    for path in ("/etc/subuid", "/etc/subgid"):
+    for path in SUBID_FILES:
         for line in _lines(path):
             parts = line.split(":")
             if len(parts) == 3 and parts[1].isdigit() and parts[2].isdigit():
