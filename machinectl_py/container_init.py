@@ -108,8 +108,8 @@ def prepare(plan: ChildPlan, go_fd: int, status_fd: int, parent_pid: int) -> int
     os.setsid()
     os.umask(0)
     flags = sc.CLONE_NEWNS | sc.CLONE_NEWUTS | sc.CLONE_NEWIPC
-    if plan.private_network:
-        flags |= sc.CLONE_NEWNET
+    if plan.private_network and plan.userns is None:
+        flags |= sc.CLONE_NEWNET  # with a user namespace: one it owns (mount_root)
     sc.unshare(flags)
     # Nothing mounted from here on may propagate back to the host.
     sc.mount(None, "/", None, sc.MS_REC | sc.MS_PRIVATE)
@@ -153,11 +153,15 @@ def prepare(plan: ChildPlan, go_fd: int, status_fd: int, parent_pid: int) -> int
 
 def mount_root(plan: ChildPlan) -> int:
     """The overlay root; with a user namespace, over idmapped layers (idmap.py), and the
-    namespace's fd for the mounts and the entry that follow."""
+    namespace's fd for the mounts and the entry that follow (and, with a private network,
+    the network namespace it owns joined)."""
     if plan.userns is None:
         mounts.mount_overlay(plan.overlay, plan.rootfs)
         return -1
-    userns_fd = idmap.make_userns(*plan.userns)
+    userns_fd, netns_fd = idmap.make_userns(*plan.userns, private_network=plan.private_network)
+    if netns_fd >= 0:
+        sc.setns(netns_fd, sc.CLONE_NEWNET)
+        os.close(netns_fd)
     idmap.mount_overlay(plan.overlay, plan.rootfs, plan.container_dir, userns_fd, plan.userns[0])
     return userns_fd
 

@@ -25,9 +25,11 @@ if TYPE_CHECKING:
     from machinectl_py.plan import Overlay
 
 
-def make_userns(base: int, size: int) -> int:
-    """An fd of a new user namespace mapping container 0..size-1 to host base..: a helper
-    child unshares it and waits while we (host root) write its maps."""
+def make_userns(base: int, size: int, private_network: bool = False) -> tuple[int, int]:
+    """fds of a new user namespace mapping container 0..size-1 to host base.., and with
+    `private_network` of a new network namespace it owns (-1 without): a helper child unshares
+    them and waits while we (host root) write the maps. A network namespace owned by the
+    container's user namespace is what gives its root CAP_NET_RAW (ping) there and nowhere else."""
     ready_r, ready_w = os.pipe()
     done_r, done_w = os.pipe()
     pid = os.fork()
@@ -37,6 +39,8 @@ def make_userns(base: int, size: int) -> int:
             os.close(ready_r)
             os.close(done_w)
             sc.unshare(sc.CLONE_NEWUSER)
+            if private_network:
+                sc.unshare(sc.CLONE_NEWNET)  # owned by the new user namespace
             # Our PID as the mounted /proc numbers it: the init that forked us is PID 1 of a
             # new PID namespace, but /proc is still the host's.
             os.write(ready_w, os.readlink("/proc/self").encode())
@@ -53,7 +57,8 @@ def make_userns(base: int, size: int) -> int:
         for name in ("uid_map", "gid_map"):
             with open(f"/proc/{proc_pid}/{name}", "w") as f:
                 f.write(map_line(base, size) + "\n")
-        return os.open(f"/proc/{proc_pid}/ns/user", os.O_RDONLY | os.O_CLOEXEC)
+        netns_fd = os.open(f"/proc/{proc_pid}/ns/net", os.O_RDONLY | os.O_CLOEXEC) if private_network else -1
+        return os.open(f"/proc/{proc_pid}/ns/user", os.O_RDONLY | os.O_CLOEXEC), netns_fd
     finally:
         os.close(ready_r)
         os.close(done_w)  # the helper exits

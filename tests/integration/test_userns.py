@@ -28,7 +28,7 @@ def pm(host: AnyHost, *args: str, check: bool = True) -> subprocess.CompletedPro
 
 
 def host_ids(host: AnyHost) -> set[int]:
-    ids = set()
+    ids: set[int] = set()
     for path, fields in (("/etc/passwd", (2, 3)), ("/etc/group", (2,))):
         for line in host.run(["cat", path], check=True).stdout.splitlines():
             parts = line.split(":")
