@@ -203,11 +203,13 @@ def list_records() -> list[ContainerRecord]:
 
 
 def remove_dir(name: str) -> None:
-    """The container's directory, and with it its claim on a UID range (userns.py)."""
+    """The container's directory, and with it its claim on a UID range (userns.py). The claim
+    goes first: a new container of the same name (which needs the directory gone) then never
+    loses its own claim to this removal."""
     from machinectl_py import userns
 
-    remove_tree(container_path(name))
     userns.release(name)
+    remove_tree(container_path(name))
 
 
 def remove_tree(path: str) -> None:
