@@ -8,8 +8,9 @@ capabilities over nothing but its own user namespace.
 The image's layers, the upper dir and the volumes are mounted idmapped with the container's
 mapping (on-disk UID u is the container's u, host UID base+u): files on disk keep the image's
 owners, so commit, export and layer sharing see what they saw without a user namespace.
-overlayfs takes idmapped layers since Linux 5.19 (Debian 12 has 6.1); it does its upper-dir
-work with its mounter's credentials, so it is mounted with fsuid/fsgid = the range's root.
+overlayfs does its upper-dir work with its mounter's credentials, so it is mounted with
+fsuid/fsgid = the range's root. Linux 6.18 mounts such an overlay; Debian 12's 6.1 refuses it
+(EINVAL), which the start reports in one line.
 """
 
 from __future__ import annotations
@@ -96,8 +97,9 @@ def mount_overlay(overlay: Overlay, target: str, container_dir: str, userns_fd: 
             sc.mount("overlay", target, "overlay", 0, options)
         except OSError as e:
             if e.errno == errno.EINVAL:
-                raise OSError(e.errno, f"overlayfs refuses idmapped layers on this kernel ({os.uname().release}; "
-                              "Linux 5.19 or later takes them); use --userns=host", target) from None
+                # Debian 12's 6.1 says EINVAL here; 6.18 takes them.
+                raise OSError(e.errno, f"this kernel's overlayfs ({os.uname().release}) refuses idmapped layers, "
+                              "which --userns=auto needs: use --userns=host", target) from None
             raise
         finally:
             sc.set_fs_ids(0, 0)

@@ -344,7 +344,7 @@ SETTINGS: tuple[Setting, ...] = (
             inspect="HostConfig.Ulimits", parse=sp.parse_ulimits, from_toml=_ulimits_toml, render=_ulimits_render,
             to_inspect=_ulimits_inspect, unit=_ulimit_props, unit_doc="Limit*= (LimitNOFILE=...)"),
     Setting("userns", "user namespace: auto gives the container its own range of 65536 host UIDs/GIDs "
-            "(auto:size=N: N of them); host: none, root inside is root outside", flags="--userns",
+            "(auto:size=N: N of them); host (default): none, root inside is root outside", flags="--userns",
             metavar="MODE", key="userns", inspect="HostConfig.UsernsMode", parse=sp.parse_userns,
             render=toml_string, to_inspect=_userns_inspect),
     Setting("limits.memory_max", "memory limit, e.g. 64M, 1G", flags="--memory -m", metavar="SIZE",
