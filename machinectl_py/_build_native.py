@@ -28,6 +28,10 @@ ffibuilder.cdef(
     int pm_capset_keep(uint64_t keep);
     int pm_close_range(unsigned int first, unsigned int last, unsigned int flags);
     int pm_pidfd_open(int pid, unsigned int flags);
+    int pm_open_tree(int dirfd, const char *path, unsigned int flags);
+    int pm_mount_setattr_idmap(int fd, int userns_fd);
+    int pm_set_fs_ids(unsigned int uid, unsigned int gid);
+    int pm_move_mount(int from_fd, const char *to_path);
     int pm_seccomp_install(const unsigned char *filter, unsigned int instructions);
 
     #define CLONE_NEWNS ...
@@ -138,6 +142,52 @@ ffibuilder.set_source(
 
     static int pm_pidfd_open(int pid, unsigned int flags) {
         return (int)syscall(SYS_pidfd_open, pid, flags);
+    }
+
+    /* open_tree(2) and mount_setattr(2) (Linux 5.12), by number: Debian 12's glibc has no
+       wrappers. OPEN_TREE_CLONE makes a detached copy of the mount at `path`; setting
+       MOUNT_ATTR_IDMAP on it shows its files' owners through the user namespace's mapping. */
+    #ifndef SYS_open_tree
+    #define SYS_open_tree 428
+    #endif
+    #ifndef SYS_mount_setattr
+    #define SYS_mount_setattr 442
+    #endif
+    struct pm_mount_attr { uint64_t attr_set, attr_clr, propagation, userns_fd; };
+    #ifndef SYS_move_mount
+    #define SYS_move_mount 429
+    #endif
+    /* Attach the detached mount `from_fd` at `to_path` (MOVE_MOUNT_F_EMPTY_PATH). */
+    static int pm_move_mount(int from_fd, const char *to_path) {
+        /* MOVE_MOUNT_F_EMPTY_PATH | MOVE_MOUNT_T_SYMLINKS: to_path may be a /proc/self/fd/N link */
+        return (int)syscall(SYS_move_mount, from_fd, "", -100 /* AT_FDCWD */, to_path, 0x4 | 0x10);
+    }
+    static int pm_open_tree(int dirfd, const char *path, unsigned int flags) {
+        return (int)syscall(SYS_open_tree, dirfd, path, flags);
+    }
+    static int pm_mount_setattr_idmap(int fd, int userns_fd) {
+        struct pm_mount_attr attr = { 0x00100000 /* MOUNT_ATTR_IDMAP */, 0, 0, (uint64_t)userns_fd };
+        return (int)syscall(SYS_mount_setattr, fd, "", 0x1000 /* AT_EMPTY_PATH */, &attr, sizeof attr);
+    }
+
+    /* Act on files as uid/gid while keeping every capability: setfsuid() away from 0 clears
+       the file capabilities from the effective set, so they are raised again from the
+       permitted set. overlayfs does its upper-layer work with its mounter's credentials. */
+    #include <sys/fsuid.h>
+    static int pm_set_fs_ids(unsigned int uid, unsigned int gid) {
+        struct __user_cap_header_struct hdr = { _LINUX_CAPABILITY_VERSION_3, 0 };
+        struct __user_cap_data_struct data[2];
+        setfsgid(gid);
+        setfsuid(uid);
+        if ((unsigned int)setfsuid((uid_t)-1) != uid || (unsigned int)setfsgid((gid_t)-1) != gid) {
+            errno = EPERM;
+            return -1;
+        }
+        if (syscall(SYS_capget, &hdr, data) != 0)
+            return -1;
+        data[0].effective = data[0].permitted;
+        data[1].effective = data[1].permitted;
+        return (int)syscall(SYS_capset, &hdr, data);
     }
 
     /* Install a classic-BPF seccomp filter (`instructions` struct sock_filter, 8 bytes each). */

@@ -248,10 +248,21 @@ def inspect_data(s: Status) -> dict[str, Any]:
         "Config": fields["Config"],
         "HostConfig": fields["HostConfig"],
         "Mounts": fields["Mounts"],
+        "IdMappings": _id_mappings(r.userns),
         "Unit": r.unit, "UnitState": s.unit_state,
         "Definition": str(config.definition_path(r.name)) if config.definition_exists(r.name) else None,
         "StateDir": container_path(r.name),
     }
+
+
+def _id_mappings(id_range: tuple[int, int] | None) -> dict[str, Any] | None:
+    """The user namespace's mapping (podman's IDMappings shape); None without one. The range
+    of the last start: kept while the container exists, reused by its next start."""
+    if id_range is None:
+        return None
+    base, size = id_range
+    line = f"0:{base}:{size}"
+    return {"UidMap": [line], "GidMap": [line]}
 
 
 def _status_of(bus: Bus, name: str) -> Status:

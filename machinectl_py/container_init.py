@@ -16,7 +16,7 @@ from __future__ import annotations
 import _signal as signal
 import os
 
-from machinectl_py import mounts
+from machinectl_py import idmap, mounts
 from machinectl_py import syscalls as sc
 from machinectl_py.errors import EXIT_CANNOT_INVOKE, EXIT_ERROR
 from machinectl_py.payload import (
@@ -52,10 +52,10 @@ class ChildPlan(Record):
     __slots__ = ("container_dir", "rootfs", "overlay", "ops", "cgroup_layout", "hostname", "private_network",
                  "argv", "env", "workdir", "user", "capability_mask", "stdin_devnull", "detached", "tty", "seccomp",
                  "read_only_root", "rlimits", "join_namespaces", "start_fd", "groups", "no_new_privileges",
-                 "group_add", "sysctls", "oom_score_adj")
+                 "group_add", "sysctls", "oom_score_adj", "userns")
     _defaults = {"user": None, "stdin_devnull": True, "detached": False, "tty": False, "seccomp": b"",
                  "read_only_root": False, "rlimits": (), "join_namespaces": (), "start_fd": -1, "groups": None,
-                 "no_new_privileges": False, "group_add": (), "sysctls": (), "oom_score_adj": None}
+                 "no_new_privileges": False, "group_add": (), "sysctls": (), "oom_score_adj": None, "userns": None}
     container_dir: str  # cwd while mounting the overlay (its options use relative names)
     rootfs: str
     # None: `rootfs` is a directory used as it is (an OCI bundle's root), bound onto itself.
@@ -100,6 +100,8 @@ class ChildPlan(Record):
     # --oom-score-adj: written to /proc/self/oom_score_adj (inherited), as runc does; a scope has
     # no OOMScoreAdjust= of its own (it starts no process).
     oom_score_adj: int | None
+    # --userns=auto: (host base, size) of the container's ID range (idmap.py); None: the host's.
+    userns: tuple[int, int] | None
 
 
 def child_main(make_plan: Callable[[], ChildPlan], go_fd: int, status_fd: int, stdout_fd: int, stderr_fd: int,
@@ -110,23 +112,26 @@ def child_main(make_plan: Callable[[], ChildPlan], go_fd: int, status_fd: int, s
     try:
         plan = make_plan()
         helper_fd = sealed_helper()  # while the host's files are reachable (payload.py says why)
-        prepare(plan, go_fd, status_fd, parent_pid)
+        userns_fd = prepare(plan, go_fd, status_fd, parent_pid)
         code = EXIT_CANNOT_INVOKE
+        if userns_fd >= 0:
+            enter_userns(userns_fd, plan.detached)
         launch(plan, go_fd, status_fd, stdout_fd, stderr_fd, helper_fd)
     except BaseException as e:
         report(status_fd, code, describe(e))
     os._exit(code)
 
 
-def prepare(plan: ChildPlan, go_fd: int, status_fd: int, parent_pid: int) -> None:
+def prepare(plan: ChildPlan, go_fd: int, status_fd: int, parent_pid: int) -> int:
+    """Everything done as host root; returns the fd of the user namespace to enter (-1: none)."""
     # If pymachine dies, the container dies with it (it is the init of its PID namespace).
     # (Had it died already, the `go` pipe below reads EOF and we exit.)
     sc.set_parent_death_signal(signal.SIGKILL)
     os.setsid()
     os.umask(0)
     flags = sc.CLONE_NEWNS | sc.CLONE_NEWUTS | sc.CLONE_NEWIPC
-    if plan.private_network:
-        flags |= sc.CLONE_NEWNET
+    if plan.private_network and plan.userns is None:
+        flags |= sc.CLONE_NEWNET  # with a user namespace: one it owns (mount_root)
     for kind, path in plan.join_namespaces:
         flags &= ~join_namespace(kind, path)
     sc.unshare(flags)
@@ -135,11 +140,19 @@ def prepare(plan: ChildPlan, go_fd: int, status_fd: int, parent_pid: int) -> Non
     # Nothing mounted from here on may propagate back to the host.
     sc.mount(None, "/", None, sc.MS_REC | sc.MS_PRIVATE)
     os.chdir(plan.container_dir)
-    if plan.overlay is None:
+    if plan.overlay is None:  # an OCI bundle's root, used as it is
         sc.mount(plan.rootfs, plan.rootfs, None, sc.MS_BIND | sc.MS_REC)
+        userns_fd = -1
     else:
-        mounts.mount_overlay(plan.overlay, plan.rootfs)
-    mounts.apply(plan.rootfs, plan.ops)
+        userns_fd = mount_root(plan)
+    if plan.userns is not None:
+        # The mount points and device nodes made on the idmapped root are the container
+        # root's: the host's root has no ID on it (EOVERFLOW).
+        sc.set_fs_ids(plan.userns[0], plan.userns[0])
+    mounts.apply(plan.rootfs, plan.ops, userns_fd)
+    if plan.userns is not None:
+        sc.set_fs_ids(0, 0)
+        sc.set_parent_death_signal(signal.SIGKILL)  # a change of fsuid cleared it
     if plan.read_only_root:
         mounts.remount_root_read_only(plan.rootfs)
     if plan.rlimits:
@@ -163,9 +176,44 @@ def prepare(plan: ChildPlan, go_fd: int, status_fd: int, parent_pid: int) -> Non
         layout = own_hierarchies(plan.cgroup_layout, f.read())
     sc.unshare(sc.CLONE_NEWCGROUP)
     mounts.apply("/", cgroup_plan(layout))
+    if plan.userns is not None:
+        delegate_cgroup(layout, plan.userns[0])
     if plan.cgroup_layout.mode != "unified":
         mounts.remount_read_only("/", "/sys/fs/cgroup")
     os.umask(0o022)
+    return userns_fd
+
+
+def mount_root(plan: ChildPlan) -> int:
+    """The overlay root; with a user namespace, over idmapped layers (idmap.py), and the
+    namespace's fd for the mounts and the entry that follow (and, with a private network,
+    the network namespace it owns joined)."""
+    assert plan.overlay is not None
+    if plan.userns is None:
+        mounts.mount_overlay(plan.overlay, plan.rootfs)
+        return -1
+    userns_fd, netns_fd = idmap.make_userns(*plan.userns, private_network=plan.private_network)
+    if netns_fd >= 0:
+        sc.setns(netns_fd, sc.CLONE_NEWNET)
+        os.close(netns_fd)
+    idmap.mount_overlay(plan.overlay, plan.rootfs, plan.container_dir, userns_fd, plan.userns[0])
+    return userns_fd
+
+
+def delegate_cgroup(layout: CgroupLayout, base: int) -> None:
+    """The container's root owns its cgroup v2 subtree (on a hybrid host: the unified one)."""
+    if layout.mode == "unified":
+        idmap.delegate_cgroup("/sys/fs/cgroup", base)
+    elif layout.unified_dir:
+        idmap.delegate_cgroup(f"/sys/fs/cgroup/{layout.unified_dir}", base)
+
+
+def enter_userns(userns_fd: int, detached: bool) -> None:
+    """Last step as host root: from here on the init is root of its user namespace only."""
+    idmap.enter(userns_fd)
+    os.close(userns_fd)
+    if not detached:
+        sc.set_parent_death_signal(signal.SIGKILL)  # the change of credentials cleared it
 
 
 def write_sysctls(sysctls: tuple[tuple[str, str], ...]) -> None:

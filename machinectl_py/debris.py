@@ -84,6 +84,9 @@ def collect(bus: Bus, *, grace: float = GRACE_SECONDS) -> list[str]:
         if not os.path.exists(container_path(dropin)) and not config.definition_exists(dropin):
             remove_dropin(dropin)
             done.append(f"removed stale drop-in of {unit_name(dropin)}")
+    from machinectl_py import userns
+
+    done += userns.free_orphans()  # UID ranges of containers whose directory is gone
     for path in stale_temp_files(_temp_file_dirs()):
         with contextlib.suppress(FileNotFoundError):
             os.unlink(path)

@@ -28,7 +28,7 @@ from __future__ import annotations
 import os
 import sys
 
-from machinectl_py import payload
+from machinectl_py import idmap, payload
 from machinectl_py import syscalls as sc
 from machinectl_py.args import APPEND, FLAG, Command, Option
 from machinectl_py.errors import EXIT_CANNOT_INVOKE, EXIT_ERROR, NotFoundError, UsageError
@@ -309,6 +309,7 @@ def _child(opts: ExecOptions, pidfd: int, env: dict[str, str], caps: int, confin
         # Everything up to the exec happens while systemd attaches us to the unit (it takes
         # ~10 ms on a hybrid cgroup host); only the exec waits for `go`.
         sc.setns(pidfd, sc.CLONE_NEWIPC | sc.CLONE_NEWUTS | sc.CLONE_NEWNET | sc.CLONE_NEWCGROUP | sc.CLONE_NEWNS)
+        idmap.join(pidfd)  # its user namespace last, if it has one
         os.close(pidfd)
         # setns(CLONE_NEWNS) made the container's root our root and cwd: paths below resolve
         # inside it, and '..' cannot climb out of a root.

@@ -93,16 +93,18 @@ def rootfs_of(cdir: str) -> str:
 
 def build_child_plan(spec: ContainerSpec, image: images.ResolvedImage, cdir: str, policy: Policy,
                      env: Mapping[str, str], argv: tuple[str, ...], *, binds: Sequence[plan.Bind] = (),
-                     detached: bool = False) -> ChildPlan:
-    """Runs in the forked init (see HeldInit): makes the container dir's parts too."""
+                     detached: bool = False, userns: tuple[int, int] | None = None) -> ChildPlan:
+    """Runs in the forked init (see HeldInit): makes the container dir's parts too.
+    userns: the container's ID range (--userns=auto), from userns.acquire."""
     for sub in ("upper", "work", "rootfs"):
         os.makedirs(os.path.join(cdir, sub), mode=0o755, exist_ok=True)
+    ops = [*plan.base_plan(policy, binds=binds, shm_size=spec.shm_size, tmpfs=tuple(spec.tmpfs.items()),
+                           init=init_binary(spec)), *device_nodes(spec)]
     child_plan = ChildPlan(
         container_dir=cdir,
         rootfs=rootfs_of(cdir),
         overlay=plan.Overlay(layer_links(cdir, image.layers), "upper", "work", volatile=spec.remove),
-        ops=tuple(plan.base_plan(policy, binds=binds, shm_size=spec.shm_size, tmpfs=tuple(spec.tmpfs.items()),
-                                 init=init_binary(spec))) + device_nodes(spec),
+        ops=tuple(plan.owned_by_range(ops, userns[0]) if userns else ops),
         cgroup_layout=_cgroup_layout(),
         hostname=spec.effective_hostname,
         private_network=network.is_private(spec.network),
@@ -117,6 +119,7 @@ def build_child_plan(spec: ContainerSpec, image: images.ResolvedImage, cdir: str
         read_only_root=spec.read_only,
         rlimits=tuple((RLIMITS[name], soft, hard) for name, (soft, hard) in spec.ulimits.items()),
         oom_score_adj=spec.oom_score_adj,
+        userns=userns,
     )
     if os.environ.get("PYMACHINE_DEBUG"):
         for op in child_plan.ops:

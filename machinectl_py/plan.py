@@ -210,6 +210,20 @@ def base_plan(policy: Policy, *, binds: Sequence[Bind] = (), shm_size: int | Non
     return ops
 
 
+def owned_by_range(ops: Sequence[Op], base: int) -> list[Op]:
+    """With a user namespace: the tmpfs mounts (/dev, /run, /tmp, --tmpfs...) belong to the
+    container's root (host `base`) and devpts' tty group is the container's gid 5; made by host
+    root, they would otherwise show as nobody's inside, unwritable by the container's root."""
+    owned: list[Op] = []
+    for op in ops:
+        if isinstance(op, Mount) and op.fstype == "tmpfs":
+            op = op.replace(data=",".join(filter(None, (op.data, f"uid={base},gid={base}"))))
+        elif isinstance(op, Mount) and op.fstype == "devpts" and op.data:
+            op = op.replace(data=op.data.replace("gid=5", f"gid={base + 5}"))
+        owned.append(op)
+    return owned
+
+
 def own_hierarchies(layout: CgroupLayout, proc_cgroup: str) -> CgroupLayout:
     """The layout less the v1 hierarchies the container has no cgroup of its own in.
 

@@ -101,12 +101,16 @@ class ForegroundRun:
                 spec = self.spec = volumes.create_anonymous(spec)
                 binds = volumes.bind_ops(spec)
             binds += network_binds(spec)
+            from machinectl_py import userns
+
+            id_range = userns.for_container(spec.name, spec.userns, None)
             record = state.ContainerRecord(
                 name=spec.name, id=self.container_id, image_name=image.name, image_id=image.id,
-                spec=spec, created=state.now(), unit=scope_name(spec.name), user=effective_user(spec, image.config))
+                spec=spec, created=state.now(), unit=scope_name(spec.name), user=effective_user(spec, image.config),
+                userns=id_range)
 
             def make_plan() -> ChildPlan:
-                return build_child_plan(spec, image, cdir, policy, env, argv, binds=binds)
+                return build_child_plan(spec, image, cdir, policy, env, argv, binds=binds, userns=id_range)
 
             code = self._start_and_wait(bus, record, make_plan, rootfs_of(cdir), policy, image.name)
             keep_dir = not spec.remove

@@ -117,6 +117,9 @@ def _setup(name: str) -> int:
     argv = command_for(spec, image.config)
     env = environment(spec, image.config)
     record.user = effective_user(spec, image.config)  # saved with the running state below
+    from machinectl_py import userns
+
+    record.userns = id_range = userns.for_container(name, spec.userns, record.userns)  # saved below too
     binds = []
     if spec.volumes:
         from machinectl_py import volumes
@@ -125,7 +128,8 @@ def _setup(name: str) -> int:
     binds += network_binds(spec)
 
     def make_plan() -> ChildPlan:
-        return build_child_plan(spec, image, record.dir_path, policy, env, argv, binds=binds, detached=True)
+        return build_child_plan(spec, image, record.dir_path, policy, env, argv, binds=binds, detached=True,
+                                userns=id_range)
 
     from machinectl_py.settings import live_properties
 

@@ -129,6 +129,15 @@ def _toml_type(value: Any) -> str:
             dict: "a table"}.get(type(value), type(value).__name__)
 
 
+def _userns_inspect(mode: str | None) -> str:
+    """docker's UsernsMode; the default shows as what it is (auto unless forced to host)."""
+    if mode is not None:
+        return mode
+    from machinectl_py.userns import default_mode
+
+    return default_mode()
+
+
 # -- parsers and renderers shared by several settings ------------------------------------------------
 
 _TOML_ESCAPES = {i: f"\\u{i:04x}" for i in (*range(0x20), 0x7F)} | {
@@ -536,6 +545,10 @@ SETTINGS: tuple[Setting, ...] = (
             "its unit (repeatable)", flags="--device", kind=APPEND, metavar="HOST[:CONT][:rwm]", key="devices",
             inspect="HostConfig.Devices", parse=_security("parse_devices"), render=toml_array,
             to_inspect=_devices_inspect, unit_doc="DeviceAllow="),
+    Setting("userns", "user namespace: auto gives the container its own range of 65536 host UIDs/GIDs "
+            "(auto:size=N: N of them); host (default): none, root inside is root outside", flags="--userns",
+            metavar="MODE", key="userns", inspect="HostConfig.UsernsMode", parse=sp.parse_userns,
+            render=toml_string, to_inspect=_userns_inspect),
     Setting("limits.memory_max", "memory limit, e.g. 64M, 1G", flags="--memory -m", metavar="SIZE",
             key="limits.memory", inspect="HostConfig.Memory", parse=sp.parse_memory, render=str, number_ok=True,
             to_inspect=lambda v: v or 0, unit=lambda v: [prop("MemoryMax", "t", v)], unit_doc="MemoryMax="),

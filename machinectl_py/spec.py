@@ -401,6 +401,21 @@ def validate_image_name(image: str) -> str:
     return image
 
 
+# --userns=auto:size=N: at most the whole pool (userns.py).
+USERNS_MAX_SIZE = 0x7FFE0000 - 0x70000000
+
+
+def parse_userns(text: str) -> str:
+    """`host`, `auto` or `auto:size=N`; one clear error otherwise."""
+    if text in ("host", "auto"):
+        return text
+    if text.startswith("auto:"):
+        key, _, value = text[5:].partition("=")
+        if key == "size" and value.isdigit() and 0 < int(value) <= USERNS_MAX_SIZE:
+            return f"auto:size={int(value)}"
+    raise UsageError(f"invalid --userns value {text!r}", hint="use auto, auto:size=N or host")
+
+
 def validate_network(mode: str) -> str:
     if mode not in NETWORK_MODES:
         raise UsageError(f"invalid network mode {mode!r}", hint="use bridge, host or none ('private')")
@@ -571,14 +586,14 @@ class ContainerSpec(Record):
                  "volumes", "restart", "remove", "tty", "interactive", "entrypoint", "labels", "tmpfs",
                  "read_only", "shm_size", "init", "stop_signal", "stop_timeout", "ulimits",
                  "cap_add", "cap_drop", "privileged", "security_opt", "sysctls", "group_add", "devices", "ports",
-                 "dns", "add_hosts", "oom_score_adj", "slice")
+                 "dns", "add_hosts", "oom_score_adj", "slice", "userns")
     _defaults = {
         "command": None, "hostname": None, "network": "host", "env": {}, "workdir": None, "user": None,
         "limits": Limits(), "volumes": (), "restart": "no", "remove": False, "tty": False, "interactive": False,
         "entrypoint": None, "labels": {}, "tmpfs": {}, "read_only": False, "shm_size": None, "init": False,
         "stop_signal": None, "stop_timeout": None, "ulimits": {},
         "cap_add": (), "cap_drop": (), "privileged": False, "security_opt": (), "sysctls": {}, "group_add": (),
-        "devices": (), "ports": (), "dns": (), "add_hosts": (), "oom_score_adj": None, "slice": None,
+        "devices": (), "ports": (), "dns": (), "add_hosts": (), "oom_score_adj": None, "slice": None, "userns": None,
     }
     name: str
     image: str
@@ -619,6 +634,7 @@ class ContainerSpec(Record):
     devices: tuple[str, ...]
     oom_score_adj: int | None  # -1000..1000 -> OOMScoreAdjust= (and the init's /proc/self/oom_score_adj)
     slice: str | None  # the unit's Slice=; None: machine.slice
+    userns: str | None  # auto, auto:size=N or host; None: the default (userns.default_mode)
 
     @property
     def effective_hostname(self) -> str:

@@ -29,7 +29,7 @@ class ContainerRecord:
     def __init__(self, name: str, id: str, image_name: str, image_id: str, spec: ContainerSpec, created: float,
                  state: str = "created", exit_code: int | None = None, started: float | None = None,
                  finished: float | None = None, unit: str | None = None, pid: int | None = None,
-                 user: str | None = None, oom_killed: bool = False) -> None:
+                 user: str | None = None, oom_killed: bool = False, userns: tuple[int, int] | None = None) -> None:
         self.name = name
         self.id = id
         self.image_name = image_name
@@ -47,6 +47,8 @@ class ContainerRecord:
         self.user = user
         # The OOM killer killed a process of its last run (docker's State.OOMKilled).
         self.oom_killed = oom_killed
+        # --userns=auto: (host base, size) of its UID/GID range, kept for its restarts (userns.py).
+        self.userns = userns
 
     @property
     def dir_path(self) -> str:
@@ -69,6 +71,7 @@ class ContainerRecord:
             "spec": spec_to_json(self.spec), "created": self.created, "state": self.state,
             "exit_code": self.exit_code, "started": self.started, "finished": self.finished,
             "unit": self.unit, "pid": self.pid, "user": self.user, "oom_killed": self.oom_killed,
+            "userns": list(self.userns) if self.userns else None,
         }
 
     @classmethod
@@ -79,6 +82,7 @@ class ContainerRecord:
             exit_code=data.get("exit_code"), started=data.get("started"), finished=data.get("finished"),
             unit=data.get("unit"), pid=data.get("pid"), user=data.get("user"),
             oom_killed=bool(data.get("oom_killed")),
+            userns=tuple(data["userns"]) if data.get("userns") else None,
         )
 
 
@@ -202,6 +206,12 @@ def list_records() -> list[ContainerRecord]:
 
 
 def remove_dir(name: str) -> None:
+    """The container's directory, and with it its claim on a UID range (userns.py). The claim
+    goes first: a new container of the same name (which needs the directory gone) then never
+    loses its own claim to this removal."""
+    from machinectl_py import userns
+
+    userns.release(name)
     remove_tree(container_path(name))
 
 

@@ -123,3 +123,35 @@ def seccomp_install(program: bytes) -> None:
         raise ValueError(f"a seccomp program of {len(program)} bytes is not 1-4096 instructions")
     if lib.pm_seccomp_install(program, len(program) // 8) != 0:
         raise _fail("seccomp")
+
+
+OPEN_TREE_CLONE = 1
+OPEN_TREE_CLOEXEC = os.O_CLOEXEC
+_AT_FDCWD = -100
+
+
+def open_tree_clone(path: str) -> int:
+    """open_tree(OPEN_TREE_CLONE): a detached copy of the mount at `path` (not its submounts), as an fd."""
+    fd: int = lib.pm_open_tree(_AT_FDCWD, path.encode(), OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC)
+    if fd < 0:
+        raise _fail("open_tree", path)
+    return fd
+
+
+def mount_setattr_idmap(mount_fd: int, userns_fd: int, path: str = "") -> None:
+    """mount_setattr(MOUNT_ATTR_IDMAP): the detached mount shows its files' owners through the
+    user namespace's mapping (on-disk 0 is the namespace's 0)."""
+    if lib.pm_mount_setattr_idmap(mount_fd, userns_fd) != 0:
+        raise _fail("mount_setattr(MOUNT_ATTR_IDMAP)", path)
+
+
+def set_fs_ids(uid: int, gid: int) -> None:
+    """setfsuid/setfsgid, keeping every capability effective (see _build_native.py)."""
+    if lib.pm_set_fs_ids(uid, gid) != 0:
+        raise _fail(f"setfsuid({uid})")
+
+
+def move_mount(mount_fd: int, target: str) -> None:
+    """move_mount(2): attach the detached mount `mount_fd` (from open_tree_clone) at `target`."""
+    if lib.pm_move_mount(mount_fd, target.encode()) != 0:
+        raise _fail("move_mount", target)

@@ -45,9 +45,16 @@ def host(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactor
     else:
         report = "systemd is PID 1: integration tests run on this machine"
     request.config.stash[_BOOT_REPORT] = report
+    forced = os.environ.get("PYMACHINE_USERNS_DEFAULT")
+    if forced:
+        # The suite's run with the --userns default forced: the units' setup processes see it too.
+        h.run(["systemctl", "set-environment", f"PYMACHINE_USERNS_DEFAULT={forced}"], check=True)
+        report += f"; --userns default forced to {forced}"
     try:
         yield h
     finally:
+        if forced:
+            h.run(["systemctl", "unset-environment", "PYMACHINE_USERNS_DEFAULT"])
         h.stop()
 
 

@@ -86,7 +86,8 @@ CONTAINER_ENV = "pymachine-testhost"
 HOSTNAME = "pymachine-testhost"
 BASE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 # Variables of the caller that commands inside inherit (everything else starts clean).
-PASSED_ENV = ("TERM", "CI")
+# PYMACHINE_USERNS_DEFAULT: the suite's run with the default forced (userns.py; conftest.py).
+PASSED_ENV = ("TERM", "CI", "PYMACHINE_USERNS_DEFAULT")
 
 # Units that only slow the boot down or act on the real host's kernel state (sysctl, modules,
 # binfmt_misc, the network the test host sets up itself, the shared /tmp): masked in the overlay.
@@ -1193,6 +1194,7 @@ def _pid1(state_dir: Path, config: dict[str, Any], console_fd: int, console_path
     mount("pymachine-testhost", root, "overlay", 0, f"lowerdir=/,upperdir={upper},workdir={work}")
     _bind_shared_paths(root, config["shared_paths"])
     _bind_pymachine_state(root, upper.parent)
+    _bind_var_tmp(root, upper.parent)
     _setup_dev(root, console_path)
     mount("proc", f"{root}/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
     # Read-only: sysfs is global, and a read-only /sys tells systemd not to start udev.
@@ -1241,6 +1243,18 @@ def _bind_pymachine_state(root: str, base: Path) -> None:
     target = f"{root}/var/lib/pymachine"
     os.makedirs(target, exist_ok=True)
     mount(str(state), target, None, MS_BIND)
+
+
+def _bind_var_tmp(root: str, base: Path) -> None:
+    """/var/tmp on a real file system, as on a real host: a directory there bound into a
+    container with a user namespace is mounted idmapped, which overlayfs (this host's root)
+    cannot be. Private to this host."""
+    var_tmp = base / "var-tmp"
+    var_tmp.mkdir(mode=0o700, exist_ok=True)
+    os.chmod(var_tmp, 0o1777)
+    target = f"{root}/var/tmp"
+    os.makedirs(target, exist_ok=True)
+    mount(str(var_tmp), target, None, MS_BIND)
 
 
 def _bind_shared_paths(root: str, paths: list[str]) -> None:

@@ -1,0 +1,171 @@
+"""A container's user namespace, made and entered by its init; its idmapped mounts.
+
+The init makes every mount as host root (in its own mount namespace) and enters the user
+namespace last, just before it drops its privileges: so the mounts, the cgroup namespace and
+the hostname need no capability inside the namespace, and the container's root holds
+capabilities over nothing but its own user namespace.
+
+The image's layers, the upper dir and the volumes are mounted idmapped with the container's
+mapping (on-disk UID u is the container's u, host UID base+u): files on disk keep the image's
+owners, so commit, export and layer sharing see what they saw without a user namespace.
+overlayfs does its upper-dir work with its mounter's credentials, so it is mounted with
+fsuid/fsgid = the range's root. Linux 6.18 mounts such an overlay; Debian 12's 6.1 refuses it
+(EINVAL), which the start reports in one line.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+
+from machinectl_py import syscalls as sc
+from machinectl_py.userns import map_line
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from machinectl_py.plan import Overlay
+
+
+def make_userns(base: int, size: int, private_network: bool = False) -> tuple[int, int]:
+    """fds of a new user namespace mapping container 0..size-1 to host base.., and with
+    `private_network` of a new network namespace it owns (-1 without): a helper child unshares
+    them and waits while we (host root) write the maps. A network namespace owned by the
+    container's user namespace is what gives its root CAP_NET_RAW (ping) there and nowhere else."""
+    ready_r, ready_w = os.pipe()
+    done_r, done_w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            os.close(ready_r)
+            os.close(done_w)
+            sc.unshare(sc.CLONE_NEWUSER)
+            if private_network:
+                sc.unshare(sc.CLONE_NEWNET)  # owned by the new user namespace
+            # Our PID as the mounted /proc numbers it: the init that forked us is PID 1 of a
+            # new PID namespace, but /proc is still the host's.
+            os.write(ready_w, os.readlink("/proc/self").encode())
+            os.read(done_r, 1)
+            code = 0
+        finally:
+            os._exit(code)
+    os.close(ready_w)
+    os.close(done_r)
+    try:
+        proc_pid = os.read(ready_r, 32).decode()
+        if not proc_pid.isdigit():
+            raise OSError(errno.EPERM, "cannot make a user namespace")
+        for name in ("uid_map", "gid_map"):
+            with open(f"/proc/{proc_pid}/{name}", "w") as f:
+                f.write(map_line(base, size) + "\n")
+        netns_fd = os.open(f"/proc/{proc_pid}/ns/net", os.O_RDONLY | os.O_CLOEXEC) if private_network else -1
+        return os.open(f"/proc/{proc_pid}/ns/user", os.O_RDONLY | os.O_CLOEXEC), netns_fd
+    finally:
+        os.close(ready_r)
+        os.close(done_w)  # the helper exits
+        os.waitpid(pid, 0)
+
+
+def idmapped_clone(path: str, userns_fd: int) -> int:
+    """A detached idmapped copy of the directory or file at `path`."""
+    fd = sc.open_tree_clone(path)
+    try:
+        sc.mount_setattr_idmap(fd, userns_fd, path)
+    except OSError as e:
+        os.close(fd)
+        if e.errno in (errno.EINVAL, errno.EOPNOTSUPP, errno.ENOSYS):
+            raise OSError(e.errno, f"{path}: its file system cannot be mounted idmapped on this kernel "
+                          f"({os.uname().release}); use --userns=host", path) from None
+        raise
+    return fd
+
+
+def mount_overlay(overlay: Overlay, target: str, container_dir: str, userns_fd: int, base: int) -> None:
+    """The container root over idmapped layers and an idmapped upper dir (whose work dir is on
+    the same idmapped mount, as overlayfs requires)."""
+    fds: list[int] = []
+    try:
+        for lower in overlay.lowers:
+            fds.append(idmapped_clone(os.path.join(container_dir, lower), userns_fd))
+        own = idmapped_clone(container_dir, userns_fd)
+        fds.append(own)
+        lowers = ":".join(f"/proc/self/fd/{fd}" for fd in fds[:-1])
+        options = overlay.options().replace(f"lowerdir={':'.join(overlay.lowers)},", f"lowerdir={lowers},", 1)
+        os.fchdir(own)  # upperdir= and workdir= are relative: inside the idmapped copy
+        sc.set_fs_ids(base, base)
+        try:
+            sc.mount("overlay", target, "overlay", 0, options)
+        except OSError as e:
+            if e.errno == errno.EINVAL:
+                # Debian 12's 6.1 says EINVAL here; 6.18 takes them.
+                raise OSError(e.errno, f"this kernel's overlayfs ({os.uname().release}) refuses idmapped layers, "
+                              "which --userns=auto needs: use --userns=host", target) from None
+            raise
+        finally:
+            sc.set_fs_ids(0, 0)
+    finally:
+        os.chdir(container_dir)
+        for fd in fds:
+            os.close(fd)
+
+
+def bind(source: str, target_path: str, userns_fd: int) -> bool:
+    """Bind `source` idmapped at `target_path` (a /proc/self/fd/N of the checked target): host
+    files keep their owners as seen inside. False when the source's file system cannot be
+    idmapped (the caller binds it plainly: its files then show as nobody inside)."""
+    try:
+        fd = idmapped_clone(source, userns_fd)
+    except OSError as e:
+        if e.errno in (errno.EINVAL, errno.EOPNOTSUPP, errno.ENOSYS):
+            return False
+        raise
+    try:
+        sc.move_mount(fd, target_path)
+    finally:
+        os.close(fd)
+    return True
+
+
+# The files of a cgroup that its delegate writes (systemd's delegation doc; nspawn chowns the same).
+_DELEGATED_FILES = ("cgroup.procs", "cgroup.subtree_control", "cgroup.threads")
+
+
+def delegate_cgroup(path: str, base: int) -> None:
+    """Give the container's root its cgroup (its namespace's root at `path`), as nspawn does:
+    a systemd or container engine inside can then make and fill sub-cgroups."""
+    try:
+        os.chown(path, base, base)
+    except OSError as e:
+        if e.errno in (errno.EROFS, errno.ENOENT):
+            return  # v1-only hierarchies are read-only in the container: nothing to delegate
+        raise
+    for name in _DELEGATED_FILES:
+        try:
+            os.chown(os.path.join(path, name), base, base)
+        except FileNotFoundError:
+            pass
+
+
+def enter(userns_fd: int) -> None:
+    """Join the container's user namespace as its root: from here on every capability we hold
+    is the namespace's, none the host's."""
+    sc.setns(userns_fd, sc.CLONE_NEWUSER)
+    os.setgroups([])
+    os.setresgid(0, 0, 0)
+    os.setresuid(0, 0, 0)
+
+
+def join(pidfd: int) -> bool:
+    """`exec`: join the user namespace of the process `pidfd` names, as its root, after its
+    other namespaces (joining those needs the host's capabilities). False: it has none of its
+    own (--userns=host: the kernel refuses to join one's own user namespace)."""
+    try:
+        sc.setns(pidfd, sc.CLONE_NEWUSER)
+    except OSError as e:
+        if e.errno == errno.EINVAL:
+            return False
+        raise
+    os.setgroups([])
+    os.setresgid(0, 0, 0)
+    os.setresuid(0, 0, 0)
+    return True
