@@ -59,6 +59,7 @@ def host(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactor
 
 
 MACHINE_NETNS_ENV = "PYMACHINE_TEST_MACHINE_NETNS"
+MACHINE_NETNS_PATH_ENV = "PYMACHINE_TEST_MACHINE_NETNS_PATH"
 
 
 def join_network_namespace(pid: int) -> None:
@@ -70,6 +71,10 @@ def join_network_namespace(pid: int) -> None:
     from machinectl_py import syscalls as sc
 
     os.environ[MACHINE_NETNS_ENV] = os.readlink("/proc/self/ns/net")  # for tests that check they left it
+    # Kept open for the session: what needs the machine's own network (debootstrap from Debian's
+    # mirror) runs there through `nsenter --net=` this path (tests/images/build.py).
+    machine_netns = os.open("/proc/self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+    os.environ[MACHINE_NETNS_PATH_ENV] = f"/proc/{os.getpid()}/fd/{machine_netns}"
     fd = os.open(f"/proc/{pid}/ns/net", os.O_RDONLY | os.O_CLOEXEC)
     try:
         sc.setns(fd, sc.CLONE_NEWNET)

@@ -7,6 +7,7 @@ Every builder writes into a directory the caller owns (a pytest tmp_path) and re
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -105,5 +106,9 @@ def tar_rootfs(root: Path, out: Path, compress: str | None = None) -> Path:
 
 
 def debootstrap_minbase(target: Path, mirror: str = "http://deb.debian.org/debian") -> Path:
-    run("debootstrap", "--variant=minbase", "bookworm", target, mirror)
+    # The test session lives in the test host's network namespace (conftest); the mirror is
+    # reached from the machine's own.
+    netns = os.environ.get("PYMACHINE_TEST_MACHINE_NETNS_PATH")
+    enter = ["nsenter", f"--net={netns}"] if netns else []
+    run(*enter, "debootstrap", "--variant=minbase", "bookworm", target, mirror)
     return target

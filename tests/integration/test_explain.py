@@ -36,7 +36,9 @@ def test_the_done_when_of_issue_15(host: AnyHost) -> None:
         code, rows = explain(host, "xweb")
         assert code == 0 and {"MemoryMax", "CPUQuotaPerSecUSec"} <= set(rows)
         assert not any(row["drift"] for row in rows.values())
-        assert rows["MemoryMax"]["definition"]["source"] == "/etc/pymachine/machines/xweb.toml:8"  # type: ignore[index]
+        definition = host.run(["cat", "/etc/pymachine/machines/xweb.toml"], check=True).stdout.splitlines()
+        line = next(i for i, text in enumerate(definition, 1) if text.startswith("memory = "))
+        assert rows["MemoryMax"]["definition"]["source"] == f"/etc/pymachine/machines/xweb.toml:{line}"  # type: ignore[index]
         host.run(["systemctl", "set-property", "--runtime", unit, "MemoryMax=50M"], check=True)
         r = pm(host, "explain", "xweb")
         assert r.returncode == 1 and "drift: MemoryMax" in r.stdout

@@ -69,7 +69,7 @@ def test_security_opts_and_sysctls() -> None:
     for bad in ("kernel.hostname=x", "vm.swappiness=1", "kernel.shmmax", "kernel..x=1"):
         with pytest.raises(UsageError):
             security.parse_sysctls([bad])
-    with pytest.raises(UsageError, match="a network of the container.s own"):
+    with pytest.raises(UsageError, match="a network of the container's own"):
         spec(sysctls={"net.ipv4.ip_forward": "1"})
     spec(sysctls={"net.ipv4.ip_forward": "1"}, network="private")
 
