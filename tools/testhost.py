@@ -520,7 +520,9 @@ def _remove_state_dir(state_dir: Path) -> None:
     root = state_dir / "root"
     if root.is_dir() and os.path.ismount(root):
         raise TestHostError(f"{root} is mounted on the real host; refusing to remove it")
-    shutil.rmtree(state_dir)
+    # Gone already: another run's clean-stale took it once its PID 1 was dead.
+    with contextlib.suppress(FileNotFoundError):
+        shutil.rmtree(state_dir)
 
 
 # ---------------------------------------------------------------------------------------------
