@@ -50,14 +50,7 @@ def resolve_user(spec: str) -> tuple[int, int, list[int]]:
         raise UsageError(f"no user {user!r} in the container's /etc/passwd")
     groups_file = _entries("/etc/group")
     if group:
-        match = next((g for g in groups_file if len(g) >= 3 and g[2].isdigit() and (g[0] == group or g[2] == group)),
-                     None)
-        if match is not None:
-            gid = int(match[2])
-        elif group.isdigit():
-            gid = int(group)
-        else:
-            raise UsageError(f"no group {group!r} in the container's /etc/group")
+        gid = _group_id(groups_file, group, "no group")
     supplementary = sorted({int(g[2]) for g in groups_file
                             if len(g) >= 4 and name and name in g[3].split(",") and g[2].isdigit()})
     if max(uid, gid, *supplementary) > MAX_ID:  # the image's files are untrusted
@@ -71,18 +64,21 @@ def resolve_groups(groups: tuple[str, ...]) -> list[int]:
     entries = _entries("/etc/group")
     out = []
     for group in groups:
-        match = next((g for g in entries if len(g) >= 3 and g[2].isdigit() and (g[0] == group or g[2] == group)),
-                     None)
-        if match is not None:
-            gid = int(match[2])
-        elif group.isdigit():
-            gid = int(group)
-        else:
-            raise UsageError(f"--group-add: no group {group!r} in the container's /etc/group")
+        gid = _group_id(entries, group, "--group-add: no group")
         if gid > MAX_ID:
             raise UsageError(f"--group-add {group!r}: gid above {MAX_ID}")
         out.append(gid)
     return out
+
+
+def _group_id(entries: list[list[str]], group: str, missing: str) -> int:
+    """A group name or gid of the container's /etc/group; a gid no entry names is used as it is."""
+    match = next((g for g in entries if len(g) >= 3 and g[2].isdigit() and (g[0] == group or g[2] == group)), None)
+    if match is not None:
+        return int(match[2])
+    if group.isdigit():
+        return int(group)
+    raise UsageError(f"{missing} {group!r} in the container's /etc/group")
 
 
 def home_of(uid: int) -> str | None:

@@ -49,3 +49,16 @@ def read_until(proc: subprocess.Popen[str], text: str, *, timeout: float = 60) -
                 raise AssertionError(f"the output ended (exit {proc.wait(10)}) before {text!r}: {data!r}")
             data += chunk
     return data.decode(errors="replace")
+
+
+# Run inside the test host with `python3 -c HTTP_GET URL`: GET with retries, the body on stdout.
+HTTP_GET = """
+import sys, time, urllib.request
+for _ in range(50):
+    try:
+        with urllib.request.urlopen(sys.argv[1], timeout=2) as r:
+            sys.stdout.write(r.read().decode()); sys.exit(0)
+    except OSError as e:
+        last = e; time.sleep(0.1)
+sys.exit(f"no answer: {last}")
+"""

@@ -15,23 +15,13 @@ import signal
 from collections.abc import Iterator
 
 import pytest
-from helpers import AnyHost, pm, wait_until
+from helpers import HTTP_GET, AnyHost, pm, wait_until
 from testhost import UPLINK_ADDRESS, TestHost
 
 pytestmark = pytest.mark.integration
 
 LEASES = "/run/pymachine/networks/pymachine.json"
 SUBNET_PREFIX = "10.89."
-HTTP_GET = """
-import sys, time, urllib.request
-for _ in range(50):
-    try:
-        with urllib.request.urlopen(sys.argv[1], timeout=2) as r:
-            sys.stdout.write(r.read().decode()); sys.exit(0)
-    except OSError as e:
-        last = e; time.sleep(0.1)
-sys.exit(f"no answer: {last}")
-"""
 
 
 def unique(prefix: str) -> str:

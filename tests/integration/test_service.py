@@ -9,7 +9,7 @@ import time
 from collections.abc import Callable
 
 import pytest
-from helpers import read_until
+from helpers import HTTP_GET, read_until
 from testhost import LocalHost, TestHost
 
 pytestmark = pytest.mark.integration
@@ -35,16 +35,6 @@ def wait_for(predicate: Callable[[], bool], timeout: float = 10.0, what: str = "
         time.sleep(0.1)
 
 
-HTTP_GET = """
-import sys, time, urllib.request
-for _ in range(50):
-    try:
-        with urllib.request.urlopen(sys.argv[1], timeout=2) as r:
-            sys.stdout.write(r.read().decode()); sys.exit(0)
-    except OSError as e:
-        last = e; time.sleep(0.1)
-sys.exit(f"no answer: {last}")
-"""
 
 
 def http_get(host: AnyHost, port: int, path: str = "/") -> str:
