@@ -78,7 +78,7 @@ def delegate_properties(limits: Limits, unified_host: bool) -> list[Property]:
 
 def v1_delegated_controllers(limits: Limits) -> list[str]:
     """What a container's unit delegates on a host with v1 hierarchies (see delegate_properties)."""
-    uses_cpu = limits.cpu_quota_usec is not None or limits.cpu_weight is not None
+    uses_cpu = any(v is not None for v in (limits.cpu_quota_usec, limits.cpu_period_usec, limits.cpu_weight))
     return [*V1_DELEGATED_CONTROLLERS, *(["cpu"] if uses_cpu else [])]
 
 
