@@ -333,6 +333,25 @@ class Bus:
             for reply in replies.values():
                 reply.close()
 
+    def get_each(self, destination: str, wanted: Sequence[tuple[str, str, str]]) -> list[Any]:
+        """Properties.Get of each (object path, interface, property), of many objects, in one round
+        trip (as get_properties); a property the peer refused comes back as its BusError, in its
+        place, so one unit gone meanwhile spoils none of the others."""
+        cookies = [self._send_call(destination, path, PROPERTIES, "Get", "ss", (iface, prop))
+                   for path, iface, prop in wanted]
+        replies = self._collect_replies(cookies, DEFAULT_TIMEOUT_USEC)
+        values: list[Any] = []
+        try:
+            for cookie in cookies:
+                try:
+                    values.append(_checked_reply(replies[cookie]).read_all()[0])
+                except BusError as e:
+                    values.append(e)
+            return values
+        finally:
+            for reply in replies.values():
+                reply.close()
+
     def _send_call(self, destination: str, path: str, interface: str, member: str, signature: str,
                    args: tuple[Any, ...]) -> int:
         request = self._new_call(destination, path, interface, member, signature, args)

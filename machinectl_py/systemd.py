@@ -222,32 +222,44 @@ def unit_object_path(unit: str) -> str:
     return f"{SYSTEMD[1]}/unit/{escaped}"
 
 
-ACCOUNTING = ("ActiveState", "ActiveEnterTimestampMonotonic", "ControlGroup", "MemoryCurrent", "MemoryMax",
-              "CPUUsageNSec", "TasksCurrent", "IOReadBytes", "IOWriteBytes")
+# What `stats` asks systemd of a running unit (its ActiveState comes from ListUnitsByPatterns):
+# where its cgroup is, since when it runs, its main process (a service's: its network namespace).
+RUNNING_STATES = ("active", "reloading", "deactivating")
+STATS_PROPERTIES = ("ActiveEnterTimestampMonotonic", "ControlGroup")
 
 
-V2_ONLY_ACCOUNTING = ("CPUUsageNSec", "IOReadBytes", "IOWriteBytes")  # never counted for pymachine's units on v1
-
-
-def unit_accounting(bus: Bus, unit: str, unified_host: bool = True) -> dict[str, Any]:
-    """What `stats` shows of a unit, from systemd's accounting properties (UINT64_MAX where
-    systemd keeps no count); {} for a unit systemd has not loaded. One Get per property: a
-    GetAll of a service's ~250 properties costs more to decode than eight calls on the private
-    socket."""
-    path = unit_object_path(unit)
-    iface = f"{SYSTEMD[0]}.{'Scope' if unit.endswith('.scope') else 'Service'}"
-    out: dict[str, Any] = {}
-    try:
-        for name in ACCOUNTING:
-            if not unified_host and name in V2_ONLY_ACCOUNTING:
-                continue
-            owner = f"{SYSTEMD[0]}.Unit" if name.startswith("Active") else iface
-            out[name] = bus.get_property(SYSTEMD[0], path, owner, name)
+def running_units(bus: Bus, units: list[str]) -> dict[str, dict[str, Any]]:
+    """ActiveState of each unit systemd holds, and of the running ones their
+    ActiveEnterTimestampMonotonic, ControlGroup and (a service's) MainPID, in two round trips
+    however many units: the states in one ListUnitsByPatterns, then every Get sent before the
+    first reply is read. (One Get after another of each accounting property took 45 of the
+    80 ms of a `stats` of 50 containers; a GetAll decodes ~250 properties of each.)"""
+    if not units:
+        return {}  # no patterns would be every unit
+    out = {name: dict(props) for name, props in unit_states(bus, units).items() if name in units}
+    wanted: list[tuple[str, str, str]] = []
+    owners: list[tuple[str, str]] = []
+    for unit, props in out.items():
+        if props["ActiveState"] not in RUNNING_STATES:
+            continue
+        path = unit_object_path(unit)
+        iface = f"{SYSTEMD[0]}.{'Scope' if unit.endswith('.scope') else 'Service'}"
+        wanted += [(path, f"{SYSTEMD[0]}.Unit", STATS_PROPERTIES[0]), (path, iface, STATS_PROPERTIES[1])]
+        owners += [(unit, STATS_PROPERTIES[0]), (unit, STATS_PROPERTIES[1])]
         if not unit.endswith(".scope"):
-            out["MainPID"] = bus.get_property(SYSTEMD[0], path, iface, "MainPID")
-    except BusError:
-        return {}
+            wanted.append((path, iface, "MainPID"))
+            owners.append((unit, "MainPID"))
+    for (unit, name), value in zip(owners, bus.get_each(SYSTEMD[0], wanted), strict=True):
+        if isinstance(value, BusError):
+            out[unit]["ActiveState"] = "inactive"  # gone between the two calls
+        else:
+            out[unit][name] = value
     return out
+
+
+def running_unit(bus: Bus, unit: str) -> dict[str, Any]:
+    """running_units of one unit; {} if systemd has not loaded it."""
+    return running_units(bus, [unit]).get(unit, {})
 
 
 def unit_values(bus: Bus, unit: str, names: list[str]) -> dict[str, Any]:

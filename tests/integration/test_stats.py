@@ -52,6 +52,8 @@ def test_stats_of_busy_capped_and_idle_containers(host: AnyHost) -> None:
         assert table[0].split() == ["CONTAINER", "ID", "NAME", "CPU", "%", "MEM", "USAGE", "/", "LIMIT", "MEM",
                                     "%", "NET", "I/O", "BLOCK", "I/O", "PIDS"]
         assert any(line.split()[1] == "stidle" for line in table[1:])
+        # The counters are the ones systemd's accounting properties read.
+        assert idle["pids"] == int(show(host, "pymachine@stidle.service", "TasksCurrent"))
         # Accounting is on for pymachine's units.
         assert show(host, "pymachine@stidle.service", "MemoryAccounting") == "yes"
         assert show(host, "pymachine@stidle.service", "TasksAccounting") == "yes"
