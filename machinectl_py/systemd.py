@@ -107,6 +107,9 @@ def scope_properties(spec: ContainerSpec, device_allow: tuple[tuple[str, str], .
         *delegate_properties(limits, unified_host),
         *accounting_properties(unified_host),
         ("CollectMode", ("s", "inactive-or-failed")),
+        # An OOM kill stops the container with Result=oom-kill (as the service's OOMPolicy=stop;
+        # a delegated unit's default is "continue", which says nothing).
+        ("OOMPolicy", ("s", "stop")),
     ]
     if spec.stop_timeout is None:
         props.append(("TimeoutStopUSec", ("t", STOP_TIMEOUT_USEC)))
