@@ -245,6 +245,10 @@ class Bus:
             lib.sd_bus_flush_close_unref(self._ptr)
             self._ptr = None
 
+    def fileno(self) -> int:
+        """The connection's socket, for select() beside other files (then `signals(0)` reads)."""
+        return _check(lib.sd_bus_get_fd(self._ptr), "bus fd")
+
     def __enter__(self) -> Bus:
         return self
 

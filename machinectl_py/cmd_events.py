@@ -1,16 +1,24 @@
 """`pymachine events`: what happened to containers (create, start, die with its exit code, oom,
 stop, kill, update, destroy), with docker's fields.
 
-Every event is a journal entry of pymachine's own (journal.send_event, MESSAGE_ID
-journal.EVENT_MESSAGE_ID), written where it happens: by the verbs, by a foreground `run`, and
-by a detached container's unit itself (its setup process says start, its stop hook die), so
-a `systemctl start pymachine@web` is seen as well. Replayed from the journal with --since,
-followed live (journalctl -f) until --until or Ctrl-C.
+pymachine writes each event as a journal entry of its own (journal.send_event, MESSAGE_ID
+journal.EVENT_MESSAGE_ID), where it happens: by the verbs, by a foreground `run`, and by a
+detached container's unit itself (its setup process says start, its stop hook die), so a
+`systemctl start pymachine@web` is seen as well. Those are replayed from the journal with
+--since. Live, `events` also listens to systemd and machined on the bus: a container's unit
+going active (start) or leaving it (die, with the main process's exit status), its Result
+becoming oom-kill (oom), machined's MachineNew and MachineRemoved (start, die): what happens
+where pymachine's own hooks cannot say it (a `run` killed with SIGKILL, a unit's process
+killed by hand). An event from the bus waits SIGNAL_GRACE seconds and is dropped if
+pymachine's own record of it (same container, same action) comes meanwhile or came just
+before: each event is printed once, from pymachine's record when there is one.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import select
 import subprocess
 import time
 from typing import Any
@@ -133,6 +141,178 @@ def journalctl_args(since: float | None, until: float | None) -> list[str]:
     return args
 
 
+# -- live events from the bus --------------------------------------------------------------------
+
+SIGNAL_GRACE = 2.0  # seconds a bus event waits for pymachine's own record of it
+RECORD_SHADOW = 10.0  # seconds after pymachine's record in which the bus's same event is not shown
+_LEFT_ACTIVE = ("deactivating", "inactive", "failed")
+_CLD_EXITED = 1
+
+
+def container_of_unit(unit: str) -> str | None:
+    """The container a unit runs: pymachine@NAME.service (detached) or machine-NAME.scope (`run`,
+    systemd's escaping of "-" undone); None for any other unit."""
+    if unit.startswith("pymachine@") and unit.endswith(".service"):
+        return unit[len("pymachine@"):-len(".service")] or None
+    if unit.startswith("machine-") and unit.endswith(".scope"):
+        return unit[len("machine-"):-len(".scope")].replace("\\x2d", "-") or None
+    return None
+
+
+def unit_of_path(path: str) -> str:
+    """A unit's name from its object path (/org/freedesktop/systemd1/unit/pymachine_40web_2eservice):
+    systemd's bus label escaping (_XX) undone."""
+    label = path.rpartition("/")[2]
+    out, i = [], 0
+    while i < len(label):
+        if label[i] == "_" and _is_hex(label[i + 1:i + 3]):
+            out.append(chr(int(label[i + 1:i + 3], 16)))
+            i += 3
+        else:
+            out.append(label[i])
+            i += 1
+    return "".join(out)
+
+
+def _is_hex(text: str) -> bool:
+    return len(text) == 2 and all(c in "0123456789abcdef" for c in text)
+
+
+class UnitWatch:
+    """What the bus's signals say happened to containers: (container, action, attributes)."""
+
+    def __init__(self) -> None:
+        self.state: dict[str, str] = {}
+        self.exit: dict[str, tuple[int, int]] = {}  # unit -> (ExecMainCode, ExecMainStatus)
+
+    def exit_code(self, unit: str) -> str | None:
+        code, status = self.exit.get(unit, (0, 0))
+        if not code:
+            return None
+        return str(status if code == _CLD_EXITED else 128 + status)  # killed by a signal: 128+N, as docker
+
+    def on_signal(self, path: str, member: str, args: list[Any]) -> list[tuple[str, str, dict[str, str]]]:
+        if member in ("MachineNew", "MachineRemoved"):
+            return [(str(args[0]), "start" if member == "MachineNew" else "die", {})] if args else []
+        if member != "PropertiesChanged" or len(args) < 2 or not isinstance(args[1], dict):
+            return []
+        unit = unit_of_path(path)
+        name = container_of_unit(unit)
+        if name is None:
+            return []
+        changed: dict[str, Any] = args[1]
+        events: list[tuple[str, str, dict[str, str]]] = []
+        if "ExecMainCode" in changed or "ExecMainStatus" in changed:
+            old = self.exit.get(unit, (0, 0))
+            self.exit[unit] = (int(changed.get("ExecMainCode", old[0])), int(changed.get("ExecMainStatus", old[1])))
+        if changed.get("Result") == "oom-kill":
+            events.append((name, "oom", {}))
+        state = changed.get("ActiveState")
+        if isinstance(state, str):
+            before = self.state.get(unit, "")
+            self.state[unit] = state
+            if state == "active" and before != "active":
+                events.append((name, "start", {}))
+            elif state in _LEFT_ACTIVE and before in ("active", "reloading", ""):
+                events.append((name, "die", {}))
+        return events
+
+
+class Merger:
+    """pymachine's records printed at once; the bus's events held SIGNAL_GRACE seconds, then
+    printed unless pymachine's record of the same (container, action) came around them."""
+
+    def __init__(self) -> None:
+        self.pending: list[tuple[float, str, str, dict[str, str]]] = []
+        self.recorded: dict[tuple[str, str], float] = {}
+
+    def record_seen(self, name: str, action: str, now: float) -> None:
+        self.recorded[(name, action)] = now
+        self.pending = [p for p in self.pending if (p[1], p[2]) != (name, action)]
+
+    def add(self, name: str, action: str, attributes: dict[str, str], now: float) -> None:
+        if now - self.recorded.get((name, action), -1e9) < RECORD_SHADOW:
+            return
+        if any((p[1], p[2]) == (name, action) for p in self.pending):
+            return  # the unit and machined both said it
+        self.pending.append((now, name, action, attributes))
+
+    def due(self, now: float) -> list[tuple[str, str, dict[str, str]]]:
+        ready = [p for p in self.pending if now - p[0] >= SIGNAL_GRACE]
+        self.pending = [p for p in self.pending if now - p[0] < SIGNAL_GRACE]
+        for _, name, action, _ in ready:
+            self.recorded[(name, action)] = now  # shown: a late record of it is not shown again
+        return [(name, action, attributes) for _, name, action, attributes in ready]
+
+
+def bus_event(name: str, action: str, attributes: dict[str, str], source: str) -> dict[str, Any] | None:
+    """docker's event object for what the bus said of container `name`; None if it is not
+    pymachine's (machined registers other machines too)."""
+    from machinectl_py import state
+    from machinectl_py.errors import PymachineError
+
+    try:
+        record = state.load(name)
+    except (PymachineError, ValueError, KeyError, OSError):
+        return None
+    nanos = time.time_ns()
+    attrs = {"name": record.name, "image": record.image_name, **attributes, "source": source}
+    return {"status": action, "id": record.id, "from": record.image_name, "Type": "container", "Action": action,
+            "Actor": {"ID": record.id, "Attributes": attrs}, "scope": "local", "time": nanos // 1_000_000_000,
+            "timeNano": nanos}
+
+
+def _listen(bus: Any) -> None:
+    """Ask for systemd's unit signals and machined's machine signals on the system bus."""
+    from machinectl_py import machined, systemd
+
+    unit_paths = f"{systemd.SYSTEMD[1]}/unit"
+    bus.add_match(f"type='signal',sender='{systemd.SYSTEMD[0]}',interface='org.freedesktop.DBus.Properties',"
+                  f"member='PropertiesChanged',path_namespace='{unit_paths}'")
+    for member in ("MachineNew", "MachineRemoved"):
+        bus.add_match(f"type='signal',sender='{machined.MACHINED[0]}',interface='{machined.MACHINED[2]}',"
+                      f"member='{member}',path='{machined.MACHINED[1]}'")
+    systemd.call(bus, "Subscribe")  # systemd sends its unit signals only while someone subscribed
+
+
+def follow(proc: subprocess.Popen[str], filters: dict[str, set[str]], template: str | None) -> None:
+    """Print pymachine's records from journalctl as they come, merged with the bus's events."""
+    from machinectl_py.bus import Bus
+
+    assert proc.stdout is not None
+    watch, merger = UnitWatch(), Merger()
+    with Bus.system() as bus:
+        _listen(bus)
+        bus_fd, journal_fd, partial = bus.fileno(), proc.stdout.fileno(), b""
+        while True:
+            now = time.monotonic()
+            for name, action, attributes in merger.due(now):
+                _show(bus_event(name, action, attributes, "bus"), filters, template)
+            for path, _iface, member, args in bus.signals(0, ("PropertiesChanged", "MachineNew", "MachineRemoved")):
+                for name, action, attributes in watch.on_signal(path, member, args):
+                    if action == "die":
+                        code = watch.exit_code(f"pymachine@{name}.service")
+                        attributes = {"exitCode": code} if code is not None else attributes
+                    merger.add(name, action, attributes, now)
+            readable, _, _ = select.select([journal_fd, bus_fd], [], [], 0.5)
+            if journal_fd not in readable:
+                continue
+            chunk = os.read(journal_fd, 1 << 16)  # not readline(): its buffer would hide lines from select
+            if not chunk:
+                return
+            *lines, partial = (partial + chunk).split(b"\n")
+            for raw in lines:
+                event = event_of(json.loads(raw))
+                if event is not None:
+                    merger.record_seen(event["Actor"]["Attributes"].get("name", ""), event["Action"], time.monotonic())
+                    _show(event, filters, template)
+
+
+def _show(event: dict[str, Any] | None, filters: dict[str, set[str]], template: str | None) -> None:
+    if event is not None and matches(event, filters):
+        print(line_of(event, template), flush=True)
+
+
 def main(argv: list[str]) -> int:
     args = EVENTS.parse_or_help(argv)
     if args is None:
@@ -146,10 +326,11 @@ def main(argv: list[str]) -> int:
     with subprocess.Popen(journalctl_args(since, until), stdout=subprocess.PIPE, text=True) as proc:
         assert proc.stdout is not None
         try:
-            for raw in proc.stdout:
-                event = event_of(json.loads(raw))
-                if event is not None and matches(event, filters):
-                    print(line_of(event, args["format"]), flush=True)
+            if until is None:
+                follow(proc, filters, args["format"])
+            else:
+                for raw in proc.stdout:
+                    _show(event_of(json.loads(raw)), filters, args["format"])
         except KeyboardInterrupt:
             proc.terminate()
             return 0
