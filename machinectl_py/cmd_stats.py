@@ -74,7 +74,7 @@ def decimal_size(n: float) -> str:
 class Sample:
     """One container's counters at one moment."""
 
-    __slots__ = ("record", "running", "cpu_ns", "at", "since", "memory", "limit", "pids", "block", "net")
+    __slots__ = ("record", "running", "cpu_ns", "at", "since", "memory", "limit", "pids", "block", "net", "found")
 
     def __init__(self, record: state.ContainerRecord, props: dict[str, Any], unified: bool) -> None:
         from machinectl_py import cgroupfs
@@ -82,16 +82,20 @@ class Sample:
         self.record = record
         self.at = time.monotonic()
         self.running = props.get("ActiveState") in RUNNING
-        self.since = int(props.get("ActiveEnterTimestampMonotonic") or 0) / 1e6
+        entered = int(props.get("ActiveEnterTimestampMonotonic") or 0) / 1e6
+        # Since when it runs: systemd's when asked, else the record's (wall clock) start.
+        self.since = entered or (self.at - (time.time() - record.started) if record.started else 0.0)
         self.cpu_ns = self.memory = self.pids = 0
         self.limit = 0
         self.block = self.net = (0, 0)
-        if not self.running:
-            return
+        self.found = True
         cgroup = str(props.get("ControlGroup") or "")
-        if not cgroup:
+        if not self.running or not cgroup:
             return
         counted = cgroupfs.counters(cgroup, unified)
+        if counted["memory"] is None and counted["pids"] is None:
+            self.found = False  # not the cgroup systemd gave the unit: ask it (sample())
+            return
         cpu_ns = counted["cpu_ns"]
         if cpu_ns is None:  # no unified hierarchy (a legacy host): the living processes' own time
             cpu_ns = cgroupfs.cpu_nsec(cgroupfs.processes(cgroup, unified))
@@ -149,12 +153,25 @@ def _records(names: list[str]) -> list[state.ContainerRecord]:
 
 
 def sample(bus: Bus, records: list[state.ContainerRecord], unified: bool) -> list[Sample]:
+    """One ListUnitsByPatterns says which containers run; their cgroups are where systemd puts
+    a unit of their slice, and their start and main process are in their records. Only for a
+    unit whose cgroup is elsewhere (a Slice= changed by hand) is systemd asked (ControlGroup...)."""
     from machinectl_py import systemd
     from machinectl_py.unit_template import unit_name
 
     units = [r.unit or unit_name(r.name) for r in records]
-    accounting = systemd.running_units(bus, units)
-    return [Sample(r, accounting.get(unit, {}), unified) for r, unit in zip(records, units, strict=True)]
+    states = systemd.unit_states(bus, systemd.unit_patterns(units)) if units else {}
+    samples = []
+    for record, unit in zip(records, units, strict=True):
+        props = dict(states.get(unit, {}))
+        props["ControlGroup"] = systemd.unit_cgroup(unit, record.spec.slice or systemd.MACHINE_SLICE)
+        samples.append(Sample(record, props, unified))
+    lost = {s.record.name: unit for s, unit in zip(samples, units, strict=True) if not s.found}
+    if lost:
+        asked = systemd.running_units(bus, list(lost.values()))
+        samples = [Sample(s.record, asked.get(lost[s.record.name], {}), unified) if s.record.name in lost else s
+                   for s in samples]
+    return samples
 
 
 def render(samples: list[Sample], before: dict[str, Sample], args: dict[str, Any], show_all: bool) -> list[str]:

@@ -239,7 +239,7 @@ def running_units(bus: Bus, units: list[str]) -> dict[str, dict[str, Any]]:
     80 ms of a `stats` of 50 containers; a GetAll decodes ~250 properties of each.)"""
     if not units:
         return {}  # no patterns would be every unit
-    out = {name: dict(props) for name, props in unit_states(bus, units).items() if name in units}
+    out = {name: dict(props) for name, props in unit_states(bus, unit_patterns(units)).items() if name in units}
     wanted: list[tuple[str, str, str]] = []
     owners: list[tuple[str, str]] = []
     for unit, props in out.items():
@@ -258,6 +258,29 @@ def running_units(bus: Bus, units: list[str]) -> dict[str, dict[str, Any]]:
         else:
             out[unit][name] = value
     return out
+
+
+def unit_cgroup(unit: str, slice_unit: str) -> str:
+    """The cgroup systemd gives a unit in a slice, without asking it: slices nest by their
+    dashes (machine-tenant.slice is /machine.slice/machine-tenant.slice), the root slice "-.slice"
+    is the root."""
+    base = slice_unit.removesuffix(".slice")
+    if base in ("", "-"):
+        return f"/{unit}"
+    parts = base.split("-")
+    return "".join(f"/{'-'.join(parts[:i + 1])}.slice" for i in range(len(parts))) + f"/{unit}"
+
+
+def unit_patterns(units: list[str]) -> list[str]:
+    """ListUnitsByPatterns patterns for these units: the two kinds of container units by their
+    shape, any other by its name (systemd matches every unit it holds against each pattern:
+    fifty names cost it as much as the rest of a `stats`)."""
+    shapes = {"pymachine@*.service": ("pymachine@", ".service"), "machine-*.scope": ("machine-", ".scope")}
+    out = set()
+    for unit in units:
+        out.add(next((p for p, (head, tail) in shapes.items() if unit.startswith(head) and unit.endswith(tail)),
+                     unit))
+    return sorted(out)
 
 
 def running_unit(bus: Bus, unit: str) -> dict[str, Any]:
