@@ -405,11 +405,12 @@ class Bus:
         if not self.direct:
             self.send(*DBUS, "AddMatch", "s", rule)
 
-    def signals(self, timeout_usec: int,
-                members: Collection[str] = ()) -> Iterator[tuple[str, str, str, list[Any]]]:
+    def signals(self, timeout_usec: int, members: Collection[str] = (),
+                path_ok: Callable[[str], bool] | None = None) -> Iterator[tuple[str, str, str, list[Any]]]:
         """Yield (path, interface, member, args) of incoming signals until `timeout_usec` passes;
-        only those named in `members`, if given (the others' arguments are not even read: a
-        direct connection to systemd gets every PropertiesChanged of every unit)."""
+        only those named in `members`, if given, and from a path `path_ok` accepts (the others'
+        arguments are not even read: a direct connection to systemd gets every
+        PropertiesChanged of every unit)."""
         deadline = time.monotonic() + timeout_usec / 1e6
         box = ffi.new("sd_bus_message **")
         while True:
@@ -422,10 +423,9 @@ class Bus:
                     lib.sd_bus_message_get_type(msg.ptr, kind)
                     if kind[0] == _MESSAGE_SIGNAL:
                         member = _opt_str(lib.sd_bus_message_get_member(msg.ptr))
-                        if not members or member in members:
-                            yield (_opt_str(lib.sd_bus_message_get_path(msg.ptr)),
-                                   _opt_str(lib.sd_bus_message_get_interface(msg.ptr)),
-                                   member, msg.read_all())
+                        path = _opt_str(lib.sd_bus_message_get_path(msg.ptr))
+                        if (not members or member in members) and (path_ok is None or path_ok(path)):
+                            yield (path, _opt_str(lib.sd_bus_message_get_interface(msg.ptr)), member, msg.read_all())
                 finally:
                     msg.close()
                 continue

@@ -288,7 +288,8 @@ def follow(proc: subprocess.Popen[str], filters: dict[str, set[str]], template: 
             now = time.monotonic()
             for name, action, attributes in merger.due(now):
                 _show(bus_event(name, action, attributes, "bus"), filters, template)
-            for path, _iface, member, args in bus.signals(0, ("PropertiesChanged", "MachineNew", "MachineRemoved")):
+            for path, _iface, member, args in bus.signals(0, ("PropertiesChanged", "MachineNew", "MachineRemoved"),
+                                                          _container_path):
                 for name, action, attributes in watch.on_signal(path, member, args):
                     if action == "die":
                         code = watch.exit_code(f"pymachine@{name}.service")
@@ -306,6 +307,12 @@ def follow(proc: subprocess.Popen[str], filters: dict[str, set[str]], template: 
                 if event is not None:
                     merger.record_seen(event["Actor"]["Attributes"].get("name", ""), event["Action"], time.monotonic())
                     _show(event, filters, template)
+
+
+def _container_path(path: str) -> bool:
+    """A container unit's object path (pymachine@*.service, machine-*.scope), or machined's."""
+    label = path.rpartition("/")[2]
+    return label.startswith(("pymachine_40", "machine_2d")) or not path.startswith("/org/freedesktop/systemd1/")
 
 
 def _show(event: dict[str, Any] | None, filters: dict[str, set[str]], template: str | None) -> None:

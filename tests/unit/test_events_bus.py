@@ -47,3 +47,11 @@ def test_each_event_once_and_pymachines_record_first() -> None:
     merger.add("web", "die", {"exitCode": "1"}, 102.0)
     assert merger.due(102.0) == []
     assert merger.due(102.0 + SIGNAL_GRACE) == [("web", "die", {"exitCode": "1"})]
+
+
+def test_only_container_units_signals_are_read() -> None:
+    from machinectl_py.cmd_events import _container_path
+
+    assert _container_path(unit_object_path("pymachine@web.service"))
+    assert _container_path(unit_object_path("machine-web.scope")) and _container_path("/org/freedesktop/machine1")
+    assert not _container_path(unit_object_path("cron.service"))
