@@ -266,13 +266,8 @@ def _listen(bus: Any) -> None:
     """Ask for systemd's unit signals and machined's machine signals on the system bus."""
     from machinectl_py import machined, systemd
 
-    unit_paths = f"{systemd.SYSTEMD[1]}/unit"
-    bus.add_match(f"type='signal',sender='{systemd.SYSTEMD[0]}',interface='org.freedesktop.DBus.Properties',"
-                  f"member='PropertiesChanged',path_namespace='{unit_paths}'")
-    for member in ("MachineNew", "MachineRemoved"):
-        bus.add_match(f"type='signal',sender='{machined.MACHINED[0]}',interface='{machined.MACHINED[2]}',"
-                      f"member='{member}',path='{machined.MACHINED[1]}'")
-    systemd.call(bus, "Subscribe")  # systemd sends its unit signals only while someone subscribed
+    systemd.watch_units(bus)
+    machined.watch_machines(bus)
 
 
 def follow(proc: subprocess.Popen[str], filters: dict[str, set[str]], template: str | None) -> None:
@@ -311,8 +306,9 @@ def follow(proc: subprocess.Popen[str], filters: dict[str, set[str]], template: 
 
 def _container_path(path: str) -> bool:
     """A container unit's object path (pymachine@*.service, machine-*.scope), or machined's."""
-    label = path.rpartition("/")[2]
-    return label.startswith(("pymachine_40", "machine_2d")) or not path.startswith("/org/freedesktop/systemd1/")
+    from machinectl_py import systemd
+
+    return not systemd.is_unit_path(path) or path.rpartition("/")[2].startswith(("pymachine_40", "machine_2d"))
 
 
 def _show(event: dict[str, Any] | None, filters: dict[str, set[str]], template: str | None) -> None:

@@ -260,6 +260,18 @@ def running_units(bus: Bus, units: list[str]) -> dict[str, dict[str, Any]]:
     return out
 
 
+def watch_units(bus: Bus) -> None:
+    """Have systemd's PropertiesChanged of every unit routed to us, and make systemd send them
+    (it sends its unit signals only while a client is subscribed)."""
+    bus.add_match(f"type='signal',sender='{SYSTEMD[0]}',interface='org.freedesktop.DBus.Properties',"
+                  f"member='PropertiesChanged',path_namespace='{SYSTEMD[1]}/unit'")
+    call(bus, "Subscribe")
+
+
+def is_unit_path(path: str) -> bool:
+    return path.startswith(f"{SYSTEMD[1]}/unit/")
+
+
 def unit_cgroup(unit: str, slice_unit: str) -> str:
     """The cgroup systemd gives a unit in a slice, without asking it: slices nest by their
     dashes (machine-tenant.slice is /machine.slice/machine-tenant.slice), the root slice "-.slice"

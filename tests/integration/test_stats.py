@@ -41,7 +41,8 @@ def test_stats_of_busy_capped_and_idle_containers(host: AnyHost) -> None:
         rows = stats(host)
         assert set(names) <= set(rows)
         busy, half, idle = (rows[n] for n in names)
-        assert 10 <= float(busy["cpu_percent"]) <= 110, busy  # type: ignore[arg-type]
+        # A lower band only of a few %: on this 2-CPU machine at load 15 a loop got 9.7%.
+        assert 4 <= float(busy["cpu_percent"]) <= 110, busy  # type: ignore[arg-type]
         # The quota is firm, but the average since the unit went active also counts the CPU its
         # setup process used before: a band above 50.
         assert 5 <= float(half["cpu_percent"]) <= 75, half  # type: ignore[arg-type]
