@@ -341,14 +341,21 @@ class Bus:
         """Properties.Get of each (object path, interface, property), of many objects, in one round
         trip (as get_properties); a property the peer refused comes back as its BusError, in its
         place, so one unit gone meanwhile spoils none of the others."""
-        cookies = [self._send_call(destination, path, PROPERTIES, "Get", "ss", (iface, prop))
-                   for path, iface, prop in wanted]
+        calls = [(path, PROPERTIES, "Get", "ss", (iface, prop)) for path, iface, prop in wanted]
+        return self.call_batch(destination, calls, [_first_value] * len(calls))
+
+    def call_batch(self, destination: str, calls: Sequence[tuple[str, str, str, str, tuple[Any, ...]]],
+                   readers: Sequence[Callable[[Message], Any]]) -> list[Any]:
+        """Many calls (path, interface, member, signature, args) in one round trip: every request
+        is sent before the first reply is read, as the peer answers in turn. Each reply goes
+        through its reader; a call the peer refused comes back as its BusError, in its place."""
+        cookies = [self._send_call(destination, *call) for call in calls]
         replies = self._collect_replies(cookies, DEFAULT_TIMEOUT_USEC)
         values: list[Any] = []
         try:
-            for cookie in cookies:
+            for cookie, reader in zip(cookies, readers, strict=True):
                 try:
-                    values.append(_checked_reply(replies[cookie]).read_all()[0])
+                    values.append(reader(_checked_reply(replies[cookie])))
                 except BusError as e:
                     values.append(e)
             return values
@@ -438,6 +445,10 @@ class Bus:
 
     def wait_for_signal(self, accept: Callable[[str, str, str, list[Any]], bool], timeout_usec: int) -> bool:
         return any(accept(*signal) for signal in self.signals(timeout_usec))
+
+
+def _first_value(reply: Message) -> Any:
+    return reply.read_all()[0]
 
 
 def _checked_reply(reply: Message) -> Message:
