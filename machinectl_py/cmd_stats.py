@@ -1,7 +1,7 @@
 """`pymachine stats` and `pymachine top`: what containers use, and what runs in them.
 
-stats asks systemd which containers' units run, since when and in which cgroup (one
-ListUnitsByPatterns and one batch of Gets for them all), then reads the counters from the
+stats asks systemd which containers' units run and since when (a ListUnitsByPatterns and a
+Get of each, in one round trip for them all), then reads the counters from the
 cgroup files systemd's accounting properties (MemoryCurrent, CPUUsageNSec, TasksCurrent,
 IOReadBytes/IOWriteBytes) are read from, as systemd-cgtop does; network bytes from the
 container's network namespace. docker's columns and `--format` fields.
@@ -157,9 +157,9 @@ def _records(names: list[str]) -> list[state.ContainerRecord]:
 def sample(bus: Bus, records: list[state.ContainerRecord], unified: bool) -> list[Sample]:
     """One round trip to systemd: a ListUnitsByPatterns says which containers run, and with it
     a Get of each container its record says runs, since when (InactiveExitTimestampMonotonic;
-    a Get of a unit not loaded loads it, so not of every record); their cgroups are where systemd puts a unit of their
-    slice, their main process is in their records. Only for a unit whose cgroup is elsewhere
-    (a Slice= changed by hand) is systemd asked more (ControlGroup...)."""
+    a Get of a unit not loaded loads it, so not of every record). Their cgroups are where
+    systemd puts a unit of their slice, their main process is in their records. Only for a
+    unit whose cgroup is elsewhere (a Slice= changed by hand) is systemd asked more."""
     from machinectl_py import systemd
     from machinectl_py.unit_template import unit_name
 

@@ -264,7 +264,7 @@ def running_units(bus: Bus, units: list[str]) -> dict[str, dict[str, Any]]:
 def watch_units(bus: Bus) -> None:
     """Have systemd's PropertiesChanged of every unit routed to us, and make systemd send them
     (it sends its unit signals only while a client is subscribed)."""
-    bus.add_match(f"type='signal',sender='{SYSTEMD[0]}',interface='org.freedesktop.DBus.Properties',"
+    bus.add_match(f"type='signal',sender='{SYSTEMD[0]}',interface='{PROPERTIES}',"
                   f"member='PropertiesChanged',path_namespace='{SYSTEMD[1]}/unit'")
     call(bus, "Subscribe")
 
