@@ -82,7 +82,7 @@ def test_events_from_systemd_and_machined(host: AnyHost) -> None:
         assert "source" not in died[0]["Actor"]["Attributes"]
         assert died[1]["Actor"]["Attributes"]["source"] in ("systemd", "machined")
         # Replayed: machined's journal message says it, once.
-        replayed = [(e["Action"], e["Actor"]["Attributes"].get("source"))
+        replayed = [(e["Action"], e["Actor"]["Attributes"].get("source"))  # type: ignore[index]
                     for e in events(host, "--filter", "container=ev4")]
         assert replayed == [("start", None), ("die", "machined")]
     finally:
