@@ -176,7 +176,8 @@ class Container:
             with ContainerLock(self.name, wait=False):
                 self._start(bus)
             return
-        with ContainerLock(self.name, wait=False), Bus.system() as own:
+        # Every call here is systemd's: straight to it (Bus.systemd), no bus daemon in between.
+        with ContainerLock(self.name, wait=False), Bus.systemd() as own:
             self._start(own)
 
     def _start(self, bus: Bus) -> None:
@@ -358,9 +359,12 @@ def create_and_start(spec: ContainerSpec) -> Container:
     from machinectl_py.launch import check_network
 
     check_network(spec)  # a published port in use: refused before the container exists
-    with Bus.system() as bus:
+    # One connection (a second costs its handshake and Hello), straight to systemd: create
+    # and start call only systemd, and through dbus-daemon systemd asks the daemon for our
+    # credentials at each call, and the daemon relays the job's signals.
+    with Bus.systemd() as bus:
         container = Container.create(spec, bus=bus)
-        container.start(bus)  # one connection: a second costs its handshake and Hello
+        container.start(bus)
     return container
 
 
