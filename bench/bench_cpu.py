@@ -85,6 +85,7 @@ try:
     for _ in range(rounds):
         for key, make in cases.items():
             times = []
+            time.sleep(1)  # the previous batch's teardown (stop hooks, journal) settles first
             before = usage_ns()
             for i in range(runs):
                 t = time.perf_counter()
