@@ -1,6 +1,7 @@
 """Reading the kernel's cgroup files: what systemd has no property for (OOM kills on a v1 host,
-a v1 cgroup's IO bytes) and the kernel's side of `explain`. Read only: every write to a cgroup
-goes through systemd as a unit property.
+a v1 cgroup's IO bytes) and the kernel's side of `explain`. Read only, with one exception:
+`join_unit` puts a new `exec` process into the cgroups a delegated unit's init already holds
+(see its docstring); every other write to a cgroup goes through systemd as a unit property.
 
 Paths are systemd's ControlGroup= values (/machine.slice/pymachine@web.service). On a pure v2
 host a controller's file is /sys/fs/cgroup/CGROUP/FILE; on a hybrid or legacy one it is in
@@ -242,3 +243,55 @@ def kernel_value(prop: str, cgroup: str, unified_host: bool) -> tuple[str, objec
         text = read(f"{base}/io.weight") or ""
         return f"{base}/io.weight", _limit(text.split()[1]) if text.startswith("default ") else None
     return None
+
+
+def unit_placement(cgroup_text: str, unit: str, unified_host: bool) -> list[tuple[str, str]] | None:
+    """Where systemd's AttachProcessesToUnit(UNIT, "", pid) puts a process, from the
+    /proc/PID/cgroup of a process of UNIT: [(cgroup.procs file, path)], one per hierarchy.
+    In each hierarchy where the process is in UNIT's cgroup or below, UNIT's own cgroup; in
+    the others (a v1 controller the unit has no cgroup of its own in), the slice above UNIT it
+    sits in, as systemd realized it. None if a line shows anything else (the caller asks
+    systemd): no path ever comes from outside UNIT's cgroup and the slices above it."""
+    lines = [line.split(":", 2) for line in cgroup_text.splitlines() if line.count(":") >= 2]
+    marker = f"/{unit}/"
+    own = [(path + "/")[:(path + "/").index(marker) + len(marker) - 1] for _, _, path in lines if marker in path + "/"]
+    if not own or any(path != own[0] for path in own):
+        return None
+    unit_cgroup = own[0]
+    placement = []
+    for _, controllers, path in lines:
+        if marker in path + "/":
+            target = unit_cgroup
+        elif path == "/" or unit_cgroup.startswith(path.rstrip("/") + "/"):
+            target = path
+        else:
+            return None
+        if controllers == "":
+            directory = ROOT if unified_host else f"{ROOT}/unified"
+        else:
+            directory = f"{ROOT}/{controllers.removeprefix('name=')}"
+        placement.append((f"{directory}{target.rstrip('/')}/cgroup.procs", target))
+    return placement
+
+
+def join_unit(pid: int, member: int, unit: str) -> bool:
+    """Move process PID (ours, not yet running anything) where AttachProcessesToUnit(UNIT) would,
+    by writing it to cgroup.procs: beside MEMBER, a process of the delegated UNIT (its init).
+    False, having written nothing or only part, when that cannot be done; the caller then asks
+    systemd, which moves it everywhere again.
+
+    Not a write behind systemd's back: UNIT has Delegate=yes, so its cgroup subtree is the
+    container manager's, and systemd tells a process's unit from its cgroup in the systemd
+    hierarchy, where PID lands inside UNIT; in a v1 controller's hierarchy that UNIT has no
+    cgroup of its own in, PID joins the slice systemd realized and put UNIT's init in. runc
+    (with systemd's cgroup driver too) joins an exec'd process the same way."""
+    placement = unit_placement(read(f"/proc/{member}/cgroup") or "", unit, unified())
+    if placement is None:
+        return False
+    try:
+        for procs, _ in placement:
+            with open(procs, "w") as f:
+                f.write(str(pid))
+    except OSError:
+        return False
+    return True
