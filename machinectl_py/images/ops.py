@@ -25,6 +25,7 @@ from machinectl_py.images.store import (
     Staging,
     Store,
     canonical_json,
+    digest_reference,
     hex_of,
     normalize_reference,
     now_rfc3339,
@@ -325,6 +326,10 @@ def remove_images(refs: list[str], force: bool = False, store: Store | None = No
             image_id = store.lookup(ref)
             repos = store.repositories()
             own_tags = sorted(t for t, i in repos.items() if i == image_id)
+            if "@" in ref and (own_tags or len(store.repo_digests(image_id)) > 1):
+                # docker rmi NAME@sha256:...: only that name goes while the image has others
+                messages += [f"Untagged: {d}" for d in store.forget_digests(image_id, digest_reference(ref))]
+                continue
             with contextlib.suppress(UsageError):
                 normal = normalize_reference(ref)
                 if normal in own_tags and len(own_tags) > 1:
@@ -342,6 +347,7 @@ def remove_images(refs: list[str], force: bool = False, store: Store | None = No
                 del repos[tag]
                 messages.append(f"Untagged: {tag}")
             store.save_repositories(repos)
+            messages += [f"Untagged: {d}" for d in store.forget_digests(image_id)]
             if users:
                 continue  # forced: the containers keep their (now untagged) image
             store.remove_image(image_id)
@@ -357,10 +363,11 @@ def prune(store: Store | None = None) -> tuple[list[str], int, int]:
     removed: list[str] = []
     with store.gc_exclusive(), store.write_lock():
         repos = store.repositories()
-        tagged = set(repos.values())
+        tagged = set(repos.values())  # a digest reference alone does not keep an image (docker's dangling)
         used = set(container_image_ids().values())
         for image_id in store.all_image_ids():
             if image_id not in tagged and image_id not in used:
+                store.forget_digests(image_id)
                 store.remove_image(image_id)
                 removed.append(image_id)
         layers, reclaimed = _remove_unreferenced_layers(store)

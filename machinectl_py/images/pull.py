@@ -32,6 +32,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from machinectl_py.errors import NotFoundError
 from machinectl_py.images import reference
 from machinectl_py.images.errors import BadArchiveError, ImageError
 from machinectl_py.images.reference import Reference
@@ -421,6 +422,34 @@ def pull(text: str, options: Options, store: Any = None) -> Pulled:
                           f"{' and '.join(reference.registries_conf_files())}")
 
 
+def for_run(text: str, always: bool) -> str:
+    """`run`'s and `create`'s pull (see images.ensure): the reference of the image in the store."""
+    import sys
+
+    from machinectl_py import images
+    from machinectl_py.images.progress import LayerProgress
+
+    registries = reference.load_registries()
+    if not always:
+        # A short name pulled earlier is in the store under the registry it was found on.
+        for candidate in reference.candidates(text, registries):
+            local = _store_reference(candidate)
+            with contextlib.suppress(ImageError, NotFoundError):
+                images.resolve(local)
+                return local
+        print(f"Unable to find image {text!r} locally", file=sys.stderr, flush=True)
+    result = pull(text, Options(progress=LayerProgress()))
+    return _store_reference(result.ref, result.manifest_digest)
+
+
+def _store_reference(ref: Reference, manifest_digest: str | None = None) -> str:
+    """What the store calls a pulled image: its tag, or name@digest for a pull by digest."""
+    digest = ref.digest or (manifest_digest if ref.tag is None else None)
+    if digest is not None:
+        return f"{ref.name}@{digest}"
+    return ref.store_tag() or f"{ref.name}@{manifest_digest}"
+
+
 def _pull_image(session: Session, ref: Reference, manifest: dict[str, Any], manifest_digest: str,
                 options: Options, store: Any) -> Pulled:
     from machinectl_py.images import blobinfo
@@ -439,6 +468,9 @@ def _pull_image(session: Session, ref: Reference, manifest: dict[str, Any], mani
             tag = ref.store_tag()
             if tag is not None:
                 store.set_tags(image_id, [tag])
+            # docker's RepoDigests: the manifest (or index) this image was pulled by, so that
+            # `run NAME@sha256:...` and `image inspect` find it, whether a tag was asked for or not.
+            store.add_digest(image_id, f"{ref.name}@{manifest_digest}")
             blobinfo.record(store, [(b.diff_id, b.digest, b.size, b.media_type) for b in blobs], ref.name)
     for b in wanted.values():
         with contextlib.suppress(FileNotFoundError):
