@@ -57,10 +57,18 @@ PUSH = Command(
 Upload IMAGE from the store to a registry, as docker push and podman push do.
 
 DESTINATION is a full reference (REGISTRY[:PORT]/NAME[:TAG]); without it, IMAGE's own name
-must include the registry. Layers are compressed with gzip on the fly as they upload; the
-compressed digests are remembered, so a second push uploads nothing the registry has. A layer
-the registry holds in another repository is mounted from there instead of uploaded.""",
-    [TLS_OPTION, Option("--quiet -q", "print nothing but errors", kind=FLAG)],
+must include the registry. Layers are compressed (gzip, or zstd) on the fly as they upload;
+the compressed digests are remembered, so a second push uploads nothing the registry has. A
+layer the registry holds in another repository is mounted from there instead of uploaded.
+
+The manifest is OCI, or docker's v2 schema 2 for an image whose layers were pulled as docker
+blobs (--format says which). zstd layers need the OCI format.""",
+    [TLS_OPTION,
+     Option("--format -f", "the manifest type: oci or v2s2 (docker's); default: v2s2 for an image pulled in that "
+            "format, else oci", metavar="FORMAT", choices=("oci", "v2s2")),
+     Option("--compression-format", "compress the layers with gzip (default) or zstd", metavar="FORMAT",
+            choices=("gzip", "zstd")),
+     Option("--quiet -q", "print nothing but errors", kind=FLAG)],
     positionals=[("image", "the image in the store")],
     rest=("destination", "the reference to push to"),
     epilog="""\
@@ -141,7 +149,8 @@ def main_push(argv: list[str]) -> int:
 
     quiet = values["quiet"]
     result = push.push(values["image"], destination[0] if destination else None,
-                       tls_verify=_tls_verify(values), progress=LayerProgress(quiet=quiet))
+                       tls_verify=_tls_verify(values), progress=LayerProgress(quiet=quiet),
+                       fmt=values["format"], compression=values["compression_format"])
     if not quiet:
         print(f"Pushed {result.ref}: digest {result.digest} ({result.uploaded} layers uploaded, "
               f"{result.mounted} mounted, {result.skipped} already there)")

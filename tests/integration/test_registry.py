@@ -619,6 +619,53 @@ def test_push_of_a_committed_image_round_trips(host: AnyHost, registry: Registry
         pm(host, "image", "rm", "-f", target, base, check=False)
 
 
+DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
+
+
+def test_push_keeps_dockers_format_and_pushes_zstd(host: AnyHost, registry: Registry, tmp_path: Path) -> None:
+    base = registry.put(unique_layout(tmp_path / "img"), "test/dockerbase", "--format", "v2s2")
+    assert registry.inspect(base, "--raw")["mediaType"] == DOCKER_MANIFEST
+    pm(host, "pull", "-q", base, "--tls-verify=false")
+    name = f"v2s2-{secrets.token_hex(3)}"
+    target = f"{registry.address}/test/dockerpush:{name}"
+    pm(host, "run", "--name", name, base, "sh", "-c", "echo changed > /changed")
+    try:
+        pm(host, "commit", name, target)
+    finally:
+        pm(host, "rm", "-f", name, check=False)
+    ztarget = f"{target}-zstd"
+    try:
+        # the base came as docker v2s2: so does the push, its base blob mounted as it is
+        out = pm(host, "push", "--tls-verify=false", target).stdout
+        assert "1 layers uploaded, 1 mounted, 0 already there" in out, out
+        raw = registry.inspect(target, "--raw")
+        assert raw["mediaType"] == DOCKER_MANIFEST
+        assert raw["config"]["mediaType"] == "application/vnd.docker.container.image.v1+json"
+        assert {layer["mediaType"] for layer in raw["layers"]} == {"application/vnd.docker.image.rootfs.diff.tar.gzip"}
+        local = layers_of(host, target)
+        assert diff_ids(registry, target) == local
+        # zstd: an OCI manifest, every layer compressed anew; a clean store pulls the same diff_ids
+        out = pm(host, "push", "--tls-verify=false", "--compression-format", "zstd", target, ztarget).stdout
+        assert "2 layers uploaded, 0 mounted, 0 already there" in out, out
+        raw = registry.inspect(ztarget, "--raw")
+        assert raw["mediaType"] == "application/vnd.oci.image.manifest.v1+json"
+        assert {layer["mediaType"] for layer in raw["layers"]} == {"application/vnd.oci.image.layer.v1.tar+zstd"}
+        assert diff_ids(registry, ztarget) == local
+        env = private_store(tmp_path)
+        pm(host, "pull", ztarget, "--tls-verify=false", env=env)
+        assert layers_of(host, ztarget, env) == local
+        # the same image as OCI + gzip: the blobs are the docker ones, only their mediaType changes
+        out = pm(host, "push", "--tls-verify=false", "--format", "oci", target, f"{target}-oci").stdout
+        assert "0 layers uploaded, 0 mounted, 2 already there" in out, out
+        assert registry.inspect(f"{target}-oci", "--raw")["mediaType"] == "application/vnd.oci.image.manifest.v1+json"
+        bad = pm(host, "push", "--tls-verify=false", "--format", "v2s2", "--compression-format", "zstd", target,
+                 check=False)
+        assert bad.returncode == 125
+        assert bad.stderr.startswith("pymachine: docker's v2s2 format has no zstd layers"), bad.stderr
+    finally:
+        pm(host, "image", "rm", "-f", target, base, check=False)
+
+
 @pytest.mark.parametrize(("args", "message"), [
     (["pull", "Not/Valid"], "pymachine: invalid image reference 'Not/Valid'"),
     (["pull", "x@sha256:1234"], "pymachine: invalid image reference 'x@sha256:1234'"),
