@@ -33,6 +33,6 @@ def main(argv: list[str]) -> int:
     if args["name"] is None:
         raise UsageError("pymachine create: --name NAME is required", hint="pymachine create --name web busybox ...")
     spec = settings.spec_from_args(args)
-    spec = spec.replace(image=images.ensure(spec.image, spec.pull))
+    spec = spec.replace(image=images.ensure(spec.image, spec.pull, spec.tls_verify))
     print(lifecycle.create(spec).record.id)
     return 0

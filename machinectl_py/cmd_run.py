@@ -60,7 +60,7 @@ def main(argv: list[str]) -> int:
     if spec.restart != "no" and not args["detach"]:
         raise UsageError("--restart applies to detached containers: a foreground run ends with its command",
                          hint="use it with -d, or with `pymachine create`")
-    spec = spec.replace(image=images.ensure(spec.image, spec.pull))
+    spec = spec.replace(image=images.ensure(spec.image, spec.pull, spec.tls_verify))
     if args["detach"]:
         from machinectl_py import lifecycle
 

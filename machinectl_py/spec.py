@@ -587,7 +587,8 @@ class ContainerSpec(Record):
                  "volumes", "restart", "remove", "tty", "interactive", "entrypoint", "labels", "tmpfs",
                  "read_only", "shm_size", "init", "stop_signal", "stop_timeout", "ulimits",
                  "cap_add", "cap_drop", "privileged", "security_opt", "sysctls", "group_add", "devices", "ports",
-                 "dns", "add_hosts", "oom_score_adj", "slice", "userns", "pull")
+                 "dns", "add_hosts", "oom_score_adj", "slice", "userns", "pull",
+                 "tls_verify")
     _defaults = {
         "command": None, "hostname": None, "network": "host", "env": {}, "workdir": None, "user": None,
         "limits": Limits(), "volumes": (), "restart": "no", "remove": False, "tty": False, "interactive": False,
@@ -595,7 +596,7 @@ class ContainerSpec(Record):
         "stop_signal": None, "stop_timeout": None, "ulimits": {},
         "cap_add": (), "cap_drop": (), "privileged": False, "security_opt": (), "sysctls": {}, "group_add": (),
         "devices": (), "ports": (), "dns": (), "add_hosts": (), "oom_score_adj": None, "slice": None, "userns": None,
-        "pull": "missing",
+        "pull": "missing", "tls_verify": None,
     }
     name: str
     image: str
@@ -610,6 +611,7 @@ class ContainerSpec(Record):
     restart: str
     remove: bool  # --rm
     pull: str  # --pull: missing, always or never (when run and create fetch the image from a registry)
+    tls_verify: bool | None  # --tls-verify of that pull; None: as registries.conf says
     tty: bool
     interactive: bool
     entrypoint: tuple[str, ...] | None  # None: the image's; (): none

@@ -99,7 +99,7 @@ def resolve(name: str) -> ResolvedImage:
     return image
 
 
-def ensure(ref: str, policy: str) -> str:
+def ensure(ref: str, policy: str, tls_verify: bool | None = None) -> str:
     """docker's `run --pull POLICY` and `create --pull`: the reference to give resolve(), after
     pulling the image when the policy says so (always; missing: when the store lacks it; never:
     a missing image is "no such image"). A pulled short name comes back fully qualified."""
@@ -112,7 +112,7 @@ def ensure(ref: str, policy: str) -> str:
                 raise
     from machinectl_py.images import pull
 
-    return pull.for_run(ref, always=policy == "always")
+    return pull.for_run(ref, always=policy == "always", tls_verify=tls_verify)
 
 
 def _resolve_from_index(ref: str) -> ResolvedImage | None:

@@ -422,7 +422,7 @@ def pull(text: str, options: Options, store: Any = None) -> Pulled:
                           f"{' and '.join(reference.registries_conf_files())}")
 
 
-def for_run(text: str, always: bool) -> str:
+def for_run(text: str, always: bool, tls_verify: bool | None = None) -> str:
     """`run`'s and `create`'s pull (see images.ensure): the reference of the image in the store."""
     import sys
 
@@ -438,7 +438,7 @@ def for_run(text: str, always: bool) -> str:
                 images.resolve(local)
                 return local
         print(f"Unable to find image {text!r} locally", file=sys.stderr, flush=True)
-    result = pull(text, Options(progress=LayerProgress()))
+    result = pull(text, Options(progress=LayerProgress(), tls_verify=tls_verify))
     return _store_reference(result.ref, result.manifest_digest)
 
 

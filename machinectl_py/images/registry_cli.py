@@ -69,8 +69,7 @@ blobs (--format says which). zstd layers need the OCI format.""",
      Option("--compression-format", "compress the layers with gzip (default) or zstd", metavar="FORMAT",
             choices=("gzip", "zstd")),
      Option("--quiet -q", "print nothing but errors", kind=FLAG)],
-    positionals=[("image", "the image in the store")],
-    rest=("destination", "the reference to push to"),
+    positionals=[("image", "the image in the store"), ("destination", "the reference to push to", "?")],
     epilog="""\
 examples:
   pymachine commit web 127.0.0.1:5000/team/web:2 && pymachine push 127.0.0.1:5000/team/web:2
@@ -141,14 +140,11 @@ def main_push(argv: list[str]) -> int:
     values = _parse(PUSH, argv)
     if values is None:
         return 0
-    destination = values["destination"]
-    if len(destination) > 1:
-        raise PUSH.error(f"unexpected argument {destination[1]!r}")
     from machinectl_py.images import push
     from machinectl_py.images.progress import LayerProgress
 
     quiet = values["quiet"]
-    result = push.push(values["image"], destination[0] if destination else None,
+    result = push.push(values["image"], values["destination"],
                        tls_verify=_tls_verify(values), progress=LayerProgress(quiet=quiet),
                        fmt=values["format"], compression=values["compression_format"])
     if not quiet:

@@ -529,6 +529,10 @@ def test_run_and_create_pull_a_missing_image(host: AnyHost, registry: Registry, 
         # always: the registry is asked again; its layer is in the store already
         always = pm(host, "run", "--rm", "--pull=always", name, "echo", "ran", env=env)
         assert "already in the store" in always.stderr and always.stdout.split() == ["ran"]
+        # a registry not listed insecure: --tls-verify=false, as podman run has it
+        refused = pm(host, "run", "--rm", "--pull=always", name, "true", check=False)
+        assert refused.returncode == 125 and "answered without TLS" in refused.stderr, refused.stderr
+        pm(host, "run", "--rm", "--pull=always", "--tls-verify=false", name, "true")
         # create with a short name: found through the search list, recorded fully qualified
         cname = "pullcreate-" + secrets.token_hex(3)
         pm(host, "image", "rm", name)
