@@ -489,6 +489,7 @@ def test_a_pull_killed_midway_leaves_nothing_visible_and_resumes(host: AnyHost, 
 def test_pull_by_digest_records_repo_digests_and_runs(host: AnyHost, registry: Registry, tmp_path: Path) -> None:
     name = registry.put(unique_layout(tmp_path / "img"), "test/bydigest")
     by_digest = f"{name}@{registry.inspect(name)['Digest']}"
+    other = f"bydigest-{secrets.token_hex(3)}:1"
     out = pm(host, "pull", by_digest, "--tls-verify=false").stdout
     assert f"Pulled {by_digest}" in out
     try:
@@ -504,8 +505,14 @@ def test_pull_by_digest_records_repo_digests_and_runs(host: AnyHost, registry: R
         assert json.loads(pm(host, "image", "inspect", f"{name}:latest").stdout)[0]["RepoDigests"] == []
         missing = pm(host, "run", "--rm", "--pull=never", by_digest, "true", check=False)
         assert missing.returncode == 125 and missing.stderr.startswith(f"pymachine: no such image: {by_digest}")
+        # the last tag of a repository takes the image's digests in it along (docker rmi)
+        pm(host, "pull", "-q", by_digest, "--tls-verify=false")
+        pm(host, "image", "tag", f"{name}:latest", other)
+        assert pm(host, "image", "rm", f"{name}:latest").stdout.split() == [
+            "Untagged:", f"{name}:latest", "Untagged:", by_digest]
+        assert json.loads(pm(host, "image", "inspect", other).stdout)[0]["RepoDigests"] == []
     finally:
-        pm(host, "image", "rm", f"{name}:latest", check=False)
+        pm(host, "image", "rm", f"{name}:latest", other, check=False)
 
 
 def test_run_and_create_pull_a_missing_image(host: AnyHost, registry: Registry, tmp_path: Path) -> None:
