@@ -32,9 +32,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from machinectl_py.errors import NotFoundError
+from machinectl_py.errors import NotFoundError, PymachineError
 from machinectl_py.images import reference
-from machinectl_py.images.errors import BadArchiveError, ImageError
+from machinectl_py.images.errors import BadArchiveError, ImageError, ImageNotFoundError
 from machinectl_py.images.reference import Reference
 from machinectl_py.images.registry import NotFound, RegistryError, Reply, Session
 
@@ -388,6 +388,7 @@ class Options:
     tls_verify: bool | None = None  # None: as registries.conf says
     progress: Any = None  # a progress.LayerProgress, or None
     parallel: int = PARALLEL
+    announce: Callable[[Reference], None] | None = None  # called when the manifest is found
 
 
 def pull(text: str, options: Options, store: Any = None) -> Pulled:
@@ -416,6 +417,8 @@ def pull(text: str, options: Options, store: Any = None) -> Pulled:
                 raise
             failures.append(f"{ref}: {e.message}")
             continue
+        if options.announce is not None:
+            options.announce(ref)
         return _pull_image(session, ref, manifest, digest, options, store)
     raise ImageError(f"cannot pull {text!r}: " + "; ".join(failures),
                      hint="short names are looked up in unqualified-search-registries of "
@@ -437,8 +440,19 @@ def for_run(text: str, always: bool, tls_verify: bool | None = None) -> str:
             with contextlib.suppress(ImageError, NotFoundError):
                 images.resolve(local)
                 return local
-        print(f"Unable to find image {text!r} locally", file=sys.stderr, flush=True)
-    result = pull(text, Options(progress=LayerProgress(), tls_verify=tls_verify))
+
+    def announce(ref: Reference) -> None:
+        # Once the registry has it, as docker's "Unable to find image": a failed pull says why alone.
+        print(f"Unable to find image {text!r} locally; pulling {ref}", file=sys.stderr, flush=True)
+
+    options = Options(progress=LayerProgress(), tls_verify=tls_verify, announce=None if always else announce)
+    try:
+        result = pull(text, options)
+    except PymachineError as e:
+        if always:
+            raise
+        raise ImageNotFoundError(f"no such image: {text} (not in the store, and pulling it failed: {e.message})",
+                                 hint=e.hint) from None
     return _store_reference(result.ref, result.manifest_digest)
 
 
