@@ -133,10 +133,12 @@ def push(image: str, destination: str | None, *, tls_verify: bool | None = None,
     with session.request("PUT", f"/v2/{ref.repository}/manifests/{ref.tag}", body=raw, ok=(201, 200),
                          headers={"Content-Type": manifest["mediaType"]}):
         pass
+    digest = "sha256:" + hashlib.sha256(raw).hexdigest()
     with store.write_lock():
         blobinfo.record(store, [(d, v["digest"], v["size"], v["mediaType"]) for d, v in descriptors.items()],
                         ref.name)
-    return Pushed(ref, "sha256:" + hashlib.sha256(raw).hexdigest(), **counts)
+        store.add_digest(record.id, f"{ref.name}@{digest}")  # docker's RepoDigests after a push too
+    return Pushed(ref, digest, **counts)
 
 
 def _mount_sources(store: Any, diff_ids: tuple[str, ...], ref: Reference) -> list[str]:

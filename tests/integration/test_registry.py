@@ -623,6 +623,8 @@ def test_push_of_a_committed_image_round_trips(host: AnyHost, registry: Registry
         second = pm(host, "push", "--tls-verify=false", target).stdout
         assert "0 layers uploaded, 0 mounted, 3 already there" in second
         assert f"digest {pushed['Digest']}" in second
+        repo_digest = f"{target.rpartition(':')[0]}@{pushed['Digest']}"
+        assert json.loads(pm(host, "image", "inspect", target).stdout)[0]["RepoDigests"] == [repo_digest]
         env = private_store(tmp_path)
         pm(host, "pull", target, "--tls-verify=false", env=env)
         assert layers_of(host, target, env) == local
