@@ -571,6 +571,11 @@ SETTINGS: tuple[Setting, ...] = (
             inspect="HostConfig.PidsLimit", parse=_limit_count("pids limit"), render=str, number_ok=True,
             to_inspect=lambda v: v or 0, unit=lambda v: [prop("TasksMax", "t", v)], unit_doc="TasksMax="),
     *_limit_settings(),
+    Setting("pull", "pull the image from its registry first: missing (when the store lacks it; default), always "
+            "or never", flags="--pull", metavar="POLICY", choices=sp.PULL_POLICIES),
+    Setting("tls_verify", "for that pull, false allows plain HTTP and unverified TLS (as podman's); default: as "
+            "registries.conf says", flags="--tls-verify", metavar="BOOL", choices=("true", "false"),
+            parse=lambda v: v == "true"),
     Setting("remove", "remove the container and its upper layer when it exits", flags="--rm", kind=FLAG,
             inspect="HostConfig.AutoRemove"),
     Setting("interactive", "keep stdin attached", flags="--interactive -i", kind=FLAG, inspect="Config.OpenStdin"),

@@ -33,6 +33,7 @@ _SIZE_UNITS = {
 
 NETWORK_MODES = ("bridge", "host", "none", "private")  # the meaning of each: network.py
 RESTART_POLICIES = ("no", "on-failure", "always")
+PULL_POLICIES = ("missing", "always", "never")  # docker run --pull
 USEC_PER_SEC = 1_000_000
 # The kernel refuses cgroup memory limits this small to be useful; docker's floor is 6 MiB.
 MIN_MEMORY = 6 * 1024**2
@@ -596,7 +597,8 @@ class ContainerSpec(Record):
                  "volumes", "restart", "remove", "tty", "interactive", "entrypoint", "labels", "tmpfs",
                  "read_only", "shm_size", "init", "stop_signal", "stop_timeout", "ulimits",
                  "cap_add", "cap_drop", "privileged", "security_opt", "sysctls", "group_add", "devices", "ports",
-                 "dns", "add_hosts", "oom_score_adj", "slice", "userns")
+                 "dns", "add_hosts", "oom_score_adj", "slice", "userns", "pull",
+                 "tls_verify")
     _defaults = {
         "command": None, "hostname": None, "network": "host", "env": {}, "workdir": None, "user": None,
         "limits": Limits(), "volumes": (), "restart": "no", "remove": False, "tty": False, "interactive": False,
@@ -604,6 +606,7 @@ class ContainerSpec(Record):
         "stop_signal": None, "stop_timeout": None, "ulimits": {},
         "cap_add": (), "cap_drop": (), "privileged": False, "security_opt": (), "sysctls": {}, "group_add": (),
         "devices": (), "ports": (), "dns": (), "add_hosts": (), "oom_score_adj": None, "slice": None, "userns": None,
+        "pull": "missing", "tls_verify": None,
     }
     name: str
     image: str
@@ -617,6 +620,8 @@ class ContainerSpec(Record):
     volumes: tuple[Volume, ...]
     restart: str
     remove: bool  # --rm
+    pull: str  # --pull: missing, always or never (when run and create fetch the image from a registry)
+    tls_verify: bool | None  # --tls-verify of that pull; None: as registries.conf says
     tty: bool
     interactive: bool
     entrypoint: tuple[str, ...] | None  # None: the image's; (): none
