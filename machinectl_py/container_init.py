@@ -135,22 +135,24 @@ def prepare(plan: ChildPlan, go_fd: int, status_fd: int, parent_pid: int) -> int
     for kind, path in plan.join_namespaces:
         flags &= ~join_namespace(kind, path)
     sc.unshare(flags)
-    if plan.sysctls:
-        write_sysctls(plan.sysctls)
     # Nothing mounted from here on may propagate back to the host.
     sc.mount(None, "/", None, sc.MS_REC | sc.MS_PRIVATE)
     os.chdir(plan.container_dir)
     if plan.overlay is None:  # an OCI bundle's root, used as it is
         sc.mount(plan.rootfs, plan.rootfs, None, sc.MS_BIND | sc.MS_REC)
-        userns_fd = -1
+        userns_fd = bundle_userns(plan)
     else:
         userns_fd = mount_root(plan)
-    if plan.userns is not None:
+    if plan.sysctls:  # now that a private network's namespace exists (with a user namespace, its own)
+        write_sysctls(plan.sysctls)
+    idmapped = plan.userns is not None and plan.overlay is not None
+    if idmapped and plan.userns is not None:
         # The mount points and device nodes made on the idmapped root are the container
         # root's: the host's root has no ID on it (EOVERFLOW).
         sc.set_fs_ids(plan.userns[0], plan.userns[0])
-    mounts.apply(plan.rootfs, plan.ops, userns_fd)
-    if plan.userns is not None:
+    # An OCI bundle's binds are plain, as runc's: the engine owns the IDs of what it gives.
+    mounts.apply(plan.rootfs, plan.ops, userns_fd if idmapped else -1)
+    if idmapped:
         sc.set_fs_ids(0, 0)
         sc.set_parent_death_signal(signal.SIGKILL)  # a change of fsuid cleared it
     if plan.read_only_root:
@@ -197,6 +199,19 @@ def mount_root(plan: ChildPlan) -> int:
         sc.setns(netns_fd, sc.CLONE_NEWNET)
         os.close(netns_fd)
     idmap.mount_overlay(plan.overlay, plan.rootfs, plan.container_dir, userns_fd, plan.userns[0])
+    return userns_fd
+
+
+def bundle_userns(plan: ChildPlan) -> int:
+    """An OCI bundle's user namespace (linux.uidMappings), -1 without: its root directory is
+    used as it is (the engine chowned it to the mapping, as for runc), and a private network's
+    namespace is the user namespace's own, as in mount_root."""
+    if plan.userns is None:
+        return -1
+    userns_fd, netns_fd = idmap.make_userns(*plan.userns, private_network=plan.private_network)
+    if netns_fd >= 0:
+        sc.setns(netns_fd, sc.CLONE_NEWNET)
+        os.close(netns_fd)
     return userns_fd
 
 

@@ -17,6 +17,7 @@ if TYPE_CHECKING:
 OCI_VERSION = "1.0.2"
 DEFAULT_ROOT = "/run/pymachine-runc"
 FIFO = "exec.fifo"
+SECCOMP = "seccomp.bpf"  # linux.seccomp compiled, for exec
 
 
 class StoreError(Exception):
@@ -75,7 +76,7 @@ def ids(root: str) -> list[str]:
 
 def remove(root: str, container_id: str) -> None:
     path = container_dir(root, container_id)
-    for name in ("state.json", "state.json.tmp", FIFO, "resume.fifo", "lock"):
+    for name in ("state.json", "state.json.tmp", FIFO, "resume.fifo", SECCOMP, "lock"):
         try:
             os.unlink(os.path.join(path, name))
         except FileNotFoundError:
