@@ -64,6 +64,7 @@ def create(root: str, container_id: str, bundle: str, pid_file: str | None, cons
     try:
         _create_locked(root, container_id, bundle, cfg, pid_file, console_socket)
     except BaseException:
+        store.remove_from_index(oci_config.machine_name(container_id), root, container_id)
         store.remove(root, container_id)
         raise
     finally:
@@ -123,7 +124,8 @@ def _create_locked(root: str, container_id: str, bundle: str, cfg: oci_config.Oc
         "id": container_id, "pid": init.pid, "bundle": bundle, "rootfs": cfg.rootfs,
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "annotations": cfg.annotations,
         "unit": cfg.unit, "machine": name, "machine_id": os.urandom(16).hex(), "starttime": "",
-        "no_new_privs": cfg.no_new_privs, "rlimits": [list(r) for r in cfg.rlimits], "hooks": _hooks_json(cfg),
+        "args": list(cfg.args), "no_new_privs": cfg.no_new_privs, "rlimits": [list(r) for r in cfg.rlimits],
+        "hooks": _hooks_json(cfg),
     }
     try:
         proc = store.start_time(init.pid)
@@ -139,6 +141,7 @@ def _create_locked(root: str, container_id: str, bundle: str, cfg: oci_config.Oc
         for kind in ("prestart", "createRuntime", "createContainer"):
             run_hooks(st, kind, "creating")
         store.save(root, container_id, st)
+        store.add_to_index(name, root, container_id)
         if pid_file:
             store.write_pid_file(pid_file, init.pid)
     except BaseException:
@@ -402,6 +405,7 @@ def delete(root: str, container_id: str, force: bool) -> None:
             _wait_stopped(root, st)
         _end_unit(st)
         run_hooks(st, "poststop", "stopped", warn_only=True)
+        store.remove_from_index(st["machine"], root, container_id)
         store.remove(root, container_id)
     finally:
         os.close(lock)

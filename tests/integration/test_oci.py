@@ -131,6 +131,15 @@ def test_ctr_detached_task(host: AnyHost, containerd: str) -> None:
         assert len(ps.splitlines()) >= 2, ps
         journal = host.run(["journalctl", "-q", "--no-pager", f"CONTAINER_NAME={cid}"]).stdout
         assert f"started {cid}" in journal, journal
+        ps = host.run(["pymachine", "ps"], check=True).stdout
+        row = next(line for line in ps.splitlines() if line.startswith(cid + " "))
+        assert "oci/containerd" in row and "running" in row and unit in row, ps
+        [listed] = [e for e in json.loads(host.run(["pymachine", "ps", "--json"], check=True).stdout)
+                    if e["name"] == cid]
+        assert (listed["origin"], listed["command"]) == ("oci/containerd", ["busybox", "sleep", "1000"]), listed
+        [inspected] = json.loads(host.run(["pymachine", "inspect", cid], check=True).stdout)
+        assert (inspected["Origin"], inspected["State"]["Status"], inspected["Unit"]) == (
+            "oci/containerd", "running", unit), inspected
         host.run(["ctr", "task", "pause", cid], check=True)
         assert f"{cid}" in host.run(["ctr", "task", "ls"]).stdout.split("PAUSED")[0]
         host.run(["ctr", "task", "resume", cid], check=True)
@@ -142,6 +151,26 @@ def test_ctr_detached_task(host: AnyHost, containerd: str) -> None:
         host.run(["ctr", "task", "rm", "-f", cid])
         host.run(["ctr", "container", "rm", cid])
     assert cid not in machine_names(host)
+    assert cid not in host.run(["pymachine", "ps", "-a"], check=True).stdout
+    host.assert_no_leftovers(timeout=15)
+
+
+def test_ctr_seccomp(host: AnyHost, containerd: str) -> None:
+    """`ctr run --seccomp`: containerd's default profile in linux.seccomp, compiled and installed
+    (mode 2, a filter) for an exec'd process too."""
+    cid = f"sc-{secrets.token_hex(2)}"
+    probe = ["busybox", "grep", "Seccomp:", "/proc/self/status"]
+    try:
+        host.run(["ctr", "run", "-d", "--seccomp", "--runc-binary", containerd, IMAGE, cid, "busybox", "sleep",
+                  "1000"], check=True, timeout=60)
+        r = host.run(["ctr", "task", "exec", "--exec-id", "s", cid, *probe], timeout=60)
+        assert (r.returncode, r.stdout.split()) == (0, ["Seccomp:", "2"]), r.stderr
+    finally:
+        host.run(["ctr", "task", "kill", "-s", "SIGKILL", cid])
+        wait_until(lambda: cid not in host.run(["ctr", "task", "ls"]).stdout
+                   or "STOPPED" in host.run(["ctr", "task", "ls"]).stdout, what="the task to stop")
+        host.run(["ctr", "task", "rm", "-f", cid])
+        host.run(["ctr", "container", "rm", cid])
     host.assert_no_leftovers(timeout=15)
 
 
