@@ -8,15 +8,20 @@ properties of the container's scope (the "systemd cgroup driver"): pymachine wri
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
-from typing import Any, TypeAlias
 
 from machinectl_py import plan
 from machinectl_py.oci import store
 from machinectl_py.policy import CAPABILITIES
+from machinectl_py.record import Record
 from machinectl_py.spec import RLIMITS
 
-Property: TypeAlias = tuple[str, tuple[str, Any]]
+# Records, not dataclasses, and no `typing` at run time: `create` is on containerd's start
+# path, and dataclasses (with re, inspect, enum...) cost ~10 ms of its import (record.py).
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any, TypeAlias
+
+    Property: TypeAlias = tuple[str, tuple[str, Any]]
 OCI_VERSION = store.OCI_VERSION
 UINT64_MAX = 2**64 - 1
 # The namespaces a container always gets new (pid is the held init's, mount, uts, ipc the
@@ -43,8 +48,11 @@ class OciConfigError(ValueError):
     """config.json asks for something pymachine cannot do, or is malformed: names the field."""
 
 
-@dataclass(frozen=True)
-class OciConfig:
+class OciConfig(Record):
+    __slots__ = ("args", "env", "cwd", "user", "groups", "terminal", "rootfs", "readonly_root", "hostname", "ops",
+                 "capability_mask", "rlimits", "no_new_privs", "oom_score_adj", "private_network", "join_namespaces",
+                 "slice", "unit", "properties", "annotations", "seccomp", "sysctls", "hooks", "userns")
+    _defaults: dict[str, Any] = {"annotations": {}, "seccomp": None, "sysctls": (), "hooks": {}, "userns": None}
     args: tuple[str, ...]
     env: dict[str, str]
     cwd: str
@@ -64,17 +72,17 @@ class OciConfig:
     slice: str
     unit: str
     properties: tuple[Property, ...]
-    annotations: dict[str, str] = field(default_factory=dict)
+    annotations: dict[str, str]
     # linux.seccomp, checked (seccomp_profile's schema, the OCI profile being docker's format
     # without includes): compiled by the runtime (libseccomp); None: no filter.
-    seccomp: dict[str, Any] | None = None
-    sysctls: tuple[tuple[str, str], ...] = ()  # (path under /proc/sys, value)
-    hooks: dict[str, tuple[Hook, ...]] = field(default_factory=dict)
-    userns: tuple[int, int] | None = None  # (host ID of container ID 0, size)
+    seccomp: dict[str, Any] | None
+    sysctls: tuple[tuple[str, str], ...]  # (path under /proc/sys, value)
+    hooks: dict[str, tuple[Hook, ...]]
+    userns: tuple[int, int] | None  # (host ID of container ID 0, size)
 
 
-@dataclass(frozen=True)
-class Hook:
+class Hook(Record):
+    __slots__ = ("path", "args", "env", "timeout")
     path: str
     args: tuple[str, ...]
     env: tuple[str, ...]
@@ -496,10 +504,10 @@ def mount_ops(mount: dict[str, Any], i: int) -> list[plan.Op]:
     return ops
 
 
-@dataclass(frozen=True)
-class ProcessConfig:
+class ProcessConfig(Record):
     """`exec --process FILE`: a process object of the runtime spec."""
 
+    __slots__ = ("args", "env", "cwd", "user", "terminal", "capability_mask", "no_new_privs", "rlimits", "groups")
     args: tuple[str, ...]
     env: dict[str, str]
     cwd: str

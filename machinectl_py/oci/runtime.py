@@ -14,8 +14,7 @@ import _signal as signal
 import os
 import time
 
-from machinectl_py import journal, machined, payload, systemd
-from machinectl_py.bus import Bus
+from machinectl_py import journal
 from machinectl_py.errors import EXIT_CANNOT_INVOKE, BusError, PymachineError
 from machinectl_py.oci import store
 from machinectl_py.oci.store import status_of
@@ -24,6 +23,7 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any
 
+    from machinectl_py import systemd
     from machinectl_py.launch import HeldInit
     from machinectl_py.oci import config as oci_config
 
@@ -93,6 +93,7 @@ def read_config(bundle: str, container_id: str) -> oci_config.OciConfig:
 
 def _create_locked(root: str, container_id: str, bundle: str, cfg: oci_config.OciConfig, pid_file: str | None,
                    console_socket: str | None) -> None:
+    from machinectl_py import payload
     from machinectl_py.container_init import ChildPlan
     from machinectl_py.launch import HeldInit, _cgroup_layout
     from machinectl_py.oci.config import machine_name
@@ -123,7 +124,7 @@ def _create_locked(root: str, container_id: str, bundle: str, cfg: oci_config.Oc
     st: dict[str, Any] = {
         "id": container_id, "pid": init.pid, "bundle": bundle, "rootfs": cfg.rootfs,
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "annotations": cfg.annotations,
-        "unit": cfg.unit, "machine": name, "machine_id": os.urandom(16).hex(), "starttime": "",
+        "unit": cfg.unit, "slice": cfg.slice, "machine": name, "machine_id": os.urandom(16).hex(), "starttime": "",
         "args": list(cfg.args), "no_new_privs": cfg.no_new_privs, "rlimits": [list(r) for r in cfg.rlimits],
         "hooks": _hooks_json(cfg),
     }
@@ -266,6 +267,7 @@ def _connect(path: str) -> int:
 def scope_properties(cfg: oci_config.OciConfig, pid: int) -> list[systemd.Property]:
     """The scope of an OCI container: in the slice of cgroupsPath, delegated as machined makes
     every machine's scope (on a host with v1 hierarchies, with the controllers its limits use)."""
+    from machinectl_py import systemd
     from machinectl_py.mounts import unified_cgroup_host
 
     props: list[systemd.Property] = [
@@ -286,6 +288,8 @@ def scope_properties(cfg: oci_config.OciConfig, pid: int) -> list[systemd.Proper
 
 
 def _make_machine(cfg: oci_config.OciConfig, st: dict[str, Any], init: HeldInit) -> None:
+    from machinectl_py import machined, systemd
+    from machinectl_py.bus import Bus
     from machinectl_py.launch import in_unit_cgroup
 
     with Bus.systemd() as pid1:
@@ -362,6 +366,9 @@ def parse_signal(text: str) -> int:
 
 
 def kill(root: str, container_id: str, sig: int, kill_all: bool) -> None:
+    from machinectl_py import systemd
+    from machinectl_py.bus import Bus
+
     st = store.load(root, container_id)
     status = status_of(root, st)
     if kill_all:
@@ -399,6 +406,9 @@ def delete(root: str, container_id: str, force: bool) -> None:
         if status != "stopped":
             if status == "paused":
                 _thaw(os.path.join(store.container_dir(root, container_id), RESUME_FIFO))
+            from machinectl_py import systemd
+            from machinectl_py.bus import Bus
+
             with Bus.systemd() as pid1:
                 _quiet(lambda: systemd.kill_unit(pid1, st["unit"], signal.SIGKILL))
             _kill(int(st["pid"]))
@@ -425,9 +435,31 @@ def _quiet(action: Any) -> None:
         pass
 
 
+def _gone(st: dict[str, Any]) -> bool:
+    """Whether systemd and machined are done with the container already (the usual case when
+    the engine deletes an exited one): its scope's cgroup and machined's record of the machine
+    are gone. Then `delete` needs no bus connection (two fewer round trips and handshakes).
+    False when in doubt (a cgroup layout not recognized)."""
+    if os.path.exists(f"/run/systemd/machines/{st['machine']}"):
+        return False
+    slice_ = st.get("slice") or "machine.slice"
+    parts = slice_.removesuffix(".slice").split("-")
+    slice_path = "/".join("-".join(parts[:i + 1]) + ".slice" for i in range(len(parts))) if slice_ != "-.slice" else ""
+    known = False
+    for base in ("/sys/fs/cgroup", "/sys/fs/cgroup/unified", "/sys/fs/cgroup/systemd"):
+        if os.path.isdir(f"{base}/{slice_path}"):
+            known = True
+            if os.path.exists(f"{base}/{slice_path}/{st['unit']}"):
+                return False
+    return known
+
+
 def _end_unit(st: dict[str, Any]) -> None:
     """The machine and its scope, gone: nothing is left of the container in systemd."""
-    if not st.get("unit"):
+    from machinectl_py import machined, systemd
+    from machinectl_py.bus import Bus
+
+    if not st.get("unit") or _gone(st):
         return
     with Bus.system() as bus:
         _quiet(lambda: machined.terminate_machine(bus, st["machine"]))
@@ -460,6 +492,8 @@ def pause(root: str, container_id: str, frozen: bool) -> None:
 
 
 def _freeze(unit: str, fifo: str) -> None:
+    from machinectl_py import payload
+
     os.mkfifo(fifo, 0o600)
     r, w = os.pipe()
     pid = os.fork()
@@ -518,6 +552,9 @@ def _thaw(fifo: str) -> None:
 
 
 def processes(root: str, container_id: str) -> list[tuple[int, str]]:
+    from machinectl_py import systemd
+    from machinectl_py.bus import Bus
+
     st = store.load(root, container_id)
     if status_of(root, st) == "stopped":
         return []
@@ -533,6 +570,7 @@ def processes(root: str, container_id: str) -> list[tuple[int, str]]:
 
 def _exec_rlimits(rlimits: tuple[tuple[int, int, int], ...], status_fd: int) -> None:
     """process.rlimits of an exec, set in its child (whose failure is reported, never raised)."""
+    from machinectl_py import payload
     from machinectl_py.container_init import set_rlimits
 
     try:
@@ -554,7 +592,9 @@ def exec_process(root: str, container_id: str, process: dict[str, Any], *, conso
     """runc exec: a process joins the running container (exec.py's child: setns, its user, its
     cwd, the container's capabilities bound), attached to the container's scope."""
     from machinectl_py import exec as joining
+    from machinectl_py import payload, systemd
     from machinectl_py import syscalls as sc
+    from machinectl_py.bus import Bus
     from machinectl_py.oci import config as oci_config
 
     st = store.load(root, container_id)
