@@ -140,6 +140,10 @@ def parse(raw: Any, bundle: str, container_id: str) -> OciConfig:
     _unknown(linux, _LINUX_FIELDS, "linux")
     if linux.get("mountLabel"):
         raise fail("linux.mountLabel", "not supported by pymachine (no SELinux support)")
+    if top.get("domainname"):
+        raise fail("domainname", "not supported by pymachine")
+    if linux.get("rootfsPropagation") not in (None, "", "private", "rprivate"):
+        raise fail("linux.rootfsPropagation", "pymachine makes the container's mounts private (rprivate) only")
     root = _obj(top.get("root"), "root")
     rootfs = str(root.get("path") or "")
     if not rootfs:
@@ -206,7 +210,9 @@ def _cwd(process: dict[str, Any]) -> str:
 
 def _user(process: dict[str, Any]) -> str:
     user = _obj(process.get("user"), "process.user")
-    _unknown(user, {"uid", "gid", "additionalGids", "umask", "username"}, "process.user")
+    _unknown(user, {"uid", "gid", "additionalGids", "umask", "username"}, "process.user")  # username: Windows'
+    if user.get("umask") not in (None, 0o022):
+        raise fail("process.user.umask", "pymachine runs the process with umask 0022 only")
     uid, gid = user.get("uid", 0), user.get("gid", 0)
     if not isinstance(uid, int) or not isinstance(gid, int) or uid < 0 or gid < 0:
         raise fail("process.user", "uid and gid must be non-negative numbers")
