@@ -18,8 +18,9 @@ import os
 
 from machinectl_py import idmap, mounts
 from machinectl_py import syscalls as sc
-from machinectl_py.errors import EXIT_CANNOT_INVOKE, EXIT_ERROR
+from machinectl_py.errors import EXIT_CANNOT_INVOKE, EXIT_ERROR, EXIT_NOT_FOUND
 from machinectl_py.payload import (
+    DEFAULT_PATH,
     attach_stdio,
     confine,
     describe,
@@ -284,6 +285,7 @@ def launch(plan: ChildPlan, go_fd: int, status_fd: int, stdout_fd: int, stderr_f
     if plan.start_fd >= 0:
         if plan.tty:
             console = open_console(stdout_fd)  # its master reaches the console socket at create, as runc's
+        look_up(plan.argv[0], env, status_fd)
         await_start(plan.start_fd, status_fd)
     confine(plan.seccomp, plan.capability_mask, uid, gid, groups, no_new_privs=plan.no_new_privileges)
     stdin = os.open("/dev/null", os.O_RDONLY) if plan.stdin_devnull else 0
@@ -305,6 +307,17 @@ def join_namespace(kind: str, path: str) -> int:
     finally:
         os.close(fd)
     return flag
+
+
+def look_up(name: str, env: Mapping[str, str], status_fd: int) -> None:
+    """As runc's create, fail `create` (not the later `start`) when the process's executable is
+    not in the container: an absolute path, or a name in its PATH (a relative path with a slash
+    resolves against the working directory, at the exec)."""
+    if "/" in name and not name.startswith("/"):
+        return
+    paths = [name] if "/" in name else [os.path.join(d or ".", name) for d in env.get("PATH", DEFAULT_PATH).split(":")]
+    if not any(os.path.isfile(p) and os.access(p, os.X_OK) for p in paths):
+        report(status_fd, EXIT_NOT_FOUND, f"cannot run {name!r}: executable file not found in $PATH")
 
 
 def await_start(start_fd: int, status_fd: int) -> None:

@@ -418,3 +418,17 @@ def test_exec_process_confinement_beside_runc(host: AnyHost, tmp_path: Path) -> 
     assert ours[1].split() == ["NoNewPrivs:", "1", "1024"], ours
     assert ours == seen["runc"], seen
     host.assert_no_leftovers(timeout=15)
+
+
+def test_missing_executable_fails_create_beside_runc(host: AnyHost, tmp_path: Path) -> None:
+    """As runc's, `create` (not `start`) fails when the process's executable is not in the
+    container's PATH, and leaves nothing."""
+    bundle = make_bundle(tmp_path / "bundle", [])
+    for runtime in ("runc", runc_binary(host)):
+        write_spec(host, runtime, bundle, ["no-such-program", "x"])
+        root = tmp_path / f"root-{runtime.rpartition('/')[2]}"
+        r = host.run(["sh", "-c", '"$@" </dev/null', "x", runtime, "--root", str(root), "create", "--bundle",
+                      str(bundle), "missing"])
+        assert r.returncode != 0 and "executable file not found in $PATH" in r.stderr, (runtime, r.stderr)
+        assert host.run([runtime, "--root", str(root), "state", "missing"]).returncode != 0, runtime
+    host.assert_no_leftovers(timeout=15)
