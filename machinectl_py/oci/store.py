@@ -113,7 +113,7 @@ def indexed() -> list[tuple[dict[str, Any], str]]:
     runtime killed midway, or a --root on a tmpfs since unmounted) is dropped."""
     try:
         names = sorted(os.listdir(INDEX))
-    except FileNotFoundError:
+    except OSError:  # none yet, or not root (the index is root's, 0700)
         return []
     out = []
     for name in names:
