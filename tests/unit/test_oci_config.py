@@ -153,3 +153,30 @@ def test_exec_process_fields() -> None:
     assert (given.no_new_privs, given.rlimits, given.capability_mask, given.groups) == (False, ((7, 10, 20),), -1, None)
     bare = config.parse_process({"args": ["sh"]})
     assert (bare.no_new_privs, bare.rlimits) == (None, None), "not given: the container's own"
+
+
+def test_index_of_containers_for_ps(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """pymachine-runc's index by machine name: ps finds containers of any --root, with their origin;
+    a link whose container is gone is dropped."""
+    from machinectl_py import cmd_ps
+    from machinectl_py.oci import store
+
+    monkeypatch.setattr(store, "INDEX", str(tmp_path / "index"))
+    root = tmp_path / "run" / "containerd" / "runc" / "default"
+    for cid in ("a1", "b2"):
+        (root / cid).mkdir(parents=True)
+        store.save(str(root), cid, {"id": cid, "machine": cid, "pid": 1, "starttime": "", "bundle": "/b",
+                                    "unit": f"machine-{cid}.scope", "args": ["sleep", "1"],
+                                    "created": "2026-01-02T03:04:05Z"})
+        store.add_to_index(cid, str(root), cid)
+    store.remove(str(root), "b2")
+    assert [st["id"] for st, _ in store.indexed()] == ["a1"]
+    assert sorted(p.name for p in (tmp_path / "index").iterdir()) == ["a1"], "the dangling link is dropped"
+    [(st, found_root)] = store.indexed()
+    entry = cmd_ps._oci_json(st, found_root, "stopped")
+    assert (entry["status"], entry["origin"], entry["Command"]) == ("exited", "oci", "sleep 1")
+    assert cmd_ps._oci_json(st, "/run/containerd/runc/k8s.io", "running")["origin"] == "oci/containerd"
+    store.remove_from_index("a1", str(tmp_path / "elsewhere"), "a1")
+    assert (tmp_path / "index" / "a1").is_symlink(), "only the link to that very container is removed"
+    store.remove_from_index("a1", str(root), "a1")
+    assert store.indexed() == []
