@@ -18,10 +18,11 @@ import fcntl
 import ipaddress
 import json
 import os
+import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from machinectl_py.errors import UsageError
+from machinectl_py.errors import ConflictError, UsageError
 from machinectl_py.paths import config_path, run_path
 
 DEFAULT_NETWORK = "pymachine"
@@ -47,7 +48,10 @@ class Network:
 
     @property
     def bridge(self) -> str:
-        return f"pm-{self.name}"[:IFNAMSIZ]
+        """pm-NAME, or pm-<crc32 of NAME> where NAME is too long for a link name (IFNAMSIZ):
+        two long names never share a bridge by sharing a prefix."""
+        short = f"pm-{self.name}"
+        return short if len(short) <= IFNAMSIZ else f"pm-{zlib.crc32(self.name.encode()):08x}"
 
     def to_toml(self) -> str:
         return (f'subnet = "{self.subnet}"\ngateway = "{self.gateway}"\n'
@@ -75,6 +79,39 @@ def load(name: str) -> Network:
     except (OSError, ValueError) as e:
         raise UsageError(f"cannot read network {name} ({path}): {e}") from None
     return Network(name, str(raw.get("subnet", "")), raw.get("gateway"), bool(raw.get("internal", False)))
+
+
+def exists(name: str) -> bool:
+    return name == DEFAULT_NETWORK or os.path.exists(definition_path(name))
+
+
+def list_names() -> list[str]:
+    """Every defined network, the default one included (defined or not yet)."""
+    try:
+        names = {f[:-5] for f in os.listdir(config_path("networks")) if f.endswith(".toml")}
+    except FileNotFoundError:
+        names = set()
+    return sorted(names | {DEFAULT_NETWORK})
+
+
+def overlap(subnet: ipaddress.IPv4Network, others: dict[str, ipaddress.IPv4Network]) -> str | None:
+    """The first of `others` (what -> subnet) that overlaps `subnet`, if any."""
+    for what, other in others.items():
+        if subnet.overlaps(other):
+            return what
+    return None
+
+
+# Where `network create` without --subnet looks for a free /24: 10.90.0.0/24 onwards (the
+# default network has 10.89.0.0/16), as docker walks its default address pools.
+AUTO_POOL = ipaddress.IPv4Network("10.90.0.0/15")
+
+
+def free_subnet(taken: dict[str, ipaddress.IPv4Network]) -> ipaddress.IPv4Network:
+    for candidate in AUTO_POOL.subnets(new_prefix=24):
+        if overlap(candidate, taken) is None:
+            return candidate
+    raise UsageError(f"no free /24 left in {AUTO_POOL}", hint="give one with --subnet")
 
 
 def save(net: Network) -> None:
@@ -142,20 +179,37 @@ def holder_alive(lease: dict[str, object]) -> bool:
     return isinstance(pid, int) and pid > 0 and process_start_time(pid) == start
 
 
-def allocate(net: Network, name: str, pid: int, ports: list[list[object]] | None = None) -> ipaddress.IPv4Address:
-    """Lease a free address of `net` to container `name` whose init is `pid`. Caller holds the lock.
-    A container holds one lease per network: a restart replaces its old one."""
-    leases = {ip: lease for ip, lease in read_leases(net.name).items()
+def allocate(net: Network, name: str, pid: int, ports: list[list[object]] | None = None, *,
+             ip: str | None = None, aliases: tuple[str, ...] = (), ifname: str = "eth0") -> ipaddress.IPv4Address:
+    """Lease a free address of `net` (or `ip`, if free) to container `name` whose init is `pid`.
+    Caller holds the lock. A container holds one lease per network: a restart replaces its old one."""
+    leases = {addr: lease for addr, lease in read_leases(net.name).items()
               if lease.get("name") != name and holder_alive(lease)}
     taken = {*leases, str(net.gateway)}
-    for host in net.subnet.hosts():
-        if str(host) not in taken:
-            leases[str(host)] = {"name": name, "pid": pid, "start": process_start_time(pid)}
-            if ports:
-                leases[str(host)]["ports"] = ports
-            write_leases(net.name, leases)
-            return host
-    raise UsageError(f"network {net.name}: no free address in {net.subnet}")
+    host = _static(net, ip, taken, leases) if ip else next((h for h in net.subnet.hosts() if str(h) not in taken), None)
+    if host is None:
+        raise UsageError(f"network {net.name}: no free address in {net.subnet}")
+    lease: dict[str, object] = {"name": name, "pid": pid, "start": process_start_time(pid), "ifname": ifname}
+    if ports:
+        lease["ports"] = ports
+    if aliases:
+        lease["aliases"] = list(aliases)
+    leases[str(host)] = lease
+    write_leases(net.name, leases)
+    return host
+
+
+def _static(net: Network, ip: str, taken: set[str], leases: dict[str, dict[str, object]]) -> ipaddress.IPv4Address:
+    try:
+        host = ipaddress.IPv4Address(ip)
+    except ValueError:
+        raise UsageError(f"invalid --ip {ip!r}: not an IPv4 address") from None
+    if host not in net.subnet or host in (net.subnet.network_address, net.subnet.broadcast_address):
+        raise UsageError(f"--ip {ip} is not a host address of network {net.name} ({net.subnet})")
+    if ip in taken:
+        holder = leases.get(ip, {}).get("name", "the gateway")
+        raise ConflictError(f"address {ip} on network {net.name} is in use by {holder}")
+    return host
 
 
 def release(network: str, name: str | None) -> bool:
@@ -166,6 +220,10 @@ def release(network: str, name: str | None) -> bool:
     if kept != leases:
         write_leases(network, kept)
     return not kept
+
+
+def live_leases(network: str) -> dict[str, dict[str, object]]:
+    return {ip: lease for ip, lease in read_leases(network).items() if holder_alive(lease)}
 
 
 def lease_of(network: str, name: str) -> str | None:

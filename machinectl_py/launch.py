@@ -172,12 +172,13 @@ def device_nodes(spec: ContainerSpec) -> tuple[plan.Op, ...]:
 
 
 def connect_network(spec: ContainerSpec, leader: int) -> None:
-    """`bridge`: the held init's namespace gets its veth, address and route (before release)."""
+    """bridge or a user network: the held init's namespace gets its veth, address and route
+    (before release)."""
     name = network.attached_network(spec.network)
     if name is not None:
         from machinectl_py import netsetup  # subprocess: only on this opt-in path
 
-        netsetup.attach(name, spec.name, leader, spec.ports)
+        netsetup.attach(name, spec.name, leader, spec.ports, ip=spec.ip, aliases=spec.network_aliases)
 
 
 def network_binds(spec: ContainerSpec) -> list[plan.Bind]:
@@ -186,12 +187,22 @@ def network_binds(spec: ContainerSpec) -> list[plan.Bind]:
         return []
     from machinectl_py import netfiles
 
-    return netfiles.prepare(spec.name, spec.effective_hostname, spec.add_hosts, spec.dns)
+    return netfiles.prepare(spec.name, spec.effective_hostname, spec.add_hosts, spec.dns, spec.dns_search,
+                            spec.dns_options)
 
 
-def check_network(spec: ContainerSpec) -> None:
-    """Before anything is made: a host port another container publishes fails the start here."""
-    if spec.ports:
+def check_network(spec: ContainerSpec, ports: bool = True) -> None:
+    """Before anything is made: a user network that does not exist, or a host port another
+    container publishes, fails the start here."""
+    name = network.attached_network(spec.network)
+    if name is not None and name != network.DEFAULT_NETWORK:
+        from machinectl_py import paths
+
+        if not os.path.exists(paths.config_path("networks", f"{name}.toml")):
+            from machinectl_py.errors import NotFoundError
+
+            raise NotFoundError(f"no such network: {name}", hint="see 'pymachine network ls'")
+    if spec.ports and ports:
         from machinectl_py import netsetup
 
         netsetup.check_ports(spec.name, spec.ports)

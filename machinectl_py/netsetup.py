@@ -16,6 +16,7 @@ the bridge and nft table of a network with no lease left, removed with its last 
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import subprocess
 import time
@@ -29,9 +30,10 @@ EPHEMERAL = (32768, 61000)  # free host ports for `-p PORT` (Linux's ip_local_po
 NETNS_TIMEOUT = 10.0
 
 
-def host_veth(name: str) -> str:
-    """The host side of a container's veth: short (IFNAMSIZ), stable for the name."""
-    return f"pmv{zlib.crc32(name.encode()):08x}"
+def host_veth(name: str, network: str = ipam.DEFAULT_NETWORK) -> str:
+    """The host side of a container's veth on a network: short (IFNAMSIZ), stable for the pair."""
+    key = name if network == ipam.DEFAULT_NETWORK else f"{name}@{network}"
+    return f"pmv{zlib.crc32(key.encode()):08x}"
 
 
 def _run(argv: list[str], stdin: str | None = None, what: str = "") -> str:
@@ -195,62 +197,152 @@ def check_ports(name: str, ports: tuple[str, ...]) -> None:
             resolve_ports(name, ports)
 
 
-def attach(network: str, name: str, pid: int, ports: tuple[str, ...] = ()) -> str:
+def attach(network: str, name: str, pid: int, ports: tuple[str, ...] = (), *, ip: str | None = None,
+           aliases: tuple[str, ...] = (), primary: bool = True) -> str:
     """Connect container `name` (init `pid`) to `network`: lease, bridge, NAT and published
-    ports, veth, address, route. Returns its address. On failure its lease is freed again."""
+    ports, veth, address (and, on its primary network, the default route). Returns its address.
+    On failure its lease is freed again."""
     net = ipam.load(network)
     _wait_own_netns(pid)
     with ipam.locked():
-        address = ipam.allocate(net, name, pid, resolve_ports(name, ports))
+        ifname = "eth0" if primary else _next_ifname(name, network)
+        address = ipam.allocate(net, name, pid, resolve_ports(name, ports), ip=ip, aliases=aliases, ifname=ifname)
         try:
             ensure_bridge(net)
             apply_ruleset(_networks_in_use(net))
-            _add_veth(net, name, pid, str(address))
+            _add_veth(net, name, pid, str(address), ifname, primary)
         except BaseException:
             _release_locked(network, name)
             raise
-        refresh_hosts(network)
+        refresh_hosts()
     return str(address)
 
 
-def refresh_hosts(network: str) -> None:
-    """Every container of the network gets the others' names in its /etc/hosts."""
+def _next_ifname(name: str, network: str) -> str:
+    """eth1, eth2...: the first name none of the container's other leases uses."""
+    used = {"eth0"}
+    for other in ipam.networks_with_leases():
+        for lease in ipam.live_leases(other).values():
+            if lease.get("name") == name:
+                if other == network:
+                    raise ConflictError(f"container {name} is already connected to network {network}")
+                used.add(str(lease.get("ifname", "eth0")))
+    return next(f"eth{i}" for i in range(1, 1 + len(used) + 1) if f"eth{i}" not in used)
+
+
+def memberships() -> dict[str, list[tuple[str, str, dict[str, object]]]]:
+    """container -> [(network, address, lease)] of every live lease."""
+    out: dict[str, list[tuple[str, str, dict[str, object]]]] = {}
+    for network in ipam.networks_with_leases():
+        for ip, lease in sorted(ipam.live_leases(network).items()):
+            out.setdefault(str(lease.get("name")), []).append((network, ip, lease))
+    return out
+
+
+def refresh_hosts() -> None:
+    """Every container on a network gets, in its /etc/hosts, the names and aliases of the other
+    containers of each network it is on. Caller holds the lock."""
     from machinectl_py import netfiles
 
-    peers = {str(lease.get("name")): ip for ip, lease in ipam.read_leases(network).items()}
-    for peer, ip in peers.items():
-        netfiles.refresh(peer, ip, peers)
+    members = memberships()
+    by_network: dict[str, dict[str, str]] = {}
+    for peer, entries in members.items():
+        for network, ip, lease in entries:
+            names = by_network.setdefault(network, {})
+            names[peer] = ip
+            for alias in lease.get("aliases") or []:  # type: ignore[attr-defined]
+                names.setdefault(str(alias), ip)
+    for container, entries in members.items():
+        own = next((ip for _, ip, lease in entries if lease.get("ifname", "eth0") == "eth0"), entries[0][1])
+        peers: dict[str, str] = {}
+        for network, _, _ in entries:
+            peers.update({n: ip for n, ip in by_network[network].items() if n != container})
+        netfiles.refresh(container, own, peers)
 
 
-def _add_veth(net: ipam.Network, name: str, pid: int, address: str) -> None:
-    host = host_veth(name)
+def _add_veth(net: ipam.Network, name: str, pid: int, address: str, ifname: str = "eth0",
+              primary: bool = True) -> None:
+    host = host_veth(name, net.name)
     if link_exists(host):  # a previous run's, whose namespace is being torn down
         _run(["ip", "link", "del", host], what=f"remove stale {host}")
     _run(["ip", "-b", "-"], what=f"veth {host}", stdin=(
         # By path, not PID: our children share the container's PID namespace (launch.HeldInit
         # unshared it for the init), where the kernel would read a PID as one of its own.
-        f"link add {host} type veth peer name eth0 netns /proc/{pid}/ns/net\n"
+        f"link add {host} type veth peer name {ifname} netns /proc/{pid}/ns/net\n"
         f"link set {host} master {net.bridge}\n"
         f"link set {host} up\n"))
-    _run(["nsenter", f"--net=/proc/{pid}/ns/net", "ip", "-b", "-"], what="the container's eth0", stdin=(
-        f"addr add {address}/{net.subnet.prefixlen} dev eth0\n"
-        "link set eth0 up\n"
-        f"route add default via {net.gateway} dev eth0\n"))
+    route = f"route add default via {net.gateway} dev {ifname}\n" if primary else ""
+    _run(["nsenter", f"--net=/proc/{pid}/ns/net", "ip", "-b", "-"], what=f"the container's {ifname}", stdin=(
+        f"addr add {address}/{net.subnet.prefixlen} dev {ifname}\n"
+        f"link set {ifname} up\n" + route))
 
 
 def _release_locked(network: str, name: str | None) -> None:
+    """Free `name`'s lease (and dead holders') on `network`; the bridge goes with the last
+    lease; the table is rewritten (published ports of the freed leases go with them)."""
+    before = ipam.read_leases(network)
     if ipam.release(network, name):
         remove_bridge(ipam.load(network))
         apply_ruleset(_networks_in_use())
-    else:
-        refresh_hosts(network)
+    elif ipam.read_leases(network) != before:
+        apply_ruleset(_networks_in_use())
+    refresh_hosts()
 
 
 def release(name: str | None) -> None:
     """Free container `name`'s leases (None: only leases whose holder is gone), then the bridges
     and rules no container uses any more. Best effort per network; the first error is raised."""
     with ipam.locked():
-        if link_exists(host_veth(name or "")) and name:
-            subprocess.run(["ip", "link", "del", host_veth(name)], capture_output=True)
         for network in ipam.networks_with_leases():
+            if name and ipam.lease_of(network, name) and link_exists(host_veth(name, network)):
+                subprocess.run(["ip", "link", "del", host_veth(name, network)], capture_output=True)
             _release_locked(network, name)
+
+
+def detach(network: str, name: str) -> None:
+    """`network disconnect`: the container's veth on this network and its lease go."""
+    with ipam.locked():
+        if ipam.lease_of(network, name) is None:
+            raise PymachineError(f"container {name} is not connected to network {network}")
+        if link_exists(host_veth(name, network)):
+            _run(["ip", "link", "del", host_veth(name, network)], what=f"remove {host_veth(name, network)}")
+        _release_locked(network, name)
+
+
+def host_routes() -> dict[str, ipaddress.IPv4Network]:
+    """The IPv4 routes of this network namespace (`ip -j route`), pymachine's bridges and the
+    default route aside: a new network's subnet must overlap none of them."""
+    import json
+
+    out: dict[str, ipaddress.IPv4Network] = {}
+    for route in json.loads(_run(["ip", "-j", "-4", "route", "show", "table", "all"], what="ip route") or "[]"):
+        dst, dev = str(route.get("dst", "")), str(route.get("dev", ""))
+        if dst in ("", "default") or dev.startswith("pm-") or route.get("type", "unicast") not in ("unicast", "local"):
+            continue
+        try:
+            net = ipaddress.IPv4Network(dst, strict=False)
+        except ValueError:
+            continue
+        if route.get("type") == "local" and (net.is_loopback or net.prefixlen == 32):
+            continue  # the host's own addresses and 127/8: their subnets are listed as unicast routes
+        out[f"the host's route to {dst} (dev {dev})"] = net
+    return out
+
+
+def create_network(name: str, subnet: str | None, gateway: str | None, internal: bool) -> ipam.Network:
+    """Write a new network's definition: its subnet (or a free /24) must overlap no other
+    network and no route of the host."""
+    from machinectl_py.spec import validate_network_name
+
+    validate_network_name(name)
+    with ipam.locked():
+        if ipam.exists(name) and (name != ipam.DEFAULT_NETWORK or os.path.exists(ipam.definition_path(name))):
+            raise ConflictError(f"network {name} already exists")
+        taken = {f"network {n}": ipam.load(n).subnet for n in ipam.list_names() if n != name}
+        taken.update(host_routes())
+        net = ipam.Network(name, subnet or str(ipam.free_subnet(taken)), gateway, internal)
+        clash = ipam.overlap(net.subnet, taken)
+        if clash is not None:
+            raise ConflictError(f"subnet {net.subnet} overlaps {clash}", hint="choose another --subnet")
+        ipam.save(net)
+    return net

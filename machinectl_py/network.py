@@ -13,13 +13,13 @@ from machinectl_py.errors import UsageError
 from machinectl_py.policy import CAPABILITIES
 
 MODES = ("bridge", "host", "none", "private")
-PRIVATE_MODES = frozenset({"bridge", "none", "private"})
 DEFAULT_NETWORK = "pymachine"  # ipam.DEFAULT_NETWORK, without importing it on the start path
 
 
 def is_private(mode: str) -> bool:
-    """True if the container gets a network namespace of its own."""
-    return mode in PRIVATE_MODES
+    """True if the container gets a network namespace of its own (every mode but host: a user
+    network's name too)."""
+    return mode != "host"
 
 
 def capability_mask(mode: str, mask: int, cap_add: frozenset[str] = frozenset()) -> int:
@@ -34,8 +34,11 @@ def capability_mask(mode: str, mask: int, cap_add: frozenset[str] = frozenset())
 
 
 def attached_network(mode: str) -> str | None:
-    """The network a container in this mode is connected to, if any."""
-    return DEFAULT_NETWORK if mode == "bridge" else None
+    """The network a container in this mode is connected to, if any: `bridge` is the default
+    network's, any name but host, none and private a user network's."""
+    if mode == "bridge":
+        return DEFAULT_NETWORK
+    return mode if is_private(mode) and mode not in ("none", "private") else None
 
 
 # -- published ports: `-p [HOSTIP:][HOSTPORT:]PORT[/tcp|udp]`, with ranges --------------------------
@@ -112,6 +115,21 @@ def parse_dns(items: tuple[str, ...] | list[str]) -> tuple[str, ...]:
     for item in items:
         if not _is_ip(item):
             raise UsageError(f"invalid DNS server {item!r}: not an IP address")
+    return tuple(items)
+
+
+def parse_dns_search(items: tuple[str, ...] | list[str]) -> tuple[str, ...]:
+    for item in items:
+        if not item or any(c.isspace() for c in item) or len(item) > 253:
+            raise UsageError(f"invalid DNS search domain {item!r}")
+    return tuple(items)
+
+
+def parse_dns_options(items: tuple[str, ...] | list[str]) -> tuple[str, ...]:
+    """resolv.conf options: ndots:N, timeout:N, edns0... one word each."""
+    for item in items:
+        if not item or any(c.isspace() for c in item):
+            raise UsageError(f"invalid DNS option {item!r}", hint="one word each, as ndots:2 or edns0")
     return tuple(items)
 
 
