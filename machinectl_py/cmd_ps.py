@@ -4,6 +4,7 @@ container.json and, for the live part, from systemd (the unit's state and main P
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 
@@ -193,27 +194,42 @@ def main_ps(argv: list[str]) -> int:
     with Bus.systemd() as bus:
         rows = [s for s in statuses(bus) if (show_all or s.status in _LIVE) and matches(s, filters)]
     if args["json"]:
-        print(formatting.to_json([_ps_json(s) for s in rows], indent=1))
+        ports = _published()
+        print(formatting.to_json([_ps_json(s, ports) for s in rows], indent=1))
         return 0
     if args["quiet"]:
         for s in rows:
             print(s.record.name)
         return 0
     if args["format"] is not None:
-        for line in formatting.render_all(args["format"], [_ps_json(s) for s in rows]):
+        ports = _published()
+        for line in formatting.render_all(args["format"], [_ps_json(s, ports) for s in rows]):
             print(line)
         return 0
-    table = [("NAME", "ID", "IMAGE", "STATUS", "PID", "STARTED", "FINISHED", "UNIT", "COMMAND")]
+    ports = _published()
+    table = [("NAME", "ID", "IMAGE", "STATUS", "PID", "STARTED", "FINISHED", "UNIT", "COMMAND", "PORTS")]
     for s in rows:
         r = s.record
         table.append((r.name, r.id[:12], r.image_name, s.text, str(s.pid or "-"), _ago(r.started),
-                      _ago(r.finished) if s.status == "exited" else "-", r.unit or "-", _command_text(r)[:40]))
+                      _ago(r.finished) if s.status == "exited" else "-", r.unit or "-", _command_text(r)[:40],
+                      ports.get(r.name, "")))
     for line in formatting.align(table, gap=2):
         print(line)
     return 0
 
 
-def _ps_json(s: Status) -> dict[str, Any]:
+def _published() -> dict[str, str]:
+    """Running containers' published ports, as docker's PORTS column (none: no import at all)."""
+    from machinectl_py.paths import run_path
+
+    if not os.path.isdir(run_path("networks")):
+        return {}
+    from machinectl_py.cmd_port import ports_text, published
+
+    return {name: ports_text(ports) for name, ports in published().items() if ports}
+
+
+def _ps_json(s: Status, ports: dict[str, str] | None = None) -> dict[str, Any]:
     """One row of `ps --json` and `ps --format`: pymachine's lower-case fields, and docker's
     `ps --format` names beside them (.Names, .ID, .Image, .Command, .Status, .State, .Labels...)."""
     r = s.record
@@ -224,7 +240,8 @@ def _ps_json(s: Status) -> dict[str, Any]:
             "unit": r.unit, "command": list(r.spec.command) if r.spec.command else None, "labels": labels,
             "Names": r.name, "ID": r.id[:12], "Image": r.image_name, "Command": _command_text(r),
             "CreatedAt": _iso(r.created), "RunningFor": _ago(r.started), "Status": s.text, "State": s.status,
-            "Labels": ",".join(f"{k}={v}" for k, v in labels.items()), "Unit": r.unit or "", "Pid": s.pid or 0}
+            "Labels": ",".join(f"{k}={v}" for k, v in labels.items()), "Unit": r.unit or "", "Pid": s.pid or 0,
+            "Ports": (ports or {}).get(r.name, "")}
 
 
 # -- inspect ---------------------------------------------------------------------------------------

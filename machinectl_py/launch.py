@@ -171,14 +171,15 @@ def device_nodes(spec: ContainerSpec) -> tuple[plan.Op, ...]:
     return tuple(binds)
 
 
-def connect_network(spec: ContainerSpec, leader: int) -> None:
+def connect_network(spec: ContainerSpec, leader: int, exposed: tuple[str, ...] = ()) -> None:
     """bridge or a user network: the held init's namespace gets its veth, address and route
     (before release)."""
     name = network.attached_network(spec.network)
     if name is not None:
         from machinectl_py import netsetup  # subprocess: only on this opt-in path
 
-        netsetup.attach(name, spec.name, leader, spec.ports, ip=spec.ip, aliases=spec.network_aliases)
+        ports = spec.ports + network.publish_all(spec.ports, exposed) if spec.publish_all else spec.ports
+        netsetup.attach(name, spec.name, leader, ports, ip=spec.ip, aliases=spec.network_aliases)
 
 
 def network_binds(spec: ContainerSpec) -> list[plan.Bind]:

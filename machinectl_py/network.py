@@ -88,6 +88,20 @@ def _is_ipv4(text: str) -> bool:
     return len(parts) == 4 and all(p.isdigit() and int(p) <= 255 and str(int(p)) == p for p in parts)
 
 
+def publish_all(ports: tuple[str, ...], exposed: tuple[str, ...]) -> tuple[str, ...]:
+    """-P: the image's ExposedPorts ("80/tcp", "53/udp", "8080") on free host ports, less the
+    container ports -p publishes already. Malformed entries are skipped (they come from the image)."""
+    published = {split_port(p)[2:] for p in ports}
+    out = []
+    for item in exposed:
+        number, _, proto = item.partition("/")
+        proto = proto or "tcp"
+        if number.isdigit() and 1 <= int(number) <= 65535 and proto in PROTOCOLS \
+                and (int(number), proto) not in published:
+            out.append(f"::{int(number)}/{proto}")
+    return tuple(out)
+
+
 def split_port(port: str) -> tuple[str, int, int, str]:
     """A canonical port -> (host ip or "", host port or 0, container port, protocol)."""
     spec, _, proto = port.partition("/")
