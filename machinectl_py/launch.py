@@ -178,7 +178,9 @@ def connect_network(spec: ContainerSpec, leader: int, exposed: tuple[str, ...] =
     if name is not None:
         from machinectl_py import netsetup  # subprocess: only on this opt-in path
 
-        ports = spec.ports + network.publish_all(spec.ports, exposed) if spec.publish_all else spec.ports
+        ports = tuple(spec.ports)  # a list when read back from the definition
+        if spec.publish_all:
+            ports += network.publish_all(ports, tuple(exposed))
         netsetup.attach(name, spec.name, leader, ports, ip=spec.ip, aliases=spec.network_aliases)
 
 

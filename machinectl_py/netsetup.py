@@ -171,6 +171,21 @@ def _taken_ports() -> dict[tuple[int, str], tuple[str, str]]:
     return taken
 
 
+def bound_ports(proto: str) -> set[int]:
+    """Local ports bound in this network namespace (/proc/net/tcp, tcp6, udp, udp6): a free
+    host port for `-p PORT` is none of them (a DNAT rule would hide a host service)."""
+    ports = set()
+    for path in (f"/proc/net/{proto}", f"/proc/net/{proto}6"):
+        try:
+            with open(path) as f:
+                next(f, None)
+                for line in f:
+                    ports.add(int(line.split()[1].rsplit(":", 1)[1], 16))
+        except OSError:
+            continue
+    return ports
+
+
 def resolve_ports(name: str, ports: tuple[str, ...]) -> list[list[object]]:
     """The container's ports as [host ip, host port, port, proto], free host ports picked for
     `-p PORT`. A host port another container publishes is refused. Caller holds the lock."""
@@ -181,7 +196,9 @@ def resolve_ports(name: str, ports: tuple[str, ...]) -> list[list[object]]:
     for port in ports:
         host_ip, host_port, inner, proto = split_port(port)
         if host_port == 0:
-            host_port = next(p for p in range(EPHEMERAL[0], EPHEMERAL[1]) if (p, proto) not in taken)
+            bound = bound_ports(proto)
+            host_port = next(p for p in range(EPHEMERAL[0], EPHEMERAL[1])
+                             if (p, proto) not in taken and p not in bound)
         other = taken.get((host_port, proto))
         if other is not None and (not other[0] or not host_ip or other[0] == host_ip):
             raise ConflictError(f"host port {host_port}/{proto} is already published by container {other[1]}")
@@ -271,7 +288,8 @@ def _add_veth(net: ipam.Network, name: str, pid: int, address: str, ifname: str 
         f"link add {host} type veth peer name {ifname} netns /proc/{pid}/ns/net\n"
         f"link set {host} master {net.bridge}\n"
         f"link set {host} up\n"))
-    route = f"route add default via {net.gateway} dev {ifname}\n" if primary else ""
+    # An internal network has no way out: no default route (the forward chain drops the rest).
+    route = f"route add default via {net.gateway} dev {ifname}\n" if primary and not net.internal else ""
     _run(["nsenter", f"--net=/proc/{pid}/ns/net", "ip", "-b", "-"], what=f"the container's {ifname}", stdin=(
         f"addr add {address}/{net.subnet.prefixlen} dev {ifname}\n"
         f"link set {ifname} up\n" + route))
