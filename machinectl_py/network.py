@@ -4,7 +4,9 @@ Pure (no syscalls): `launch` asks it which namespace to make and which capabilit
 takes away. Modes: `host` shares the host's network namespace (opt-in: no network isolation);
 `none` gives the container its own namespace with only `lo` (`private` is its older alias);
 `bridge` adds a veth on the default network's bridge, with an address, a route and NAT
-(ipam.py, netsetup.py).
+(ipam.py, netsetup.py), a user network's NAME the same on that network's bridge;
+`container:NAME` joins another running container's namespace and `ns:PATH` a namespace file's
+(launch.joined_network_namespace).
 """
 
 from __future__ import annotations
@@ -17,9 +19,14 @@ DEFAULT_NETWORK = "pymachine"  # ipam.DEFAULT_NETWORK, without importing it on t
 
 
 def is_private(mode: str) -> bool:
-    """True if the container gets a network namespace of its own (every mode but host: a user
-    network's name too)."""
-    return mode != "host"
+    """True if the container gets a new network namespace of its own (every mode but host,
+    container:NAME and ns:PATH: a user network's name too)."""
+    return mode != "host" and not joins(mode)
+
+
+def joins(mode: str) -> bool:
+    """container:NAME and ns:PATH join a network namespace that exists already."""
+    return mode.startswith(("container:", "ns:"))
 
 
 def capability_mask(mode: str, mask: int, cap_add: frozenset[str] = frozenset()) -> int:
@@ -38,7 +45,7 @@ def attached_network(mode: str) -> str | None:
     network's, any name but host, none and private a user network's."""
     if mode == "bridge":
         return DEFAULT_NETWORK
-    return mode if is_private(mode) and mode not in ("none", "private") else None
+    return None if mode in ("host", "none", "private") or joins(mode) else mode
 
 
 # -- published ports: `-p [HOSTIP:][HOSTPORT:]PORT[/tcp|udp]`, with ranges --------------------------

@@ -430,8 +430,15 @@ def validate_network_name(name: str) -> str:
 
 
 def validate_network(mode: str) -> str:
-    """A mode (bridge, host, none, private) or the name of a user network."""
-    if mode not in NETWORK_MODES:
+    """A mode (bridge, host, none, private, container:NAME, ns:PATH) or a user network's name."""
+    if mode.startswith("container:"):
+        validate_name(mode[10:], "container name in --network container:NAME")
+    elif mode.startswith("ns:"):
+        path = mode[3:]
+        if not path.startswith("/") or "\0" in path:
+            raise UsageError(f"invalid network mode {mode!r}: ns:PATH needs an absolute path",
+                             hint="as ns:/run/netns/NAME or ns:/proc/PID/ns/net")
+    elif mode not in NETWORK_MODES:
         try:
             validate_network_name(mode)
         except UsageError:
@@ -440,9 +447,14 @@ def validate_network(mode: str) -> str:
     return mode
 
 
+def joins(mode: str) -> bool:
+    """container:NAME, ns:PATH: the container joins a network namespace that exists already."""
+    return mode.startswith(("container:", "ns:"))
+
+
 def attaches(mode: str) -> bool:
     """Does this mode connect the container to a network (bridge or a user network)?"""
-    return mode not in UNATTACHED_MODES
+    return mode not in UNATTACHED_MODES and not joins(mode)
 
 
 def validate_ip(text: str) -> str:
@@ -700,7 +712,7 @@ class ContainerSpec(Record):
     def validate(self) -> ContainerSpec:
         validate_name(self.name)
         net_sysctls = [k for k in self.sysctls if k.startswith("net.")]
-        if net_sysctls and self.network == "host":
+        if net_sysctls and (self.network == "host" or joins(self.network)):
             # With the host's network namespace it would be the host's sysctl (security.py).
             raise UsageError(f"sysctl {net_sysctls[0]!r} needs a network of the container's own (bridge or none): "
                              "with the host's network it is the host's")

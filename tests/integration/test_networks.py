@@ -202,3 +202,30 @@ def test_publish_all_and_a_free_host_port(host: AnyHost, clean: Snapshot, exposi
     finally:
         pm(host, "rm", "-f", name)
     assert snapshot(host) == clean
+
+
+def test_container_and_ns_modes_join_another_namespace(host: AnyHost, clean: Snapshot) -> None:
+    web = unique("web")
+    try:
+        r = pm(host, "run", "-d", "--name", web, "--network", "bridge", "busybox", "sh", "-c",
+               "mkdir -p /www && echo shared > /www/index.html && exec httpd -f -p 80 -h /www")
+        assert r.returncode == 0, r.stderr
+        address = next(ip for ip, lease in leases(host).items() if lease["name"] == web)
+        r = pm(host, "run", "--rm", "--network", f"container:{web}", "busybox", "sh", "-c",
+               "ip -o -4 addr show eth0; wget -qO- http://127.0.0.1/; cat /etc/hosts")
+        assert r.returncode == 0, r.stderr
+        assert f"inet {address}/" in r.stdout and "shared\n" in r.stdout, r.stdout
+        assert any(line.startswith(f"{address}\t") and web in line for line in r.stdout.splitlines()), r.stdout
+        leader = host.run(["machinectl", "show", "-p", "Leader", "--value", web], check=True).stdout.strip()
+        r = pm(host, "run", "--rm", "--network", f"ns:/proc/{leader}/ns/net", "busybox", "ip", "-o", "-4", "addr")
+        assert r.returncode == 0 and f"inet {address}/" in r.stdout, (r.stdout, r.stderr)
+        r = pm(host, "run", "--rm", "--network", f"container:{web}", "-p", "8080:80", "busybox", "true")
+        assert r.returncode == 125 and "published ports need" in r.stderr, r.stderr
+        assert [lease["name"] for lease in leases(host).values()] == [web], "joining takes no lease"
+    finally:
+        pm(host, "rm", "-f", web)
+    r = pm(host, "run", "--rm", "--network", f"container:{web}", "busybox", "true")
+    assert r.returncode == 125 and r.stderr.splitlines()[0] == f"pymachine: no such container: {web}", r.stderr
+    r = pm(host, "run", "--rm", "--network", "ns:/run/netns/nosuch", "busybox", "true")
+    assert r.returncode == 125 and "no such network namespace: /run/netns/nosuch" in r.stderr, r.stderr
+    assert snapshot(host) == clean

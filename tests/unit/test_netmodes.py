@@ -240,3 +240,16 @@ def test_dns_search_and_options_replace_the_hosts_lines() -> None:
     assert "options ndots:2" in text and "edns0" not in text and "nameserver 192.0.2.53" in text
     with pytest.raises(UsageError, match="invalid DNS option"):
         network.parse_dns_options(["ndots: 2"])
+
+
+def test_container_and_ns_modes_join_without_a_namespace_or_a_network() -> None:
+    for mode in ("container:web", "ns:/run/netns/blue"):
+        assert spec.validate_network(mode) == mode
+        assert not network.is_private(mode) and network.attached_network(mode) is None
+        assert network.joins(mode) and not spec.attaches(mode)
+    for bad in ("container:a/b", "container:", "ns:relative/path"):
+        with pytest.raises(UsageError, match="invalid"):
+            spec.validate_network(bad)
+    with pytest.raises(UsageError, match="needs a network of the container's own"):
+        spec.ContainerSpec(name="a", image="i", network="container:web",
+                           sysctls={"net.ipv4.ip_forward": "1"}).validate()
