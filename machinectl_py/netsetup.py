@@ -287,6 +287,10 @@ def _add_veth(net: ipam.Network, name: str, pid: int, address: str, ifname: str 
         # unshared it for the init), where the kernel would read a PID as one of its own.
         f"link add {host} type veth peer name {ifname} netns /proc/{pid}/ns/net\n"
         f"link set {host} master {net.bridge}\n"
+        # A container reaching its own published port through a host address: where
+        # br_netfilter is loaded, the DNAT happens at the bridge and the frame must go back out
+        # of the port it came in on, which a bridge refuses without hairpin (as docker sets it).
+        f"link set dev {host} type bridge_slave hairpin on\n"
         f"link set {host} up\n"))
     # An internal network has no way out: no default route (the forward chain drops the rest).
     route = f"route add default via {net.gateway} dev {ifname}\n" if primary and not net.internal else ""

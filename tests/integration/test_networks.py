@@ -229,3 +229,22 @@ def test_container_and_ns_modes_join_another_namespace(host: AnyHost, clean: Sna
     r = pm(host, "run", "--rm", "--network", "ns:/run/netns/nosuch", "busybox", "true")
     assert r.returncode == 125 and "no such network namespace: /run/netns/nosuch" in r.stderr, r.stderr
     assert snapshot(host) == clean
+
+
+def test_a_container_reaches_its_own_published_port_through_the_host(host: AnyHost, clean: Snapshot) -> None:
+    """Hairpin to itself: with br_netfilter loaded (as in this test host) the DNAT happens at the
+    bridge, and the frame goes back out of the port it came in on: the port has hairpin on."""
+    web = unique("web")
+    try:
+        r = pm(host, "run", "-d", "--name", web, "--network", "bridge", "-p", "8090:80", "busybox", "sh", "-c",
+               "mkdir -p /www && echo self > /www/index.html && exec httpd -f -p 80 -h /www")
+        assert r.returncode == 0, r.stderr
+        r = pm(host, "exec", web, "sh", "-c",
+               f"printf 'GET / HTTP/1.0\\r\\n\\r\\n' | nc -w 5 {UPLINK_ADDRESS} 8090")
+        assert r.stdout.endswith("self\n"), (r.stdout, r.stderr)
+        port = next(link for link in links(host) if link.startswith("pmv"))
+        detail = json.loads(host.run(["ip", "-j", "-d", "link", "show", port], check=True).stdout)[0]
+        assert detail["linkinfo"]["info_slave_data"]["hairpin"] is True, detail
+    finally:
+        pm(host, "rm", "-f", web)
+    assert snapshot(host) == clean
