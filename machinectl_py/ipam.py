@@ -27,6 +27,10 @@ from machinectl_py.paths import config_path, run_path
 
 DEFAULT_NETWORK = "pymachine"
 DEFAULT_SUBNET = "10.89.0.0/16"
+# `--network veth` (nspawn's --network-veth): no bridge, a pair per container, each with a /30
+# of this pool (the host side .1, the container .2). Built in, never a definition on disk.
+VETH_NETWORK = "veth"
+VETH_SUBNET = "10.88.0.0/16"
 # Linux names links with at most 15 characters.
 IFNAMSIZ = 15
 
@@ -47,9 +51,16 @@ class Network:
         self.name, self.subnet, self.gateway, self.internal = name, net, gw, internal
 
     @property
+    def point_to_point(self) -> bool:
+        return self.name == VETH_NETWORK
+
+    @property
     def bridge(self) -> str:
         """pm-NAME, or pm-<crc32 of NAME> where NAME is too long for a link name (IFNAMSIZ):
-        two long names never share a bridge by sharing a prefix."""
+        two long names never share a bridge by sharing a prefix. The veth pool has no bridge:
+        "ve-*" matches its host-side links in nft rules."""
+        if self.point_to_point:
+            return "ve-*"
         short = f"pm-{self.name}"
         return short if len(short) <= IFNAMSIZ else f"pm-{zlib.crc32(self.name.encode()):08x}"
 
@@ -64,6 +75,8 @@ def definition_path(name: str) -> str:
 
 def load(name: str) -> Network:
     """The network's definition; the default network is written on first use."""
+    if name == VETH_NETWORK:
+        return Network(name, VETH_SUBNET)
     path = definition_path(name)
     try:
         with open(path, "rb") as f:
@@ -186,7 +199,8 @@ def allocate(net: Network, name: str, pid: int, ports: list[list[object]] | None
     leases = {addr: lease for addr, lease in read_leases(net.name).items()
               if lease.get("name") != name and holder_alive(lease)}
     taken = {*leases, str(net.gateway)}
-    host = _static(net, ip, taken, leases) if ip else next((h for h in net.subnet.hosts() if str(h) not in taken), None)
+    candidates = (_p2p_hosts(net) if net.point_to_point else net.subnet.hosts())
+    host = _static(net, ip, taken, leases) if ip else next((h for h in candidates if str(h) not in taken), None)
     if host is None:
         raise UsageError(f"network {net.name}: no free address in {net.subnet}")
     lease: dict[str, object] = {"name": name, "pid": pid, "start": process_start_time(pid), "ifname": ifname}
@@ -197,6 +211,17 @@ def allocate(net: Network, name: str, pid: int, ports: list[list[object]] | None
     leases[str(host)] = lease
     write_leases(net.name, leases)
     return host
+
+
+def _p2p_hosts(net: Network) -> Iterator[ipaddress.IPv4Address]:
+    """The container side (.2) of each /30 of the veth pool."""
+    for block in net.subnet.subnets(new_prefix=30):
+        yield block.network_address + 2
+
+
+def p2p_gateway(address: str) -> ipaddress.IPv4Address:
+    """The host side of a veth container's /30."""
+    return ipaddress.IPv4Address(address) - 1
 
 
 def _static(net: Network, ip: str, taken: set[str], leases: dict[str, dict[str, object]]) -> ipaddress.IPv4Address:

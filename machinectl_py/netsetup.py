@@ -31,7 +31,11 @@ NETNS_TIMEOUT = 10.0
 
 
 def host_veth(name: str, network: str = ipam.DEFAULT_NETWORK) -> str:
-    """The host side of a container's veth on a network: short (IFNAMSIZ), stable for the pair."""
+    """The host side of a container's veth on a network: short (IFNAMSIZ), stable for the pair.
+    `--network veth`: ve-NAME as nspawn's, ve-<crc32> where NAME is too long for a link."""
+    if network == ipam.VETH_NETWORK:
+        short = f"ve-{name}"
+        return short if len(short) <= ipam.IFNAMSIZ else f"ve-{zlib.crc32(name.encode()):08x}"
     key = name if network == ipam.DEFAULT_NETWORK else f"{name}@{network}"
     return f"pmv{zlib.crc32(key.encode()):08x}"
 
@@ -65,7 +69,7 @@ def _wait_own_netns(pid: int) -> None:
 
 
 def ensure_bridge(net: ipam.Network) -> None:
-    if link_exists(net.bridge):
+    if net.point_to_point or link_exists(net.bridge):
         return
     _run(["ip", "-b", "-"], what=f"bridge {net.bridge}", stdin=(
         f"link add {net.bridge} type bridge\n"
@@ -77,7 +81,7 @@ def ensure_bridge(net: ipam.Network) -> None:
 
 
 def remove_bridge(net: ipam.Network) -> None:
-    if link_exists(net.bridge):
+    if not net.point_to_point and link_exists(net.bridge):
         _run(["ip", "link", "del", net.bridge], what=f"remove bridge {net.bridge}")
 
 
@@ -222,12 +226,15 @@ def attach(network: str, name: str, pid: int, ports: tuple[str, ...] = (), *, ip
     net = ipam.load(network)
     _wait_own_netns(pid)
     with ipam.locked():
-        ifname = "eth0" if primary else _next_ifname(name, network)
+        ifname = ("host0" if net.point_to_point else "eth0") if primary else _next_ifname(name, network)
         address = ipam.allocate(net, name, pid, resolve_ports(name, ports), ip=ip, aliases=aliases, ifname=ifname)
         try:
             ensure_bridge(net)
             apply_ruleset(_networks_in_use(net))
-            _add_veth(net, name, pid, str(address), ifname, primary)
+            if net.point_to_point:
+                _add_p2p(net, name, pid, str(address))
+            else:
+                _add_veth(net, name, pid, str(address), ifname, primary)
         except BaseException:
             _release_locked(network, name)
             raise
@@ -297,6 +304,23 @@ def _add_veth(net: ipam.Network, name: str, pid: int, address: str, ifname: str 
     _run(["nsenter", f"--net=/proc/{pid}/ns/net", "ip", "-b", "-"], what=f"the container's {ifname}", stdin=(
         f"addr add {address}/{net.subnet.prefixlen} dev {ifname}\n"
         f"link set {ifname} up\n" + route))
+
+
+def _add_p2p(net: ipam.Network, name: str, pid: int, address: str) -> None:
+    """`--network veth`: ve-NAME on the host with the /30's .1, host0 in the container with
+    its .2 and the default route through .1 (nspawn's pair, addressed by pymachine)."""
+    host, gateway = host_veth(name, net.name), ipam.p2p_gateway(address)
+    if link_exists(host):  # a previous run's, whose namespace is being torn down
+        _run(["ip", "link", "del", host], what=f"remove stale {host}")
+    _run(["ip", "-b", "-"], what=f"veth {host}", stdin=(
+        f"link add {host} type veth peer name host0 netns /proc/{pid}/ns/net\n"
+        f"addr add {gateway}/30 dev {host}\n"
+        f"link set {host} up\n"))
+    _write_sysctl(f"/proc/sys/net/ipv4/conf/{host}/route_localnet")  # 127.0.0.1 -> a published port
+    _run(["nsenter", f"--net=/proc/{pid}/ns/net", "ip", "-b", "-"], what="the container's host0", stdin=(
+        f"addr add {address}/30 dev host0\n"
+        "link set host0 up\n"
+        f"route add default via {gateway} dev host0\n"))
 
 
 def _release_locked(network: str, name: str | None) -> None:

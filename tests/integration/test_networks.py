@@ -248,3 +248,26 @@ def test_a_container_reaches_its_own_published_port_through_the_host(host: AnyHo
     finally:
         pm(host, "rm", "-f", web)
     assert snapshot(host) == clean
+
+
+def test_veth_mode_is_a_point_to_point_pair_with_nat_and_ports(host: AnyHost, clean: Snapshot) -> None:
+    """nspawn's --network-veth, addressed by pymachine: ve-NAME on the host, host0 inside, a /30."""
+    web = unique("ve")
+    try:
+        r = pm(host, "run", "-d", "--name", web, "--network", "veth", "-p", "8095:80", "busybox", "sh", "-c",
+               "mkdir -p /www && echo p2p > /www/index.html && exec httpd -f -p 80 -h /www")
+        assert r.returncode == 0, r.stderr
+        outside = json.loads(host.run(["ip", "-j", "-4", "addr", "show", "dev", f"ve-{web}"], check=True).stdout)
+        assert [(a["local"], a["prefixlen"]) for a in outside[0]["addr_info"]] == [("10.88.0.1", 30)]
+        assert addr_of(host, web, "host0") == ["10.88.0.2"]
+        r = pm(host, "exec", web, "sh", "-c",
+               f"ip route | grep ^default; ping -c1 -W2 {UPLINK_ADDRESS} >/dev/null && echo up")
+        lines = r.stdout.splitlines()
+        assert lines[0].startswith("default via 10.88.0.1 dev host0") and lines[1:] == ["up"], r.stdout
+        for address in ("127.0.0.1", UPLINK_ADDRESS):
+            page = host.run(["python3", "-c", HTTP_GET, f"http://{address}:8095/"], check=True, timeout=60)
+            assert page.stdout == "p2p\n", address
+        assert "10.88.0.2" in host.run(["machinectl", "list", "--no-legend", "--full"], check=True).stdout
+    finally:
+        pm(host, "rm", "-f", web)
+    assert snapshot(host) == clean

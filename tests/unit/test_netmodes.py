@@ -253,3 +253,23 @@ def test_container_and_ns_modes_join_without_a_namespace_or_a_network() -> None:
     with pytest.raises(UsageError, match="needs a network of the container's own"):
         spec.ContainerSpec(name="a", image="i", network="container:web",
                            sysctls={"net.ipv4.ip_forward": "1"}).validate()
+
+
+def test_veth_pairs_get_a_slash_30_each_and_nspawns_link_names(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PYMACHINE_RUN_DIR", str(tmp_path))
+    net = ipam.load("veth")  # built in: no definition on disk
+    assert net.point_to_point and network.attached_network("veth") == "veth"
+    with ipam.locked():
+        first, second = ipam.allocate(net, "a", os.getpid()), ipam.allocate(net, "b", os.getpid())
+    assert (str(first), str(second)) == ("10.88.0.2", "10.88.0.6")
+    assert str(ipam.p2p_gateway(str(second))) == "10.88.0.5"
+    assert netsetup.host_veth("web", "veth") == "ve-web"
+    assert netsetup.host_veth("a-very-long-name", "veth").startswith("ve-") and len(
+        netsetup.host_veth("a-very-long-name", "veth")) <= ipam.IFNAMSIZ
+    text = netsetup.ruleset([net])
+    assert 'oifname "ve-*" ip saddr 10.88.0.0/16 ct status dnat masquerade' in text
+    assert "ip saddr 10.88.0.0/16 ip daddr != 10.88.0.0/16 masquerade" in text
+    with pytest.raises(UsageError, match="--ip needs the bridge or a user network"):
+        spec.ContainerSpec(name="a", image="i", network="veth", ip="10.88.0.2").validate()
+    with pytest.raises(UsageError, match="invalid network name"):
+        spec.validate_network_name("veth")
