@@ -75,6 +75,10 @@ def test_two_containers_on_a_user_network_reach_each_other_by_name_and_alias(
                "--ip", "10.77.0.50", "busybox", "sleep", "600")
         assert r.returncode == 0, r.stderr
         assert addr_of(host, first, "eth0") == ["10.77.0.50"]
+        settings = json.loads(pm(host, "inspect", first).stdout)[0]["NetworkSettings"]
+        assert settings["IPAddress"] == "10.77.0.50" and settings["Gateway"] == "10.77.0.1", settings
+        assert settings["Networks"][name]["Aliases"] == ["database"], settings
+        assert pm(host, "inspect", "-f", "{{.NetworkSettings.IPAddress}}", first).stdout == "10.77.0.50\n"
         assert bridge in links(host)
         ruleset = json.loads(host.run(["nft", "-j", "list", "table", "inet", "pymachine"], check=True).stdout)
         assert "10.77.0.0" in json.dumps(ruleset), "the network's masquerade rule"
