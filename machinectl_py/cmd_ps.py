@@ -289,7 +289,8 @@ def _network_settings(name: str, configured: dict[str, Any]) -> dict[str, Any]:
         gateway = str(ipam.p2p_gateway(ip) if net.point_to_point else net.gateway)
         prefix = 30 if net.point_to_point else net.subnet.prefixlen
         out["Networks"][network] = {"IPAddress": ip, "IPPrefixLen": prefix, "Gateway": gateway,
-                                    "Aliases": lease.get("aliases") or [], "Interface": lease.get("ifname", "eth0")}
+                                    "Aliases": lease.get("aliases") or [], "Interface": lease.get("ifname", "eth0"),
+                                    "GlobalIPv6Address": str(net.address6(ip) or "")}
         if lease.get("ifname", "eth0") in ("eth0", "host0"):
             out.update(IPAddress=ip, IPPrefixLen=prefix, Gateway=gateway)
         for host_ip, host_port, port, proto in lease.get("ports") or []:  # type: ignore[attr-defined]

@@ -19,7 +19,7 @@ import ipaddress
 import json
 import os
 import zlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 
 from machinectl_py.errors import ConflictError, UsageError
@@ -36,9 +36,10 @@ IFNAMSIZ = 15
 
 
 class Network:
-    __slots__ = ("name", "subnet", "gateway", "internal")
+    __slots__ = ("name", "subnet", "gateway", "internal", "subnet6")
 
-    def __init__(self, name: str, subnet: str, gateway: str | None = None, internal: bool = False) -> None:
+    def __init__(self, name: str, subnet: str, gateway: str | None = None, internal: bool = False,
+                 subnet6: str | None = None) -> None:
         try:
             net = ipaddress.IPv4Network(subnet)
         except ValueError as e:
@@ -49,6 +50,18 @@ class Network:
         if gw not in net or gw in (net.network_address, net.broadcast_address):
             raise UsageError(f"network {name}: gateway {gw} is not a host address of {net}")
         self.name, self.subnet, self.gateway, self.internal = name, net, gw, internal
+        self.subnet6 = _subnet6(name, subnet6) if subnet6 else None
+
+    @property
+    def gateway6(self) -> ipaddress.IPv6Address | None:
+        return self.subnet6.network_address + 1 if self.subnet6 else None
+
+    def address6(self, address: str) -> ipaddress.IPv6Address | None:
+        """A container's IPv6 address: its IPv4 address's offset in the subnet, in subnet6 (no
+        lease of its own: the IPv4 lease holds both)."""
+        if self.subnet6 is None:
+            return None
+        return self.subnet6.network_address + (int(ipaddress.IPv4Address(address)) - int(self.subnet.network_address))
 
     @property
     def point_to_point(self) -> bool:
@@ -66,7 +79,24 @@ class Network:
 
     def to_toml(self) -> str:
         return (f'subnet = "{self.subnet}"\ngateway = "{self.gateway}"\n'
-                f"internal = {'true' if self.internal else 'false'}\n")
+                f"internal = {'true' if self.internal else 'false'}\n"
+                + (f'subnet6 = "{self.subnet6}"\n' if self.subnet6 else ""))
+
+
+def _subnet6(name: str, subnet6: str) -> ipaddress.IPv6Network:
+    try:
+        net = ipaddress.IPv6Network(subnet6)
+    except ValueError as e:
+        raise UsageError(f"network {name}: invalid IPv6 subnet {subnet6!r}: {e}") from None
+    if net.prefixlen > 120:
+        raise UsageError(f"network {name}: IPv6 subnet {subnet6} is too small", hint="use a /64 (or up to /120)")
+    return net
+
+
+def ula_subnet(name: str) -> str:
+    """An IPv6 /64 for `--ipv6` without a v6 --subnet: a unique local one derived from the name."""
+    h = zlib.crc32(name.encode())
+    return str(ipaddress.IPv6Network(f"fd89:{h >> 16:x}:{h & 0xFFFF:x}::/64"))
 
 
 def definition_path(name: str) -> str:
@@ -91,7 +121,8 @@ def load(name: str) -> Network:
         return net
     except (OSError, ValueError) as e:
         raise UsageError(f"cannot read network {name} ({path}): {e}") from None
-    return Network(name, str(raw.get("subnet", "")), raw.get("gateway"), bool(raw.get("internal", False)))
+    return Network(name, str(raw.get("subnet", "")), raw.get("gateway"), bool(raw.get("internal", False)),
+                   raw.get("subnet6"))
 
 
 def exists(name: str) -> bool:
@@ -107,10 +138,11 @@ def list_names() -> list[str]:
     return sorted(names | {DEFAULT_NETWORK})
 
 
-def overlap(subnet: ipaddress.IPv4Network, others: dict[str, ipaddress.IPv4Network]) -> str | None:
-    """The first of `others` (what -> subnet) that overlaps `subnet`, if any."""
+def overlap(subnet: ipaddress.IPv4Network | ipaddress.IPv6Network,
+            others: Mapping[str, ipaddress.IPv4Network | ipaddress.IPv6Network]) -> str | None:
+    """The first of `others` (what -> subnet) that overlaps `subnet`, if any (one IP version)."""
     for what, other in others.items():
-        if subnet.overlaps(other):
+        if subnet.version == other.version and subnet.overlaps(other):
             return what
     return None
 

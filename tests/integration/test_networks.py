@@ -59,7 +59,7 @@ def addr_of(host: AnyHost, container: str, ifname: str) -> list[str]:
                     f"ip -j -4 addr show dev {ifname}"])
     if out.returncode != 0:
         return []
-    return [a["local"] for link in json.loads(out.stdout) for a in link["addr_info"]]
+    return [a["local"] for link in json.loads(out.stdout) for a in link["addr_info"] if "local" in a]
 
 
 def test_two_containers_on_a_user_network_reach_each_other_by_name_and_alias(
@@ -274,4 +274,25 @@ def test_veth_mode_is_a_point_to_point_pair_with_nat_and_ports(host: AnyHost, cl
         assert "10.88.0.2" in host.run(["machinectl", "list", "--no-legend", "--full"], check=True).stdout
     finally:
         pm(host, "rm", "-f", web)
+    assert snapshot(host) == clean
+
+
+def test_an_ipv6_network_gives_each_container_both_addresses(
+        host: AnyHost, clean: Snapshot, networks: list[str]) -> None:
+    name = create(host, networks, "--ipv6", "--subnet", "10.80.0.0/24", "--subnet", "fd80::/64")
+    assert inspect(host, name)["EnableIPv6"] is True
+    first = unique("six")
+    try:
+        r = pm(host, "run", "-d", "--name", first, "--network", name, "busybox", "sleep", "600")
+        assert r.returncode == 0, r.stderr
+        out = host.run(["sh", "-c", f"nsenter -t $(machinectl show -p Leader --value {first}) -n "
+                        "ip -j -6 addr show dev eth0 scope global"], check=True).stdout
+        assert [a["local"] for link in json.loads(out) for a in link["addr_info"] if "local" in a] == ["fd80::2"], out
+        r = pm(host, "run", "--rm", "--network", name, "busybox", "sh", "-c",
+               "ping -c1 -W2 fd80::1 >/dev/null && ping -c1 -W2 fd80::2 >/dev/null && echo reached; ip -6 route")
+        assert r.stdout.startswith("reached\n") and "default via fd80::1" in r.stdout, (r.stdout, r.stderr)
+        ruleset = host.run(["nft", "list", "table", "inet", "pymachine"], check=True).stdout
+        assert "ip6 saddr fd80::/64 ip6 daddr != fd80::/64 masquerade" in ruleset, ruleset
+    finally:
+        pm(host, "rm", "-f", first)
     assert snapshot(host) == clean
