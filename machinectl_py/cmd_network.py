@@ -179,6 +179,9 @@ def remove(name: str) -> None:
         if users:
             raise ConflictError(f"network {name} is in use by {', '.join(users)}",
                                 hint="remove the containers or disconnect them first")
+        from machinectl_py import netsetup
+
+        netsetup.forget(name)  # what a crashed container left: dead leases, an idle bridge
         os.unlink(ipam.definition_path(name))
 
 

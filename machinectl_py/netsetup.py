@@ -163,10 +163,19 @@ def _published(networks: list[ipam.Network]) -> list[Published]:
 
 def _networks_in_use(extra: ipam.Network | None = None) -> list[ipam.Network]:
     names = set(ipam.networks_with_leases())
-    nets = [ipam.load(n) for n in sorted(names)]
+    # A network whose definition is gone (removed by hand) has no live lease: `network rm`
+    # refuses otherwise. Its rules go; its dead leases are freed by the next release.
+    nets = [net for net in map(_load_quietly, sorted(names)) if net is not None]
     if extra is not None and extra.name not in names:
         nets.append(extra)
     return nets
+
+
+def _load_quietly(name: str) -> ipam.Network | None:
+    try:
+        return ipam.load(name)
+    except PymachineError:
+        return None
 
 
 def _taken_ports() -> dict[tuple[int, str], tuple[str, str]]:
@@ -338,7 +347,9 @@ def _release_locked(network: str, name: str | None) -> None:
     lease; the table is rewritten (published ports of the freed leases go with them)."""
     before = ipam.read_leases(network)
     if ipam.release(network, name):
-        remove_bridge(ipam.load(network))
+        net = _load_quietly(network)
+        if net is not None:
+            remove_bridge(net)
         apply_ruleset(_networks_in_use())
     elif ipam.read_leases(network) != before:
         apply_ruleset(_networks_in_use())
@@ -353,6 +364,36 @@ def release(name: str | None) -> None:
             if name and ipam.lease_of(network, name) and link_exists(host_veth(name, network)):
                 subprocess.run(["ip", "link", "del", host_veth(name, network)], capture_output=True)
             _release_locked(network, name)
+
+
+def remove_orphan_bridges() -> list[str]:
+    """`gc`: pymachine's bridges (pm-*) of no network in use, as a network removed by hand
+    leaves them (its definition named the bridge)."""
+    with ipam.locked():
+        return _remove_orphan_bridges()
+
+
+def _remove_orphan_bridges() -> list[str]:
+    in_use = {net.bridge for net in _networks_in_use()}
+    try:
+        names = os.listdir("/sys/class/net")
+    except OSError:
+        return []
+    orphans = [n for n in names
+               if n.startswith("pm-") and n not in in_use and os.path.isdir(f"/sys/class/net/{n}/bridge")]
+    for bridge in orphans:
+        subprocess.run(["ip", "link", "del", bridge], capture_output=True)
+    return orphans
+
+
+def forget(network: str) -> None:
+    """`network rm`, under the lock: its dead holders' leases, and its bridge if left over."""
+    dead = ipam.read_leases(network)
+    if not ipam.release(network, None):
+        raise ConflictError(f"network {network} is in use")
+    remove_bridge(ipam.load(network))
+    if dead:  # their published ports' rules go too
+        apply_ruleset(_networks_in_use())
 
 
 def detach(network: str, name: str) -> None:

@@ -10,7 +10,7 @@ import secrets
 from collections.abc import Iterator
 
 import pytest
-from helpers import HTTP_GET, AnyHost, pm
+from helpers import HTTP_GET, AnyHost, pm, wait_until
 from images import build
 from test_network import Snapshot, leases, links, nft_tables, snapshot, unique
 from testhost import UPLINK_ADDRESS
@@ -296,3 +296,40 @@ def test_an_ipv6_network_gives_each_container_both_addresses(
     finally:
         pm(host, "rm", "-f", first)
     assert snapshot(host) == clean
+
+
+def test_a_crash_leaves_nothing_that_gc_or_a_hand_removed_definition_trips_over(
+        host: AnyHost, clean: Snapshot, networks: list[str]) -> None:
+    """A kill -9 leaves a lease whose holder is gone (and the container's record): `network rm`
+    refuses while the record names the network; with the definition removed by hand, the next
+    start on another network still works and `gc` frees the dead lease and the bridge."""
+    import signal
+
+    name = create(host, networks, "--subnet", "10.81.0.0/24")
+    bridge = inspect(host, name)["Options"]["com.docker.network.bridge.name"]  # type: ignore[index]
+    victim = unique("crash")
+    proc = host.popen(["pymachine", "run", "--rm", "--name", victim, "--network", name, "busybox", "sleep", "100"])
+    try:
+        wait_until(lambda: bool(_leases_of(host, name)), what="the lease")
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    wait_until(lambda: not any(link.startswith("pmv") for link in links(host)), what="the veth to go")
+    assert _leases_of(host, name) and bridge in links(host), "left by the kill"
+    r = pm(host, "network", "rm", name)
+    assert r.returncode == 125 and f"network {name} is in use by {victim}" in r.stderr, r.stderr
+    host.run(["rm", f"/etc/pymachine/networks/{name}.toml"], check=True)  # by hand
+    networks.remove(name)
+    r = pm(host, "run", "--rm", "--network", "bridge", "busybox", "true")
+    assert r.returncode == 0, r.stderr
+    pm(host, "rm", "-f", victim)
+    pm(host, "gc")
+    assert not _leases_of(host, name) and bridge not in links(host)
+    assert snapshot(host) == clean
+
+
+def _leases_of(host: AnyHost, network: str) -> dict[str, dict[str, object]]:
+    r = host.run(["cat", f"/run/pymachine/networks/{network}.json"])
+    return json.loads(r.stdout) if r.returncode == 0 else {}
