@@ -2,9 +2,10 @@
 """Network start latency and published-port throughput (issue #17, item 9), in one test host.
 
 Start to exit, alternating: `pymachine run --rm --network bridge busybox true` and `--network
-veth` against `systemd-nspawn -q --network-veth -D ROOTFS /bin/true` (target: pymachine bridge /
-nspawn veth <= 0.6) and, where podman runs here, `podman run --rm --network bridge busybox true`
-(the same busybox, exported by pymachine and loaded into podman).
+veth` (and `--network host`, what the network costs) against `systemd-nspawn -q --network-veth
+-D ROOTFS /bin/true` (target: pymachine bridge / nspawn veth <= 0.6) and, where podman runs
+here, `podman run --rm --network bridge busybox true` (the same busybox, exported by pymachine
+and loaded into podman).
 
 Throughput: 100 MB sent by the test host to 127.0.0.1:PORT, published by a container whose
 busybox `nc -l` reads it, against the same transfer to an `nc -l` of the test host itself on
@@ -32,6 +33,7 @@ DRIVER = r"""
 import json, os, socket, subprocess, sys, tempfile, time
 runs, rootfs = int(sys.argv[1]), sys.argv[2]
 cmds = {
+    "host": ["pymachine", "run", "--rm", "--network", "host", "busybox", "true"],
     "bridge": ["pymachine", "run", "--rm", "--network", "bridge", "busybox", "true"],
     "veth": ["pymachine", "run", "--rm", "--network", "veth", "busybox", "true"],
     "nspawn": ["systemd-nspawn", "-q", "--network-veth", "-D", rootfs, "/bin/true"],
@@ -106,7 +108,8 @@ def main() -> int:
         return 1
     med = {k: statistics.median(v) * 1000 for k, v in out["times"].items()}
     print(f"start to exit, {args.runs} runs each, alternating, median:")
-    labels = {"bridge": "pymachine run --rm --network bridge busybox true",
+    labels = {"host": "pymachine run --rm --network host busybox true  ",
+              "bridge": "pymachine run --rm --network bridge busybox true",
               "veth": "pymachine run --rm --network veth busybox true  ",
               "nspawn": "systemd-nspawn -q --network-veth -D ROOTFS true ",
               "podman": "podman run --rm --network bridge busybox true   "}
