@@ -39,6 +39,7 @@ VERBS: dict[str, tuple[str, str, str]] = {
     "exec": ("machinectl_py.exec", "main", "run a command in a running container"),
     "volume": ("machinectl_py.cmd_volume", "main", "manage volumes: ls, inspect, create, rm, prune"),
     "port": ("machinectl_py.cmd_port", "main", "list a container's published ports"),
+    "network": ("machinectl_py.cmd_network", "main", "manage networks: create, ls, inspect, rm, prune, (dis)connect"),
     "gc": ("machinectl_py.cmd_gc", "main", "clean what interrupted commands left behind"),
     # Hidden: the ExecStart= and ExecStopPost= of pymachine@.service.
     "_service": ("machinectl_py.service", "service_main", ""),

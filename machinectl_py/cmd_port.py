@@ -14,25 +14,36 @@ PORT = Command("pymachine port", "pymachine port CONTAINER [PORT[/PROTO]]",
                             positional("port", "only this port (default protocol tcp)", "?")])
 
 
-def main(argv: list[str]) -> int:
+def published() -> dict[str, list[tuple[str, int, int, str]]]:
+    """container -> its published ports (host ip, host port, port, proto), of running containers."""
     from machinectl_py import ipam
 
+    out: dict[str, list[tuple[str, int, int, str]]] = {}
+    for network in ipam.networks_with_leases():
+        for lease in ipam.read_leases(network).values():
+            if ipam.holder_alive(lease):
+                ports = out.setdefault(str(lease.get("name")), [])
+                ports += [(str(h), int(hp), int(p), str(proto))
+                          for h, hp, p, proto in lease.get("ports") or []]  # type: ignore[attr-defined]
+    return out
+
+
+def ports_text(ports: list[tuple[str, int, int, str]]) -> str:
+    """docker ps's PORTS: 0.0.0.0:8080->80/tcp, ..."""
+    return ", ".join(f"{h or '0.0.0.0'}:{hp}->{p}/{proto}" for h, hp, p, proto in ports)
+
+
+def main(argv: list[str]) -> int:
     args = PORT.parse_or_help(argv)
     if args is None:
         return 0
     name, wanted = args["container"], args["port"]
     if wanted and "/" not in wanted:
         wanted += "/tcp"
-    lines, known = [], False
-    for network in ipam.networks_with_leases():
-        for lease in ipam.read_leases(network).values():
-            if lease.get("name") != name or not ipam.holder_alive(lease):
-                continue
-            known = True
-            for host_ip, host_port, port, proto in lease.get("ports") or []:  # type: ignore[attr-defined]
-                if wanted in (None, f"{port}/{proto}"):
-                    lines.append(f"{port}/{proto} -> {host_ip or '0.0.0.0'}:{host_port}")
-    if not known:
+    mine = published().get(name)
+    lines = [f"{port}/{proto} -> {host_ip or '0.0.0.0'}:{host_port}" for host_ip, host_port, port, proto in mine or []
+             if wanted in (None, f"{port}/{proto}")]
+    if mine is None:
         from machinectl_py.paths import container_path
 
         if not os.path.isdir(container_path(name)):

@@ -4,6 +4,7 @@ container.json and, for the live part, from systemd (the unit's state and main P
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 
@@ -192,7 +193,8 @@ def main_ps(argv: list[str]) -> int:
     show_all = args["all"] or any(key == "status" for key, _ in filters)
     with Bus.systemd() as bus:
         rows = [s for s in statuses(bus) if (show_all or s.status in _LIVE) and matches(s, filters)]
-    entries = [_ps_json(s) for s in rows] + oci_entries(show_all, filters)
+    ports = _published()
+    entries = [_ps_json(s, ports) for s in rows] + oci_entries(show_all, filters)
     if args["json"]:
         print(formatting.to_json(entries, indent=1))
         return 0
@@ -204,11 +206,11 @@ def main_ps(argv: list[str]) -> int:
         for line in formatting.render_all(args["format"], entries):
             print(line)
         return 0
-    table = [("NAME", "ID", "IMAGE", "ORIGIN", "STATUS", "PID", "STARTED", "FINISHED", "UNIT", "COMMAND")]
+    table = [("NAME", "ID", "IMAGE", "ORIGIN", "STATUS", "PID", "STARTED", "FINISHED", "UNIT", "COMMAND", "PORTS")]
     for e in entries:
         table.append((e["name"], e["ID"], e["image"] or "-", e["origin"], e["Status"], str(e["pid"] or "-"),
                       _ago(e["started"]), _ago(e["finished"]) if e["status"] == "exited" else "-", e["unit"] or "-",
-                      e["Command"][:40]))
+                      e["Command"][:40], e["Ports"]))
     for line in formatting.align(table, gap=2):
         print(line)
     return 0
@@ -246,7 +248,7 @@ def _oci_json(st: dict[str, Any], root: str, status: str) -> dict[str, Any]:
             "Names": st["machine"], "ID": st["id"][:12], "Image": image, "Command": command,
             "CreatedAt": st.get("created") or _iso(None), "RunningFor": _ago(created), "Status": state,
             "State": state, "Labels": ",".join(f"{k}={v}" for k, v in labels.items()), "Unit": st.get("unit") or "",
-            "Pid": pid, "Origin": origin}
+            "Pid": pid, "Origin": origin, "Ports": ""}
 
 
 def _epoch(text: Any) -> float | None:
@@ -272,7 +274,18 @@ def _oci_matches(entry: dict[str, Any], filters: list[tuple[str, str]]) -> bool:
     return True
 
 
-def _ps_json(s: Status) -> dict[str, Any]:
+def _published() -> dict[str, str]:
+    """Running containers' published ports, as docker's PORTS column (none: no import at all)."""
+    from machinectl_py.paths import run_path
+
+    if not os.path.isdir(run_path("networks")):
+        return {}
+    from machinectl_py.cmd_port import ports_text, published
+
+    return {name: ports_text(ports) for name, ports in published().items() if ports}
+
+
+def _ps_json(s: Status, ports: dict[str, str] | None = None) -> dict[str, Any]:
     """One row of `ps --json` and `ps --format`: pymachine's lower-case fields, and docker's
     `ps --format` names beside them (.Names, .ID, .Image, .Command, .Status, .State, .Labels...)."""
     r = s.record
@@ -284,7 +297,7 @@ def _ps_json(s: Status) -> dict[str, Any]:
             "Names": r.name, "ID": r.id[:12], "Image": r.image_name, "Command": _command_text(r),
             "CreatedAt": _iso(r.created), "RunningFor": _ago(r.started), "Status": s.text, "State": s.status,
             "Labels": ",".join(f"{k}={v}" for k, v in labels.items()), "Unit": r.unit or "", "Pid": s.pid or 0,
-            "origin": "pymachine", "Origin": "pymachine"}
+            "origin": "pymachine", "Origin": "pymachine", "Ports": (ports or {}).get(r.name, "")}
 
 
 # -- inspect ---------------------------------------------------------------------------------------
@@ -308,11 +321,38 @@ def inspect_data(s: Status) -> dict[str, Any]:
         "Config": fields["Config"],
         "HostConfig": fields["HostConfig"],
         "Mounts": fields["Mounts"],
+        "NetworkSettings": _network_settings(r.name, fields.get("NetworkSettings") or {}),
         "IdMappings": _id_mappings(r.userns),
         "Unit": r.unit, "UnitState": s.unit_state,
         "Definition": str(config.definition_path(r.name)) if config.definition_exists(r.name) else None,
         "StateDir": container_path(r.name),
     }
+
+
+def _network_settings(name: str, configured: dict[str, Any]) -> dict[str, Any]:
+    """docker's NetworkSettings: the running container's address on each network it is on
+    (its leases), IPAddress and Gateway those of its first interface, Ports as docker's map."""
+    from machinectl_py.paths import run_path
+
+    out: dict[str, Any] = {"IPAddress": "", "IPPrefixLen": 0, "Gateway": "", "Ports": {}, "Networks": {},
+                           **configured}
+    if not os.path.isdir(run_path("networks")):
+        return out
+    from machinectl_py import ipam, netsetup
+
+    for network, ip, lease in netsetup.memberships().get(name, []):
+        net = ipam.load(network)
+        gateway = str(ipam.p2p_gateway(ip) if net.point_to_point else net.gateway)
+        prefix = 30 if net.point_to_point else net.subnet.prefixlen
+        out["Networks"][network] = {"IPAddress": ip, "IPPrefixLen": prefix, "Gateway": gateway,
+                                    "Aliases": lease.get("aliases") or [], "Interface": lease.get("ifname", "eth0"),
+                                    "GlobalIPv6Address": str(net.address6(ip) or "")}
+        if lease.get("ifname", "eth0") in ("eth0", "host0"):
+            out.update(IPAddress=ip, IPPrefixLen=prefix, Gateway=gateway)
+        for host_ip, host_port, port, proto in lease.get("ports") or []:  # type: ignore[attr-defined]
+            out["Ports"].setdefault(f"{port}/{proto}", []).append({"HostIp": host_ip or "0.0.0.0",
+                                                                   "HostPort": str(host_port)})
+    return out
 
 
 def _id_mappings(id_range: tuple[int, int] | None) -> dict[str, Any] | None:

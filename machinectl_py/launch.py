@@ -108,6 +108,7 @@ def build_child_plan(spec: ContainerSpec, image: images.ResolvedImage, cdir: str
         cgroup_layout=_cgroup_layout(),
         hostname=spec.effective_hostname,
         private_network=network.is_private(spec.network),
+        join_namespaces=joined_network_namespace(spec.network),
         argv=argv,
         env=dict(env),
         workdir=spec.workdir or image.config.workdir or "/",
@@ -171,27 +172,80 @@ def device_nodes(spec: ContainerSpec) -> tuple[plan.Op, ...]:
     return tuple(binds)
 
 
-def connect_network(spec: ContainerSpec, leader: int) -> None:
-    """`bridge`: the held init's namespace gets its veth, address and route (before release)."""
+def connect_network(spec: ContainerSpec, leader: int, exposed: tuple[str, ...] = ()) -> None:
+    """bridge or a user network: the held init's namespace gets its veth, address and route
+    (before release)."""
     name = network.attached_network(spec.network)
     if name is not None:
         from machinectl_py import netsetup  # subprocess: only on this opt-in path
 
-        netsetup.attach(name, spec.name, leader, spec.ports)
+        ports = tuple(spec.ports)  # a list when read back from the definition
+        if spec.publish_all:
+            ports += network.publish_all(ports, tuple(exposed))
+        netsetup.attach(name, spec.name, leader, ports, ip=spec.ip, aliases=spec.network_aliases)
+
+
+def joined_network_namespace(mode: str) -> tuple[tuple[str, str], ...]:
+    """container:NAME, ns:PATH: the ("network", path) the init joins instead of making one."""
+    if mode.startswith("ns:"):
+        if not os.path.exists(mode[3:]):
+            from machinectl_py.errors import NotFoundError
+
+            raise NotFoundError(f"no such network namespace: {mode[3:]}")
+        return (("network", mode[3:]),)
+    if mode.startswith("container:"):
+        return (("network", f"/proc/{running_init(mode[10:])}/ns/net"),)
+    return ()
+
+
+def running_init(name: str) -> int:
+    """The init PID of running container `name`: its record's, if that PID is still PID 1 of
+    a PID namespace (not a PID recycled since)."""
+    from machinectl_py import state
+    from machinectl_py.errors import ConflictError
+
+    record = state.load(name)  # NotFoundError: no such container
+    pid = record.pid if record.state == "running" else 0
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            nspid = next((line.split()[1:] for line in f if line.startswith("NSpid:")), [])
+    except OSError:
+        nspid = []
+    if not pid or len(nspid) < 2 or nspid[-1] != "1":
+        raise ConflictError(f"container {name} is not running: its network namespace cannot be joined")
+    return pid
 
 
 def network_binds(spec: ContainerSpec) -> list[plan.Bind]:
-    """bridge: the container's /etc/hosts and /etc/resolv.conf, written now (netfiles.py)."""
+    """bridge, NAME: the container's /etc/hosts and /etc/resolv.conf, written now (netfiles.py);
+    container:NAME: that container's, if it has them."""
+    if spec.network.startswith("container:"):
+        from machinectl_py.paths import run_path
+
+        files = run_path("netfiles", spec.network[10:])
+        return [plan.Bind(source=os.path.join(files, f), target=f"/etc/{f}", is_file=True)
+                for f in ("hosts", "resolv.conf") if os.path.exists(os.path.join(files, f))]
     if network.attached_network(spec.network) is None:
         return []
     from machinectl_py import netfiles
 
-    return netfiles.prepare(spec.name, spec.effective_hostname, spec.add_hosts, spec.dns)
+    return netfiles.prepare(spec.name, spec.effective_hostname, spec.add_hosts, spec.dns, spec.dns_search,
+                            spec.dns_options)
 
 
-def check_network(spec: ContainerSpec) -> None:
-    """Before anything is made: a host port another container publishes fails the start here."""
-    if spec.ports:
+def check_network(spec: ContainerSpec, ports: bool = True) -> None:
+    """Before anything is made: a user network that does not exist, or a host port another
+    container publishes, fails the start here."""
+    joined_network_namespace(spec.network)  # container:NAME running, ns:PATH there
+    name = network.attached_network(spec.network)
+    if name is not None and name not in (network.DEFAULT_NETWORK, network.VETH_NETWORK):
+        from machinectl_py import paths
+
+        if not os.path.exists(paths.config_path("networks", f"{name}.toml")):
+            from machinectl_py.errors import NotFoundError
+
+            raise NotFoundError(f"no such network: {name}", hint="see 'pymachine network ls'")
+    if spec.ports and ports:
         from machinectl_py import netsetup
 
         netsetup.check_ports(spec.name, spec.ports)

@@ -370,6 +370,9 @@ def create_and_start(spec: ContainerSpec) -> Container:
 
 def create(spec: ContainerSpec) -> Container:
     from machinectl_py.bus import Bus
+    from machinectl_py.launch import check_network
+
+    check_network(spec, ports=False)  # a user network that does not exist: refused before it is made
 
     with Bus.system() as bus:
         return Container.create(spec, bus=bus)

@@ -26,13 +26,14 @@ def files_dir(name: str) -> str:
     return run_path("netfiles", name)
 
 
-def prepare(name: str, hostname: str, add_hosts: tuple[str, ...], dns: tuple[str, ...]) -> list[Bind]:
+def prepare(name: str, hostname: str, add_hosts: tuple[str, ...], dns: tuple[str, ...],
+            search: tuple[str, ...] = (), options: tuple[str, ...] = ()) -> list[Bind]:
     """The container's two files, written now; their bind ops for its plan."""
     path = files_dir(name)
     os.makedirs(path, mode=0o755, exist_ok=True)
     _write_in_place(os.path.join(path, "names"), "\n".join([hostname, *add_hosts]) + "\n")
     _write_in_place(os.path.join(path, "hosts"), hosts_text(name, hostname, None, {}, add_hosts))
-    _write_in_place(os.path.join(path, "resolv.conf"), resolv_text(dns, _upstream()))
+    _write_in_place(os.path.join(path, "resolv.conf"), resolv_text(dns, _upstream(), search, options))
     return [Bind(source=os.path.join(path, "hosts"), target="/etc/hosts", is_file=True),
             Bind(source=os.path.join(path, "resolv.conf"), target="/etc/resolv.conf", is_file=True)]
 
@@ -51,9 +52,11 @@ def _upstream() -> str:
     return ""
 
 
-def resolv_text(dns: tuple[str, ...], upstream: str) -> str:
+def resolv_text(dns: tuple[str, ...], upstream: str, search: tuple[str, ...] = (),
+                options: tuple[str, ...] = ()) -> str:
     """--dns servers, or the upstream file's servers that are reachable from another namespace
-    (not loopback), with its search and options lines."""
+    (not loopback), with its search and options lines unless --dns-search, --dns-option
+    replace them (as docker: each flag replaces the host's line of its kind)."""
     lines = []
     for line in upstream.splitlines():
         words = line.split()
@@ -62,10 +65,15 @@ def resolv_text(dns: tuple[str, ...], upstream: str) -> str:
         if words[0] == "nameserver" and len(words) > 1:
             if not dns and not words[1].startswith("127.") and words[1] != "::1":
                 lines.append(f"nameserver {words[1]}")
-        elif words[0] in ("search", "options", "domain"):
+        elif (words[0] in ("search", "domain") and not search) or (words[0] == "options" and not options):
             lines.append(" ".join(words))
     lines += [f"nameserver {server}" for server in dns]
-    return "# Written by pymachine (the host's upstream servers; --dns replaces them)\n" + "\n".join(lines) + "\n"
+    if search:
+        lines.append("search " + " ".join(search))
+    if options:
+        lines.append("options " + " ".join(options))
+    return ("# Written by pymachine (the host's upstream servers; --dns, --dns-search, --dns-option replace "
+            "them)\n" + "\n".join(lines) + "\n")
 
 
 def hosts_text(name: str, hostname: str, address: str | None, peers: dict[str, str],

@@ -4,7 +4,9 @@ Pure (no syscalls): `launch` asks it which namespace to make and which capabilit
 takes away. Modes: `host` shares the host's network namespace (opt-in: no network isolation);
 `none` gives the container its own namespace with only `lo` (`private` is its older alias);
 `bridge` adds a veth on the default network's bridge, with an address, a route and NAT
-(ipam.py, netsetup.py).
+(ipam.py, netsetup.py), a user network's NAME the same on that network's bridge;
+`container:NAME` joins another running container's namespace and `ns:PATH` a namespace file's
+(launch.joined_network_namespace).
 """
 
 from __future__ import annotations
@@ -12,14 +14,20 @@ from __future__ import annotations
 from machinectl_py.errors import UsageError
 from machinectl_py.policy import CAPABILITIES
 
-MODES = ("bridge", "host", "none", "private")
-PRIVATE_MODES = frozenset({"bridge", "none", "private"})
+MODES = ("bridge", "host", "none", "private", "veth")
 DEFAULT_NETWORK = "pymachine"  # ipam.DEFAULT_NETWORK, without importing it on the start path
+VETH_NETWORK = "veth"  # ipam.VETH_NETWORK: the point-to-point pairs' address pool
 
 
 def is_private(mode: str) -> bool:
-    """True if the container gets a network namespace of its own."""
-    return mode in PRIVATE_MODES
+    """True if the container gets a new network namespace of its own (every mode but host,
+    container:NAME and ns:PATH: a user network's name too)."""
+    return mode != "host" and not joins(mode)
+
+
+def joins(mode: str) -> bool:
+    """container:NAME and ns:PATH join a network namespace that exists already."""
+    return mode.startswith(("container:", "ns:"))
 
 
 def capability_mask(mode: str, mask: int, cap_add: frozenset[str] = frozenset()) -> int:
@@ -34,8 +42,11 @@ def capability_mask(mode: str, mask: int, cap_add: frozenset[str] = frozenset())
 
 
 def attached_network(mode: str) -> str | None:
-    """The network a container in this mode is connected to, if any."""
-    return DEFAULT_NETWORK if mode == "bridge" else None
+    """The network a container in this mode is connected to, if any: `bridge` is the default
+    network's, any name but host, none and private a user network's."""
+    if mode == "bridge":
+        return DEFAULT_NETWORK
+    return None if mode in ("host", "none", "private") or joins(mode) else mode
 
 
 # -- published ports: `-p [HOSTIP:][HOSTPORT:]PORT[/tcp|udp]`, with ranges --------------------------
@@ -85,6 +96,20 @@ def _is_ipv4(text: str) -> bool:
     return len(parts) == 4 and all(p.isdigit() and int(p) <= 255 and str(int(p)) == p for p in parts)
 
 
+def publish_all(ports: tuple[str, ...], exposed: tuple[str, ...]) -> tuple[str, ...]:
+    """-P: the image's ExposedPorts ("80/tcp", "53/udp", "8080") on free host ports, less the
+    container ports -p publishes already. Malformed entries are skipped (they come from the image)."""
+    published = {split_port(p)[2:] for p in ports}
+    out = []
+    for item in exposed:
+        number, _, proto = item.partition("/")
+        proto = proto or "tcp"
+        if number.isdigit() and 1 <= int(number) <= 65535 and proto in PROTOCOLS \
+                and (int(number), proto) not in published:
+            out.append(f"::{int(number)}/{proto}")
+    return tuple(out)
+
+
 def split_port(port: str) -> tuple[str, int, int, str]:
     """A canonical port -> (host ip or "", host port or 0, container port, protocol)."""
     spec, _, proto = port.partition("/")
@@ -112,6 +137,21 @@ def parse_dns(items: tuple[str, ...] | list[str]) -> tuple[str, ...]:
     for item in items:
         if not _is_ip(item):
             raise UsageError(f"invalid DNS server {item!r}: not an IP address")
+    return tuple(items)
+
+
+def parse_dns_search(items: tuple[str, ...] | list[str]) -> tuple[str, ...]:
+    for item in items:
+        if not item or any(c.isspace() for c in item) or len(item) > 253:
+            raise UsageError(f"invalid DNS search domain {item!r}")
+    return tuple(items)
+
+
+def parse_dns_options(items: tuple[str, ...] | list[str]) -> tuple[str, ...]:
+    """resolv.conf options: ndots:N, timeout:N, edns0... one word each."""
+    for item in items:
+        if not item or any(c.isspace() for c in item):
+            raise UsageError(f"invalid DNS option {item!r}", hint="one word each, as ndots:2 or edns0")
     return tuple(items)
 
 

@@ -59,6 +59,7 @@ class ForegroundRun:
         self.spec = spec.validate()
         self.container_id = os.urandom(32).hex()
         self.leader = 0
+        self.exposed: tuple[str, ...] = ()
         self.forwarder = 0
         self.signalled = 0
         self.scope_started = False
@@ -87,6 +88,7 @@ class ForegroundRun:
         check_network(spec)
         policy = load_policy()
         image = images.resolve(spec.image)
+        self.exposed = image.config.exposed_ports  # -P publishes them
         argv = command_for(spec, image.config)
         env = environment(spec, image.config)
         # Locked for the run's whole life: `rm -f` kills the container, then waits for this
@@ -243,7 +245,7 @@ class ForegroundRun:
             raise PymachineError(f"cannot register machine {spec.name} with systemd-machined: {e.message}",
                                  hint=_hint_for(e)) from None
         self.machine_registered = True
-        connect_network(spec, self.leader)  # a failure here abandons the start like any other
+        connect_network(spec, self.leader, self.exposed)  # a failure here abandons the start like any other
 
     def _oom_killed(self) -> bool:
         """Did the OOM killer kill in the scope? Its memory cgroup says so, read through the

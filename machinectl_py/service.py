@@ -155,7 +155,7 @@ def _setup(name: str) -> int:
             init.in_scope()
             try:
                 _register(bus, name, record.id, leader, rootfs_of(record.dir_path), unit)
-                connect_network(spec, leader)
+                connect_network(spec, leader, image.config.exposed_ports)
             except PymachineError as e:
                 early = init.abandon(name)  # the init exits, or has failed already
                 payload.reap(leader)

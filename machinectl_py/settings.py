@@ -471,9 +471,19 @@ SETTINGS: tuple[Setting, ...] = (
             metavar="NAME", key="hostname", inspect="Config.Hostname", parse=sp.validate_hostname,
             render=toml_string),
     Setting("network", "host: share the host's network (default, as systemd-nspawn; without CAP_NET_RAW); "
-            "bridge: a veth on the network pymachine (10.89.0.0/16) with NAT; none (alias private): only lo",
-            flags="--network", metavar="MODE", choices=sp.NETWORK_MODES, key="network",
+            "bridge: a veth on the network pymachine (10.89.0.0/16) with NAT; NAME: a veth on the user network "
+            "NAME (`pymachine network create`); veth: a point-to-point pair ve-NAME/host0 with NAT (as nspawn's); "
+            "none (alias private): only lo; container:NAME: another running "
+            "container's namespace; ns:PATH: a namespace file's",
+            flags="--network --net", metavar="MODE", key="network",
             inspect="HostConfig.NetworkMode", parse=sp.validate_network, render=toml_string),
+    Setting("network_aliases", "another name of the container on its network (bridge or NAME; repeatable)",
+            flags="--network-alias", kind=APPEND, metavar="ALIAS", key="network_aliases",
+            inspect="NetworkSettings.Aliases", parse=lambda items: tuple(map(sp.validate_alias, items)),
+            from_toml=lambda v: tuple(map(sp.validate_alias, _str_list(v))), render=toml_array, to_inspect=list),
+    Setting("ip", "a static IPv4 address on the container's network (bridge or NAME)", flags="--ip",
+            metavar="IP", key="ip", inspect="NetworkSettings.IPAMConfig.IPv4Address", parse=sp.validate_ip,
+            render=toml_string, to_inspect=lambda v: v or ""),
     Setting("ports", "publish a container's port on the host (bridge only): [HOSTIP:][HOSTPORT:]PORT[/tcp|udp], "
             "ranges as 8080-8081:80-81; no HOSTPORT: a free one (see `pymachine port`); repeatable",
             flags="--publish -p", kind=APPEND, metavar="[IP:][HOSTPORT:]PORT", key="ports",
@@ -483,6 +493,17 @@ SETTINGS: tuple[Setting, ...] = (
             "upstream servers)", flags="--dns", kind=APPEND, metavar="IP", key="dns", inspect="HostConfig.Dns",
             parse=network.parse_dns, from_toml=lambda v: network.parse_dns(_str_list(v)), render=toml_array,
             to_inspect=list),
+    Setting("dns_search", "a search domain for the container's /etc/resolv.conf (bridge; repeatable; replaces "
+            "the host's)", flags="--dns-search", kind=APPEND, metavar="DOMAIN", key="dns_search",
+            inspect="HostConfig.DnsSearch", parse=network.parse_dns_search,
+            from_toml=lambda v: network.parse_dns_search(_str_list(v)), render=toml_array, to_inspect=list),
+    Setting("dns_options", "an option line entry for the container's /etc/resolv.conf (bridge; repeatable; "
+            "replaces the host's)", flags="--dns-option", kind=APPEND, metavar="OPTION", key="dns_options",
+            inspect="HostConfig.DnsOptions", parse=network.parse_dns_options,
+            from_toml=lambda v: network.parse_dns_options(_str_list(v)), render=toml_array, to_inspect=list),
+    Setting("publish_all", "publish every port the image exposes (ExposedPorts) on a free host port",
+            flags="--publish-all -P", kind=FLAG, key="publish_all", inspect="HostConfig.PublishAllPorts",
+            render=lambda v: "true"),
     Setting("add_hosts", "add a line to the container's /etc/hosts (bridge; repeatable)", flags="--add-host",
             kind=APPEND, metavar="NAME:IP", key="add_hosts", inspect="HostConfig.ExtraHosts",
             parse=network.parse_add_hosts, from_toml=lambda v: network.parse_add_hosts(_str_list(v)),

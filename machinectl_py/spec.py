@@ -31,7 +31,10 @@ _SIZE_UNITS = {
     "t": 1024**4, "tb": 1024**4, "tib": 1024**4,
 }
 
-NETWORK_MODES = ("bridge", "host", "none", "private")  # the meaning of each: network.py
+NETWORK_MODES = ("bridge", "host", "none", "private", "veth")  # the meaning of each: network.py
+# Modes that never attach the container to a network (any other mode names one: bridge, NAME).
+UNATTACHED_MODES = frozenset({"host", "none", "private"})
+_NETWORK_NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.-")
 RESTART_POLICIES = ("no", "on-failure", "always")
 PULL_POLICIES = ("missing", "always", "never")  # docker run --pull
 USEC_PER_SEC = 1_000_000
@@ -425,10 +428,57 @@ def parse_userns(text: str) -> str:
     raise UsageError(f"invalid --userns value {text!r}", hint="use auto, auto:size=N or host")
 
 
+def validate_network_name(name: str) -> str:
+    """A user network's name: [a-zA-Z0-9][a-zA-Z0-9_.-]*, at most 64, not a mode's name."""
+    if (not 1 <= len(name) <= 64 or not _NETWORK_NAME_CHARS.issuperset(name) or not name[0].isalnum()
+            or name in NETWORK_MODES):
+        raise UsageError(f"invalid network name {name!r}",
+                         hint="use 1-64 of [a-zA-Z0-9_.-], starting with a letter or digit, "
+                              "not bridge, host, none, private or veth")
+    return name
+
+
 def validate_network(mode: str) -> str:
-    if mode not in NETWORK_MODES:
-        raise UsageError(f"invalid network mode {mode!r}", hint="use bridge, host or none ('private')")
+    """A mode (bridge, host, none, private, container:NAME, ns:PATH) or a user network's name."""
+    if mode.startswith("container:"):
+        validate_name(mode[10:], "container name in --network container:NAME")
+    elif mode.startswith("ns:"):
+        path = mode[3:]
+        if not path.startswith("/") or "\0" in path:
+            raise UsageError(f"invalid network mode {mode!r}: ns:PATH needs an absolute path",
+                             hint="as ns:/run/netns/NAME or ns:/proc/PID/ns/net")
+    elif mode not in NETWORK_MODES:
+        try:
+            validate_network_name(mode)
+        except UsageError:
+            raise UsageError(f"invalid network mode {mode!r}",
+                             hint="use bridge, host, none ('private') or a network's name") from None
     return mode
+
+
+def joins(mode: str) -> bool:
+    """container:NAME, ns:PATH: the container joins a network namespace that exists already."""
+    return mode.startswith(("container:", "ns:"))
+
+
+def attaches(mode: str) -> bool:
+    """Does this mode connect the container to a network (bridge or a user network)?"""
+    return mode not in UNATTACHED_MODES and not joins(mode)
+
+
+def validate_ip(text: str) -> str:
+    """--ip: a dotted IPv4 address (checked against the network's subnet at start)."""
+    parts = text.split(".")
+    if not (len(parts) == 4 and all(p.isdigit() and int(p) <= 255 and str(int(p)) == p for p in parts)):
+        raise UsageError(f"invalid --ip {text!r}: not an IPv4 address")
+    return text
+
+
+def validate_alias(alias: str) -> str:
+    """--network-alias: a DNS name (letters, digits, '-', '.', '_')."""
+    if not 1 <= len(alias) <= 253 or not _NETWORK_NAME_CHARS.issuperset(alias) or not alias[0].isalnum():
+        raise UsageError(f"invalid network alias {alias!r}", hint="use a host name: [a-zA-Z0-9][a-zA-Z0-9_.-]*")
+    return alias
 
 
 class Limits(Record):
@@ -598,7 +648,7 @@ class ContainerSpec(Record):
                  "read_only", "shm_size", "init", "stop_signal", "stop_timeout", "ulimits",
                  "cap_add", "cap_drop", "privileged", "security_opt", "sysctls", "group_add", "devices", "ports",
                  "dns", "add_hosts", "oom_score_adj", "slice", "userns", "pull",
-                 "tls_verify")
+                 "tls_verify", "network_aliases", "ip", "dns_search", "dns_options", "publish_all")
     _defaults = {
         "command": None, "hostname": None, "network": "host", "env": {}, "workdir": None, "user": None,
         "limits": Limits(), "volumes": (), "restart": "no", "remove": False, "tty": False, "interactive": False,
@@ -607,6 +657,7 @@ class ContainerSpec(Record):
         "cap_add": (), "cap_drop": (), "privileged": False, "security_opt": (), "sysctls": {}, "group_add": (),
         "devices": (), "ports": (), "dns": (), "add_hosts": (), "oom_score_adj": None, "slice": None, "userns": None,
         "pull": "missing", "tls_verify": None,
+        "network_aliases": (), "ip": None, "dns_search": (), "dns_options": (), "publish_all": False,
     }
     name: str
     image: str
@@ -635,6 +686,11 @@ class ContainerSpec(Record):
     ports: tuple[str, ...]  # published: "HOSTIP:HOSTPORT:PORT/PROTO" each (network.parse_ports)
     dns: tuple[str, ...]  # servers for /etc/resolv.conf (bridge); none: the host's upstream ones
     add_hosts: tuple[str, ...]  # NAME:IP lines for /etc/hosts (bridge)
+    network_aliases: tuple[str, ...]  # more names of the container on its network
+    ip: str | None  # a static address on its network; None: the first free one
+    dns_search: tuple[str, ...]  # resolv.conf's search domains (replace the host's)
+    dns_options: tuple[str, ...]  # resolv.conf's options (replace the host's)
+    publish_all: bool  # -P: every ExposedPorts of the image on a free host port
     ulimits: Mapping[str, tuple[int, int]]  # name -> (soft, hard), -1: unlimited
     # docker's security flags (security.py): capability names without CAP_ (or ALL); all
     # capabilities, no seccomp, every device; "no-new-privileges", "seccomp=unconfined|PATH";
@@ -655,24 +711,33 @@ class ContainerSpec(Record):
     def effective_hostname(self) -> str:
         return self.hostname or hostname_for(self.name)
 
+    def _validate_network_options(self) -> None:
+        attached = attaches(self.network)
+        if (self.ports or self.publish_all) and not attached:
+            raise UsageError(f"published ports need a network of the container's own, not {self.network!r}",
+                             hint="add --network bridge")
+        named = [flag for flag, value in (("--dns", self.dns), ("--add-host", self.add_hosts),
+                                          ("--dns-search", self.dns_search), ("--dns-option", self.dns_options),
+                                          ("--network-alias", self.network_aliases), ("--ip", self.ip)) if value]
+        if self.ip and self.network == "veth":
+            raise UsageError("--ip needs the bridge or a user network: veth addresses are pymachine's",
+                             hint="use --network bridge or a network of your own")
+        if named and not attached:
+            raise UsageError(f"{named[0]} needs the bridge or a user network, not {self.network!r}",
+                             hint="add --network bridge")
+
     def validate(self) -> ContainerSpec:
         validate_name(self.name)
         net_sysctls = [k for k in self.sysctls if k.startswith("net.")]
-        if net_sysctls and self.network == "host":
+        if net_sysctls and (self.network == "host" or joins(self.network)):
             # With the host's network namespace it would be the host's sysctl (security.py).
             raise UsageError(f"sysctl {net_sysctls[0]!r} needs a network of the container's own (bridge or none): "
                              "with the host's network it is the host's")
         self.limits.validate()
         if self.hostname is not None:
             validate_hostname(self.hostname)
-        if self.network not in NETWORK_MODES:
-            raise UsageError(f"invalid network mode {self.network!r}", hint="use bridge, host or none ('private')")
-        if self.ports and self.network != "bridge":
-            raise UsageError(f"published ports need a network of the container's own, not {self.network!r}",
-                             hint="add --network bridge")
-        if (self.dns or self.add_hosts) and self.network != "bridge":
-            raise UsageError(f"--dns and --add-host need the bridge network, not {self.network!r}",
-                             hint="add --network bridge")
+        validate_network(self.network)
+        self._validate_network_options()
         if self.restart not in RESTART_POLICIES:
             raise UsageError(f"invalid restart policy {self.restart!r}", hint="use no, on-failure or always")
         if self.remove and self.restart != "no":

@@ -31,13 +31,14 @@ DEFAULT_PATH_ENV = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin
 
 
 class ImageConfig(Record):
-    __slots__ = ("entrypoint", "cmd", "env", "workdir", "user")
-    _defaults = {"entrypoint": (), "cmd": (), "env": {}, "workdir": None, "user": None}
+    __slots__ = ("entrypoint", "cmd", "env", "workdir", "user", "exposed_ports")
+    _defaults = {"entrypoint": (), "cmd": (), "env": {}, "workdir": None, "user": None, "exposed_ports": ()}
     entrypoint: tuple[str, ...]
     cmd: tuple[str, ...]
     env: Mapping[str, str]
     workdir: str | None
     user: str | None
+    exposed_ports: tuple[str, ...]  # ExposedPorts' keys, "80/tcp" each (`run -P`)
 
 
 class ResolvedImage(Record):
@@ -63,6 +64,7 @@ def config_from_oci(config: dict[str, Any]) -> ImageConfig:
         env=env,
         workdir=c.get("WorkingDir") or None,
         user=c.get("User") or None,
+        exposed_ports=tuple(sorted(str(k) for k in c.get("ExposedPorts") or {})),
     )
 
 
@@ -80,7 +82,7 @@ def index_key(repositories_file: str) -> tuple[int, int, int] | None:
 
 def index_entry(image_id: str, diff_ids: tuple[str, ...], oci_config: dict[str, Any]) -> tuple[Any, ...]:
     c = config_from_oci(oci_config)
-    return (image_id, tuple(diff_ids), (c.entrypoint, c.cmd, dict(c.env), c.workdir, c.user))
+    return (image_id, tuple(diff_ids), (c.entrypoint, c.cmd, dict(c.env), c.workdir, c.user, c.exposed_ports))
 
 
 def resolve(name: str) -> ResolvedImage:
@@ -128,7 +130,7 @@ def _resolve_from_index(ref: str) -> ResolvedImage | None:
             index = marshal.load(f)
         if index.get("key") != index_key(state_path("repositories.json")):
             return None
-        image_id, diff_ids, (entrypoint, cmd, env, workdir, user) = index["tags"][tagged]
+        image_id, diff_ids, (entrypoint, cmd, env, workdir, user, exposed) = index["tags"][tagged]
     except (OSError, ValueError, EOFError, KeyError, TypeError, AttributeError):
         return None
     layers = []
@@ -137,5 +139,6 @@ def _resolve_from_index(ref: str) -> ResolvedImage | None:
         if not os.path.isdir(layer):
             return None  # let the store report the damage
         layers.append(layer)
-    config = ImageConfig(entrypoint=entrypoint, cmd=cmd, env=env, workdir=workdir, user=user)
+    config = ImageConfig(entrypoint=entrypoint, cmd=cmd, env=env, workdir=workdir, user=user,
+                         exposed_ports=tuple(exposed))
     return ResolvedImage(id=image_id, name=tagged, layers=tuple(layers), diff_ids=diff_ids, config=config)

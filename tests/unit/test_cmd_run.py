@@ -35,7 +35,7 @@ def test_defaults() -> None:
 
 
 @pytest.mark.parametrize("argv", [
-    [], ["--memory", "lots", "busybox"], ["--name", "a/b", "busybox"], ["--network", "bogus", "busybox"],
+    [], ["--memory", "lots", "busybox"], ["--name", "a/b", "busybox"], ["--network", "bo/gus", "busybox"],
     ["--pids-limit", "0", "busybox"], ["--cpus", "-1", "busybox"], ["--bogus", "busybox"],
 ])
 def test_bad_arguments_are_usage_errors(argv: list[str]) -> None:
@@ -61,9 +61,11 @@ def test_option_forms(argv: list[str], expected: str | None) -> None:
     assert spec.image == "busybox"
 
 
-def test_network_choices_are_checked() -> None:
-    with pytest.raises(UsageError, match="choose from bridge, host, none, private"):
-        parse(["--network=bogus", "busybox"])
+def test_network_modes_or_names_are_checked() -> None:
+    with pytest.raises(UsageError, match="invalid network mode 'bo/gus'") as caught:
+        parse(["--network=bo/gus", "busybox"])
+    assert caught.value.hint == "use bridge, host, none ('private') or a network's name"
+    assert parse(["--network=app", "busybox"]).network == "app"  # a user network: it must exist at start
 
 
 def test_more_cpus_than_the_host_has_is_refused() -> None:

@@ -53,7 +53,7 @@ def test_minimal_definition_and_string_command() -> None:
     ('image = "busybox"\n[limits]\ncpus = "lots"\n', f"{PATH}:3: limits.cpus: invalid CPU count"),
     ('image = "busybox"\n[limits]\nswap = 1\n', f"{PATH}:3: limits.swap: unknown key"),
     ('image = "busybox"\nrestart = "sometimes"\n', f"{PATH}:2: restart: invalid restart policy"),
-    ('image = "busybox"\nnetwork = "bogus"\n', f"{PATH}:2: network: invalid network mode"),
+    ('image = "busybox"\nnetwork = "bo/gus"\n', f"{PATH}:2: network: invalid network mode"),
     ('image = "busybox"\ncommand = []\n', f"{PATH}:2: command: must be a non-empty list"),
     ('image = "busybox"\nvolumes = ["relative:path"]\n', f"{PATH}:2: volumes: invalid volume"),
     ('image = "busybox"\nenv = { "1BAD" = "x" }\n', f"{PATH}:2: env: invalid environment variable"),

@@ -152,3 +152,140 @@ def test_bad_host_entries_are_refused(bad: list[str]) -> None:
         network.parse_add_hosts(bad)
     with pytest.raises(UsageError, match="invalid DNS server"):
         network.parse_dns(["dns.example"])
+
+
+# -- user networks ------------------------------------------------------------------------------
+
+
+def test_user_network_names_are_modes_that_attach() -> None:
+    assert network.attached_network("bridge") == "pymachine" and network.attached_network("app") == "app"
+    assert network.attached_network("host") is None and network.attached_network("none") is None
+    assert network.is_private("app") and not spec.attaches("private")
+    for bad in ("host", "bridge", "-x", "a/b", "", "x" * 65):
+        with pytest.raises(UsageError, match="invalid network name"):
+            spec.validate_network_name(bad)
+    spec.ContainerSpec(name="a", image="i", network="app", ports=(":80:80/tcp",), ip="10.90.0.5").validate()
+    with pytest.raises(UsageError, match="--ip needs the bridge or a user network"):
+        spec.ContainerSpec(name="a", image="i", network="none", ip="10.0.0.2").validate()
+
+
+def test_long_network_names_get_distinct_bridges() -> None:
+    assert ipam.Network("app", "10.1.0.0/24").bridge == "pm-app"
+    first, second = ipam.Network("frontend-net-1", "10.1.0.0/24"), ipam.Network("frontend-net-2", "10.2.0.0/24")
+    assert first.bridge != second.bridge and len(first.bridge) <= ipam.IFNAMSIZ
+    assert netsetup.host_veth("web", "a") != netsetup.host_veth("web", "b") != netsetup.host_veth("web")
+
+
+def test_overlapping_subnets_are_found_and_a_free_one_picked() -> None:
+    import ipaddress
+
+    taken = {"network pymachine": ipaddress.IPv4Network("10.89.0.0/16"),
+             "network app": ipaddress.IPv4Network("10.90.0.0/24"),
+             "the host's route to 10.90.1.0/24 (dev eth0)": ipaddress.IPv4Network("10.90.1.0/24")}
+    assert ipam.overlap(ipaddress.IPv4Network("10.89.3.0/24"), taken) == "network pymachine"
+    assert ipam.overlap(ipaddress.IPv4Network("10.0.0.0/8"), taken) == "network pymachine"
+    assert ipam.overlap(ipaddress.IPv4Network("10.91.0.0/24"), taken) is None
+    assert str(ipam.free_subnet(taken)) == "10.90.2.0/24"
+
+
+def test_create_refuses_an_overlap_and_rm_a_network_in_use(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from machinectl_py import cmd_network
+
+    monkeypatch.setenv("PYMACHINE_RUN_DIR", str(tmp_path / "run"))
+    monkeypatch.setenv("PYMACHINE_CONFIG_DIR", str(tmp_path / "etc"))
+    monkeypatch.setenv("PYMACHINE_STATE_DIR", str(tmp_path / "state"))
+    monkeypatch.setattr(netsetup, "host_routes", lambda version=4: {})  # no `ip route` here: tested live
+    net = netsetup.create_network("app", [], None, False)
+    assert str(net.subnet) == "10.90.0.0/24"
+    assert (tmp_path / "etc/networks/app.toml").read_text() == (
+        'subnet = "10.90.0.0/24"\ngateway = "10.90.0.1"\ninternal = false\n')
+    with pytest.raises(ConflictError, match=r"subnet 10\.90\.0\.0/25 overlaps network app"):
+        netsetup.create_network("web", ["10.90.0.0/25"], None, False)
+    with pytest.raises(ConflictError, match="network app already exists"):
+        netsetup.create_network("app", [], None, False)
+    assert not (tmp_path / "etc/networks/web.toml").exists()
+    me = {"name": "c", "pid": os.getpid(), "start": ipam.process_start_time(os.getpid())}
+    ipam.write_leases("app", {"10.90.0.2": me})
+    with pytest.raises(ConflictError, match="network app is in use by c"):
+        cmd_network.remove("app")
+    ipam.write_leases("app", {})
+    cmd_network.remove("app")
+    assert ipam.list_names() == ["pymachine"]
+
+
+def test_a_static_address_must_be_free_and_in_the_subnet(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PYMACHINE_RUN_DIR", str(tmp_path))
+    net = ipam.Network("n", "10.0.0.0/24")
+    with ipam.locked():
+        assert str(ipam.allocate(net, "a", os.getpid(), ip="10.0.0.9", aliases=("db",))) == "10.0.0.9"
+        assert str(ipam.allocate(net, "b", os.getpid())) == "10.0.0.2"
+        with pytest.raises(ConflictError, match=r"address 10\.0\.0\.9 on network n is in use by a"):
+            ipam.allocate(net, "c", os.getpid(), ip="10.0.0.9")
+        with pytest.raises(ConflictError, match="in use by the gateway"):
+            ipam.allocate(net, "c", os.getpid(), ip="10.0.0.1")
+        with pytest.raises(UsageError, match="not a host address of network n"):
+            ipam.allocate(net, "c", os.getpid(), ip="10.0.1.9")
+    assert ipam.read_leases("n")["10.0.0.9"]["aliases"] == ["db"]
+
+
+def test_publish_all_takes_the_images_exposed_ports_not_those_p_publishes() -> None:
+    assert network.publish_all((":8080:80/tcp",), ("80/tcp", "53/udp", "8443", "bogus/tcp", "70000/tcp")) == (
+        "::53/udp", "::8443/tcp")
+
+
+def test_dns_search_and_options_replace_the_hosts_lines() -> None:
+    upstream = "nameserver 192.0.2.53\nsearch corp.example\noptions edns0\n"
+    text = netfiles.resolv_text((), upstream, ("a.example", "b.example"), ("ndots:2",))
+    assert "search a.example b.example" in text and "corp.example" not in text
+    assert "options ndots:2" in text and "edns0" not in text and "nameserver 192.0.2.53" in text
+    with pytest.raises(UsageError, match="invalid DNS option"):
+        network.parse_dns_options(["ndots: 2"])
+
+
+def test_container_and_ns_modes_join_without_a_namespace_or_a_network() -> None:
+    for mode in ("container:web", "ns:/run/netns/blue"):
+        assert spec.validate_network(mode) == mode
+        assert not network.is_private(mode) and network.attached_network(mode) is None
+        assert network.joins(mode) and not spec.attaches(mode)
+    for bad in ("container:a/b", "container:", "ns:relative/path"):
+        with pytest.raises(UsageError, match="invalid"):
+            spec.validate_network(bad)
+    with pytest.raises(UsageError, match="needs a network of the container's own"):
+        spec.ContainerSpec(name="a", image="i", network="container:web",
+                           sysctls={"net.ipv4.ip_forward": "1"}).validate()
+
+
+def test_veth_pairs_get_a_slash_30_each_and_nspawns_link_names(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PYMACHINE_RUN_DIR", str(tmp_path))
+    net = ipam.load("veth")  # built in: no definition on disk
+    assert net.point_to_point and network.attached_network("veth") == "veth"
+    with ipam.locked():
+        first, second = ipam.allocate(net, "a", os.getpid()), ipam.allocate(net, "b", os.getpid())
+    assert (str(first), str(second)) == ("10.88.0.2", "10.88.0.6")
+    assert str(ipam.p2p_gateway(str(second))) == "10.88.0.5"
+    assert netsetup.host_veth("web", "veth") == "ve-web"
+    assert netsetup.host_veth("a-very-long-name", "veth").startswith("ve-") and len(
+        netsetup.host_veth("a-very-long-name", "veth")) <= ipam.IFNAMSIZ
+    text = netsetup.ruleset([net])
+    assert 'oifname "ve-*" ip saddr 10.88.0.0/16 ct status dnat masquerade' in text
+    assert "ip saddr 10.88.0.0/16 ip daddr != 10.88.0.0/16 masquerade" in text
+    with pytest.raises(UsageError, match="--ip needs the bridge or a user network"):
+        spec.ContainerSpec(name="a", image="i", network="veth", ip="10.88.0.2").validate()
+    with pytest.raises(UsageError, match="invalid network name"):
+        spec.validate_network_name("veth")
+
+
+def test_an_ipv6_subnet_goes_with_the_ipv4_lease(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PYMACHINE_RUN_DIR", str(tmp_path / "run"))
+    monkeypatch.setenv("PYMACHINE_CONFIG_DIR", str(tmp_path / "etc"))
+    monkeypatch.setattr(netsetup, "host_routes", lambda version=4: {})
+    net = netsetup.create_network("six", ["10.70.0.0/24", "fd70::/64"], None, False, ipv6=True)
+    assert ipam.load("six").subnet6 == net.subnet6 and str(net.gateway6) == "fd70::1"
+    assert str(net.address6("10.70.0.9")) == "fd70::9"
+    assert "ip6 saddr fd70::/64 ip6 daddr != fd70::/64 masquerade" in netsetup.ruleset([net])
+    with pytest.raises(ConflictError, match="subnet fd70::/48 overlaps network six"):
+        netsetup.create_network("seven", ["fd70::/48"], None, False, ipv6=True)
+    with pytest.raises(UsageError, match="needs --ipv6"):
+        netsetup.create_network("seven", ["fd71::/64"], None, False)
+    auto = netsetup.create_network("eight", [], None, False, ipv6=True)
+    assert auto.subnet6 is not None and auto.subnet6.prefixlen == 64 and str(auto.subnet6).startswith("fd89:")

@@ -89,7 +89,7 @@ def test_hostname_defaults_to_name() -> None:
 
 def test_spec_validation() -> None:
     with pytest.raises(UsageError, match="network"):
-        ContainerSpec(name="a", image="i", network="bogus").validate()
+        ContainerSpec(name="a", image="i", network="bo gus").validate()
     with pytest.raises(UsageError, match="working directory"):
         ContainerSpec(name="a", image="i", workdir="rel").validate()
     with pytest.raises(UsageError, match="volume target"):
