@@ -44,6 +44,7 @@ if TYPE_CHECKING:
 
 REMOVAL_TIMEOUT_USEC = 15_000_000
 KILL_GRACE_SECONDS = 3
+SIGRTMIN_3 = 37  # systemd's halt request (signal.SIGRTMIN is 34 on Linux)
 HELD_SIGNALS = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP}
 
 
@@ -89,6 +90,10 @@ class ForegroundRun:
         image = images.resolve(spec.image)
         argv = command_for(spec, image.config)
         env = environment(spec, image.config)
+        if spec.boot:
+            from machinectl_py import boot
+
+            env = boot.environment(env, self.container_id, notify=False)
         # Locked for the run's whole life: `rm -f` kills the container, then waits for this
         # process to finish its teardown and its last record before it removes the directory.
         cdir = state.claim(spec.name)
@@ -309,6 +314,8 @@ class ForegroundRun:
                 self.signalled += 1
                 # Second Ctrl-C, or no exit within the grace period: kill the whole container.
                 sig = signum if self.signalled == 1 else signal.SIGKILL
+                if sig in (signal.SIGINT, signal.SIGTERM) and self.spec.boot:
+                    sig = SIGRTMIN_3  # a booted systemd halts on it (SIGINT would reboot it)
                 try:
                     os.kill(self.leader, sig)
                 except ProcessLookupError:

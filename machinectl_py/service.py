@@ -28,7 +28,9 @@ from machinectl_py.unit_template import unit_name
 # (the `socket` module alone pulls in enum, ~5 ms); `_socket` is what it wraps.
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from machinectl_py import state
     from machinectl_py.container_init import ChildPlan
+    from machinectl_py.readiness import NotifySocket
 
 JOURNAL_STDOUT = "/run/systemd/journal/stdout"
 
@@ -127,9 +129,19 @@ def _setup(name: str) -> int:
         binds = volumes.bind_ops(spec)
     binds += network_binds(spec)
 
+    notify = None
+    if spec.boot:
+        from machinectl_py import boot
+        from machinectl_py.paths import run_path
+        from machinectl_py.readiness import NotifySocket
+
+        notify = NotifySocket(run_path("notify", record.id[:12]))
+        env = boot.environment(env, record.id, notify=True)
+    notify_path = notify.path if notify else None
+
     def make_plan() -> ChildPlan:
         return build_child_plan(spec, image, record.dir_path, policy, env, argv, binds=binds, detached=True,
-                                userns=id_range)
+                                userns=id_range, notify_socket=notify_path)
 
     from machinectl_py.settings import live_properties
 
@@ -177,11 +189,33 @@ def _setup(name: str) -> int:
                 record.state, record.exit_code, record.finished, record.pid = "exited", code, state.now(), None
                 state.save(record)
                 return code
+            if notify is not None:
+                return _await_boot(name, record, notify, leader)
             return 0
     finally:
         init.close()  # before the release, EOF on `go`: the held init exits without running anything
         if not settled:
             payload.reap(leader)
+        if notify is not None:
+            notify.close()
+
+
+def _await_boot(name: str, record: state.ContainerRecord, notify: NotifySocket, leader: int) -> int:
+    """--boot: the unit becomes active (we exit) when the guest says READY=1 (readiness.py)."""
+    from machinectl_py import state
+    from machinectl_py.readiness import describe_exit
+
+    ready, status = notify.wait_ready(leader)
+    if ready:
+        return 0
+    assert status is not None
+    message = f"the container's init ended before it was ready: {describe_exit(status)}"
+    lifecycle.record_error(name, message)
+    print(f"pymachine: {name}: {message}", file=sys.stderr)
+    record.state, record.finished, record.pid = "exited", state.now(), None
+    record.exit_code = os.waitstatus_to_exitcode(status) if os.WIFEXITED(status) else 128 + os.WTERMSIG(status)
+    state.save(record)
+    return record.exit_code or 1
 
 
 def _register(bus: Bus, name: str, container_id: str, leader: int, root: str, unit: str) -> None:
