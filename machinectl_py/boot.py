@@ -58,19 +58,37 @@ def command(args: tuple[str, ...] | None) -> tuple[str, ...]:
     return (INIT, *(args or ()))
 
 
-def ops(host_os_release: str, manager_file: str, notify_socket: str | None, tty: bool) -> list[plan.Op]:
+def ops(host_os_release: str, manager_file: str, boot_id_file: str, notify_socket: str | None,
+        tty: bool) -> list[plan.Op]:
     """The mounts of the container interface, after base_plan's /run tmpfs: the host's
-    os-release and the manager's name read-only in /run/host; the notify socket; with -t, the
-    console is the payload's pty (the first of the container's own devpts)."""
+    os-release and the manager's name read-only in /run/host; a boot id of this boot of the
+    container over the kernel's (so the guest's journal tells its boots apart, as under
+    nspawn); the notify socket; with -t, the console is the payload's pty (the first of the
+    container's own devpts)."""
     out: list[plan.Op] = [
         plan.Bind(host_os_release, "/run/host/os-release", read_only=True, is_file=True),
         plan.Bind(manager_file, "/run/host/container-manager", read_only=True, is_file=True),
+        plan.Bind(boot_id_file, "/proc/sys/kernel/random/boot_id", read_only=True, is_file=True),
     ]
     if notify_socket is not None:
         out.append(plan.Bind(notify_socket, NOTIFY_PATH, is_file=True))
     if tty:
         out.append(plan.Symlink("/dev/console", "pts/0"))
     return out
+
+
+def new_boot_id(random16: bytes) -> str:
+    """A random (version 4) UUID, as the kernel's boot_id file spells it."""
+    b = bytearray(random16)
+    b[6] = (b[6] & 0x0F) | 0x40
+    b[8] = (b[8] & 0x3F) | 0x80
+    return container_uuid(b.hex()) + "\n"
+
+
+def exit_code(code: int | None) -> int | None:
+    """A halt or power-off inside ends the init by SIGINT (reboot(2) in a PID namespace): for a
+    booted OS that is a clean end, 0, as nspawn reports it."""
+    return 0 if code == 128 + 2 else code
 
 
 def parse_notify(datagram: bytes) -> dict[str, str]:

@@ -145,8 +145,11 @@ def boot_ops(cdir: str, notify_socket: str | None, tty: bool) -> list[plan.Op]:
     manager = os.path.join(cdir, "container-manager")
     with open(manager, "w") as f:
         f.write(boot.MANAGER + "\n")
+    boot_id = os.path.join(cdir, "boot_id")
+    with open(boot_id, "w") as f:
+        f.write(boot.new_boot_id(os.urandom(16)))
     os_release = next((p for p in boot.HOST_OS_RELEASE if os.path.exists(p)), "/dev/null")
-    return boot.ops(os_release, manager, notify_socket, tty)
+    return boot.ops(os_release, manager, boot_id, notify_socket, tty)
 
 
 def security_fields(spec: ContainerSpec, policy: Policy) -> dict[str, object]:

@@ -369,12 +369,13 @@ def relay_from_socket(sock_fd: int, child: int, *, stdin: bool, copy_fd: int = -
     relay_pty(fds[0], stdin=stdin, copy_fd=copy_fd)
 
 
-def relay_pty(master: int, *, stdin: bool, copy_fd: int = -1) -> None:
+def relay_pty(master: int, *, stdin: bool, copy_fd: int = -1, escape: bool = False) -> None:
     """Copy our stdin to the pty and the pty to our stdout (and copy_fd), in raw mode, following
     the window size.
 
     Ctrl-C reaches the container as a byte on the terminal, and its line discipline turns it
-    into SIGINT for the foreground process group inside."""
+    into SIGINT for the foreground process group inside. With `escape` (login, shell), Ctrl-]
+    three times within a second ends the relay, as machinectl's sessions do."""
     import contextlib
     import select
     import signal
@@ -390,6 +391,15 @@ def relay_pty(master: int, *, stdin: bool, copy_fd: int = -1) -> None:
         if os.isatty(1):
             with contextlib.suppress(OSError):
                 termios.tcsetwinsize(master, termios.tcgetwinsize(1))
+
+    presses: list[float] = []
+
+    def escaped(data: bytes) -> bool:
+        import time
+
+        now = time.monotonic()
+        presses[:] = [t for t in presses if now - t < 1.0] + [now] * data.count(b"\x1d")
+        return len(presses) >= 3
 
     resize()
     previous = signal.signal(signal.SIGWINCH, resize)
@@ -414,6 +424,8 @@ def relay_pty(master: int, *, stdin: bool, copy_fd: int = -1) -> None:
                 data = os.read(0, 65536)
                 if not data:
                     watched.remove(0)
+                elif escape and escaped(data):
+                    break
                 else:
                     _write_all(master, data)
     finally:

@@ -337,7 +337,12 @@ class ForegroundRun:
         _, status = os.waitpid(self.leader, 0)
         signal.alarm(0)
         if os.WIFSIGNALED(status):
-            return 128 + os.WTERMSIG(status)
+            code = 128 + os.WTERMSIG(status)
+            if self.spec.boot:
+                from machinectl_py.boot import exit_code
+
+                return exit_code(code) or 0  # a halt inside: a clean end
+            return code
         return os.WEXITSTATUS(status)
 
     def _kill_and_reap_leader(self) -> None:
