@@ -91,6 +91,12 @@ def exit_code(code: int | None) -> int | None:
     return 0 if code == 128 + 2 else code
 
 
+def is_systemd(init_target: str) -> bool:
+    """Is an image's /sbin/init (the link's target, or its own path) systemd, which sends
+    READY=1? Another init (busybox's, tini...) never does: its container is up when it runs."""
+    return init_target.rstrip("/").rsplit("/", 1)[-1] == "systemd"
+
+
 def parse_notify(datagram: bytes) -> dict[str, str]:
     """sd_notify's message: KEY=value lines (sd_notify(3)); lines without '=' are ignored."""
     out: dict[str, str] = {}

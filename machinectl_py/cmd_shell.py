@@ -59,7 +59,7 @@ def main_login(argv: list[str]) -> int:
     name = str(values["name"])
     from machinectl_py import machined
 
-    return _session(name, lambda bus: machined.open_login(bus, name))
+    return _session(name, lambda bus: machined.open_login(bus, name), login=True)
 
 
 def _shell(bus: Bus, name: str, user: str, command: list[str], env: list[str]) -> int:
@@ -69,7 +69,7 @@ def _shell(bus: Bus, name: str, user: str, command: list[str], env: list[str]) -
     return machined.open_shell(bus, name, user, path, command, env)
 
 
-def _session(name: str, open_pty: Callable[[Bus], int]) -> int:
+def _session(name: str, open_pty: Callable[[Bus], int], login: bool = False) -> int:
     from machinectl_py import machined, payload
     from machinectl_py.bus import Bus, BusError
 
@@ -81,5 +81,5 @@ def _session(name: str, open_pty: Callable[[Bus], int]) -> int:
                 raise NotFoundError(f"no such running container: {name}") from None
             raise PymachineError(f"{name}: {e.message} (is it booted with --boot, its systemd and D-Bus up?)"
                                  ) from None
-    payload.relay_pty(master, stdin=True, escape=True)
+    payload.relay_pty(master, stdin=True, escape=True, ignore_hangup=login)
     return 0

@@ -152,6 +152,24 @@ def boot_ops(cdir: str, notify_socket: str | None, tty: bool) -> list[plan.Op]:
     return boot.ops(os_release, manager, boot_id, notify_socket, tty)
 
 
+def init_speaks_notify(image: images.ResolvedImage) -> bool:
+    """--boot: does the image's /sbin/init (the top layer that has it) lead to systemd? Read in
+    the layers as they are (links not followed): a usr-merged /sbin resolves to usr/sbin."""
+    from machinectl_py import boot
+
+    for layer in reversed(image.layers):
+        for path in ("sbin/init", "usr/sbin/init"):
+            full = os.path.join(layer, path)
+            try:
+                return boot.is_systemd(os.readlink(full))
+            except FileNotFoundError:
+                continue
+            except OSError:  # not a link: systemd itself only if so named (it never is)
+                if os.path.lexists(full):
+                    return boot.is_systemd(full)
+    return False
+
+
 def security_fields(spec: ContainerSpec, policy: Policy) -> dict[str, object]:
     """The ChildPlan fields of docker's security flags (security.py): capabilities kept, the
     seccomp program (compiled once per profile, seccomp_compile.py), no_new_privs, extra

@@ -369,13 +369,16 @@ def relay_from_socket(sock_fd: int, child: int, *, stdin: bool, copy_fd: int = -
     relay_pty(fds[0], stdin=stdin, copy_fd=copy_fd)
 
 
-def relay_pty(master: int, *, stdin: bool, copy_fd: int = -1, escape: bool = False) -> None:
+def relay_pty(master: int, *, stdin: bool, copy_fd: int = -1, escape: bool = False,
+              ignore_hangup: bool = False) -> None:
     """Copy our stdin to the pty and the pty to our stdout (and copy_fd), in raw mode, following
     the window size.
 
     Ctrl-C reaches the container as a byte on the terminal, and its line discipline turns it
     into SIGINT for the foreground process group inside. With `escape` (login, shell), Ctrl-]
-    three times within a second ends the relay, as machinectl's sessions do."""
+    three times within a second ends the relay, as machinectl's sessions do; with
+    `ignore_hangup` (login) a hangup does not: a getty hangs its terminal up (vhangup) before it
+    prompts, and again at each new prompt."""
     import contextlib
     import select
     import signal
@@ -415,6 +418,11 @@ def relay_pty(master: int, *, stdin: bool, copy_fd: int = -1, escape: bool = Fal
                     data = os.read(master, 65536)
                 except OSError:
                     data = b""  # EIO: every slave fd is closed, the command ended
+                if not data and ignore_hangup:
+                    import time
+
+                    time.sleep(0.05)  # until the getty opens it again
+                    continue
                 if not data:
                     break
                 _write_all(1, data)

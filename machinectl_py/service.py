@@ -104,6 +104,7 @@ def _setup(name: str) -> int:
         connect_network,
         effective_user,
         environment,
+        init_speaks_notify,
         network_binds,
         rootfs_of,
     )
@@ -129,14 +130,11 @@ def _setup(name: str) -> int:
         binds = volumes.bind_ops(spec)
     binds += network_binds(spec)
 
-    notify = None
+    notify = _notify_socket(record.id) if spec.boot and init_speaks_notify(image) else None
     if spec.boot:
         from machinectl_py import boot
-        from machinectl_py.paths import run_path
-        from machinectl_py.readiness import NotifySocket
 
-        notify = NotifySocket(run_path("notify", record.id[:12]))
-        env = boot.environment(env, record.id, notify=True)
+        env = boot.environment(env, record.id, notify=notify is not None)
     notify_path = notify.path if notify else None
 
     def make_plan() -> ChildPlan:
@@ -198,6 +196,14 @@ def _setup(name: str) -> int:
             payload.reap(leader)
         if notify is not None:
             notify.close()
+
+
+def _notify_socket(container_id: str) -> NotifySocket:
+    """--boot with systemd as the init: the socket its READY=1 comes to (readiness.py)."""
+    from machinectl_py.paths import run_path
+    from machinectl_py.readiness import NotifySocket
+
+    return NotifySocket(run_path("notify", container_id[:12]))
 
 
 def _await_boot(name: str, record: state.ContainerRecord, notify: NotifySocket, leader: int) -> int:

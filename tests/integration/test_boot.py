@@ -188,15 +188,31 @@ def test_foreground_boot_stops_on_sigterm(host: AnyHost, debian: str, cleanup: l
             proc.wait(30)
 
 
-def test_boot_refuses_an_image_without_init(host: AnyHost, cleanup: list[str]) -> None:
-    """busybox has no /sbin/init: the start fails at once, saying why, and leaves nothing."""
+def test_an_image_without_init_fails_and_another_init_runs(host: AnyHost, cleanup: list[str],
+                                                          tmp_path: Path) -> None:
+    """No /sbin/init: the start fails at once, saying why. busybox's init (no READY=1) runs, and
+    `run -d -b` returns once it does, as for any command."""
+    import io
+    import tarfile
+
+    tar = tmp_path / "noinit.tar"
+    with tarfile.open(tar, "w") as t:
+        info = tarfile.TarInfo("etc/hostname")
+        info.size = 2
+        t.addfile(info, io.BytesIO(b"x\n"))
+    pm(host, "image", "import", str(tar), "--name", "noinit")
     name = unique("noinit")
     cleanup.append(name)
-    r = host.run(["pymachine", "run", "-d", "-b", "--name", name, "busybox"], timeout=60)
+    r = host.run(["pymachine", "run", "-d", "-b", "--name", name, "noinit"], timeout=120)
     assert r.returncode != 0
     assert "/sbin/init" in r.stderr, r.stderr
     r = host.run(["pymachine", "run", "-b", "--entrypoint", "/bin/sh", "busybox"], timeout=60)
     assert r.returncode == 125 and "--boot" in r.stderr, r.stderr
+    other = unique("bbinit")
+    cleanup.append(other)
+    pm(host, "run", "-d", "-b", "--name", other, "busybox")
+    assert show(host, other, "ActiveState")["ActiveState"] == "active"
+    assert run(host, "cat", f"/proc/{show(host, other, 'MainPID')['MainPID']}/comm").stdout.strip() == "init"
 
 
 def _leader(host: AnyHost, name: str) -> str:
