@@ -320,7 +320,7 @@ class ForegroundRun:
                     os.kill(self.leader, sig)
                 except ProcessLookupError:
                     pass
-                signal.alarm(KILL_GRACE_SECONDS)
+                signal.alarm(self._grace_seconds())
 
         def kill_now(_signum: int, _frame: object) -> None:
             if self.leader:
@@ -332,6 +332,13 @@ class ForegroundRun:
         for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
             signal.signal(sig, forward_signal)
         signal.signal(signal.SIGALRM, kill_now)
+
+    def _grace_seconds(self) -> int:
+        """How long a stop signal may take before SIGKILL: 3 s for a command; a booted OS halts
+        its services first, so its stop timeout (default 10 s), as `pymachine stop` grants it."""
+        if not self.spec.boot:
+            return KILL_GRACE_SECONDS
+        return self.spec.stop_timeout if self.spec.stop_timeout is not None else 10
 
     def _wait_leader(self) -> int:
         _, status = os.waitpid(self.leader, 0)

@@ -158,7 +158,7 @@ def test_enable_now_boots_it_as_a_service(host: AnyHost, debian: str, cleanup: l
 def test_shell_and_login_on_a_pty(host: AnyHost, debian: str, cleanup: list[str]) -> None:
     name = unique("sh")
     cleanup.append(name)
-    pm(host, "run", "-d", "-b", "--name", name, debian)
+    pm(host, "run", "-d", "-b", "--network", "none", "--name", name, debian)  # a network of its own
     session = on_pty(host, ["pymachine", "shell", name, "--", "/usr/bin/systemctl", "is-system-running"],
                      [Expect("running")])
     assert session.exit_code == 0, session.output
