@@ -357,7 +357,7 @@ def _child(opts: ExecOptions, pidfd: int, env: dict[str, str], caps: int, confin
 
 
 def _init_subcgroup(pidfd: int, unit: str) -> str | None:
-    """The cgroup of the container's init below its unit's (pure cgroup v2), e.g. "init.scope"."""
+    """The cgroup of the container's init below its unit's (pure cgroup v2), e.g. "/init.scope"."""
     try:
         with open(f"/proc/self/fdinfo/{pidfd}") as f:
             pid = next(line.split()[1] for line in f if line.startswith("Pid:"))
@@ -366,7 +366,7 @@ def _init_subcgroup(pidfd: int, unit: str) -> str | None:
     except (OSError, StopIteration):
         return None
     _, found, sub = path.partition(f"/{unit}/")
-    return sub if found else None
+    return f"/{sub}" if found else None  # systemd wants it absolute, from the unit's cgroup
 
 
 def _container_cwd() -> str:
