@@ -187,7 +187,8 @@ class ForegroundRun:
             state.save(record)
             container_event("start", record)
             if tty_parent >= 0:
-                payload.relay_from_socket(tty_parent, self.leader, stdin=spec.interactive, copy_fd=journal_copy)
+                payload.relay_from_socket(tty_parent, self.leader, stdin=spec.interactive, copy_fd=journal_copy,
+                                          hold_console=spec.boot)
                 os.close(journal_copy)  # EOF: the forwarder flushes the last line
                 journal_copy = -1
             failure = init.failure()

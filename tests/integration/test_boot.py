@@ -188,6 +188,17 @@ def test_foreground_boot_stops_on_sigterm(host: AnyHost, debian: str, cleanup: l
             proc.wait(30)
 
 
+def test_foreground_console_on_a_pty(host: AnyHost, debian: str, cleanup: list[str]) -> None:
+    """`run -t -b`: the console is the terminal (systemd's banner and status lines reach it), the
+    arguments after the image are the init's (here: power off once booted), and a power-off is
+    a clean end (0)."""
+    name = unique("tty")
+    cleanup.append(name)
+    session = on_pty(host, ["pymachine", "run", "--rm", "-t", "-b", "--name", name, debian,
+                            "systemd.unit=poweroff.target"], [Expect("Welcome to"), Expect("System Power Off")])
+    assert session.exit_code == 0, session.output
+
+
 def test_an_image_without_init_fails_and_another_init_runs(host: AnyHost, cleanup: list[str],
                                                           tmp_path: Path) -> None:
     """No /sbin/init: the start fails at once, saying why. busybox's init (no READY=1) runs, and
