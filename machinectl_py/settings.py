@@ -574,6 +574,11 @@ SETTINGS: tuple[Setting, ...] = (
             key="limits.cpus", inspect="HostConfig.NanoCpus", parse=_cpus, number_ok=True,
             render=lambda v: repr(v / 1_000_000), to_inspect=lambda v: (v or 0) * 1000,
             unit=lambda v: [prop("CPUQuotaPerSecUSec", "t", v, _quota_line(v))], unit_doc="CPUQuota="),
+    Setting("limits.cpu_period_usec", "CPU quota period in microseconds, 1000-1000000 (default 100000): "
+            "--cpus' share is granted per period", flags="--cpu-period", metavar="USEC", key="limits.cpu_period",
+            inspect="HostConfig.CpuPeriod", parse=sp.parse_cpu_period, render=str, number_ok=True,
+            to_inspect=lambda v: v or 0, unit_doc="CPUQuotaPeriodSec=",
+            unit=lambda v: [prop("CPUQuotaPeriodUSec", "t", v, f"CPUQuotaPeriodSec={v}us")]),
     Setting("limits.cpu_weight", "relative CPU weight, 1-10000 (default 100)", flags="--cpu-weight", metavar="N",
             key="limits.cpu_weight", inspect="HostConfig.CpuWeight", parse=sp.parse_cpu_weight, render=str,
             number_ok=True, unit=lambda v: [prop("CPUWeight", "t", v)], unit_doc="CPUWeight="),

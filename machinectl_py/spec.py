@@ -126,6 +126,14 @@ def parse_cpu_weight(text: str) -> int:
     return value
 
 
+def parse_cpu_period(text: str) -> int:
+    """--cpu-period: the CFS period in microseconds, in docker's bounds (1 ms to 1 s)."""
+    value = parse_count(text, "CPU period")
+    if not 1000 <= value <= 1_000_000:
+        raise UsageError(f"invalid CPU period {text!r}: must be 1000-1000000 microseconds (1 ms to 1 s)")
+    return value
+
+
 def parse_cpu_shares(text: str) -> int:
     """docker's --cpu-shares (2-262144, 1024 the default) on systemd's CPUWeight= scale, as podman
     converts it: 1024 -> 39, 2 -> 1, 262144 -> 10000."""
@@ -425,13 +433,15 @@ def validate_network(mode: str) -> str:
 class Limits(Record):
     __slots__ = ("memory_max", "cpu_quota_usec", "tasks_max", "cpu_weight", "memory_low", "memory_swap",
                  "cpuset_cpus", "cpuset_mems", "blkio_weight", "device_read_bps", "device_write_bps",
-                 "device_read_iops", "device_write_iops")
-    _defaults = {"memory_max": None, "cpu_quota_usec": None, "tasks_max": None, "cpu_weight": None,
+                 "device_read_iops", "device_write_iops", "cpu_period_usec")
+    _defaults = {"memory_max": None, "cpu_quota_usec": None, "cpu_period_usec": None, "tasks_max": None,
+                 "cpu_weight": None,
                  "memory_low": None, "memory_swap": None, "cpuset_cpus": None, "cpuset_mems": None,
                  "blkio_weight": None, "device_read_bps": {}, "device_write_bps": {}, "device_read_iops": {},
                  "device_write_iops": {}}
     memory_max: int | None  # bytes -> MemoryMax
     cpu_quota_usec: int | None  # per second -> CPUQuotaPerSecUSec
+    cpu_period_usec: int | None  # the quota's period -> CPUQuotaPeriodUSec
     tasks_max: int | None  # -> TasksMax
     cpu_weight: int | None  # 1-10000 -> CPUWeight
     memory_low: int | None  # bytes -> MemoryLow (docker's --memory-reservation)
