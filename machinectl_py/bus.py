@@ -15,6 +15,7 @@ guards it): it imports nothing heavy at the top, and its annotations' names come
 
 from __future__ import annotations
 
+import fcntl
 import os
 import time
 
@@ -180,6 +181,8 @@ class Message:
         if c in _BASIC_C_TYPES:
             box = ffi.new(_BASIC_C_TYPES[c])
             _check(lib.sd_bus_message_read_basic(m, c.encode(), box), "read")
+            if c == "h":  # the message owns its fd: the caller gets its own copy (close-on-exec)
+                return fcntl.fcntl(box[0], fcntl.F_DUPFD_CLOEXEC, 3)
             return bool(box[0]) if c == "b" else box[0]
         if c == "a" and inner == "y":
             ptr = ffi.new("const void **")

@@ -19,7 +19,8 @@ VERBS: dict[str, tuple[str, str, str]] = {
     "commit": ("machinectl_py.cmd_commit", "main", "make a new image from a container's changes"),
     "pull": ("machinectl_py.images.registry_cli", "main_pull", "download an image from a registry"),
     "push": ("machinectl_py.images.registry_cli", "main_push", "upload an image to a registry"),
-    "login": ("machinectl_py.images.registry_cli", "main_login", "store credentials for a registry"),
+    "login": ("machinectl_py.images.registry_cli", "main_login",
+              "store credentials for a registry; `login NAME` of a booted container: its login prompt"),
     "logout": ("machinectl_py.images.registry_cli", "main_logout", "remove a registry's stored credentials"),
     "create": ("machinectl_py.cmd_create", "main", "define a detached container (pymachine@NAME.service)"),
     "start": ("machinectl_py.cmd_lifecycle", "main_start", "start detached containers as their systemd units"),
@@ -37,6 +38,7 @@ VERBS: dict[str, tuple[str, str, str]] = {
     "top": ("machinectl_py.cmd_stats", "main_top", "show the processes of a container"),
     "update": ("machinectl_py.cmd_update", "main", "change containers' resource limits, live and for good"),
     "exec": ("machinectl_py.exec", "main", "run a command in a running container"),
+    "shell": ("machinectl_py.cmd_shell", "main_shell", "open a shell in a booted (--boot) container"),
     "volume": ("machinectl_py.cmd_volume", "main", "manage volumes: ls, inspect, create, rm, prune"),
     "port": ("machinectl_py.cmd_port", "main", "list a container's published ports"),
     "network": ("machinectl_py.cmd_network", "main", "manage networks: create, ls, inspect, rm, prune, (dis)connect"),
@@ -87,10 +89,27 @@ def main(argv: list[str] | None = None) -> int:
         print(f"pymachine: unknown command {verb!r}; see 'pymachine --help'", file=sys.stderr)
         return 2
     module_name, func_name, _ = VERBS[verb]
+    if verb == "login" and is_container_login(args[1:]):
+        module_name, func_name = "machinectl_py.cmd_shell", "main_login"
     code = run_verb(module_name, func_name, args[1:])
     if argv is None and module_name in FAST_EXIT:
         fast_exit(code)
     return code
+
+
+def is_container_login(args: list[str]) -> bool:
+    """`pymachine login NAME` (one argument, no option) of an existing container is the
+    container's login prompt (machinectl login); otherwise `login` is docker's, of a registry."""
+    if len(args) != 1 or args[0].startswith("-"):
+        return False
+    from machinectl_py import state
+    from machinectl_py.errors import PymachineError
+
+    try:
+        state.load(args[0])
+    except PymachineError:
+        return False
+    return True
 
 
 # Verbs whose work is done when they return: skip the interpreter's shutdown (module

@@ -53,10 +53,11 @@ class ChildPlan(Record):
     __slots__ = ("container_dir", "rootfs", "overlay", "ops", "cgroup_layout", "hostname", "private_network",
                  "argv", "env", "workdir", "user", "capability_mask", "stdin_devnull", "detached", "tty", "seccomp",
                  "read_only_root", "rlimits", "join_namespaces", "start_fd", "groups", "no_new_privileges",
-                 "group_add", "sysctls", "oom_score_adj", "userns")
+                 "group_add", "sysctls", "oom_score_adj", "userns", "boot")
     _defaults = {"user": None, "stdin_devnull": True, "detached": False, "tty": False, "seccomp": b"",
                  "read_only_root": False, "rlimits": (), "join_namespaces": (), "start_fd": -1, "groups": None,
-                 "no_new_privileges": False, "group_add": (), "sysctls": (), "oom_score_adj": None, "userns": None}
+                 "no_new_privileges": False, "group_add": (), "sysctls": (), "oom_score_adj": None, "userns": None,
+                 "boot": False}
     container_dir: str  # cwd while mounting the overlay (its options use relative names)
     rootfs: str
     # None: `rootfs` is a directory used as it is (an OCI bundle's root), bound onto itself.
@@ -103,6 +104,9 @@ class ChildPlan(Record):
     oom_score_adj: int | None
     # --userns=auto: (host base, size) of the container's ID range (idmap.py); None: the host's.
     userns: tuple[int, int] | None
+    # --boot: systemd is the payload; on a host with v1 hierarchies its name=systemd one is
+    # writable in the container's own subtree (plan.cgroup_plan).
+    boot: bool
 
 
 def child_main(make_plan: Callable[[], ChildPlan], go_fd: int, status_fd: int, stdout_fd: int, stderr_fd: int,
@@ -178,7 +182,7 @@ def prepare(plan: ChildPlan, go_fd: int, status_fd: int, parent_pid: int) -> int
     with open("/proc/self/cgroup") as f:
         layout = own_hierarchies(plan.cgroup_layout, f.read())
     sc.unshare(sc.CLONE_NEWCGROUP)
-    mounts.apply("/", cgroup_plan(layout))
+    mounts.apply("/", cgroup_plan(layout, writable_systemd=plan.boot))
     if plan.userns is not None:
         delegate_cgroup(layout, plan.userns[0])
     if plan.cgroup_layout.mode != "unified":

@@ -96,10 +96,37 @@ def collect(bus: Bus, *, grace: float = GRACE_SECONDS) -> list[str]:
             os.unlink(path)
             done.append(f"removed {path}")
     done += _collect_network()
+    done += _collect_notify_sockets()
     for unit in systemd.failed_units(bus, ["pymachine@*.service", "machine-*.scope"]):
         with contextlib.suppress(Exception):
             systemd.call(bus, "ResetFailedUnit", "s", unit)
             done.append(f"reset failed unit {unit}")
+    return done
+
+
+def _collect_notify_sockets() -> list[str]:
+    """--boot's notify sockets (readiness.py) whose setup process is gone (a kill -9): nobody
+    receives on them any more, so a datagram is refused (a live one takes an empty message)."""
+    import socket
+
+    from machinectl_py.paths import run_path
+
+    done: list[str] = []
+    try:
+        names = os.listdir(run_path("notify"))
+    except FileNotFoundError:
+        return done
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as probe:
+        for name in names:
+            path = run_path("notify", name)
+            try:
+                probe.sendto(b"", path)
+            except ConnectionRefusedError:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(path)
+                    done.append(f"removed {path}")
+            except OSError:
+                continue
     return done
 
 

@@ -299,7 +299,15 @@ class Exec:
             # Straight to systemd on its private socket: through the bus daemon, systemd's check
             # of our credentials for AttachProcessesToUnit costs it round trips to the daemon.
             with Bus.systemd() as bus:
-                systemd.attach_processes(bus, self.unit, [self.child])
+                try:
+                    systemd.attach_processes(bus, self.unit, [self.child])
+                except BusError as e:
+                    sub = _init_subcgroup(self.pidfd, self.unit) if "EBUSY" in e.name + e.message else None
+                    if not sub:
+                        raise
+                    # A booted systemd (--boot) enabled controllers in the unit's cgroup: processes
+                    # live only in its leaves, so the command joins the init's own (init.scope).
+                    systemd.attach_processes(bus, self.unit, [self.child], sub)
         except BusError as e:
             raise UsageError(f"cannot attach to {self.unit}: {e}") from None
 
@@ -361,6 +369,19 @@ def _child(opts: ExecOptions, pidfd: int, env: dict[str, str], caps: int, confin
     except BaseException as e:
         payload.report(status_fd, code, payload.describe(e))
     os._exit(code)
+
+
+def _init_subcgroup(pidfd: int, unit: str) -> str | None:
+    """The cgroup of the container's init below its unit's (pure cgroup v2), e.g. "/init.scope"."""
+    try:
+        with open(f"/proc/self/fdinfo/{pidfd}") as f:
+            pid = next(line.split()[1] for line in f if line.startswith("Pid:"))
+        with open(f"/proc/{pid}/cgroup") as f:
+            path = next(line.rstrip("\n").split(":", 2)[2] for line in f if line.startswith("0::"))
+    except (OSError, StopIteration):
+        return None
+    _, found, sub = path.partition(f"/{unit}/")
+    return f"/{sub}" if found else None  # systemd wants it absolute, from the unit's cgroup
 
 
 def _container_cwd() -> str:

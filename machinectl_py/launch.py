@@ -28,7 +28,12 @@ if TYPE_CHECKING:
 
 def command_for(spec: ContainerSpec, config: images.ImageConfig) -> tuple[str, ...]:
     """docker's rule: Entrypoint + (the given command, else the image's Cmd); --entrypoint
-    replaces the image's Entrypoint and drops its Cmd. With --init, tini runs it."""
+    replaces the image's Entrypoint and drops its Cmd. With --init, tini runs it. --boot: the
+    image's /sbin/init, with the arguments given after the image."""
+    if spec.boot:
+        from machinectl_py import boot
+
+        return boot.command(spec.command)
     if spec.entrypoint is not None:
         argv = spec.entrypoint + (spec.command or ())
     else:
@@ -93,13 +98,17 @@ def rootfs_of(cdir: str) -> str:
 
 def build_child_plan(spec: ContainerSpec, image: images.ResolvedImage, cdir: str, policy: Policy,
                      env: Mapping[str, str], argv: tuple[str, ...], *, binds: Sequence[plan.Bind] = (),
-                     detached: bool = False, userns: tuple[int, int] | None = None) -> ChildPlan:
+                     detached: bool = False, userns: tuple[int, int] | None = None,
+                     notify_socket: str | None = None) -> ChildPlan:
     """Runs in the forked init (see HeldInit): makes the container dir's parts too.
-    userns: the container's ID range (--userns=auto), from userns.acquire."""
+    userns: the container's ID range (--userns=auto), from userns.acquire; notify_socket: with
+    --boot, the socket the guest's READY=1 goes to (readiness.py)."""
     for sub in ("upper", "work", "rootfs"):
         os.makedirs(os.path.join(cdir, sub), mode=0o755, exist_ok=True)
     ops = [*plan.base_plan(policy, binds=binds, shm_size=spec.shm_size, tmpfs=tuple(spec.tmpfs.items()),
                            init=init_binary(spec)), *device_nodes(spec)]
+    if spec.boot:
+        ops += boot_ops(cdir, notify_socket, spec.tty)
     child_plan = ChildPlan(
         container_dir=cdir,
         rootfs=rootfs_of(cdir),
@@ -121,11 +130,45 @@ def build_child_plan(spec: ContainerSpec, image: images.ResolvedImage, cdir: str
         rlimits=tuple((RLIMITS[name], soft, hard) for name, (soft, hard) in spec.ulimits.items()),
         oom_score_adj=spec.oom_score_adj,
         userns=userns,
+        boot=spec.boot,
     )
     if os.environ.get("PYMACHINE_DEBUG"):
         for op in child_plan.ops:
             print(plan.describe(op), file=sys.stderr)
     return child_plan
+
+
+def boot_ops(cdir: str, notify_socket: str | None, tty: bool) -> list[plan.Op]:
+    """--boot's /run/host files (the manager's name written here, in the container's dir) and
+    console (boot.py)."""
+    from machinectl_py import boot
+
+    manager = os.path.join(cdir, "container-manager")
+    with open(manager, "w") as f:
+        f.write(boot.MANAGER + "\n")
+    boot_id = os.path.join(cdir, "boot_id")
+    with open(boot_id, "w") as f:
+        f.write(boot.new_boot_id(os.urandom(16)))
+    os_release = next((p for p in boot.HOST_OS_RELEASE if os.path.exists(p)), "/dev/null")
+    return boot.ops(os_release, manager, boot_id, notify_socket, tty)
+
+
+def init_speaks_notify(image: images.ResolvedImage) -> bool:
+    """--boot: does the image's /sbin/init (the top layer that has it) lead to systemd? Read in
+    the layers as they are (links not followed): a usr-merged /sbin resolves to usr/sbin."""
+    from machinectl_py import boot
+
+    for layer in reversed(image.layers):
+        for path in ("sbin/init", "usr/sbin/init"):
+            full = os.path.join(layer, path)
+            try:
+                return boot.is_systemd(os.readlink(full))
+            except FileNotFoundError:
+                continue
+            except OSError:  # not a link: systemd itself only if so named (it never is)
+                if os.path.lexists(full):
+                    return boot.is_systemd(full)
+    return False
 
 
 def security_fields(spec: ContainerSpec, policy: Policy) -> dict[str, object]:
@@ -137,8 +180,9 @@ def security_fields(spec: ContainerSpec, policy: Policy) -> dict[str, object]:
     caps = security.capabilities(spec, policy)
     choice = security.seccomp_choice(spec)
     mask = security.capability_mask(caps)
-    if spec.privileged:
-        mask &= own_bounding_set()  # "every capability" is every one we have to give
+    if spec.privileged or spec.boot:
+        # "every capability" (and nspawn's set for --boot) is every one we have to give
+        mask &= own_bounding_set()
     # The host's network: no NET_RAW unless asked for by name, ALL or --privileged (network.py).
     asked = caps if spec.privileged or security.ALL in spec.cap_add else frozenset(spec.cap_add)
     mask = network.capability_mask(spec.network, mask, asked)

@@ -216,7 +216,7 @@ class Container:
         if timeout is None:
             timeout = float(spec.stop_timeout if spec.stop_timeout is not None else DEFAULT_STOP_TIMEOUT)
         if self.is_foreground:
-            _stop_foreground(bus, self.name, timeout, signal_number(spec.stop_signal or "SIGTERM"))
+            _stop_foreground(bus, self.name, timeout, signal_number(spec.effective_stop_signal))
         else:
             stop_service(bus, self.name, timeout)
 

@@ -116,3 +116,16 @@ def machine_properties(bus: Bus, name: str) -> dict[str, Any] | None:
     """The machine's properties (Name, Service, Leader, Unit...); None if machined has no such machine."""
     path = machine_path(bus, name)
     return None if path is None else bus.get_all(MACHINED[0], path, MACHINE_INTERFACE)
+
+
+def open_shell(bus: Bus, name: str, user: str, path: str, args: list[str], env: list[str]) -> int:
+    """OpenMachineShell: a shell (or `path` with `args`) of `user` run by the container's own
+    systemd on a pty of the container's devpts; the pty's master, ours to close."""
+    reply = bus.call(*MACHINED, "OpenMachineShell", "sssasas", name, user, path, args, env)
+    return int(reply[0])
+
+
+def open_login(bus: Bus, name: str) -> int:
+    """OpenMachineLogin: a getty (container-getty@N.service) on a pty of the container; the master."""
+    reply = bus.call(*MACHINED, "OpenMachineLogin", "s", name)
+    return int(reply[0])

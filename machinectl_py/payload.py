@@ -352,11 +352,15 @@ def console_socketpair() -> tuple[int, int]:
     return parent.detach(), child.detach()
 
 
-def relay_from_socket(sock_fd: int, child: int, *, stdin: bool, copy_fd: int = -1) -> None:
+def relay_from_socket(sock_fd: int, child: int, *, stdin: bool, copy_fd: int = -1,
+                      hold_console: bool = False) -> None:
     """Receive the pty master the child sends, then relay it to our terminal until it closes.
 
     copy_fd, if given, also gets everything the pty prints (`run -t`: the log forwarder's
-    pipe, so the journal holds what the terminal showed; `exec` passes none, as docker)."""
+    pipe, so the journal holds what the terminal showed; `exec` passes none, as docker).
+    hold_console (`run -t --boot`): we hold the pty's other side open and relay until the child
+    ends, because a booted systemd closes its stdio and reopens /dev/console (the pty): a
+    moment without any open slave would read as the end of the session."""
     import socket
 
     sock = socket.socket(fileno=sock_fd)
@@ -366,15 +370,34 @@ def relay_from_socket(sock_fd: int, child: int, *, stdin: bool, copy_fd: int = -
         sock.close()
     if not fds:
         return  # the child failed before opening the pty: its status says why
-    relay_pty(fds[0], stdin=stdin, copy_fd=copy_fd)
+    if not hold_console:
+        relay_pty(fds[0], stdin=stdin, copy_fd=copy_fd)
+        return
+    import fcntl
+
+    peer = fcntl.ioctl(fds[0], TIOCGPTPEER, os.O_RDWR | os.O_NOCTTY | os.O_CLOEXEC)
+    pidfd = os.pidfd_open(child)
+    try:
+        relay_pty(fds[0], stdin=stdin, copy_fd=copy_fd, until_fd=pidfd)
+    finally:
+        os.close(pidfd)
+        os.close(peer)
 
 
-def relay_pty(master: int, *, stdin: bool, copy_fd: int = -1) -> None:
+TIOCGPTPEER = 0x5441  # linux/tty.h: open the slave of a master by its fd (no path lookup)
+
+
+def relay_pty(master: int, *, stdin: bool, copy_fd: int = -1, escape: bool = False,
+              ignore_hangup: bool = False, until_fd: int = -1) -> None:
     """Copy our stdin to the pty and the pty to our stdout (and copy_fd), in raw mode, following
     the window size.
 
     Ctrl-C reaches the container as a byte on the terminal, and its line discipline turns it
-    into SIGINT for the foreground process group inside."""
+    into SIGINT for the foreground process group inside. With `escape` (login, shell), Ctrl-]
+    three times within a second ends the relay, as machinectl's sessions do; with
+    `ignore_hangup` (login) a hangup does not: a getty hangs its terminal up (vhangup) before it
+    prompts, and again at each new prompt. until_fd: the relay also ends when it turns readable
+    (a pidfd: the process ended), after what the pty still holds."""
     import contextlib
     import select
     import signal
@@ -391,20 +414,37 @@ def relay_pty(master: int, *, stdin: bool, copy_fd: int = -1) -> None:
             with contextlib.suppress(OSError):
                 termios.tcsetwinsize(master, termios.tcgetwinsize(1))
 
+    presses: list[float] = []
+
+    def escaped(data: bytes) -> bool:
+        import time
+
+        now = time.monotonic()
+        presses[:] = [t for t in presses if now - t < 1.0] + [now] * data.count(b"\x1d")
+        return len(presses) >= 3
+
     resize()
     previous = signal.signal(signal.SIGWINCH, resize)
     try:
-        watched = [master] + ([0] if stdin else [])
+        watched = [master] + ([0] if stdin else []) + ([until_fd] if until_fd >= 0 else [])
         while True:
             try:
                 ready, _, _ = select.select(watched, [], [])
             except InterruptedError:
                 continue
+            if until_fd in ready:
+                _drain_pty(master, copy_fd)
+                break
             if master in ready:
                 try:
                     data = os.read(master, 65536)
                 except OSError:
                     data = b""  # EIO: every slave fd is closed, the command ended
+                if not data and ignore_hangup:
+                    import time
+
+                    time.sleep(0.05)  # until the getty opens it again
+                    continue
                 if not data:
                     break
                 _write_all(1, data)
@@ -414,6 +454,8 @@ def relay_pty(master: int, *, stdin: bool, copy_fd: int = -1) -> None:
                 data = os.read(0, 65536)
                 if not data:
                     watched.remove(0)
+                elif escape and escaped(data):
+                    break
                 else:
                     _write_all(master, data)
     finally:
@@ -421,6 +463,21 @@ def relay_pty(master: int, *, stdin: bool, copy_fd: int = -1) -> None:
         if saved is not None:
             termios.tcsetattr(0, termios.TCSADRAIN, saved)
         os.close(master)
+
+
+def _drain_pty(master: int, copy_fd: int) -> None:
+    """What the pty holds once its process ended, without waiting for more."""
+    os.set_blocking(master, False)
+    while True:
+        try:
+            data = os.read(master, 65536)
+        except OSError:  # EAGAIN: nothing left; EIO: closed
+            return
+        if not data:
+            return
+        _write_all(1, data)
+        if copy_fd >= 0:
+            _write_copy(copy_fd, data)
 
 
 def _write_all(fd: int, data: bytes) -> None:

@@ -254,20 +254,24 @@ def own_hierarchies(layout: CgroupLayout, proc_cgroup: str) -> CgroupLayout:
     return CgroupLayout(layout.mode, v1, layout.unified_dir, links)
 
 
-def cgroup_plan(layout: CgroupLayout) -> list[Op]:
+def cgroup_plan(layout: CgroupLayout, writable_systemd: bool = False) -> list[Op]:
     """The container's view of /sys/fs/cgroup, mounted inside its cgroup namespace.
 
     Pure v2: one cgroup2 mount, writable, since the scope is delegated (Delegate=yes) and
     the namespace shows only the container's own subtree. Hybrid: a tmpfs with each
     hierarchy mounted again (v1 ones read-only), as systemd-nspawn does; the caller passes
-    only the hierarchies the container has its own cgroup in (own_hierarchies).
+    only the hierarchies the container has its own cgroup in (own_hierarchies). With
+    `writable_systemd` (--boot), systemd's own hierarchy (name=systemd) is writable, as nspawn
+    mounts it for a booted systemd on such a host: the container's systemd makes its units'
+    cgroups there, inside the unit's delegated cgroup (the namespace's root).
     """
     root = "/sys/fs/cgroup"
     if layout.mode == "unified":
         return [CgroupMount(root, "cgroup2", "nsdelegate", read_only=False)]
     ops: list[Op] = [Mount(root, "tmpfs", "tmpfs", NOSUID_NODEV_NOEXEC, "mode=755")]
     for name, options in layout.v1:
-        ops.append(CgroupMount(f"{root}/{name}", "cgroup", options, read_only=True))
+        writable = writable_systemd and "name=systemd" in options.split(",")
+        ops.append(CgroupMount(f"{root}/{name}", "cgroup", options, read_only=not writable))
     if layout.unified_dir:
         ops.append(CgroupMount(f"{root}/{layout.unified_dir}", "cgroup2", None, read_only=False))
     ops += [Symlink(f"{root}/{link}", target) for link, target in layout.links]

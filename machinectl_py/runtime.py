@@ -44,6 +44,7 @@ if TYPE_CHECKING:
 
 REMOVAL_TIMEOUT_USEC = 15_000_000
 KILL_GRACE_SECONDS = 3
+SIGRTMIN_3 = 37  # systemd's halt request (signal.SIGRTMIN is 34 on Linux)
 HELD_SIGNALS = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP}
 
 
@@ -91,6 +92,10 @@ class ForegroundRun:
         self.exposed = image.config.exposed_ports  # -P publishes them
         argv = command_for(spec, image.config)
         env = environment(spec, image.config)
+        if spec.boot:
+            from machinectl_py import boot
+
+            env = boot.environment(env, self.container_id, notify=False)
         # Locked for the run's whole life: `rm -f` kills the container, then waits for this
         # process to finish its teardown and its last record before it removes the directory.
         cdir = state.claim(spec.name)
@@ -184,7 +189,8 @@ class ForegroundRun:
             state.save(record)
             container_event("start", record)
             if tty_parent >= 0:
-                payload.relay_from_socket(tty_parent, self.leader, stdin=spec.interactive, copy_fd=journal_copy)
+                payload.relay_from_socket(tty_parent, self.leader, stdin=spec.interactive, copy_fd=journal_copy,
+                                          hold_console=spec.boot)
                 os.close(journal_copy)  # EOF: the forwarder flushes the last line
                 journal_copy = -1
             failure = init.failure()
@@ -311,11 +317,13 @@ class ForegroundRun:
                 self.signalled += 1
                 # Second Ctrl-C, or no exit within the grace period: kill the whole container.
                 sig = signum if self.signalled == 1 else signal.SIGKILL
+                if sig in (signal.SIGINT, signal.SIGTERM) and self.spec.boot:
+                    sig = SIGRTMIN_3  # a booted systemd halts on it (SIGINT would reboot it)
                 try:
                     os.kill(self.leader, sig)
                 except ProcessLookupError:
                     pass
-                signal.alarm(KILL_GRACE_SECONDS)
+                signal.alarm(self._grace_seconds())
 
         def kill_now(_signum: int, _frame: object) -> None:
             if self.leader:
@@ -328,11 +336,23 @@ class ForegroundRun:
             signal.signal(sig, forward_signal)
         signal.signal(signal.SIGALRM, kill_now)
 
+    def _grace_seconds(self) -> int:
+        """How long a stop signal may take before SIGKILL: 3 s for a command; a booted OS halts
+        its services first, so its stop timeout (default 10 s), as `pymachine stop` grants it."""
+        if not self.spec.boot:
+            return KILL_GRACE_SECONDS
+        return self.spec.stop_timeout if self.spec.stop_timeout is not None else 10
+
     def _wait_leader(self) -> int:
         _, status = os.waitpid(self.leader, 0)
         signal.alarm(0)
         if os.WIFSIGNALED(status):
-            return 128 + os.WTERMSIG(status)
+            code = 128 + os.WTERMSIG(status)
+            if self.spec.boot:
+                from machinectl_py.boot import exit_code
+
+                return exit_code(code) or 0  # a halt inside: a clean end
+            return code
         return os.WEXITSTATUS(status)
 
     def _kill_and_reap_leader(self) -> None:

@@ -134,7 +134,7 @@ def split_device(device: str) -> tuple[str, str, str]:
 def capabilities(spec: ContainerSpec, policy: Policy) -> frozenset[str]:
     """docker's rule: --cap-add ALL gives every capability but the dropped ones; --cap-drop
     ALL keeps only the added ones; else the policy's set minus the dropped plus the added.
-    --privileged: every capability."""
+    --privileged: every capability; --boot adds nspawn's set to the policy's (boot.py)."""
     every = set(CAPABILITIES)
     if spec.privileged:
         return frozenset(every)
@@ -143,7 +143,12 @@ def capabilities(spec: ContainerSpec, policy: Policy) -> frozenset[str]:
         return frozenset(every - drop)
     if ALL in spec.cap_drop:
         return frozenset(add)
-    return frozenset((set(policy.capabilities) - drop) | add)
+    base = set(policy.capabilities)
+    if spec.boot:
+        from machinectl_py.boot import NSPAWN_CAPABILITIES
+
+        base |= NSPAWN_CAPABILITIES  # what systemd as PID 1 needs, as under nspawn -b
+    return frozenset((base - drop) | add)
 
 
 def capability_mask(caps: frozenset[str]) -> int:

@@ -28,7 +28,9 @@ from machinectl_py.unit_template import unit_name
 # (the `socket` module alone pulls in enum, ~5 ms); `_socket` is what it wraps.
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from machinectl_py import state
     from machinectl_py.container_init import ChildPlan
+    from machinectl_py.readiness import NotifySocket
 
 JOURNAL_STDOUT = "/run/systemd/journal/stdout"
 
@@ -102,6 +104,7 @@ def _setup(name: str) -> int:
         connect_network,
         effective_user,
         environment,
+        init_speaks_notify,
         network_binds,
         rootfs_of,
     )
@@ -127,9 +130,16 @@ def _setup(name: str) -> int:
         binds = volumes.bind_ops(spec)
     binds += network_binds(spec)
 
+    notify = _notify_socket(record.id) if spec.boot and init_speaks_notify(image) else None
+    if spec.boot:
+        from machinectl_py import boot
+
+        env = boot.environment(env, record.id, notify=notify is not None)
+    notify_path = notify.path if notify else None
+
     def make_plan() -> ChildPlan:
         return build_child_plan(spec, image, record.dir_path, policy, env, argv, binds=binds, detached=True,
-                                userns=id_range)
+                                userns=id_range, notify_socket=notify_path)
 
     # The settings table (~1 ms of imports) only when the drop-in is stale, which is rare.
     live = []
@@ -180,11 +190,41 @@ def _setup(name: str) -> int:
                 record.state, record.exit_code, record.finished, record.pid = "exited", code, state.now(), None
                 state.save(record)
                 return code
+            if notify is not None:
+                return _await_boot(name, record, notify, leader)
             return 0
     finally:
         init.close()  # before the release, EOF on `go`: the held init exits without running anything
         if not settled:
             payload.reap(leader)
+        if notify is not None:
+            notify.close()
+
+
+def _notify_socket(container_id: str) -> NotifySocket:
+    """--boot with systemd as the init: the socket its READY=1 comes to (readiness.py)."""
+    from machinectl_py.paths import run_path
+    from machinectl_py.readiness import NotifySocket
+
+    return NotifySocket(run_path("notify", container_id[:12]))
+
+
+def _await_boot(name: str, record: state.ContainerRecord, notify: NotifySocket, leader: int) -> int:
+    """--boot: the unit becomes active (we exit) when the guest says READY=1 (readiness.py)."""
+    from machinectl_py import state
+    from machinectl_py.readiness import describe_exit
+
+    ready, status = notify.wait_ready(leader)
+    if ready:
+        return 0
+    assert status is not None
+    message = f"the container's init ended before it was ready: {describe_exit(status)}"
+    lifecycle.record_error(name, message)
+    print(f"pymachine: {name}: {message}", file=sys.stderr)
+    record.state, record.finished, record.pid = "exited", state.now(), None
+    record.exit_code = os.waitstatus_to_exitcode(status) if os.WIFEXITED(status) else 128 + os.WTERMSIG(status)
+    state.save(record)
+    return record.exit_code or 1
 
 
 def _register(bus: Bus, name: str, container_id: str, leader: int, root: str, unit: str) -> None:

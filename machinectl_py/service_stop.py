@@ -37,6 +37,10 @@ def stopped_main(argv: list[str]) -> int:
         code = _exit_code_from_unit(name)
     if code is None:
         code = container.record.exit_code  # the setup process failed and said how (it is no main process)
+    if container.record.spec.boot:
+        from machinectl_py.boot import exit_code
+
+        code = exit_code(code)
     container.record_exit(code, oom_killed=was_oom_killed(os.environ))
     record_end_events(container.record)
     if container.record.spec.remove:  # run -d --rm

@@ -250,6 +250,19 @@ def _quota_line(usec: int) -> str:
     return f"CPUQuota={usec / 10_000:g}%"
 
 
+def _boot_props(value: bool, spec: sp.ContainerSpec) -> list[UnitProperty]:
+    """--boot: systemd's halt signal stops it (unless --stop-signal says otherwise); a reboot
+    inside kills the container's init with SIGHUP (the kernel's answer to reboot() in a PID
+    namespace), which restarts the service (nspawn's exit code 133); the setup process may send
+    the guest's STATUS= (boot.py) while it waits for READY=1."""
+    props = [prop("RestartForceExitStatus", "(aiai)", ([], [1]), "RestartForceExitStatus=SIGHUP",
+                  service_only=True),
+             prop("NotifyAccess", "s", "exec", service_only=True)]
+    if spec.stop_signal is None:
+        props.append(prop("KillSignal", "i", sp.SIGRTMIN + 3, "KillSignal=SIGRTMIN+3"))
+    return props
+
+
 def _ulimit_props(ulimits: Mapping[str, tuple[int, int]]) -> list[UnitProperty]:
     props = []
     for name, (soft, hard) in ulimits.items():
@@ -528,7 +541,12 @@ SETTINGS: tuple[Setting, ...] = (
             to_inspect=lambda v: v or sp.DEFAULT_SHM_SIZE),
     Setting("init", "run a tiny init (tini) as PID 1 that forwards signals and reaps zombies", flags="--init",
             kind=FLAG, key="init", inspect="HostConfig.Init", render=lambda v: "true"),
-    Setting("stop_signal", "the signal that stops the container (default SIGTERM)", flags="--stop-signal",
+    Setting("boot", "boot the image's init (/sbin/init: systemd) as PID 1, as an OS: a detached container is up "
+            "when it reports READY=1; stopped with SIGRTMIN+3, a reboot inside restarts it", flags="--boot -b",
+            kind=FLAG, key="boot", inspect="HostConfig.Boot", render=lambda v: "true", unit=_boot_props,
+            needs_spec=True, unit_doc="KillSignal=SIGRTMIN+3, RestartForceExitStatus=SIGHUP, NotifyAccess=exec"),
+    Setting("stop_signal", "the signal that stops the container (default SIGTERM; SIGRTMIN+3 with --boot)",
+            flags="--stop-signal",
             metavar="SIGNAL", key="stop_signal", inspect="Config.StopSignal", parse=sp.parse_signal,
             render=toml_string, unit=lambda v: [prop("KillSignal", "i", sp.SIGNALS[v], f"KillSignal={v}")],
             unit_doc="KillSignal="),

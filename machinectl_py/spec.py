@@ -648,7 +648,7 @@ class ContainerSpec(Record):
                  "read_only", "shm_size", "init", "stop_signal", "stop_timeout", "ulimits",
                  "cap_add", "cap_drop", "privileged", "security_opt", "sysctls", "group_add", "devices", "ports",
                  "dns", "add_hosts", "oom_score_adj", "slice", "userns", "pull",
-                 "tls_verify", "network_aliases", "ip", "dns_search", "dns_options", "publish_all")
+                 "tls_verify", "network_aliases", "ip", "dns_search", "dns_options", "publish_all", "boot")
     _defaults = {
         "command": None, "hostname": None, "network": "host", "env": {}, "workdir": None, "user": None,
         "limits": Limits(), "volumes": (), "restart": "no", "remove": False, "tty": False, "interactive": False,
@@ -658,6 +658,7 @@ class ContainerSpec(Record):
         "devices": (), "ports": (), "dns": (), "add_hosts": (), "oom_score_adj": None, "slice": None, "userns": None,
         "pull": "missing", "tls_verify": None,
         "network_aliases": (), "ip": None, "dns_search": (), "dns_options": (), "publish_all": False,
+        "boot": False,
     }
     name: str
     image: str
@@ -706,6 +707,12 @@ class ContainerSpec(Record):
     oom_score_adj: int | None  # -1000..1000 -> OOMScoreAdjust= (and the init's /proc/self/oom_score_adj)
     slice: str | None  # the unit's Slice=; None: machine.slice
     userns: str | None  # auto, auto:size=N or host; None: the default (userns.default_mode)
+    boot: bool  # --boot: the image's /sbin/init (systemd) as PID 1, booted as an OS (boot.py)
+
+    @property
+    def effective_stop_signal(self) -> str:
+        """--stop-signal, else systemd's halt signal for a booted OS (as nspawn), else SIGTERM."""
+        return self.stop_signal or ("SIGRTMIN+3" if self.boot else "SIGTERM")
 
     @property
     def effective_hostname(self) -> str:
@@ -740,6 +747,9 @@ class ContainerSpec(Record):
         self._validate_network_options()
         if self.restart not in RESTART_POLICIES:
             raise UsageError(f"invalid restart policy {self.restart!r}", hint="use no, on-failure or always")
+        if self.boot and (self.entrypoint is not None or self.init):
+            raise UsageError("--boot runs the image's /sbin/init: it takes no --entrypoint or --init",
+                             hint="arguments after the image are passed to the init")
         if self.remove and self.restart != "no":
             # docker's rule: a container removed when it stops has nothing to restart.
             raise UsageError("conflicting options: --restart and --rm")

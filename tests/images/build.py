@@ -112,3 +112,29 @@ def debootstrap_minbase(target: Path, mirror: str = "http://deb.debian.org/debia
     enter = ["nsenter", f"--net={netns}"] if netns else []
     run(*enter, "debootstrap", "--variant=minbase", "bookworm", target, mirror)
     return target
+
+
+# The booting Debian image of tests/integration/test_boot.py: built once per machine by
+# tools/mkimage-debian and kept between runs here, outside any test host's /tmp.
+BOOT_IMAGE_CACHE = Path(os.environ.get("PYMACHINE_TEST_BOOT_CACHE", "/var/cache/pymachine-test/debian-boot"))
+BOOT_IMAGE_ENV = "PYMACHINE_TEST_BOOT_IMAGE"  # a tar made elsewhere (the VM tier's, from its host)
+
+
+def boot_image_tar() -> Path:
+    """tools/mkimage-debian's tar: the one $PYMACHINE_TEST_BOOT_IMAGE names (it must exist), else
+    the cached one, built (debootstrap from the machine's own network) when missing or stale."""
+    given = os.environ.get(BOOT_IMAGE_ENV)
+    if given:
+        if not Path(given).is_file():
+            raise FileNotFoundError(f"${BOOT_IMAGE_ENV}={given}: no such file")
+        return Path(given)
+    BOOT_IMAGE_CACHE.mkdir(parents=True, exist_ok=True)
+    out = BOOT_IMAGE_CACHE / "debian.tar"
+    env = dict(os.environ)
+    netns = os.environ.get("PYMACHINE_TEST_MACHINE_NETNS_PATH")
+    if netns:
+        env["PYMACHINE_MKIMAGE_NETNS"] = netns
+    checkout = Path(__file__).resolve().parents[2]
+    subprocess.run([str(checkout / "tools" / "mkimage-debian"), "--tree", str(BOOT_IMAGE_CACHE / "tree"), str(out)],
+                   check=True, env=env, timeout=1200)
+    return out
