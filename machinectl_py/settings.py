@@ -257,7 +257,9 @@ def _boot_props(value: bool, spec: sp.ContainerSpec) -> list[UnitProperty]:
     the guest's STATUS= (boot.py) while it waits for READY=1."""
     props = [prop("RestartForceExitStatus", "(aiai)", ([], [1]), "RestartForceExitStatus=SIGHUP",
                   service_only=True),
-             prop("NotifyAccess", "s", "exec", service_only=True)]
+             prop("NotifyAccess", "s", "exec", service_only=True),
+             # the guest's systemd deals with an OOM kill of one of its services, as under nspawn
+             prop("OOMPolicy", "s", "continue", service_only=True)]
     if spec.stop_signal is None:
         props.append(prop("KillSignal", "i", sp.SIGRTMIN + 3, "KillSignal=SIGRTMIN+3"))
     return props
@@ -544,7 +546,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("boot", "boot the image's init (/sbin/init: systemd) as PID 1, as an OS: a detached container is up "
             "when it reports READY=1; stopped with SIGRTMIN+3, a reboot inside restarts it", flags="--boot -b",
             kind=FLAG, key="boot", inspect="HostConfig.Boot", render=lambda v: "true", unit=_boot_props,
-            needs_spec=True, unit_doc="KillSignal=SIGRTMIN+3, RestartForceExitStatus=SIGHUP, NotifyAccess=exec"),
+            needs_spec=True,
+            unit_doc="KillSignal=SIGRTMIN+3, RestartForceExitStatus=SIGHUP, NotifyAccess=exec, OOMPolicy=continue"),
     Setting("stop_signal", "the signal that stops the container (default SIGTERM; SIGRTMIN+3 with --boot)",
             flags="--stop-signal",
             metavar="SIGNAL", key="stop_signal", inspect="Config.StopSignal", parse=sp.parse_signal,

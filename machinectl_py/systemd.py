@@ -108,8 +108,9 @@ def scope_properties(spec: ContainerSpec, device_allow: tuple[tuple[str, str], .
         *accounting_properties(unified_host),
         ("CollectMode", ("s", "inactive-or-failed")),
         # An OOM kill stops the container with Result=oom-kill (as the service's OOMPolicy=stop;
-        # a delegated unit's default is "continue", which says nothing).
-        ("OOMPolicy", ("s", "stop")),
+        # a delegated unit's default is "continue", which says nothing). A booted OS's own
+        # systemd handles the OOM kill of one of its services (settings._boot_props).
+        ("OOMPolicy", ("s", "continue" if spec.boot else "stop")),
     ]
     if spec.stop_timeout is None:
         props.append(("TimeoutStopUSec", ("t", STOP_TIMEOUT_USEC)))

@@ -80,8 +80,9 @@ def test_boot_start_shell_service_journal_reboot_stop(host: AnyHost, debian: str
     assert "KillSignal=SIGRTMIN+3" in run(host, "systemctl", "cat", f"pymachine@{name}.service").stdout
     pm(host, "start", name)
     # `start` returned once the guest said READY=1: the unit is active, with the guest's status.
-    props = show(host, name, "ActiveState", "StatusText", "MainPID")
+    props = show(host, name, "ActiveState", "StatusText", "MainPID", "OOMPolicy")
     assert props["ActiveState"] == "active", props
+    assert props["OOMPolicy"] == "continue", props  # the guest's systemd handles its services' OOM kills
     assert props["StatusText"], props  # the guest's systemd's own text ("Ready." on 252)
     assert name in machine_names(host)
     state = system_state(host, name)
