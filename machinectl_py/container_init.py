@@ -135,8 +135,6 @@ def prepare(plan: ChildPlan, go_fd: int, status_fd: int, parent_pid: int) -> int
     for kind, path in plan.join_namespaces:
         flags &= ~join_namespace(kind, path)
     sc.unshare(flags)
-    if plan.sysctls:
-        write_sysctls(plan.sysctls)
     # Nothing mounted from here on may propagate back to the host.
     sc.mount(None, "/", None, sc.MS_REC | sc.MS_PRIVATE)
     os.chdir(plan.container_dir)
@@ -145,6 +143,10 @@ def prepare(plan: ChildPlan, go_fd: int, status_fd: int, parent_pid: int) -> int
         userns_fd = -1
     else:
         userns_fd = mount_root(plan)
+    if plan.sysctls:
+        # After mount_root: with a user namespace, the private network's namespace is made
+        # there (owned by it); before, net.* would be written into the host's.
+        write_sysctls(plan.sysctls)
     if plan.userns is not None:
         # The mount points and device nodes made on the idmapped root are the container
         # root's: the host's root has no ID on it (EOVERFLOW).

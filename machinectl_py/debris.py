@@ -73,7 +73,10 @@ def collect(bus: Bus, *, grace: float = GRACE_SECONDS) -> list[str]:
             continue
         container = lifecycle.Container(record)
         unit = container.unit
-        if record.state == "running" and not systemd.unit_is_active(bus, unit):
+        # A `run` killed after its scope's job was queued but before its payload ran leaves a
+        # record that says created: no other command made it, and its scope is gone.
+        cut_short = record.state == "created" and container.is_foreground
+        if (record.state == "running" or cut_short) and not systemd.unit_is_active(bus, unit):
             record.state, record.pid, record.finished = "exited", None, record.finished or state.now()
             state.save(record)
             done.append(f"{name}: marked exited ({unit} is not running)")
