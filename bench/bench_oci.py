@@ -45,7 +45,7 @@ try:
         spec["process"]["args"] = ["true"]
         spec["process"]["terminal"] = False
         bundles[key] = (bundle, spec)
-    times = {k: [] for k in runtimes}
+    times = {k: {step: [] for step in ("total", "create", "start", "wait", "delete")} for k in runtimes}
     for i in range(runs + 1):
         for key, runtime in runtimes.items():
             bundle, spec = bundles[key]
@@ -54,14 +54,20 @@ try:
             json.dump(spec, open(os.path.join(bundle, "config.json"), "w"))
             root = os.path.join(work, "root-" + key)
             base = [runtime, "--systemd-cgroup", "--root", root]
-            t = time.perf_counter()
+            marks = [time.perf_counter()]
             run(*base, "create", "--bundle", bundle, cid)
+            marks.append(time.perf_counter())
             run(*base, "start", cid)
+            marks.append(time.perf_counter())
             while state(runtime, root, cid) != "stopped":
                 time.sleep(0.002)
+            marks.append(time.perf_counter())
             run(*base, "delete", cid)
+            marks.append(time.perf_counter())
             if i:  # the first round warms the caches
-                times[key].append(time.perf_counter() - t)
+                times[key]["total"].append(marks[-1] - marks[0])
+                for step, (a, b) in zip(("create", "start", "wait", "delete"), zip(marks, marks[1:])):
+                    times[key][step].append(b - a)
     print(json.dumps(times))
 finally:
     shutil.rmtree(work, ignore_errors=True)
@@ -76,11 +82,14 @@ def main() -> int:
     times = run_driver(args.bin, DRIVER, args.runs)
     if times is None:
         return 1
-    med = {k: statistics.median(v) * 1000 for k, v in times.items()}
+    med = {k: {step: statistics.median(v) * 1000 for step, v in steps.items()} for k, steps in times.items()}
     print(f"create+start+wait+delete of `true`, {args.runs} runs each, alternating, median:")
-    print(f"  pymachine-runc       {med['pymachine-runc']:7.1f} ms")
-    print(f"  runc --systemd-cgroup {med['runc']:6.1f} ms")
-    print(f"  ratio                {med['pymachine-runc'] / med['runc']:7.2f}   (target <= 0.80)")
+    print(f"  pymachine-runc       {med['pymachine-runc']['total']:7.1f} ms")
+    print(f"  runc --systemd-cgroup {med['runc']['total']:6.1f} ms")
+    print(f"  ratio                {med['pymachine-runc']['total'] / med['runc']['total']:7.2f}   (target <= 0.80)")
+    print("per step (median ms):  " + "  ".join(f"{step:>7}" for step in ("create", "start", "wait", "delete")))
+    for key in ("pymachine-runc", "runc"):
+        print(f"  {key:20}  " + "  ".join(f"{med[key][step]:7.1f}" for step in ("create", "start", "wait", "delete")))
     return 0
 
 

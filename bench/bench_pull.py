@@ -1,4 +1,4 @@
-"""Pull from a local registry against `skopeo copy docker://... oci:DIR`, side by side in one run.
+"""Pull from a local registry against `skopeo copy docker://... oci:DIR` and `podman pull`, side by side.
 
     python3 bench/bench_pull.py [--runs 3] [--layer-mb 40] [--layers 5]
 
@@ -10,11 +10,13 @@ round (after one untimed warm-up) times:
 - `skopeo copy docker://REG/bench/pull:1 oci:DIR:1`: downloads and verifies the compressed
   blobs into an OCI layout (which is not yet usable as a root file system: nothing unpacked);
 - the same, then GNU tar unpacking every layer into one tree and `sync`: a usable tree by hand;
+- `podman pull` (Debian's podman, when installed) into an empty store of its own (`--root`,
+  overlay driver): downloaded, verified and unpacked, ready to run, but not synced;
 - `pymachine pull REG/bench/pull:1`: downloads, verifies, decompresses and unpacks every layer
   into an empty store (`PYMACHINE_STATE_DIR` in the temp dir), synced, ready to run.
 
 Both start from no dirty pages (`sync`, untimed). Prints medians and the ratio (skopeo's time
-over pymachine's: above 1.0 means pymachine is faster).
+over pymachine's, podman's over pymachine's: above 1.0 means pymachine is faster).
 """
 
 from __future__ import annotations
@@ -103,6 +105,15 @@ def start_registry(work: Path) -> tuple[subprocess.Popen[bytes], str]:
     raise SystemExit("docker-registry did not start")
 
 
+def remove_store(target: Path) -> None:
+    """A run's store; podman's with `podman system reset` (it may hold mounts under its root)."""
+    if (target / "root").is_dir() and shutil.which("podman"):
+        subprocess.run(["podman", "--root", f"{target}/root", "--runroot", f"{target}/run", "--storage-driver",
+                        "overlay", "--events-backend", "file", "system", "reset", "--force"],
+                       check=False, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    shutil.rmtree(target, ignore_errors=True)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", type=int, default=3)
@@ -129,6 +140,12 @@ def main() -> int:
         unpack = ("import json,sys; d=sys.argv[1]; m=json.load(open(d+'/index.json'))['manifests'][0]['digest'];"
                   "print(' '.join(d+'/blobs/sha256/'+x['digest'][7:] for x in "
                   "json.load(open(d+'/blobs/sha256/'+m[7:]))['layers']))")
+        # Debian's podman into a store of its own (overlay driver, as podman uses by default as root):
+        # pulled and unpacked, ready to run, but not synced (containers/storage leaves that to writeback).
+        if shutil.which("podman"):
+            commands["podman pull"] = lambda target: [
+                "podman", "--root", f"{target}/root", "--runroot", f"{target}/run", "--storage-driver", "overlay",
+                "--events-backend", "file", "pull", "-q", "--tls-verify=false", ref]
         commands["skopeo copy + tar -xz + sync"] = lambda target: [
             "sh", "-c", f'mkdir -p {target} && skopeo copy --quiet --src-tls-verify=false '
             f'docker://{ref} oci:{target}/oci:1 && mkdir {target}/root && '
@@ -142,9 +159,9 @@ def main() -> int:
                                                   stdout=subprocess.DEVNULL))
                 if i:  # the first round warms the caches
                     results[name].append(elapsed)
-                shutil.rmtree(target, ignore_errors=True)
+                remove_store(target)
         report(f"pull ({args.layers} layers)", size, results, "pymachine pull",
-               ["skopeo copy docker:// oci:", "skopeo copy + tar -xz + sync"])
+               [name for name in commands if name != "pymachine pull"])
     finally:
         if proc is not None:
             proc.terminate()

@@ -245,6 +245,10 @@ class Bus:
             lib.sd_bus_flush_close_unref(self._ptr)
             self._ptr = None
 
+    def fileno(self) -> int:
+        """The connection's socket, for select() beside other files (then `signals(0)` reads)."""
+        return _check(lib.sd_bus_get_fd(self._ptr), "bus fd")
+
     def __enter__(self) -> Bus:
         return self
 
@@ -333,6 +337,32 @@ class Bus:
             for reply in replies.values():
                 reply.close()
 
+    def get_each(self, destination: str, wanted: Sequence[tuple[str, str, str]]) -> list[Any]:
+        """Properties.Get of each (object path, interface, property), of many objects, in one round
+        trip (as get_properties); a property the peer refused comes back as its BusError, in its
+        place, so one unit gone meanwhile spoils none of the others."""
+        calls = [(path, PROPERTIES, "Get", "ss", (iface, prop)) for path, iface, prop in wanted]
+        return self.call_batch(destination, calls, [_first_value] * len(calls))
+
+    def call_batch(self, destination: str, calls: Sequence[tuple[str, str, str, str, tuple[Any, ...]]],
+                   readers: Sequence[Callable[[Message], Any]]) -> list[Any]:
+        """Many calls (path, interface, member, signature, args) in one round trip: every request
+        is sent before the first reply is read, as the peer answers in turn. Each reply goes
+        through its reader; a call the peer refused comes back as its BusError, in its place."""
+        cookies = [self._send_call(destination, *call) for call in calls]
+        replies = self._collect_replies(cookies, DEFAULT_TIMEOUT_USEC)
+        values: list[Any] = []
+        try:
+            for cookie, reader in zip(cookies, readers, strict=True):
+                try:
+                    values.append(reader(_checked_reply(replies[cookie])))
+                except BusError as e:
+                    values.append(e)
+            return values
+        finally:
+            for reply in replies.values():
+                reply.close()
+
     def _send_call(self, destination: str, path: str, interface: str, member: str, signature: str,
                    args: tuple[Any, ...]) -> int:
         request = self._new_call(destination, path, interface, member, signature, args)
@@ -382,11 +412,12 @@ class Bus:
         if not self.direct:
             self.send(*DBUS, "AddMatch", "s", rule)
 
-    def signals(self, timeout_usec: int,
-                members: Collection[str] = ()) -> Iterator[tuple[str, str, str, list[Any]]]:
+    def signals(self, timeout_usec: int, members: Collection[str] = (),
+                path_ok: Callable[[str], bool] | None = None) -> Iterator[tuple[str, str, str, list[Any]]]:
         """Yield (path, interface, member, args) of incoming signals until `timeout_usec` passes;
-        only those named in `members`, if given (the others' arguments are not even read: a
-        direct connection to systemd gets every PropertiesChanged of every unit)."""
+        only those named in `members`, if given, and from a path `path_ok` accepts (the others'
+        arguments are not even read: a direct connection to systemd gets every
+        PropertiesChanged of every unit)."""
         deadline = time.monotonic() + timeout_usec / 1e6
         box = ffi.new("sd_bus_message **")
         while True:
@@ -399,10 +430,9 @@ class Bus:
                     lib.sd_bus_message_get_type(msg.ptr, kind)
                     if kind[0] == _MESSAGE_SIGNAL:
                         member = _opt_str(lib.sd_bus_message_get_member(msg.ptr))
-                        if not members or member in members:
-                            yield (_opt_str(lib.sd_bus_message_get_path(msg.ptr)),
-                                   _opt_str(lib.sd_bus_message_get_interface(msg.ptr)),
-                                   member, msg.read_all())
+                        path = _opt_str(lib.sd_bus_message_get_path(msg.ptr))
+                        if (not members or member in members) and (path_ok is None or path_ok(path)):
+                            yield (path, _opt_str(lib.sd_bus_message_get_interface(msg.ptr)), member, msg.read_all())
                 finally:
                     msg.close()
                 continue
@@ -415,6 +445,10 @@ class Bus:
 
     def wait_for_signal(self, accept: Callable[[str, str, str, list[Any]], bool], timeout_usec: int) -> bool:
         return any(accept(*signal) for signal in self.signals(timeout_usec))
+
+
+def _first_value(reply: Message) -> Any:
+    return reply.read_all()[0]
 
 
 def _checked_reply(reply: Message) -> Message:

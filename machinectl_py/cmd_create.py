@@ -9,7 +9,7 @@ starts the unit.
 
 from __future__ import annotations
 
-from machinectl_py import settings
+from machinectl_py import images, settings
 from machinectl_py.args import Command
 from machinectl_py.errors import UsageError
 
@@ -32,5 +32,7 @@ def main(argv: list[str]) -> int:
         return 0
     if args["name"] is None:
         raise UsageError("pymachine create: --name NAME is required", hint="pymachine create --name web busybox ...")
-    print(lifecycle.create(settings.spec_from_args(args)).record.id)
+    spec = settings.spec_from_args(args)
+    spec = spec.replace(image=images.ensure(spec.image, spec.pull, spec.tls_verify))
+    print(lifecycle.create(spec).record.id)
     return 0

@@ -1,16 +1,24 @@
 """`pymachine events`: what happened to containers (create, start, die with its exit code, oom,
 stop, kill, update, destroy), with docker's fields.
 
-Every event is a journal entry of pymachine's own (journal.send_event, MESSAGE_ID
-journal.EVENT_MESSAGE_ID), written where it happens: by the verbs, by a foreground `run`, and
-by a detached container's unit itself (its setup process says start, its stop hook die), so
-a `systemctl start pymachine@web` is seen as well. Replayed from the journal with --since,
-followed live (journalctl -f) until --until or Ctrl-C.
+pymachine writes each event as a journal entry of its own (journal.send_event, MESSAGE_ID
+journal.EVENT_MESSAGE_ID), where it happens: by the verbs, by a foreground `run`, and by a
+detached container's unit itself (its setup process says start, its stop hook die), so a
+`systemctl start pymachine@web` is seen as well. Beside them, what systemd and machined say
+of the containers, for what pymachine's own hooks cannot record (a `run` killed with SIGKILL,
+a unit's process killed by hand): live from the bus (a container's unit going active is
+start, leaving it die with the main process's exit status, its Result becoming oom-kill oom;
+machined's MachineNew and MachineRemoved start and die), and in a replay (--since) from their
+journal messages (SYSTEM_MESSAGES). Such an event waits SIGNAL_GRACE seconds and is dropped
+if pymachine's own record of it (same container, same action) comes around it: each event is
+printed once, from pymachine's record when there is one.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import select
 import subprocess
 import time
 from typing import Any
@@ -123,7 +131,10 @@ def line_of(event: dict[str, Any], template: str | None) -> str:
 def journalctl_args(since: float | None, until: float | None) -> list[str]:
     from machinectl_py.journal import EVENT_MESSAGE_ID
 
-    args = ["journalctl", "--no-pager", "-q", "-o", "json", f"MESSAGE_ID={EVENT_MESSAGE_ID}"]
+    matches = [f"MESSAGE_ID={EVENT_MESSAGE_ID}"]
+    for message_id in SYSTEM_MESSAGES:
+        matches += ["+", f"MESSAGE_ID={message_id}"]
+    args = ["journalctl", "--no-pager", "-q", "-o", "json", *matches]
     if since is not None:
         args.append(f"--since=@{since:.6f}")
     if until is not None:
@@ -131,6 +142,258 @@ def journalctl_args(since: float | None, until: float | None) -> list[str]:
     else:
         args += ["--follow"] + ([] if since is not None else ["--lines=0"])
     return args
+
+
+# -- events systemd and machined tell: live from the bus, past from their journal messages ------
+
+SIGNAL_GRACE = 2.0  # seconds an event of systemd's or machined's waits for pymachine's own record of it
+RECORD_SHADOW = 10.0  # seconds around pymachine's record in which their same event is not shown
+# Their journal messages (sd-messages.h) -> docker's action: machined's "New machine NAME." and
+# "Machine NAME terminated.", systemd's "A process of this unit has been killed by the OOM killer."
+SYSTEM_MESSAGES = {"24d8d4452573402496068381a6312df2": ("machined", "start"),
+                   "58432bd3bace477cb514b56381b8a758": ("machined", "die"),
+                   "fe6faa94e7774663a0da52717891d8ef": ("systemd", "oom")}
+_LEFT_ACTIVE = ("deactivating", "inactive", "failed")
+_CLD_EXITED = 1
+
+
+def container_of_unit(unit: str) -> str | None:
+    """The container a unit runs: pymachine@NAME.service (detached) or machine-NAME.scope (`run`,
+    systemd's escaping of "-" undone); None for any other unit."""
+    if unit.startswith("pymachine@") and unit.endswith(".service"):
+        return unit[len("pymachine@"):-len(".service")] or None
+    if unit.startswith("machine-") and unit.endswith(".scope"):
+        return unit[len("machine-"):-len(".scope")].replace("\\x2d", "-") or None
+    return None
+
+
+def unit_of_path(path: str) -> str:
+    """A unit's name from its object path (/org/freedesktop/systemd1/unit/pymachine_40web_2eservice):
+    systemd's bus label escaping (_XX) undone."""
+    label = path.rpartition("/")[2]
+    out, i = [], 0
+    while i < len(label):
+        if label[i] == "_" and _is_hex(label[i + 1:i + 3]):
+            out.append(chr(int(label[i + 1:i + 3], 16)))
+            i += 3
+        else:
+            out.append(label[i])
+            i += 1
+    return "".join(out)
+
+
+def _is_hex(text: str) -> bool:
+    return len(text) == 2 and all(c in "0123456789abcdef" for c in text)
+
+
+class UnitWatch:
+    """What the bus's signals say happened to containers: (container, action, attributes)."""
+
+    def __init__(self) -> None:
+        self.state: dict[str, str] = {}
+        self.exit: dict[str, tuple[int, int]] = {}  # unit -> (ExecMainCode, ExecMainStatus)
+
+    def exit_code(self, unit: str) -> str | None:
+        code, status = self.exit.get(unit, (0, 0))
+        if not code:
+            return None
+        return str(status if code == _CLD_EXITED else 128 + status)  # killed by a signal: 128+N, as docker
+
+    def on_signal(self, path: str, member: str, args: list[Any]) -> list[tuple[str, str, dict[str, str]]]:
+        if member in ("MachineNew", "MachineRemoved"):
+            action = "start" if member == "MachineNew" else "die"
+            return [(str(args[0]), action, {"source": "machined"})] if args else []
+        if member != "PropertiesChanged" or len(args) < 2 or not isinstance(args[1], dict):
+            return []
+        unit = unit_of_path(path)
+        name = container_of_unit(unit)
+        if name is None:
+            return []
+        changed: dict[str, Any] = args[1]
+        events: list[tuple[str, str, dict[str, str]]] = []
+        if "ExecMainCode" in changed or "ExecMainStatus" in changed:
+            old = self.exit.get(unit, (0, 0))
+            self.exit[unit] = (int(changed.get("ExecMainCode", old[0])), int(changed.get("ExecMainStatus", old[1])))
+        if changed.get("Result") == "oom-kill":
+            events.append((name, "oom", {"source": "systemd"}))
+        state = changed.get("ActiveState")
+        if isinstance(state, str):
+            before = self.state.get(unit, "")
+            self.state[unit] = state
+            if state == "active" and before != "active":
+                events.append((name, "start", {"source": "systemd"}))
+            elif state in _LEFT_ACTIVE and before in ("active", "reloading", ""):
+                events.append((name, "die", {"source": "systemd"}))
+        return events
+
+
+class Merger:
+    """pymachine's records shown at once; systemd's and machined's events held SIGNAL_GRACE
+    seconds (of the times the events carry), then shown unless pymachine's record of the same
+    (container, action) came around them. Times are Unix times: the bus's events are stamped
+    when they arrive, the journal's with their own time, so a replay merges as the live stream."""
+
+    def __init__(self) -> None:
+        self.pending: list[tuple[float, str, str, dict[str, str]]] = []
+        self.recorded: dict[tuple[str, str], float] = {}
+
+    def record_seen(self, name: str, action: str, at: float) -> None:
+        self.recorded[(name, action)] = at
+        self.pending = [p for p in self.pending if (p[1], p[2]) != (name, action) or abs(p[0] - at) >= RECORD_SHADOW]
+
+    def add(self, name: str, action: str, attributes: dict[str, str], at: float) -> None:
+        if abs(at - self.recorded.get((name, action), -1e18)) < RECORD_SHADOW:
+            return
+        if any((p[1], p[2]) == (name, action) and abs(p[0] - at) < RECORD_SHADOW for p in self.pending):
+            return  # systemd and machined both said it, or the bus and the journal
+        self.pending.append((at, name, action, attributes))
+
+    def due(self, now: float) -> list[tuple[float, str, str, dict[str, str]]]:
+        ready = [p for p in self.pending if now - p[0] >= SIGNAL_GRACE]
+        self.pending = [p for p in self.pending if now - p[0] < SIGNAL_GRACE]
+        for at, name, action, _ in ready:
+            self.recorded[(name, action)] = at  # shown: the same from elsewhere is not shown again
+        return ready
+
+
+def system_event(entry: dict[str, Any]) -> tuple[str, str, dict[str, str], float] | None:
+    """A journal message of machined's or systemd's (SYSTEM_MESSAGES) -> (container, action,
+    attributes, Unix time); None for another machine's or unit's."""
+    kind = SYSTEM_MESSAGES.get(str(entry.get("MESSAGE_ID", "")))
+    if kind is None:
+        return None
+    source, action = kind
+    name = entry.get("NAME") if source == "machined" else container_of_unit(str(entry.get("UNIT", "")))
+    if not isinstance(name, str) or not name:
+        return None
+    return name, action, {"source": source}, int(entry.get("__REALTIME_TIMESTAMP", 0)) / 1e6
+
+
+def bus_event(name: str, action: str, attributes: dict[str, str], at: float,
+              known: dict[str, tuple[str, str]]) -> dict[str, Any] | None:
+    """docker's event object for what systemd or machined said of container `name` at `at`: its
+    id and image from pymachine's own events of it (`known`, so that a replay names a container
+    removed since), else from its record; None if it is not pymachine's (machined registers
+    other machines too)."""
+    from machinectl_py import state
+    from machinectl_py.errors import PymachineError
+
+    if name not in known:
+        try:
+            record = state.load(name)
+        except (PymachineError, ValueError, KeyError, OSError):
+            return None
+        known[name] = (record.id, record.image_name)
+    actor, image = known[name]
+    nanos = int(at * 1e9)
+    attrs = {"name": name, "image": image, **attributes}
+    return {"status": action, "id": actor, "from": image, "Type": "container", "Action": action,
+            "Actor": {"ID": actor, "Attributes": attrs}, "scope": "local", "time": nanos // 1_000_000_000,
+            "timeNano": nanos}
+
+
+def _listen(bus: Any) -> None:
+    """Ask for systemd's unit signals and machined's machine signals on the system bus."""
+    from machinectl_py import machined, systemd
+
+    systemd.watch_units(bus)
+    machined.watch_machines(bus)
+
+
+class Stream:
+    """The events of journalctl's output (pymachine's records, systemd's and machined's
+    messages) and, live, of the bus's signals, merged (Merger) and printed."""
+
+    def __init__(self, filters: dict[str, set[str]], template: str | None, live: bool) -> None:
+        self.filters, self.template = filters, template
+        # A replay (--until) is printed at its end in time order: systemd's and machined's
+        # events are held back for pymachine's records of them, which come after them.
+        self.held: list[dict[str, Any]] | None = None if live else []
+        self.watch, self.merger = UnitWatch(), Merger()
+        self.last = 0.0  # the time of the last journal entry read
+        self.known: dict[str, tuple[str, str]] = {}  # container name -> (id, image), from pymachine's events
+
+    def flush(self, now: float) -> None:
+        for at, name, action, attributes in self.merger.due(now):
+            self.show(bus_event(name, action, attributes, at, self.known))
+
+    def journal_line(self, raw: bytes) -> None:
+        entry = json.loads(raw)
+        self.last = max(self.last, int(entry.get("__REALTIME_TIMESTAMP", 0)) / 1e6)
+        event = event_of(entry)
+        if event is not None:
+            attributes = event["Actor"]["Attributes"]
+            if event["Type"] == "container" and attributes.get("name"):
+                self.known[attributes["name"]] = (event["id"], attributes.get("image", ""))
+            self.merger.record_seen(event["Actor"]["Attributes"].get("name", ""), event["Action"],
+                                    event["timeNano"] / 1e9)
+            self.show(event)
+            return
+        said = system_event(entry)
+        if said is not None:
+            self.merger.add(*said)
+
+    def show(self, event: dict[str, Any] | None) -> None:
+        if event is None or not matches(event, self.filters):
+            return
+        if self.held is not None:
+            self.held.append(event)
+        else:
+            print(line_of(event, self.template), flush=True)
+
+    def end(self) -> None:
+        self.flush(float("inf"))
+        for event in sorted(self.held or [], key=lambda e: int(e["timeNano"])):
+            print(line_of(event, self.template), flush=True)
+
+    def bus_signals(self, bus: Any) -> None:
+        now = time.time()
+        for path, _iface, member, args in bus.signals(0, ("PropertiesChanged", "MachineNew", "MachineRemoved"),
+                                                      _container_path):
+            for name, action, attributes in self.watch.on_signal(path, member, args):
+                if action == "die" and attributes.get("source") == "systemd":
+                    code = self.watch.exit_code(f"pymachine@{name}.service")
+                    attributes = {**attributes, "exitCode": code} if code is not None else attributes
+                self.merger.add(name, action, attributes, now)
+
+
+def stream(proc: subprocess.Popen[str], filters: dict[str, set[str]], template: str | None, live: bool) -> None:
+    """Print the events of journalctl's output until it ends, and live (following) the bus's too."""
+    import contextlib
+
+    from machinectl_py.bus import Bus
+
+    assert proc.stdout is not None
+    out = Stream(filters, template, live)
+    journal_fd, partial = proc.stdout.fileno(), b""
+    with contextlib.ExitStack() as stack:
+        bus = stack.enter_context(Bus.system()) if live else None
+        fds = [journal_fd]
+        if bus is not None:
+            _listen(bus)
+            fds.append(bus.fileno())
+        while True:
+            if bus is not None:
+                out.bus_signals(bus)
+            readable, _, _ = select.select(fds, [], [], 0.5)
+            if journal_fd not in readable:
+                out.flush(time.time())  # caught up with the journal: the wall clock rules
+                continue
+            chunk = os.read(journal_fd, 1 << 16)  # not readline(): its buffer would hide lines from select
+            if not chunk:
+                out.end()
+                return
+            *lines, partial = (partial + chunk).split(b"\n")
+            for raw in lines:
+                out.journal_line(raw)
+            out.flush(out.last)
+
+
+def _container_path(path: str) -> bool:
+    """A container unit's object path (pymachine@*.service, machine-*.scope), or machined's."""
+    from machinectl_py import systemd
+
+    return not systemd.is_unit_path(path) or path.rpartition("/")[2].startswith(("pymachine_40", "machine_2d"))
 
 
 def main(argv: list[str]) -> int:
@@ -146,10 +409,7 @@ def main(argv: list[str]) -> int:
     with subprocess.Popen(journalctl_args(since, until), stdout=subprocess.PIPE, text=True) as proc:
         assert proc.stdout is not None
         try:
-            for raw in proc.stdout:
-                event = event_of(json.loads(raw))
-                if event is not None and matches(event, filters):
-                    print(line_of(event, args["format"]), flush=True)
+            stream(proc, filters, args["format"], live=until is None)
         except KeyboardInterrupt:
             proc.terminate()
             return 0

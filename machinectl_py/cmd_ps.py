@@ -192,25 +192,84 @@ def main_ps(argv: list[str]) -> int:
     show_all = args["all"] or any(key == "status" for key, _ in filters)
     with Bus.systemd() as bus:
         rows = [s for s in statuses(bus) if (show_all or s.status in _LIVE) and matches(s, filters)]
+    entries = [_ps_json(s) for s in rows] + oci_entries(show_all, filters)
     if args["json"]:
-        print(formatting.to_json([_ps_json(s) for s in rows], indent=1))
+        print(formatting.to_json(entries, indent=1))
         return 0
     if args["quiet"]:
-        for s in rows:
-            print(s.record.name)
+        for e in entries:
+            print(e["name"])
         return 0
     if args["format"] is not None:
-        for line in formatting.render_all(args["format"], [_ps_json(s) for s in rows]):
+        for line in formatting.render_all(args["format"], entries):
             print(line)
         return 0
-    table = [("NAME", "ID", "IMAGE", "STATUS", "PID", "STARTED", "FINISHED", "UNIT", "COMMAND")]
-    for s in rows:
-        r = s.record
-        table.append((r.name, r.id[:12], r.image_name, s.text, str(s.pid or "-"), _ago(r.started),
-                      _ago(r.finished) if s.status == "exited" else "-", r.unit or "-", _command_text(r)[:40]))
+    table = [("NAME", "ID", "IMAGE", "ORIGIN", "STATUS", "PID", "STARTED", "FINISHED", "UNIT", "COMMAND")]
+    for e in entries:
+        table.append((e["name"], e["ID"], e["image"] or "-", e["origin"], e["Status"], str(e["pid"] or "-"),
+                      _ago(e["started"]), _ago(e["finished"]) if e["status"] == "exited" else "-", e["unit"] or "-",
+                      e["Command"][:40]))
     for line in formatting.align(table, gap=2):
         print(line)
     return 0
+
+
+# -- OCI containers (pymachine-runc: containerd's, or by hand) -------------------------------------
+
+
+def oci_entries(show_all: bool, filters: list[tuple[str, str]]) -> list[dict[str, Any]]:
+    """The OCI runtime's containers, from its index of machines (oci/store.py), as ps rows with
+    their origin: `oci/containerd` for those containerd's shim made (its --root), else `oci`."""
+    from machinectl_py.oci import store
+
+    out = []
+    for st, root in store.indexed():
+        entry = _oci_json(st, root, store.status_of(root, st))
+        if (show_all or entry["status"] in _LIVE) and _oci_matches(entry, filters):
+            out.append(entry)
+    return out
+
+
+def _oci_json(st: dict[str, Any], root: str, status: str) -> dict[str, Any]:
+    state = "exited" if status == "stopped" else status
+    labels = {str(k): str(v) for k, v in (st.get("annotations") or {}).items()}
+    image = labels.get("io.kubernetes.cri.image-name") or labels.get("io.containerd.image.name") or ""
+    origin = "oci/containerd" if root.startswith("/run/containerd/") else "oci"
+    args = list(st.get("args") or [])
+    command = " ".join(args) or "-"
+    created = _epoch(st.get("created"))
+    pid = int(st["pid"]) if state != "exited" else 0
+    return {"name": st["machine"], "id": st["id"], "image": image, "status": state, "exit_code": None,
+            "oom_killed": False, "pid": pid or None, "created": created, "started": created, "finished": None,
+            "unit": st.get("unit"), "command": args or None, "labels": labels, "origin": origin,
+            "bundle": st.get("bundle"),
+            "Names": st["machine"], "ID": st["id"][:12], "Image": image, "Command": command,
+            "CreatedAt": st.get("created") or _iso(None), "RunningFor": _ago(created), "Status": state,
+            "State": state, "Labels": ",".join(f"{k}={v}" for k, v in labels.items()), "Unit": st.get("unit") or "",
+            "Pid": pid, "Origin": origin}
+
+
+def _epoch(text: Any) -> float | None:
+    import calendar
+
+    try:
+        return float(calendar.timegm(time.strptime(str(text), "%Y-%m-%dT%H:%M:%SZ")))
+    except ValueError:
+        return None
+
+
+def _oci_matches(entry: dict[str, Any], filters: list[tuple[str, str]]) -> bool:
+    labels = entry["labels"]
+    for key, value in filters:
+        if key == "name" and value not in entry["name"]:
+            return False
+        if key == "status" and entry["status"] != value:
+            return False
+        if key == "label":
+            label, eq, wanted = value.partition("=")
+            if label not in labels or (eq and labels[label] != wanted):
+                return False
+    return True
 
 
 def _ps_json(s: Status) -> dict[str, Any]:
@@ -224,7 +283,8 @@ def _ps_json(s: Status) -> dict[str, Any]:
             "unit": r.unit, "command": list(r.spec.command) if r.spec.command else None, "labels": labels,
             "Names": r.name, "ID": r.id[:12], "Image": r.image_name, "Command": _command_text(r),
             "CreatedAt": _iso(r.created), "RunningFor": _ago(r.started), "Status": s.text, "State": s.status,
-            "Labels": ",".join(f"{k}={v}" for k, v in labels.items()), "Unit": r.unit or "", "Pid": s.pid or 0}
+            "Labels": ",".join(f"{k}={v}" for k, v in labels.items()), "Unit": r.unit or "", "Pid": s.pid or 0,
+            "origin": "pymachine", "Origin": "pymachine"}
 
 
 # -- inspect ---------------------------------------------------------------------------------------
@@ -281,6 +341,31 @@ def _status_of(bus: Bus, name: str) -> Status:
     return Status(record, _unit_props(bus, record))
 
 
+def _inspect_one(bus: Bus, name: str) -> dict[str, Any]:
+    """A pymachine container's inspect, or else an OCI container's (by its machine name)."""
+    from machinectl_py.errors import NotFoundError
+    from machinectl_py.oci import store
+
+    try:
+        return inspect_data(_status_of(bus, name))
+    except NotFoundError:
+        for st, root in store.indexed():
+            if st["machine"] == name:
+                return _oci_inspect(st, root, store.status_of(root, st))
+        raise
+
+
+def _oci_inspect(st: dict[str, Any], root: str, status: str) -> dict[str, Any]:
+    e = _oci_json(st, root, status)
+    args = e["command"] or []
+    return {"Id": st["id"], "Name": st["machine"], "Created": e["CreatedAt"], "Origin": e["origin"],
+            "Path": args[0] if args else None, "Args": args[1:],
+            "State": {"Status": e["status"], "Running": e["status"] == "running", "Paused": e["status"] == "paused",
+                      "Pid": e["pid"] or 0},
+            "Config": {"Labels": e["labels"]}, "Bundle": st.get("bundle"), "Rootfs": st.get("rootfs"),
+            "RuntimeRoot": root, "Unit": st.get("unit")}
+
+
 def main_inspect(argv: list[str]) -> int:
     from machinectl_py.bus import Bus
 
@@ -288,7 +373,7 @@ def main_inspect(argv: list[str]) -> int:
     if args is None:
         return 0
     with Bus.systemd() as bus:
-        items = [inspect_data(_status_of(bus, n)) for n in args["names"]]
+        items = [_inspect_one(bus, n) for n in args["names"]]
     if args["format"] and not args["json"]:
         for line in formatting.render_all(args["format"], items):
             print(line)

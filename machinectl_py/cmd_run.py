@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from machinectl_py import settings
+from machinectl_py import images, settings
 from machinectl_py.args import Command
 from machinectl_py.errors import UsageError
 from machinectl_py.spec import ContainerSpec
@@ -60,6 +60,7 @@ def main(argv: list[str]) -> int:
     if spec.restart != "no" and not args["detach"]:
         raise UsageError("--restart applies to detached containers: a foreground run ends with its command",
                          hint="use it with -d, or with `pymachine create`")
+    spec = spec.replace(image=images.ensure(spec.image, spec.pull, spec.tls_verify))
     if args["detach"]:
         from machinectl_py import lifecycle
 

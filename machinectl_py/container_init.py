@@ -18,8 +18,9 @@ import os
 
 from machinectl_py import idmap, mounts
 from machinectl_py import syscalls as sc
-from machinectl_py.errors import EXIT_CANNOT_INVOKE, EXIT_ERROR
+from machinectl_py.errors import EXIT_CANNOT_INVOKE, EXIT_ERROR, EXIT_NOT_FOUND
 from machinectl_py.payload import (
+    DEFAULT_PATH,
     attach_stdio,
     confine,
     describe,
@@ -140,19 +141,19 @@ def prepare(plan: ChildPlan, go_fd: int, status_fd: int, parent_pid: int) -> int
     os.chdir(plan.container_dir)
     if plan.overlay is None:  # an OCI bundle's root, used as it is
         sc.mount(plan.rootfs, plan.rootfs, None, sc.MS_BIND | sc.MS_REC)
-        userns_fd = -1
+        userns_fd = bundle_userns(plan)
     else:
         userns_fd = mount_root(plan)
-    if plan.sysctls:
-        # After mount_root: with a user namespace, the private network's namespace is made
-        # there (owned by it); before, net.* would be written into the host's.
+    if plan.sysctls:  # now that a private network's namespace exists (with a user namespace, its own)
         write_sysctls(plan.sysctls)
-    if plan.userns is not None:
+    idmapped = plan.userns is not None and plan.overlay is not None
+    if idmapped and plan.userns is not None:
         # The mount points and device nodes made on the idmapped root are the container
         # root's: the host's root has no ID on it (EOVERFLOW).
         sc.set_fs_ids(plan.userns[0], plan.userns[0])
-    mounts.apply(plan.rootfs, plan.ops, userns_fd)
-    if plan.userns is not None:
+    # An OCI bundle's binds are plain, as runc's: the engine owns the IDs of what it gives.
+    mounts.apply(plan.rootfs, plan.ops, userns_fd if idmapped else -1)
+    if idmapped:
         sc.set_fs_ids(0, 0)
         sc.set_parent_death_signal(signal.SIGKILL)  # a change of fsuid cleared it
     if plan.read_only_root:
@@ -199,6 +200,19 @@ def mount_root(plan: ChildPlan) -> int:
         sc.setns(netns_fd, sc.CLONE_NEWNET)
         os.close(netns_fd)
     idmap.mount_overlay(plan.overlay, plan.rootfs, plan.container_dir, userns_fd, plan.userns[0])
+    return userns_fd
+
+
+def bundle_userns(plan: ChildPlan) -> int:
+    """An OCI bundle's user namespace (linux.uidMappings), -1 without: its root directory is
+    used as it is (the engine chowned it to the mapping, as for runc), and a private network's
+    namespace is the user namespace's own, as in mount_root."""
+    if plan.userns is None:
+        return -1
+    userns_fd, netns_fd = idmap.make_userns(*plan.userns, private_network=plan.private_network)
+    if netns_fd >= 0:
+        sc.setns(netns_fd, sc.CLONE_NEWNET)
+        os.close(netns_fd)
     return userns_fd
 
 
@@ -271,6 +285,7 @@ def launch(plan: ChildPlan, go_fd: int, status_fd: int, stdout_fd: int, stderr_f
     if plan.start_fd >= 0:
         if plan.tty:
             console = open_console(stdout_fd)  # its master reaches the console socket at create, as runc's
+        look_up(plan.argv[0], env, status_fd)
         await_start(plan.start_fd, status_fd)
     confine(plan.seccomp, plan.capability_mask, uid, gid, groups, no_new_privs=plan.no_new_privileges)
     stdin = os.open("/dev/null", os.O_RDONLY) if plan.stdin_devnull else 0
@@ -292,6 +307,17 @@ def join_namespace(kind: str, path: str) -> int:
     finally:
         os.close(fd)
     return flag
+
+
+def look_up(name: str, env: Mapping[str, str], status_fd: int) -> None:
+    """As runc's create, fail `create` (not the later `start`) when the process's executable is
+    not in the container: an absolute path, or a name in its PATH (a relative path with a slash
+    resolves against the working directory, at the exec)."""
+    if "/" in name and not name.startswith("/"):
+        return
+    paths = [name] if "/" in name else [os.path.join(d or ".", name) for d in env.get("PATH", DEFAULT_PATH).split(":")]
+    if not any(os.path.isfile(p) and os.access(p, os.X_OK) for p in paths):
+        report(status_fd, EXIT_NOT_FOUND, f"cannot run {name!r}: executable file not found in $PATH")
 
 
 def await_start(start_fd: int, status_fd: int) -> None:

@@ -3,8 +3,9 @@
 
 pymachine keeps no daemon, so a `kill -9` in the middle of a command can leave:
 - a container directory without container.json (create or run killed before the record);
-- a record that says "running" while its unit is gone (run killed, or the host rebooted):
-  it is marked exited, and removed if it was made with --rm;
+- a record that says "running" while its unit is gone (run killed, or the host rebooted), or
+  the "created" record of a foreground run killed before its payload ran: it is marked
+  exited, and removed if it was made with --rm;
 - a unit drop-in (pymachine@NAME.service.d) or runtime properties of a container that no
   longer exists;
 - failed pymachine@ units and machine-*.scope units of pymachine containers that no
@@ -73,10 +74,10 @@ def collect(bus: Bus, *, grace: float = GRACE_SECONDS) -> list[str]:
             continue
         container = lifecycle.Container(record)
         unit = container.unit
-        # A `run` killed after its scope's job was queued but before its payload ran leaves a
-        # record that says created: no other command made it, and its scope is gone.
-        cut_short = record.state == "created" and container.is_foreground
-        if (record.state == "running" or cut_short) and not systemd.unit_is_active(bus, unit):
+        # A foreground run holds the directory's lock for its whole life: unlocked, its record
+        # is over even when a kill -9 came before the payload ran (still "created").
+        died = record.state == "running" or (record.state == "created" and container.is_foreground)
+        if died and not systemd.unit_is_active(bus, unit):
             record.state, record.pid, record.finished = "exited", None, record.finished or state.now()
             state.save(record)
             done.append(f"{name}: marked exited ({unit} is not running)")

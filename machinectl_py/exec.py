@@ -7,9 +7,9 @@ so a recycled PID can never send us elsewhere. Then:
   parent (host)                               child
   setns(pidfd, PID)  -> only our children     (born in the container's PID namespace)
   fork                                        PR_SET_DUMPABLE=0
-  AttachProcessesToUnit(unit, child)          setns(pidfd, IPC|UTS|NET|CGROUP|MNT): root and cwd
-    (systemd moves the child into the          become the container's; resolve -u from the
-     container's cgroup meanwhile)             container's /etc/passwd; chdir -w (checked inside
+  child into the unit's cgroups (written      setns(pidfd, IPC|UTS|NET|CGROUP|MNT): root and cwd
+    beside the init: cgroupfs.join_unit;       become the container's; resolve -u from the
+    else systemd's AttachProcessesToUnit)      container's /etc/passwd; chdir -w (checked inside
                                               the root); drop capabilities to the leader's
                                               bounding set; wait on `go`
   go                                          close every fd > 2; exec
@@ -39,6 +39,7 @@ if TYPE_CHECKING:
     from typing import Any
 
     from machinectl_py.bus import Bus
+    from machinectl_py.state import ContainerRecord
 
 # `signal` and `contextlib` cost ~6 ms of imports (enum, collections, functools) on this hot
 # path; the C module under `signal` does all exec needs.
@@ -105,20 +106,26 @@ def find_machine(bus: Bus, name: str) -> tuple[int, str]:
     return int(props["Leader"]), str(props["Unit"])
 
 
-def find_from_record(name: str) -> tuple[int, int, str] | None:
+def load_record(name: str) -> ContainerRecord | None:
+    """The container's record, read once for all exec needs from it; None if unreadable."""
+    from machinectl_py import state
+
+    try:
+        return state.load(name)
+    except (NotFoundError, OSError, ValueError, KeyError):
+        return None
+
+
+def find_from_record(name: str, record: ContainerRecord | None = None) -> tuple[int, int, str] | None:
     """(pidfd of the leader, its PID, unit) of the running container `name`, from its record and
     /proc, with no bus call (machined took two round trips through the bus daemon here); None
     when that cannot vouch for it: the caller then asks machined. The record's PID is the init
     pymachine started and, for a detached one, systemd's MainPID (PIDFile=); once the pidfd pins
     a process, it must be PID 1 of a namespace inside the container's unit, so a PID recycled
     since the record was written is refused, and a process that dies now fails setns()."""
-    from machinectl_py import state
-
-    try:
-        record = state.load(name)
-    except (NotFoundError, OSError, ValueError, KeyError):
-        return None
-    if not record.pid or not record.unit or record.state != "running":
+    if record is None:
+        record = load_record(name)
+    if record is None or not record.pid or not record.unit or record.state != "running":
         return None
     try:
         pidfd = sc.pidfd_open(record.pid)
@@ -143,15 +150,10 @@ def _is_init_of(pid: int, unit: str) -> bool:
         return any(f"/{unit}/" in line.rstrip("\n").split(":", 2)[-1] + "/" for line in f)
 
 
-def configured_user(name: str) -> str | None:
+def configured_user(record: ContainerRecord | None) -> str | None:
     """The user the container's command runs as (its record: -u, else the image's User), which
-    exec runs as too unless it has -u, as with docker; None: root."""
-    from machinectl_py import state
-
-    try:
-        return state.load(name).user
-    except (NotFoundError, OSError, ValueError, KeyError):
-        return None  # no readable record: root, as before records kept the user
+    exec runs as too unless it has -u, as with docker; None: root (no readable record)."""
+    return record.user if record is not None else None
 
 
 def leader_environment(leader: int) -> dict[str, str]:
@@ -175,16 +177,14 @@ def leader_capabilities(leader: int) -> int:
     raise OSError(f"no CapBnd in /proc/{leader}/status")
 
 
-def container_confinement(name: str, caps: int) -> tuple[bytes, bool]:
+def container_confinement(name: str, record: ContainerRecord | None, caps: int) -> tuple[bytes, bool]:
     """The container's own seccomp program (its profile, for the capabilities it holds) and
     its no_new_privs, from its record: exec gets no syscall the container lacks."""
-    from machinectl_py import seccomp_compile, security, state
+    from machinectl_py import seccomp_compile, security
     from machinectl_py.spec import ContainerSpec
 
-    try:
-        spec = state.load(name).spec
-    except (NotFoundError, OSError, ValueError, KeyError):
-        spec = ContainerSpec(name=name, image="")  # no readable record: pymachine's defaults
+    # No readable record: pymachine's defaults.
+    spec = record.spec if record is not None else ContainerSpec(name=name, image="")
     choice = security.seccomp_choice(spec)
     program = b"" if choice == security.UNCONFINED else seccomp_compile.program(choice, security.capability_names(caps))
     return program, security.no_new_privileges(spec)
@@ -197,35 +197,35 @@ def main(argv: list[str]) -> int:
     from machinectl_py.spec import parse_env
 
     extra_env = parse_env(opts.env, os.environ)
-    from machinectl_py.bus import Bus
-
-    found = find_from_record(opts.name)
+    record = load_record(opts.name)
+    found = find_from_record(opts.name, record)
     if found is None:
+        from machinectl_py.bus import Bus
+
         with Bus.system() as machines:
             leader, unit = find_machine(machines, opts.name)
         pidfd = sc.pidfd_open(leader)
     else:
         pidfd, leader, unit = found
     if opts.user is None:
-        opts.user = configured_user(opts.name)
+        opts.user = configured_user(record)
     try:
         env = leader_environment(leader)
         env.update(extra_env)
         caps = leader_capabilities(leader)
-        command = Exec(opts, pidfd, unit, env, caps)
-        command.seccomp, command.no_new_privs = container_confinement(opts.name, caps)
-        # Straight to systemd on its private socket: through the bus daemon, systemd's check of
-        # our credentials for AttachProcessesToUnit costs it round trips to the daemon.
-        with Bus.systemd() as bus:
-            return command.run(bus)
+        command = Exec(opts, pidfd, leader, unit, env, caps)
+        command.seccomp, command.no_new_privs = container_confinement(opts.name, record, caps)
+        return command.run()
     finally:
         os.close(pidfd)
 
 
 class Exec:
-    def __init__(self, opts: ExecOptions, pidfd: int, unit: str, env: dict[str, str], caps: int) -> None:
+    def __init__(self, opts: ExecOptions, pidfd: int, leader: int, unit: str, env: dict[str, str],
+                 caps: int) -> None:
         self.opts = opts
         self.pidfd = pidfd
+        self.leader = leader
         self.unit = unit
         self.env = env
         self.caps = caps
@@ -233,7 +233,7 @@ class Exec:
         self.no_new_privs = False
         self.child = 0
 
-    def run(self, bus: Bus) -> int:
+    def run(self) -> int:
         go_r, go_w = os.pipe()
         status_r, status_w = os.pipe()
         pty_parent, pty_child = payload.console_socketpair() if self.opts.tty else (-1, -1)
@@ -260,16 +260,13 @@ class Exec:
         os.close(status_w)
         if pty_child >= 0:
             os.close(pty_child)
-        from machinectl_py import systemd
-        from machinectl_py.bus import BusError
-
         try:
-            systemd.attach_processes(bus, self.unit, [self.child])
-        except BusError as e:
+            self._attach()
+        except UsageError:
             os.close(go_w)
             payload.close_all(ours)
             payload.reap(self.child)
-            raise UsageError(f"cannot attach to {self.unit}: {e}") from None
+            raise
         try:
             os.write(go_w, b"g")
         except BrokenPipeError:
@@ -287,6 +284,24 @@ class Exec:
             print(f"pymachine exec: {failure[1]}", file=sys.stderr)
             return failure[0]
         return EXIT_ERROR if code is None else code
+
+    def _attach(self) -> None:
+        """The child into the unit's cgroups: written beside the init (no bus round trip: systemd
+        took 10-15 ms here, most of this command's time after the interpreter), else by systemd."""
+        from machinectl_py import cgroupfs
+
+        if cgroupfs.join_unit(self.child, self.leader, self.unit):
+            return
+        from machinectl_py import systemd
+        from machinectl_py.bus import Bus, BusError
+
+        try:
+            # Straight to systemd on its private socket: through the bus daemon, systemd's check
+            # of our credentials for AttachProcessesToUnit costs it round trips to the daemon.
+            with Bus.systemd() as bus:
+                systemd.attach_processes(bus, self.unit, [self.child])
+        except BusError as e:
+            raise UsageError(f"cannot attach to {self.unit}: {e}") from None
 
     def _forward_signals(self) -> None:
         def forward(signum: int, _frame: object) -> None:

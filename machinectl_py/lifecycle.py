@@ -166,26 +166,35 @@ class Container:
             raise ConflictError(f"container {self.name} was made by `pymachine run` (a foreground container)",
                                 hint="create a detached one with `pymachine create` or `pymachine run -d`")
 
-    def start(self) -> None:
+    def start(self, bus: Bus | None = None) -> None:
         """Start the unit and wait for its job: a container that cannot start is an error that
-        says why."""
-        from machinectl_py import systemd
+        says why. On `bus` if given (`run -d` creates and starts on one connection)."""
         from machinectl_py.bus import Bus
 
         self.require_service()
-        with ContainerLock(self.name, wait=False), Bus.system() as bus:
-            ensure_not_running(bus, self.name)
-            self.sync_unit(bus)
-            unit = unit_name(self.name)
-            # An explicit start resets the unit's start rate limit (and a failed state), as
-            # `systemctl reset-failed` does. Not waited for: systemd handles one connection's
-            # calls in order, so both are done before StartUnit (and their errors do not matter).
-            systemd.send(bus, "LoadUnit", "s", unit)
-            systemd.send(bus, "ResetFailedUnit", "s", unit)
-            result = systemd.run_job(bus, "StartUnit", unit)
-            if result != "done":
-                raise PymachineError(f"container {self.name} failed to start: {self._failure_reason(bus, result)}",
-                                     hint=f"see 'pymachine logs {self.name}' and 'systemctl status {unit}'")
+        if bus is not None:
+            with ContainerLock(self.name, wait=False):
+                self._start(bus)
+            return
+        # Every call here is systemd's: straight to it (Bus.systemd), no bus daemon in between.
+        with ContainerLock(self.name, wait=False), Bus.systemd() as own:
+            self._start(own)
+
+    def _start(self, bus: Bus) -> None:
+        from machinectl_py import systemd
+
+        ensure_not_running(bus, self.name)
+        self.sync_unit(bus)
+        unit = unit_name(self.name)
+        # An explicit start resets the unit's start rate limit (and a failed state), as
+        # `systemctl reset-failed` does. Not waited for: systemd handles one connection's
+        # calls in order, so both are done before StartUnit (and their errors do not matter).
+        systemd.send(bus, "LoadUnit", "s", unit)
+        systemd.send(bus, "ResetFailedUnit", "s", unit)
+        result = systemd.run_job(bus, "StartUnit", unit)
+        if result != "done":
+            raise PymachineError(f"container {self.name} failed to start: {self._failure_reason(bus, result)}",
+                                 hint=f"see 'pymachine logs {self.name}' and 'systemctl status {unit}'")
 
     def _failure_reason(self, bus: Bus, result: str | None) -> str:
         from machinectl_py import systemd
@@ -350,9 +359,12 @@ def create_and_start(spec: ContainerSpec) -> Container:
     from machinectl_py.launch import check_network
 
     check_network(spec)  # a published port in use: refused before the container exists
-    with Bus.system() as bus:
+    # One connection (a second costs its handshake and Hello), straight to systemd: create
+    # and start call only systemd, and through dbus-daemon systemd asks the daemon for our
+    # credentials at each call, and the daemon relays the job's signals.
+    with Bus.systemd() as bus:
         container = Container.create(spec, bus=bus)
-    container.start()
+        container.start(bus)
     return container
 
 

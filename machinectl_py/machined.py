@@ -33,6 +33,13 @@ def watch_removal(bus: Bus) -> None:
                   f"path='{MACHINED[1]}'")
 
 
+def watch_machines(bus: Bus) -> None:
+    """Subscribe to MachineNew and MachineRemoved of every machine."""
+    for member in ("MachineNew", "MachineRemoved"):
+        bus.add_match(f"type='signal',sender='{MACHINED[0]}',interface='{MACHINED[2]}',member='{member}',"
+                      f"path='{MACHINED[1]}'")
+
+
 def register_machine(bus: Bus, name: str, container_id: str, leader: int, root: str) -> str:
     """RegisterMachine: no new scope; the machine adopts the unit the leader runs in
     (machine-NAME.scope for `run`, pymachine@NAME.service for a detached container)."""

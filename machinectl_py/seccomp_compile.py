@@ -39,8 +39,22 @@ def program(profile_path: str | None, capabilities: frozenset[str]) -> bytes:
             text = f.read()
     except OSError as e:
         raise UsageError(f"cannot read seccomp profile {path}: {e.strerror}") from None
+    return _cached(FORMAT + text, capabilities, lambda: sp.load(text, path))
+
+
+def oci_program(profile: dict[str, Any]) -> bytes:
+    """The program of an OCI config's linux.seccomp (checked by oci.config: no includes, so
+    no capability set), cached the same way by its canonical JSON: the engine sends the same
+    profile for every container."""
+    import json
+
+    text = json.dumps(profile, sort_keys=True, separators=(",", ":")).encode()
+    return _cached(b"oci\0" + FORMAT + text, frozenset(), lambda: profile)
+
+
+def _cached(keyed: bytes, capabilities: frozenset[str], load: Any) -> bytes:
     uname = os.uname()
-    key = _hash(FORMAT + text + b"\0" + " ".join(sorted(capabilities)).encode() + b"\0"
+    key = _hash(keyed + b"\0" + " ".join(sorted(capabilities)).encode() + b"\0"
                 + f"{uname.machine}\0{uname.release}".encode())
     cache = state_path("cache", "seccomp", key + ".bpf")
     try:
@@ -48,7 +62,7 @@ def program(profile_path: str | None, capabilities: frozenset[str]) -> bytes:
             return f.read()
     except OSError:
         pass
-    resolved = sp.resolve(sp.load(text, path), capabilities, uname.machine, uname.release)
+    resolved = sp.resolve(load(), capabilities, uname.machine, uname.release)
     bpf = compile_bpf(resolved)
     _store(cache, bpf)
     return bpf

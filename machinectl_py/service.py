@@ -131,10 +131,13 @@ def _setup(name: str) -> int:
         return build_child_plan(spec, image, record.dir_path, policy, env, argv, binds=binds, detached=True,
                                 userns=id_range)
 
-    from machinectl_py.settings import live_properties
+    # The settings table (~1 ms of imports) only when the drop-in is stale, which is rare.
+    live = []
+    if dropins.is_stale(name):
+        from machinectl_py.settings import live_properties
 
-    live = [p.dbus for p in live_properties(spec)]
-    if live and dropins.is_stale(name):
+        live = [p.dbus for p in live_properties(spec)]
+    if live:
         # Started by systemctl with a definition newer than its drop-in: its limits go to the
         # unit as runtime properties now, before the container exists.
         with Bus.system() as bus:

@@ -556,6 +556,11 @@ SETTINGS: tuple[Setting, ...] = (
             key="limits.cpus", inspect="HostConfig.NanoCpus", parse=_cpus, number_ok=True,
             render=lambda v: repr(v / 1_000_000), to_inspect=lambda v: (v or 0) * 1000,
             unit=lambda v: [prop("CPUQuotaPerSecUSec", "t", v, _quota_line(v))], unit_doc="CPUQuota="),
+    Setting("limits.cpu_period_usec", "CPU quota period in microseconds, 1000-1000000 (default 100000): "
+            "--cpus' share is granted per period", flags="--cpu-period", metavar="USEC", key="limits.cpu_period",
+            inspect="HostConfig.CpuPeriod", parse=sp.parse_cpu_period, render=str, number_ok=True,
+            to_inspect=lambda v: v or 0, unit_doc="CPUQuotaPeriodSec=",
+            unit=lambda v: [prop("CPUQuotaPeriodUSec", "t", v, f"CPUQuotaPeriodSec={v}us")]),
     Setting("limits.cpu_weight", "relative CPU weight, 1-10000 (default 100)", flags="--cpu-weight", metavar="N",
             key="limits.cpu_weight", inspect="HostConfig.CpuWeight", parse=sp.parse_cpu_weight, render=str,
             number_ok=True, unit=lambda v: [prop("CPUWeight", "t", v)], unit_doc="CPUWeight="),
@@ -566,6 +571,11 @@ SETTINGS: tuple[Setting, ...] = (
             inspect="HostConfig.PidsLimit", parse=_limit_count("pids limit"), render=str, number_ok=True,
             to_inspect=lambda v: v or 0, unit=lambda v: [prop("TasksMax", "t", v)], unit_doc="TasksMax="),
     *_limit_settings(),
+    Setting("pull", "pull the image from its registry first: missing (when the store lacks it; default), always "
+            "or never", flags="--pull", metavar="POLICY", choices=sp.PULL_POLICIES),
+    Setting("tls_verify", "for that pull, false allows plain HTTP and unverified TLS (as podman's); default: as "
+            "registries.conf says", flags="--tls-verify", metavar="BOOL", choices=("true", "false"),
+            parse=lambda v: v == "true"),
     Setting("remove", "remove the container and its upper layer when it exits", flags="--rm", kind=FLAG,
             inspect="HostConfig.AutoRemove"),
     Setting("interactive", "keep stdin attached", flags="--interactive -i", kind=FLAG, inspect="Config.OpenStdin"),

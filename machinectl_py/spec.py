@@ -33,6 +33,7 @@ _SIZE_UNITS = {
 
 NETWORK_MODES = ("bridge", "host", "none", "private")  # the meaning of each: network.py
 RESTART_POLICIES = ("no", "on-failure", "always")
+PULL_POLICIES = ("missing", "always", "never")  # docker run --pull
 USEC_PER_SEC = 1_000_000
 # The kernel refuses cgroup memory limits this small to be useful; docker's floor is 6 MiB.
 MIN_MEMORY = 6 * 1024**2
@@ -123,6 +124,14 @@ def parse_cpu_weight(text: str) -> int:
     value = parse_count(text, "CPU weight")
     if value > 10_000:
         raise UsageError(f"invalid CPU weight {text!r}: must be 1-10000")
+    return value
+
+
+def parse_cpu_period(text: str) -> int:
+    """--cpu-period: the CFS period in microseconds, in docker's bounds (1 ms to 1 s)."""
+    value = parse_count(text, "CPU period")
+    if not 1000 <= value <= 1_000_000:
+        raise UsageError(f"invalid CPU period {text!r}: must be 1000-1000000 microseconds (1 ms to 1 s)")
     return value
 
 
@@ -425,13 +434,15 @@ def validate_network(mode: str) -> str:
 class Limits(Record):
     __slots__ = ("memory_max", "cpu_quota_usec", "tasks_max", "cpu_weight", "memory_low", "memory_swap",
                  "cpuset_cpus", "cpuset_mems", "blkio_weight", "device_read_bps", "device_write_bps",
-                 "device_read_iops", "device_write_iops")
-    _defaults = {"memory_max": None, "cpu_quota_usec": None, "tasks_max": None, "cpu_weight": None,
+                 "device_read_iops", "device_write_iops", "cpu_period_usec")
+    _defaults = {"memory_max": None, "cpu_quota_usec": None, "cpu_period_usec": None, "tasks_max": None,
+                 "cpu_weight": None,
                  "memory_low": None, "memory_swap": None, "cpuset_cpus": None, "cpuset_mems": None,
                  "blkio_weight": None, "device_read_bps": {}, "device_write_bps": {}, "device_read_iops": {},
                  "device_write_iops": {}}
     memory_max: int | None  # bytes -> MemoryMax
     cpu_quota_usec: int | None  # per second -> CPUQuotaPerSecUSec
+    cpu_period_usec: int | None  # the quota's period -> CPUQuotaPeriodUSec
     tasks_max: int | None  # -> TasksMax
     cpu_weight: int | None  # 1-10000 -> CPUWeight
     memory_low: int | None  # bytes -> MemoryLow (docker's --memory-reservation)
@@ -586,7 +597,8 @@ class ContainerSpec(Record):
                  "volumes", "restart", "remove", "tty", "interactive", "entrypoint", "labels", "tmpfs",
                  "read_only", "shm_size", "init", "stop_signal", "stop_timeout", "ulimits",
                  "cap_add", "cap_drop", "privileged", "security_opt", "sysctls", "group_add", "devices", "ports",
-                 "dns", "add_hosts", "oom_score_adj", "slice", "userns")
+                 "dns", "add_hosts", "oom_score_adj", "slice", "userns", "pull",
+                 "tls_verify")
     _defaults = {
         "command": None, "hostname": None, "network": "host", "env": {}, "workdir": None, "user": None,
         "limits": Limits(), "volumes": (), "restart": "no", "remove": False, "tty": False, "interactive": False,
@@ -594,6 +606,7 @@ class ContainerSpec(Record):
         "stop_signal": None, "stop_timeout": None, "ulimits": {},
         "cap_add": (), "cap_drop": (), "privileged": False, "security_opt": (), "sysctls": {}, "group_add": (),
         "devices": (), "ports": (), "dns": (), "add_hosts": (), "oom_score_adj": None, "slice": None, "userns": None,
+        "pull": "missing", "tls_verify": None,
     }
     name: str
     image: str
@@ -607,6 +620,8 @@ class ContainerSpec(Record):
     volumes: tuple[Volume, ...]
     restart: str
     remove: bool  # --rm
+    pull: str  # --pull: missing, always or never (when run and create fetch the image from a registry)
+    tls_verify: bool | None  # --tls-verify of that pull; None: as registries.conf says
     tty: bool
     interactive: bool
     entrypoint: tuple[str, ...] | None  # None: the image's; (): none

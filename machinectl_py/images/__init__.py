@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 
+from machinectl_py.errors import NotFoundError
 from machinectl_py.paths import state_path
 from machinectl_py.record import Record
 
@@ -96,6 +97,22 @@ def resolve(name: str) -> ResolvedImage:
     image = resolve_image(name)
     Store().write_runtime_index()  # so the next start takes the fast path
     return image
+
+
+def ensure(ref: str, policy: str, tls_verify: bool | None = None) -> str:
+    """docker's `run --pull POLICY` and `create --pull`: the reference to give resolve(), after
+    pulling the image when the policy says so (always; missing: when the store lacks it; never:
+    a missing image is "no such image"). A pulled short name comes back fully qualified."""
+    if policy != "always":
+        try:
+            resolve(ref)
+            return ref
+        except NotFoundError:
+            if policy == "never":
+                raise
+    from machinectl_py.images import pull
+
+    return pull.for_run(ref, always=policy == "always", tls_verify=tls_verify)
 
 
 def _resolve_from_index(ref: str) -> ResolvedImage | None:

@@ -53,7 +53,7 @@ def inspect_data(store: Any, image_id: str) -> dict[str, Any]:
     return {
         "Id": record.id,
         "RepoTags": list(record.tags),
-        "RepoDigests": [],
+        "RepoDigests": store.repo_digests(image_id),
         "Created": record.created,
         "Comment": config.get("comment", ""),
         "Author": config.get("author", ""),

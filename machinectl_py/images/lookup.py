@@ -11,7 +11,7 @@ import contextlib
 from machinectl_py.errors import UsageError
 from machinectl_py.images import ResolvedImage
 from machinectl_py.images.errors import ImageNotFoundError
-from machinectl_py.images.store import Store, image_config_of, normalize_reference
+from machinectl_py.images.store import Store, digest_reference, image_config_of, normalize_reference
 
 
 def find_image(store: Store, ref: str) -> str:
@@ -39,8 +39,8 @@ def resolve_image(ref: str) -> ResolvedImage:
         layers.append(str(diff))
     display = image_id
     with contextlib.suppress(UsageError):
-        normal = normalize_reference(ref)
-        if normal in record.tags:
+        normal = digest_reference(ref) if "@" in ref else normalize_reference(ref)
+        if normal in record.tags or "@" in normal:
             display = normal
     return ResolvedImage(
         id=image_id,

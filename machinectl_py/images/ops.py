@@ -25,6 +25,7 @@ from machinectl_py.images.store import (
     Staging,
     Store,
     canonical_json,
+    digest_reference,
     hex_of,
     normalize_reference,
     now_rfc3339,
@@ -170,13 +171,9 @@ def import_image(
             if tags is not None and len(found) != 1:
                 raise UsageError(f"{source} holds {len(found)} images; --name needs exactly one",
                                  hint=f"pick one by its tag: {source}:TAG")
-            reused = 0
             for img in found:
                 for layer in img.layers:
-                    if layer.diff_id in staged:
-                        continue
-                    if store.has_layer(layer.diff_id):
-                        reused += 1
+                    if layer.diff_id in staged or store.has_layer(layer.diff_id):
                         continue
                     staged[layer.diff_id] = _extract_blob(
                         staging, root_fd, layer, len(staged), limits, progress)
@@ -185,13 +182,14 @@ def import_image(
                 os.close(root_fd)
         results = []
         with store.write_lock():
-            installed = store.install_layers(staged)
-            reused += len(staged) - installed
+            fresh = {d for d in staged if not store.has_layer(d)}  # not installed meanwhile by another import
+            store.install_layers(staged)
             for img in found:
                 image_id = store.write_image(img.config)
                 image_tags = tags if tags is not None else _source_tags(img.names)
                 store.set_tags(image_id, image_tags)
-                results.append(Imported(image_id, tuple(image_tags), installed, reused))
+                layers = {layer.diff_id for layer in img.layers}  # each image's own counts
+                results.append(Imported(image_id, tuple(image_tags), len(layers & fresh), len(layers - fresh)))
         return results
 
 
@@ -325,12 +323,17 @@ def remove_images(refs: list[str], force: bool = False, store: Store | None = No
             image_id = store.lookup(ref)
             repos = store.repositories()
             own_tags = sorted(t for t, i in repos.items() if i == image_id)
+            if "@" in ref and (own_tags or len(store.repo_digests(image_id)) > 1):
+                # docker rmi NAME@sha256:...: only that name goes while the image has others
+                messages += [f"Untagged: {d}" for d in store.forget_digests(image_id, digest_reference(ref))]
+                continue
             with contextlib.suppress(UsageError):
                 normal = normalize_reference(ref)
                 if normal in own_tags and len(own_tags) > 1:
                     del repos[normal]
                     store.save_repositories(repos)
                     messages.append(f"Untagged: {normal}")
+                    messages += _forget_repository_digests(store, image_id, normal, own_tags)
                     continue
             users = containers_using(image_id)
             if users and not force:
@@ -342,12 +345,22 @@ def remove_images(refs: list[str], force: bool = False, store: Store | None = No
                 del repos[tag]
                 messages.append(f"Untagged: {tag}")
             store.save_repositories(repos)
+            messages += [f"Untagged: {d}" for d in store.forget_digests(image_id)]
             if users:
                 continue  # forced: the containers keep their (now untagged) image
             store.remove_image(image_id)
             messages.append(f"Deleted: {image_id}")
         _remove_unreferenced_layers(store)
     return messages
+
+
+def _forget_repository_digests(store: Store, image_id: str, removed: str, own_tags: list[str]) -> list[str]:
+    """docker's rule: with the last tag of a repository go the image's digests in it."""
+    name = removed.rpartition(":")[0]
+    if any(t.rpartition(":")[0] == name for t in own_tags if t != removed):
+        return []
+    gone = [d for d in store.repo_digests(image_id) if d.rpartition("@")[0] == name]
+    return [f"Untagged: {d}" for g in gone for d in store.forget_digests(image_id, g)]
 
 
 def prune(store: Store | None = None) -> tuple[list[str], int, int]:
@@ -357,10 +370,11 @@ def prune(store: Store | None = None) -> tuple[list[str], int, int]:
     removed: list[str] = []
     with store.gc_exclusive(), store.write_lock():
         repos = store.repositories()
-        tagged = set(repos.values())
+        tagged = set(repos.values())  # a digest reference alone does not keep an image (docker's dangling)
         used = set(container_image_ids().values())
         for image_id in store.all_image_ids():
             if image_id not in tagged and image_id not in used:
+                store.forget_digests(image_id)
                 store.remove_image(image_id)
                 removed.append(image_id)
         layers, reclaimed = _remove_unreferenced_layers(store)

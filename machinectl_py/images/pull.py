@@ -32,8 +32,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from machinectl_py.errors import NotFoundError, PymachineError
 from machinectl_py.images import reference
-from machinectl_py.images.errors import BadArchiveError, ImageError
+from machinectl_py.images.errors import BadArchiveError, ImageError, ImageNotFoundError
 from machinectl_py.images.reference import Reference
 from machinectl_py.images.registry import NotFound, RegistryError, Reply, Session
 
@@ -387,6 +388,7 @@ class Options:
     tls_verify: bool | None = None  # None: as registries.conf says
     progress: Any = None  # a progress.LayerProgress, or None
     parallel: int = PARALLEL
+    announce: Callable[[Reference], None] | None = None  # called when the manifest is found
 
 
 def pull(text: str, options: Options, store: Any = None) -> Pulled:
@@ -415,10 +417,51 @@ def pull(text: str, options: Options, store: Any = None) -> Pulled:
                 raise
             failures.append(f"{ref}: {e.message}")
             continue
+        if options.announce is not None:
+            options.announce(ref)
         return _pull_image(session, ref, manifest, digest, options, store)
     raise ImageError(f"cannot pull {text!r}: " + "; ".join(failures),
                      hint="short names are looked up in unqualified-search-registries of "
                           f"{' and '.join(reference.registries_conf_files())}")
+
+
+def for_run(text: str, always: bool, tls_verify: bool | None = None) -> str:
+    """`run`'s and `create`'s pull (see images.ensure): the reference of the image in the store."""
+    import sys
+
+    from machinectl_py import images
+    from machinectl_py.images.progress import LayerProgress
+
+    registries = reference.load_registries()
+    if not always:
+        # A short name pulled earlier is in the store under the registry it was found on.
+        for candidate in reference.candidates(text, registries):
+            local = _store_reference(candidate)
+            with contextlib.suppress(ImageError, NotFoundError):
+                images.resolve(local)
+                return local
+
+    def announce(ref: Reference) -> None:
+        # Once the registry has it, as docker's "Unable to find image": a failed pull says why alone.
+        print(f"Unable to find image {text!r} locally; pulling {ref}", file=sys.stderr, flush=True)
+
+    options = Options(progress=LayerProgress(), tls_verify=tls_verify, announce=None if always else announce)
+    try:
+        result = pull(text, options)
+    except PymachineError as e:
+        if always:
+            raise
+        raise ImageNotFoundError(f"no such image: {text} (not in the store, and pulling it failed: {e.message})",
+                                 hint=e.hint) from None
+    return _store_reference(result.ref, result.manifest_digest)
+
+
+def _store_reference(ref: Reference, manifest_digest: str | None = None) -> str:
+    """What the store calls a pulled image: its tag, or name@digest for a pull by digest."""
+    digest = ref.digest or (manifest_digest if ref.tag is None else None)
+    if digest is not None:
+        return f"{ref.name}@{digest}"
+    return ref.store_tag() or f"{ref.name}@{manifest_digest}"
 
 
 def _pull_image(session: Session, ref: Reference, manifest: dict[str, Any], manifest_digest: str,
@@ -439,6 +482,9 @@ def _pull_image(session: Session, ref: Reference, manifest: dict[str, Any], mani
             tag = ref.store_tag()
             if tag is not None:
                 store.set_tags(image_id, [tag])
+            # docker's RepoDigests: the manifest (or index) this image was pulled by, so that
+            # `run NAME@sha256:...` and `image inspect` find it, whether a tag was asked for or not.
+            store.add_digest(image_id, f"{ref.name}@{manifest_digest}")
             blobinfo.record(store, [(b.diff_id, b.digest, b.size, b.media_type) for b in blobs], ref.name)
     for b in wanted.values():
         with contextlib.suppress(FileNotFoundError):

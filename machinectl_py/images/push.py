@@ -9,8 +9,15 @@ written to disk compressed. The tar comes from the store as export reads it (arc
 replay of the original bytes), checked against the diff_id on the way: a damaged layer aborts
 the upload before the PUT, so the registry never gets a blob under a wrong name.
 
-Then the config blob and an OCI manifest (tagged); the blobs used are remembered in
+Then the config blob and the manifest (tagged); the blobs used are remembered in
 blob-info.json, so the next push of the same layers uploads nothing.
+
+Formats, as podman's `push --format` and `--compression-format`: an OCI manifest, or a docker
+v2 schema 2 manifest (`v2s2`; the default for an image whose layers were pulled in that form,
+so pushing back what came from docker does not change its manifest type); gzip layers, or zstd
+(OCI only: docker's format has no zstd type). A layer known in the other compression is
+compressed anew; in the same compression, its blob is reused whatever the manifest type (the
+bytes are the same, only the descriptor's mediaType changes).
 """
 
 from __future__ import annotations
@@ -33,7 +40,39 @@ from machinectl_py.images.reference import Reference
 from machinectl_py.images.registry import AuthError, NotFound, RegistryError, Session
 
 CHUNK = 1 << 20
-GZIP_LAYER = "application/vnd.oci.image.layer.v1.tar+gzip"
+FORMATS = ("oci", "v2s2")
+COMPRESSIONS = ("gzip", "zstd")
+MANIFEST_TYPE = {"oci": "application/vnd.oci.image.manifest.v1+json",
+                 "v2s2": "application/vnd.docker.distribution.manifest.v2+json"}
+CONFIG_TYPE = {"oci": "application/vnd.oci.image.config.v1+json",
+               "v2s2": "application/vnd.docker.container.image.v1+json"}
+LAYER_TYPE = {("oci", "gzip"): "application/vnd.oci.image.layer.v1.tar+gzip",
+              ("oci", "zstd"): "application/vnd.oci.image.layer.v1.tar+zstd",
+              ("v2s2", "gzip"): "application/vnd.docker.image.rootfs.diff.tar.gzip"}
+COMPRESS = {"gzip": ["gzip", "-c", "-n", "-6"], "zstd": ["zstd", "-c", "-q", "-3", "-T0"]}
+DOCKER_PREFIX = "application/vnd.docker."
+
+
+def compression_of(media_type: str) -> str | None:
+    for kind in COMPRESSIONS:
+        if media_type.endswith(f"+{kind}") or media_type.endswith(f".{kind}"):
+            return kind
+    return None
+
+
+def default_format(store: Any, diff_ids: tuple[str, ...]) -> str:
+    """v2s2 when the image's layers came as docker blobs (and none as OCI ones), else oci."""
+    kinds = {e["mediaType"].startswith(DOCKER_PREFIX) for d in diff_ids for e in blobinfo.known(store, d)}
+    return "v2s2" if kinds == {True} else "oci"
+
+
+def check_format(fmt: str | None, compression: str | None) -> None:
+    if fmt is not None and fmt not in FORMATS:
+        raise UsageError(f"unknown manifest format {fmt!r}", hint="use oci or v2s2")
+    if compression is not None and compression not in COMPRESSIONS:
+        raise UsageError(f"unknown compression format {compression!r}", hint="use gzip or zstd")
+    if fmt == "v2s2" and compression == "zstd":
+        raise UsageError("docker's v2s2 format has no zstd layers", hint="push zstd with --format oci")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,14 +96,18 @@ def destination_ref(image: str, destination: str | None) -> Reference:
 
 
 def push(image: str, destination: str | None, *, tls_verify: bool | None = None, progress: Any = None,
-         store: Any = None) -> Pushed:
+         store: Any = None, fmt: str | None = None, compression: str | None = None) -> Pushed:
     from machinectl_py.images import authfile
     from machinectl_py.images.lookup import find_image
     from machinectl_py.images.store import Store
 
+    check_format(fmt, compression)
     ref = destination_ref(image, destination)
     store = store or Store()
     record = store.record(find_image(store, image))
+    if fmt is None:
+        fmt = "oci" if compression == "zstd" else default_format(store, record.diff_ids)
+    kind = (fmt, compression or "gzip")
     registries = reference.load_registries()
     if registries.blocked(ref):
         raise ImageError(f"{ref.registry} is blocked in registries.conf")
@@ -76,25 +119,26 @@ def push(image: str, destination: str | None, *, tls_verify: bool | None = None,
     descriptors: dict[str, dict[str, Any]] = {}
     with store.gc_shared():
         for diff_id in dict.fromkeys(record.diff_ids):
-            descriptors[diff_id] = _push_layer(session, ref, store, diff_id, counts, progress)
+            descriptors[diff_id] = _push_layer(session, ref, store, diff_id, counts, progress, kind)
     if progress is not None:
         progress.done()
     config_digest = _put_small_blob(session, ref, record.raw_config)
     manifest: dict[str, Any] = {
         "schemaVersion": 2,
-        "mediaType": "application/vnd.oci.image.manifest.v1+json",
-        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": config_digest,
-                   "size": len(record.raw_config)},
+        "mediaType": MANIFEST_TYPE[fmt],
+        "config": {"mediaType": CONFIG_TYPE[fmt], "digest": config_digest, "size": len(record.raw_config)},
         "layers": [descriptors[d] for d in record.diff_ids],
     }
     raw = json.dumps(manifest, separators=(",", ":")).encode()
     with session.request("PUT", f"/v2/{ref.repository}/manifests/{ref.tag}", body=raw, ok=(201, 200),
                          headers={"Content-Type": manifest["mediaType"]}):
         pass
+    digest = "sha256:" + hashlib.sha256(raw).hexdigest()
     with store.write_lock():
         blobinfo.record(store, [(d, v["digest"], v["size"], v["mediaType"]) for d, v in descriptors.items()],
                         ref.name)
-    return Pushed(ref, "sha256:" + hashlib.sha256(raw).hexdigest(), **counts)
+        store.add_digest(record.id, f"{ref.name}@{digest}")  # docker's RepoDigests after a push too
+    return Pushed(ref, digest, **counts)
 
 
 def _mount_sources(store: Any, diff_ids: tuple[str, ...], ref: Reference) -> list[str]:
@@ -110,14 +154,15 @@ def _mount_sources(store: Any, diff_ids: tuple[str, ...], ref: Reference) -> lis
 
 
 def _push_layer(session: Session, ref: Reference, store: Any, diff_id: str, counts: dict[str, int],
-                progress: Any) -> dict[str, Any]:
-    known = blobinfo.known(store, diff_id)
+                progress: Any, kind: tuple[str, str]) -> dict[str, Any]:
+    # Blobs of this layer in the compression asked for (the manifest type only names them).
+    known = [e for e in blobinfo.known(store, diff_id) if compression_of(e["mediaType"]) == kind[1]]
     for entry in known:
         if _has_blob(session, ref, entry["digest"]):
             counts["skipped"] += 1
             if progress is not None:
                 progress.note(entry["digest"], "already in the registry")
-            return _descriptor(entry)
+            return _descriptor(entry, kind)
     for entry in known:
         for repo in entry.get("repos", []):
             registry, _, path = str(repo).partition("/")
@@ -125,7 +170,7 @@ def _push_layer(session: Session, ref: Reference, store: Any, diff_id: str, coun
                 counts["mounted"] += 1
                 if progress is not None:
                     progress.note(entry["digest"], f"mounted from {path}")
-                return _descriptor(entry)
+                return _descriptor(entry, kind)
     size = int(store.layer_info(diff_id)["size"])
     row = progress.row(diff_id, size) if progress is not None else None
     for attempt in range(3):
@@ -133,7 +178,7 @@ def _push_layer(session: Session, ref: Reference, store: Any, diff_id: str, coun
             if row is not None:
                 row.start(0)
                 row.count = 0
-            digest, csize = _upload_layer(session, ref, store, diff_id, row)
+            digest, csize = _upload_layer(session, ref, store, diff_id, row, kind[1])
             break
         except (AuthError, ImageError) as e:
             if type(e) is not RegistryError or attempt == 2:
@@ -141,11 +186,11 @@ def _push_layer(session: Session, ref: Reference, store: Any, diff_id: str, coun
     if row is not None:
         row.finish("pushed")
     counts["uploaded"] += 1
-    return {"mediaType": GZIP_LAYER, "digest": digest, "size": csize}
+    return {"mediaType": LAYER_TYPE[kind], "digest": digest, "size": csize}
 
 
-def _descriptor(entry: dict[str, Any]) -> dict[str, Any]:
-    return {"mediaType": entry["mediaType"], "digest": entry["digest"], "size": entry["size"]}
+def _descriptor(entry: dict[str, Any], kind: tuple[str, str]) -> dict[str, Any]:
+    return {"mediaType": LAYER_TYPE[kind], "digest": entry["digest"], "size": entry["size"]}
 
 
 def _has_blob(session: Session, ref: Reference, digest: str) -> bool:
@@ -191,16 +236,20 @@ def _put_small_blob(session: Session, ref: Reference, data: bytes) -> str:
 
 
 class _Compressor:
-    """The layer's tar (checked against its diff_id) through `gzip -n` as an iterator of chunks."""
+    """The layer's tar (checked against its diff_id) through `gzip -n` (or `zstd`) as an iterator of chunks."""
 
-    def __init__(self, store: Any, diff_id: str, row: Any) -> None:
+    def __init__(self, store: Any, diff_id: str, row: Any, compression: str = "gzip") -> None:
         self.store = store
         self.diff_id = diff_id
         self.row = row
         self.digest = hashlib.sha256()
         self.size = 0
         self.error: BaseException | None = None
-        self.proc = subprocess.Popen(["gzip", "-c", "-n", "-6"], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+        self.compression = compression
+        try:
+            self.proc = subprocess.Popen(COMPRESS[compression], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+        except FileNotFoundError:
+            raise ImageError(f"{compression} is not installed: it compresses the layers for push") from None
         self.thread = threading.Thread(target=self._feed, daemon=True)
         self.thread.start()
 
@@ -252,7 +301,7 @@ class _Compressor:
         if self.error is not None:
             raise self.error
         if self.proc.wait() != 0:
-            raise ImageError(f"gzip failed compressing layer {self.diff_id}")
+            raise ImageError(f"{self.compression} failed compressing layer {self.diff_id}")
 
     def close(self) -> None:
         if self.proc.poll() is None:
@@ -265,9 +314,10 @@ class _Compressor:
                     f.close()
 
 
-def _upload_layer(session: Session, ref: Reference, store: Any, diff_id: str, row: Any) -> tuple[str, int]:
+def _upload_layer(session: Session, ref: Reference, store: Any, diff_id: str, row: Any,
+                  compression: str) -> tuple[str, int]:
     location = _start_upload(session, ref)
-    compressor = _Compressor(store, diff_id, row)
+    compressor = _Compressor(store, diff_id, row, compression)
     try:
         with session.request("PATCH", location, body=iter(compressor), retry=False, ok=(202, 204),
                              headers={"Content-Type": "application/octet-stream"}) as reply:

@@ -237,7 +237,8 @@ class Session:
                     else (e.reason or str(e))
                 raise RegistryError(f"TLS with {self.registry} failed: {why}", hint=_tls_hint(self.registry)) from None
             except (OSError, http.client.HTTPException) as e:
-                if not retry or attempt >= RETRIES:
+                # A name that does not resolve is not retried: the resolver has tried (and waited) already.
+                if not retry or attempt >= RETRIES or isinstance(e, socket.gaierror):
                     raise RegistryError(f"cannot reach {self.registry}: {_reason(e)}") from None
             else:
                 if reply.status not in TRANSIENT_STATUS or not retry or attempt >= RETRIES:

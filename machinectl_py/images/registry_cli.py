@@ -57,12 +57,19 @@ PUSH = Command(
 Upload IMAGE from the store to a registry, as docker push and podman push do.
 
 DESTINATION is a full reference (REGISTRY[:PORT]/NAME[:TAG]); without it, IMAGE's own name
-must include the registry. Layers are compressed with gzip on the fly as they upload; the
-compressed digests are remembered, so a second push uploads nothing the registry has. A layer
-the registry holds in another repository is mounted from there instead of uploaded.""",
-    [TLS_OPTION, Option("--quiet -q", "print nothing but errors", kind=FLAG)],
-    positionals=[("image", "the image in the store")],
-    rest=("destination", "the reference to push to"),
+must include the registry. Layers are compressed (gzip, or zstd) on the fly as they upload;
+the compressed digests are remembered, so a second push uploads nothing the registry has. A
+layer the registry holds in another repository is mounted from there instead of uploaded.
+
+The manifest is OCI, or docker's v2 schema 2 for an image whose layers were pulled as docker
+blobs (--format says which). zstd layers need the OCI format.""",
+    [TLS_OPTION,
+     Option("--format -f", "the manifest type: oci or v2s2 (docker's); default: v2s2 for an image pulled in that "
+            "format, else oci", metavar="FORMAT", choices=("oci", "v2s2")),
+     Option("--compression-format", "compress the layers with gzip (default) or zstd", metavar="FORMAT",
+            choices=("gzip", "zstd")),
+     Option("--quiet -q", "print nothing but errors", kind=FLAG)],
+    positionals=[("image", "the image in the store"), ("destination", "the reference to push to", "?")],
     epilog="""\
 examples:
   pymachine commit web 127.0.0.1:5000/team/web:2 && pymachine push 127.0.0.1:5000/team/web:2
@@ -133,15 +140,13 @@ def main_push(argv: list[str]) -> int:
     values = _parse(PUSH, argv)
     if values is None:
         return 0
-    destination = values["destination"]
-    if len(destination) > 1:
-        raise PUSH.error(f"unexpected argument {destination[1]!r}")
     from machinectl_py.images import push
     from machinectl_py.images.progress import LayerProgress
 
     quiet = values["quiet"]
-    result = push.push(values["image"], destination[0] if destination else None,
-                       tls_verify=_tls_verify(values), progress=LayerProgress(quiet=quiet))
+    result = push.push(values["image"], values["destination"],
+                       tls_verify=_tls_verify(values), progress=LayerProgress(quiet=quiet),
+                       fmt=values["format"], compression=values["compression_format"])
     if not quiet:
         print(f"Pushed {result.ref}: digest {result.digest} ({result.uploaded} layers uploaded, "
               f"{result.mounted} mounted, {result.skipped} already there)")

@@ -12,6 +12,8 @@ otherwise arbitrary trees that host users must not reach):
         layer.json            {"diff_id", "size", "content_size", "entries"}
     images/sha256/<hex>.json  an image config, byte for byte; <hex> is its sha256, the image id
     repositories.json         {"name:tag": "sha256:<id>"}
+    digests.json              {"name@sha256:<manifest digest>": "sha256:<id>"}: docker's RepoDigests,
+                              the manifest each pull got an image by (a pull by digest tags nothing)
     runtime-index.marshal     the tags again, in the form `pymachine run` reads fastest
     tmp/<random>/             staging, locked by its owner with flock; dead ones are removed
                               by the next command
@@ -91,6 +93,34 @@ def normalize_reference(ref: str) -> str:
     return f"{name}:{tag}"
 
 
+DIGEST_RE = re.compile(r"sha256:[0-9a-f]{64}")
+
+
+def digest_reference(ref: str) -> str:
+    """'[registry/]name[:tag]@sha256:...' -> 'name@sha256:...', the key of digests.json: the tag
+    is dropped (the digest names the manifest alone, as docker has it) and docker.io's implicit
+    prefixes too, as in tags."""
+    name, _, digest = ref.partition("@")
+    if not DIGEST_RE.fullmatch(digest):
+        raise UsageError(f"invalid image reference {ref!r}: the digest must be sha256: and 64 lowercase hex digits")
+    slash, colon = name.rfind("/"), name.rfind(":")
+    if colon > slash:
+        name = name[:colon]
+    name = short_name(name)
+    if len(name) > 255 or not NAME_RE.fullmatch(name):
+        raise UsageError(f"invalid image name {name!r}", hint="use lowercase letters, digits and separators "
+                         "(. _ -), optionally with a registry/ prefix")
+    return f"{name}@{digest}"
+
+
+def short_name(name: str) -> str:
+    """docker's short form of a docker.io name: docker.io/library/busybox -> busybox."""
+    for prefix in ("docker.io/library/", "docker.io/"):
+        if name.startswith(prefix):
+            return name[len(prefix):]
+    return name
+
+
 def now_rfc3339() -> str:
     return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
@@ -155,6 +185,7 @@ class Store:
         self.images = self.root / "images" / "sha256"
         self.tmp = self.root / "tmp"
         self.repositories_file = self.root / "repositories.json"
+        self.digests_file = self.root / "digests.json"
 
     # Set-up and locks --------------------------------------------------------------------
     def ensure(self) -> Store:
@@ -368,15 +399,35 @@ class Store:
 
     # Names -------------------------------------------------------------------------------
     def repositories(self) -> dict[str, str]:
-        try:
-            data = json.loads(self.repositories_file.read_bytes())
-        except FileNotFoundError:
-            return {}
-        except ValueError:
-            raise ImageError(f"{self.repositories_file} is corrupt") from None
-        if not isinstance(data, dict):
-            raise ImageError(f"{self.repositories_file} is corrupt")
-        return {str(k): str(v) for k, v in data.items()}
+        return _read_names(self.repositories_file)
+
+    def digests(self) -> dict[str, str]:
+        """name@sha256:... (docker's RepoDigests) -> image id."""
+        return _read_names(self.digests_file)
+
+    def save_digests(self, digests: dict[str, str]) -> None:
+        atomic_write(self.digests_file, json.dumps(digests, indent=1, sort_keys=True).encode() + b"\n")
+
+    def repo_digests(self, image_id: str) -> list[str]:
+        return sorted(d for d, i in self.digests().items() if i == image_id)
+
+    def add_digest(self, image_id: str, ref: str) -> None:
+        """Record that `ref` (name@sha256:...) names the image (hold write_lock)."""
+        digests = self.digests()
+        key = digest_reference(ref)
+        if digests.get(key) != image_id:
+            digests[key] = image_id
+            self.save_digests(digests)
+
+    def forget_digests(self, image_id: str, only: str | None = None) -> list[str]:
+        """Remove the image's digest references (or just `only`); returns those removed."""
+        digests = self.digests()
+        gone = [d for d, i in digests.items() if i == image_id and (only is None or d == only)]
+        for d in gone:
+            del digests[d]
+        if gone:
+            self.save_digests(digests)
+        return sorted(gone)
 
     def save_repositories(self, repos: dict[str, str]) -> None:
         atomic_write(self.repositories_file, json.dumps(repos, indent=1, sort_keys=True).encode() + b"\n")
@@ -411,7 +462,13 @@ class Store:
         self.save_repositories(repos)
 
     def lookup(self, ref: str) -> str:
-        """name[:tag], full id or unique id prefix (4+ hex digits) -> image id."""
+        """name[:tag], name@sha256:..., full id or unique id prefix (4+ hex digits) -> image id."""
+        if "@" in ref:
+            key = digest_reference(ref)
+            image_id = self.digests().get(key)
+            if image_id is None or not self.has_image(image_id):
+                raise ImageNotFoundError(f"no such image: {ref}")
+            return image_id
         repos = self.repositories()
         with contextlib.suppress(UsageError):
             normal = normalize_reference(ref)
@@ -426,6 +483,18 @@ class Store:
                 raise UsageError(f"image id prefix {ref!r} is ambiguous")
         parse_reference(ref)  # a malformed name is a usage error, not "not found"
         raise ImageNotFoundError(f"no such image: {ref}")
+
+
+def _read_names(path: Path) -> dict[str, str]:
+    try:
+        data = json.loads(path.read_bytes())
+    except FileNotFoundError:
+        return {}
+    except ValueError:
+        raise ImageError(f"{path} is corrupt") from None
+    if not isinstance(data, dict):
+        raise ImageError(f"{path} is corrupt")
+    return {str(k): str(v) for k, v in data.items()}
 
 
 def _rmtree(path: Path) -> None:

@@ -178,8 +178,10 @@ def _no_id(command: str, values: dict[str, Any], root: str) -> int:
         path = os.path.join(str(values.get("bundle") or "."), "config.json")
         if os.path.exists(path):
             raise PymachineError("File config.json exists. Remove it first.")
+        import json  # indented, as runc writes it, for the hand that edits it next
+
         with open(path, "w") as f:
-            f.write(dump_json(defaults.default_spec()) + "\n")
+            f.write(json.dumps(defaults.default_spec(), indent="\t") + "\n")
     else:
         _list(values, root)
     return 0

@@ -8,20 +8,28 @@ properties of the container's scope (the "systemd cgroup driver"): pymachine wri
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
-from typing import Any, TypeAlias
 
 from machinectl_py import plan
 from machinectl_py.oci import store
 from machinectl_py.policy import CAPABILITIES
+from machinectl_py.record import Record
 from machinectl_py.spec import RLIMITS
 
-Property: TypeAlias = tuple[str, tuple[str, Any]]
+# Records, not dataclasses, and no `typing` at run time: `create` is on containerd's start
+# path, and dataclasses (with re, inspect, enum...) cost ~10 ms of its import (record.py).
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any, TypeAlias
+
+    Property: TypeAlias = tuple[str, tuple[str, Any]]
 OCI_VERSION = store.OCI_VERSION
 UINT64_MAX = 2**64 - 1
 # The namespaces a container always gets new (pid is the held init's, mount, uts, ipc the
 # init's own unshare, cgroup after it joined its scope); network may be new or joined.
-NAMESPACES = ("pid", "network", "mount", "ipc", "uts", "cgroup")
+NAMESPACES = ("pid", "network", "mount", "ipc", "uts", "cgroup", "user")
+# The hooks of the runtime spec, in the order of the lifecycle (prestart is createRuntime's
+# deprecated twin, run just before it as runc does).
+HOOK_KINDS = ("prestart", "createRuntime", "createContainer", "startContainer", "poststart", "poststop")
 _TOP_FIELDS = {"ociVersion", "process", "root", "hostname", "mounts", "linux", "annotations", "hooks", "domainname"}
 _PROCESS_FIELDS = {"terminal", "consoleSize", "user", "args", "env", "cwd", "capabilities", "rlimits",
                    "noNewPrivileges", "oomScoreAdj", "apparmorProfile", "selinuxLabel"}
@@ -40,8 +48,11 @@ class OciConfigError(ValueError):
     """config.json asks for something pymachine cannot do, or is malformed: names the field."""
 
 
-@dataclass(frozen=True)
-class OciConfig:
+class OciConfig(Record):
+    __slots__ = ("args", "env", "cwd", "user", "groups", "terminal", "rootfs", "readonly_root", "hostname", "ops",
+                 "capability_mask", "rlimits", "no_new_privs", "oom_score_adj", "private_network", "join_namespaces",
+                 "slice", "unit", "properties", "annotations", "seccomp", "sysctls", "hooks", "userns")
+    _defaults: dict[str, Any] = {"annotations": {}, "seccomp": None, "sysctls": (), "hooks": {}, "userns": None}
     args: tuple[str, ...]
     env: dict[str, str]
     cwd: str
@@ -61,7 +72,21 @@ class OciConfig:
     slice: str
     unit: str
     properties: tuple[Property, ...]
-    annotations: dict[str, str] = field(default_factory=dict)
+    annotations: dict[str, str]
+    # linux.seccomp, checked (seccomp_profile's schema, the OCI profile being docker's format
+    # without includes): compiled by the runtime (libseccomp); None: no filter.
+    seccomp: dict[str, Any] | None
+    sysctls: tuple[tuple[str, str], ...]  # (path under /proc/sys, value)
+    hooks: dict[str, tuple[Hook, ...]]
+    userns: tuple[int, int] | None  # (host ID of container ID 0, size)
+
+
+class Hook(Record):
+    __slots__ = ("path", "args", "env", "timeout")
+    path: str
+    args: tuple[str, ...]
+    env: tuple[str, ...]
+    timeout: int | None  # seconds
 
 
 def fail(where: str, why: str) -> OciConfigError:
@@ -106,8 +131,6 @@ def check_id(container_id: str) -> None:
 def parse(raw: Any, bundle: str, container_id: str) -> OciConfig:
     top = _obj(raw, "config.json")
     _unknown(top, _TOP_FIELDS, "")
-    if _obj(top.get("hooks"), "hooks"):
-        raise fail("hooks", "hooks are not supported by pymachine")
     process = _obj(top.get("process"), "process")
     _unknown(process, _PROCESS_FIELDS, "process")
     for key in ("apparmorProfile", "selinuxLabel"):
@@ -115,15 +138,20 @@ def parse(raw: Any, bundle: str, container_id: str) -> OciConfig:
             raise fail(f"process.{key}", "not supported by pymachine")
     linux = _obj(top.get("linux"), "linux")
     _unknown(linux, _LINUX_FIELDS, "linux")
-    for key in ("uidMappings", "gidMappings", "seccomp", "sysctl", "mountLabel"):
-        if linux.get(key):
-            raise fail(f"linux.{key}", "not supported by pymachine yet")
+    if linux.get("mountLabel"):
+        raise fail("linux.mountLabel", "not supported by pymachine (no SELinux support)")
+    if top.get("domainname"):
+        raise fail("domainname", "not supported by pymachine")
+    if linux.get("rootfsPropagation") not in (None, "", "private", "rprivate"):
+        raise fail("linux.rootfsPropagation", "pymachine makes the container's mounts private (rprivate) only")
     root = _obj(top.get("root"), "root")
     rootfs = str(root.get("path") or "")
     if not rootfs:
         raise fail("root.path", "missing")
     rootfs = os.path.normpath(os.path.join(bundle, rootfs))
-    private_network, joined = _namespaces(_list(linux.get("namespaces"), "linux.namespaces"))
+    types = _namespaces(_list(linux.get("namespaces"), "linux.namespaces"))
+    private_network = "network" in types and types["network"] is None
+    joined = tuple((kind, path) for kind, path in types.items() if path is not None)
     hostname = str(top.get("hostname") or "")
     if hostname and any(kind == "uts" for kind, _ in joined):
         raise fail("hostname", "setting it needs a new uts namespace, not a joined one (as runc)")
@@ -149,6 +177,10 @@ def parse(raw: Any, bundle: str, container_id: str) -> OciConfig:
         unit=unit,
         properties=tuple(resource_properties(_obj(linux.get("resources"), "linux.resources"))),
         annotations={str(k): str(v) for k, v in _obj(top.get("annotations"), "annotations").items()},
+        seccomp=seccomp(linux.get("seccomp")),
+        sysctls=sysctls(_obj(linux.get("sysctl"), "linux.sysctl"), types),
+        hooks=hooks(_obj(top.get("hooks"), "hooks")),
+        userns=id_mappings(linux, "user" in types),
     )
 
 
@@ -178,7 +210,9 @@ def _cwd(process: dict[str, Any]) -> str:
 
 def _user(process: dict[str, Any]) -> str:
     user = _obj(process.get("user"), "process.user")
-    _unknown(user, {"uid", "gid", "additionalGids", "umask", "username"}, "process.user")
+    _unknown(user, {"uid", "gid", "additionalGids", "umask", "username"}, "process.user")  # username: Windows'
+    if user.get("umask") not in (None, 0o022):
+        raise fail("process.user.umask", "pymachine runs the process with umask 0022 only")
     uid, gid = user.get("uid", 0), user.get("gid", 0)
     if not isinstance(uid, int) or not isinstance(gid, int) or uid < 0 or gid < 0:
         raise fail("process.user", "uid and gid must be non-negative numbers")
@@ -228,25 +262,119 @@ def _oom(process: dict[str, Any]) -> int | None:
 JOINABLE = ("network", "ipc", "uts")
 
 
-def _namespaces(items: list[Any]) -> tuple[bool, tuple[tuple[str, str], ...]]:
-    """(a new network namespace?, the namespaces to join by path). pid, mount and cgroup are
-    always new (pymachine's init makes them); network, ipc and uts may be joined by path, as the
-    containers of a Kubernetes pod join its sandbox's; a user namespace is refused."""
-    types = {}
+def _namespaces(items: list[Any]) -> dict[str, str | None]:
+    """kind -> the path to join, None for a new one. pid, mount and cgroup are always new
+    (pymachine's init makes them); network, ipc and uts may be joined by path, as the
+    containers of a Kubernetes pod join its sandbox's; a user namespace is new (with the
+    config's mappings), never joined."""
+    types: dict[str, str | None] = {}
     for item in items:
         ns = _obj(item, "linux.namespaces[]")
         kind = str(ns.get("type", ""))
         if kind not in NAMESPACES:
             raise fail("linux.namespaces", f"{kind!r} namespaces are not supported by pymachine")
         path = ns.get("path")
-        if path and kind not in JOINABLE:
+        if path and kind not in JOINABLE:  # joining a user namespace is refused too
             raise fail("linux.namespaces", f"joining an existing {kind} namespace is not supported by pymachine")
         types[kind] = str(path) if path else None
     for required in ("pid", "mount"):
         if required not in types:
             raise fail("linux.namespaces", f"pymachine always makes a new {required} namespace; the config must ask")
-    joined = tuple((kind, path) for kind, path in types.items() if path is not None)
-    return "network" in types and types["network"] is None, joined
+    return types
+
+
+def seccomp(value: Any) -> dict[str, Any] | None:
+    """linux.seccomp: docker's profile format, which the runtime spec's is (without includes);
+    checked here, compiled by the runtime. Only the native architecture is ever allowed (see
+    seccomp_profile); filter flags and a notify listener are refused."""
+    from machinectl_py import seccomp_profile
+    from machinectl_py.errors import UsageError
+
+    profile = _obj(value, "linux.seccomp")
+    if not profile:
+        return None
+    for key in ("flags", "listenerPath", "listenerMetadata"):
+        if profile.get(key):
+            raise fail(f"linux.seccomp.{key}", "not supported by pymachine")
+    for i, rule in enumerate(_list(profile.get("syscalls"), "linux.seccomp.syscalls")):
+        if isinstance(rule, dict) and (rule.get("includes") or rule.get("excludes")):
+            raise fail(f"linux.seccomp.syscalls[{i}]", "includes/excludes are docker's, not the runtime spec's")
+    try:
+        seccomp_profile.check(profile, "linux.seccomp")
+    except UsageError as e:
+        raise fail("linux.seccomp", e.message.removeprefix("seccomp profile linux.seccomp: ")) from None
+    return profile
+
+
+def sysctls(values: dict[str, Any], types: dict[str, str | None]) -> tuple[tuple[str, str], ...]:
+    """linux.sysctl: namespaced ones only (security.parse_sysctls' list, as `--sysctl`); net.*
+    only with a network namespace of the container's (new or joined), as runc."""
+    if not values:
+        return ()
+    from machinectl_py import security
+    from machinectl_py.errors import UsageError
+
+    try:
+        parsed = security.parse_sysctls([f"{k}={v}" for k, v in values.items()])
+    except UsageError as e:
+        raise fail("linux.sysctl", e.message) from None
+    for key in parsed:
+        if key.startswith("net.") and "network" not in types:
+            raise fail("linux.sysctl", f"sysctl {key!r} is not allowed in the host's network namespace")
+    return security.sysctl_items(parsed)
+
+
+def hooks(raw: dict[str, Any]) -> dict[str, tuple[Hook, ...]]:
+    out: dict[str, tuple[Hook, ...]] = {}
+    for kind, items in raw.items():
+        if kind not in HOOK_KINDS:
+            raise fail(f"hooks.{kind}", "not a hook of the runtime spec")
+        found = []
+        for i, item in enumerate(_list(items, f"hooks.{kind}")):
+            where = f"hooks.{kind}[{i}]"
+            hook = _obj(item, where)
+            _unknown(hook, {"path", "args", "env", "timeout"}, where)
+            path = hook.get("path")
+            if not isinstance(path, str) or not path.startswith("/"):
+                raise fail(f"{where}.path", "must be an absolute path")
+            args, env = _list(hook.get("args"), f"{where}.args"), _list(hook.get("env"), f"{where}.env")
+            timeout = hook.get("timeout")
+            if timeout is not None and (not isinstance(timeout, int) or timeout <= 0):
+                raise fail(f"{where}.timeout", "must be a number of seconds greater than zero")
+            found.append(Hook(path, tuple(str(a) for a in args) or (path,), tuple(str(e) for e in env), timeout))
+        out[kind] = tuple(found)
+    return out
+
+
+def id_mappings(linux: dict[str, Any], new_userns: bool) -> tuple[int, int] | None:
+    """linux.uidMappings/gidMappings with a new user namespace: one range from container ID 0,
+    the same for users and groups (what Kubernetes' user namespaces and podman give; the
+    launch kit maps one range)."""
+    uids = _list(linux.get("uidMappings"), "linux.uidMappings")
+    gids = _list(linux.get("gidMappings"), "linux.gidMappings")
+    if not new_userns:
+        if uids or gids:
+            raise fail("linux.uidMappings", "mappings need a user namespace in linux.namespaces")
+        return None
+    if not uids or not gids:
+        raise fail("linux.uidMappings", "a user namespace needs uidMappings and gidMappings (as runc)")
+    ranges: list[tuple[int, int]] = []
+    for key, items in (("uidMappings", uids), ("gidMappings", gids)):
+        if len(items) != 1:
+            raise fail(f"linux.{key}", "pymachine maps one range (from container ID 0)")
+        entry = _obj(items[0], f"linux.{key}[0]")
+        container, host, size = (entry.get(k) for k in ("containerID", "hostID", "size"))
+        if not (isinstance(container, int) and isinstance(host, int) and isinstance(size, int)) \
+                or min(container, host) < 0 or size <= 0 or host + size > 2**32 - 1:
+            raise fail(f"linux.{key}[0]", "containerID, hostID and size must be numbers, size > 0")
+        if container != 0:
+            raise fail(f"linux.{key}[0].containerID", "pymachine maps one range from container ID 0")
+        ranges.append((host, size))
+    if ranges[0] != ranges[1]:
+        raise fail("linux.gidMappings", "pymachine maps the same range for groups as for users")
+    if ranges[0][0] == 0:
+        raise fail("linux.uidMappings[0].hostID", "mapping the host's root into a user namespace gives nothing")
+    return ranges[0]
 
 
 def cgroup_unit(cgroups_path: Any, container_id: str) -> tuple[str, str]:
@@ -382,21 +510,30 @@ def mount_ops(mount: dict[str, Any], i: int) -> list[plan.Op]:
     return ops
 
 
-@dataclass(frozen=True)
-class ProcessConfig:
+class ProcessConfig(Record):
     """`exec --process FILE`: a process object of the runtime spec."""
 
+    __slots__ = ("args", "env", "cwd", "user", "terminal", "capability_mask", "no_new_privs", "rlimits", "groups")
     args: tuple[str, ...]
     env: dict[str, str]
     cwd: str
     user: str
     terminal: bool
     capability_mask: int  # -1: none given, the container's own bounding set
+    no_new_privs: bool | None  # None: not given, the container's own (its config.json's)
+    rlimits: tuple[tuple[int, int, int], ...] | None  # None: not given, the container's own
+    groups: tuple[int, ...] | None  # additionalGids; None: the container's /etc/group
 
 
 def parse_process(raw: Any) -> ProcessConfig:
     process = _obj(raw, "process")
     _unknown(process, _PROCESS_FIELDS, "process")
+    for key in ("apparmorProfile", "selinuxLabel"):
+        if process.get(key):
+            raise fail(f"process.{key}", "not supported by pymachine")
     caps = _capabilities(process) if process.get("capabilities") else -1
+    nnp = process.get("noNewPrivileges")
+    groups = _groups(process) if "additionalGids" in _obj(process.get("user"), "process.user") else None
     return ProcessConfig(_args(process), _env(process), _cwd(process), _user(process),
-                         bool(process.get("terminal", False)), caps)
+                         bool(process.get("terminal", False)), caps, None if nnp is None else bool(nnp),
+                         _rlimits(process) if "rlimits" in process else None, groups)

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Any
+from machinectl_py.oci.config import HOOK_KINDS, NAMESPACES, OCI_VERSION
 
-from machinectl_py.oci.config import NAMESPACES, OCI_VERSION
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 _CAPS = ["CAP_AUDIT_WRITE", "CAP_KILL", "CAP_NET_BIND_SERVICE"]
 
@@ -50,17 +52,20 @@ def default_spec() -> dict[str, Any]:
 
 def features() -> dict[str, Any]:
     """The runtime spec's features document (runtime-spec features.md)."""
+    from machinectl_py import seccomp_profile
+
     return {
         "ociVersionMin": "1.0.0",
         "ociVersionMax": OCI_VERSION,
-        "hooks": [],
+        "hooks": list(HOOK_KINDS),
         "mountOptions": ["bind", "rbind", "ro", "rw", "nosuid", "suid", "nodev", "dev", "noexec", "exec",
                          "strictatime"],
         "linux": {
             "namespaces": list(NAMESPACES),
             "capabilities": [],
             "cgroup": {"v1": True, "v2": True, "systemd": True, "systemdUser": False},
-            "seccomp": {"enabled": False},
+            "seccomp": {"enabled": True, "actions": list(seccomp_profile.ACTIONS),
+                        "operators": list(seccomp_profile.OPERATORS)},
             "apparmor": {"enabled": False},
             "selinux": {"enabled": False},
         },

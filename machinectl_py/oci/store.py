@@ -17,6 +17,10 @@ if TYPE_CHECKING:
 OCI_VERSION = "1.0.2"
 DEFAULT_ROOT = "/run/pymachine-runc"
 FIFO = "exec.fifo"
+SECCOMP = "seccomp.bpf"  # linux.seccomp compiled, for exec
+# Every container of every --root (containerd gives one per namespace), by machine name: a
+# symlink to its ROOT/ID, so `pymachine ps` finds them all.
+INDEX = "/run/pymachine-runc/machines"
 
 
 class StoreError(Exception):
@@ -75,7 +79,7 @@ def ids(root: str) -> list[str]:
 
 def remove(root: str, container_id: str) -> None:
     path = container_dir(root, container_id)
-    for name in ("state.json", "state.json.tmp", FIFO, "resume.fifo", "lock"):
+    for name in ("state.json", "state.json.tmp", FIFO, "resume.fifo", SECCOMP, "lock"):
         try:
             os.unlink(os.path.join(path, name))
         except FileNotFoundError:
@@ -84,6 +88,47 @@ def remove(root: str, container_id: str) -> None:
         os.rmdir(path)
     except FileNotFoundError:
         pass
+
+
+def add_to_index(machine: str, root: str, container_id: str) -> None:
+    os.makedirs(INDEX, mode=0o700, exist_ok=True)
+    link = os.path.join(INDEX, machine)
+    tmp = f"{link}.{os.getpid()}.tmp"
+    os.symlink(os.path.abspath(container_dir(root, container_id)), tmp)
+    os.rename(tmp, link)
+
+
+def remove_from_index(machine: str, root: str, container_id: str) -> None:
+    """Only the link to this container (a later one of the same name may have replaced it)."""
+    link = os.path.join(INDEX, machine)
+    try:
+        if os.readlink(link) == os.path.abspath(container_dir(root, container_id)):
+            os.unlink(link)
+    except OSError:
+        pass
+
+
+def indexed() -> list[tuple[dict[str, Any], str]]:
+    """(state, root) of each indexed container; a link whose container is gone (deleted by a
+    runtime killed midway, or a --root on a tmpfs since unmounted) is dropped."""
+    try:
+        names = sorted(os.listdir(INDEX))
+    except OSError:  # none yet, or not root (the index is root's, 0700)
+        return []
+    out = []
+    for name in names:
+        link = os.path.join(INDEX, name)
+        try:
+            target = os.readlink(link)
+            with open(os.path.join(target, "state.json")) as f:
+                out.append((load_json(f.read()), os.path.dirname(target)))
+        except (OSError, ValueError):
+            if not name.endswith(".tmp"):
+                try:
+                    os.unlink(link)
+                except OSError:
+                    pass
+    return out
 
 
 def write_pid_file(path: str, pid: int) -> None:

@@ -56,6 +56,41 @@ def test_events_followed_live(host: AnyHost) -> None:
         proc.communicate(timeout=30)
 
 
+def test_events_from_systemd_and_machined(host: AnyHost) -> None:
+    """A `run` killed with SIGKILL cannot record its container's end: systemd's and machined's
+    signals say it (live), machined's journal message (replayed); what pymachine records itself
+    is shown once."""
+    proc = host.popen(["pymachine", "events", "--format", "json", "--filter", "container=ev4",
+                       "--filter", "container=ev4p"])
+    try:
+        for _ in range(20):  # following once a probe's own record shows
+            assert pm(host, "run", "--rm", "--name", "ev4p", "busybox", "true").returncode == 0
+            try:
+                read_until(proc, '"ev4p"', timeout=5)
+                break
+            except AssertionError:
+                continue
+        else:
+            raise AssertionError("events did not follow")
+        run = host.popen(["pymachine", "run", "--name", "ev4", "busybox", "sleep", "300"])
+        out = read_until(proc, '"name": "ev4"', timeout=60)
+        run.kill()
+        run.communicate(timeout=30)
+        out += read_until(proc, '"source": ', timeout=60)
+        died = [e for e in map(json.loads, out.splitlines()) if e["Actor"]["Attributes"]["name"] == "ev4"]
+        assert [e["Action"] for e in died] == ["start", "die"]
+        assert "source" not in died[0]["Actor"]["Attributes"]
+        assert died[1]["Actor"]["Attributes"]["source"] in ("systemd", "machined")
+        # Replayed: machined's journal message says it, once.
+        replayed = [(e["Action"], e["Actor"]["Attributes"].get("source"))  # type: ignore[index]
+                    for e in events(host, "--filter", "container=ev4")]
+        assert replayed == [("start", None), ("die", "machined")]
+    finally:
+        proc.terminate()
+        proc.communicate(timeout=30)
+        pm(host, "rm", "-f", "ev4")
+
+
 def test_bad_event_arguments(host: AnyHost) -> None:
     for args, error in ((["--since", "yesterday-ish"], "invalid time"), (["--filter", "color=red"], "invalid filter")):
         r = pm(host, "events", *args)

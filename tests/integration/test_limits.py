@@ -115,3 +115,24 @@ def test_a_device_limit_on_no_block_device_is_refused(host: AnyHost) -> None:
 def test_kernel_memory_is_refused(host: AnyHost) -> None:
     r = pm(host, "run", "--rm", "--kernel-memory", "64M", "busybox", "true")
     assert r.returncode == 125 and "--kernel-memory is not supported" in r.stderr
+
+
+def test_cpu_period_lands_in_unit_kernel_definition_and_inspect(host: AnyHost) -> None:
+    """--cpu-period with --cpus: systemd grants the per-second quota per period (cpu.max on v2,
+    cpu.cfs_* on v1); the definition keeps it and inspect shows docker's CpuPeriod."""
+    unit = started(host, "lim5", "--cpus", "0.5", "--cpu-period", "50000")
+    try:
+        assert show(host, unit, "CPUQuotaPeriodUSec") == "50ms"
+        cgroup = show(host, unit, "ControlGroup")
+        if unified(host):
+            assert read(host, f"/sys/fs/cgroup{cgroup}/cpu.max") == "25000 50000"
+        else:
+            assert read(host, f"/sys/fs/cgroup/cpu{cgroup}/cpu.cfs_period_us") == "50000"
+            assert read(host, f"/sys/fs/cgroup/cpu{cgroup}/cpu.cfs_quota_us") == "25000"
+        assert "cpu_period = 50000" in read(host, "/etc/pymachine/machines/lim5.toml")
+        inspect = pm(host, "inspect", "lim5", "--format", "{{ .HostConfig.CpuPeriod }} {{ .HostConfig.NanoCpus }}")
+        assert inspect.stdout.strip() == "50000 500000000"
+    finally:
+        pm(host, "rm", "-f", "lim5")
+    r = pm(host, "run", "--rm", "--cpu-period", "999", "busybox", "true")
+    assert r.returncode == 125 and "invalid CPU period '999'" in r.stderr, r.stderr

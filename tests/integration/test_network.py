@@ -100,10 +100,11 @@ def test_concurrent_starts_get_distinct_addresses(host: AnyHost, clean: Snapshot
     """20 starts at once, all running together: 20 leases, 20 addresses, as machined sees them."""
     n, prefix = 20, unique("par")
     names = [f"{prefix}-{i}" for i in range(n)]
-    starts = " ".join(f"pymachine run -d --name {name} --network bridge busybox sleep 600 >/dev/null &"
+    starts = " ".join(f'pymachine run -d --name {name} --network bridge busybox sleep 600 >/dev/null & p="$p $!";'
                       for name in names)
     try:
-        r = host.run(["sh", "-c", f"{starts} wait"], timeout=600)
+        # each start's own exit status (a bare `wait` would return 0 whatever they did)
+        r = host.run(["sh", "-c", f"{starts} for pid in $p; do wait $pid || exit 1; done"], timeout=600)
         assert r.returncode == 0, r.stderr
         held = leases(host)
         assert sorted(str(lease["name"]) for lease in held.values()) == sorted(names), held
@@ -133,6 +134,9 @@ def test_gc_frees_what_a_killed_pymachine_left(host: AnyHost, clean: Snapshot) -
     r = pm(host, "gc")
     assert r.returncode == 0, r.stderr
     assert snapshot(host) == clean, r.stdout
+    # the --rm container's record, state directory and /etc/hosts files went too
+    assert host.run(["ls", "/var/lib/pymachine/containers"]).stdout.split() == [], r.stdout
+    assert host.run(["ls", "/run/pymachine/netfiles"]).stdout.split() == [], r.stdout
 
 
 def http(host: AnyHost, url: str) -> str:

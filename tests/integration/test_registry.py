@@ -448,7 +448,7 @@ def test_a_corrupt_blob_is_refused_and_nothing_is_stored(host: AnyHost, registry
 
 def test_a_pull_killed_midway_leaves_nothing_visible_and_resumes(host: AnyHost, registry: Registry,
                                                                  tmp_path: Path) -> None:
-    layout = unique_layout(tmp_path / "img", os.urandom(96 << 20))  # incompressible: 96 MB on the wire
+    layout = unique_layout(tmp_path / "img", os.urandom(200 << 20))  # incompressible: 200 MB on the wire
     ref = registry.put(layout, "test/big:1")
     layer = registry.inspect(ref, "--raw")["layers"][0]
     env = private_store(tmp_path)
@@ -457,7 +457,7 @@ def test_a_pull_killed_midway_leaves_nothing_visible_and_resumes(host: AnyHost, 
     proc = host.popen(["pymachine", "pull", ref, "--tls-verify=false"], env=env)
     try:
         deadline = time.monotonic() + 60
-        while not (partial.exists() and partial.stat().st_size > (16 << 20)):
+        while not (partial.exists() and partial.stat().st_size > (64 << 20)):
             assert proc.poll() is None, f"the pull ended before it could be killed: {proc.communicate()}"
             assert time.monotonic() < deadline, "the download did not start"
             time.sleep(0.002)
@@ -470,8 +470,13 @@ def test_a_pull_killed_midway_leaves_nothing_visible_and_resumes(host: AnyHost, 
     assert list((state / "layers" / "sha256").iterdir()) == []
     result = pm(host, "pull", ref, "--tls-verify=false", env=env)
     assert "(resumed at" in result.stderr, result.stderr
+    # every digest as skopeo has them: the layers' diff_ids, the config's (the image id), the manifest's
     assert layers_of(host, ref, env) == diff_ids(registry, ref)
+    inspected = json.loads(pm(host, "image", "inspect", ref, env=env).stdout)[0]
+    assert inspected["Id"] == registry.inspect(ref, "--raw")["config"]["digest"]
+    assert inspected["RepoDigests"] == [f"{ref.rpartition(':')[0]}@{registry.inspect(ref)['Digest']}"]
     store_is_clean(state)
+    assert [p for p in state.rglob("*") if ".tmp" in p.name or p.name.startswith(".")] == []
     # the registry served the rest only: a Range request from where the first pull stopped
     log = (registry.work / "registry.log").read_text()
     assert re.search(rf'"GET /v2/test/big/blobs/{layer["digest"]} HTTP/1.1" 206 ', log), log[-2000:]
@@ -479,6 +484,75 @@ def test_a_pull_killed_midway_leaves_nothing_visible_and_resumes(host: AnyHost, 
     (state / "downloads" / ("0" * 64)).write_bytes(b"x" * 4096)
     assert "reclaimed 4.1kB" in pm(host, "image", "prune", env=env).stdout
     store_is_clean(state)
+
+
+def test_pull_by_digest_records_repo_digests_and_runs(host: AnyHost, registry: Registry, tmp_path: Path) -> None:
+    name = registry.put(unique_layout(tmp_path / "img"), "test/bydigest")
+    by_digest = f"{name}@{registry.inspect(name)['Digest']}"
+    other = f"bydigest-{secrets.token_hex(3)}:1"
+    out = pm(host, "pull", by_digest, "--tls-verify=false").stdout
+    assert f"Pulled {by_digest}" in out
+    try:
+        image = json.loads(pm(host, "image", "inspect", by_digest).stdout)[0]
+        assert (image["RepoTags"], image["RepoDigests"]) == ([], [by_digest])
+        assert pm(host, "run", "--rm", by_digest, "echo", "by-digest").stdout.split() == ["by-digest"]
+        # the same manifest by tag: the tag joins, the digest stays (docker's RepoTags and RepoDigests)
+        pm(host, "pull", "-q", f"{name}:latest", "--tls-verify=false")
+        image = json.loads(pm(host, "image", "inspect", by_digest).stdout)[0]
+        assert (image["RepoTags"], image["RepoDigests"]) == ([f"{name}:latest"], [by_digest])
+        # rm by digest while a tag is left forgets only the digest, as docker rmi does
+        assert pm(host, "image", "rm", by_digest).stdout.split() == ["Untagged:", by_digest]
+        assert json.loads(pm(host, "image", "inspect", f"{name}:latest").stdout)[0]["RepoDigests"] == []
+        missing = pm(host, "run", "--rm", "--pull=never", by_digest, "true", check=False)
+        assert missing.returncode == 125 and missing.stderr.startswith(f"pymachine: no such image: {by_digest}")
+        # the last tag of a repository takes the image's digests in it along (docker rmi)
+        pm(host, "pull", "-q", by_digest, "--tls-verify=false")
+        pm(host, "image", "tag", f"{name}:latest", other)
+        assert pm(host, "image", "rm", f"{name}:latest").stdout.split() == [
+            "Untagged:", f"{name}:latest", "Untagged:", by_digest]
+        assert json.loads(pm(host, "image", "inspect", other).stdout)[0]["RepoDigests"] == []
+    finally:
+        pm(host, "image", "rm", f"{name}:latest", other, check=False)
+
+
+def test_run_and_create_pull_a_missing_image(host: AnyHost, registry: Registry, tmp_path: Path) -> None:
+    name = registry.put(unique_layout(tmp_path / "img"), "team/runpull", tag="latest")
+    conf = tmp_path / "conf"
+    conf.mkdir()
+    # no --tls-verify on run: the registry is listed insecure, and searched for short names
+    (conf / "registries.conf").write_text(
+        f'unqualified-search-registries = ["{registry.address}"]\n'
+        f'[[registry]]\nlocation = "{registry.address}"\ninsecure = true\n')
+    env = {"PYMACHINE_CONFIG_DIR": str(conf)}
+    try:
+        never = pm(host, "run", "--rm", "--pull=never", name, "true", env=env, check=False)
+        assert never.returncode == 125, never.stderr
+        assert never.stderr.splitlines()[0] == f"pymachine: no such image: {name}", never.stderr
+        first = pm(host, "run", "--rm", name, "echo", "ran", env=env)
+        assert first.stderr.startswith(f"Unable to find image '{name}' locally"), first.stderr
+        assert ": pulled" in first.stderr and first.stdout.split() == ["ran"]
+        again = pm(host, "run", "--rm", name, "echo", "ran", env=env)
+        assert "Unable to find" not in again.stderr and ": pulled" not in again.stderr
+        # always: the registry is asked again; its layer is in the store already
+        always = pm(host, "run", "--rm", "--pull=always", name, "echo", "ran", env=env)
+        assert "already in the store" in always.stderr and always.stdout.split() == ["ran"]
+        # a registry not listed insecure: --tls-verify=false, as podman run has it
+        refused = pm(host, "run", "--rm", "--pull=always", name, "true", check=False)
+        assert refused.returncode == 125 and "answered without TLS" in refused.stderr, refused.stderr
+        pm(host, "run", "--rm", "--pull=always", "--tls-verify=false", name, "true")
+        # create with a short name: found through the search list, recorded fully qualified
+        cname = "pullcreate-" + secrets.token_hex(3)
+        pm(host, "image", "rm", name)
+        pm(host, "create", "--name", cname, "team/runpull", env=env)
+        try:
+            image = pm(host, "inspect", cname, "--format", "{{.Config.Image}}", env=env).stdout.strip()
+            assert image == f"{name}:latest"
+        finally:
+            pm(host, "rm", cname, env=env)
+        bad = pm(host, "run", "--rm", "--pull=sometimes", name, "true", check=False)
+        assert bad.returncode == 125 and "invalid value 'sometimes' for --pull" in bad.stderr
+    finally:
+        pm(host, "image", "rm", name, check=False)
 
 
 def test_auth_login_logout(host: AnyHost, auth_registry: Registry, umoci_layout: Path, tmp_path: Path) -> None:
@@ -549,9 +623,58 @@ def test_push_of_a_committed_image_round_trips(host: AnyHost, registry: Registry
         second = pm(host, "push", "--tls-verify=false", target).stdout
         assert "0 layers uploaded, 0 mounted, 3 already there" in second
         assert f"digest {pushed['Digest']}" in second
+        repo_digest = f"{target.rpartition(':')[0]}@{pushed['Digest']}"
+        assert json.loads(pm(host, "image", "inspect", target).stdout)[0]["RepoDigests"] == [repo_digest]
         env = private_store(tmp_path)
         pm(host, "pull", target, "--tls-verify=false", env=env)
         assert layers_of(host, target, env) == local
+    finally:
+        pm(host, "image", "rm", "-f", target, base, check=False)
+
+
+DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
+
+
+def test_push_keeps_dockers_format_and_pushes_zstd(host: AnyHost, registry: Registry, tmp_path: Path) -> None:
+    base = registry.put(unique_layout(tmp_path / "img"), "test/dockerbase", "--format", "v2s2")
+    assert registry.inspect(base, "--raw")["mediaType"] == DOCKER_MANIFEST
+    pm(host, "pull", "-q", base, "--tls-verify=false")
+    name = f"v2s2-{secrets.token_hex(3)}"
+    target = f"{registry.address}/test/dockerpush:{name}"
+    pm(host, "run", "--name", name, base, "sh", "-c", "echo changed > /changed")
+    try:
+        pm(host, "commit", name, target)
+    finally:
+        pm(host, "rm", "-f", name, check=False)
+    ztarget = f"{target}-zstd"
+    try:
+        # the base came as docker v2s2: so does the push, its base blob mounted as it is
+        out = pm(host, "push", "--tls-verify=false", target).stdout
+        assert "1 layers uploaded, 1 mounted, 0 already there" in out, out
+        raw = registry.inspect(target, "--raw")
+        assert raw["mediaType"] == DOCKER_MANIFEST
+        assert raw["config"]["mediaType"] == "application/vnd.docker.container.image.v1+json"
+        assert {layer["mediaType"] for layer in raw["layers"]} == {"application/vnd.docker.image.rootfs.diff.tar.gzip"}
+        local = layers_of(host, target)
+        assert diff_ids(registry, target) == local
+        # zstd: an OCI manifest, every layer compressed anew; a clean store pulls the same diff_ids
+        out = pm(host, "push", "--tls-verify=false", "--compression-format", "zstd", target, ztarget).stdout
+        assert "2 layers uploaded, 0 mounted, 0 already there" in out, out
+        raw = registry.inspect(ztarget, "--raw")
+        assert raw["mediaType"] == "application/vnd.oci.image.manifest.v1+json"
+        assert {layer["mediaType"] for layer in raw["layers"]} == {"application/vnd.oci.image.layer.v1.tar+zstd"}
+        assert diff_ids(registry, ztarget) == local
+        env = private_store(tmp_path)
+        pm(host, "pull", ztarget, "--tls-verify=false", env=env)
+        assert layers_of(host, ztarget, env) == local
+        # the same image as OCI + gzip: the blobs are the docker ones, only their mediaType changes
+        out = pm(host, "push", "--tls-verify=false", "--format", "oci", target, f"{target}-oci").stdout
+        assert "0 layers uploaded, 0 mounted, 2 already there" in out, out
+        assert registry.inspect(f"{target}-oci", "--raw")["mediaType"] == "application/vnd.oci.image.manifest.v1+json"
+        bad = pm(host, "push", "--tls-verify=false", "--format", "v2s2", "--compression-format", "zstd", target,
+                 check=False)
+        assert bad.returncode == 125
+        assert bad.stderr.startswith("pymachine: docker's v2s2 format has no zstd layers"), bad.stderr
     finally:
         pm(host, "image", "rm", "-f", target, base, check=False)
 

@@ -107,7 +107,9 @@ def test_machined_registration(host: AnyHost) -> None:
         status = host.run(["cat", f"/proc/{leader}/status"], check=True).stdout
         nspid = next(line for line in status.splitlines() if line.startswith("NSpid:"))
         assert nspid.split()[1:] == [str(leader), "1"]
-        assert "sleep" in host.run(["cat", f"/proc/{leader}/comm"], check=True).stdout
+        # Registered before the payload runs (the release's second step): wait for its exec.
+        wait_until(lambda: "sleep" in host.run(["cat", f"/proc/{leader}/comm"], check=True).stdout,
+                   what="the payload's exec")
         assert "machine-reg.scope" in host.run(["machinectl", "status", "reg"], check=True).stdout
         # what machined's CreateMachine would have given the scope, too
         scope = host.run(["systemctl", "show", "machine-reg.scope", "-p", "Delegate", "-p", "TasksMax"],

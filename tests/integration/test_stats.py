@@ -31,7 +31,9 @@ def test_stats_of_busy_capped_and_idle_containers(host: AnyHost) -> None:
     try:
         assert pm(host, "run", "-d", "--name", "stbusy", *LOOP).returncode == 0
         assert pm(host, "run", "-d", "--name", "sthalf", "--cpus", "0.5", *LOOP).returncode == 0
-        assert pm(host, "run", "-d", "--name", "stidle", "--memory", "64M", "busybox", "sleep", "300").returncode == 0
+        # In a slice of its own: stats finds its cgroup where systemd puts a unit of that slice.
+        assert pm(host, "run", "-d", "--name", "stidle", "--memory", "64M", "--slice", "machine-sttenant.slice",
+                  "busybox", "sleep", "300").returncode == 0
         for name in names:
             wait_until(lambda unit=f"pymachine@{name}.service": show(host, unit, "ActiveState") == "active",  # type: ignore[misc]
                        what=f"{name} active", timeout=60)
@@ -39,9 +41,10 @@ def test_stats_of_busy_capped_and_idle_containers(host: AnyHost) -> None:
         rows = stats(host)
         assert set(names) <= set(rows)
         busy, half, idle = (rows[n] for n in names)
-        assert 10 <= float(busy["cpu_percent"]) <= 110, busy  # type: ignore[arg-type]
-        # The quota is firm, but the average since the unit went active also counts the CPU its
-        # setup process used before: a band above 50.
+        # A lower band only of a few %: on this 2-CPU machine at load 15 a loop got 9.7%.
+        assert 4 <= float(busy["cpu_percent"]) <= 110, busy  # type: ignore[arg-type]
+        # The quota is firm over the unit's whole life, setup included (the average runs from the
+        # start of the unit's activation): a band a little above 50 for the sampling's own skew.
         assert 5 <= float(half["cpu_percent"]) <= 75, half  # type: ignore[arg-type]
         # Idle, but its average since the start includes the setup process's CPU (27% seen on the
         # emulated v2 tier): only an upper band.
@@ -52,6 +55,8 @@ def test_stats_of_busy_capped_and_idle_containers(host: AnyHost) -> None:
         assert table[0].split() == ["CONTAINER", "ID", "NAME", "CPU", "%", "MEM", "USAGE", "/", "LIMIT", "MEM",
                                     "%", "NET", "I/O", "BLOCK", "I/O", "PIDS"]
         assert any(line.split()[1] == "stidle" for line in table[1:])
+        # The counters are the ones systemd's accounting properties read.
+        assert idle["pids"] == int(show(host, "pymachine@stidle.service", "TasksCurrent"))
         # Accounting is on for pymachine's units.
         assert show(host, "pymachine@stidle.service", "MemoryAccounting") == "yes"
         assert show(host, "pymachine@stidle.service", "TasksAccounting") == "yes"

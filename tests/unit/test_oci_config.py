@@ -65,12 +65,34 @@ def test_network_namespace_path_is_joined() -> None:
         config.parse(spec(linux__namespaces=namespaces), "/b", "c1")  # runc's spec sets one
 
 
+USERNS = [{"type": "pid"}, {"type": "mount"}, {"type": "user"}]
+ONE_RANGE = [{"containerID": 0, "hostID": 100000, "size": 65536}]
+
+
 @pytest.mark.parametrize(("changes", "field"), [
-    ({"hooks": {"prestart": [{"path": "/bin/true"}]}}, "hooks"),
+    ({"hooks": {"prestart": [{"path": "true"}]}}, "hooks.prestart[0].path"),
+    ({"hooks": {"postcreate": [{"path": "/bin/true"}]}}, "hooks.postcreate"),
+    ({"hooks": {"poststop": [{"path": "/bin/true", "timeout": 0}]}}, r"hooks.poststop[0].timeout"),
     ({"linux__uidMappings": [{"containerID": 0, "hostID": 1000, "size": 1}]}, "linux.uidMappings"),
-    ({"linux__seccomp": {"defaultAction": "SCMP_ACT_ALLOW"}}, "linux.seccomp"),
-    ({"linux__namespaces": [{"type": "pid"}, {"type": "mount"}, {"type": "user"}]}, "linux.namespaces"),
+    ({"linux__namespaces": USERNS}, "linux.uidMappings"),
+    ({"linux__namespaces": USERNS, "linux__uidMappings": ONE_RANGE,
+      "linux__gidMappings": [{"containerID": 0, "hostID": 200000, "size": 65536}]}, "linux.gidMappings"),
+    ({"linux__namespaces": USERNS, "linux__uidMappings": [*ONE_RANGE, *ONE_RANGE], "linux__gidMappings": ONE_RANGE},
+     "linux.uidMappings"),
+    ({"linux__namespaces": [*USERNS[:2], {"type": "user", "path": "/proc/1/ns/user"}]}, "linux.namespaces"),
+    ({"linux__seccomp": {"defaultAction": "SCMP_ACT_NOTIFY"}}, "linux.seccomp"),
+    ({"linux__seccomp": {"defaultAction": "SCMP_ACT_ALLOW", "flags": ["SECCOMP_FILTER_FLAG_LOG"]}},
+     "linux.seccomp.flags"),
+    ({"linux__seccomp": {"defaultAction": "SCMP_ACT_ALLOW", "listenerPath": "/run/x.sock"}},
+     "linux.seccomp.listenerPath"),
+    ({"linux__sysctl": {"kernel.panic": "1"}}, "linux.sysctl"),
+    ({"linux__sysctl": {"net.ipv4.ip_forward": "1"}, "linux__namespaces": [{"type": "pid"}, {"type": "mount"}]},
+     "linux.sysctl"),
+    ({"linux__namespaces": [{"type": "pid"}, {"type": "mount"}, {"type": "time"}]}, "linux.namespaces"),
     ({"linux__intelRdt": {}}, "linux.intelRdt"),
+    ({"domainname": "example"}, "domainname"),
+    ({"linux__rootfsPropagation": "rslave"}, "linux.rootfsPropagation"),
+    ({"process__user__umask": 0o077}, "process.user.umask"),
     ({"process__args": []}, "process.args"),
     ({"process__cwd": "relative"}, "process.cwd"),
     ({"mounts": [{"destination": "/x", "type": "nfs", "source": "h:/"}]}, "mounts[0].type"),
@@ -108,3 +130,53 @@ def test_cli_errors_are_one_line(capsys: pytest.CaptureFixture[str], tmp_path: A
     assert err == ["pymachine-runc: No help topic for 'frobnicate'", "pymachine-runc: container does not exist: nope"]
     assert '"level": "error"' in (tmp_path / "log").read_text()
     assert cli.main(["features"]) == 0 and '"ociVersionMax"' in capsys.readouterr().out
+
+
+def test_seccomp_sysctl_hooks_and_mappings_translate() -> None:
+    profile = {"defaultAction": "SCMP_ACT_ERRNO", "defaultErrnoRet": 1, "architectures": ["SCMP_ARCH_X86_64"],
+               "syscalls": [{"names": ["read", "write"], "action": "SCMP_ACT_ALLOW"}]}
+    hooks = {"createRuntime": [{"path": "/bin/sh", "args": ["sh", "-c", "true"], "env": ["A=1"], "timeout": 5}],
+             "poststop": [{"path": "/bin/true"}]}
+    cfg = config.parse(spec(linux__seccomp=profile, linux__sysctl={"net.ipv4.ip_forward": "1", "kernel.shmmax": "9"},
+                            hooks=hooks, linux__namespaces=[*USERNS, {"type": "network"}],
+                            linux__uidMappings=ONE_RANGE, linux__gidMappings=ONE_RANGE), "/b", "c1")
+    assert cfg.seccomp == profile
+    assert set(cfg.sysctls) == {("/proc/sys/net/ipv4/ip_forward", "1"), ("/proc/sys/kernel/shmmax", "9")}
+    assert cfg.hooks["createRuntime"] == (config.Hook("/bin/sh", ("sh", "-c", "true"), ("A=1",), 5),)
+    assert cfg.hooks["poststop"] == (config.Hook("/bin/true", ("/bin/true",), (), None),), "args default to the path"
+    assert cfg.userns == (100000, 65536) and cfg.private_network
+
+
+def test_exec_process_fields() -> None:
+    given = config.parse_process({"args": ["sh"], "noNewPrivileges": False, "user": {"uid": 0, "gid": 0},
+                                  "rlimits": [{"type": "RLIMIT_NOFILE", "soft": 10, "hard": 20}]})
+    assert (given.no_new_privs, given.rlimits, given.capability_mask, given.groups) == (False, ((7, 10, 20),), -1, None)
+    bare = config.parse_process({"args": ["sh"]})
+    assert (bare.no_new_privs, bare.rlimits) == (None, None), "not given: the container's own"
+
+
+def test_index_of_containers_for_ps(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """pymachine-runc's index by machine name: ps finds containers of any --root, with their origin;
+    a link whose container is gone is dropped."""
+    from machinectl_py import cmd_ps
+    from machinectl_py.oci import store
+
+    monkeypatch.setattr(store, "INDEX", str(tmp_path / "index"))
+    root = tmp_path / "run" / "containerd" / "runc" / "default"
+    for cid in ("a1", "b2"):
+        (root / cid).mkdir(parents=True)
+        store.save(str(root), cid, {"id": cid, "machine": cid, "pid": 1, "starttime": "", "bundle": "/b",
+                                    "unit": f"machine-{cid}.scope", "args": ["sleep", "1"],
+                                    "created": "2026-01-02T03:04:05Z"})
+        store.add_to_index(cid, str(root), cid)
+    store.remove(str(root), "b2")
+    assert [st["id"] for st, _ in store.indexed()] == ["a1"]
+    assert sorted(p.name for p in (tmp_path / "index").iterdir()) == ["a1"], "the dangling link is dropped"
+    [(st, found_root)] = store.indexed()
+    entry = cmd_ps._oci_json(st, found_root, "stopped")
+    assert (entry["status"], entry["origin"], entry["Command"]) == ("exited", "oci", "sleep 1")
+    assert cmd_ps._oci_json(st, "/run/containerd/runc/k8s.io", "running")["origin"] == "oci/containerd"
+    store.remove_from_index("a1", str(tmp_path / "elsewhere"), "a1")
+    assert (tmp_path / "index" / "a1").is_symlink(), "only the link to that very container is removed"
+    store.remove_from_index("a1", str(root), "a1")
+    assert store.indexed() == []

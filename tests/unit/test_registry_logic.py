@@ -173,3 +173,52 @@ def test_options_may_follow_the_image_as_with_docker() -> None:
     assert (values["registry"], values["username"], values["password_stdin"]) == ("reg:5000", "alice", True)
     with pytest.raises(UsageError, match="unexpected argument"):
         PULL.parse(["a", "b"])
+    from machinectl_py.images.registry_cli import PUSH
+
+    values = PUSH.parse(["img:1", "reg:5000/a:1", "--tls-verify=false", "-f", "v2s2"])
+    assert (values["image"], values["destination"], values["tls_verify"], values["format"]) == (
+        "img:1", "reg:5000/a:1", "false", "v2s2")
+    values = PUSH.parse(["reg:5000/a:1", "--tls-verify=false"])
+    assert (values["image"], values["destination"], values["tls_verify"]) == ("reg:5000/a:1", None, "false")
+    with pytest.raises(UsageError, match="unexpected argument"):
+        PUSH.parse(["a", "b", "c"])
+
+
+@pytest.mark.parametrize(("text", "key"), [
+    ("docker.io/library/busybox@sha256:" + HEX, "busybox@sha256:" + HEX),
+    ("busybox:1.36@sha256:" + HEX, "busybox@sha256:" + HEX),  # the digest names the manifest, not the tag
+    ("127.0.0.1:5000/test/app@sha256:" + HEX, "127.0.0.1:5000/test/app@sha256:" + HEX),
+    ("docker.io/team/app:x@sha256:" + HEX, "team/app@sha256:" + HEX),
+])
+def test_digest_references_in_the_store(text: str, key: str) -> None:
+    from machinectl_py.images.store import digest_reference
+
+    assert digest_reference(text) == key
+
+
+def test_a_bad_digest_reference_is_a_usage_error() -> None:
+    from machinectl_py.images.store import digest_reference
+
+    for text in ("busybox@sha256:1234", "Bad@sha256:" + HEX, "busybox@md5:" + HEX):
+        with pytest.raises(UsageError):
+            digest_reference(text)
+
+
+def test_push_formats() -> None:
+    from machinectl_py.images import push
+
+    push.check_format("v2s2", "gzip")
+    push.check_format("oci", "zstd")
+    with pytest.raises(UsageError, match="no zstd"):
+        push.check_format("v2s2", "zstd")
+    assert push.compression_of("application/vnd.docker.image.rootfs.diff.tar.gzip") == "gzip"
+    assert push.LAYER_TYPE[("v2s2", "gzip")] == "application/vnd.docker.image.rootfs.diff.tar.gzip"
+
+
+def test_pull_records_the_reference_run_resolves() -> None:
+    from machinectl_py.images.pull import _store_reference
+
+    digest = "sha256:" + HEX
+    assert _store_reference(Reference("docker.io", "library/busybox", "1.36"), digest) == "busybox:1.36"
+    assert _store_reference(Reference("r:5000", "a", None, digest)) == f"r:5000/a@{digest}"
+    assert _store_reference(Reference("r:5000", "a", "1", digest)) == f"r:5000/a@{digest}"

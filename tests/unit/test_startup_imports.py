@@ -135,3 +135,21 @@ def test_ps_and_inspect_import_nothing_heavy() -> None:
     out = subprocess.run([sys.executable, "-c", PS_PROBE],
                          capture_output=True, text=True, check=True).stdout.split()
     assert not HEAVY & set(out), f"heavy modules on the ps/inspect path: {sorted(HEAVY & set(out))}"
+
+
+OCI_PROBE = """
+import sys
+base = set(sys.modules)
+import machinectl_py.oci.cli, machinectl_py.oci.runtime, machinectl_py.launch, machinectl_py.container_init
+from machinectl_py.oci import config, defaults
+config.parse(defaults.default_spec(), "/b", "c1")
+print(" ".join(sorted(set(sys.modules) - base)))
+"""
+
+
+def test_oci_create_path_imports_nothing_heavy() -> None:
+    """containerd runs pymachine-runc create, start, state and delete for every container: each
+    is a process that pays these (the bench: bench/bench_oci.py)."""
+    out = subprocess.run([sys.executable, "-c", OCI_PROBE],
+                         capture_output=True, text=True, check=True).stdout.split()
+    assert not HEAVY & set(out), f"heavy modules on the OCI runtime's path: {sorted(HEAVY & set(out))}"
