@@ -9,8 +9,8 @@ The image's layers, the upper dir and the volumes are mounted idmapped with the 
 mapping (on-disk UID u is the container's u, host UID base+u): files on disk keep the image's
 owners, so commit, export and layer sharing see what they saw without a user namespace.
 overlayfs does its upper-dir work with its mounter's credentials, so it is mounted with
-fsuid/fsgid = the range's root. Linux 6.18 mounts such an overlay; Debian 12's 6.1 refuses it
-(EINVAL), which the start reports in one line.
+fsuid/fsgid = the range's root. overlayfs takes idmapped layers since Linux 5.19; older kernels than 6.18
+only when they are attached to the mounter's mount namespace (mount_overlay says how).
 """
 
 from __future__ import annotations
@@ -82,31 +82,48 @@ def idmapped_clone(path: str, userns_fd: int) -> int:
 
 def mount_overlay(overlay: Overlay, target: str, container_dir: str, userns_fd: int, base: int) -> None:
     """The container root over idmapped layers and an idmapped upper dir (whose work dir is on
-    the same idmapped mount, as overlayfs requires)."""
+    the same idmapped mount, as overlayfs requires).
+
+    overlayfs takes private clones of its layers' mounts, and Debian 12's 6.1 (unlike 6.18)
+    has clone_private_mount() refuse a mount outside the caller's mount namespace: a detached
+    open_tree() copy gives EINVAL ("overlayfs: failed to clone upperpath" in dmesg). So each
+    idmapped copy is attached first, over its own source, in the init's private mount
+    namespace, and taken off again once the overlay holds its clones. The overlay itself goes
+    on the target as it was before (an O_PATH fd taken first), beside those attachments, not on
+    them: taking them off leaves it in place."""
+    sources = [os.path.join(container_dir, lower) for lower in overlay.lowers] + [container_dir]
     fds: list[int] = []
+    attached: list[str] = []
+    target_fd = os.open(target, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
-        for lower in overlay.lowers:
-            fds.append(idmapped_clone(os.path.join(container_dir, lower), userns_fd))
-        own = idmapped_clone(container_dir, userns_fd)
-        fds.append(own)
+        for source in sources:
+            fds.append(idmapped_clone(source, userns_fd))
+        for fd, source in zip(fds, sources, strict=True):
+            sc.move_mount(fd, source)
+            attached.append(source)
+        own = fds[-1]
         lowers = ":".join(f"/proc/self/fd/{fd}" for fd in fds[:-1])
         options = overlay.options().replace(f"lowerdir={':'.join(overlay.lowers)},", f"lowerdir={lowers},", 1)
         os.fchdir(own)  # upperdir= and workdir= are relative: inside the idmapped copy
         sc.set_fs_ids(base, base)
         try:
-            sc.mount("overlay", target, "overlay", 0, options)
+            sc.mount("overlay", f"/proc/self/fd/{target_fd}", "overlay", 0, options)
         except OSError as e:
             if e.errno == errno.EINVAL:
-                # Debian 12's 6.1 says EINVAL here; 6.18 takes them.
-                raise OSError(e.errno, f"this kernel's overlayfs ({os.uname().release}) refuses idmapped layers, "
-                              "which --userns=auto needs: use --userns=host", target) from None
+                raise OSError(e.errno, f"this kernel's overlayfs ({os.uname().release}) refuses idmapped layers "
+                              "(it needs Linux 5.19 or later), which --userns=auto needs: use --userns=host",
+                              target) from None
             raise
         finally:
             sc.set_fs_ids(0, 0)
     finally:
+        os.chdir("/")
+        for source in reversed(attached):
+            sc.umount(source, sc.MNT_DETACH)
         os.chdir(container_dir)
         for fd in fds:
             os.close(fd)
+        os.close(target_fd)
 
 
 def bind(source: str, target_path: str, userns_fd: int) -> bool:

@@ -108,9 +108,9 @@ class ForegroundRun:
                 spec = self.spec = volumes.create_anonymous(spec)
                 binds = volumes.bind_ops(spec)
             binds += network_binds(spec)
-            from machinectl_py import userns
+            from machinectl_py import security, userns
 
-            id_range = userns.for_container(spec.name, spec.userns, None)
+            id_range = userns.for_container(spec.name, security.userns_mode(spec), None)
             record = state.ContainerRecord(
                 name=spec.name, id=self.container_id, image_name=image.name, image_id=image.id,
                 spec=spec, created=state.now(), unit=scope_name(spec.name), user=effective_user(spec, image.config),

@@ -162,11 +162,10 @@ def capability_names(mask: int) -> frozenset[str]:
     return frozenset(name for name, bit in CAPABILITIES.items() if mask & (1 << bit))
 
 
-def host_user_namespace_required(spec: ContainerSpec) -> bool:
-    """The hook for user namespaces (issue #13, item 1): --privileged gives the container the
-    host's root, so it implies --userns=host (as with docker's userns-remap); the userns code
-    calls this when it picks the container's user namespace."""
-    return spec.privileged
+def userns_mode(spec: ContainerSpec) -> str | None:
+    """The --userns a start runs with: --privileged gives the container the host's root, so it
+    means host whatever the default (as docker's userns-remap does); None: the default."""
+    return "host" if spec.privileged else spec.userns
 
 
 def seccomp_choice(spec: ContainerSpec) -> str | None:

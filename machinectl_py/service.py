@@ -120,9 +120,9 @@ def _setup(name: str) -> int:
     argv = command_for(spec, image.config)
     env = environment(spec, image.config)
     record.user = effective_user(spec, image.config)  # saved with the running state below
-    from machinectl_py import userns
+    from machinectl_py import security, userns
 
-    record.userns = id_range = userns.for_container(name, spec.userns, record.userns)  # saved below too
+    record.userns = id_range = userns.for_container(name, security.userns_mode(spec), record.userns)  # saved below too
     binds = []
     if spec.volumes:
         from machinectl_py import volumes

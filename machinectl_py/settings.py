@@ -588,7 +588,7 @@ SETTINGS: tuple[Setting, ...] = (
             inspect="HostConfig.Devices", parse=_security("parse_devices"), render=toml_array,
             to_inspect=_devices_inspect, unit_doc="DeviceAllow="),
     Setting("userns", "user namespace: auto gives the container its own range of 65536 host UIDs/GIDs "
-            "(auto:size=N: N of them); host (default): none, root inside is root outside", flags="--userns",
+            "(auto:size=N: N of them; auto is the default); host: none, root inside is root outside", flags="--userns",
             metavar="MODE", key="userns", inspect="HostConfig.UsernsMode", parse=sp.parse_userns,
             render=toml_string, to_inspect=_userns_inspect),
     Setting("limits.memory_max", "memory limit, e.g. 64M, 1G", flags="--memory -m", metavar="SIZE",

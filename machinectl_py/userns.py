@@ -28,11 +28,10 @@ POOL_START = 0x70000000
 POOL_END = 0x7FFE0000
 SLOT = 65536
 DEFAULT_SIZE = 65536
-# What `--userns` means when neither the flag nor the definition says. host, not auto: the
-# overlayfs of Debian 12's kernel (6.1) refuses idmapped layers (EINVAL; 6.18 takes them), and a
-# default that fails every start on the platform pymachine targets is no default. The
-# environment may force another (the test suite runs both ways).
-DEFAULT_MODE = "host"
+# What `--userns` means when neither the flag nor the definition says (--privileged aside: it
+# means host): a range of the container's own, as nspawn's service runs every container (-U).
+# The environment may force another (the test suite runs both ways).
+DEFAULT_MODE = "auto"
 DEFAULT_ENV = "PYMACHINE_USERNS_DEFAULT"
 
 

@@ -26,7 +26,9 @@ def explain(host: AnyHost, *args: str) -> tuple[int, dict[str, dict[str, object]
 
 def test_the_done_when_of_issue_15(host: AnyHost) -> None:
     unit = "pymachine@xweb.service"
-    assert pm(host, "run", "-d", "--name", "xweb", "--memory", "64M", "busybox", "httpd", "-f").returncode == 0
+    # port 8080: in the host's network a user namespace's root binds no port below 1024
+    assert pm(host, "run", "-d", "--name", "xweb", "--memory", "64M", "busybox", "httpd", "-f", "-p", "8080"
+              ).returncode == 0
     try:
         assert pm(host, "update", "xweb", "--memory", "128M", "--cpus", "0.5").returncode == 0
         assert show(host, unit, "MemoryMax") == MB128 and show(host, unit, "CPUQuotaPerSecUSec") == "500ms"

@@ -4,6 +4,7 @@ range, while files on disk (layers, upper dir, volumes) keep the owners seen ins
 from __future__ import annotations
 
 import io
+import itertools
 import json
 import secrets
 import subprocess
@@ -148,3 +149,45 @@ def test_gc_frees_the_range_of_a_vanished_container(host: AnyHost) -> None:
     out = pm(host, "gc").stdout
     assert f"freed user ID range {slot}-{slot + 65535} of removed container ghost-x" in out
     assert host.run(["test", "-e", f"/var/lib/pymachine/userns/{slot}"]).returncode == 1
+
+
+def test_twenty_concurrent_starts_get_twenty_separate_ranges_all_freed_after(host: AnyHost) -> None:
+    """20 `run -d --userns=auto` at once, all running together: 20 distinct ranges that do not
+    overlap one another or the host's users; `rm` frees every claim."""
+    names = [unique(f"unsc{i}") for i in range(20)]
+    try:
+        procs = [host.popen(["pymachine", "run", "-d", "--userns=auto", "--name", n, "busybox", "sleep", "300"])
+                 for n in names]
+        for proc in procs:
+            _, err = proc.communicate(timeout=300)
+            assert proc.returncode == 0, err
+        ranges = []
+        for n in names:
+            pid = pm(host, "inspect", n, "--format", "{{ .State.Pid }}").stdout.strip()
+            start, base, size = (int(f) for f in host.run(["cat", f"/proc/{pid}/uid_map"], check=True).stdout.split())
+            assert (start, size) == (0, 65536)
+            ranges.append((base, base + size))
+        ranges.sort()
+        assert len({base for base, _ in ranges}) == 20
+        assert all(end <= following for (_, end), (following, _) in itertools.pairwise(ranges))
+        ids = host_ids(host)
+        assert not any(base <= i < end for base, end in ranges for i in ids)
+        assert sorted(base for base, owner in claims(host).items() if owner in names) == [b for b, _ in ranges]
+    finally:
+        pm(host, "rm", "-f", *names, check=False)
+    assert not set(names) & set(claims(host).values())
+
+
+def claims(host: AnyHost) -> dict[int, str]:
+    """The pool's claims: base -> container name (userns.py's files)."""
+    out = host.run(["grep", "-r", "", "/var/lib/pymachine/userns"]).stdout
+    return {int(Path(path).name): owner for path, _, owner in (line.partition(":") for line in out.splitlines())}
+
+
+def test_ports_below_1024_in_the_hosts_network_need_userns_host(host: AnyHost) -> None:
+    """The README's rule: in the host's network the container's root is an unprivileged UID of
+    the host's network namespace (no port below 1024); in a network of its own it is root there."""
+    refused = pm(host, "run", "--rm", "--userns=auto", "busybox", "httpd", "-p", "80", check=False)
+    assert refused.returncode != 0 and "Permission denied" in refused.stderr
+    for args in (("--userns=auto", "--network", "none"), ("--userns=host",)):
+        assert pm(host, "run", "--rm", *args, "busybox", "httpd", "-p", "80").returncode == 0

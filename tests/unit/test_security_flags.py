@@ -53,8 +53,9 @@ def test_definition_keys_round_trip_and_privileged_hook() -> None:
     assert config.parse_definition("web", "/x/web.toml", config.render_definition(s)) == s
     with pytest.raises(UsageError, match=r"web\.toml:2: sysctls: .*not namespaced"):
         config.parse_definition("web", "/x/web.toml", 'image = "busybox"\nsysctls = { "vm.swappiness" = "1" }\n')
-    assert security.host_user_namespace_required(spec(privileged=True))
-    assert not security.host_user_namespace_required(spec())
+    assert security.userns_mode(spec(privileged=True)) == "host"
+    assert security.userns_mode(spec(privileged=True, userns="auto")) == "host"
+    assert security.userns_mode(spec()) is None
 
 
 def test_security_opts_and_sysctls() -> None:
