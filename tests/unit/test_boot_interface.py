@@ -91,3 +91,11 @@ def test_capabilities_are_nspawns_plus_the_policys() -> None:
 def test_boot_refuses_entrypoint_and_init(kw: dict[str, object]) -> None:
     with pytest.raises(UsageError, match="--boot"):
         spec(boot=True, **kw).validate()
+
+
+def test_boot_runs_in_the_hosts_user_namespace_until_a_range_is_supported() -> None:
+    """The default (a user namespace of its own) does not apply to --boot; asking for one is refused."""
+    assert security.userns_mode(spec(boot=True).validate()) == "host"
+    assert security.userns_mode(spec(boot=True, userns="host").validate()) == "host"
+    with pytest.raises(UsageError, match="--boot with a user namespace"):
+        spec(boot=True, userns="auto").validate()
