@@ -24,7 +24,11 @@ CREATE = Command("pymachine network create", "pymachine network create [OPTIONS]
                  "Define a network: a bridge with NAT (made when a container first uses it). Without --subnet, "
                  "the first free /24 from 10.90.0.0/15. A subnet that overlaps another network or a route "
                  "of the host is refused.",
-                 [Option("--subnet", "the network's IPv4 subnet, as 10.20.0.0/24", metavar="CIDR"),
+                 [Option("--subnet", "the network's IPv4 subnet, as 10.20.0.0/24; again for its IPv6 subnet "
+                         "(with --ipv6), as fd20::/64", kind=APPEND, metavar="CIDR"),
+                  Option("--ipv6", "give the network an IPv6 subnet too (default: a unique local /64 derived "
+                         "from the name); its containers get the address that goes with their IPv4 one",
+                         kind=FLAG),
                   Option("--gateway", "the bridge's address (default: the subnet's first)", metavar="IP"),
                   Option("--internal", "no NAT and no forwarding beyond the bridge: the containers reach only "
                          "each other (and the host's address on the bridge)", kind=FLAG)],
@@ -70,7 +74,8 @@ def _create(argv: list[str]) -> int:
     args = CREATE.parse_or_help(argv)
     if args is None:
         return 0
-    net = netsetup.create_network(args["name"], args["subnet"], args["gateway"], bool(args["internal"]))
+    net = netsetup.create_network(args["name"], args["subnet"], args["gateway"], bool(args["internal"]),
+                                  bool(args["ipv6"]))
     print(net.name)
     return 0
 
@@ -110,14 +115,16 @@ def inspect_data(name: str) -> dict[str, object]:
     for ip, lease in sorted(ipam.live_leases(name).items()):
         containers[str(lease.get("name"))] = {
             "Name": lease.get("name"), "IPv4Address": f"{ip}/{net.subnet.prefixlen}",
+            "IPv6Address": f"{net.address6(ip)}/{net.subnet6.prefixlen}" if net.subnet6 else "",
             "Interface": lease.get("ifname", "eth0"), "Aliases": lease.get("aliases") or [],
             "Ports": [f"{h or '0.0.0.0'}:{hp}->{p}/{proto}" for h, hp, p, proto in lease.get("ports") or []],  # type: ignore[attr-defined]
         }
     return {
         "Name": name, "Id": hashlib.sha256(name.encode()).hexdigest(),
         "Created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(created)),
-        "Scope": "local", "Driver": "bridge", "EnableIPv6": False, "Internal": net.internal,
-        "IPAM": {"Driver": "default", "Config": [{"Subnet": str(net.subnet), "Gateway": str(net.gateway)}]},
+        "Scope": "local", "Driver": "bridge", "EnableIPv6": net.subnet6 is not None, "Internal": net.internal,
+        "IPAM": {"Driver": "default", "Config": [{"Subnet": str(net.subnet), "Gateway": str(net.gateway)}] + (
+            [{"Subnet": str(net.subnet6), "Gateway": str(net.gateway6)}] if net.subnet6 else [])},
         "Containers": containers, "UsedBy": users_of(name),
         "Options": {"com.docker.network.bridge.name": net.bridge}, "Labels": {},
         "Definition": ipam.definition_path(name),
@@ -172,6 +179,9 @@ def remove(name: str) -> None:
         if users:
             raise ConflictError(f"network {name} is in use by {', '.join(users)}",
                                 hint="remove the containers or disconnect them first")
+        from machinectl_py import netsetup
+
+        netsetup.forget(name)  # what a crashed container left: dead leases, an idle bridge
         os.unlink(ipam.definition_path(name))
 
 

@@ -265,11 +265,38 @@ def inspect_data(s: Status) -> dict[str, Any]:
         "Config": fields["Config"],
         "HostConfig": fields["HostConfig"],
         "Mounts": fields["Mounts"],
+        "NetworkSettings": _network_settings(r.name, fields.get("NetworkSettings") or {}),
         "IdMappings": _id_mappings(r.userns),
         "Unit": r.unit, "UnitState": s.unit_state,
         "Definition": str(config.definition_path(r.name)) if config.definition_exists(r.name) else None,
         "StateDir": container_path(r.name),
     }
+
+
+def _network_settings(name: str, configured: dict[str, Any]) -> dict[str, Any]:
+    """docker's NetworkSettings: the running container's address on each network it is on
+    (its leases), IPAddress and Gateway those of its first interface, Ports as docker's map."""
+    from machinectl_py.paths import run_path
+
+    out: dict[str, Any] = {"IPAddress": "", "IPPrefixLen": 0, "Gateway": "", "Ports": {}, "Networks": {},
+                           **configured}
+    if not os.path.isdir(run_path("networks")):
+        return out
+    from machinectl_py import ipam, netsetup
+
+    for network, ip, lease in netsetup.memberships().get(name, []):
+        net = ipam.load(network)
+        gateway = str(ipam.p2p_gateway(ip) if net.point_to_point else net.gateway)
+        prefix = 30 if net.point_to_point else net.subnet.prefixlen
+        out["Networks"][network] = {"IPAddress": ip, "IPPrefixLen": prefix, "Gateway": gateway,
+                                    "Aliases": lease.get("aliases") or [], "Interface": lease.get("ifname", "eth0"),
+                                    "GlobalIPv6Address": str(net.address6(ip) or "")}
+        if lease.get("ifname", "eth0") in ("eth0", "host0"):
+            out.update(IPAddress=ip, IPPrefixLen=prefix, Gateway=gateway)
+        for host_ip, host_port, port, proto in lease.get("ports") or []:  # type: ignore[attr-defined]
+            out["Ports"].setdefault(f"{port}/{proto}", []).append({"HostIp": host_ip or "0.0.0.0",
+                                                                   "HostPort": str(host_port)})
+    return out
 
 
 def _id_mappings(id_range: tuple[int, int] | None) -> dict[str, Any] | None:

@@ -115,12 +115,12 @@ def _collect_network() -> list[str]:
             netfiles.remove(name)
             done.append(f"removed {netfiles.files_dir(name)}")
     before = {n: set(ipam.read_leases(n)) for n in ipam.networks_with_leases()}
-    if not before:
-        return done
-    netsetup.release(None)
+    if before:
+        netsetup.release(None)
     for network, addresses in before.items():
         for address in sorted(addresses - set(ipam.read_leases(network))):
             done.append(f"freed the lease of {address} on network {network}")
+    done += [f"removed bridge {bridge} (of no network)" for bridge in netsetup.remove_orphan_bridges()]
     return done
 
 

@@ -19,7 +19,7 @@ import ipaddress
 import json
 import os
 import zlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 
 from machinectl_py.errors import ConflictError, UsageError
@@ -27,14 +27,19 @@ from machinectl_py.paths import config_path, run_path
 
 DEFAULT_NETWORK = "pymachine"
 DEFAULT_SUBNET = "10.89.0.0/16"
+# `--network veth` (nspawn's --network-veth): no bridge, a pair per container, each with a /30
+# of this pool (the host side .1, the container .2). Built in, never a definition on disk.
+VETH_NETWORK = "veth"
+VETH_SUBNET = "10.88.0.0/16"
 # Linux names links with at most 15 characters.
 IFNAMSIZ = 15
 
 
 class Network:
-    __slots__ = ("name", "subnet", "gateway", "internal")
+    __slots__ = ("name", "subnet", "gateway", "internal", "subnet6")
 
-    def __init__(self, name: str, subnet: str, gateway: str | None = None, internal: bool = False) -> None:
+    def __init__(self, name: str, subnet: str, gateway: str | None = None, internal: bool = False,
+                 subnet6: str | None = None) -> None:
         try:
             net = ipaddress.IPv4Network(subnet)
         except ValueError as e:
@@ -45,17 +50,53 @@ class Network:
         if gw not in net or gw in (net.network_address, net.broadcast_address):
             raise UsageError(f"network {name}: gateway {gw} is not a host address of {net}")
         self.name, self.subnet, self.gateway, self.internal = name, net, gw, internal
+        self.subnet6 = _subnet6(name, subnet6) if subnet6 else None
+
+    @property
+    def gateway6(self) -> ipaddress.IPv6Address | None:
+        return self.subnet6.network_address + 1 if self.subnet6 else None
+
+    def address6(self, address: str) -> ipaddress.IPv6Address | None:
+        """A container's IPv6 address: its IPv4 address's offset in the subnet, in subnet6 (no
+        lease of its own: the IPv4 lease holds both)."""
+        if self.subnet6 is None:
+            return None
+        return self.subnet6.network_address + (int(ipaddress.IPv4Address(address)) - int(self.subnet.network_address))
+
+    @property
+    def point_to_point(self) -> bool:
+        return self.name == VETH_NETWORK
 
     @property
     def bridge(self) -> str:
         """pm-NAME, or pm-<crc32 of NAME> where NAME is too long for a link name (IFNAMSIZ):
-        two long names never share a bridge by sharing a prefix."""
+        two long names never share a bridge by sharing a prefix. The veth pool has no bridge:
+        "ve-*" matches its host-side links in nft rules."""
+        if self.point_to_point:
+            return "ve-*"
         short = f"pm-{self.name}"
         return short if len(short) <= IFNAMSIZ else f"pm-{zlib.crc32(self.name.encode()):08x}"
 
     def to_toml(self) -> str:
         return (f'subnet = "{self.subnet}"\ngateway = "{self.gateway}"\n'
-                f"internal = {'true' if self.internal else 'false'}\n")
+                f"internal = {'true' if self.internal else 'false'}\n"
+                + (f'subnet6 = "{self.subnet6}"\n' if self.subnet6 else ""))
+
+
+def _subnet6(name: str, subnet6: str) -> ipaddress.IPv6Network:
+    try:
+        net = ipaddress.IPv6Network(subnet6)
+    except ValueError as e:
+        raise UsageError(f"network {name}: invalid IPv6 subnet {subnet6!r}: {e}") from None
+    if net.prefixlen > 120:
+        raise UsageError(f"network {name}: IPv6 subnet {subnet6} is too small", hint="use a /64 (or up to /120)")
+    return net
+
+
+def ula_subnet(name: str) -> str:
+    """An IPv6 /64 for `--ipv6` without a v6 --subnet: a unique local one derived from the name."""
+    h = zlib.crc32(name.encode())
+    return str(ipaddress.IPv6Network(f"fd89:{h >> 16:x}:{h & 0xFFFF:x}::/64"))
 
 
 def definition_path(name: str) -> str:
@@ -64,6 +105,8 @@ def definition_path(name: str) -> str:
 
 def load(name: str) -> Network:
     """The network's definition; the default network is written on first use."""
+    if name == VETH_NETWORK:
+        return Network(name, VETH_SUBNET)
     path = definition_path(name)
     try:
         with open(path, "rb") as f:
@@ -78,7 +121,8 @@ def load(name: str) -> Network:
         return net
     except (OSError, ValueError) as e:
         raise UsageError(f"cannot read network {name} ({path}): {e}") from None
-    return Network(name, str(raw.get("subnet", "")), raw.get("gateway"), bool(raw.get("internal", False)))
+    return Network(name, str(raw.get("subnet", "")), raw.get("gateway"), bool(raw.get("internal", False)),
+                   raw.get("subnet6"))
 
 
 def exists(name: str) -> bool:
@@ -94,10 +138,11 @@ def list_names() -> list[str]:
     return sorted(names | {DEFAULT_NETWORK})
 
 
-def overlap(subnet: ipaddress.IPv4Network, others: dict[str, ipaddress.IPv4Network]) -> str | None:
-    """The first of `others` (what -> subnet) that overlaps `subnet`, if any."""
+def overlap(subnet: ipaddress.IPv4Network | ipaddress.IPv6Network,
+            others: Mapping[str, ipaddress.IPv4Network | ipaddress.IPv6Network]) -> str | None:
+    """The first of `others` (what -> subnet) that overlaps `subnet`, if any (one IP version)."""
     for what, other in others.items():
-        if subnet.overlaps(other):
+        if subnet.version == other.version and subnet.overlaps(other):
             return what
     return None
 
@@ -186,7 +231,8 @@ def allocate(net: Network, name: str, pid: int, ports: list[list[object]] | None
     leases = {addr: lease for addr, lease in read_leases(net.name).items()
               if lease.get("name") != name and holder_alive(lease)}
     taken = {*leases, str(net.gateway)}
-    host = _static(net, ip, taken, leases) if ip else next((h for h in net.subnet.hosts() if str(h) not in taken), None)
+    candidates = (_p2p_hosts(net) if net.point_to_point else net.subnet.hosts())
+    host = _static(net, ip, taken, leases) if ip else next((h for h in candidates if str(h) not in taken), None)
     if host is None:
         raise UsageError(f"network {net.name}: no free address in {net.subnet}")
     lease: dict[str, object] = {"name": name, "pid": pid, "start": process_start_time(pid), "ifname": ifname}
@@ -197,6 +243,17 @@ def allocate(net: Network, name: str, pid: int, ports: list[list[object]] | None
     leases[str(host)] = lease
     write_leases(net.name, leases)
     return host
+
+
+def _p2p_hosts(net: Network) -> Iterator[ipaddress.IPv4Address]:
+    """The container side (.2) of each /30 of the veth pool."""
+    for block in net.subnet.subnets(new_prefix=30):
+        yield block.network_address + 2
+
+
+def p2p_gateway(address: str) -> ipaddress.IPv4Address:
+    """The host side of a veth container's /30."""
+    return ipaddress.IPv4Address(address) - 1
 
 
 def _static(net: Network, ip: str, taken: set[str], leases: dict[str, dict[str, object]]) -> ipaddress.IPv4Address:

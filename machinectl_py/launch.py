@@ -238,7 +238,7 @@ def check_network(spec: ContainerSpec, ports: bool = True) -> None:
     container publishes, fails the start here."""
     joined_network_namespace(spec.network)  # container:NAME running, ns:PATH there
     name = network.attached_network(spec.network)
-    if name is not None and name != network.DEFAULT_NETWORK:
+    if name is not None and name not in (network.DEFAULT_NETWORK, network.VETH_NETWORK):
         from machinectl_py import paths
 
         if not os.path.exists(paths.config_path("networks", f"{name}.toml")):

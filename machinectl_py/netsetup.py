@@ -23,7 +23,7 @@ import time
 import zlib
 
 from machinectl_py import ipam
-from machinectl_py.errors import ConflictError, PymachineError
+from machinectl_py.errors import ConflictError, PymachineError, UsageError
 
 NFT_TABLE = "pymachine"
 EPHEMERAL = (32768, 61000)  # free host ports for `-p PORT` (Linux's ip_local_port_range)
@@ -31,7 +31,11 @@ NETNS_TIMEOUT = 10.0
 
 
 def host_veth(name: str, network: str = ipam.DEFAULT_NETWORK) -> str:
-    """The host side of a container's veth on a network: short (IFNAMSIZ), stable for the pair."""
+    """The host side of a container's veth on a network: short (IFNAMSIZ), stable for the pair.
+    `--network veth`: ve-NAME as nspawn's, ve-<crc32> where NAME is too long for a link."""
+    if network == ipam.VETH_NETWORK:
+        short = f"ve-{name}"
+        return short if len(short) <= ipam.IFNAMSIZ else f"ve-{zlib.crc32(name.encode()):08x}"
     key = name if network == ipam.DEFAULT_NETWORK else f"{name}@{network}"
     return f"pmv{zlib.crc32(key.encode()):08x}"
 
@@ -65,11 +69,12 @@ def _wait_own_netns(pid: int) -> None:
 
 
 def ensure_bridge(net: ipam.Network) -> None:
-    if link_exists(net.bridge):
+    if net.point_to_point or link_exists(net.bridge):
         return
+    v6 = f"addr add {net.gateway6}/{net.subnet6.prefixlen} dev {net.bridge} nodad\n" if net.subnet6 else ""
     _run(["ip", "-b", "-"], what=f"bridge {net.bridge}", stdin=(
         f"link add {net.bridge} type bridge\n"
-        f"addr add {net.gateway}/{net.subnet.prefixlen} dev {net.bridge}\n"
+        f"addr add {net.gateway}/{net.subnet.prefixlen} dev {net.bridge}\n" + v6 +
         f"link set {net.bridge} up\n"))
     # 127.0.0.1 -> a published port: the output hook's DNAT sends a loopback-sourced packet out
     # of the bridge, which the kernel drops as martian unless the bridge allows it.
@@ -77,7 +82,7 @@ def ensure_bridge(net: ipam.Network) -> None:
 
 
 def remove_bridge(net: ipam.Network) -> None:
-    if link_exists(net.bridge):
+    if not net.point_to_point and link_exists(net.bridge):
         _run(["ip", "link", "del", net.bridge], what=f"remove bridge {net.bridge}")
 
 
@@ -115,6 +120,8 @@ def ruleset(networks: list[ipam.Network], published: list[Published] = []) -> st
             forward.append(f'oifname "{net.bridge}" iifname != "{net.bridge}" drop')
         else:
             nat.append(f"ip saddr {net.subnet} ip daddr != {net.subnet} masquerade")
+            if net.subnet6 is not None:
+                nat.append(f"ip6 saddr {net.subnet6} ip6 daddr != {net.subnet6} masquerade")
         nat.append(f'oifname "{net.bridge}" ip saddr 127.0.0.0/8 masquerade')
         nat.append(f'oifname "{net.bridge}" ip saddr {net.subnet} ct status dnat masquerade')
     dnat = [p.dnat() for p in published]
@@ -136,6 +143,8 @@ def apply_ruleset(networks: list[ipam.Network]) -> None:
     if any(not net.internal for net in networks):
         # Routing between the bridge and the uplink (per network namespace, as docker does).
         _write_sysctl("/proc/sys/net/ipv4/ip_forward")
+        if any(net.subnet6 is not None and not net.internal for net in networks):
+            _write_sysctl("/proc/sys/net/ipv6/conf/all/forwarding")
 
 
 def _write_sysctl(path: str) -> None:
@@ -154,10 +163,19 @@ def _published(networks: list[ipam.Network]) -> list[Published]:
 
 def _networks_in_use(extra: ipam.Network | None = None) -> list[ipam.Network]:
     names = set(ipam.networks_with_leases())
-    nets = [ipam.load(n) for n in sorted(names)]
+    # A network whose definition is gone (removed by hand) has no live lease: `network rm`
+    # refuses otherwise. Its rules go; its dead leases are freed by the next release.
+    nets = [net for net in map(_load_quietly, sorted(names)) if net is not None]
     if extra is not None and extra.name not in names:
         nets.append(extra)
     return nets
+
+
+def _load_quietly(name: str) -> ipam.Network | None:
+    try:
+        return ipam.load(name)
+    except PymachineError:
+        return None
 
 
 def _taken_ports() -> dict[tuple[int, str], tuple[str, str]]:
@@ -222,12 +240,15 @@ def attach(network: str, name: str, pid: int, ports: tuple[str, ...] = (), *, ip
     net = ipam.load(network)
     _wait_own_netns(pid)
     with ipam.locked():
-        ifname = "eth0" if primary else _next_ifname(name, network)
+        ifname = ("host0" if net.point_to_point else "eth0") if primary else _next_ifname(name, network)
         address = ipam.allocate(net, name, pid, resolve_ports(name, ports), ip=ip, aliases=aliases, ifname=ifname)
         try:
             ensure_bridge(net)
             apply_ruleset(_networks_in_use(net))
-            _add_veth(net, name, pid, str(address), ifname, primary)
+            if net.point_to_point:
+                _add_p2p(net, name, pid, str(address))
+            else:
+                _add_veth(net, name, pid, str(address), ifname, primary)
         except BaseException:
             _release_locked(network, name)
             raise
@@ -294,9 +315,31 @@ def _add_veth(net: ipam.Network, name: str, pid: int, address: str, ifname: str 
         f"link set {host} up\n"))
     # An internal network has no way out: no default route (the forward chain drops the rest).
     route = f"route add default via {net.gateway} dev {ifname}\n" if primary and not net.internal else ""
+    v6 = ""
+    if net.subnet6 is not None:  # the IPv6 address that goes with the IPv4 lease (ipam.Network.address6)
+        v6 = f"addr add {net.address6(address)}/{net.subnet6.prefixlen} dev {ifname} nodad\n"
+        if route:
+            route += f"route add ::/0 via {net.gateway6} dev {ifname}\n"
     _run(["nsenter", f"--net=/proc/{pid}/ns/net", "ip", "-b", "-"], what=f"the container's {ifname}", stdin=(
-        f"addr add {address}/{net.subnet.prefixlen} dev {ifname}\n"
+        f"addr add {address}/{net.subnet.prefixlen} dev {ifname}\n" + v6 +
         f"link set {ifname} up\n" + route))
+
+
+def _add_p2p(net: ipam.Network, name: str, pid: int, address: str) -> None:
+    """`--network veth`: ve-NAME on the host with the /30's .1, host0 in the container with
+    its .2 and the default route through .1 (nspawn's pair, addressed by pymachine)."""
+    host, gateway = host_veth(name, net.name), ipam.p2p_gateway(address)
+    if link_exists(host):  # a previous run's, whose namespace is being torn down
+        _run(["ip", "link", "del", host], what=f"remove stale {host}")
+    _run(["ip", "-b", "-"], what=f"veth {host}", stdin=(
+        f"link add {host} type veth peer name host0 netns /proc/{pid}/ns/net\n"
+        f"addr add {gateway}/30 dev {host}\n"
+        f"link set {host} up\n"))
+    _write_sysctl(f"/proc/sys/net/ipv4/conf/{host}/route_localnet")  # 127.0.0.1 -> a published port
+    _run(["nsenter", f"--net=/proc/{pid}/ns/net", "ip", "-b", "-"], what="the container's host0", stdin=(
+        f"addr add {address}/30 dev host0\n"
+        "link set host0 up\n"
+        f"route add default via {gateway} dev host0\n"))
 
 
 def _release_locked(network: str, name: str | None) -> None:
@@ -304,7 +347,9 @@ def _release_locked(network: str, name: str | None) -> None:
     lease; the table is rewritten (published ports of the freed leases go with them)."""
     before = ipam.read_leases(network)
     if ipam.release(network, name):
-        remove_bridge(ipam.load(network))
+        net = _load_quietly(network)
+        if net is not None:
+            remove_bridge(net)
         apply_ruleset(_networks_in_use())
     elif ipam.read_leases(network) != before:
         apply_ruleset(_networks_in_use())
@@ -321,6 +366,36 @@ def release(name: str | None) -> None:
             _release_locked(network, name)
 
 
+def remove_orphan_bridges() -> list[str]:
+    """`gc`: pymachine's bridges (pm-*) of no network in use, as a network removed by hand
+    leaves them (its definition named the bridge)."""
+    with ipam.locked():
+        return _remove_orphan_bridges()
+
+
+def _remove_orphan_bridges() -> list[str]:
+    in_use = {net.bridge for net in _networks_in_use()}
+    try:
+        names = os.listdir("/sys/class/net")
+    except OSError:
+        return []
+    orphans = [n for n in names
+               if n.startswith("pm-") and n not in in_use and os.path.isdir(f"/sys/class/net/{n}/bridge")]
+    for bridge in orphans:
+        subprocess.run(["ip", "link", "del", bridge], capture_output=True)
+    return orphans
+
+
+def forget(network: str) -> None:
+    """`network rm`, under the lock: its dead holders' leases, and its bridge if left over."""
+    dead = ipam.read_leases(network)
+    if not ipam.release(network, None):
+        raise ConflictError(f"network {network} is in use")
+    remove_bridge(ipam.load(network))
+    if dead:  # their published ports' rules go too
+        apply_ruleset(_networks_in_use())
+
+
 def detach(network: str, name: str) -> None:
     """`network disconnect`: the container's veth on this network and its lease go."""
     with ipam.locked():
@@ -331,40 +406,64 @@ def detach(network: str, name: str) -> None:
         _release_locked(network, name)
 
 
-def host_routes() -> dict[str, ipaddress.IPv4Network]:
-    """The IPv4 routes of this network namespace (`ip -j route`), pymachine's bridges and the
-    default route aside: a new network's subnet must overlap none of them."""
+def host_routes(version: int = 4) -> dict[str, ipaddress.IPv4Network | ipaddress.IPv6Network]:
+    """The routes of this network namespace (`ip -j route`), pymachine's bridges, the default
+    route, link-local and multicast aside: a new network's subnet must overlap none of them."""
     import json
 
-    out: dict[str, ipaddress.IPv4Network] = {}
-    for route in json.loads(_run(["ip", "-j", "-4", "route", "show", "table", "all"], what="ip route") or "[]"):
+    out: dict[str, ipaddress.IPv4Network | ipaddress.IPv6Network] = {}
+    argv = ["ip", "-j", f"-{version}", "route", "show", "table", "all"]
+    for route in json.loads(_run(argv, what="ip route") or "[]"):
         dst, dev = str(route.get("dst", "")), str(route.get("dev", ""))
         if dst in ("", "default") or dev.startswith("pm-") or route.get("type", "unicast") not in ("unicast", "local"):
             continue
         try:
-            net = ipaddress.IPv4Network(dst, strict=False)
+            net = ipaddress.ip_network(dst, strict=False)
         except ValueError:
             continue
-        if route.get("type") == "local" and (net.is_loopback or net.prefixlen == 32):
+        if net.is_link_local or net.is_multicast:
+            continue
+        if route.get("type") == "local" and (net.is_loopback or net.prefixlen == net.max_prefixlen):
             continue  # the host's own addresses and 127/8: their subnets are listed as unicast routes
         out[f"the host's route to {dst} (dev {dev})"] = net
     return out
 
 
-def create_network(name: str, subnet: str | None, gateway: str | None, internal: bool) -> ipam.Network:
-    """Write a new network's definition: its subnet (or a free /24) must overlap no other
-    network and no route of the host."""
+def create_network(name: str, subnets: list[str], gateway: str | None, internal: bool,
+                   ipv6: bool = False) -> ipam.Network:
+    """Write a new network's definition: its subnet (or a free /24), and with ipv6 its IPv6
+    subnet (or a unique local /64), must overlap no other network and no route of the host."""
     from machinectl_py.spec import validate_network_name
 
     validate_network_name(name)
+    subnet, subnet6 = _split_subnets(subnets, ipv6)
     with ipam.locked():
         if ipam.exists(name) and (name != ipam.DEFAULT_NETWORK or os.path.exists(ipam.definition_path(name))):
             raise ConflictError(f"network {name} already exists")
-        taken = {f"network {n}": ipam.load(n).subnet for n in ipam.list_names() if n != name}
-        taken.update(host_routes())
-        net = ipam.Network(name, subnet or str(ipam.free_subnet(taken)), gateway, internal)
-        clash = ipam.overlap(net.subnet, taken)
-        if clash is not None:
-            raise ConflictError(f"subnet {net.subnet} overlaps {clash}", hint="choose another --subnet")
+        others = [ipam.load(n) for n in ipam.list_names() if n != name]
+        taken: dict[str, ipaddress.IPv4Network | ipaddress.IPv6Network] = {f"network {n.name}": n.subnet
+                                                                           for n in others}
+        taken.update({f"network {n.name}": n.subnet6 for n in others if n.subnet6})
+        taken.update(host_routes(4))
+        if ipv6:
+            taken.update(host_routes(6))
+        v4 = {k: v for k, v in taken.items() if isinstance(v, ipaddress.IPv4Network)}
+        net = ipam.Network(name, subnet or str(ipam.free_subnet(v4)), gateway, internal,
+                           (subnet6 or ipam.ula_subnet(name)) if ipv6 else None)
+        for mine in (net.subnet, net.subnet6):
+            clash = ipam.overlap(mine, {k: v for k, v in taken.items() if v.version == mine.version}) if mine else None
+            if clash is not None:
+                raise ConflictError(f"subnet {mine} overlaps {clash}", hint="choose another --subnet")
         ipam.save(net)
     return net
+
+
+def _split_subnets(subnets: list[str], ipv6: bool) -> tuple[str | None, str | None]:
+    """--subnet given once or twice: at most one IPv4 and one IPv6 subnet (this needs --ipv6)."""
+    v4 = [s for s in subnets if ":" not in s]
+    v6 = [s for s in subnets if ":" in s]
+    if len(v4) > 1 or len(v6) > 1:
+        raise UsageError("at most one IPv4 and one IPv6 --subnet")
+    if v6 and not ipv6:
+        raise UsageError(f"the IPv6 subnet {v6[0]} needs --ipv6")
+    return (v4[0] if v4 else None), (v6[0] if v6 else None)

@@ -14,8 +14,9 @@ from __future__ import annotations
 from machinectl_py.errors import UsageError
 from machinectl_py.policy import CAPABILITIES
 
-MODES = ("bridge", "host", "none", "private")
+MODES = ("bridge", "host", "none", "private", "veth")
 DEFAULT_NETWORK = "pymachine"  # ipam.DEFAULT_NETWORK, without importing it on the start path
+VETH_NETWORK = "veth"  # ipam.VETH_NETWORK: the point-to-point pairs' address pool
 
 
 def is_private(mode: str) -> bool:

@@ -472,7 +472,8 @@ SETTINGS: tuple[Setting, ...] = (
             render=toml_string),
     Setting("network", "host: share the host's network (default, as systemd-nspawn; without CAP_NET_RAW); "
             "bridge: a veth on the network pymachine (10.89.0.0/16) with NAT; NAME: a veth on the user network "
-            "NAME (`pymachine network create`); none (alias private): only lo; container:NAME: another running "
+            "NAME (`pymachine network create`); veth: a point-to-point pair ve-NAME/host0 with NAT (as nspawn's); "
+            "none (alias private): only lo; container:NAME: another running "
             "container's namespace; ns:PATH: a namespace file's",
             flags="--network --net", metavar="MODE", key="network",
             inspect="HostConfig.NetworkMode", parse=sp.validate_network, render=toml_string),

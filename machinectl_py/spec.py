@@ -31,7 +31,7 @@ _SIZE_UNITS = {
     "t": 1024**4, "tb": 1024**4, "tib": 1024**4,
 }
 
-NETWORK_MODES = ("bridge", "host", "none", "private")  # the meaning of each: network.py
+NETWORK_MODES = ("bridge", "host", "none", "private", "veth")  # the meaning of each: network.py
 # Modes that never attach the container to a network (any other mode names one: bridge, NAME).
 UNATTACHED_MODES = frozenset({"host", "none", "private"})
 _NETWORK_NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.-")
@@ -425,7 +425,7 @@ def validate_network_name(name: str) -> str:
             or name in NETWORK_MODES):
         raise UsageError(f"invalid network name {name!r}",
                          hint="use 1-64 of [a-zA-Z0-9_.-], starting with a letter or digit, "
-                              "not bridge, host, none or private")
+                              "not bridge, host, none, private or veth")
     return name
 
 
@@ -705,6 +705,9 @@ class ContainerSpec(Record):
         named = [flag for flag, value in (("--dns", self.dns), ("--add-host", self.add_hosts),
                                           ("--dns-search", self.dns_search), ("--dns-option", self.dns_options),
                                           ("--network-alias", self.network_aliases), ("--ip", self.ip)) if value]
+        if self.ip and self.network == "veth":
+            raise UsageError("--ip needs the bridge or a user network: veth addresses are pymachine's",
+                             hint="use --network bridge or a network of your own")
         if named and not attached:
             raise UsageError(f"{named[0]} needs the bridge or a user network, not {self.network!r}",
                              hint="add --network bridge")

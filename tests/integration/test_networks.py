@@ -10,7 +10,7 @@ import secrets
 from collections.abc import Iterator
 
 import pytest
-from helpers import HTTP_GET, AnyHost, pm
+from helpers import HTTP_GET, AnyHost, pm, wait_until
 from images import build
 from test_network import Snapshot, leases, links, nft_tables, snapshot, unique
 from testhost import UPLINK_ADDRESS
@@ -59,7 +59,7 @@ def addr_of(host: AnyHost, container: str, ifname: str) -> list[str]:
                     f"ip -j -4 addr show dev {ifname}"])
     if out.returncode != 0:
         return []
-    return [a["local"] for link in json.loads(out.stdout) for a in link["addr_info"]]
+    return [a["local"] for link in json.loads(out.stdout) for a in link["addr_info"] if "local" in a]
 
 
 def test_two_containers_on_a_user_network_reach_each_other_by_name_and_alias(
@@ -75,6 +75,10 @@ def test_two_containers_on_a_user_network_reach_each_other_by_name_and_alias(
                "--ip", "10.77.0.50", "busybox", "sleep", "600")
         assert r.returncode == 0, r.stderr
         assert addr_of(host, first, "eth0") == ["10.77.0.50"]
+        settings = json.loads(pm(host, "inspect", first).stdout)[0]["NetworkSettings"]
+        assert settings["IPAddress"] == "10.77.0.50" and settings["Gateway"] == "10.77.0.1", settings
+        assert settings["Networks"][name]["Aliases"] == ["database"], settings
+        assert pm(host, "inspect", "-f", "{{.NetworkSettings.IPAddress}}", first).stdout == "10.77.0.50\n"
         assert bridge in links(host)
         ruleset = json.loads(host.run(["nft", "-j", "list", "table", "inet", "pymachine"], check=True).stdout)
         assert "10.77.0.0" in json.dumps(ruleset), "the network's masquerade rule"
@@ -248,3 +252,84 @@ def test_a_container_reaches_its_own_published_port_through_the_host(host: AnyHo
     finally:
         pm(host, "rm", "-f", web)
     assert snapshot(host) == clean
+
+
+def test_veth_mode_is_a_point_to_point_pair_with_nat_and_ports(host: AnyHost, clean: Snapshot) -> None:
+    """nspawn's --network-veth, addressed by pymachine: ve-NAME on the host, host0 inside, a /30."""
+    web = unique("ve")
+    try:
+        r = pm(host, "run", "-d", "--name", web, "--network", "veth", "-p", "8095:80", "busybox", "sh", "-c",
+               "mkdir -p /www && echo p2p > /www/index.html && exec httpd -f -p 80 -h /www")
+        assert r.returncode == 0, r.stderr
+        outside = json.loads(host.run(["ip", "-j", "-4", "addr", "show", "dev", f"ve-{web}"], check=True).stdout)
+        assert [(a["local"], a["prefixlen"]) for a in outside[0]["addr_info"]] == [("10.88.0.1", 30)]
+        assert addr_of(host, web, "host0") == ["10.88.0.2"]
+        r = pm(host, "exec", web, "sh", "-c",
+               f"ip route | grep ^default; ping -c1 -W2 {UPLINK_ADDRESS} >/dev/null && echo up")
+        lines = r.stdout.splitlines()
+        assert lines[0].startswith("default via 10.88.0.1 dev host0") and lines[1:] == ["up"], r.stdout
+        for address in ("127.0.0.1", UPLINK_ADDRESS):
+            page = host.run(["python3", "-c", HTTP_GET, f"http://{address}:8095/"], check=True, timeout=60)
+            assert page.stdout == "p2p\n", address
+        assert "10.88.0.2" in host.run(["machinectl", "list", "--no-legend", "--full"], check=True).stdout
+    finally:
+        pm(host, "rm", "-f", web)
+    assert snapshot(host) == clean
+
+
+def test_an_ipv6_network_gives_each_container_both_addresses(
+        host: AnyHost, clean: Snapshot, networks: list[str]) -> None:
+    name = create(host, networks, "--ipv6", "--subnet", "10.80.0.0/24", "--subnet", "fd80::/64")
+    assert inspect(host, name)["EnableIPv6"] is True
+    first = unique("six")
+    try:
+        r = pm(host, "run", "-d", "--name", first, "--network", name, "busybox", "sleep", "600")
+        assert r.returncode == 0, r.stderr
+        out = host.run(["sh", "-c", f"nsenter -t $(machinectl show -p Leader --value {first}) -n "
+                        "ip -j -6 addr show dev eth0 scope global"], check=True).stdout
+        assert [a["local"] for link in json.loads(out) for a in link["addr_info"] if "local" in a] == ["fd80::2"], out
+        r = pm(host, "run", "--rm", "--network", name, "busybox", "sh", "-c",
+               "ping -c1 -W2 fd80::1 >/dev/null && ping -c1 -W2 fd80::2 >/dev/null && echo reached; ip -6 route")
+        assert r.stdout.startswith("reached\n") and "default via fd80::1" in r.stdout, (r.stdout, r.stderr)
+        ruleset = host.run(["nft", "list", "table", "inet", "pymachine"], check=True).stdout
+        assert "ip6 saddr fd80::/64 ip6 daddr != fd80::/64 masquerade" in ruleset, ruleset
+    finally:
+        pm(host, "rm", "-f", first)
+    assert snapshot(host) == clean
+
+
+def test_a_crash_leaves_nothing_that_gc_or_a_hand_removed_definition_trips_over(
+        host: AnyHost, clean: Snapshot, networks: list[str]) -> None:
+    """A kill -9 leaves a lease whose holder is gone (and the container's record): `network rm`
+    refuses while the record names the network; with the definition removed by hand, the next
+    start on another network still works and `gc` frees the dead lease and the bridge."""
+    import signal
+
+    name = create(host, networks, "--subnet", "10.81.0.0/24")
+    bridge = inspect(host, name)["Options"]["com.docker.network.bridge.name"]  # type: ignore[index]
+    victim = unique("crash")
+    proc = host.popen(["pymachine", "run", "--rm", "--name", victim, "--network", name, "busybox", "sleep", "100"])
+    try:
+        wait_until(lambda: bool(_leases_of(host, name)), what="the lease")
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    wait_until(lambda: not any(link.startswith("pmv") for link in links(host)), what="the veth to go")
+    assert _leases_of(host, name) and bridge in links(host), "left by the kill"
+    r = pm(host, "network", "rm", name)
+    assert r.returncode == 125 and f"network {name} is in use by {victim}" in r.stderr, r.stderr
+    host.run(["rm", f"/etc/pymachine/networks/{name}.toml"], check=True)  # by hand
+    networks.remove(name)
+    r = pm(host, "run", "--rm", "--network", "bridge", "busybox", "true")
+    assert r.returncode == 0, r.stderr
+    pm(host, "rm", "-f", victim)
+    pm(host, "gc")
+    assert not _leases_of(host, name) and bridge not in links(host)
+    assert snapshot(host) == clean
+
+
+def _leases_of(host: AnyHost, network: str) -> dict[str, dict[str, object]]:
+    r = host.run(["cat", f"/run/pymachine/networks/{network}.json"])
+    return json.loads(r.stdout) if r.returncode == 0 else {}

@@ -194,15 +194,15 @@ def test_create_refuses_an_overlap_and_rm_a_network_in_use(tmp_path: Path, monke
     monkeypatch.setenv("PYMACHINE_RUN_DIR", str(tmp_path / "run"))
     monkeypatch.setenv("PYMACHINE_CONFIG_DIR", str(tmp_path / "etc"))
     monkeypatch.setenv("PYMACHINE_STATE_DIR", str(tmp_path / "state"))
-    monkeypatch.setattr(netsetup, "host_routes", dict)  # no `ip route` here: the routes are tested live
-    net = netsetup.create_network("app", None, None, False)
+    monkeypatch.setattr(netsetup, "host_routes", lambda version=4: {})  # no `ip route` here: tested live
+    net = netsetup.create_network("app", [], None, False)
     assert str(net.subnet) == "10.90.0.0/24"
     assert (tmp_path / "etc/networks/app.toml").read_text() == (
         'subnet = "10.90.0.0/24"\ngateway = "10.90.0.1"\ninternal = false\n')
     with pytest.raises(ConflictError, match=r"subnet 10\.90\.0\.0/25 overlaps network app"):
-        netsetup.create_network("web", "10.90.0.0/25", None, False)
+        netsetup.create_network("web", ["10.90.0.0/25"], None, False)
     with pytest.raises(ConflictError, match="network app already exists"):
-        netsetup.create_network("app", None, None, False)
+        netsetup.create_network("app", [], None, False)
     assert not (tmp_path / "etc/networks/web.toml").exists()
     me = {"name": "c", "pid": os.getpid(), "start": ipam.process_start_time(os.getpid())}
     ipam.write_leases("app", {"10.90.0.2": me})
@@ -253,3 +253,39 @@ def test_container_and_ns_modes_join_without_a_namespace_or_a_network() -> None:
     with pytest.raises(UsageError, match="needs a network of the container's own"):
         spec.ContainerSpec(name="a", image="i", network="container:web",
                            sysctls={"net.ipv4.ip_forward": "1"}).validate()
+
+
+def test_veth_pairs_get_a_slash_30_each_and_nspawns_link_names(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PYMACHINE_RUN_DIR", str(tmp_path))
+    net = ipam.load("veth")  # built in: no definition on disk
+    assert net.point_to_point and network.attached_network("veth") == "veth"
+    with ipam.locked():
+        first, second = ipam.allocate(net, "a", os.getpid()), ipam.allocate(net, "b", os.getpid())
+    assert (str(first), str(second)) == ("10.88.0.2", "10.88.0.6")
+    assert str(ipam.p2p_gateway(str(second))) == "10.88.0.5"
+    assert netsetup.host_veth("web", "veth") == "ve-web"
+    assert netsetup.host_veth("a-very-long-name", "veth").startswith("ve-") and len(
+        netsetup.host_veth("a-very-long-name", "veth")) <= ipam.IFNAMSIZ
+    text = netsetup.ruleset([net])
+    assert 'oifname "ve-*" ip saddr 10.88.0.0/16 ct status dnat masquerade' in text
+    assert "ip saddr 10.88.0.0/16 ip daddr != 10.88.0.0/16 masquerade" in text
+    with pytest.raises(UsageError, match="--ip needs the bridge or a user network"):
+        spec.ContainerSpec(name="a", image="i", network="veth", ip="10.88.0.2").validate()
+    with pytest.raises(UsageError, match="invalid network name"):
+        spec.validate_network_name("veth")
+
+
+def test_an_ipv6_subnet_goes_with_the_ipv4_lease(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PYMACHINE_RUN_DIR", str(tmp_path / "run"))
+    monkeypatch.setenv("PYMACHINE_CONFIG_DIR", str(tmp_path / "etc"))
+    monkeypatch.setattr(netsetup, "host_routes", lambda version=4: {})
+    net = netsetup.create_network("six", ["10.70.0.0/24", "fd70::/64"], None, False, ipv6=True)
+    assert ipam.load("six").subnet6 == net.subnet6 and str(net.gateway6) == "fd70::1"
+    assert str(net.address6("10.70.0.9")) == "fd70::9"
+    assert "ip6 saddr fd70::/64 ip6 daddr != fd70::/64 masquerade" in netsetup.ruleset([net])
+    with pytest.raises(ConflictError, match="subnet fd70::/48 overlaps network six"):
+        netsetup.create_network("seven", ["fd70::/48"], None, False, ipv6=True)
+    with pytest.raises(UsageError, match="needs --ipv6"):
+        netsetup.create_network("seven", ["fd71::/64"], None, False)
+    auto = netsetup.create_network("eight", [], None, False, ipv6=True)
+    assert auto.subnet6 is not None and auto.subnet6.prefixlen == 64 and str(auto.subnet6).startswith("fd89:")

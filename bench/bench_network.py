@@ -1,0 +1,136 @@
+#!/usr/bin/env python3
+"""Network start latency and published-port throughput (issue #17, item 9), in one test host.
+
+Start to exit, alternating: `pymachine run --rm --network bridge busybox true` and `--network
+veth` (and `--network host`, what the network costs) against `systemd-nspawn -q --network-veth
+-D ROOTFS /bin/true` (target: pymachine bridge / nspawn veth <= 0.6) and, where podman runs
+here, `podman run --rm --network bridge busybox true` (the same busybox, exported by pymachine
+and loaded into podman).
+
+Throughput: 100 MB sent by the test host to 127.0.0.1:PORT, published by a container whose
+busybox `nc -l` reads it, against the same transfer to an `nc -l` of the test host itself on
+its uplink address (target: >= 0.9).
+
+Everything runs in the test host's own network namespace (tools/testhost.py).
+
+    python3 bench/bench_network.py [--runs 20] [--bin DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tools"))
+sys.path.insert(0, str(ROOT / "bench"))
+
+from bench_exec import add_bin_option, run_driver  # noqa: E402
+
+DRIVER = r"""
+import json, os, socket, subprocess, sys, tempfile, time
+runs, rootfs = int(sys.argv[1]), sys.argv[2]
+cmds = {
+    "host": ["pymachine", "run", "--rm", "--network", "host", "busybox", "true"],
+    "bridge": ["pymachine", "run", "--rm", "--network", "bridge", "busybox", "true"],
+    "veth": ["pymachine", "run", "--rm", "--network", "veth", "busybox", "true"],
+    "nspawn": ["systemd-nspawn", "-q", "--network-veth", "-D", rootfs, "/bin/true"],
+    "podman": ["podman", "run", "--rm", "--network", "bridge", "localhost/busybox:latest", "true"],
+}
+notes = {}
+archive = os.path.join(tempfile.mkdtemp(), "busybox.tar")
+try:
+    subprocess.run(["pymachine", "image", "export", "busybox", archive], check=True, capture_output=True)
+    subprocess.run(["podman", "load", "-q", "-i", archive], check=True, capture_output=True)
+    subprocess.run(["podman", "tag", subprocess.run(["podman", "images", "-q"], capture_output=True, text=True,
+                    check=True).stdout.split()[0], "localhost/busybox:latest"], check=True, capture_output=True)
+    subprocess.run(cmds["podman"], check=True, capture_output=True, stdin=subprocess.DEVNULL)
+except (subprocess.CalledProcessError, OSError, IndexError) as e:
+    notes["podman"] = f"not run: {getattr(e, 'stderr', b'') or e}"[:300]
+    del cmds["podman"]
+times = {k: [] for k in cmds}
+for cmd in cmds.values():
+    subprocess.run(cmd, check=True, stdin=subprocess.DEVNULL, capture_output=True)
+for _ in range(runs):
+    for name, cmd in cmds.items():
+        t = time.perf_counter()
+        subprocess.run(cmd, check=True, stdin=subprocess.DEVNULL, capture_output=True)
+        times[name].append(time.perf_counter() - t)
+
+SIZE = 100 * 1024 * 1024
+def send(host, port):
+    chunk = b"x" * (1 << 20)
+    for _ in range(100):
+        try:
+            s = socket.create_connection((host, port), timeout=10)
+            break
+        except OSError:
+            time.sleep(0.05)
+    t = time.perf_counter()
+    for _ in range(SIZE // len(chunk)):
+        s.sendall(chunk)
+    s.shutdown(socket.SHUT_WR)
+    s.recv(1)  # the reader closes once it has it all
+    s.close()
+    return time.perf_counter() - t
+
+throughput = {"published": [], "host": []}
+for i in range(3):
+    name = f"bench-net-{os.getpid()}-{i}"
+    subprocess.run(["pymachine", "run", "-d", "--name", name, "--network", "bridge", "-p", "18080:80", "busybox",
+                    "sh", "-c", "nc -l -p 80 > /dev/null"], check=True, capture_output=True)
+    try:
+        throughput["published"].append(SIZE / send("127.0.0.1", 18080) / 1e6)
+    finally:
+        subprocess.run(["pymachine", "rm", "-f", name], capture_output=True)
+    listener = subprocess.Popen(["busybox", "nc", "-l", "-p", "18081"], stdout=subprocess.DEVNULL) \
+        if subprocess.run(["which", "busybox"], capture_output=True).returncode == 0 else \
+        subprocess.Popen(["python3", "-c", "import socket\ns=socket.socket();s.setsockopt(socket.SOL_SOCKET,"
+                          "socket.SO_REUSEADDR,1);s.bind(('0.0.0.0',18081));s.listen();c,_=s.accept()\n"
+                          "while c.recv(1<<20): pass\nc.close()"])
+    try:
+        throughput["host"].append(SIZE / send("10.231.0.2", 18081) / 1e6)
+    finally:
+        listener.wait(30)
+print(json.dumps({"times": times, "throughput": throughput, "notes": notes}))
+"""
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--runs", type=int, default=20)
+    add_bin_option(ap)
+    args = ap.parse_args()
+    out = run_driver(args.bin, DRIVER, args.runs)
+    if out is None:
+        return 1
+    med = {k: statistics.median(v) * 1000 for k, v in out["times"].items()}
+    print(f"start to exit, {args.runs} runs each, alternating, median:")
+    labels = {"host": "pymachine run --rm --network host busybox true  ",
+              "bridge": "pymachine run --rm --network bridge busybox true",
+              "veth": "pymachine run --rm --network veth busybox true  ",
+              "nspawn": "systemd-nspawn -q --network-veth -D ROOTFS true ",
+              "podman": "podman run --rm --network bridge busybox true   "}
+    for key, label in labels.items():
+        if key in med:
+            print(f"  {label}  {med[key]:7.1f} ms")
+        else:
+            print(f"  {label}  {out['notes'].get(key, 'not run')}")
+    ratio = med["bridge"] / med["nspawn"]
+    print(f"  ratio bridge/nspawn-veth                          {ratio:7.2f}   (target <= 0.60)")
+    print(f"  ratio veth/nspawn-veth                            {med['veth'] / med['nspawn']:7.2f}")
+    if "podman" in med:
+        print(f"  ratio bridge/podman                               {med['bridge'] / med['podman']:7.2f}")
+    tp = {k: statistics.median(v) for k, v in out["throughput"].items()}
+    print("100 MB, median of 3 (MB/s):")
+    print(f"  to 127.0.0.1:PORT published by a container        {tp['published']:7.0f}")
+    print(f"  to the test host's own address                    {tp['host']:7.0f}")
+    ratio = tp["published"] / tp["host"]
+    print(f"  ratio                                             {ratio:7.2f}   (target >= 0.90)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
