@@ -10,8 +10,9 @@ from machinectl_py.spec import ContainerSpec
 DESCRIPTION = """\
 Run COMMAND (or the image's default command) in a new container and wait for it.
 
-The container gets its own mount, UTS, IPC, PID and cgroup namespaces (and a network
-namespace with --network private). Its root is an overlay of the image's layers with a
+The container gets its own mount, UTS, IPC, PID, cgroup and network namespaces (the
+network one on the bridge of the network pymachine by default; --network host shares the
+host's). Its root is an overlay of the image's layers with a
 private upper layer under /var/lib/pymachine/containers/NAME/. Its processes run in the
 transient unit machine-NAME.scope in machine.slice, created through systemd-machined
 before COMMAND starts, with the limits below as unit properties; `machinectl list`,

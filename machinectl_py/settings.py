@@ -485,11 +485,11 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("hostname", "hostname inside the container (default: the name)", flags="--hostname -h",
             metavar="NAME", key="hostname", inspect="Config.Hostname", parse=sp.validate_hostname,
             render=toml_string),
-    Setting("network", "host: share the host's network (default, as systemd-nspawn; without CAP_NET_RAW); "
-            "bridge: a veth on the network pymachine (10.89.0.0/16) with NAT; NAME: a veth on the user network "
-            "NAME (`pymachine network create`); veth: a point-to-point pair ve-NAME/host0 with NAT (as nspawn's); "
-            "none (alias private): only lo; container:NAME: another running "
-            "container's namespace; ns:PATH: a namespace file's",
+    Setting("network", "bridge (default, as docker): a veth on the network pymachine (10.89.0.0/16) with NAT; "
+            "host: share the host's network (opt-in: no network isolation; without CAP_NET_RAW); "
+            "NAME: a veth on the user network NAME (`pymachine network create`); "
+            "veth: a point-to-point pair ve-NAME/host0 with NAT (as nspawn's); none (alias private): only lo; "
+            "container:NAME: another running container's namespace; ns:PATH: a namespace file's",
             flags="--network --net", metavar="MODE", key="network",
             inspect="HostConfig.NetworkMode", parse=sp.validate_network, render=toml_string),
     Setting("network_aliases", "another name of the container on its network (bridge or NAME; repeatable)",

@@ -650,7 +650,7 @@ class ContainerSpec(Record):
                  "dns", "add_hosts", "oom_score_adj", "slice", "userns", "pull",
                  "tls_verify", "network_aliases", "ip", "dns_search", "dns_options", "publish_all", "boot")
     _defaults = {
-        "command": None, "hostname": None, "network": "host", "env": {}, "workdir": None, "user": None,
+        "command": None, "hostname": None, "network": "bridge", "env": {}, "workdir": None, "user": None,
         "limits": Limits(), "volumes": (), "restart": "no", "remove": False, "tty": False, "interactive": False,
         "entrypoint": None, "labels": {}, "tmpfs": {}, "read_only": False, "shm_size": None, "init": False,
         "stop_signal": None, "stop_timeout": None, "ulimits": {},

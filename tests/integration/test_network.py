@@ -171,7 +171,7 @@ def test_published_port_done_when(host: AnyHost, clean: Snapshot) -> None:
 
 
 def test_ports_without_the_bridge_are_refused(host: AnyHost, clean: Snapshot) -> None:
-    r = pm(host, "run", "--rm", "-p", "8080:80", "busybox", "true")
+    r = pm(host, "run", "--rm", "--network", "host", "-p", "8080:80", "busybox", "true")
     assert r.returncode == 125 and "published ports need" in r.stderr, r.stderr
     assert snapshot(host) == clean
 

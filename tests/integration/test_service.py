@@ -79,7 +79,7 @@ def test_done_when_sequence(host: AnyHost, cleanup: list[str]) -> None:
     cleanup.append(name)
     port = free_port(host)
     unit = f"pymachine@{name}.service"
-    pm(host, "create", "--name", name, "busybox", "sh", "-c",
+    pm(host, "create", "--name", name, "-p", f"{port}:{port}", "busybox", "sh", "-c",
        f"mkdir -p /www && echo ok > /www/index.html && echo serving on {port} && exec httpd -f -p {port} -h /www")
     pm(host, "start", name)
     assert http_get(host, port) == "ok\n"

@@ -31,7 +31,7 @@ def test_options_after_image_belong_to_the_command() -> None:
 
 def test_defaults() -> None:
     spec = parse(["busybox"])
-    assert spec.command is None and spec.network == "host" and "-" in spec.name
+    assert spec.command is None and spec.network == "bridge" and "-" in spec.name
 
 
 @pytest.mark.parametrize("argv", [

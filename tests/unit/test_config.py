@@ -44,7 +44,7 @@ pids = 64
 def test_minimal_definition_and_string_command() -> None:
     spec = parse('image = "busybox"\ncommand = "echo hi && sleep 1"\n')
     assert spec.command == ("/bin/sh", "-c", "echo hi && sleep 1")
-    assert spec.restart == "no" and spec.network == "host" and spec.volumes == ()
+    assert spec.restart == "no" and spec.network == "bridge" and spec.volumes == ()
 
 
 @pytest.mark.parametrize(("text", "expected"), [

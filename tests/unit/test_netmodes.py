@@ -100,7 +100,7 @@ def test_bad_ports_are_usage_errors(item: str) -> None:
 
 def test_ports_need_the_bridge() -> None:
     with pytest.raises(UsageError, match="published ports need") as caught:
-        spec.ContainerSpec(name="a", image="i", ports=(":8080:80/tcp",)).validate()
+        spec.ContainerSpec(name="a", image="i", network="host", ports=(":8080:80/tcp",)).validate()
     assert caught.value.hint == "add --network bridge"
     spec.ContainerSpec(name="a", image="i", network="bridge", ports=(":8080:80/tcp",)).validate()
     assert network.ports_inspect((":8080:80/tcp",)) == {"80/tcp": [{"HostIp": "", "HostPort": "8080"}]}

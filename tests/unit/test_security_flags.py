@@ -71,7 +71,7 @@ def test_security_opts_and_sysctls() -> None:
         with pytest.raises(UsageError):
             security.parse_sysctls([bad])
     with pytest.raises(UsageError, match="a network of the container's own"):
-        spec(sysctls={"net.ipv4.ip_forward": "1"})
+        spec(sysctls={"net.ipv4.ip_forward": "1"}, network="host")
     spec(sysctls={"net.ipv4.ip_forward": "1"}, network="private")
 
 
