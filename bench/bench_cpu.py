@@ -46,7 +46,7 @@ def sh(*cmd, **kw):
     return subprocess.run(cmd, check=True, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, text=True, **kw).stdout
 runc = shutil.which("runc")
 bundle = tempfile.mkdtemp(prefix="bench-runc-")
-sh("pymachine", "run", "-d", "--name", "cpu-exec", "busybox", "sleep", "100000")
+sh("pymachine", "run", "-d", "--network", "host", "--name", "cpu-exec", "busybox", "sleep", "100000")
 sh(runc, "spec", cwd=bundle)
 spec = json.load(open(os.path.join(bundle, "config.json")))
 spec["root"] = {"path": rootfs, "readonly": True}
@@ -57,7 +57,7 @@ subprocess.run([runc, "--systemd-cgroup", "run", "-d", "cpu-exec"], cwd=bundle, 
                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 seq = [0]  # unit names are not reused: a stopped transient unit may linger (failed) a while
 def detached_py(i):
-    return ["pymachine", "run", "-d", "--name", f"cpb{seq[0] + i}", "busybox", "sleep", "100000"]
+    return ["pymachine", "run", "-d", "--network", "host", "--name", f"cpb{seq[0] + i}", "busybox", "sleep", "100000"]
 def detached_ns(i):
     return ["systemd-run", "--quiet", f"--unit=cnb{seq[0] + i}", "-p", "Type=notify", "-p", "NotifyAccess=all",
             "-p", "Delegate=yes", "-p", "Slice=machine.slice", "-p", "KillMode=mixed",
@@ -69,7 +69,7 @@ def clean_detached():
         subprocess.run(["systemctl", "stop", f"cnb{seq[0] + i}.service"], capture_output=True)
     seq[0] += runs
 cases = {
-    "start": (lambda i: ["pymachine", "run", "--rm", "busybox", "true"]),
+    "start": (lambda i: ["pymachine", "run", "--rm", "--network", "host", "busybox", "true"]),
     "start-peer": (lambda i: ["systemd-nspawn", "-q", "-D", rootfs, "/bin/true"]),
     "exec": (lambda i: ["pymachine", "exec", "cpu-exec", "true"]),
     "exec-peer": (lambda i: [runc, "--systemd-cgroup", "exec", "cpu-exec", "true"]),

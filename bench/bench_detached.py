@@ -30,7 +30,7 @@ count, rootfs = int(sys.argv[1]), sys.argv[2]
 def run(cmd):
     subprocess.run(cmd, check=True, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
 def pymachine(i):
-    return ["pymachine", "run", "-d", "--name", f"pb{i}", "busybox", "sleep", "100000"]
+    return ["pymachine", "run", "-d", "--network", "host", "--name", f"pb{i}", "busybox", "sleep", "100000"]
 def nspawn(i):
     return ["systemd-run", "--quiet", f"--unit=nb{i}", "-p", "Type=notify", "-p", "NotifyAccess=all",
             "-p", "Delegate=yes", "-p", "Slice=machine.slice", "-p", "KillMode=mixed",

@@ -35,7 +35,7 @@ name = "bench-exec"
 def sh(*cmd, **kw):
     return subprocess.run(cmd, check=True, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, text=True, **kw).stdout
 subprocess.run(["pymachine", "rm", "-f", name], capture_output=True)
-sh("pymachine", "run", "-d", "--name", name, "busybox", "sleep", "100000")
+sh("pymachine", "run", "-d", "--network", "host", "--name", name, "busybox", "sleep", "100000")
 leader = sh("pymachine", "inspect", "--format", "{{ .State.Pid }}", name).strip()
 cmds = {"pymachine": ["pymachine", "exec", name, "true"], "nsenter": ["nsenter", "-t", leader, "-a", "true"]}
 if baseline:

@@ -74,7 +74,7 @@ def pymachine_processes():
 result = {}
 try:
     for i in range(count):
-        run(["pymachine", "run", "-d", "--name", f"pi{i}", "busybox", "sleep", "100000"])
+        run(["pymachine", "run", "-d", "--network", "host", "--name", f"pi{i}", "busybox", "sleep", "100000"])
         run(["systemd-run", "--quiet", f"--unit=ni{i}", "-p", "Type=notify", "-p", "NotifyAccess=all",
              "-p", "Delegate=yes", "-p", "Slice=machine.slice", "systemd-nspawn", "--keep-unit", "-q",
              "--read-only", "-M", f"ni{i}", "-D", rootfs, "sleep", "100000"])

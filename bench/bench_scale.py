@@ -48,7 +48,7 @@ probes = {
     "inspect": ["pymachine", "inspect", "s0"],
     "status": ["pymachine", "status", "s0"],
     "logs -n 5": ["pymachine", "logs", "-n", "5", "s0"],
-    "run --rm": ["pymachine", "run", "--rm", "busybox", "true"],
+    "run --rm": ["pymachine", "run", "--rm", "--network", "host", "busybox", "true"],
     "machinectl list": ["machinectl", "list", "--no-pager"],
 }
 if baseline:
@@ -68,7 +68,7 @@ starts, podman_starts, results, started = [], [], {}, 0
 try:
     for count in counts:
         while started < count:
-            starts.append(timed(["pymachine", "run", "-d", "--name", f"s{started}", "busybox", "sleep", "100000"]))
+            starts.append(timed(["pymachine", "run", "-d", "--network", "host", "--name", f"s{started}", "busybox", "sleep", "100000"]))
             if podman:
                 podman_starts.append(timed([*podman, "run", "-d", "--network", "host", "--name", f"ps{started}",
                                             "bench-busybox", "sleep", "100000"]))

@@ -8,6 +8,9 @@ their ratio (target: pymachine / nspawn <= 0.6). Beside them, each with and with
 namespace: pymachine's default (--userns=auto) and --userns=host, nspawn's own default (none)
 and `--private-users=pick` (on a copy of the root, which nspawn may chown or map).
 
+pymachine runs with --network host, as nspawn without --network-*: the bridge's cost is
+bench_network.py's.
+
     python3 bench/bench_start.py [--runs 25] [--bin DIR]
 """
 
@@ -31,8 +34,8 @@ runs, rootfs = int(sys.argv[1]), sys.argv[2]
 picked = os.path.join(tempfile.mkdtemp(dir="/var/tmp"), "rootfs")
 subprocess.run(["cp", "-a", rootfs, picked], check=True)
 cmds = {
-    "pymachine": ["pymachine", "run", "--rm", "busybox", "true"],
-    "pymachine-host": ["pymachine", "run", "--rm", "--userns=host", "busybox", "true"],
+    "pymachine": ["pymachine", "run", "--rm", "--network", "host", "busybox", "true"],
+    "pymachine-host": ["pymachine", "run", "--rm", "--network", "host", "--userns=host", "busybox", "true"],
     "nspawn": ["systemd-nspawn", "-q", "-D", rootfs, "/bin/true"],
     "nspawn-pick": ["systemd-nspawn", "-q", "--private-users=pick", "-D", picked, "/bin/true"],
 }
@@ -69,7 +72,7 @@ def main() -> int:
     print(f"start latency, {args.runs} runs each, alternating, median (quartiles):")
     # The default (--userns=auto) against nspawn's own default is the figure; the other two
     # show what a user namespace costs each.
-    labels = {"pymachine": "pymachine run --rm busybox true (--userns=auto)",
+    labels = {"pymachine": "pymachine run --rm --network host busybox true (--userns=auto)",
               "pymachine-host": "  the same with --userns=host                ",
               "nspawn": "systemd-nspawn -q -D ROOTFS true              ",
               "nspawn-pick": "  the same with --private-users=pick         "}
