@@ -68,7 +68,8 @@ starts, podman_starts, results, started = [], [], {}, 0
 try:
     for count in counts:
         while started < count:
-            starts.append(timed(["pymachine", "run", "-d", "--network", "host", "--name", f"s{started}", "busybox", "sleep", "100000"]))
+            starts.append(timed(["pymachine", "run", "-d", "--network", "host", "--name", f"s{started}", "busybox",
+                                 "sleep", "100000"]))
             if podman:
                 podman_starts.append(timed([*podman, "run", "-d", "--network", "host", "--name", f"ps{started}",
                                             "bench-busybox", "sleep", "100000"]))

@@ -50,7 +50,8 @@ times = {k: [] for k in commands}
 result = {}
 try:
     for i in range(count):
-        run(["pymachine", "run", "-d", "--network", "host", "--name", f"ps{i}", "busybox", "sleep", "100000"], check=True)
+        run(["pymachine", "run", "-d", "--network", "host", "--name", f"ps{i}", "busybox", "sleep", "100000"],
+            check=True)
     problem = podman_setup()
     if problem:
         result["podman_error"] = problem

@@ -56,6 +56,8 @@ def test_killed_by_signal_gives_128_plus_n(host: AnyHost) -> None:
     proc = host.popen(["pymachine", "run", "--rm", "--name", "sig", "busybox", "sleep", "60"])
     wait_until(lambda: "sig" in machine_names(host), what="machine sig")
     leader = host.run(["machinectl", "show", "sig", "-p", "Leader", "--value"], check=True).stdout.strip()
+    # the payload runs: the machine is registered before the held init is released
+    wait_until(lambda: "sleep" in host.run(["cat", f"/proc/{leader}/comm"]).stdout, what="the payload's exec")
     host.run(["kill", "-KILL", leader], check=True)
     proc.communicate(timeout=30)
     assert proc.returncode == 128 + signal.SIGKILL
