@@ -15,6 +15,7 @@ from machinectl_py.errors import UsageError
 # `ps` and `inspect` are polled by scripts: no `json` or `typing` import (formatting.to_json).
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from collections.abc import Mapping
     from typing import Any
 
     from machinectl_py import state
@@ -170,11 +171,15 @@ def parse_filters(items: list[str]) -> list[tuple[str, str]]:
 
 
 def matches(s: Status, filters: list[tuple[str, str]]) -> bool:
-    labels = s.record.spec.labels
+    return _passes(s.record.name, s.status, s.record.spec.labels, filters)
+
+
+def _passes(name: str, status: str, labels: Mapping[str, str], filters: list[tuple[str, str]]) -> bool:
+    """docker ps --filter name=, status=, label=K[=V] (every filter must hold)."""
     for key, value in filters:
-        if key == "name" and value not in s.record.name:
+        if key == "name" and value not in name:
             return False
-        if key == "status" and s.status != value:
+        if key == "status" and status != value:
             return False
         if key == "label":
             label, eq, wanted = value.partition("=")
@@ -261,17 +266,7 @@ def _epoch(text: Any) -> float | None:
 
 
 def _oci_matches(entry: dict[str, Any], filters: list[tuple[str, str]]) -> bool:
-    labels = entry["labels"]
-    for key, value in filters:
-        if key == "name" and value not in entry["name"]:
-            return False
-        if key == "status" and entry["status"] != value:
-            return False
-        if key == "label":
-            label, eq, wanted = value.partition("=")
-            if label not in labels or (eq and labels[label] != wanted):
-                return False
-    return True
+    return _passes(entry["name"], entry["status"], entry["labels"], filters)
 
 
 def _published() -> dict[str, str]:
