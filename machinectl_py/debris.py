@@ -79,7 +79,7 @@ def collect(bus: Bus, *, grace: float = GRACE_SECONDS) -> list[str]:
         died = record.state == "running" or (record.state == "created" and container.is_foreground)
         if died and not systemd.unit_is_active(bus, unit):
             record.state, record.pid, record.finished = "exited", None, record.finished or state.now()
-            state.save(record)
+            state.save_state(record)
             done.append(f"{name}: marked exited ({unit} is not running)")
             if record.spec.remove:
                 container.remove_files()

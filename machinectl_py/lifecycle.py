@@ -145,7 +145,7 @@ class Container:
         record = self.record
         if definition_is_newer(self.name, container_path(self.name, state.RECORD)):
             record.spec = _create_volumes(config.load_definition(self.name), record.spec)
-            state.save(record)
+            state.save_spec(record)
         return record.spec
 
     def sync_unit(self, bus: Bus) -> None:
@@ -228,7 +228,7 @@ class Container:
         record = self.record
         record.state, record.exit_code, record.finished, record.pid = "exited", code, state.now(), None
         record.oom_killed = oom_killed
-        state.save(record)
+        state.save_state(record)
 
     # -- removal ----------------------------------------------------------------------------------
 
@@ -332,10 +332,10 @@ def _persist_update(bus: Bus, container: Container, spec: ContainerSpec, prop_na
     record = container.record
     record.spec = spec
     if container.is_foreground:
-        state.save(record)
+        state.save_spec(record)
         return
     config.write_definition(spec, exclusive=False)
-    state.save(record)
+    state.save_spec(record)
     dropins.remove_runtime_settings(container.unit, prop_names)
     dropins.write_dropin(bus, container.name, record.id, record.image_name, spec)
     dropins.reload_if_needed(bus, container.name)

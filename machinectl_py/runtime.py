@@ -180,13 +180,13 @@ class ForegroundRun:
                 code = 128 + self.cancelled_by
                 record.state, record.exit_code, record.finished = "exited", code, state.now()
                 if not spec.remove:
-                    state.save(record)
+                    state.save_state(record)
                 return code
             # The payload may run now: it is in its scope, under its limits, and registered.
             init.release()
             self.released = True
             record.state, record.pid, record.started = "running", self.leader, state.now()
-            state.save(record)
+            state.save_state(record)
             container_event("start", record)
             if tty_parent >= 0:
                 payload.relay_from_socket(tty_parent, self.leader, stdin=spec.interactive, copy_fd=journal_copy,
@@ -213,7 +213,7 @@ class ForegroundRun:
                 os.close(journal_copy)
             self._teardown(bus, hold_w)
         if not spec.remove:
-            state.save(record)
+            state.save_state(record)
         return code
 
     def _make_machine(self, bus: Bus, rootfs: str, policy: Policy, record: state.ContainerRecord,

@@ -174,7 +174,7 @@ def _setup(name: str) -> int:
             # Record and PID file first: once released, the payload may end at any time.
             record.state, record.pid, record.started = "running", leader, state.now()
             record.exit_code, record.finished, record.unit = None, None, unit
-            state.save(record)
+            state.save_state(record)
             write_pid_file(name, leader)
             init.release()
             settled = True
@@ -188,7 +188,7 @@ def _setup(name: str) -> int:
                 print(f"pymachine: {name}: {message}", file=sys.stderr)
                 payload.reap(leader)
                 record.state, record.exit_code, record.finished, record.pid = "exited", code, state.now(), None
-                state.save(record)
+                state.save_state(record)
                 return code
             if notify is not None:
                 return _await_boot(name, record, notify, leader)
@@ -223,7 +223,7 @@ def _await_boot(name: str, record: state.ContainerRecord, notify: NotifySocket, 
     print(f"pymachine: {name}: {message}", file=sys.stderr)
     record.state, record.finished, record.pid = "exited", state.now(), None
     record.exit_code = os.waitstatus_to_exitcode(status) if os.WIFEXITED(status) else 128 + os.WTERMSIG(status)
-    state.save(record)
+    state.save_state(record)
     return record.exit_code or 1
 
 

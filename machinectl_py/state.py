@@ -170,7 +170,59 @@ def claim_fds() -> tuple[int, ...]:
     return tuple(lock.fd for lock in _claims.values())
 
 
+# What a running container's own process changes in its record (the state fields below), and
+# what `update` and a changed definition change (the spec): two writers of one file.
+STATE_FIELDS = ("state", "exit_code", "started", "finished", "unit", "pid", "oom_killed")
+
+
 def save(record: ContainerRecord) -> None:
+    """The whole record, as `record` has it (a new container's first record)."""
+    with _record_lock(record.dir_path):
+        _write(record)
+
+
+def save_state(record: ContainerRecord) -> None:
+    """The record's state fields, keeping the spec on disk: an `update` may have changed it
+    since this process read it (a foreground run saves its states for its whole life)."""
+    with _record_lock(record.dir_path):
+        disk = _read(record.name)
+        if disk is not None:
+            record.spec = disk.spec
+        _write(record)
+
+
+def save_spec(record: ContainerRecord) -> None:
+    """The record's spec, keeping the state fields on disk: the container's own process
+    (a foreground run, a unit's setup or stop hook) may have saved a state since."""
+    with _record_lock(record.dir_path):
+        disk = _read(record.name)
+        if disk is not None:
+            for field in STATE_FIELDS:
+                setattr(record, field, getattr(disk, field))
+        _write(record)
+
+
+def _record_lock(dir_path: str) -> _FileLock:
+    return _FileLock(os.path.join(dir_path, ".record.lock"))
+
+
+class _FileLock:
+    """flock on a file beside the record for one read-modify-write (container.json itself is
+    replaced by each write, so a lock on it would lock a file that is gone)."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.fd = -1
+
+    def __enter__(self) -> None:
+        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        fcntl.flock(self.fd, fcntl.LOCK_EX)
+
+    def __exit__(self, *exc: object) -> None:
+        os.close(self.fd)
+
+
+def _write(record: ContainerRecord) -> None:
     path = os.path.join(record.dir_path, RECORD)
     tmp = path + ".tmp"
     # No fsync: this runs twice per container start, and an fsync costs milliseconds. The
@@ -178,6 +230,13 @@ def save(record: ContainerRecord) -> None:
     with open(tmp, "w", encoding="utf-8") as f:
         f.write(dump_json(record.to_json()))
     os.replace(tmp, path)
+
+
+def _read(name: str) -> ContainerRecord | None:
+    try:
+        return load(name)
+    except (NotFoundError, ValueError, KeyError):  # none yet, or cut short by a crash: ours stands
+        return None
 
 
 def load(name: str) -> ContainerRecord:

@@ -72,3 +72,22 @@ def test_the_setup_processs_last_error_is_kept_for_start(machines: Path) -> None
     assert lifecycle.read_last_error("web") == "cannot run 'x': executable file not found"
     lifecycle.clear_error("web")
     assert lifecycle.read_last_error("web") == ""
+
+
+def test_a_running_containers_state_saves_keep_an_updates_spec(machines: Path) -> None:
+    """A foreground run saves its states for its whole life, from the record it read at start;
+    an `update` in between changes the spec. Neither write may undo the other (the CI failure
+    of a318f11: `inspect` after `update` showed the old memory limit)."""
+    spec = ContainerSpec(name="web", image="busybox", command=("sleep", "9")).validate()
+    runner = make_record("web", spec, unit="machine-web.scope")
+    updater = state.load("web")
+    updater.spec = ContainerSpec(name="web", image="busybox", command=("sleep", "9"), tty=True).validate()
+    state.save_spec(updater)
+    runner.state, runner.pid = "running", 42
+    state.save_state(runner)
+    assert state.load("web").spec.tty and state.load("web").state == "running"
+    assert runner.spec.tty  # the runner's later saves carry the new spec too
+    stale = state.load("web")
+    stale.state = "created"  # an update that read the record before the run saved "running"
+    state.save_spec(stale)
+    assert state.load("web").state == "running" and state.load("web").pid == 42
