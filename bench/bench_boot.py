@@ -9,6 +9,7 @@ not timed; nspawn's tree keeps what its first boot wrote, and so does the contai
   pymachine start pb                               the unit becomes active on the guest's READY=1
   systemd-run --unit nb -p Type=notify -p NotifyAccess=all ... systemd-nspawn --keep-unit -q -b
       --notify-ready=yes -M nb -D TREE             nspawn's own readiness, passed on by its unit
+pymachine's machine is in the host's network, as nspawn's (the bridge's cost is bench_network's).
 The image is tools/mkimage-debian's, cached as for the tests (tests/images/build.py); nspawn boots
 its tree (inside the test host, writes go to the test host's overlay, not to the cache). Each
 machine is stopped outside the timing. Prints the medians and pymachine/nspawn
@@ -37,7 +38,7 @@ runs, tar, tree = int(sys.argv[1]), sys.argv[2], sys.argv[3]
 def run(cmd):
     subprocess.run(cmd, check=True, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
 run(["pymachine", "image", "import", tar, "--name", "debian-boot"])
-run(["pymachine", "create", "--name", "pb", "-b", "debian-boot"])
+run(["pymachine", "create", "--name", "pb", "-b", "--network", "host", "debian-boot"])
 NSPAWN = ["systemd-run", "--quiet", "--unit=nb", "-p", "Type=notify", "-p", "NotifyAccess=all",
           "-p", "Delegate=yes", "-p", "Slice=machine.slice", "-p", "KillMode=mixed",
           "-p", "CollectMode=inactive-or-failed", "systemd-nspawn", "--keep-unit", "-q", "-b", "--notify-ready=yes",
