@@ -81,18 +81,38 @@ def data_dir(name: str) -> Path:
     return volume_dir(name) / "_data"
 
 
+class _Locked:
+    """A directory's flock: the store's while a volume is made, a volume's while its owner is
+    decided (once) or gc reads it."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def __enter__(self) -> None:
+        import fcntl
+
+        self.fd = os.open(self.path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        fcntl.flock(self.fd, fcntl.LOCK_EX)
+
+    def __exit__(self, *_: object) -> None:
+        os.close(self.fd)
+
+
 def ensure_volume(name: str, *, anonymous: bool = False, container: str | None = None) -> Path:
     """Create the named volume if it does not exist (first use creates it, as in docker); its
     owner is left to the first container that mounts it (owner_of)."""
     ensure_private_dir(volumes_dir())
     path = volume_dir(name)
-    try:
-        path.mkdir(mode=0o700)
-    except FileExistsError:
-        return path / "_data"
-    (path / "_data").mkdir(mode=0o755)
-    meta = {"name": name, "created": time.time(), "anonymous": anonymous, "container": container, "owner": None}
-    _write_meta(name, meta)
+    # Under the store's lock: a concurrent first use waits until the volume is whole (its
+    # metadata says "no owner yet", not "made before owners existed").
+    with _Locked(volumes_dir()):
+        try:
+            path.mkdir(mode=0o700)
+        except FileExistsError:
+            return path / "_data"
+        (path / "_data").mkdir(mode=0o755)
+        meta = {"name": name, "created": time.time(), "anonymous": anonymous, "container": container, "owner": None}
+        _write_meta(name, meta)
     return path / "_data"
 
 
@@ -128,28 +148,12 @@ def recorded_owner(meta: dict[str, Any]) -> tuple[int, int | None] | None:
     return int(owner[0]), None if owner[1] is None else int(owner[1])
 
 
-class _Locked:
-    """A volume's lock (its directory's flock): its owner is decided once, and gc reads it whole."""
-
-    def __init__(self, name: str) -> None:
-        self.name = name
-
-    def __enter__(self) -> None:
-        import fcntl
-
-        self.fd = os.open(volume_dir(self.name), os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        fcntl.flock(self.fd, fcntl.LOCK_EX)
-
-    def __exit__(self, *_: object) -> None:
-        os.close(self.fd)
-
-
 def owner_of(name: str, id_range: tuple[int, int] | None) -> tuple[int, int | None]:
     """The volume's owner (first host ID, size; size None: root), decided now if this is the
     first container to mount it: with `id_range` (its user namespace's), that range owns it."""
     from machinectl_py import userns
 
-    with _Locked(name):
+    with _Locked(volume_dir(name)):
         meta = read_meta(name)
         owner = recorded_owner(meta)
         if owner is not None:
@@ -301,7 +305,7 @@ def free_stale_holds() -> list[str]:
             name = holder.removeprefix(userns.VOLUME_PREFIX)
             if name == holder or not volume_dir(name).is_dir():
                 continue
-            with _Locked(name):
+            with _Locked(volume_dir(name)):
                 owner = recorded_owner(read_meta(name))
                 first, size = owner if owner is not None else ROOT
                 if size is not None and first <= slot < first + size:
