@@ -67,12 +67,15 @@ class Mount(Record):
 
 
 class Bind(Record):
-    __slots__ = ('source', 'target', 'read_only', 'is_file')
-    _defaults = {'read_only': False, 'is_file': False}
+    __slots__ = ('source', 'target', 'read_only', 'is_file', 'ids')
+    _defaults = {'read_only': False, 'is_file': False, 'ids': None}
     source: str  # a host path
     target: str
     read_only: bool
     is_file: bool
+    # With a user namespace: (first, size) when on-disk first+N is the container's N (a volume
+    # owned by a range, volumes.py); None: the container's own mapping, on-disk N is its N.
+    ids: tuple[int, int] | None
 
 
 
