@@ -221,7 +221,7 @@ def connect_network(spec: ContainerSpec, leader: int, exposed: tuple[str, ...] =
     (before release)."""
     name = network.attached_network(spec.network)
     if name is not None:
-        from machinectl_py import netsetup  # subprocess: only on this opt-in path
+        from machinectl_py import netsetup  # json (the leases): only for a container on a network
 
         ports = tuple(spec.ports)  # a list when read back from the definition
         if spec.publish_all:

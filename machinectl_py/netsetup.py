@@ -2,9 +2,11 @@
 nftables in pymachine's own table `inet pymachine`.
 
 Runs in the parent (runtime.py, service.py) between the machine's registration and the
-release of the held init, whose network namespace is already its own. Links and addresses go
-through iproute2 (`ip -b -`: one batch per namespace) and the ruleset through `nft -f -`; the
-README says why (import and call costs measured). Only pymachine's table is ever written:
+release of the held init, whose network namespace is already its own. Links, addresses and
+routes go through rtnetlink in this process (netlink.py: one socket on the host, one opened in
+the container's namespace), the ruleset through libnftables in this process (syscalls.nft_run;
+`nft -f -` where the library is missing): no program is executed on the start and stop paths;
+the README says why (import and call costs measured). Only pymachine's table is ever written:
 it is regenerated whole, in one nft transaction, from the networks in use, and deleted when no
 network is in use, so other tables (docker's, podman's, firewalld's) are never touched.
 
@@ -16,13 +18,13 @@ the bridge and nft table of a network with no lease left, removed with its last 
 
 from __future__ import annotations
 
+import errno
 import ipaddress
 import os
-import subprocess
 import time
 import zlib
 
-from machinectl_py import ipam
+from machinectl_py import ipam, netlink, syscalls
 from machinectl_py.errors import ConflictError, PymachineError, UsageError
 
 NFT_TABLE = "pymachine"
@@ -41,16 +43,54 @@ def host_veth(name: str, network: str = ipam.DEFAULT_NETWORK) -> str:
 
 
 def _run(argv: list[str], stdin: str | None = None, what: str = "") -> str:
+    import subprocess  # `ip -j route` at `network create`, `nft` where libnftables is missing
+
     r = subprocess.run(argv, input=stdin, capture_output=True, text=True)
     if r.returncode != 0:
-        # `ip -b` ends with "Command failed -:N": the line before it says what failed.
-        detail = [line for line in r.stderr.strip().splitlines() if not line.startswith("Command failed")]
-        raise PymachineError(f"{what or argv[0]}: {'; '.join(detail) or f'exit {r.returncode}'}")
+        raise PymachineError(f"{what or argv[0]}: {'; '.join(r.stderr.strip().splitlines()) or f'exit {r.returncode}'}")
     return r.stdout
 
 
+_HOST: list[netlink.Socket] = []  # this process's netlink socket of its own namespace, opened once
+
+
+def _host() -> netlink.Socket:
+    if not _HOST:
+        _HOST.append(netlink.Socket())
+    return _HOST[0]
+
+
+def _request(sock: netlink.Socket, message: tuple[int, bytes], what: str, create: bool = True) -> None:
+    try:
+        sock.request(message, what, create=create)
+    except OSError as e:
+        raise PymachineError(str(e.strerror)) from None
+
+
+def _ifindex(sock: netlink.Socket, name: str) -> int:
+    try:
+        return sock.ifindex(name)
+    except OSError as e:
+        raise PymachineError(str(e.strerror)) from None
+
+
 def link_exists(name: str) -> bool:
-    return os.path.exists(f"/sys/class/net/{name}")
+    try:
+        _host().ifindex(name)
+    except OSError as e:
+        if e.errno == errno.ENODEV:
+            return False
+        raise PymachineError(str(e.strerror)) from None
+    return True
+
+
+def delete_link(name: str) -> None:
+    """`ip link del NAME`, if it is there (a veth's peer goes with it)."""
+    try:
+        _host().request(netlink.del_link(name), f"remove {name}")
+    except OSError as e:
+        if e.errno != errno.ENODEV:
+            raise PymachineError(str(e.strerror)) from None
 
 
 def _wait_own_netns(pid: int) -> None:
@@ -71,19 +111,20 @@ def _wait_own_netns(pid: int) -> None:
 def ensure_bridge(net: ipam.Network) -> None:
     if net.point_to_point or link_exists(net.bridge):
         return
-    v6 = f"addr add {net.gateway6}/{net.subnet6.prefixlen} dev {net.bridge} nodad\n" if net.subnet6 else ""
-    _run(["ip", "-b", "-"], what=f"bridge {net.bridge}", stdin=(
-        f"link add {net.bridge} type bridge\n"
-        f"addr add {net.gateway}/{net.subnet.prefixlen} dev {net.bridge}\n" + v6 +
-        f"link set {net.bridge} up\n"))
+    sock, what = _host(), f"bridge {net.bridge}"
+    _request(sock, netlink.new_bridge(net.bridge), what)
+    index = _ifindex(sock, net.bridge)
+    _request(sock, netlink.new_addr(index, str(net.gateway), net.subnet.prefixlen), what)
+    if net.subnet6 is not None:
+        _request(sock, netlink.new_addr(index, str(net.gateway6), net.subnet6.prefixlen, nodad=True), what)
     # 127.0.0.1 -> a published port: the output hook's DNAT sends a loopback-sourced packet out
     # of the bridge, which the kernel drops as martian unless the bridge allows it.
     _write_sysctl(f"/proc/sys/net/ipv4/conf/{net.bridge}/route_localnet")
 
 
 def remove_bridge(net: ipam.Network) -> None:
-    if not net.point_to_point and link_exists(net.bridge):
-        _run(["ip", "link", "del", net.bridge], what=f"remove bridge {net.bridge}")
+    if not net.point_to_point:
+        delete_link(net.bridge)
 
 
 class Published:
@@ -139,7 +180,14 @@ def ruleset(networks: list[ipam.Network], published: list[Published] = []) -> st
 
 
 def apply_ruleset(networks: list[ipam.Network]) -> None:
-    _run(["nft", "-f", "-"], stdin=ruleset(networks, _published(networks)), what=f"nft table inet {NFT_TABLE}")
+    script, what = ruleset(networks, _published(networks)), f"nft table inet {NFT_TABLE}"
+    try:
+        syscalls.nft_run(script)
+    except syscalls.NftUnavailable:
+        _run(["nft", "-f", "-"], stdin=script, what=what)
+    except OSError as e:
+        lines = str(e.strerror).splitlines()
+        raise PymachineError(f"{what}: {'; '.join([x for x in lines if x.startswith('Error')] or lines)}") from None
     if any(not net.internal for net in networks):
         # Routing between the bridge and the uplink (per network namespace, as docker does).
         _write_sysctl("/proc/sys/net/ipv4/ip_forward")
@@ -300,46 +348,66 @@ def refresh_hosts() -> None:
 
 def _add_veth(net: ipam.Network, name: str, pid: int, address: str, ifname: str = "eth0",
               primary: bool = True) -> None:
-    host = host_veth(name, net.name)
-    if link_exists(host):  # a previous run's, whose namespace is being torn down
-        _run(["ip", "link", "del", host], what=f"remove stale {host}")
-    _run(["ip", "-b", "-"], what=f"veth {host}", stdin=(
-        # By path, not PID: our children share the container's PID namespace (launch.HeldInit
-        # unshared it for the init), where the kernel would read a PID as one of its own.
-        f"link add {host} type veth peer name {ifname} netns /proc/{pid}/ns/net\n"
-        f"link set {host} master {net.bridge}\n"
+    host, sock = host_veth(name, net.name), _host()
+    delete_link(host)  # a previous run's, whose namespace is being torn down
+    with _Netns(pid) as (fd, inside):
+        _request(sock, netlink.new_veth(host, ifname, fd, master=_ifindex(sock, net.bridge)), f"veth {host}")
         # A container reaching its own published port through a host address: where
         # br_netfilter is loaded, the DNAT happens at the bridge and the frame must go back out
         # of the port it came in on, which a bridge refuses without hairpin (as docker sets it).
-        f"link set dev {host} type bridge_slave hairpin on\n"
-        f"link set {host} up\n"))
-    # An internal network has no way out: no default route (the forward chain drops the rest).
-    route = f"route add default via {net.gateway} dev {ifname}\n" if primary and not net.internal else ""
-    v6 = ""
-    if net.subnet6 is not None:  # the IPv6 address that goes with the IPv4 lease (ipam.Network.address6)
-        v6 = f"addr add {net.address6(address)}/{net.subnet6.prefixlen} dev {ifname} nodad\n"
-        if route:
-            route += f"route add ::/0 via {net.gateway6} dev {ifname}\n"
-    _run(["nsenter", f"--net=/proc/{pid}/ns/net", "ip", "-b", "-"], what=f"the container's {ifname}", stdin=(
-        f"addr add {address}/{net.subnet.prefixlen} dev {ifname}\n" + v6 +
-        f"link set {ifname} up\n" + route))
+        _request(sock, netlink.bridge_port_hairpin(_ifindex(sock, host)), f"hairpin on {host}", create=False)
+        what = f"the container's {ifname}"
+        index = _ifindex(inside, ifname)
+        _request(inside, netlink.set_up(index), what, create=False)
+        _request(inside, netlink.new_addr(index, address, net.subnet.prefixlen), what)
+        if net.subnet6 is not None:  # the IPv6 address that goes with the IPv4 lease (ipam.Network.address6)
+            _request(inside, netlink.new_addr(index, str(net.address6(address)), net.subnet6.prefixlen,
+                                              nodad=True), what)
+        # An internal network has no way out: no default route (the forward chain drops the rest).
+        if primary and not net.internal:
+            _request(inside, netlink.new_default_route(index, str(net.gateway)), what)
+            if net.gateway6 is not None:
+                _request(inside, netlink.new_default_route(index, str(net.gateway6)), what)
 
 
 def _add_p2p(net: ipam.Network, name: str, pid: int, address: str) -> None:
     """`--network veth`: ve-NAME on the host with the /30's .1, host0 in the container with
     its .2 and the default route through .1 (nspawn's pair, addressed by pymachine)."""
-    host, gateway = host_veth(name, net.name), ipam.p2p_gateway(address)
-    if link_exists(host):  # a previous run's, whose namespace is being torn down
-        _run(["ip", "link", "del", host], what=f"remove stale {host}")
-    _run(["ip", "-b", "-"], what=f"veth {host}", stdin=(
-        f"link add {host} type veth peer name host0 netns /proc/{pid}/ns/net\n"
-        f"addr add {gateway}/30 dev {host}\n"
-        f"link set {host} up\n"))
-    _write_sysctl(f"/proc/sys/net/ipv4/conf/{host}/route_localnet")  # 127.0.0.1 -> a published port
-    _run(["nsenter", f"--net=/proc/{pid}/ns/net", "ip", "-b", "-"], what="the container's host0", stdin=(
-        f"addr add {address}/30 dev host0\n"
-        "link set host0 up\n"
-        f"route add default via {gateway} dev host0\n"))
+    host, gateway, sock = host_veth(name, net.name), str(ipam.p2p_gateway(address)), _host()
+    delete_link(host)  # a previous run's, whose namespace is being torn down
+    with _Netns(pid) as (fd, inside):
+        _request(sock, netlink.new_veth(host, "host0", fd), f"veth {host}")
+        _request(sock, netlink.new_addr(_ifindex(sock, host), gateway, 30), f"veth {host}")
+        _write_sysctl(f"/proc/sys/net/ipv4/conf/{host}/route_localnet")  # 127.0.0.1 -> a published port
+        index = _ifindex(inside, "host0")
+        _request(inside, netlink.set_up(index), "the container's host0", create=False)
+        _request(inside, netlink.new_addr(index, address, 30), "the container's host0")
+        _request(inside, netlink.new_default_route(index, gateway), "the container's host0")
+
+
+class _Netns:
+    """The container's network namespace, as an fd (for the veth's peer) and a netlink socket
+    opened in it. By path, not PID: our children share the container's PID namespace
+    (launch.HeldInit unshared it for the init), but this process reads the host's /proc."""
+
+    def __init__(self, pid: int) -> None:
+        self.path = f"/proc/{pid}/ns/net"
+
+    def __enter__(self) -> tuple[int, netlink.Socket]:
+        try:
+            self.fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError as e:
+            raise PymachineError(f"the container's network namespace: {e.strerror}") from None
+        try:
+            self.sock = netlink.socket_in(self.fd)
+        except OSError as e:
+            os.close(self.fd)
+            raise PymachineError(f"the container's network namespace: {e.strerror}") from None
+        return self.fd, self.sock
+
+    def __exit__(self, *exc: object) -> None:
+        self.sock.close()
+        os.close(self.fd)
 
 
 def _release_locked(network: str, name: str | None) -> None:
@@ -361,8 +429,11 @@ def release(name: str | None) -> None:
     and rules no container uses any more. Best effort per network; the first error is raised."""
     with ipam.locked():
         for network in ipam.networks_with_leases():
-            if name and ipam.lease_of(network, name) and link_exists(host_veth(name, network)):
-                subprocess.run(["ip", "link", "del", host_veth(name, network)], capture_output=True)
+            if name and ipam.lease_of(network, name):
+                try:
+                    delete_link(host_veth(name, network))
+                except PymachineError:
+                    pass  # best effort: the kernel takes the pair with the namespace anyway
             _release_locked(network, name)
 
 
@@ -382,7 +453,10 @@ def _remove_orphan_bridges() -> list[str]:
     orphans = [n for n in names
                if n.startswith("pm-") and n not in in_use and os.path.isdir(f"/sys/class/net/{n}/bridge")]
     for bridge in orphans:
-        subprocess.run(["ip", "link", "del", bridge], capture_output=True)
+        try:
+            delete_link(bridge)
+        except PymachineError:
+            pass
     return orphans
 
 
@@ -401,8 +475,7 @@ def detach(network: str, name: str) -> None:
     with ipam.locked():
         if ipam.lease_of(network, name) is None:
             raise PymachineError(f"container {name} is not connected to network {network}")
-        if link_exists(host_veth(name, network)):
-            _run(["ip", "link", "del", host_veth(name, network)], what=f"remove {host_veth(name, network)}")
+        delete_link(host_veth(name, network))
         _release_locked(network, name)
 
 
