@@ -26,6 +26,7 @@ import zlib
 
 from machinectl_py import ipam, netlink, syscalls
 from machinectl_py.errors import ConflictError, PymachineError, UsageError
+from machinectl_py.network import split_port
 
 NFT_TABLE = "pymachine"
 EPHEMERAL = (32768, 61000)  # free host ports for `-p PORT` (Linux's ip_local_port_range)
@@ -127,19 +128,34 @@ def remove_bridge(net: ipam.Network) -> None:
         delete_link(net.bridge)
 
 
+WILDCARDS = ("", "0.0.0.0", "::")
+
+
 class Published:
-    """One published port of a running container: host side (ip or all, port) -> its address."""
+    """One published port of a running container: host side (ip or all, port) -> its address
+    (and its IPv6 address, on a network with an IPv6 subnet)."""
 
-    __slots__ = ("bridge", "address", "host_ip", "host_port", "port", "proto")
+    __slots__ = ("bridge", "address", "host_ip", "host_port", "port", "proto", "address6")
 
-    def __init__(self, bridge: str, address: str, host_ip: str, host_port: int, port: int, proto: str) -> None:
+    def __init__(self, bridge: str, address: str, host_ip: str, host_port: int, port: int, proto: str,
+                 address6: str | None = None) -> None:
         self.bridge, self.address, self.host_ip = bridge, address, host_ip
-        self.host_port, self.port, self.proto = host_port, port, proto
+        self.host_port, self.port, self.proto, self.address6 = host_port, port, proto, address6
 
-    def dnat(self) -> str:
-        daddr = f"ip daddr {self.host_ip} " if self.host_ip else ""
-        return (f"{daddr}fib daddr type local {self.proto} dport {self.host_port} "
-                f"dnat ip to {self.address}:{self.port}")
+    def dnat(self) -> list[str]:
+        """Its DNAT rules: IPv4 unless HOSTIP is IPv6, IPv6 (on both families' addresses of the
+        host, as docker publishes) where the container has an IPv6 address and HOSTIP allows."""
+        rules, v6_host = [], ":" in self.host_ip
+        match = f"fib daddr type local {self.proto} dport {self.host_port}"
+        if not v6_host:
+            daddr = f"ip daddr {self.host_ip} " if self.host_ip not in WILDCARDS else ""
+            rules.append(f"{daddr}{match} dnat ip to {self.address}:{self.port}")
+        if self.address6 is not None and (v6_host or not self.host_ip):
+            # Not ::1: the kernel routes no IPv6 loopback packet to another namespace (there is no
+            # route_localnet in IPv6), so [::1]:PORT is left to say "connection refused".
+            daddr = f"ip6 daddr {self.host_ip} " if self.host_ip not in WILDCARDS else "ip6 daddr != ::1 "
+            rules.append(f"{daddr}{match} dnat ip6 to [{self.address6}]:{self.port}")
+        return rules
 
 
 def ruleset(networks: list[ipam.Network], published: list[Published] = []) -> str:  # noqa: B006 (never mutated)
@@ -165,7 +181,9 @@ def ruleset(networks: list[ipam.Network], published: list[Published] = []) -> st
                 nat.append(f"ip6 saddr {net.subnet6} ip6 daddr != {net.subnet6} masquerade")
         nat.append(f'oifname "{net.bridge}" ip saddr 127.0.0.0/8 masquerade')
         nat.append(f'oifname "{net.bridge}" ip saddr {net.subnet} ct status dnat masquerade')
-    dnat = [p.dnat() for p in published]
+        if net.subnet6 is not None:
+            nat.append(f'oifname "{net.bridge}" ip6 saddr {net.subnet6} ct status dnat masquerade')
+    dnat = [rule for p in published for rule in p.dnat()]
     lines += [f"table inet {NFT_TABLE} {{",
               "  chain prerouting {", "    type nat hook prerouting priority dstnat; policy accept;",
               *(f"    {rule}" for rule in dnat), "  }",
@@ -204,8 +222,10 @@ def _published(networks: list[ipam.Network]) -> list[Published]:
     out = []
     for net in networks:
         for address, lease in sorted(ipam.read_leases(net.name).items()):
+            address6 = net.address6(address)
             for host_ip, host_port, port, proto in lease.get("ports") or []:  # type: ignore[attr-defined]
-                out.append(Published(net.bridge, address, host_ip, host_port, port, proto))
+                out.append(Published(net.bridge, address, host_ip, host_port, port, proto,
+                                     str(address6) if address6 is not None else None))
     return out
 
 
@@ -255,8 +275,6 @@ def bound_ports(proto: str) -> set[int]:
 def resolve_ports(name: str, ports: tuple[str, ...]) -> list[list[object]]:
     """The container's ports as [host ip, host port, port, proto], free host ports picked for
     `-p PORT`. A host port another container publishes is refused. Caller holds the lock."""
-    from machinectl_py.network import split_port
-
     taken = {k: v for k, v in _taken_ports().items() if v[1] != name}
     resolved: list[list[object]] = []
     for port in ports:
@@ -266,7 +284,7 @@ def resolve_ports(name: str, ports: tuple[str, ...]) -> list[list[object]]:
             host_port = next(p for p in range(EPHEMERAL[0], EPHEMERAL[1])
                              if (p, proto) not in taken and p not in bound)
         other = taken.get((host_port, proto))
-        if other is not None and (not other[0] or not host_ip or other[0] == host_ip):
+        if other is not None and (other[0] in WILDCARDS or host_ip in WILDCARDS or other[0] == host_ip):
             raise ConflictError(f"host port {host_port}/{proto} is already published by container {other[1]}")
         taken[(host_port, proto)] = (host_ip, name)
         resolved.append([host_ip, host_port, inner, proto])
@@ -286,6 +304,9 @@ def attach(network: str, name: str, pid: int, ports: tuple[str, ...] = (), *, ip
     ports, veth, address (and, on its primary network, the default route). Returns its address.
     On failure its lease is freed again."""
     net = ipam.load(network)
+    if net.subnet6 is None and any(":" in split_port(p)[0] for p in ports):
+        raise UsageError(f"network {network} has no IPv6 subnet: a port cannot be published on an IPv6 address",
+                         hint="use a network made with --ipv6")
     _wait_own_netns(pid)
     with ipam.locked():
         ifname = ("host0" if net.point_to_point else "eth0") if primary else _next_ifname(name, network)
