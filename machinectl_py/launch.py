@@ -292,7 +292,7 @@ def check_network(spec: ContainerSpec, ports: bool = True) -> None:
     if spec.ports and ports:
         from machinectl_py import netsetup
 
-        netsetup.check_ports(spec.name, spec.ports)
+        netsetup.check_ports(spec.name, spec.ports, name or network.DEFAULT_NETWORK)
 
 
 def disconnect_network(name: str) -> None:

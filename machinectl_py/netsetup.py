@@ -291,8 +291,12 @@ def resolve_ports(name: str, ports: tuple[str, ...]) -> list[list[object]]:
     return resolved
 
 
-def check_ports(name: str, ports: tuple[str, ...]) -> None:
-    """Before anything starts: refuse a host port another running container publishes."""
+def check_ports(name: str, ports: tuple[str, ...], network: str = ipam.DEFAULT_NETWORK) -> None:
+    """Before anything starts: refuse a host port another running container publishes, and an
+    IPv6 host address on a network without an IPv6 subnet."""
+    if any(":" in split_port(p)[0] for p in ports) and ipam.load(network).subnet6 is None:
+        raise UsageError(f"network {network} has no IPv6 subnet: a port cannot be published on an IPv6 address",
+                         hint="use a network made with --ipv6")
     if ports and ipam.networks_with_leases():
         with ipam.locked():
             resolve_ports(name, ports)
@@ -304,9 +308,6 @@ def attach(network: str, name: str, pid: int, ports: tuple[str, ...] = (), *, ip
     ports, veth, address (and, on its primary network, the default route). Returns its address.
     On failure its lease is freed again."""
     net = ipam.load(network)
-    if net.subnet6 is None and any(":" in split_port(p)[0] for p in ports):
-        raise UsageError(f"network {network} has no IPv6 subnet: a port cannot be published on an IPv6 address",
-                         hint="use a network made with --ipv6")
     _wait_own_netns(pid)
     with ipam.locked():
         ifname = ("host0" if net.point_to_point else "eth0") if primary else _next_ifname(name, network)
