@@ -227,6 +227,11 @@ def connect_network(spec: ContainerSpec, leader: int, exposed: tuple[str, ...] =
         if spec.publish_all:
             ports += network.publish_all(ports, tuple(exposed))
         netsetup.attach(name, spec.name, leader, ports, ip=spec.ip, aliases=spec.network_aliases)
+        from machinectl_py.spec import parse_connection
+
+        for item in spec.connections:  # kept by `network connect`: eth1, eth2... again
+            other, ip, aliases = parse_connection(item)
+            netsetup.attach(other, spec.name, leader, ip=ip, aliases=aliases, primary=False)
 
 
 def joined_network_namespace(mode: str) -> tuple[tuple[str, str], ...]:
@@ -282,13 +287,15 @@ def check_network(spec: ContainerSpec, ports: bool = True) -> None:
     container publishes, fails the start here."""
     joined_network_namespace(spec.network)  # container:NAME running, ns:PATH there
     name = network.attached_network(spec.network)
-    if name is not None and name not in (network.DEFAULT_NETWORK, network.VETH_NETWORK):
-        from machinectl_py import paths
+    others = [item.split(",", 1)[0] for item in spec.connections]  # spec.parse_connection's network
+    for wanted in ([name] if name is not None else []) + others:
+        if wanted not in (network.DEFAULT_NETWORK, network.VETH_NETWORK):
+            from machinectl_py import paths
 
-        if not os.path.exists(paths.config_path("networks", f"{name}.toml")):
-            from machinectl_py.errors import NotFoundError
+            if not os.path.exists(paths.config_path("networks", f"{wanted}.toml")):
+                from machinectl_py.errors import NotFoundError
 
-            raise NotFoundError(f"no such network: {name}", hint="see 'pymachine network ls'")
+                raise NotFoundError(f"no such network: {wanted}", hint="see 'pymachine network ls'")
     if spec.ports and ports:
         from machinectl_py import netsetup
 

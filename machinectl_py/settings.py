@@ -496,6 +496,10 @@ SETTINGS: tuple[Setting, ...] = (
             flags="--network-alias", kind=APPEND, metavar="ALIAS", key="network_aliases",
             inspect="NetworkSettings.Aliases", parse=lambda items: tuple(map(sp.validate_alias, items)),
             from_toml=lambda v: tuple(map(sp.validate_alias, _str_list(v))), render=toml_array, to_inspect=list),
+    Setting("connections", "networks `pymachine network connect` joined (kept, as docker): NETWORK[,ip=IP]"
+            "[,alias=ALIAS...] each, an interface eth1, eth2... at each start", key="connections",
+            parse=sp.validate_connections, from_toml=lambda v: sp.validate_connections(_str_list(v)),
+            render=toml_array),
     Setting("ip", "a static IPv4 address on the container's network (bridge or NAME)", flags="--ip",
             metavar="IP", key="ip", inspect="NetworkSettings.IPAMConfig.IPv4Address", parse=sp.validate_ip,
             render=toml_string, to_inspect=lambda v: v or ""),
@@ -840,7 +844,8 @@ def markdown_table() -> str:
     rows = ["| flag | definition key | `inspect` field | unit property | what |",
             "| --- | --- | --- | --- | --- |"]
     for s in SETTINGS:
-        flags = ", ".join(f"`{n}`" for n in s.option.names) if s.option else "(argument)"
+        flags = ", ".join(f"`{n}`" for n in s.option.names) if s.option else "(argument)" if not s.key or \
+            s.field in ("image", "command") else "-"
         key = f"`{s.key}`" if s.key else "-"
         where = f"`{s.inspect}`" if s.inspect else "-"
         unit = f"`{s.unit_doc}`" if s.unit_doc else "-"

@@ -166,6 +166,47 @@ def test_connect_and_disconnect_a_running_container(host: AnyHost, clean: Snapsh
     assert snapshot(host) == clean
 
 
+def test_a_connection_is_kept_across_restarts_until_disconnected(
+        host: AnyHost, clean: Snapshot, networks: list[str]) -> None:
+    """As docker: `network connect` is written to the container's definition (its `connections`
+    key), so a restart joins the network again with the same --ip and aliases; `disconnect`
+    removes it there too; a stopped container can be connected, and joins at its start."""
+    name = create(host, networks, "--subnet", "10.78.0.0/24")
+    web = unique("web")
+    definition = f"/etc/pymachine/machines/{web}.toml"
+    try:
+        r = pm(host, "run", "-d", "--name", web, "--network", "bridge", "busybox", "sleep", "600")
+        assert r.returncode == 0, r.stderr
+        r = pm(host, "network", "connect", "--ip", "10.78.0.9", "--alias", "www", name, web)
+        assert r.returncode == 0, r.stderr
+        text = host.run(["cat", definition], check=True).stdout
+        assert f'connections = ["{name},ip=10.78.0.9,alias=www"]' in text, text
+        r = pm(host, "restart", web)
+        assert r.returncode == 0, r.stderr
+        assert addr_of(host, web, "eth1") == ["10.78.0.9"], "joined again at the restart"
+        assert addr_of(host, web, "eth0")[0].startswith("10.89.")
+        aliases = json.loads(pm(host, "inspect", web).stdout)[0]["NetworkSettings"]["Networks"][name]["Aliases"]
+        assert aliases == ["www"]
+        r = pm(host, "network", "rm", name)
+        assert r.returncode == 125 and f"in use by {web}" in r.stderr, r.stderr
+        assert pm(host, "network", "disconnect", name, web).returncode == 0
+        assert "connections" not in host.run(["cat", definition], check=True).stdout
+        assert pm(host, "restart", web).returncode == 0
+        assert addr_of(host, web, "eth1") == [], "not joined again"
+        assert pm(host, "stop", web).returncode == 0
+        r = pm(host, "network", "connect", name, web)  # stopped: kept, joined at the start
+        assert r.returncode == 0, r.stderr
+        assert pm(host, "start", web).returncode == 0
+        assert addr_of(host, web, "eth1")[0].startswith("10.78.0."), "joined at the start"
+        assert pm(host, "stop", web).returncode == 0
+        assert pm(host, "network", "disconnect", name, web).returncode == 0, "a stopped one: kept no more"
+        r = pm(host, "network", "disconnect", name, web)
+        assert r.returncode == 125 and f"container {web} is not connected to network {name}" in r.stderr
+    finally:
+        pm(host, "rm", "-f", web)
+    assert snapshot(host) == clean
+
+
 @pytest.fixture(scope="module")
 def exposing_image(host: AnyHost, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """busybox with ExposedPorts 80/tcp and 53/udp (umoci config)."""

@@ -317,3 +317,25 @@ def test_an_ipv6_subnet_goes_with_the_ipv4_lease(tmp_path: Path, monkeypatch: py
         netsetup.create_network("seven", ["fd71::/64"], None, False)
     auto = netsetup.create_network("eight", [], None, False, ipv6=True)
     assert auto.subnet6 is not None and auto.subnet6.prefixlen == 64 and str(auto.subnet6).startswith("fd89:")
+
+
+def test_kept_connections_parse_and_render_back() -> None:
+    assert spec.parse_connection("app") == ("app", None, ())
+    assert spec.parse_connection("app,ip=10.0.0.9,alias=www,alias=w2") == ("app", "10.0.0.9", ("www", "w2"))
+    assert spec.connection("app", "10.0.0.9", ("www",)) == "app,ip=10.0.0.9,alias=www"
+    assert spec.connection("app", None, ()) == "app"
+    for bad in ("app,ip=x", "app,mtu=9000", "bridge", "app,ip=10.0.0.1,ip=10.0.0.2", ""):
+        with pytest.raises(UsageError):
+            spec.parse_connection(bad)
+    with pytest.raises(UsageError, match="named twice"):
+        spec.validate_connections(["app", "app,alias=x"])
+
+
+def test_connections_need_a_network_of_the_containers_own_and_not_the_same_one() -> None:
+    spec.ContainerSpec(name="a", image="i", network="bridge", connections=("app",)).validate()
+    with pytest.raises(UsageError, match="connections need"):
+        spec.ContainerSpec(name="a", image="i", network="host", connections=("app",)).validate()
+    with pytest.raises(UsageError, match="own network pymachine"):
+        spec.ContainerSpec(name="a", image="i", network="bridge", connections=("pymachine",)).validate()
+    with pytest.raises(UsageError, match="own network app"):
+        spec.ContainerSpec(name="a", image="i", network="app", connections=("app,ip=10.0.0.2",)).validate()
