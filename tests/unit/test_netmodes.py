@@ -339,3 +339,21 @@ def test_connections_need_a_network_of_the_containers_own_and_not_the_same_one()
         spec.ContainerSpec(name="a", image="i", network="bridge", connections=("pymachine",)).validate()
     with pytest.raises(UsageError, match="own network app"):
         spec.ContainerSpec(name="a", image="i", network="app", connections=("app,ip=10.0.0.2",)).validate()
+
+
+def test_a_definition_as_written_is_read_without_tomllib_and_a_hand_edited_one_with_it(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PYMACHINE_CONFIG_DIR", str(tmp_path))
+    net = ipam.Network("app", "10.80.0.0/24", "10.80.0.254", True, "fd80::/64")
+    ipam.save(net)
+    assert ipam._as_written(Path(ipam.definition_path("app")).read_bytes()) == {
+        "subnet": "10.80.0.0/24", "gateway": "10.80.0.254", "internal": True, "subnet6": "fd80::/64"}
+    loaded = ipam.load("app")
+    assert (str(loaded.subnet), str(loaded.gateway), loaded.internal, str(loaded.subnet6)) == \
+        ("10.80.0.0/24", "10.80.0.254", True, "fd80::/64")
+    Path(ipam.definition_path("app")).write_text('# mine\nsubnet = "10.81.0.0/24"  # edited\ninternal = false\n')
+    assert ipam._as_written(Path(ipam.definition_path("app")).read_bytes()) is None
+    assert str(ipam.load("app").subnet) == "10.81.0.0/24"
+    Path(ipam.definition_path("app")).write_text('subnet = "10.81.0.0/24\n')
+    with pytest.raises(UsageError, match="cannot read network app"):
+        ipam.load("app")
