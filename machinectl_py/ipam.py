@@ -124,8 +124,9 @@ def load(name: str) -> Network:
         return net
     except (OSError, ValueError) as e:
         raise UsageError(f"cannot read network {name} ({path}): {e}") from None
-    return Network(name, str(raw.get("subnet", "")), raw.get("gateway"), bool(raw.get("internal", False)),
-                   raw.get("subnet6"))
+    gateway, subnet6 = raw.get("gateway"), raw.get("subnet6")
+    return Network(name, str(raw.get("subnet", "")), None if gateway is None else str(gateway),
+                   bool(raw.get("internal", False)), None if subnet6 is None else str(subnet6))
 
 
 def _as_written(data: bytes) -> dict[str, object] | None:
