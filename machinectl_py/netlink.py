@@ -29,7 +29,7 @@ NLM_F_REQUEST, NLM_F_ACK, NLM_F_EXCL, NLM_F_CREATE = 0x1, 0x4, 0x200, 0x400
 RTM_NEWLINK, RTM_DELLINK, RTM_GETLINK = 16, 17, 18
 RTM_NEWADDR, RTM_NEWROUTE = 20, 24
 
-IFLA_IFNAME, IFLA_MASTER, IFLA_LINKINFO, IFLA_NET_NS_FD = 3, 10, 18, 28
+IFLA_IFNAME, IFLA_MASTER, IFLA_LINKINFO, IFLA_GROUP, IFLA_NET_NS_FD = 3, 10, 18, 27, 28
 IFLA_INFO_KIND, IFLA_INFO_DATA, IFLA_INFO_SLAVE_KIND, IFLA_INFO_SLAVE_DATA = 1, 2, 4, 5
 VETH_INFO_PEER = 1
 IFLA_BRPORT_MODE = 4  # hairpin
@@ -88,6 +88,16 @@ def bridge_port_hairpin(index: int) -> tuple[int, bytes]:
     """`ip link set dev INDEX type bridge_slave hairpin on`."""
     info = attr(IFLA_INFO_SLAVE_KIND, b"bridge") + attr(IFLA_INFO_SLAVE_DATA, attr(IFLA_BRPORT_MODE, b"\1"))
     return RTM_NEWLINK, _ifinfo(index) + attr(IFLA_LINKINFO, info)
+
+
+def set_group(name: str, group: int) -> tuple[int, bytes]:
+    """`ip link set NAME group GROUP`."""
+    return RTM_NEWLINK, _ifinfo() + _name(name) + attr(IFLA_GROUP, struct.pack("=I", group))
+
+
+def del_group(group: int) -> tuple[int, bytes]:
+    """`ip link del group GROUP`: every link of the group, in one batch of the kernel's."""
+    return RTM_DELLINK, _ifinfo() + attr(IFLA_GROUP, struct.pack("=I", group))
 
 
 def set_up(index: int) -> tuple[int, bytes]:

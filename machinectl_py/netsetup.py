@@ -23,6 +23,7 @@ import ipaddress
 import os
 import time
 import zlib
+from collections.abc import Callable
 
 from machinectl_py import ipam, netlink, syscalls
 from machinectl_py.errors import ConflictError, PymachineError, UsageError
@@ -432,18 +433,75 @@ class _Netns:
         os.close(self.fd)
 
 
-def _release_locked(network: str, name: str | None) -> None:
-    """Free `name`'s lease (and dead holders') on `network`; the bridge goes with the last
-    lease; the table is rewritten (published ports of the freed leases go with them)."""
+def _release_locked(network: str, name: str | None, veth: str | None = None) -> None:
+    """Free `name`'s lease (and dead holders') on `network` and remove its host-side `veth`;
+    the bridge goes with the last lease; the table is rewritten (published ports of the freed
+    leases go with them). The links go in one request, while the table is rewritten in another
+    thread: the kernel waits for RCU grace periods in each (~10-40 ms), and these overlap."""
     before = ipam.read_leases(network)
-    if ipam.release(network, name):
+    links, last = [veth] if veth else [], ipam.release(network, name)
+    if last:
         net = _load_quietly(network)
-        if net is not None:
-            remove_bridge(net)
-        apply_ruleset(_networks_in_use())
-    elif ipam.read_leases(network) != before:
-        apply_ruleset(_networks_in_use())
+        if net is not None and not net.point_to_point:
+            links.append(net.bridge)
+    if last or ipam.read_leases(network) != before:
+        rules = _Background(lambda: apply_ruleset(_networks_in_use()))
+        try:
+            delete_links(links)
+        finally:
+            rules.join()
+    else:
+        delete_links(links)
     refresh_hosts()
+
+
+class _Background:
+    """fn() in a thread of its own (_thread: `threading` is not imported for this); join()
+    waits for it and raises what it raised."""
+
+    def __init__(self, fn: Callable[[], None]) -> None:
+        import _thread
+
+        self.fn = fn
+        self.error: BaseException | None = None
+        self.done = _thread.allocate_lock()
+        self.done.acquire()
+        _thread.start_new_thread(self._run, ())
+
+    def _run(self) -> None:
+        try:
+            self.fn()
+        except BaseException as e:  # handed to join()
+            self.error = e
+        finally:
+            self.done.release()
+
+    def join(self) -> None:
+        self.done.acquire()
+        if self.error is not None:
+            raise self.error
+
+
+def delete_links(names: list[str]) -> None:
+    """`ip link del` of each link that is there, in one request: the kernel then waits once for
+    all (its RCU grace periods and reference counts), not once per link. They are put in a link
+    group of a random number above 2^31 (none of the host's own links has one) and the group is
+    deleted; the first one (a container's host-side veth) is best effort, the kernel takes the pair
+    with the container's namespace anyway."""
+    if len(names) < 2:
+        for name in names:
+            delete_link(name)
+        return
+    group, marked = int.from_bytes(os.urandom(4), "little") | 0x80000000, 0
+    for i, name in enumerate(names):
+        try:
+            _host().request(netlink.set_group(name, group), f"remove {name}")
+            marked += 1
+        except OSError as e:
+            if e.errno != errno.ENODEV and i > 0:
+                raise PymachineError(str(e.strerror)) from None
+    if marked:
+        _request(_host(), netlink.del_group(group), f"remove {', '.join(names)}", create=False)
 
 
 def release(name: str | None) -> None:
@@ -451,12 +509,8 @@ def release(name: str | None) -> None:
     and rules no container uses any more. Best effort per network; the first error is raised."""
     with ipam.locked():
         for network in ipam.networks_with_leases():
-            if name and ipam.lease_of(network, name):
-                try:
-                    delete_link(host_veth(name, network))
-                except PymachineError:
-                    pass  # best effort: the kernel takes the pair with the namespace anyway
-            _release_locked(network, name)
+            veth = host_veth(name, network) if name and ipam.lease_of(network, name) else None
+            _release_locked(network, name, veth)
 
 
 def remove_orphan_bridges() -> list[str]:
@@ -497,8 +551,7 @@ def detach(network: str, name: str) -> None:
     with ipam.locked():
         if ipam.lease_of(network, name) is None:
             raise PymachineError(f"container {name} is not connected to network {network}")
-        delete_link(host_veth(name, network))
-        _release_locked(network, name)
+        _release_locked(network, name, host_veth(name, network))
 
 
 def host_routes(version: int = 4) -> dict[str, ipaddress.IPv4Network | ipaddress.IPv6Network]:

@@ -82,3 +82,13 @@ def test_delete_and_up_by_name_or_index() -> None:
     assert kind == netlink.RTM_DELLINK and attrs(body[16:])[netlink.IFLA_IFNAME] == b"pm-app\0"
     kind, body = netlink.set_up(3)
     assert struct.unpack_from("=BxHiII", body)[2:] == (3, netlink.IFF_UP, netlink.IFF_UP)
+
+
+def test_a_link_group_is_set_by_name_and_deleted_whole() -> None:
+    kind, body = netlink.set_group("pm-app", 0x80000001)
+    found = attrs(body[16:])
+    assert kind == netlink.RTM_NEWLINK and found[netlink.IFLA_IFNAME] == b"pm-app\0"
+    assert struct.unpack("=I", found[netlink.IFLA_GROUP]) == (0x80000001,)
+    kind, body = netlink.del_group(0x80000001)
+    assert kind == netlink.RTM_DELLINK and struct.unpack_from("=BxHiII", body)[2] == 0
+    assert set(attrs(body[16:])) == {netlink.IFLA_GROUP}, "no name: the group's links, not one"
