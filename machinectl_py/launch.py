@@ -234,6 +234,31 @@ def connect_network(spec: ContainerSpec, leader: int, exposed: tuple[str, ...] =
             netsetup.attach(other, spec.name, leader, ip=ip, aliases=aliases, primary=False)
 
 
+class NetworkSetup:
+    """connect_network() in a thread from the moment the init is forked, while systemd makes
+    the scope and machined registers the machine (those are waits on D-Bus): join() before the
+    init is released, and before any teardown (a failed start frees what it made)."""
+
+    def __init__(self, spec: ContainerSpec, leader: int, exposed: tuple[str, ...] = ()) -> None:
+        self.task = None
+        if network.attached_network(spec.network) is not None:
+            from machinectl_py import netsetup
+
+            self.task = netsetup.Background(lambda: connect_network(spec, leader, exposed))
+
+    def join(self) -> None:
+        """Wait for it; its failure is raised here."""
+        if self.task is not None:
+            self.task.join()
+
+    def settle(self) -> None:
+        """Wait for it, its failure dropped: the start fails for another reason already."""
+        try:
+            self.join()
+        except Exception:
+            pass  # the caller's error is the one to report
+
+
 def joined_network_namespace(mode: str) -> tuple[tuple[str, str], ...]:
     """container:NAME, ns:PATH: the ("network", path) the init joins instead of making one."""
     if mode.startswith("ns:"):

@@ -445,7 +445,7 @@ def _release_locked(network: str, name: str | None, veth: str | None = None) -> 
         if net is not None and not net.point_to_point:
             links.append(net.bridge)
     if last or ipam.read_leases(network) != before:
-        rules = _Background(lambda: apply_ruleset(_networks_in_use()))
+        rules = Background(lambda: apply_ruleset(_networks_in_use()))
         try:
             delete_links(links)
         finally:
@@ -455,9 +455,10 @@ def _release_locked(network: str, name: str | None, veth: str | None = None) -> 
     refresh_hosts()
 
 
-class _Background:
+class Background:
     """fn() in a thread of its own (_thread: `threading` is not imported for this); join()
-    waits for it and raises what it raised."""
+    waits for it and raises what it raised. The network's kernel work (netlink, nft) waits for
+    RCU grace periods with the GIL released, so it overlaps the caller's own waits."""
 
     def __init__(self, fn: Callable[[], None]) -> None:
         import _thread
@@ -478,8 +479,10 @@ class _Background:
 
     def join(self) -> None:
         self.done.acquire()
+        self.done.release()
         if self.error is not None:
-            raise self.error
+            error, self.error = self.error, None
+            raise error
 
 
 def delete_links(names: list[str]) -> None:
