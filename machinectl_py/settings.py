@@ -504,7 +504,9 @@ SETTINGS: tuple[Setting, ...] = (
             metavar="IP", key="ip", inspect="NetworkSettings.IPAMConfig.IPv4Address", parse=sp.validate_ip,
             render=toml_string, to_inspect=lambda v: v or ""),
     Setting("ports", "publish a container's port on the host (bridge only): [HOSTIP:][HOSTPORT:]PORT[/tcp|udp], "
-            "ranges as 8080-8081:80-81; no HOSTPORT: a free one (see `pymachine port`); repeatable",
+            "an IPv6 HOSTIP in brackets ([::]:8080:80; on a network with an IPv6 subnet every port answers on the "
+            "host's IPv6 addresses too), ranges as 8080-8081:80-81; no HOSTPORT: a free one (see `pymachine port`); "
+            "repeatable",
             flags="--publish -p", kind=APPEND, metavar="[IP:][HOSTPORT:]PORT", key="ports",
             inspect="HostConfig.PortBindings", parse=network.parse_ports,
             from_toml=lambda v: network.parse_ports(_str_list(v)), render=toml_array, to_inspect=network.ports_inspect),
