@@ -13,12 +13,16 @@ its uplink address (target: >= 0.9).
 
 Everything runs in the test host's own network namespace (tools/testhost.py).
 
-    python3 bench/bench_network.py [--runs 20] [--bin DIR]
+With `--baseline DIR` (another install's bin dir, an older pymachine), its `run --rm --network
+bridge busybox true` is timed in the same alternation: a before/after on the same load.
+
+    python3 bench/bench_network.py [--runs 20] [--bin DIR] [--baseline DIR]
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 from pathlib import Path
@@ -27,7 +31,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tools"))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from bench_exec import add_bin_option, run_driver  # noqa: E402
+from bench_exec import add_baseline_option, add_bin_option, run_driver  # noqa: E402
 
 DRIVER = r"""
 import json, os, socket, subprocess, sys, tempfile, time
@@ -42,6 +46,8 @@ cmds = {
                "true"],
 }
 notes = {}
+if len(sys.argv) > 3 and sys.argv[3]:
+    cmds["baseline"] = [os.path.join(sys.argv[3], "pymachine"), *cmds["bridge"][1:]]
 archive = os.path.join(tempfile.mkdtemp(), "busybox.tar")
 try:
     subprocess.run(["pymachine", "image", "export", "busybox", archive], check=True, capture_output=True)
@@ -105,17 +111,21 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--runs", type=int, default=20)
     add_bin_option(ap)
+    add_baseline_option(ap)
     args = ap.parse_args()
-    out = run_driver(args.bin, DRIVER, args.runs)
+    load_before = os.getloadavg()[0]
+    out = run_driver(args.bin, DRIVER, args.runs, args.baseline)
     if out is None:
         return 1
+    print(f"load average (1 min) before {load_before:.2f}, after {os.getloadavg()[0]:.2f} ({os.cpu_count()} CPUs)")
     med = {k: statistics.median(v) * 1000 for k, v in out["times"].items()}
     print(f"start to exit, {args.runs} runs each, alternating, median:")
     labels = {"host": "pymachine run --rm --network host busybox true  ",
               "bridge": "pymachine run --rm --network bridge busybox true",
               "veth": "pymachine run --rm --network veth busybox true  ",
               "nspawn": "systemd-nspawn -q --network-veth -D ROOTFS true ",
-              "podman": "podman run --rm --network bridge busybox true   "}
+              "podman": "podman run --rm --network bridge busybox true   ",
+              "baseline": "the same as bridge with --baseline's pymachine  "}
     for key, label in labels.items():
         if key in med:
             print(f"  {label}  {med[key]:7.1f} ms")
@@ -124,6 +134,8 @@ def main() -> int:
     ratio = med["bridge"] / med["nspawn"]
     print(f"  ratio bridge/nspawn-veth                          {ratio:7.2f}   (target <= 0.60)")
     print(f"  ratio veth/nspawn-veth                            {med['veth'] / med['nspawn']:7.2f}")
+    if "baseline" in med:
+        print(f"  ratio bridge/baseline bridge                      {med['bridge'] / med['baseline']:7.2f}")
     if "podman" in med:
         print(f"  ratio bridge/podman                               {med['bridge'] / med['podman']:7.2f}")
     tp = {k: statistics.median(v) for k, v in out["throughput"].items()}

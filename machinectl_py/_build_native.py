@@ -4,6 +4,8 @@ Out-of-line API mode: the C declarations are compiled at install time, so import
 the module at run time parses nothing. It exposes two groups of C functions:
   * raw system calls (mount, pivot_root, unshare, setns, ...), used only through
     machinectl_py.syscalls;
+  * libnftables' command API (pm_nft_run), opened with dlopen at its first use: no build
+    dependency, and a missing library is an answer (-2) rather than an import failure;
   * libsystemd's sd-bus client, used only through machinectl_py.bus. sd-bus is the
     D-Bus library systemd itself uses; reaching it through cffi costs a few
     milliseconds where importing dbus_next or pystemd costs 80-170 ms (see README).
@@ -33,6 +35,7 @@ ffibuilder.cdef(
     int pm_set_fs_ids(unsigned int uid, unsigned int gid);
     int pm_move_mount(int from_fd, const char *to_path);
     int pm_seccomp_install(const unsigned char *filter, unsigned int instructions);
+    int pm_nft_run(const char *script, char *err, size_t errlen);
 
     #define CLONE_NEWNS ...
     #define CLONE_NEWUTS ...
@@ -194,6 +197,55 @@ ffibuilder.set_source(
     static int pm_seccomp_install(const unsigned char *filter, unsigned int instructions) {
         struct sock_fprog prog = { (unsigned short)instructions, (struct sock_filter *)filter };
         return prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, &prog, 0, 0);
+    }
+
+    /* Run an nft script (`nft -f -`'s input) through libnftables in this process. The library
+       is opened at the first call (Debian's libnftables1, which the nftables package brings):
+       -2 where it is missing, so the caller can run `nft` instead. Else the library's answer
+       (0: applied, in one transaction), its error text copied into err. */
+    #include <dlfcn.h>
+    #include <stdio.h>
+    struct nft_ctx;
+    static struct nft_ctx *(*pm_nft_ctx_new)(uint32_t flags);
+    static void (*pm_nft_ctx_free)(struct nft_ctx *ctx);
+    static int (*pm_nft_ctx_buffer_output)(struct nft_ctx *ctx);
+    static int (*pm_nft_ctx_buffer_error)(struct nft_ctx *ctx);
+    static const char *(*pm_nft_ctx_get_error_buffer)(struct nft_ctx *ctx);
+    static int (*pm_nft_run_cmd_from_buffer)(struct nft_ctx *ctx, const char *buf);
+    static int pm_nft_open(void) {
+        void *lib;
+        if (pm_nft_run_cmd_from_buffer)
+            return 0;
+        lib = dlopen("libnftables.so.1", RTLD_NOW | RTLD_LOCAL);
+        if (!lib)
+            return -1;
+        pm_nft_ctx_new = (struct nft_ctx *(*)(uint32_t))dlsym(lib, "nft_ctx_new");
+        pm_nft_ctx_free = (void (*)(struct nft_ctx *))dlsym(lib, "nft_ctx_free");
+        pm_nft_ctx_buffer_output = (int (*)(struct nft_ctx *))dlsym(lib, "nft_ctx_buffer_output");
+        pm_nft_ctx_buffer_error = (int (*)(struct nft_ctx *))dlsym(lib, "nft_ctx_buffer_error");
+        pm_nft_ctx_get_error_buffer = (const char *(*)(struct nft_ctx *))dlsym(lib, "nft_ctx_get_error_buffer");
+        if (!pm_nft_ctx_new || !pm_nft_ctx_free || !pm_nft_ctx_buffer_output || !pm_nft_ctx_buffer_error ||
+            !pm_nft_ctx_get_error_buffer)
+            return -1;
+        pm_nft_run_cmd_from_buffer = (int (*)(struct nft_ctx *, const char *))dlsym(lib, "nft_run_cmd_from_buffer");
+        return pm_nft_run_cmd_from_buffer ? 0 : -1;
+    }
+    static int pm_nft_run(const char *script, char *err, size_t errlen) {
+        struct nft_ctx *ctx;
+        const char *text;
+        int rc;
+        if (errlen)
+            err[0] = 0;
+        if (pm_nft_open() != 0 || !(ctx = pm_nft_ctx_new(0 /* NFT_CTX_DEFAULT */)))
+            return -2;
+        pm_nft_ctx_buffer_output(ctx);
+        pm_nft_ctx_buffer_error(ctx);
+        rc = pm_nft_run_cmd_from_buffer(ctx, script);
+        text = pm_nft_ctx_get_error_buffer(ctx);
+        if (text && errlen)
+            snprintf(err, errlen, "%s", text);
+        pm_nft_ctx_free(ctx);
+        return rc == 0 ? 0 : -1;
     }
     """,
     libraries=["systemd"],

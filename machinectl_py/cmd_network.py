@@ -45,14 +45,15 @@ RM = Command("pymachine network rm", "pymachine network rm NAME [NAME...]",
 PRUNE = Command("pymachine network prune", "pymachine network prune",
                 "Remove every user network no container uses (never the default network).", [])
 CONNECT = Command("pymachine network connect", "pymachine network connect [OPTIONS] NETWORK CONTAINER",
-                  "Connect a running container to another network: a new interface (eth1, eth2...) with an "
-                  "address from it, until the container stops.",
+                  "Connect a container to another network: a new interface (eth1, eth2...) with an "
+                  "address from it, now if it runs, and at each start (kept in its definition, as docker's).",
                   [Option("--ip", "a static IPv4 address on the network", metavar="IP"),
                    Option("--alias", "another name of the container on this network (repeatable)",
                           kind=APPEND, metavar="ALIAS")],
-                  positionals=[positional("network", "the network"), positional("container", "a running container")])
+                  positionals=[positional("network", "the network"), positional("container", "the container")])
 DISCONNECT = Command("pymachine network disconnect", "pymachine network disconnect NETWORK CONTAINER",
-                     "Disconnect a running container from a network: its interface there and its address go.",
+                     "Disconnect a container from a network: its interface there and its address go, now "
+                     "and at its next starts.",
                      [], positionals=[positional("network", "the network"), positional("container", "the container")])
 
 
@@ -63,8 +64,8 @@ def main(argv: list[str]) -> int:
         ("inspect", "show networks as JSON", _inspect),
         ("rm", "remove networks no container uses", _rm),
         ("prune", "remove every user network no container uses", _prune),
-        ("connect", "connect a running container to a network", _connect),
-        ("disconnect", "disconnect a running container from a network", _disconnect),
+        ("connect", "connect a container to a network (kept)", _connect),
+        ("disconnect", "disconnect a container from a network (kept)", _disconnect),
     ]).dispatch(argv)
 
 
@@ -85,7 +86,8 @@ def users_of(name: str) -> list[str]:
     from machinectl_py import ipam, state
 
     users = {str(lease.get("name")) for lease in ipam.live_leases(name).values()}
-    users.update(r.name for r in state.list_records() if _network_of(r.spec.network) == name)
+    users.update(r.name for r in state.list_records() if _network_of(r.spec.network) == name
+                 or name in (c.split(",", 1)[0] for c in r.spec.connections))
     return sorted(users)
 
 
@@ -218,8 +220,9 @@ def _prune(argv: list[str]) -> int:
     return 0
 
 
-def _running_leader(container: str) -> int:
-    """The init PID of a running container on a network, from its live lease."""
+def _running_leader(container: str) -> int | None:
+    """The init PID of a running container on a network, from its live lease; None for a
+    container that is not running (refused unless its mode is bridge or a network's name)."""
     from machinectl_py import ipam, netsetup
     from machinectl_py.paths import container_path
 
@@ -230,9 +233,33 @@ def _running_leader(container: str) -> int:
             return pid
     if not os.path.isdir(container_path(container)):
         raise NotFoundError(f"no such container: {container}")
-    raise ConflictError(f"container {container} is not running on a network",
-                        hint="start it with --network bridge or --network NAME first (host, none and "
-                             "stopped containers cannot be connected)")
+    from machinectl_py import spec, state
+
+    record = state.load(container)
+    if record.state == "running" or not spec.attaches(record.spec.network):
+        raise ConflictError(f"container {container} is not on a network",
+                            hint="give it --network bridge or --network NAME (host, none, container:NAME and "
+                                 "ns:PATH containers cannot be connected)")
+    return None
+
+
+def _keep(container: str, network: str, entry: str | None) -> bool:
+    """The container's kept connections, with `network`'s replaced by `entry` (None: dropped):
+    in its definition (authoritative, hand-editable) and its record. True if one changed."""
+    from machinectl_py import config, spec, state
+
+    record = state.load(container)
+    current = config.load_definition(container) if config.definition_exists(container) else record.spec
+    kept = tuple(c for c in current.connections if spec.parse_connection(c)[0] != network)
+    new = current.replace(connections=kept + ((entry,) if entry else ()))
+    if new == current:
+        return False
+    new.validate()
+    if config.definition_exists(container):
+        config.write_definition(new, exclusive=False)
+    record.spec = new
+    state.save_spec(record)
+    return True
 
 
 def _connect(argv: list[str]) -> int:
@@ -248,17 +275,33 @@ def _connect(argv: list[str]) -> int:
     pid = _running_leader(container)
     if name == network.DEFAULT_NETWORK or name == "bridge":
         name = network.DEFAULT_NETWORK
-    netsetup.attach(name, container, pid, ip=ip, aliases=aliases, primary=False)
+    if pid is not None:
+        netsetup.attach(name, container, pid, ip=ip, aliases=aliases, primary=False)
+    try:
+        _keep(container, name, spec.connection(name, ip, aliases))
+    except BaseException:
+        if pid is not None:
+            netsetup.detach(name, container)  # nothing half-made: connected now means kept
+        raise
     return 0
 
 
 def _disconnect(argv: list[str]) -> int:
-    from machinectl_py import netsetup, network
+    from machinectl_py import ipam, netsetup, network
+    from machinectl_py.paths import container_path
 
     args = DISCONNECT.parse_or_help(argv)
     if args is None:
         return 0
     name = network.DEFAULT_NETWORK if args["network"] == "bridge" else args["network"]
+    container = args["container"]
     _known(name)
-    netsetup.detach(name, args["container"])
+    exists, live = os.path.isdir(container_path(container)), ipam.lease_of(name, container) is not None
+    if not exists and not live:
+        raise NotFoundError(f"no such container: {container}")
+    if live:
+        netsetup.detach(name, container)
+    kept = exists and _keep(container, name, None)
+    if not live and not kept:
+        raise PymachineError(f"container {container} is not connected to network {name}")
     return 0

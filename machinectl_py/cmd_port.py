@@ -7,6 +7,7 @@ import sys
 
 from machinectl_py.args import Command, positional
 from machinectl_py.errors import NotFoundError
+from machinectl_py.network import host_address
 
 PORT = Command("pymachine port", "pymachine port CONTAINER [PORT[/PROTO]]",
                "List the container's published ports: PORT/PROTO -> HOSTIP:HOSTPORT (running containers).", [],
@@ -30,7 +31,7 @@ def published() -> dict[str, list[tuple[str, int, int, str]]]:
 
 def ports_text(ports: list[tuple[str, int, int, str]]) -> str:
     """docker ps's PORTS: 0.0.0.0:8080->80/tcp, ..."""
-    return ", ".join(f"{h or '0.0.0.0'}:{hp}->{p}/{proto}" for h, hp, p, proto in ports)
+    return ", ".join(f"{host_address(h)}:{hp}->{p}/{proto}" for h, hp, p, proto in ports)
 
 
 def main(argv: list[str]) -> int:
@@ -41,8 +42,8 @@ def main(argv: list[str]) -> int:
     if wanted and "/" not in wanted:
         wanted += "/tcp"
     mine = published().get(name)
-    lines = [f"{port}/{proto} -> {host_ip or '0.0.0.0'}:{host_port}" for host_ip, host_port, port, proto in mine or []
-             if wanted in (None, f"{port}/{proto}")]
+    lines = [f"{port}/{proto} -> {host_address(host_ip)}:{host_port}"
+             for host_ip, host_port, port, proto in mine or [] if wanted in (None, f"{port}/{proto}")]
     if mine is None:
         from machinectl_py.paths import container_path
 

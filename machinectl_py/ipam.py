@@ -110,9 +110,12 @@ def load(name: str) -> Network:
     path = definition_path(name)
     try:
         with open(path, "rb") as f:
+            data = f.read()
+        raw = _as_written(data)
+        if raw is None:  # edited by hand: TOML in full
             import tomllib
 
-            raw = tomllib.load(f)
+            raw = tomllib.loads(data.decode())
     except FileNotFoundError:
         if name != DEFAULT_NETWORK:
             raise UsageError(f"no such network: {name}", hint="see 'pymachine network ls'") from None
@@ -121,8 +124,26 @@ def load(name: str) -> Network:
         return net
     except (OSError, ValueError) as e:
         raise UsageError(f"cannot read network {name} ({path}): {e}") from None
-    return Network(name, str(raw.get("subnet", "")), raw.get("gateway"), bool(raw.get("internal", False)),
-                   raw.get("subnet6"))
+    gateway, subnet6 = raw.get("gateway"), raw.get("subnet6")
+    return Network(name, str(raw.get("subnet", "")), None if gateway is None else str(gateway),
+                   bool(raw.get("internal", False)), None if subnet6 is None else str(subnet6))
+
+
+def _as_written(data: bytes) -> dict[str, object] | None:
+    """The definition as to_toml() writes it (`key = "text"` and `key = true|false` lines), read
+    without tomllib (~5 ms of imports on every start); None for anything else."""
+    raw: dict[str, object] = {}
+    for line in data.decode(errors="replace").splitlines():
+        key, sep, value = line.partition(" = ")
+        if not sep or not key.isidentifier():
+            return None
+        if value in ("true", "false"):
+            raw[key] = value == "true"
+        elif len(value) >= 2 and value[0] == value[-1] == '"' and not set(value[1:-1]) & {'"', "\\"}:
+            raw[key] = value[1:-1]
+        else:
+            return None
+    return raw
 
 
 def exists(name: str) -> bool:

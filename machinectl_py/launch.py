@@ -221,12 +221,42 @@ def connect_network(spec: ContainerSpec, leader: int, exposed: tuple[str, ...] =
     (before release)."""
     name = network.attached_network(spec.network)
     if name is not None:
-        from machinectl_py import netsetup  # subprocess: only on this opt-in path
+        from machinectl_py import netsetup  # json (the leases): only for a container on a network
 
         ports = tuple(spec.ports)  # a list when read back from the definition
         if spec.publish_all:
             ports += network.publish_all(ports, tuple(exposed))
         netsetup.attach(name, spec.name, leader, ports, ip=spec.ip, aliases=spec.network_aliases)
+        from machinectl_py.spec import parse_connection
+
+        for item in spec.connections:  # kept by `network connect`: eth1, eth2... again
+            other, ip, aliases = parse_connection(item)
+            netsetup.attach(other, spec.name, leader, ip=ip, aliases=aliases, primary=False)
+
+
+class NetworkSetup:
+    """connect_network() in a thread from the moment the init is forked, while systemd makes
+    the scope and machined registers the machine (those are waits on D-Bus): join() before the
+    init is released, and before any teardown (a failed start frees what it made)."""
+
+    def __init__(self, spec: ContainerSpec, leader: int, exposed: tuple[str, ...] = ()) -> None:
+        self.task = None
+        if network.attached_network(spec.network) is not None:
+            from machinectl_py import netsetup
+
+            self.task = netsetup.Background(lambda: connect_network(spec, leader, exposed))
+
+    def join(self) -> None:
+        """Wait for it; its failure is raised here."""
+        if self.task is not None:
+            self.task.join()
+
+    def settle(self) -> None:
+        """Wait for it, its failure dropped: the start fails for another reason already."""
+        try:
+            self.join()
+        except Exception:
+            pass  # the caller's error is the one to report
 
 
 def joined_network_namespace(mode: str) -> tuple[tuple[str, str], ...]:
@@ -282,17 +312,19 @@ def check_network(spec: ContainerSpec, ports: bool = True) -> None:
     container publishes, fails the start here."""
     joined_network_namespace(spec.network)  # container:NAME running, ns:PATH there
     name = network.attached_network(spec.network)
-    if name is not None and name not in (network.DEFAULT_NETWORK, network.VETH_NETWORK):
-        from machinectl_py import paths
+    others = [item.split(",", 1)[0] for item in spec.connections]  # spec.parse_connection's network
+    for wanted in ([name] if name is not None else []) + others:
+        if wanted not in (network.DEFAULT_NETWORK, network.VETH_NETWORK):
+            from machinectl_py import paths
 
-        if not os.path.exists(paths.config_path("networks", f"{name}.toml")):
-            from machinectl_py.errors import NotFoundError
+            if not os.path.exists(paths.config_path("networks", f"{wanted}.toml")):
+                from machinectl_py.errors import NotFoundError
 
-            raise NotFoundError(f"no such network: {name}", hint="see 'pymachine network ls'")
+                raise NotFoundError(f"no such network: {wanted}", hint="see 'pymachine network ls'")
     if spec.ports and ports:
         from machinectl_py import netsetup
 
-        netsetup.check_ports(spec.name, spec.ports)
+        netsetup.check_ports(spec.name, spec.ports, name or network.DEFAULT_NETWORK)
 
 
 def disconnect_network(name: str) -> None:

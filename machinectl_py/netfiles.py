@@ -13,7 +13,6 @@ rewritten in place, never renamed over: a bind mount holds the inode it was made
 from __future__ import annotations
 
 import os
-import shutil
 
 from machinectl_py.paths import run_path
 from machinectl_py.plan import Bind
@@ -39,6 +38,8 @@ def prepare(name: str, hostname: str, add_hosts: tuple[str, ...], dns: tuple[str
 
 
 def remove(name: str) -> None:
+    import shutil  # at teardown only: shutil imports bz2 and lzma, ~3 ms on every start
+
     shutil.rmtree(files_dir(name), ignore_errors=True)
 
 

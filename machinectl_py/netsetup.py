@@ -2,9 +2,11 @@
 nftables in pymachine's own table `inet pymachine`.
 
 Runs in the parent (runtime.py, service.py) between the machine's registration and the
-release of the held init, whose network namespace is already its own. Links and addresses go
-through iproute2 (`ip -b -`: one batch per namespace) and the ruleset through `nft -f -`; the
-README says why (import and call costs measured). Only pymachine's table is ever written:
+release of the held init, whose network namespace is already its own. Links, addresses and
+routes go through rtnetlink in this process (netlink.py: one socket on the host, one opened in
+the container's namespace), the ruleset through libnftables in this process (syscalls.nft_run;
+`nft -f -` where the library is missing): no program is executed on the start and stop paths;
+the README says why (import and call costs measured). Only pymachine's table is ever written:
 it is regenerated whole, in one nft transaction, from the networks in use, and deleted when no
 network is in use, so other tables (docker's, podman's, firewalld's) are never touched.
 
@@ -16,14 +18,16 @@ the bridge and nft table of a network with no lease left, removed with its last 
 
 from __future__ import annotations
 
+import errno
 import ipaddress
 import os
-import subprocess
 import time
 import zlib
+from collections.abc import Callable
 
-from machinectl_py import ipam
+from machinectl_py import ipam, netlink, syscalls
 from machinectl_py.errors import ConflictError, PymachineError, UsageError
+from machinectl_py.network import split_port
 
 NFT_TABLE = "pymachine"
 EPHEMERAL = (32768, 61000)  # free host ports for `-p PORT` (Linux's ip_local_port_range)
@@ -41,16 +45,54 @@ def host_veth(name: str, network: str = ipam.DEFAULT_NETWORK) -> str:
 
 
 def _run(argv: list[str], stdin: str | None = None, what: str = "") -> str:
+    import subprocess  # `ip -j route` at `network create`, `nft` where libnftables is missing
+
     r = subprocess.run(argv, input=stdin, capture_output=True, text=True)
     if r.returncode != 0:
-        # `ip -b` ends with "Command failed -:N": the line before it says what failed.
-        detail = [line for line in r.stderr.strip().splitlines() if not line.startswith("Command failed")]
-        raise PymachineError(f"{what or argv[0]}: {'; '.join(detail) or f'exit {r.returncode}'}")
+        raise PymachineError(f"{what or argv[0]}: {'; '.join(r.stderr.strip().splitlines()) or f'exit {r.returncode}'}")
     return r.stdout
 
 
+_HOST: list[netlink.Socket] = []  # this process's netlink socket of its own namespace, opened once
+
+
+def _host() -> netlink.Socket:
+    if not _HOST:
+        _HOST.append(netlink.Socket())
+    return _HOST[0]
+
+
+def _request(sock: netlink.Socket, message: tuple[int, bytes], what: str, create: bool = True) -> None:
+    try:
+        sock.request(message, what, create=create)
+    except OSError as e:
+        raise PymachineError(str(e.strerror)) from None
+
+
+def _ifindex(sock: netlink.Socket, name: str) -> int:
+    try:
+        return sock.ifindex(name)
+    except OSError as e:
+        raise PymachineError(str(e.strerror)) from None
+
+
 def link_exists(name: str) -> bool:
-    return os.path.exists(f"/sys/class/net/{name}")
+    try:
+        _host().ifindex(name)
+    except OSError as e:
+        if e.errno == errno.ENODEV:
+            return False
+        raise PymachineError(str(e.strerror)) from None
+    return True
+
+
+def delete_link(name: str) -> None:
+    """`ip link del NAME`, if it is there (a veth's peer goes with it)."""
+    try:
+        _host().request(netlink.del_link(name), f"remove {name}")
+    except OSError as e:
+        if e.errno != errno.ENODEV:
+            raise PymachineError(str(e.strerror)) from None
 
 
 def _wait_own_netns(pid: int) -> None:
@@ -71,34 +113,50 @@ def _wait_own_netns(pid: int) -> None:
 def ensure_bridge(net: ipam.Network) -> None:
     if net.point_to_point or link_exists(net.bridge):
         return
-    v6 = f"addr add {net.gateway6}/{net.subnet6.prefixlen} dev {net.bridge} nodad\n" if net.subnet6 else ""
-    _run(["ip", "-b", "-"], what=f"bridge {net.bridge}", stdin=(
-        f"link add {net.bridge} type bridge\n"
-        f"addr add {net.gateway}/{net.subnet.prefixlen} dev {net.bridge}\n" + v6 +
-        f"link set {net.bridge} up\n"))
+    sock, what = _host(), f"bridge {net.bridge}"
+    _request(sock, netlink.new_bridge(net.bridge), what)
+    index = _ifindex(sock, net.bridge)
+    _request(sock, netlink.new_addr(index, str(net.gateway), net.subnet.prefixlen), what)
+    if net.subnet6 is not None:
+        _request(sock, netlink.new_addr(index, str(net.gateway6), net.subnet6.prefixlen, nodad=True), what)
     # 127.0.0.1 -> a published port: the output hook's DNAT sends a loopback-sourced packet out
     # of the bridge, which the kernel drops as martian unless the bridge allows it.
     _write_sysctl(f"/proc/sys/net/ipv4/conf/{net.bridge}/route_localnet")
 
 
 def remove_bridge(net: ipam.Network) -> None:
-    if not net.point_to_point and link_exists(net.bridge):
-        _run(["ip", "link", "del", net.bridge], what=f"remove bridge {net.bridge}")
+    if not net.point_to_point:
+        delete_link(net.bridge)
+
+
+WILDCARDS = ("", "0.0.0.0", "::")
 
 
 class Published:
-    """One published port of a running container: host side (ip or all, port) -> its address."""
+    """One published port of a running container: host side (ip or all, port) -> its address
+    (and its IPv6 address, on a network with an IPv6 subnet)."""
 
-    __slots__ = ("bridge", "address", "host_ip", "host_port", "port", "proto")
+    __slots__ = ("bridge", "address", "host_ip", "host_port", "port", "proto", "address6")
 
-    def __init__(self, bridge: str, address: str, host_ip: str, host_port: int, port: int, proto: str) -> None:
+    def __init__(self, bridge: str, address: str, host_ip: str, host_port: int, port: int, proto: str,
+                 address6: str | None = None) -> None:
         self.bridge, self.address, self.host_ip = bridge, address, host_ip
-        self.host_port, self.port, self.proto = host_port, port, proto
+        self.host_port, self.port, self.proto, self.address6 = host_port, port, proto, address6
 
-    def dnat(self) -> str:
-        daddr = f"ip daddr {self.host_ip} " if self.host_ip else ""
-        return (f"{daddr}fib daddr type local {self.proto} dport {self.host_port} "
-                f"dnat ip to {self.address}:{self.port}")
+    def dnat(self) -> list[str]:
+        """Its DNAT rules: IPv4 unless HOSTIP is IPv6, IPv6 (on both families' addresses of the
+        host, as docker publishes) where the container has an IPv6 address and HOSTIP allows."""
+        rules, v6_host = [], ":" in self.host_ip
+        match = f"fib daddr type local {self.proto} dport {self.host_port}"
+        if not v6_host:
+            daddr = f"ip daddr {self.host_ip} " if self.host_ip not in WILDCARDS else ""
+            rules.append(f"{daddr}{match} dnat ip to {self.address}:{self.port}")
+        if self.address6 is not None and (v6_host or not self.host_ip):
+            # Not ::1: the kernel routes no IPv6 loopback packet to another namespace (there is no
+            # route_localnet in IPv6), so [::1]:PORT is left to say "connection refused".
+            daddr = f"ip6 daddr {self.host_ip} " if self.host_ip not in WILDCARDS else "ip6 daddr != ::1 "
+            rules.append(f"{daddr}{match} dnat ip6 to [{self.address6}]:{self.port}")
+        return rules
 
 
 def ruleset(networks: list[ipam.Network], published: list[Published] = []) -> str:  # noqa: B006 (never mutated)
@@ -124,7 +182,9 @@ def ruleset(networks: list[ipam.Network], published: list[Published] = []) -> st
                 nat.append(f"ip6 saddr {net.subnet6} ip6 daddr != {net.subnet6} masquerade")
         nat.append(f'oifname "{net.bridge}" ip saddr 127.0.0.0/8 masquerade')
         nat.append(f'oifname "{net.bridge}" ip saddr {net.subnet} ct status dnat masquerade')
-    dnat = [p.dnat() for p in published]
+        if net.subnet6 is not None:
+            nat.append(f'oifname "{net.bridge}" ip6 saddr {net.subnet6} ct status dnat masquerade')
+    dnat = [rule for p in published for rule in p.dnat()]
     lines += [f"table inet {NFT_TABLE} {{",
               "  chain prerouting {", "    type nat hook prerouting priority dstnat; policy accept;",
               *(f"    {rule}" for rule in dnat), "  }",
@@ -139,7 +199,14 @@ def ruleset(networks: list[ipam.Network], published: list[Published] = []) -> st
 
 
 def apply_ruleset(networks: list[ipam.Network]) -> None:
-    _run(["nft", "-f", "-"], stdin=ruleset(networks, _published(networks)), what=f"nft table inet {NFT_TABLE}")
+    script, what = ruleset(networks, _published(networks)), f"nft table inet {NFT_TABLE}"
+    try:
+        syscalls.nft_run(script)
+    except syscalls.NftUnavailable:
+        _run(["nft", "-f", "-"], stdin=script, what=what)
+    except OSError as e:
+        lines = str(e.strerror).splitlines()
+        raise PymachineError(f"{what}: {'; '.join([x for x in lines if x.startswith('Error')] or lines)}") from None
     if any(not net.internal for net in networks):
         # Routing between the bridge and the uplink (per network namespace, as docker does).
         _write_sysctl("/proc/sys/net/ipv4/ip_forward")
@@ -156,8 +223,10 @@ def _published(networks: list[ipam.Network]) -> list[Published]:
     out = []
     for net in networks:
         for address, lease in sorted(ipam.read_leases(net.name).items()):
+            address6 = net.address6(address)
             for host_ip, host_port, port, proto in lease.get("ports") or []:  # type: ignore[attr-defined]
-                out.append(Published(net.bridge, address, host_ip, host_port, port, proto))
+                out.append(Published(net.bridge, address, host_ip, host_port, port, proto,
+                                     str(address6) if address6 is not None else None))
     return out
 
 
@@ -207,8 +276,6 @@ def bound_ports(proto: str) -> set[int]:
 def resolve_ports(name: str, ports: tuple[str, ...]) -> list[list[object]]:
     """The container's ports as [host ip, host port, port, proto], free host ports picked for
     `-p PORT`. A host port another container publishes is refused. Caller holds the lock."""
-    from machinectl_py.network import split_port
-
     taken = {k: v for k, v in _taken_ports().items() if v[1] != name}
     resolved: list[list[object]] = []
     for port in ports:
@@ -218,15 +285,19 @@ def resolve_ports(name: str, ports: tuple[str, ...]) -> list[list[object]]:
             host_port = next(p for p in range(EPHEMERAL[0], EPHEMERAL[1])
                              if (p, proto) not in taken and p not in bound)
         other = taken.get((host_port, proto))
-        if other is not None and (not other[0] or not host_ip or other[0] == host_ip):
+        if other is not None and (other[0] in WILDCARDS or host_ip in WILDCARDS or other[0] == host_ip):
             raise ConflictError(f"host port {host_port}/{proto} is already published by container {other[1]}")
         taken[(host_port, proto)] = (host_ip, name)
         resolved.append([host_ip, host_port, inner, proto])
     return resolved
 
 
-def check_ports(name: str, ports: tuple[str, ...]) -> None:
-    """Before anything starts: refuse a host port another running container publishes."""
+def check_ports(name: str, ports: tuple[str, ...], network: str = ipam.DEFAULT_NETWORK) -> None:
+    """Before anything starts: refuse a host port another running container publishes, and an
+    IPv6 host address on a network without an IPv6 subnet."""
+    if any(":" in split_port(p)[0] for p in ports) and ipam.load(network).subnet6 is None:
+        raise UsageError(f"network {network} has no IPv6 subnet: a port cannot be published on an IPv6 address",
+                         hint="use a network made with --ipv6")
     if ports and ipam.networks_with_leases():
         with ipam.locked():
             resolve_ports(name, ports)
@@ -300,60 +371,140 @@ def refresh_hosts() -> None:
 
 def _add_veth(net: ipam.Network, name: str, pid: int, address: str, ifname: str = "eth0",
               primary: bool = True) -> None:
-    host = host_veth(name, net.name)
-    if link_exists(host):  # a previous run's, whose namespace is being torn down
-        _run(["ip", "link", "del", host], what=f"remove stale {host}")
-    _run(["ip", "-b", "-"], what=f"veth {host}", stdin=(
-        # By path, not PID: our children share the container's PID namespace (launch.HeldInit
-        # unshared it for the init), where the kernel would read a PID as one of its own.
-        f"link add {host} type veth peer name {ifname} netns /proc/{pid}/ns/net\n"
-        f"link set {host} master {net.bridge}\n"
+    host, sock = host_veth(name, net.name), _host()
+    delete_link(host)  # a previous run's, whose namespace is being torn down
+    with _Netns(pid) as (fd, inside):
+        _request(sock, netlink.new_veth(host, ifname, fd, master=_ifindex(sock, net.bridge)), f"veth {host}")
         # A container reaching its own published port through a host address: where
         # br_netfilter is loaded, the DNAT happens at the bridge and the frame must go back out
         # of the port it came in on, which a bridge refuses without hairpin (as docker sets it).
-        f"link set dev {host} type bridge_slave hairpin on\n"
-        f"link set {host} up\n"))
-    # An internal network has no way out: no default route (the forward chain drops the rest).
-    route = f"route add default via {net.gateway} dev {ifname}\n" if primary and not net.internal else ""
-    v6 = ""
-    if net.subnet6 is not None:  # the IPv6 address that goes with the IPv4 lease (ipam.Network.address6)
-        v6 = f"addr add {net.address6(address)}/{net.subnet6.prefixlen} dev {ifname} nodad\n"
-        if route:
-            route += f"route add ::/0 via {net.gateway6} dev {ifname}\n"
-    _run(["nsenter", f"--net=/proc/{pid}/ns/net", "ip", "-b", "-"], what=f"the container's {ifname}", stdin=(
-        f"addr add {address}/{net.subnet.prefixlen} dev {ifname}\n" + v6 +
-        f"link set {ifname} up\n" + route))
+        _request(sock, netlink.bridge_port_hairpin(_ifindex(sock, host)), f"hairpin on {host}", create=False)
+        what = f"the container's {ifname}"
+        index = _ifindex(inside, ifname)
+        _request(inside, netlink.set_up(index), what, create=False)
+        _request(inside, netlink.new_addr(index, address, net.subnet.prefixlen), what)
+        if net.subnet6 is not None:  # the IPv6 address that goes with the IPv4 lease (ipam.Network.address6)
+            _request(inside, netlink.new_addr(index, str(net.address6(address)), net.subnet6.prefixlen,
+                                              nodad=True), what)
+        # An internal network has no way out: no default route (the forward chain drops the rest).
+        if primary and not net.internal:
+            _request(inside, netlink.new_default_route(index, str(net.gateway)), what)
+            if net.gateway6 is not None:
+                _request(inside, netlink.new_default_route(index, str(net.gateway6)), what)
 
 
 def _add_p2p(net: ipam.Network, name: str, pid: int, address: str) -> None:
     """`--network veth`: ve-NAME on the host with the /30's .1, host0 in the container with
     its .2 and the default route through .1 (nspawn's pair, addressed by pymachine)."""
-    host, gateway = host_veth(name, net.name), ipam.p2p_gateway(address)
-    if link_exists(host):  # a previous run's, whose namespace is being torn down
-        _run(["ip", "link", "del", host], what=f"remove stale {host}")
-    _run(["ip", "-b", "-"], what=f"veth {host}", stdin=(
-        f"link add {host} type veth peer name host0 netns /proc/{pid}/ns/net\n"
-        f"addr add {gateway}/30 dev {host}\n"
-        f"link set {host} up\n"))
-    _write_sysctl(f"/proc/sys/net/ipv4/conf/{host}/route_localnet")  # 127.0.0.1 -> a published port
-    _run(["nsenter", f"--net=/proc/{pid}/ns/net", "ip", "-b", "-"], what="the container's host0", stdin=(
-        f"addr add {address}/30 dev host0\n"
-        "link set host0 up\n"
-        f"route add default via {gateway} dev host0\n"))
+    host, gateway, sock = host_veth(name, net.name), str(ipam.p2p_gateway(address)), _host()
+    delete_link(host)  # a previous run's, whose namespace is being torn down
+    with _Netns(pid) as (fd, inside):
+        _request(sock, netlink.new_veth(host, "host0", fd), f"veth {host}")
+        _request(sock, netlink.new_addr(_ifindex(sock, host), gateway, 30), f"veth {host}")
+        _write_sysctl(f"/proc/sys/net/ipv4/conf/{host}/route_localnet")  # 127.0.0.1 -> a published port
+        index = _ifindex(inside, "host0")
+        _request(inside, netlink.set_up(index), "the container's host0", create=False)
+        _request(inside, netlink.new_addr(index, address, 30), "the container's host0")
+        _request(inside, netlink.new_default_route(index, gateway), "the container's host0")
 
 
-def _release_locked(network: str, name: str | None) -> None:
-    """Free `name`'s lease (and dead holders') on `network`; the bridge goes with the last
-    lease; the table is rewritten (published ports of the freed leases go with them)."""
+class _Netns:
+    """The container's network namespace, as an fd (for the veth's peer) and a netlink socket
+    opened in it. By path, not PID: our children share the container's PID namespace
+    (launch.HeldInit unshared it for the init), but this process reads the host's /proc."""
+
+    def __init__(self, pid: int) -> None:
+        self.path = f"/proc/{pid}/ns/net"
+
+    def __enter__(self) -> tuple[int, netlink.Socket]:
+        try:
+            self.fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError as e:
+            raise PymachineError(f"the container's network namespace: {e.strerror}") from None
+        try:
+            self.sock = netlink.socket_in(self.fd)
+        except OSError as e:
+            os.close(self.fd)
+            raise PymachineError(f"the container's network namespace: {e.strerror}") from None
+        return self.fd, self.sock
+
+    def __exit__(self, *exc: object) -> None:
+        self.sock.close()
+        os.close(self.fd)
+
+
+def _release_locked(network: str, name: str | None, veth: str | None = None) -> None:
+    """Free `name`'s lease (and dead holders') on `network` and remove its host-side `veth`;
+    the bridge goes with the last lease; the table is rewritten (published ports of the freed
+    leases go with them). The links go in one request, while the table is rewritten in another
+    thread: the kernel waits for RCU grace periods in each (~10-40 ms), and these overlap."""
     before = ipam.read_leases(network)
-    if ipam.release(network, name):
+    links, last = [veth] if veth else [], ipam.release(network, name)
+    if last:
         net = _load_quietly(network)
-        if net is not None:
-            remove_bridge(net)
-        apply_ruleset(_networks_in_use())
-    elif ipam.read_leases(network) != before:
-        apply_ruleset(_networks_in_use())
+        if net is not None and not net.point_to_point:
+            links.append(net.bridge)
+    if last or ipam.read_leases(network) != before:
+        rules = Background(lambda: apply_ruleset(_networks_in_use()))
+        try:
+            delete_links(links)
+        finally:
+            rules.join()
+    else:
+        delete_links(links)
     refresh_hosts()
+
+
+class Background:
+    """fn() in a thread of its own (_thread: `threading` is not imported for this); join()
+    waits for it and raises what it raised. The network's kernel work (netlink, nft) waits for
+    RCU grace periods with the GIL released, so it overlaps the caller's own waits."""
+
+    def __init__(self, fn: Callable[[], None]) -> None:
+        import _thread
+
+        self.fn = fn
+        self.error: BaseException | None = None
+        self.done = _thread.allocate_lock()
+        self.done.acquire()
+        _thread.start_new_thread(self._run, ())
+
+    def _run(self) -> None:
+        try:
+            self.fn()
+        except BaseException as e:  # handed to join()
+            self.error = e
+        finally:
+            self.done.release()
+
+    def join(self) -> None:
+        self.done.acquire()
+        self.done.release()
+        if self.error is not None:
+            error, self.error = self.error, None
+            raise error
+
+
+def delete_links(names: list[str]) -> None:
+    """`ip link del` of each link that is there, in one request: the kernel then waits once for
+    all (its RCU grace periods and reference counts), not once per link. They are put in a link
+    group of a random number above 2^31 (none of the host's own links has one) and the group is
+    deleted; the first one (a container's host-side veth) is best effort, the kernel takes the pair
+    with the container's namespace anyway."""
+    if len(names) < 2:
+        for name in names:
+            delete_link(name)
+        return
+    group, marked = int.from_bytes(os.urandom(4), "little") | 0x80000000, 0
+    for i, name in enumerate(names):
+        try:
+            _host().request(netlink.set_group(name, group), f"remove {name}")
+            marked += 1
+        except OSError as e:
+            if e.errno != errno.ENODEV and i > 0:
+                raise PymachineError(str(e.strerror)) from None
+    if marked:
+        _request(_host(), netlink.del_group(group), f"remove {', '.join(names)}", create=False)
 
 
 def release(name: str | None) -> None:
@@ -361,9 +512,8 @@ def release(name: str | None) -> None:
     and rules no container uses any more. Best effort per network; the first error is raised."""
     with ipam.locked():
         for network in ipam.networks_with_leases():
-            if name and ipam.lease_of(network, name) and link_exists(host_veth(name, network)):
-                subprocess.run(["ip", "link", "del", host_veth(name, network)], capture_output=True)
-            _release_locked(network, name)
+            veth = host_veth(name, network) if name and ipam.lease_of(network, name) else None
+            _release_locked(network, name, veth)
 
 
 def remove_orphan_bridges() -> list[str]:
@@ -382,7 +532,10 @@ def _remove_orphan_bridges() -> list[str]:
     orphans = [n for n in names
                if n.startswith("pm-") and n not in in_use and os.path.isdir(f"/sys/class/net/{n}/bridge")]
     for bridge in orphans:
-        subprocess.run(["ip", "link", "del", bridge], capture_output=True)
+        try:
+            delete_link(bridge)
+        except PymachineError:
+            pass
     return orphans
 
 
@@ -401,9 +554,7 @@ def detach(network: str, name: str) -> None:
     with ipam.locked():
         if ipam.lease_of(network, name) is None:
             raise PymachineError(f"container {name} is not connected to network {network}")
-        if link_exists(host_veth(name, network)):
-            _run(["ip", "link", "del", host_veth(name, network)], what=f"remove {host_veth(name, network)}")
-        _release_locked(network, name)
+        _release_locked(network, name, host_veth(name, network))
 
 
 def host_routes(version: int = 4) -> dict[str, ipaddress.IPv4Network | ipaddress.IPv6Network]:

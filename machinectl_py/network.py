@@ -51,7 +51,8 @@ def attached_network(mode: str) -> str | None:
 
 # -- published ports: `-p [HOSTIP:][HOSTPORT:]PORT[/tcp|udp]`, with ranges --------------------------
 # Kept as canonical strings "HOSTIP:HOSTPORT:PORT/PROTO" (HOSTIP and HOSTPORT may be empty: every
-# address, a free port picked at start), one per port: ranges are expanded when parsed.
+# address, a free port picked at start), one per port: ranges are expanded when parsed. An IPv6
+# HOSTIP is written in brackets, as docker's `-p [::]:8080:80`: "[fd00::1]:8080:80/tcp".
 
 PROTOCOLS = ("tcp", "udp")
 
@@ -68,16 +69,47 @@ def _parse_port(item: str) -> list[str]:
     proto = proto or "tcp"
     if proto not in PROTOCOLS:
         raise UsageError(f"invalid port {item!r}: protocol {proto!r}", hint="use tcp or udp")
-    parts = spec.rsplit(":", 2)
-    host_ip = parts[0] if len(parts) == 3 else ""
-    host = parts[-2] if len(parts) >= 2 else ""
-    if host_ip and not _is_ipv4(host_ip):
-        raise UsageError(f"invalid port {item!r}: {host_ip!r} is not an IPv4 address")
+    host_ip, spec = _host_ip(spec, item)
+    parts = spec.split(":")
+    if len(parts) > (2 if host_ip else 3):
+        raise UsageError(f"invalid port {item!r}", hint="use [HOSTIP:][HOSTPORT:]PORT[/tcp|udp]")
+    if len(parts) == 3:
+        host_ip = parts.pop(0)
+        if host_ip and not _is_ipv4(host_ip):
+            raise UsageError(f"invalid port {item!r}: {host_ip!r} is not an IPv4 address",
+                             hint="write an IPv6 address in brackets: [::]:8080:80")
+    host = parts[0] if len(parts) == 2 else ""
     inner = _port_range(parts[-1], item)
     outer = _port_range(host, item) if host else [0] * len(inner)
     if len(outer) != len(inner):
         raise UsageError(f"invalid port {item!r}: the host and container ranges differ in length")
-    return [f"{host_ip}:{h or ''}:{c}/{proto}" for h, c in zip(outer, inner, strict=True)]
+    shown = f"[{host_ip}]" if ":" in host_ip else host_ip
+    return [f"{shown}:{h or ''}:{c}/{proto}" for h, c in zip(outer, inner, strict=True)]
+
+
+def _host_ip(spec: str, item: str) -> tuple[str, str]:
+    """A leading [IPv6] host address: (the address, the rest after its colon); else ("", spec)."""
+    if not spec.startswith("["):
+        return "", spec
+    address, sep, rest = spec[1:].partition("]:")
+    if not sep or not _is_ipv6(address):
+        raise UsageError(f"invalid port {item!r}: {address!r} is not an IPv6 address")
+    if address == "::1" or address.lower().startswith("::ffff:"):
+        # The kernel routes a connection from ::1 to no other namespace (loopback is strict in
+        # IPv6: there is no route_localnet), so a DNAT rule for it would never answer.
+        raise UsageError(f"invalid port {item!r}: {address} cannot be published",
+                         hint="publish on [::] or another IPv6 address of the host")
+    return address, rest
+
+
+def _is_ipv6(text: str) -> bool:
+    import ipaddress
+
+    try:
+        ipaddress.IPv6Address(text)
+    except ValueError:
+        return False
+    return True
 
 
 def _port_range(text: str, item: str) -> list[int]:
@@ -111,10 +143,16 @@ def publish_all(ports: tuple[str, ...], exposed: tuple[str, ...]) -> tuple[str, 
 
 
 def split_port(port: str) -> tuple[str, int, int, str]:
-    """A canonical port -> (host ip or "", host port or 0, container port, protocol)."""
+    """A canonical port -> (host ip or "" (IPv6 without its brackets), host port or 0, container
+    port, protocol)."""
     spec, _, proto = port.partition("/")
-    host_ip, host, inner = spec.split(":")
-    return host_ip, int(host or 0), int(inner), proto
+    host_ip, host, inner = spec.rsplit(":", 2)
+    return host_ip.strip("[]"), int(host or 0), int(inner), proto
+
+
+def host_address(host_ip: str) -> str:
+    """A published port's host side as docker shows it: 0.0.0.0 for every address, [v6]."""
+    return f"[{host_ip}]" if ":" in host_ip else host_ip or "0.0.0.0"
 
 
 def ports_inspect(ports: tuple[str, ...]) -> dict[str, list[dict[str, str]]]:

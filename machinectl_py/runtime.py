@@ -22,10 +22,10 @@ from machinectl_py.errors import PymachineError
 from machinectl_py.journal import container_event, container_fields
 from machinectl_py.launch import (
     HeldInit,
+    NetworkSetup,
     build_child_plan,
     check_network,
     command_for,
-    connect_network,
     disconnect_network,
     effective_user,
     environment,
@@ -230,6 +230,17 @@ class ForegroundRun:
 
         check_host_support(spec, unified)
         props = scope_properties(spec, policy.device_allow, (self.leader, self.forwarder), unified_host=unified)
+        net = NetworkSetup(spec, self.leader, self.exposed)  # overlaps the scope's and machined's work
+        try:
+            self._scope_and_machine(bus, rootfs, unit, props, record, init)
+        except BaseException:
+            net.settle()
+            raise
+        net.join()  # a failure here abandons the start like any other
+
+    def _scope_and_machine(self, bus: Bus, rootfs: str, unit: str, props: list[systemd.Property],
+                           record: state.ContainerRecord, init: HeldInit) -> None:
+        spec = self.spec
         try:
             job = systemd.start_scope(self.pid1, unit, props)
             state.save(record)
@@ -251,7 +262,6 @@ class ForegroundRun:
             raise PymachineError(f"cannot register machine {spec.name} with systemd-machined: {e.message}",
                                  hint=_hint_for(e)) from None
         self.machine_registered = True
-        connect_network(spec, self.leader, self.exposed)  # a failure here abandons the start like any other
 
     def _oom_killed(self) -> bool:
         """Did the OOM killer kill in the scope? Its memory cgroup says so, read through the

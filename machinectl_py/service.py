@@ -99,9 +99,9 @@ def _setup(name: str) -> int:
     from machinectl_py import dropins, images, state, systemd
     from machinectl_py.launch import (
         HeldInit,
+        NetworkSetup,
         build_child_plan,
         command_for,
-        connect_network,
         effective_user,
         environment,
         init_speaks_notify,
@@ -158,14 +158,19 @@ def _setup(name: str) -> int:
     leader = init.pid
     os.close(err_fd)
     settled = False  # the init was released (systemd waits for it) or is reaped
+    net = NetworkSetup(spec, leader, image.config.exposed_ports)  # while machined registers it
     try:
         with Bus.system() as bus:
             unit = unit_name(name)
             # Forked in the unit's cgroup: the init may finish its setup while machined registers it.
             init.in_scope()
             try:
-                _register(bus, name, record.id, leader, rootfs_of(record.dir_path), unit)
-                connect_network(spec, leader, image.config.exposed_ports)
+                try:
+                    _register(bus, name, record.id, leader, rootfs_of(record.dir_path), unit)
+                except BaseException:
+                    net.settle()
+                    raise
+                net.join()
             except PymachineError as e:
                 early = init.abandon(name)  # the init exits, or has failed already
                 payload.reap(leader)
@@ -194,6 +199,7 @@ def _setup(name: str) -> int:
                 return _await_boot(name, record, notify, leader)
             return 0
     finally:
+        net.settle()  # done already, unless the bus failed: nothing is left half made
         init.close()  # before the release, EOF on `go`: the held init exits without running anything
         if not settled:
             payload.reap(leader)

@@ -496,11 +496,17 @@ SETTINGS: tuple[Setting, ...] = (
             flags="--network-alias", kind=APPEND, metavar="ALIAS", key="network_aliases",
             inspect="NetworkSettings.Aliases", parse=lambda items: tuple(map(sp.validate_alias, items)),
             from_toml=lambda v: tuple(map(sp.validate_alias, _str_list(v))), render=toml_array, to_inspect=list),
+    Setting("connections", "networks `pymachine network connect` joined (kept, as docker): NETWORK[,ip=IP]"
+            "[,alias=ALIAS...] each, an interface eth1, eth2... at each start", key="connections",
+            parse=sp.validate_connections, from_toml=lambda v: sp.validate_connections(_str_list(v)),
+            render=toml_array),
     Setting("ip", "a static IPv4 address on the container's network (bridge or NAME)", flags="--ip",
             metavar="IP", key="ip", inspect="NetworkSettings.IPAMConfig.IPv4Address", parse=sp.validate_ip,
             render=toml_string, to_inspect=lambda v: v or ""),
     Setting("ports", "publish a container's port on the host (bridge only): [HOSTIP:][HOSTPORT:]PORT[/tcp|udp], "
-            "ranges as 8080-8081:80-81; no HOSTPORT: a free one (see `pymachine port`); repeatable",
+            "an IPv6 HOSTIP in brackets ([::]:8080:80; on a network with an IPv6 subnet every port answers on the "
+            "host's IPv6 addresses too), ranges as 8080-8081:80-81; no HOSTPORT: a free one (see `pymachine port`); "
+            "repeatable",
             flags="--publish -p", kind=APPEND, metavar="[IP:][HOSTPORT:]PORT", key="ports",
             inspect="HostConfig.PortBindings", parse=network.parse_ports,
             from_toml=lambda v: network.parse_ports(_str_list(v)), render=toml_array, to_inspect=network.ports_inspect),
@@ -840,7 +846,8 @@ def markdown_table() -> str:
     rows = ["| flag | definition key | `inspect` field | unit property | what |",
             "| --- | --- | --- | --- | --- |"]
     for s in SETTINGS:
-        flags = ", ".join(f"`{n}`" for n in s.option.names) if s.option else "(argument)"
+        flags = ", ".join(f"`{n}`" for n in s.option.names) if s.option else "(argument)" if not s.key or \
+            s.field in ("image", "command") else "-"
         key = f"`{s.key}`" if s.key else "-"
         where = f"`{s.inspect}`" if s.inspect else "-"
         unit = f"`{s.unit_doc}`" if s.unit_doc else "-"

@@ -481,6 +481,35 @@ def validate_alias(alias: str) -> str:
     return alias
 
 
+def parse_connection(text: str) -> tuple[str, str | None, tuple[str, ...]]:
+    """A `network connect` kept in the definition: NETWORK[,ip=IP][,alias=ALIAS...] ->
+    (network, ip or None, aliases)."""
+    name, *options = text.split(",")
+    validate_network_name(name)
+    ip, aliases = None, []
+    for option in options:
+        key, _, value = option.partition("=")
+        if key == "ip" and ip is None:
+            ip = validate_ip(value)
+        elif key == "alias":
+            aliases.append(validate_alias(value))
+        else:
+            raise UsageError(f"invalid network connection {text!r}", hint="use NETWORK[,ip=IP][,alias=ALIAS...]")
+    return name, ip, tuple(aliases)
+
+
+def connection(network: str, ip: str | None, aliases: tuple[str, ...]) -> str:
+    return ",".join([network, *([f"ip={ip}"] if ip else []), *(f"alias={a}" for a in aliases)])
+
+
+def validate_connections(items: tuple[str, ...] | list[str]) -> tuple[str, ...]:
+    names = [parse_connection(item)[0] for item in items]
+    twice = next((n for n in names if names.count(n) > 1), None)
+    if twice is not None:
+        raise UsageError(f"network {twice} is named twice in connections")
+    return tuple(items)
+
+
 class Limits(Record):
     __slots__ = ("memory_max", "cpu_quota_usec", "tasks_max", "cpu_weight", "memory_low", "memory_swap",
                  "cpuset_cpus", "cpuset_mems", "blkio_weight", "device_read_bps", "device_write_bps",
@@ -648,7 +677,8 @@ class ContainerSpec(Record):
                  "read_only", "shm_size", "init", "stop_signal", "stop_timeout", "ulimits",
                  "cap_add", "cap_drop", "privileged", "security_opt", "sysctls", "group_add", "devices", "ports",
                  "dns", "add_hosts", "oom_score_adj", "slice", "userns", "pull",
-                 "tls_verify", "network_aliases", "ip", "dns_search", "dns_options", "publish_all", "boot")
+                 "tls_verify", "network_aliases", "ip", "dns_search", "dns_options", "publish_all", "boot",
+                 "connections")
     _defaults = {
         "command": None, "hostname": None, "network": "bridge", "env": {}, "workdir": None, "user": None,
         "limits": Limits(), "volumes": (), "restart": "no", "remove": False, "tty": False, "interactive": False,
@@ -658,7 +688,7 @@ class ContainerSpec(Record):
         "devices": (), "ports": (), "dns": (), "add_hosts": (), "oom_score_adj": None, "slice": None, "userns": None,
         "pull": "missing", "tls_verify": None,
         "network_aliases": (), "ip": None, "dns_search": (), "dns_options": (), "publish_all": False,
-        "boot": False,
+        "boot": False, "connections": (),
     }
     name: str
     image: str
@@ -708,6 +738,9 @@ class ContainerSpec(Record):
     slice: str | None  # the unit's Slice=; None: machine.slice
     userns: str | None  # auto, auto:size=N or host; None: the default (userns.default_mode)
     boot: bool  # --boot: the image's /sbin/init (systemd) as PID 1, booted as an OS (boot.py)
+    # Networks joined by `network connect` (kept, as docker): NETWORK[,ip=IP][,alias=A...] each,
+    # each an interface eth1, eth2... at every start (parse_connection).
+    connections: tuple[str, ...]
 
     @property
     def effective_stop_signal(self) -> str:
@@ -732,6 +765,13 @@ class ContainerSpec(Record):
         if named and not attached:
             raise UsageError(f"{named[0]} needs the bridge or a user network, not {self.network!r}",
                              hint="add --network bridge")
+        if self.connections:
+            if not attached:
+                raise UsageError(f"connections need the bridge or a user network, not {self.network!r}",
+                                 hint="set network = \"bridge\"")
+            primary = "pymachine" if self.network == "bridge" else self.network
+            if primary in [parse_connection(c)[0] for c in self.connections]:
+                raise UsageError(f"connections name the container's own network {primary}")
 
     def validate(self) -> ContainerSpec:
         validate_name(self.name)

@@ -155,3 +155,18 @@ def move_mount(mount_fd: int, target: str) -> None:
     """move_mount(2): attach the detached mount `mount_fd` (from open_tree_clone) at `target`."""
     if lib.pm_move_mount(mount_fd, target.encode()) != 0:
         raise _fail("move_mount", target)
+
+
+class NftUnavailable(OSError):
+    """libnftables cannot be opened here: the caller runs `nft -f -` instead."""
+
+
+def nft_run(script: str) -> None:
+    """Apply an nft script (what `nft -f -` reads) through libnftables, in this process and in
+    one transaction; a refusal raises OSError with nft's own message."""
+    err = ffi.new("char[]", 4096)
+    rc = lib.pm_nft_run(script.encode(), err, 4096)
+    if rc == -2:
+        raise NftUnavailable(0, "libnftables.so.1 cannot be opened")
+    if rc != 0:
+        raise OSError(0, ffi.string(err).decode(errors="replace").strip() or "nft refused the ruleset")

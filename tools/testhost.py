@@ -114,6 +114,9 @@ MASKED_UNITS = (
 UPLINK, UPLINK_PEER = "uplink0", "uplink1"
 UPLINK_CIDR, UPLINK_PEER_CIDR = "10.231.0.2/24", "10.231.0.1/24"
 UPLINK_ADDRESS = UPLINK_CIDR.split("/")[0]
+# Its IPv6 address (unique local; nodad: usable at once), for ports published on IPv6.
+UPLINK6_CIDR, UPLINK6_PEER_CIDR = "fd31:231::2/64", "fd31:231::1/64"
+UPLINK6_ADDRESS = UPLINK6_CIDR.split("/")[0]
 GENERATOR_DIRS = ("/lib/systemd/system-generators", "/usr/lib/systemd/system-generators")
 # Started at boot rather than on first bus activation, so the first test does not pay for it.
 BOOT_WANTS = ("systemd-machined.service",)
@@ -1227,6 +1230,8 @@ def setup_fake_network() -> None:
         ["link", "add", UPLINK, "type", "veth", "peer", "name", UPLINK_PEER],
         ["addr", "add", UPLINK_CIDR, "dev", UPLINK],
         ["addr", "add", UPLINK_PEER_CIDR, "dev", UPLINK_PEER],
+        ["addr", "add", UPLINK6_CIDR, "dev", UPLINK, "nodad"],
+        ["addr", "add", UPLINK6_PEER_CIDR, "dev", UPLINK_PEER, "nodad"],
         ["link", "set", UPLINK, "up"],
         ["link", "set", UPLINK_PEER, "up"],
         ["route", "add", "default", "via", UPLINK_PEER_CIDR.split("/")[0], "dev", UPLINK],

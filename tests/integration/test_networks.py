@@ -13,7 +13,7 @@ import pytest
 from helpers import HTTP_GET, AnyHost, pm, wait_until
 from images import build
 from test_network import Snapshot, leases, links, nft_tables, snapshot, unique
-from testhost import UPLINK_ADDRESS
+from testhost import UPLINK6_ADDRESS, UPLINK_ADDRESS
 
 pytestmark = pytest.mark.integration
 
@@ -166,6 +166,47 @@ def test_connect_and_disconnect_a_running_container(host: AnyHost, clean: Snapsh
     assert snapshot(host) == clean
 
 
+def test_a_connection_is_kept_across_restarts_until_disconnected(
+        host: AnyHost, clean: Snapshot, networks: list[str]) -> None:
+    """As docker: `network connect` is written to the container's definition (its `connections`
+    key), so a restart joins the network again with the same --ip and aliases; `disconnect`
+    removes it there too; a stopped container can be connected, and joins at its start."""
+    name = create(host, networks, "--subnet", "10.78.0.0/24")
+    web = unique("web")
+    definition = f"/etc/pymachine/machines/{web}.toml"
+    try:
+        r = pm(host, "run", "-d", "--name", web, "--network", "bridge", "busybox", "sleep", "600")
+        assert r.returncode == 0, r.stderr
+        r = pm(host, "network", "connect", "--ip", "10.78.0.9", "--alias", "www", name, web)
+        assert r.returncode == 0, r.stderr
+        text = host.run(["cat", definition], check=True).stdout
+        assert f'connections = ["{name},ip=10.78.0.9,alias=www"]' in text, text
+        r = pm(host, "restart", web)
+        assert r.returncode == 0, r.stderr
+        assert addr_of(host, web, "eth1") == ["10.78.0.9"], "joined again at the restart"
+        assert addr_of(host, web, "eth0")[0].startswith("10.89.")
+        aliases = json.loads(pm(host, "inspect", web).stdout)[0]["NetworkSettings"]["Networks"][name]["Aliases"]
+        assert aliases == ["www"]
+        r = pm(host, "network", "rm", name)
+        assert r.returncode == 125 and f"in use by {web}" in r.stderr, r.stderr
+        assert pm(host, "network", "disconnect", name, web).returncode == 0
+        assert "connections" not in host.run(["cat", definition], check=True).stdout
+        assert pm(host, "restart", web).returncode == 0
+        assert addr_of(host, web, "eth1") == [], "not joined again"
+        assert pm(host, "stop", web).returncode == 0
+        r = pm(host, "network", "connect", name, web)  # stopped: kept, joined at the start
+        assert r.returncode == 0, r.stderr
+        assert pm(host, "start", web).returncode == 0
+        assert addr_of(host, web, "eth1")[0].startswith("10.78.0."), "joined at the start"
+        assert pm(host, "stop", web).returncode == 0
+        assert pm(host, "network", "disconnect", name, web).returncode == 0, "a stopped one: kept no more"
+        r = pm(host, "network", "disconnect", name, web)
+        assert r.returncode == 125 and f"container {web} is not connected to network {name}" in r.stderr
+    finally:
+        pm(host, "rm", "-f", web)
+    assert snapshot(host) == clean
+
+
 @pytest.fixture(scope="module")
 def exposing_image(host: AnyHost, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """busybox with ExposedPorts 80/tcp and 53/udp (umoci config)."""
@@ -295,6 +336,41 @@ def test_an_ipv6_network_gives_each_container_both_addresses(
         assert "ip6 saddr fd80::/64 ip6 daddr != fd80::/64 masquerade" in ruleset, ruleset
     finally:
         pm(host, "rm", "-f", first)
+    assert snapshot(host) == clean
+
+
+def test_ports_are_published_on_the_hosts_ipv6_addresses_too(
+        host: AnyHost, clean: Snapshot, networks: list[str]) -> None:
+    """As docker: `-p 8091:80` on a network with an IPv6 subnet answers on the host's IPv6
+    addresses (the fake uplink's, the bridge's) besides its IPv4 ones; `-p [V6]:...` only there.
+    [::1] is refused in words (the kernel routes no IPv6 loopback packet to another namespace)."""
+    name = create(host, networks, "--ipv6", "--subnet", "10.82.0.0/24", "--subnet", "fd82::/64")
+    web, other = unique("web6"), unique("web6b")
+    page = "mkdir -p /www && echo six > /www/index.html && exec httpd -f -p 80 -h /www"
+    try:
+        r = pm(host, "run", "-d", "--name", web, "--network", name, "-p", "8091:80", "busybox", "sh", "-c", page)
+        assert r.returncode == 0, r.stderr
+        for url in (f"http://[{UPLINK6_ADDRESS}]:8091/", "http://[fd82::1]:8091/", f"http://{UPLINK_ADDRESS}:8091/",
+                    "http://127.0.0.1:8091/"):
+            got = host.run(["python3", "-c", HTTP_GET, url])
+            assert got.stdout == "six\n", (url, got.stdout, got.stderr)
+        r = pm(host, "exec", web, "sh", "-c", f"printf 'GET / HTTP/1.0\\r\\n\\r\\n' | nc -w 5 {UPLINK6_ADDRESS} 8091")
+        assert r.stdout.endswith("six\n"), ("hairpin over IPv6", r.stdout, r.stderr)
+        r = pm(host, "run", "-d", "--name", other, "--network", name, "-p", f"[{UPLINK6_ADDRESS}]:8092:80",
+               "busybox", "sh", "-c", page)
+        assert r.returncode == 0, r.stderr
+        got = host.run(["python3", "-c", HTTP_GET, f"http://[{UPLINK6_ADDRESS}]:8092/"])
+        assert got.stdout == "six\n", got.stderr
+        ruleset = host.run(["nft", "list", "table", "inet", "pymachine"], check=True).stdout
+        assert f"ip6 daddr {UPLINK6_ADDRESS} fib daddr type local tcp dport 8092 dnat ip6 to [fd82::3]:80" in ruleset
+        assert "dport 8092 dnat ip to" not in ruleset, ruleset
+        assert pm(host, "port", other).stdout == f"80/tcp -> [{UPLINK6_ADDRESS}]:8092\n"
+        r = pm(host, "run", "--rm", "--network", name, "-p", "[::1]:8093:80", "busybox", "true")
+        assert r.returncode == 125 and "::1 cannot be published" in r.stderr, r.stderr
+        r = pm(host, "run", "--rm", "-p", f"[{UPLINK6_ADDRESS}]:8093:80", "busybox", "true")
+        assert r.returncode == 125 and "has no IPv6 subnet" in r.stderr, r.stderr
+    finally:
+        pm(host, "rm", "-f", web, other)
     assert snapshot(host) == clean
 
 

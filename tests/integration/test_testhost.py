@@ -20,6 +20,7 @@ import pytest
 from testhost import (
     STATE_BASE,
     UPLINK,
+    UPLINK6_CIDR,
     UPLINK_ADDRESS,
     UPLINK_CIDR,
     UPLINK_PEER,
@@ -159,6 +160,9 @@ def test_the_network_is_lo_and_the_fake_uplink(host: AnyHost) -> None:
              for link in links}
     assert addrs["lo"] == ["127.0.0.1/8"]
     assert addrs[UPLINK] == [UPLINK_CIDR] and addrs[UPLINK_PEER] == [UPLINK_PEER_CIDR]
+    six = {link["ifname"]: [f"{a['local']}/{a['prefixlen']}" for a in link["addr_info"]
+                            if a["family"] == "inet6" and a.get("scope") == "global"] for link in links}
+    assert six[UPLINK] == [UPLINK6_CIDR], "an IPv6 address of the host, for ports published on IPv6"
     route = json.loads(host.run(["ip", "-j", "route", "show", "default"], check=True).stdout)
     assert route[0]["dev"] == UPLINK
     if isinstance(host, TestHost):

@@ -80,6 +80,13 @@ def test_render_round_trips() -> None:
     assert parse(text) == spec
 
 
+def test_kept_connections_round_trip() -> None:
+    spec = ContainerSpec(name="web", image="busybox", connections=("app,ip=10.0.0.9,alias=www", "db")).validate()
+    text = config.render_definition(spec)
+    assert 'connections = ["app,ip=10.0.0.9,alias=www", "db"]' in text
+    assert parse(text) == spec
+
+
 def test_write_definition_is_exclusive(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("PYMACHINE_CONFIG_DIR", str(tmp_path))
     spec = ContainerSpec(name="web", image="busybox").validate()

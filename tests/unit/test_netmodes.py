@@ -85,6 +85,8 @@ def test_ruleset_is_only_pymachines_table() -> None:
     (["80"], ("::80/tcp",)),
     (["10.0.0.1::53/udp"], ("10.0.0.1::53/udp",)),
     (["8080-8081:80-81"], (":8080:80/tcp", ":8081:81/tcp")),
+    (["[::]:8080:80"], ("[::]:8080:80/tcp",)),
+    (["[fd31::2]::53/udp"], ("[fd31::2]::53/udp",)),
 ])
 def test_ports_parse_to_one_canonical_string_each(items: list[str], ports: tuple[str, ...]) -> None:
     assert network.parse_ports(items) == ports
@@ -92,7 +94,8 @@ def test_ports_parse_to_one_canonical_string_each(items: list[str], ports: tuple
     assert inner in (80, 53) and proto in ("tcp", "udp")
 
 
-@pytest.mark.parametrize("item", ["0", "70000", "8080:80/sctp", "1.2.3:80:80", "80-79", "8080-8082:80-81", "x:80"])
+@pytest.mark.parametrize("item", ["0", "70000", "8080:80/sctp", "1.2.3:80:80", "80-79", "8080-8082:80-81", "x:80",
+                                  "[::1]:8080:80", "[fd31::2:8080:80", "[x]:8080:80", "[::]:1:8080:80", "::1:80:80"])
 def test_bad_ports_are_usage_errors(item: str) -> None:
     with pytest.raises(UsageError, match="port"):
         network.parse_ports([item])
@@ -114,6 +117,31 @@ def test_published_ports_dnat_from_outside_and_from_the_host() -> None:
     assert text.count(rule) == 2, "prerouting (others, hairpin) and output (the host itself)"
     assert "ip daddr 127.0.0.1 fib daddr type local udp dport 53 dnat ip to 10.89.0.3:53" in text
     assert 'oifname "pm-pymachine" ip saddr 127.0.0.0/8 masquerade' in text
+
+
+def test_ipv6_host_ports_split_without_brackets_and_show_with_them() -> None:
+    assert network.split_port("[fd31::2]:8080:80/tcp") == ("fd31::2", 8080, 80, "tcp")
+    assert network.host_address("fd31::2") == "[fd31::2]" and network.host_address("") == "0.0.0.0"
+
+
+def test_published_ports_dnat_ipv6_too_on_a_network_with_an_ipv6_subnet() -> None:
+    """As docker: a port published on every address answers on the host's IPv6 ones as well
+    (not ::1, which the kernel routes to no other namespace); [V6] only on IPv6, IPV4 only on IPv4."""
+    nets = [ipam.Network("app", "10.80.0.0/24", subnet6="fd80::/64")]
+    pubs = [netsetup.Published("pm-app", "10.80.0.2", "", 8080, 80, "tcp", "fd80::2"),
+            netsetup.Published("pm-app", "10.80.0.2", "fd31::2", 8081, 80, "tcp", "fd80::2"),
+            netsetup.Published("pm-app", "10.80.0.2", "10.231.0.2", 8082, 80, "tcp", "fd80::2"),
+            netsetup.Published("pm-app", "10.80.0.2", "::", 8083, 80, "tcp", "fd80::2")]
+    text = netsetup.ruleset(nets, pubs)
+    assert text.count("fib daddr type local tcp dport 8080 dnat ip to 10.80.0.2:80") == 2
+    assert text.count("ip6 daddr != ::1 fib daddr type local tcp dport 8080 dnat ip6 to [fd80::2]:80") == 2
+    assert text.count("ip6 daddr fd31::2 fib daddr type local tcp dport 8081 dnat ip6 to [fd80::2]:80") == 2
+    assert "dport 8081 dnat ip to" not in text and "dport 8082 dnat ip6" not in text
+    assert "dport 8083 dnat ip to" not in text
+    assert text.count("ip6 daddr != ::1 fib daddr type local tcp dport 8083 dnat ip6 to [fd80::2]:80") == 2
+    assert 'oifname "pm-app" ip6 saddr fd80::/64 ct status dnat masquerade' in text
+    v4_only = netsetup.Published("pm-pymachine", "10.89.0.2", "", 8080, 80, "tcp")
+    assert v4_only.dnat() == ["fib daddr type local tcp dport 8080 dnat ip to 10.89.0.2:80"]
 
 
 def test_a_published_host_port_is_taken_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -289,3 +317,43 @@ def test_an_ipv6_subnet_goes_with_the_ipv4_lease(tmp_path: Path, monkeypatch: py
         netsetup.create_network("seven", ["fd71::/64"], None, False)
     auto = netsetup.create_network("eight", [], None, False, ipv6=True)
     assert auto.subnet6 is not None and auto.subnet6.prefixlen == 64 and str(auto.subnet6).startswith("fd89:")
+
+
+def test_kept_connections_parse_and_render_back() -> None:
+    assert spec.parse_connection("app") == ("app", None, ())
+    assert spec.parse_connection("app,ip=10.0.0.9,alias=www,alias=w2") == ("app", "10.0.0.9", ("www", "w2"))
+    assert spec.connection("app", "10.0.0.9", ("www",)) == "app,ip=10.0.0.9,alias=www"
+    assert spec.connection("app", None, ()) == "app"
+    for bad in ("app,ip=x", "app,mtu=9000", "bridge", "app,ip=10.0.0.1,ip=10.0.0.2", ""):
+        with pytest.raises(UsageError):
+            spec.parse_connection(bad)
+    with pytest.raises(UsageError, match="named twice"):
+        spec.validate_connections(["app", "app,alias=x"])
+
+
+def test_connections_need_a_network_of_the_containers_own_and_not_the_same_one() -> None:
+    spec.ContainerSpec(name="a", image="i", network="bridge", connections=("app",)).validate()
+    with pytest.raises(UsageError, match="connections need"):
+        spec.ContainerSpec(name="a", image="i", network="host", connections=("app",)).validate()
+    with pytest.raises(UsageError, match="own network pymachine"):
+        spec.ContainerSpec(name="a", image="i", network="bridge", connections=("pymachine",)).validate()
+    with pytest.raises(UsageError, match="own network app"):
+        spec.ContainerSpec(name="a", image="i", network="app", connections=("app,ip=10.0.0.2",)).validate()
+
+
+def test_a_definition_as_written_is_read_without_tomllib_and_a_hand_edited_one_with_it(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PYMACHINE_CONFIG_DIR", str(tmp_path))
+    net = ipam.Network("app", "10.80.0.0/24", "10.80.0.254", True, "fd80::/64")
+    ipam.save(net)
+    assert ipam._as_written(Path(ipam.definition_path("app")).read_bytes()) == {
+        "subnet": "10.80.0.0/24", "gateway": "10.80.0.254", "internal": True, "subnet6": "fd80::/64"}
+    loaded = ipam.load("app")
+    assert (str(loaded.subnet), str(loaded.gateway), loaded.internal, str(loaded.subnet6)) == \
+        ("10.80.0.0/24", "10.80.0.254", True, "fd80::/64")
+    Path(ipam.definition_path("app")).write_text('# mine\nsubnet = "10.81.0.0/24"  # edited\ninternal = false\n')
+    assert ipam._as_written(Path(ipam.definition_path("app")).read_bytes()) is None
+    assert str(ipam.load("app").subnet) == "10.81.0.0/24"
+    Path(ipam.definition_path("app")).write_text('subnet = "10.81.0.0/24\n')
+    with pytest.raises(UsageError, match="cannot read network app"):
+        ipam.load("app")

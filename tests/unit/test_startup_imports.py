@@ -153,3 +153,22 @@ def test_oci_create_path_imports_nothing_heavy() -> None:
     out = subprocess.run([sys.executable, "-c", OCI_PROBE],
                          capture_output=True, text=True, check=True).stdout.split()
     assert not HEAVY & set(out), f"heavy modules on the OCI runtime's path: {sorted(HEAVY & set(out))}"
+
+
+BRIDGE_PROBE = """
+import sys
+import machinectl_py.cli, machinectl_py.cmd_run, machinectl_py.runtime, machinectl_py.images, machinectl_py.launch
+base = set(sys.modules)
+import machinectl_py.netsetup, machinectl_py.netfiles, machinectl_py.netlink
+print(" ".join(sorted(set(sys.modules) - base)))
+"""
+
+
+def test_bridge_path_executes_nothing_and_imports_little() -> None:
+    """bridge is the default network: its setup and teardown (netsetup.py) speak rtnetlink and
+    libnftables in-process, so neither subprocess nor shutil (bz2, lzma) is imported for it.
+    json stays: the leases are JSON files."""
+    out = set(subprocess.run([sys.executable, "-c", BRIDGE_PROBE],
+                             capture_output=True, text=True, check=True).stdout.split())
+    allowed = {"json", "_socket"}
+    assert not (HEAVY - allowed) & out, f"heavy modules on the bridge path: {sorted((HEAVY - allowed) & out)}"
