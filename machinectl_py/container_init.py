@@ -29,6 +29,7 @@ from machinectl_py.payload import (
     preload_console_modules,
     report,
     sealed_helper,
+    send_console,
 )
 from machinectl_py.plan import cgroup_plan, own_hierarchies
 from machinectl_py.record import Record
@@ -38,6 +39,7 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping
 
+    from machinectl_py.idmap import BootNamespaces
     from machinectl_py.plan import CgroupLayout, Op, Overlay
 
 _SIOCGIFFLAGS = 0x8913
@@ -53,11 +55,11 @@ class ChildPlan(Record):
     __slots__ = ("container_dir", "rootfs", "overlay", "ops", "cgroup_layout", "hostname", "private_network",
                  "argv", "env", "workdir", "user", "capability_mask", "stdin_devnull", "detached", "tty", "seccomp",
                  "read_only_root", "rlimits", "join_namespaces", "start_fd", "groups", "no_new_privileges",
-                 "group_add", "sysctls", "oom_score_adj", "userns", "boot")
+                 "group_add", "sysctls", "oom_score_adj", "userns", "boot", "console_socket")
     _defaults = {"user": None, "stdin_devnull": True, "detached": False, "tty": False, "seccomp": b"",
                  "read_only_root": False, "rlimits": (), "join_namespaces": (), "start_fd": -1, "groups": None,
                  "no_new_privileges": False, "group_add": (), "sysctls": (), "oom_score_adj": None, "userns": None,
-                 "boot": False}
+                 "boot": False, "console_socket": -1}
     container_dir: str  # cwd while mounting the overlay (its options use relative names)
     rootfs: str
     # None: `rootfs` is a directory used as it is (an OCI bundle's root), bound onto itself.
@@ -107,27 +109,33 @@ class ChildPlan(Record):
     # --boot: systemd is the payload; on a host with v1 hierarchies its name=systemd one is
     # writable in the container's own subtree (plan.cgroup_plan).
     boot: bool
+    # A detached boot's: the socket the init sends its console's pty master to (the setup
+    # process copies the boot's messages to the journal until READY=1); -1: none.
+    console_socket: int
 
 
 def child_main(make_plan: Callable[[], ChildPlan], go_fd: int, status_fd: int, stdout_fd: int, stderr_fd: int,
-               parent_pid: int) -> None:
+               parent_pid: int, made: BootNamespaces | None = None) -> None:
     """Never returns. The plan is made here, in the child, while the parent asks systemd for
-    the scope: its directories and the seccomp program are off the start's critical path."""
+    the scope: its directories and the seccomp program are off the start's critical path.
+    made: --boot with a user namespace, the namespaces it owns, made by the parent (we are
+    PID 1 of its PID namespace already)."""
     code = EXIT_ERROR
     try:
         plan = make_plan()
         helper_fd = sealed_helper()  # while the host's files are reachable (payload.py says why)
-        userns_fd = prepare(plan, go_fd, status_fd, parent_pid)
+        userns_fd = prepare(plan, go_fd, status_fd, parent_pid, made)
         code = EXIT_CANNOT_INVOKE
         if userns_fd >= 0:
-            enter_userns(userns_fd, plan.detached)
+            enter_userns(userns_fd, plan.detached, own_mounts=made is not None)
         launch(plan, go_fd, status_fd, stdout_fd, stderr_fd, helper_fd)
     except BaseException as e:
         report(status_fd, code, describe(e))
     os._exit(code)
 
 
-def prepare(plan: ChildPlan, go_fd: int, status_fd: int, parent_pid: int) -> int:
+def prepare(plan: ChildPlan, go_fd: int, status_fd: int, parent_pid: int, made: BootNamespaces | None = None
+            ) -> int:
     """Everything done as host root; returns the fd of the user namespace to enter (-1: none)."""
     # If pymachine dies, the container dies with it (it is the init of its PID namespace).
     # (Had it died already, the `go` pipe below reads EOF and we exit.)
@@ -139,6 +147,10 @@ def prepare(plan: ChildPlan, go_fd: int, status_fd: int, parent_pid: int) -> int
         flags |= sc.CLONE_NEWNET  # with a user namespace: one it owns (mount_root)
     for kind, path in plan.join_namespaces:
         flags &= ~join_namespace(kind, path)
+    if made is not None:  # --boot: the UTS and IPC namespaces the user namespace owns
+        sc.setns(made.uts, sc.CLONE_NEWUTS)
+        sc.setns(made.ipc, sc.CLONE_NEWIPC)
+        flags &= ~(sc.CLONE_NEWUTS | sc.CLONE_NEWIPC)
     sc.unshare(flags)
     # Nothing mounted from here on may propagate back to the host.
     sc.mount(None, "/", None, sc.MS_REC | sc.MS_PRIVATE)
@@ -147,7 +159,7 @@ def prepare(plan: ChildPlan, go_fd: int, status_fd: int, parent_pid: int) -> int
         sc.mount(plan.rootfs, plan.rootfs, None, sc.MS_BIND | sc.MS_REC)
         userns_fd = bundle_userns(plan)
     else:
-        userns_fd = mount_root(plan)
+        userns_fd = mount_root(plan, made)
     if plan.sysctls:  # now that a private network's namespace exists (with a user namespace, its own)
         write_sysctls(plan.sysctls)
     idmapped = plan.userns is not None and plan.overlay is not None
@@ -170,7 +182,7 @@ def prepare(plan: ChildPlan, go_fd: int, status_fd: int, parent_pid: int) -> int
         sc.sethostname(plan.hostname)
     if plan.private_network:
         bring_up_loopback()
-    if plan.tty:
+    if plan.tty or plan.console_socket >= 0:
         preload_console_modules()  # after pivot_root the host's library is out of reach
     # Everything up to here runs while systemd makes the scope; only what needs the scope waits.
     mounts.pivot_into(plan.rootfs)
@@ -182,24 +194,31 @@ def prepare(plan: ChildPlan, go_fd: int, status_fd: int, parent_pid: int) -> int
     with open("/proc/self/cgroup") as f:
         layout = own_hierarchies(plan.cgroup_layout, f.read())
     sc.unshare(sc.CLONE_NEWCGROUP)
-    mounts.apply("/", cgroup_plan(layout, writable_systemd=plan.boot))
+    # --boot with a user namespace: the hybrid tmpfs is the guest root's, writable, as under
+    # nspawn -U (its systemd makes the cpu,cpuacct links there).
+    owner = plan.userns[0] if plan.boot and plan.userns is not None else None
+    mounts.apply("/", cgroup_plan(layout, writable_systemd=plan.boot, owner=owner))
     if plan.userns is not None:
-        delegate_cgroup(layout, plan.userns[0])
-    if plan.cgroup_layout.mode != "unified":
+        delegate_cgroup(layout, plan.userns[0], plan.boot)
+    if plan.cgroup_layout.mode != "unified" and owner is None:
         mounts.remount_read_only("/", "/sys/fs/cgroup")
     os.umask(0o022)
     return userns_fd
 
 
-def mount_root(plan: ChildPlan) -> int:
+def mount_root(plan: ChildPlan, made: BootNamespaces | None = None) -> int:
     """The overlay root; with a user namespace, over idmapped layers (idmap.py), and the
     namespace's fd for the mounts and the entry that follow (and, with a private network,
-    the network namespace it owns joined)."""
+    the network namespace it owns joined). `made`: the user namespace was made by the parent."""
     assert plan.overlay is not None
     if plan.userns is None:
         mounts.mount_overlay(plan.overlay, plan.rootfs)
         return -1
-    userns_fd, netns_fd = idmap.make_userns(*plan.userns, private_network=plan.private_network)
+    if made is not None:
+        userns_fd, netns_fd = made.user, made.net
+        made.user = made.net = -1  # ours to close now
+    else:
+        userns_fd, netns_fd = idmap.make_userns(*plan.userns, private_network=plan.private_network)
     if netns_fd >= 0:
         sc.setns(netns_fd, sc.CLONE_NEWNET)
         os.close(netns_fd)
@@ -220,18 +239,31 @@ def bundle_userns(plan: ChildPlan) -> int:
     return userns_fd
 
 
-def delegate_cgroup(layout: CgroupLayout, base: int) -> None:
-    """The container's root owns its cgroup v2 subtree (on a hybrid host: the unified one)."""
+def delegate_cgroup(layout: CgroupLayout, base: int, boot: bool = False) -> None:
+    """The container's root owns its cgroup v2 subtree (on a hybrid host: the unified one);
+    with --boot on a host with v1 hierarchies also its name=systemd subtree, which the guest's
+    systemd manages (nspawn -U chowns both)."""
     if layout.mode == "unified":
         idmap.delegate_cgroup("/sys/fs/cgroup", base)
-    elif layout.unified_dir:
+        return
+    if layout.unified_dir:
         idmap.delegate_cgroup(f"/sys/fs/cgroup/{layout.unified_dir}", base)
+    if boot:
+        for name, options in layout.v1:
+            if "name=systemd" in options.split(","):
+                idmap.delegate_cgroup(f"/sys/fs/cgroup/{name}", base)
 
 
-def enter_userns(userns_fd: int, detached: bool) -> None:
-    """Last step as host root: from here on the init is root of its user namespace only."""
+def enter_userns(userns_fd: int, detached: bool, own_mounts: bool = False) -> None:
+    """Last step as host root: from here on the init is root of its user namespace only.
+    own_mounts (--boot): then a mount and a cgroup namespace of the user namespace's own, as
+    nspawn's inner child has: the guest's systemd mounts in its own (a transient machine id,
+    /dev/mqueue, /run/user/UID...), which a mount namespace of the host's user namespace
+    refuses it. What we mounted is copied in, locked together (it cannot be taken apart)."""
     idmap.enter(userns_fd)
     os.close(userns_fd)
+    if own_mounts:
+        sc.unshare(sc.CLONE_NEWNS | sc.CLONE_NEWCGROUP)
     if not detached:
         sc.set_parent_death_signal(signal.SIGKILL)  # the change of credentials cleared it
 
@@ -291,6 +323,8 @@ def launch(plan: ChildPlan, go_fd: int, status_fd: int, stdout_fd: int, stderr_f
             console = open_console(stdout_fd)  # its master reaches the console socket at create, as runc's
         look_up(plan.argv[0], env, status_fd)
         await_start(plan.start_fd, status_fd)
+    if plan.console_socket >= 0:
+        send_console(plan.console_socket)
     confine(plan.seccomp, plan.capability_mask, uid, gid, groups, no_new_privs=plan.no_new_privileges)
     stdin = os.open("/dev/null", os.O_RDONLY) if plan.stdin_devnull else 0
     if plan.tty:

@@ -28,9 +28,44 @@ if TYPE_CHECKING:
 
 def make_userns(base: int, size: int, private_network: bool = False) -> tuple[int, int]:
     """fds of a new user namespace mapping container 0..size-1 to host base.., and with
-    `private_network` of a new network namespace it owns (-1 without): a helper child unshares
-    them and waits while we (host root) write the maps. A network namespace owned by the
-    container's user namespace is what gives its root CAP_NET_RAW (ping) there and nowhere else."""
+    `private_network` of a new network namespace it owns (-1 without). A network namespace
+    owned by the container's user namespace is what gives its root CAP_NET_RAW (ping) there
+    and nowhere else."""
+    fds = _make(base, size, ("net",) if private_network else ())
+    return fds["user"], fds.get("net", -1)
+
+
+class BootNamespaces:
+    """--boot with a user namespace: the user namespace and the namespaces it owns, made before
+    the init is forked (HeldInit joins `pid` for its child), as nspawn's inner child clones them
+    together: the guest's systemd reboots by reboot(), which needs CAP_SYS_BOOT in the PID
+    namespace's owner; mounts /dev/mqueue (the IPC namespace's owner) and sets its hostname (the
+    UTS one's). Its mount and cgroup namespaces are made once it is in the user namespace
+    (container_init.enter_userns). Each fd is -1 once closed (or `net` without a network of its
+    own)."""
+
+    def __init__(self, base: int, size: int, private_network: bool) -> None:
+        fds = _make(base, size, ("uts", "ipc") + (("net",) if private_network else ()))
+        self.user = fds["user"]
+        self.uts = fds["uts"]
+        self.ipc = fds["ipc"]
+        self.net = fds.get("net", -1)
+
+    def close(self) -> None:
+        for name in ("user", "uts", "ipc", "net"):
+            fd = getattr(self, name)
+            if fd >= 0:
+                os.close(fd)
+                setattr(self, name, -1)
+
+
+_UNSHARE = {"net": sc.CLONE_NEWNET, "uts": sc.CLONE_NEWUTS, "ipc": sc.CLONE_NEWIPC}
+
+
+def _make(base: int, size: int, owned: tuple[str, ...]) -> dict[str, int]:
+    """fds of a new user namespace (key "user") and of the namespaces named in `owned`
+    (/proc/PID/ns names) made by it: a helper child unshares them and waits while we (host
+    root) write the maps."""
     ready_r, ready_w = os.pipe()
     done_r, done_w = os.pipe()
     pid = os.fork()
@@ -40,9 +75,12 @@ def make_userns(base: int, size: int, private_network: bool = False) -> tuple[in
             os.close(ready_r)
             os.close(done_w)
             sc.unshare(sc.CLONE_NEWUSER)
-            if private_network:
-                sc.unshare(sc.CLONE_NEWNET)  # owned by the new user namespace
-            # Our PID as the mounted /proc numbers it: the init that forked us is PID 1 of a
+            flags = 0
+            for name in owned:
+                flags |= _UNSHARE[name]
+            if flags:
+                sc.unshare(flags)  # owned by the new user namespace
+            # Our PID as the mounted /proc numbers it: the init that forked us may be PID 1 of a
             # new PID namespace, but /proc is still the host's.
             os.write(ready_w, os.readlink("/proc/self").encode())
             os.read(done_r, 1)
@@ -51,6 +89,7 @@ def make_userns(base: int, size: int, private_network: bool = False) -> tuple[in
             os._exit(code)
     os.close(ready_w)
     os.close(done_r)
+    fds: dict[str, int] = {}
     try:
         proc_pid = os.read(ready_r, 32).decode()
         if not proc_pid.isdigit():
@@ -58,8 +97,13 @@ def make_userns(base: int, size: int, private_network: bool = False) -> tuple[in
         for name in ("uid_map", "gid_map"):
             with open(f"/proc/{proc_pid}/{name}", "w") as f:
                 f.write(map_line(base, size) + "\n")
-        netns_fd = os.open(f"/proc/{proc_pid}/ns/net", os.O_RDONLY | os.O_CLOEXEC) if private_network else -1
-        return os.open(f"/proc/{proc_pid}/ns/user", os.O_RDONLY | os.O_CLOEXEC), netns_fd
+        for name in ("user", *owned):
+            fds[name] = os.open(f"/proc/{proc_pid}/ns/{name}", os.O_RDONLY | os.O_CLOEXEC)
+        return fds
+    except BaseException:
+        for fd in fds.values():
+            os.close(fd)
+        raise
     finally:
         os.close(ready_r)
         os.close(done_w)  # the helper exits
@@ -143,8 +187,10 @@ def bind(source: str, target_path: str, userns_fd: int) -> bool:
     return True
 
 
-# The files of a cgroup that its delegate writes (systemd's delegation doc; nspawn chowns the same).
-_DELEGATED_FILES = ("cgroup.procs", "cgroup.subtree_control", "cgroup.threads")
+# The files of a cgroup that its delegate writes (systemd's delegation doc), v2's and v1's
+# (name=systemd for --boot on a hybrid host): the ones nspawn chowns.
+_DELEGATED_FILES = ("cgroup.procs", "cgroup.subtree_control", "cgroup.threads", "cgroup.clone_children",
+                    "memory.oom.group", "memory.reclaim", "notify_on_release", "tasks")
 
 
 def delegate_cgroup(path: str, base: int) -> None:

@@ -25,6 +25,8 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping, Sequence
 
+    from machinectl_py.idmap import BootNamespaces
+
 
 def command_for(spec: ContainerSpec, config: images.ImageConfig) -> tuple[str, ...]:
     """docker's rule: Entrypoint + (the given command, else the image's Cmd); --entrypoint
@@ -99,10 +101,11 @@ def rootfs_of(cdir: str) -> str:
 def build_child_plan(spec: ContainerSpec, image: images.ResolvedImage, cdir: str, policy: Policy,
                      env: Mapping[str, str], argv: tuple[str, ...], *, binds: Sequence[plan.Bind] = (),
                      detached: bool = False, userns: tuple[int, int] | None = None,
-                     notify_socket: str | None = None) -> ChildPlan:
+                     notify_socket: str | None = None, console_socket: int = -1) -> ChildPlan:
     """Runs in the forked init (see HeldInit): makes the container dir's parts too.
     userns: the container's ID range (--userns=auto), from userns.acquire; notify_socket: with
-    --boot, the socket the guest's READY=1 goes to (readiness.py)."""
+    --boot, the socket the guest's READY=1 goes to (readiness.py); console_socket: a detached
+    boot's, where the init sends its console's pty (readiness.py copies the boot's messages)."""
     for sub in ("upper", "work", "rootfs"):
         os.makedirs(os.path.join(cdir, sub), mode=0o755, exist_ok=True)
     ops = [*plan.base_plan(policy, binds=binds, shm_size=spec.shm_size, tmpfs=tuple(spec.tmpfs.items()),
@@ -131,6 +134,7 @@ def build_child_plan(spec: ContainerSpec, image: images.ResolvedImage, cdir: str
         oom_score_adj=spec.oom_score_adj,
         userns=userns,
         boot=spec.boot,
+        console_socket=console_socket,
     )
     if os.environ.get("PYMACHINE_DEBUG"):
         for op in child_plan.ops:
@@ -138,7 +142,7 @@ def build_child_plan(spec: ContainerSpec, image: images.ResolvedImage, cdir: str
     return child_plan
 
 
-def boot_ops(cdir: str, notify_socket: str | None, tty: bool) -> list[plan.Op]:
+def boot_ops(cdir: str, notify_socket: str | None, console: bool) -> list[plan.Op]:
     """--boot's /run/host files (the manager's name written here, in the container's dir) and
     console (boot.py)."""
     from machinectl_py import boot
@@ -150,7 +154,7 @@ def boot_ops(cdir: str, notify_socket: str | None, tty: bool) -> list[plan.Op]:
     with open(boot_id, "w") as f:
         f.write(boot.new_boot_id(os.urandom(16)))
     os_release = next((p for p in boot.HOST_OS_RELEASE if os.path.exists(p)), "/dev/null")
-    return boot.ops(os_release, manager, boot_id, notify_socket, tty)
+    return boot.ops(os_release, manager, boot_id, notify_socket, console)
 
 
 def init_speaks_notify(image: images.ResolvedImage) -> bool:
@@ -313,6 +317,16 @@ def disconnect_network(name: str) -> None:
         netsetup.release(name)
 
 
+def boot_namespaces(spec: ContainerSpec, userns: tuple[int, int] | None) -> BootNamespaces | None:
+    """--boot with a user namespace: the namespaces the guest's systemd must own, made before
+    its init is forked (idmap.BootNamespaces); None otherwise (the init makes its own)."""
+    if not spec.boot or userns is None:
+        return None
+    from machinectl_py.idmap import BootNamespaces
+
+    return BootNamespaces(*userns, private_network=network.is_private(spec.network))
+
+
 class HeldInit:
     """The container's init, forked into a new PID namespace and held on its `go` pipe until
     the caller releases it (the release protocol above). Owns the parent's ends of both pipes.
@@ -321,11 +335,14 @@ class HeldInit:
     overlaps systemd's making of the unit, which needs only the child's PID. A plan that
     cannot be made is a failure the child reports on the status pipe, like any other."""
 
-    def __init__(self, make_plan: Callable[[], ChildPlan], out_w: int, err_w: int, in_r: int = -1) -> None:
+    def __init__(self, make_plan: Callable[[], ChildPlan], out_w: int, err_w: int, in_r: int = -1,
+                 made: BootNamespaces | None = None) -> None:
+        """made: --boot with a user namespace, the namespaces it owns (boot_namespaces), whose
+        PID namespace the child is born in; closed here once the child has them."""
         go_r, go_w = os.pipe()
         status_r, status_w = os.pipe()
-        # unshare(CLONE_NEWPID) changes only where our *next* child goes: that child is
-        # PID 1 of the new namespace, and we stay its parent so it can die with us.
+        # unshare(CLONE_NEWPID) (or setns to `made`'s) changes only where our *next* child
+        # goes: that child is PID 1 of the new namespace, and we stay its parent so it can die with us.
         parent = os.getpid()
         own_pid_ns = os.open("/proc/self/ns/pid", os.O_RDONLY | os.O_CLOEXEC)
         sc.unshare(sc.CLONE_NEWPID)
@@ -335,7 +352,9 @@ class HeldInit:
             os.close(status_r)
             if in_r >= 0:  # `run -i` without -t: stdin is a pipe from us (payload.fork_stdin_relay)
                 os.dup2(in_r, 0)
-            child_main(make_plan, go_r, status_w, out_w, err_w, parent)
+            child_main(make_plan, go_r, status_w, out_w, err_w, parent, made)
+        if made is not None:
+            made.close()
         # Our later children (ip, nft, ...) go back to our own PID namespace: in the init's,
         # fork fails with ENOMEM once the init is dead (teardown), and PIDs would read as its own.
         sc.setns(own_pid_ns, sc.CLONE_NEWPID)

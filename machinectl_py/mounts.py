@@ -150,7 +150,7 @@ def _bind(root_fd: int, op: Bind, userns_fd: int = -1) -> None:
         is_dir = stat.S_ISDIR(os.fstat(src_fd).st_mode)
         fd = open_in_root(root_fd, op.target, create="dir" if is_dir else "file")
         try:
-            if not (userns_fd >= 0 and idmap.bind(fd_path(src_fd), fd_path(fd), userns_fd)):
+            if not (userns_fd >= 0 and op.idmapped and idmap.bind(fd_path(src_fd), fd_path(fd), userns_fd)):
                 sc.mount(fd_path(src_fd), fd_path(fd), None, sc.MS_BIND | sc.MS_REC)
         finally:
             os.close(fd)

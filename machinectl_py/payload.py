@@ -92,6 +92,32 @@ def open_console(sock_fd: int) -> int:
     return slave
 
 
+def send_console(sock_fd: int) -> None:
+    """A detached boot's console: a pty of the container's devpts bound on /dev/console (as
+    nspawn binds its console; not a link to pts/N, whose number a later session would reuse),
+    whose master goes to the parent over `sock_fd`; not our stdio (the guest's systemd opens
+    /dev/console itself). Needs preload_console_modules() first; we are in the container's
+    root and mount namespace."""
+    import fcntl
+    import socket
+    import struct
+
+    master = os.open("/dev/ptmx", os.O_RDWR | os.O_NOCTTY | os.O_CLOEXEC)
+    try:
+        fcntl.ioctl(master, _TIOCSPTLCK, struct.pack("i", 0))
+        number = struct.unpack("I", fcntl.ioctl(master, _TIOCGPTN, b"\0" * 4))[0]
+        os.close(os.open(BOOT_CONSOLE, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600))
+        sc.mount(f"/dev/pts/{number}", BOOT_CONSOLE, None, sc.MS_BIND)
+        with socket.socket(fileno=sock_fd) as sock:
+            socket.send_fds(sock, [b"m"], [master])
+    finally:
+        os.close(master)
+
+
+BOOT_CONSOLE = "/dev/console"
+_TIOCGPTN = 0x80045430  # asm-generic/ioctls.h: the pty's number
+
+
 def attach_stdio(stdin: int, stdout: int, stderr: int) -> None:
     """Make these fds 0, 1 and 2 (-1: leave that one as it is)."""
     for src, dst in ((stdin, 0), (stdout, 1), (stderr, 2)):
