@@ -39,7 +39,6 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping
 
-    from machinectl_py.idmap import BootNamespaces
     from machinectl_py.plan import CgroupLayout, Op, Overlay
 
 _SIOCGIFFLAGS = 0x8913
@@ -115,27 +114,24 @@ class ChildPlan(Record):
 
 
 def child_main(make_plan: Callable[[], ChildPlan], go_fd: int, status_fd: int, stdout_fd: int, stderr_fd: int,
-               parent_pid: int, made: BootNamespaces | None = None) -> None:
+               parent_pid: int) -> None:
     """Never returns. The plan is made here, in the child, while the parent asks systemd for
-    the scope: its directories and the seccomp program are off the start's critical path.
-    made: --boot with a user namespace, the namespaces it owns, made by the parent (we are
-    PID 1 of its PID namespace already)."""
+    the scope: its directories and the seccomp program are off the start's critical path."""
     code = EXIT_ERROR
     try:
         plan = make_plan()
         helper_fd = sealed_helper()  # while the host's files are reachable (payload.py says why)
-        userns_fd = prepare(plan, go_fd, status_fd, parent_pid, made)
+        userns_fd = prepare(plan, go_fd, status_fd, parent_pid)
         code = EXIT_CANNOT_INVOKE
         if userns_fd >= 0:
-            enter_userns(userns_fd, plan.detached, own_mounts=made is not None)
+            enter_userns(userns_fd, plan.detached)
         launch(plan, go_fd, status_fd, stdout_fd, stderr_fd, helper_fd)
     except BaseException as e:
         report(status_fd, code, describe(e))
     os._exit(code)
 
 
-def prepare(plan: ChildPlan, go_fd: int, status_fd: int, parent_pid: int, made: BootNamespaces | None = None
-            ) -> int:
+def prepare(plan: ChildPlan, go_fd: int, status_fd: int, parent_pid: int) -> int:
     """Everything done as host root; returns the fd of the user namespace to enter (-1: none)."""
     # If pymachine dies, the container dies with it (it is the init of its PID namespace).
     # (Had it died already, the `go` pipe below reads EOF and we exit.)
@@ -147,10 +143,6 @@ def prepare(plan: ChildPlan, go_fd: int, status_fd: int, parent_pid: int, made: 
         flags |= sc.CLONE_NEWNET  # with a user namespace: one it owns (mount_root)
     for kind, path in plan.join_namespaces:
         flags &= ~join_namespace(kind, path)
-    if made is not None:  # --boot: the UTS and IPC namespaces the user namespace owns
-        sc.setns(made.uts, sc.CLONE_NEWUTS)
-        sc.setns(made.ipc, sc.CLONE_NEWIPC)
-        flags &= ~(sc.CLONE_NEWUTS | sc.CLONE_NEWIPC)
     sc.unshare(flags)
     # Nothing mounted from here on may propagate back to the host.
     sc.mount(None, "/", None, sc.MS_REC | sc.MS_PRIVATE)
@@ -159,7 +151,7 @@ def prepare(plan: ChildPlan, go_fd: int, status_fd: int, parent_pid: int, made: 
         sc.mount(plan.rootfs, plan.rootfs, None, sc.MS_BIND | sc.MS_REC)
         userns_fd = bundle_userns(plan)
     else:
-        userns_fd = mount_root(plan, made)
+        userns_fd = mount_root(plan)
     if plan.sysctls:  # now that a private network's namespace exists (with a user namespace, its own)
         write_sysctls(plan.sysctls)
     idmapped = plan.userns is not None and plan.overlay is not None
@@ -194,31 +186,113 @@ def prepare(plan: ChildPlan, go_fd: int, status_fd: int, parent_pid: int, made: 
     with open("/proc/self/cgroup") as f:
         layout = own_hierarchies(plan.cgroup_layout, f.read())
     sc.unshare(sc.CLONE_NEWCGROUP)
-    # --boot with a user namespace: the hybrid tmpfs is the guest root's, writable, as under
-    # nspawn -U (its systemd makes the cpu,cpuacct links there).
-    owner = plan.userns[0] if plan.boot and plan.userns is not None else None
-    mounts.apply("/", cgroup_plan(layout, writable_systemd=plan.boot, owner=owner))
+    mounts.apply("/", cgroup_plan(layout, writable_systemd=plan.boot))
     if plan.userns is not None:
-        delegate_cgroup(layout, plan.userns[0], plan.boot)
-    if plan.cgroup_layout.mode != "unified" and owner is None:
+        delegate_cgroup(layout, plan.userns[0])
+    if plan.cgroup_layout.mode != "unified":
         mounts.remount_read_only("/", "/sys/fs/cgroup")
     os.umask(0o022)
     return userns_fd
 
 
-def mount_root(plan: ChildPlan, made: BootNamespaces | None = None) -> int:
+# --boot with a user namespace (nspawn's inner and outer child): the init is born in its user
+# namespace (idmap.spawn_init) and waits while a host-root helper, born into its PID namespace,
+# mounts its root in its mount namespace. What they tell each other on their pipes:
+IN_CGROUP = b"c"  # helper -> init: you are in the unit's cgroup: make your cgroup namespace; init -> helper: done
+SET_UP = b"d"  # helper -> init: your root is the container's
+
+
+def boot_init_main(plan: ChildPlan, go_fd: int, status_fd: int, stdout_fd: int, stderr_fd: int, to_init: int,
+                   from_init: int, unused: tuple[int, ...]) -> None:
+    """The init of a booted OS with a user namespace, root of it only, PID 1 of the PID namespace
+    it owns. Never returns: it execs the payload once boot_setup_main has set its namespaces up
+    (or exits, quietly if the setup failed: the helper says why on the status pipe)."""
+    code = EXIT_ERROR
+    try:
+        for fd in unused:
+            os.close(fd)
+        os.setsid()
+        helper_fd = sealed_helper()  # while the host's files are reachable (payload.py says why)
+        if plan.tty or plan.console_socket >= 0:
+            preload_console_modules()
+        await_parent(to_init, IN_CGROUP)
+        if not plan.detached:
+            sc.set_parent_death_signal(signal.SIGKILL)  # we are our starter's child by now
+        sc.unshare(sc.CLONE_NEWCGROUP)  # rooted at the unit's cgroup
+        os.write(from_init, IN_CGROUP)
+        await_parent(to_init, SET_UP)
+        os.close(to_init)
+        os.close(from_init)
+        os.chdir("/")
+        os.umask(0o022)
+        code = EXIT_CANNOT_INVOKE
+        launch(plan, go_fd, status_fd, stdout_fd, stderr_fd, helper_fd)
+    except BaseException as e:
+        report(status_fd, code, describe(e))
+    os._exit(code)
+
+
+def boot_setup_main(plan: ChildPlan, go_fd: int, status_fd: int, to_init: int, from_init: int, init_pidfd: int,
+                    init_pid: int, userns_fd: int, unused: tuple[int, ...]) -> None:
+    """The host-root helper of boot_init_main's init, born into its PID namespace (so the /proc
+    it mounts is that namespace's): in the init's mount, UTS, IPC and network namespaces it does
+    what prepare() does for any container (the same plan), pivot_root included, which moves the
+    init's root too; then, once the init is in its unit's cgroup, its cgroup view. Mounts made
+    here belong to the init's mount namespace, unlocked, as nspawn's inner child's own are.
+    Never returns; a failure goes on the status pipe."""
+    code = EXIT_ERROR
+    try:
+        for fd in unused:
+            os.close(fd)
+        assert plan.overlay is not None and plan.userns is not None
+        base = plan.userns[0]
+        sc.set_parent_death_signal(signal.SIGKILL)
+        os.umask(0)
+        sc.setns(init_pidfd, sc.CLONE_NEWNS | sc.CLONE_NEWUTS | sc.CLONE_NEWIPC | sc.CLONE_NEWNET)
+        sc.mount(None, "/", None, sc.MS_REC | sc.MS_PRIVATE)
+        os.chdir(plan.container_dir)
+        idmap.mount_overlay(plan.overlay, plan.rootfs, plan.container_dir, userns_fd, base)
+        if plan.sysctls:
+            write_sysctls(plan.sysctls)
+        sc.set_fs_ids(base, base)
+        mounts.apply(plan.rootfs, plan.ops, userns_fd)
+        sc.set_fs_ids(0, 0)
+        sc.set_parent_death_signal(signal.SIGKILL)  # a change of fsuid cleared it
+        if plan.read_only_root:
+            mounts.remount_root_read_only(plan.rootfs)
+        if plan.rlimits:
+            set_rlimits(plan.rlimits, 1)  # the init is PID 1 of our PID namespace
+        if plan.oom_score_adj is not None:
+            set_oom_score_adj(plan.oom_score_adj, str(init_pid))  # the host's /proc, until pivot_root
+        if plan.hostname:
+            sc.sethostname(plan.hostname)
+        if plan.private_network:
+            bring_up_loopback()
+        mounts.pivot_into(plan.rootfs)
+        await_parent(go_fd, IN_SCOPE)
+        os.write(to_init, IN_CGROUP)
+        await_parent(from_init, IN_CGROUP)
+        sc.setns(init_pidfd, sc.CLONE_NEWCGROUP)
+        with open("/proc/1/cgroup") as f:
+            layout = own_hierarchies(plan.cgroup_layout, f.read())
+        mounts.apply("/", cgroup_plan(layout, writable_systemd=True, owner=base))
+        delegate_cgroup(layout, base, boot=True)
+        os.write(to_init, SET_UP)
+        code = 0
+    except BaseException as e:
+        report(status_fd, code, describe(e))
+    os._exit(code)
+
+
+def mount_root(plan: ChildPlan) -> int:
     """The overlay root; with a user namespace, over idmapped layers (idmap.py), and the
     namespace's fd for the mounts and the entry that follow (and, with a private network,
-    the network namespace it owns joined). `made`: the user namespace was made by the parent."""
+    the network namespace it owns joined)."""
     assert plan.overlay is not None
     if plan.userns is None:
         mounts.mount_overlay(plan.overlay, plan.rootfs)
         return -1
-    if made is not None:
-        userns_fd, netns_fd = made.user, made.net
-        made.user = made.net = -1  # ours to close now
-    else:
-        userns_fd, netns_fd = idmap.make_userns(*plan.userns, private_network=plan.private_network)
+    userns_fd, netns_fd = idmap.make_userns(*plan.userns, private_network=plan.private_network)
     if netns_fd >= 0:
         sc.setns(netns_fd, sc.CLONE_NEWNET)
         os.close(netns_fd)
@@ -254,16 +328,10 @@ def delegate_cgroup(layout: CgroupLayout, base: int, boot: bool = False) -> None
                 idmap.delegate_cgroup(f"/sys/fs/cgroup/{name}", base)
 
 
-def enter_userns(userns_fd: int, detached: bool, own_mounts: bool = False) -> None:
-    """Last step as host root: from here on the init is root of its user namespace only.
-    own_mounts (--boot): then a mount and a cgroup namespace of the user namespace's own, as
-    nspawn's inner child has: the guest's systemd mounts in its own (a transient machine id,
-    /dev/mqueue, /run/user/UID...), which a mount namespace of the host's user namespace
-    refuses it. What we mounted is copied in, locked together (it cannot be taken apart)."""
+def enter_userns(userns_fd: int, detached: bool) -> None:
+    """Last step as host root: from here on the init is root of its user namespace only."""
     idmap.enter(userns_fd)
     os.close(userns_fd)
-    if own_mounts:
-        sc.unshare(sc.CLONE_NEWNS | sc.CLONE_NEWCGROUP)
     if not detached:
         sc.set_parent_death_signal(signal.SIGKILL)  # the change of credentials cleared it
 
@@ -282,24 +350,24 @@ def write_sysctls(sysctls: tuple[tuple[str, str], ...]) -> None:
                           f"{e.strerror}") from None
 
 
-def set_oom_score_adj(value: int) -> None:
+def set_oom_score_adj(value: int, pid: str = "self") -> None:
     """--oom-score-adj on the init (inherited by everything it starts). Going below the
     inherited value takes CAP_SYS_RESOURCE, which a namespaced host may not have."""
     try:
-        with open("/proc/self/oom_score_adj", "w") as f:
+        with open(f"/proc/{pid}/oom_score_adj", "w") as f:
             f.write(str(value))
     except OSError as e:
         raise OSError(e.errno, f"--oom-score-adj {value}: cannot write /proc/self/oom_score_adj: {e.strerror}"
                       ) from None
 
 
-def set_rlimits(rlimits: tuple[tuple[int, int, int], ...]) -> None:
+def set_rlimits(rlimits: tuple[tuple[int, int, int], ...], pid: int = 0) -> None:
     """--ulimit, as runc sets process.rlimits: on the init, before the exec (inherited from there)."""
     import resource
 
     for number, soft, hard in rlimits:
-        resource.setrlimit(number, (resource.RLIM_INFINITY if soft < 0 else soft,
-                                    resource.RLIM_INFINITY if hard < 0 else hard))
+        resource.prlimit(pid, number, (resource.RLIM_INFINITY if soft < 0 else soft,
+                                       resource.RLIM_INFINITY if hard < 0 else hard))
 
 
 def await_parent(go_fd: int, expected: bytes) -> None:

@@ -23,49 +23,16 @@ from machinectl_py.userns import map_line
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from machinectl_py.plan import Overlay
 
 
 def make_userns(base: int, size: int, private_network: bool = False) -> tuple[int, int]:
     """fds of a new user namespace mapping container 0..size-1 to host base.., and with
-    `private_network` of a new network namespace it owns (-1 without). A network namespace
-    owned by the container's user namespace is what gives its root CAP_NET_RAW (ping) there
-    and nowhere else."""
-    fds = _make(base, size, ("net",) if private_network else ())
-    return fds["user"], fds.get("net", -1)
-
-
-class BootNamespaces:
-    """--boot with a user namespace: the user namespace and the namespaces it owns, made before
-    the init is forked (HeldInit joins `pid` for its child), as nspawn's inner child clones them
-    together: the guest's systemd reboots by reboot(), which needs CAP_SYS_BOOT in the PID
-    namespace's owner; mounts /dev/mqueue (the IPC namespace's owner) and sets its hostname (the
-    UTS one's). Its mount and cgroup namespaces are made once it is in the user namespace
-    (container_init.enter_userns). Each fd is -1 once closed (or `net` without a network of its
-    own)."""
-
-    def __init__(self, base: int, size: int, private_network: bool) -> None:
-        fds = _make(base, size, ("uts", "ipc") + (("net",) if private_network else ()))
-        self.user = fds["user"]
-        self.uts = fds["uts"]
-        self.ipc = fds["ipc"]
-        self.net = fds.get("net", -1)
-
-    def close(self) -> None:
-        for name in ("user", "uts", "ipc", "net"):
-            fd = getattr(self, name)
-            if fd >= 0:
-                os.close(fd)
-                setattr(self, name, -1)
-
-
-_UNSHARE = {"net": sc.CLONE_NEWNET, "uts": sc.CLONE_NEWUTS, "ipc": sc.CLONE_NEWIPC}
-
-
-def _make(base: int, size: int, owned: tuple[str, ...]) -> dict[str, int]:
-    """fds of a new user namespace (key "user") and of the namespaces named in `owned`
-    (/proc/PID/ns names) made by it: a helper child unshares them and waits while we (host
-    root) write the maps."""
+    `private_network` of a new network namespace it owns (-1 without): a helper child unshares
+    them and waits while we (host root) write the maps. A network namespace owned by the
+    container's user namespace is what gives its root CAP_NET_RAW (ping) there and nowhere else."""
     ready_r, ready_w = os.pipe()
     done_r, done_w = os.pipe()
     pid = os.fork()
@@ -75,12 +42,9 @@ def _make(base: int, size: int, owned: tuple[str, ...]) -> dict[str, int]:
             os.close(ready_r)
             os.close(done_w)
             sc.unshare(sc.CLONE_NEWUSER)
-            flags = 0
-            for name in owned:
-                flags |= _UNSHARE[name]
-            if flags:
-                sc.unshare(flags)  # owned by the new user namespace
-            # Our PID as the mounted /proc numbers it: the init that forked us may be PID 1 of a
+            if private_network:
+                sc.unshare(sc.CLONE_NEWNET)  # owned by the new user namespace
+            # Our PID as the mounted /proc numbers it: the init that forked us is PID 1 of a
             # new PID namespace, but /proc is still the host's.
             os.write(ready_w, os.readlink("/proc/self").encode())
             os.read(done_r, 1)
@@ -89,7 +53,6 @@ def _make(base: int, size: int, owned: tuple[str, ...]) -> dict[str, int]:
             os._exit(code)
     os.close(ready_w)
     os.close(done_r)
-    fds: dict[str, int] = {}
     try:
         proc_pid = os.read(ready_r, 32).decode()
         if not proc_pid.isdigit():
@@ -97,17 +60,84 @@ def _make(base: int, size: int, owned: tuple[str, ...]) -> dict[str, int]:
         for name in ("uid_map", "gid_map"):
             with open(f"/proc/{proc_pid}/{name}", "w") as f:
                 f.write(map_line(base, size) + "\n")
-        for name in ("user", *owned):
-            fds[name] = os.open(f"/proc/{proc_pid}/ns/{name}", os.O_RDONLY | os.O_CLOEXEC)
-        return fds
-    except BaseException:
-        for fd in fds.values():
-            os.close(fd)
-        raise
+        netns_fd = os.open(f"/proc/{proc_pid}/ns/net", os.O_RDONLY | os.O_CLOEXEC) if private_network else -1
+        return os.open(f"/proc/{proc_pid}/ns/user", os.O_RDONLY | os.O_CLOEXEC), netns_fd
     finally:
         os.close(ready_r)
         os.close(done_w)  # the helper exits
         os.waitpid(pid, 0)
+
+
+PR_SET_CHILD_SUBREAPER = 36
+
+
+def spawn_init(base: int, size: int, private_network: bool, init_main: Callable[[], None]) -> tuple[int, int]:
+    """--boot with a user namespace: the container's init born *in* it, as nspawn's inner child
+    is cloned, PID 1 of a PID namespace that the user namespace owns (the guest's reboot() needs
+    CAP_SYS_BOOT over that owner), with a mount, UTS, IPC (and a private network's) namespace
+    of the user namespace's own too (systemd mounts, sets its host name, mounts /dev/mqueue).
+    Returns the user namespace's fd and the init's PID.
+
+    A helper child makes the user namespace (we, host root, write its maps), becomes its root,
+    makes the others and forks the init, which runs init_main() (never returning), and exits:
+    the init is reparented to us, a child subreaper (as the init we fork ourselves is our
+    child). The init is never host root: the host-root work in its namespaces is done for it
+    (container_init.boot_setup_main)."""
+    sc.prctl(PR_SET_CHILD_SUBREAPER, 1)
+    ready_r, ready_w = os.pipe()
+    done_r, done_w = os.pipe()
+    flags = sc.CLONE_NEWPID | sc.CLONE_NEWNS | sc.CLONE_NEWUTS | sc.CLONE_NEWIPC
+    if private_network:
+        flags |= sc.CLONE_NEWNET
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            os.close(ready_r)
+            os.close(done_w)
+            sc.unshare(sc.CLONE_NEWUSER)
+            os.write(ready_w, os.readlink("/proc/self").encode() + b"\n")
+            if os.read(done_r, 1) != b"m":
+                os._exit(1)
+            os.setgroups([])
+            os.setresgid(0, 0, 0)
+            os.setresuid(0, 0, 0)
+            sc.unshare(flags)  # owned by the new user namespace
+            init = os.fork()
+            if init == 0:
+                os.close(ready_w)
+                os.close(done_r)
+                init_main()
+                os._exit(1)
+            os.write(ready_w, f"{init}\n".encode())
+            code = 0
+        finally:
+            os._exit(code)
+    os.close(ready_w)
+    os.close(done_r)
+    userns_fd = -1
+    try:
+        with os.fdopen(os.dup(ready_r), "rb") as ready:
+            helper = ready.readline().decode().strip()
+            if not helper.isdigit():
+                raise OSError(errno.EPERM, "cannot make a user namespace")
+            for name in ("uid_map", "gid_map"):
+                with open(f"/proc/{helper}/{name}", "w") as f:
+                    f.write(map_line(base, size) + "\n")
+            userns_fd = os.open(f"/proc/{helper}/ns/user", os.O_RDONLY | os.O_CLOEXEC)
+            os.write(done_w, b"m")
+            init_pid = ready.readline().decode().strip()
+        if not init_pid.isdigit():
+            raise OSError(errno.EPERM, "cannot start the container's init in its user namespace")
+        return userns_fd, int(init_pid)
+    except BaseException:
+        if userns_fd >= 0:
+            os.close(userns_fd)
+        raise
+    finally:
+        os.close(ready_r)
+        os.close(done_w)
+        os.waitpid(pid, 0)  # the helper: its exit hands the init to us
 
 
 def idmapped_clone(path: str, userns_fd: int) -> int:

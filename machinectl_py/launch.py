@@ -25,8 +25,6 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping, Sequence
 
-    from machinectl_py.idmap import BootNamespaces
-
 
 def command_for(spec: ContainerSpec, config: images.ImageConfig) -> tuple[str, ...]:
     """docker's rule: Entrypoint + (the given command, else the image's Cmd); --entrypoint
@@ -317,14 +315,12 @@ def disconnect_network(name: str) -> None:
         netsetup.release(name)
 
 
-def boot_namespaces(spec: ContainerSpec, userns: tuple[int, int] | None) -> BootNamespaces | None:
-    """--boot with a user namespace: the namespaces the guest's systemd must own, made before
-    its init is forked (idmap.BootNamespaces); None otherwise (the init makes its own)."""
+def boot_userns(spec: ContainerSpec, userns: tuple[int, int] | None) -> tuple[int, int, bool] | None:
+    """--boot with a user namespace: (base, size, private network) for HeldInit, whose init is then
+    born in its user namespace (idmap.spawn_init); None otherwise."""
     if not spec.boot or userns is None:
         return None
-    from machinectl_py.idmap import BootNamespaces
-
-    return BootNamespaces(*userns, private_network=network.is_private(spec.network))
+    return (*userns, network.is_private(spec.network))
 
 
 class HeldInit:
@@ -336,13 +332,17 @@ class HeldInit:
     cannot be made is a failure the child reports on the status pipe, like any other."""
 
     def __init__(self, make_plan: Callable[[], ChildPlan], out_w: int, err_w: int, in_r: int = -1,
-                 made: BootNamespaces | None = None) -> None:
-        """made: --boot with a user namespace, the namespaces it owns (boot_namespaces), whose
-        PID namespace the child is born in; closed here once the child has them."""
+                 boot_userns: tuple[int, int, bool] | None = None) -> None:
+        """boot_userns: --boot with a user namespace (launch.boot_userns): the init is born in
+        it, and a host-root helper sets it up (_spawn_booted)."""
+        self._setup_pid = 0
+        if boot_userns is not None:
+            self._spawn_booted(make_plan(), out_w, err_w, in_r, boot_userns)
+            return
         go_r, go_w = os.pipe()
         status_r, status_w = os.pipe()
-        # unshare(CLONE_NEWPID) (or setns to `made`'s) changes only where our *next* child
-        # goes: that child is PID 1 of the new namespace, and we stay its parent so it can die with us.
+        # unshare(CLONE_NEWPID) changes only where our *next* child goes: that child is
+        # PID 1 of the new namespace, and we stay its parent so it can die with us.
         parent = os.getpid()
         own_pid_ns = os.open("/proc/self/ns/pid", os.O_RDONLY | os.O_CLOEXEC)
         sc.unshare(sc.CLONE_NEWPID)
@@ -352,9 +352,7 @@ class HeldInit:
             os.close(status_r)
             if in_r >= 0:  # `run -i` without -t: stdin is a pipe from us (payload.fork_stdin_relay)
                 os.dup2(in_r, 0)
-            child_main(make_plan, go_r, status_w, out_w, err_w, parent, made)
-        if made is not None:
-            made.close()
+            child_main(make_plan, go_r, status_w, out_w, err_w, parent)
         # Our later children (ip, nft, ...) go back to our own PID namespace: in the init's,
         # fork fails with ENOMEM once the init is dead (teardown), and PIDs would read as its own.
         sc.setns(own_pid_ns, sc.CLONE_NEWPID)
@@ -362,7 +360,49 @@ class HeldInit:
         os.close(go_r)
         os.close(status_w)
         self.pid = pid
-        self._go_w = go_w
+        self._go_w = self._run_w = go_w
+        self._status_r = status_r
+
+    def _spawn_booted(self, plan: ChildPlan, out_w: int, err_w: int, in_r: int,
+                      boot_userns: tuple[int, int, bool]) -> None:
+        """nspawn's split: the init (container_init.boot_init_main) is born in its user
+        namespace, PID 1 of a PID namespace that namespace owns, so the guest's reboot() works;
+        a host-root helper (boot_setup_main) born into that PID namespace mounts its root. The
+        plan is made here, before both (neither could make it: the init is not host root)."""
+        from machinectl_py import idmap
+        from machinectl_py.container_init import boot_init_main, boot_setup_main
+
+        setup_go_r, setup_go_w = os.pipe()  # IN_SCOPE, to the helper
+        run_r, run_w = os.pipe()  # RUN, to the init
+        status_r, status_w = os.pipe()  # both write their failure; EOF once it exec'd and the helper exited
+        to_init_r, to_init_w = os.pipe()
+        from_init_r, from_init_w = os.pipe()
+        ours = (setup_go_w, run_w, status_r)
+
+        def init_main() -> None:
+            if in_r >= 0:
+                os.dup2(in_r, 0)
+            boot_init_main(plan, run_r, status_w, out_w, err_w, to_init_r, from_init_w,
+                           (*ours, setup_go_r, to_init_w, from_init_r))
+
+        base, size, private = boot_userns
+        userns_fd, pid = idmap.spawn_init(base, size, private, init_main)
+        pidfd = os.pidfd_open(pid)
+        own_pid_ns = os.open("/proc/self/ns/pid", os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            sc.setns(pidfd, sc.CLONE_NEWPID)
+            helper = os.fork()
+            if helper == 0:
+                boot_setup_main(plan, setup_go_r, status_w, to_init_w, from_init_r, pidfd, pid, userns_fd,
+                                (*ours, run_r, to_init_r, from_init_w))
+            sc.setns(own_pid_ns, sc.CLONE_NEWPID)
+        finally:
+            for fd in (own_pid_ns, pidfd, userns_fd, setup_go_r, run_r, status_w, to_init_r, to_init_w,
+                       from_init_r, from_init_w):
+                os.close(fd)
+        self.pid = pid
+        self._setup_pid = helper
+        self._go_w, self._run_w = setup_go_w, run_w
         self._status_r = status_r
 
     def in_scope(self) -> None:
@@ -370,15 +410,19 @@ class HeldInit:
         self._tell(IN_SCOPE)
 
     def release(self) -> None:
-        """The machine is registered: the payload may run."""
+        """The machine is registered: the payload may run. A booted init's setup helper is done
+        by now (it ends before the init waits for this): reaped, or it would stay a zombie in
+        the container's PID namespace."""
         self._tell(RUN)
         self._close_go()
+        self._reap_setup()
 
     def failure(self) -> tuple[int, str] | None:
         """Block until the init execs the payload or fails; (exit code, why) if it failed.
         Closes the status pipe."""
         failure = payload.read_status(self._status_r)
         self._close_status()
+        self._reap_setup()
         return failure
 
     def abandon(self, name: str) -> PymachineError | None:
@@ -399,19 +443,27 @@ class HeldInit:
         """Close what is still open; EOF on `go` before the release: the init exits."""
         self._close_go()
         self._close_status()
+        self._reap_setup()
 
     def _tell(self, what: bytes) -> None:
         # An init that failed on its own is gone: its status pipe says why, so a broken pipe
         # here is not the error.
         try:
-            os.write(self._go_w, what)
+            os.write(self._run_w if what == RUN else self._go_w, what)
         except BrokenPipeError:
             pass
 
     def _close_go(self) -> None:
-        if self._go_w >= 0:
-            os.close(self._go_w)
-            self._go_w = -1
+        for fd in {self._go_w, self._run_w}:
+            if fd >= 0:
+                os.close(fd)
+        self._go_w = self._run_w = -1
+
+    def _reap_setup(self) -> None:
+        """A booted init's setup helper (_spawn_booted) has exited, or exits on EOF on `go`."""
+        if self._setup_pid:
+            payload.reap(self._setup_pid)
+            self._setup_pid = 0
 
     def _close_status(self) -> None:
         if self._status_r >= 0:

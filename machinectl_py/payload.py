@@ -147,10 +147,11 @@ def finalize_and_exec(argv: Sequence[str], env: Mapping[str, str], status_fd: in
     needs. No host file descriptor may reach the command (CVE-2024-21626): the status pipe
     moves to fd 3, which closes itself on exec, the helper (see sealed_helper) to fd 4, which
     closes on exec too, and every fd above them is closed."""
-    os.set_inheritable(status_fd, False)
-    status_fd = os.dup2(status_fd, STATUS_FD, inheritable=False)
+    if helper_fd == STATUS_FD:  # out of the status pipe's way first
+        helper_fd = _move_fd(helper_fd, _SPARE_FD)
+    status_fd = _move_fd(status_fd, STATUS_FD)
     if helper_fd >= 0:
-        helper_fd = os.dup2(helper_fd, HELPER_FD, inheritable=False)
+        helper_fd = _move_fd(helper_fd, HELPER_FD)
     sc.close_fds_from(STATUS_FD + 1 if helper_fd < 0 else HELPER_FD + 1)
     if workdir is not None:
         try:
@@ -169,6 +170,17 @@ def finalize_and_exec(argv: Sequence[str], env: Mapping[str, str], status_fd: in
     not_found = error.errno in (_ENOENT, _ENOTDIR)
     report(status_fd, EXIT_NOT_FOUND if not_found else EXIT_CANNOT_INVOKE,
            f"cannot run {argv[0]!r}: {'executable file not found' if not_found else error.strerror}")
+
+
+_SPARE_FD = 255  # above the fds a start holds; closed with the rest before the exec
+
+
+def _move_fd(fd: int, target: int) -> int:
+    """`fd` as close-on-exec `target` (dup3 refuses the same fd twice: then only the flag)."""
+    if fd == target:
+        os.set_inheritable(fd, False)
+        return fd
+    return os.dup2(fd, target, inheritable=False)
 
 
 def sealed_helper() -> int:

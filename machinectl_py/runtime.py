@@ -22,7 +22,7 @@ from machinectl_py.errors import PymachineError
 from machinectl_py.journal import container_event, container_fields
 from machinectl_py.launch import (
     HeldInit,
-    boot_namespaces,
+    boot_userns,
     build_child_plan,
     check_network,
     command_for,
@@ -176,7 +176,7 @@ class ForegroundRun:
                 stdin_relay = payload.fork_stdin_relay(in_w)
                 os.close(in_w)
                 in_w = -1
-            init = HeldInit(make_plan, child_out, child_err, in_r, boot_namespaces(spec, record.userns))
+            init = HeldInit(make_plan, child_out, child_err, in_r, boot_userns(spec, record.userns))
             payload.close_all((in_r,))
             self.leader = init.pid
             # -t: the pty relay below keeps out_w to copy what the terminal shows to the journal.

@@ -164,11 +164,9 @@ def capability_names(mask: int) -> frozenset[str]:
 
 def userns_mode(spec: ContainerSpec) -> str | None:
     """The --userns a start runs with: --privileged gives the container the host's root, so it
-    means host whatever the default (as docker's userns-remap does); so does --boot without
-    --userns: a booted OS takes a user namespace only when asked (--userns=auto), since its PID
-    namespace is still the host user namespace's and a reboot inside would end it (README:
-    Booting an OS); None: the default."""
-    return "host" if spec.privileged or (spec.boot and spec.userns is None) else spec.userns
+    means host whatever the default (as docker's userns-remap does); None: the default (a
+    booted OS too, as nspawn's own unit runs -U)."""
+    return "host" if spec.privileged else spec.userns
 
 
 def seccomp_choice(spec: ContainerSpec) -> str | None:

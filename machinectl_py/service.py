@@ -99,7 +99,7 @@ def _setup(name: str) -> int:
     from machinectl_py import dropins, images, state, systemd
     from machinectl_py.launch import (
         HeldInit,
-        boot_namespaces,
+        boot_userns,
         build_child_plan,
         command_for,
         connect_network,
@@ -157,7 +157,7 @@ def _setup(name: str) -> int:
             systemd.call(bus, "SetUnitProperties", "sba(sv)", unit_name(name), True, live)
     err_fd = journal_stream(name, 3)
     # stdout stays the service's own journal stream (priority info); stderr gets its own at err.
-    init = HeldInit(make_plan, 1, err_fd, made=boot_namespaces(spec, id_range))
+    init = HeldInit(make_plan, 1, err_fd, boot_userns=boot_userns(spec, id_range))
     leader = init.pid
     os.close(err_fd)
     if console_w >= 0:

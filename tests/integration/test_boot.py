@@ -129,8 +129,8 @@ def unique(prefix: str) -> str:
 def test_boot_start_shell_service_journal_reboot_stop(host: AnyHost, debian: str, nspawn: NspawnPeer,
                                                       cleanup: list[str], userns: str) -> None:
     """The issue's "done when", in order, on one container: with a user namespace of its own
-    (--userns=auto, as nspawn's own unit runs -U) and in the host's (--userns=host, the default for
-    --boot, as nspawn without -U)."""
+    (--userns=auto, the default, as nspawn's own unit runs -U) and in the host's (--userns=host, as
+    nspawn without -U)."""
     name = unique("deb")
     cleanup.append(name)
     pm(host, "create", "--name", name, "-b", f"--userns={userns}", debian)
@@ -180,24 +180,14 @@ def test_boot_start_shell_service_journal_reboot_stop(host: AnyHost, debian: str
     # The guest's journal, on the host.
     assert "Startup finished" in guest_journal(host, name, "-b", "-u", "init.scope") or \
         "Reached target" in guest_journal(host, name, "-b")
-    if userns == "auto":
-        # Not built yet: its PID namespace is the host user namespace's, so the guest's reboot()
-        # fails (EPERM) and its systemd ends the container instead, cleanly (README).
-        assert run(host, "machinectl", "reboot", name).returncode == 0
-        wait_until(lambda: show(host, name, "ActiveState")["ActiveState"] == "inactive", what="the end",
-                   timeout=120)
-        assert show(host, name, "Result")["Result"] == "success"
-        pm(host, "start", name)
-    else:
-        # machinectl reboot: the container restarts (its init ends by SIGHUP), and comes back up.
-        restarts = int(show(host, name, "NRestarts")["NRestarts"])
-        assert run(host, "machinectl", "reboot", name).returncode == 0
-        wait_until(lambda: int(show(host, name, "NRestarts")["NRestarts"]) == restarts + 1, what="the restart",
-                   timeout=120)
-        wait_until(lambda: show(host, name, "ActiveState")["ActiveState"] == "active", what="the reboot",
-                   timeout=120)
-        assert show(host, name, "MainPID")["MainPID"] != props["MainPID"]
-        wait_until(lambda: system_state(host, name) == state, what=f"{state} after the reboot", timeout=120)
+    # machinectl reboot: the container restarts (its init ends by SIGHUP), and comes back up.
+    restarts = int(show(host, name, "NRestarts")["NRestarts"])
+    assert run(host, "machinectl", "reboot", name).returncode == 0
+    wait_until(lambda: int(show(host, name, "NRestarts")["NRestarts"]) == restarts + 1, what="the restart",
+               timeout=120)
+    wait_until(lambda: show(host, name, "ActiveState")["ActiveState"] == "active", what="the reboot", timeout=120)
+    assert show(host, name, "MainPID")["MainPID"] != props["MainPID"]
+    wait_until(lambda: system_state(host, name) == state, what=f"{state} after the reboot", timeout=120)
     assert len(run(host, "journalctl", "-M", name, "--list-boots", "--no-pager", "-q").stdout.splitlines()) >= 2
     # pymachine stop: SIGRTMIN+3, a clean halt inside, within the default 10 s.
     pm(host, "stop", name)
@@ -209,13 +199,12 @@ def test_boot_start_shell_service_journal_reboot_stop(host: AnyHost, debian: str
     pm(host, "start", name)
     previous = guest_journal(host, name, "-b", "-1")
     assert "System Halt" in previous or "Shutting down" in previous, previous[-2000:]
-    if userns == "host":
-        # A reboot asked for inside restarts it too (nspawn's exit code 133).
-        restarts = int(show(host, name, "NRestarts")["NRestarts"])
-        run(host, "systemctl", "-M", name, "reboot")
-        wait_until(lambda: int(show(host, name, "NRestarts")["NRestarts"]) == restarts + 1, what="the restart",
-                   timeout=120)
-        wait_until(lambda: system_state(host, name) == state, what=f"{state} after the reboot", timeout=120)
+    # A reboot asked for inside restarts it too (nspawn's exit code 133).
+    restarts = int(show(host, name, "NRestarts")["NRestarts"])
+    run(host, "systemctl", "-M", name, "reboot")
+    wait_until(lambda: int(show(host, name, "NRestarts")["NRestarts"]) == restarts + 1, what="the restart",
+               timeout=120)
+    wait_until(lambda: system_state(host, name) == state, what=f"{state} after the reboot", timeout=120)
     # machinectl poweroff: a clean end, not restarted.
     assert run(host, "machinectl", "poweroff", name).returncode == 0
     wait_until(lambda: show(host, name, "ActiveState")["ActiveState"] == "inactive", what="the power-off",

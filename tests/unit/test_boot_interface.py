@@ -93,10 +93,9 @@ def test_boot_refuses_entrypoint_and_init(kw: dict[str, object]) -> None:
         spec(boot=True, **kw).validate()
 
 
-def test_boot_takes_a_user_namespace_when_asked() -> None:
-    """--boot --userns=auto runs; without --userns a booted OS stays in the host's (its reboot
-    needs a PID namespace of its user namespace's own, not built yet)."""
-    assert security.userns_mode(spec(boot=True).validate()) == "host"
+def test_boot_takes_the_default_user_namespace_and_opts_out_with_host() -> None:
+    """A booted OS gets the same default as any container (nspawn's own unit runs -U)."""
+    assert security.userns_mode(spec(boot=True).validate()) is None
     assert security.userns_mode(spec(boot=True, userns="auto").validate()) == "auto"
     assert security.userns_mode(spec(boot=True, userns="host").validate()) == "host"
     assert security.userns_mode(spec(boot=True, privileged=True).validate()) == "host"
