@@ -9,8 +9,8 @@ not timed; nspawn's tree keeps what its first boot wrote, and so does the contai
   pymachine start pb                               the unit becomes active on the guest's READY=1
   systemd-run --unit nb -p Type=notify -p NotifyAccess=all ... systemd-nspawn --keep-unit -q -b
       --notify-ready=yes [-U] -M nb -D TREE        nspawn's own readiness, passed on by its unit
-Both without a user namespace (--userns host, the default: pymachine's default for --boot, nspawn
-without -U) or both with one (--userns auto: nspawn -U, as its own systemd-nspawn@.service runs it).
+Both with a user namespace (--userns auto, the default: pymachine's default, nspawn -U as its own
+systemd-nspawn@.service runs it) or both without (--userns host: nspawn without -U).
 The image is tools/mkimage-debian's, cached as for the tests (tests/images/build.py); nspawn boots
 its tree (inside the test host, writes go to the test host's overlay, not to the cache). Each
 machine is stopped outside the timing. Prints the medians and pymachine/nspawn
@@ -65,7 +65,7 @@ print(json.dumps(times))
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--runs", type=int, default=5)
-    ap.add_argument("--userns", choices=("auto", "host"), default="host")
+    ap.add_argument("--userns", choices=("auto", "host"), default="auto")
     args = ap.parse_args()
     tar = build.boot_image_tar()
     tree = build.BOOT_IMAGE_CACHE / "tree"
