@@ -11,6 +11,7 @@ not timed; nspawn's tree keeps what its first boot wrote, and so does the contai
       --notify-ready=yes [-U] -M nb -D TREE        nspawn's own readiness, passed on by its unit
 Both with a user namespace (--userns auto, the default: pymachine's default, nspawn -U as its own
 systemd-nspawn@.service runs it) or both without (--userns host: nspawn without -U).
+pymachine's machine is in the host's network, as nspawn's (the bridge's cost is bench_network's).
 The image is tools/mkimage-debian's, cached as for the tests (tests/images/build.py); nspawn boots
 its tree (inside the test host, writes go to the test host's overlay, not to the cache). Each
 machine is stopped outside the timing. Prints the medians and pymachine/nspawn
@@ -39,7 +40,7 @@ runs, tar, tree, userns = int(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4
 def run(cmd):
     subprocess.run(cmd, check=True, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
 run(["pymachine", "image", "import", tar, "--name", "debian-boot"])
-run(["pymachine", "create", "--name", "pb", "-b", f"--userns={userns}", "debian-boot"])
+run(["pymachine", "create", "--name", "pb", "-b", "--network", "host", f"--userns={userns}", "debian-boot"])
 NSPAWN = ["systemd-run", "--quiet", "--unit=nb", "-p", "Type=notify", "-p", "NotifyAccess=all",
           "-p", "Delegate=yes", "-p", "Slice=machine.slice", "-p", "KillMode=mixed",
           "-p", "CollectMode=inactive-or-failed", "systemd-nspawn", "--keep-unit", "-q", "-b", "--notify-ready=yes",

@@ -7,7 +7,7 @@ returning once its container runs:
   pymachine run -d --name pbN busybox sleep 100000    create + StartUnit(pymachine@pbN.service)
   systemd-run --unit nbN -p Type=notify ... systemd-nspawn --keep-unit -q --read-only -D ROOTFS sleep 100000
                                                      a service in machine.slice, registered with machined
-Prints the total times and pymachine/nspawn (target: <= 0.5). Cleans up outside the timing.
+Prints the total times and pymachine/nspawn (target: <= 0.8, issue #19). Cleans up outside the timing.
 
     python3 bench/bench_detached.py [--count 20]
 """
@@ -62,7 +62,7 @@ def main() -> int:
     each = {k: v / args.count * 1000 for k, v in times.items()}
     print(f"  pymachine run -d            {times['pymachine']:6.2f} s  ({each['pymachine']:.0f} ms each)")
     print(f"  systemd-nspawn (service)    {times['nspawn']:6.2f} s  ({each['nspawn']:.0f} ms each)")
-    print(f"  ratio pymachine/nspawn      {times['pymachine'] / times['nspawn']:6.2f}   (target <= 0.50)")
+    print(f"  ratio pymachine/nspawn      {times['pymachine'] / times['nspawn']:6.2f}   (target <= 0.80)")
     return 0
 
 

@@ -150,9 +150,12 @@ SIGNAL_GRACE = 2.0  # seconds an event of systemd's or machined's waits for pyma
 RECORD_SHADOW = 10.0  # seconds around pymachine's record in which their same event is not shown
 # Their journal messages (sd-messages.h) -> docker's action: machined's "New machine NAME." and
 # "Machine NAME terminated.", systemd's "A process of this unit has been killed by the OOM killer."
+# and "Main process exited, code=..., status=..." (EXIT_CODE=, EXIT_STATUS=; systemd logs it when
+# a service's main process fails, so a replayed die of a service has its exit code).
 SYSTEM_MESSAGES = {"24d8d4452573402496068381a6312df2": ("machined", "start"),
                    "58432bd3bace477cb514b56381b8a758": ("machined", "die"),
-                   "fe6faa94e7774663a0da52717891d8ef": ("systemd", "oom")}
+                   "fe6faa94e7774663a0da52717891d8ef": ("systemd", "oom"),
+                   "98e322203f7a4ed290d09fe03c09fe15": ("systemd", "die")}
 _LEFT_ACTIVE = ("deactivating", "inactive", "failed")
 _CLD_EXITED = 1
 
@@ -244,9 +247,14 @@ class Merger:
     def add(self, name: str, action: str, attributes: dict[str, str], at: float) -> None:
         if abs(at - self.recorded.get((name, action), -1e18)) < RECORD_SHADOW:
             return
-        if any((p[1], p[2]) == (name, action) and abs(p[0] - at) < RECORD_SHADOW for p in self.pending):
-            return  # systemd and machined both said it, or the bus and the journal
-        self.pending.append((at, name, action, attributes))
+        for when, other, other_action, said in self.pending:
+            if (other, other_action) == (name, action) and abs(when - at) < RECORD_SHADOW:
+                # systemd and machined both said it, or the bus and the journal: one event, with
+                # the exit code if either knew it (machined's "terminated" does not)
+                if "exitCode" in attributes:
+                    said.setdefault("exitCode", attributes["exitCode"])
+                return
+        self.pending.append((at, name, action, dict(attributes)))
 
     def due(self, now: float) -> list[tuple[float, str, str, dict[str, str]]]:
         ready = [p for p in self.pending if now - p[0] >= SIGNAL_GRACE]
@@ -266,7 +274,21 @@ def system_event(entry: dict[str, Any]) -> tuple[str, str, dict[str, str], float
     name = entry.get("NAME") if source == "machined" else container_of_unit(str(entry.get("UNIT", "")))
     if not isinstance(name, str) or not name:
         return None
-    return name, action, {"source": source}, int(entry.get("__REALTIME_TIMESTAMP", 0)) / 1e6
+    attributes = {"source": source}
+    code = exit_code_of(entry.get("EXIT_CODE"), entry.get("EXIT_STATUS"))
+    if code is not None:
+        attributes["exitCode"] = code
+    return name, action, attributes, int(entry.get("__REALTIME_TIMESTAMP", 0)) / 1e6
+
+
+def exit_code_of(how: Any, status: Any) -> str | None:
+    """systemd's EXIT_CODE= and EXIT_STATUS= -> docker's exit code: the status of an exit,
+    128+N for a death by signal N (killed, dumped)."""
+    if not isinstance(status, str) or not status.isdigit():
+        return None
+    if how == "exited":
+        return status
+    return str(128 + int(status)) if how in ("killed", "dumped") else None
 
 
 def bus_event(name: str, action: str, attributes: dict[str, str], at: float,

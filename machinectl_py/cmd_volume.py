@@ -15,7 +15,12 @@ FORMAT = Option("--format -f", "format each volume with a Go-template-like TEMPL
 LS = Command("pymachine volume ls", "pymachine volume ls [OPTIONS]", "List volumes, with the containers using them.",
              [Option("--quiet -q", "names only", kind=FLAG), FORMAT])
 INSPECT = Command("pymachine volume inspect", "pymachine volume inspect [OPTIONS] NAME [NAME...]",
-                  "Show volumes as JSON (docker's fields Name, Mountpoint, Driver, CreatedAt; UsedBy).", [FORMAT],
+                  "Show volumes as JSON (docker's fields Name, Mountpoint, Driver, CreatedAt; podman's UID and GID: "
+                  "the host IDs of the volume's owner, null until a container first mounts it; UidMap and GidMap: "
+                  "how a container with a user namespace sees it, 0:FIRST:SIZE as inspect's IdMappings "
+                  "(host FIRST+N is its N), empty when root owns it (it is then seen with the container's own "
+                  "mapping); Anonymous; UsedBy).",
+                  [FORMAT],
                   positionals=[("names", "volume names", "+")])
 RM = Command("pymachine volume rm", "pymachine volume rm [OPTIONS] NAME [NAME...]",
              "Remove volumes that no container uses.",
@@ -77,9 +82,12 @@ def _inspect_data(name: str) -> dict[str, object]:
     from machinectl_py import volumes
 
     meta = volumes.read_meta(name)
+    owner = volumes.recorded_owner(meta)
+    uid = None if owner is None else owner[0]
+    ranged = [] if owner is None or owner[1] is None else [f"0:{owner[0]}:{owner[1]}"]
     return {"Name": name, "Mountpoint": str(volumes.data_dir(name)), "Driver": "local",
             "CreatedAt": meta.get("created"), "Anonymous": bool(meta.get("anonymous")),
-            "UsedBy": volumes.users_of(name)}
+            "UID": uid, "GID": uid, "UidMap": ranged, "GidMap": ranged, "UsedBy": volumes.users_of(name)}
 
 
 def _rm(argv: list[str]) -> int:

@@ -31,7 +31,7 @@ from machinectl_py.payload import (
     sealed_helper,
     send_console,
 )
-from machinectl_py.plan import cgroup_plan, own_hierarchies
+from machinectl_py.plan import Bind, cgroup_plan, own_hierarchies
 from machinectl_py.record import Record
 from machinectl_py.users import home_of, resolve_groups, resolve_user
 
@@ -154,16 +154,21 @@ def prepare(plan: ChildPlan, go_fd: int, status_fd: int, parent_pid: int) -> int
         userns_fd = mount_root(plan)
     if plan.sysctls:  # now that a private network's namespace exists (with a user namespace, its own)
         write_sysctls(plan.sysctls)
-    idmapped = plan.userns is not None and plan.overlay is not None
-    if idmapped and plan.userns is not None:
+    # An OCI bundle's binds are plain, as runc's: the engine owns the IDs of what it gives.
+    idmaps = None
+    if plan.userns is not None and plan.overlay is not None:
+        owners = (op.ids for op in plan.ops if isinstance(op, Bind) and op.ids is not None)
+        idmaps = idmap.Idmaps(userns_fd, plan.userns[0], owners)
         # The mount points and device nodes made on the idmapped root are the container
         # root's: the host's root has no ID on it (EOVERFLOW).
         sc.set_fs_ids(plan.userns[0], plan.userns[0])
-    # An OCI bundle's binds are plain, as runc's: the engine owns the IDs of what it gives.
-    mounts.apply(plan.rootfs, plan.ops, userns_fd if idmapped else -1)
-    if idmapped:
-        sc.set_fs_ids(0, 0)
-        sc.set_parent_death_signal(signal.SIGKILL)  # a change of fsuid cleared it
+    try:
+        mounts.apply(plan.rootfs, plan.ops, idmaps)
+    finally:
+        if idmaps is not None:
+            idmaps.close()
+            sc.set_fs_ids(0, 0)
+            sc.set_parent_death_signal(signal.SIGKILL)  # a change of fsuid cleared it
     if plan.read_only_root:
         mounts.remount_root_read_only(plan.rootfs)
     if plan.rlimits:
@@ -254,9 +259,14 @@ def boot_setup_main(plan: ChildPlan, go_fd: int, status_fd: int, to_init: int, f
         idmap.mount_overlay(plan.overlay, plan.rootfs, plan.container_dir, userns_fd, base)
         if plan.sysctls:
             write_sysctls(plan.sysctls)
+        owners = (op.ids for op in plan.ops if isinstance(op, Bind) and op.ids is not None)
+        idmaps = idmap.Idmaps(userns_fd, base, owners)
         sc.set_fs_ids(base, base)
-        mounts.apply(plan.rootfs, plan.ops, userns_fd)
-        sc.set_fs_ids(0, 0)
+        try:
+            mounts.apply(plan.rootfs, plan.ops, idmaps)
+        finally:
+            idmaps.close()
+            sc.set_fs_ids(0, 0)
         sc.set_parent_death_signal(signal.SIGKILL)  # a change of fsuid cleared it
         if plan.read_only_root:
             mounts.remount_root_read_only(plan.rootfs)

@@ -12,6 +12,8 @@ pymachine keeps no daemon, so a `kill -9` in the middle of a command can leave:
   longer run (reset, so the next start of that name is not refused);
 - a missing pymachine@.service template, or one pymachine installed that runs another
   pymachine (see units/README.md);
+- a claim on a user ID range (userns.py) held for a container or volume that is gone, or by
+  a volume whose first mount was cut before it recorded the range as its owner;
 - temporary files of atomic writes (NAME.PID.tmp next to a definition, drop-in, template,
   PID file or cache; container.json.tmp) whose writer is gone.
 Mounts need no cleaning: every container mount lives in the container's own mount
@@ -90,7 +92,10 @@ def collect(bus: Bus, *, grace: float = GRACE_SECONDS) -> list[str]:
             done.append(f"removed stale drop-in of {unit_name(dropin)}")
     from machinectl_py import userns
 
-    done += userns.free_orphans()  # UID ranges of containers whose directory is gone
+    done += userns.free_orphans()  # UID ranges of containers and volumes whose directory is gone
+    from machinectl_py import volumes
+
+    done += volumes.free_stale_holds()  # a volume's hold on a range it was not yet recorded to own
     for path in stale_temp_files(_temp_file_dirs()):
         with contextlib.suppress(FileNotFoundError):
             os.unlink(path)
@@ -217,6 +222,7 @@ def _temp_file_dirs() -> list[tuple[str, str]]:
     from machinectl_py.unit_template import TEMPLATE, UNIT_DIR
 
     return [(config.machines_dir(), "."), (run_path(), ""), (state_path("cache"), ""), (UNIT_DIR, TEMPLATE),
+            (state_path("userns"), ""),  # a claim file's new holders (userns._write)
             *[(dropin_dir(name), "") for name in _dropin_names()]]
 
 

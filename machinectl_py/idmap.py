@@ -5,9 +5,11 @@ namespace last, just before it drops its privileges: so the mounts, the cgroup n
 the hostname need no capability inside the namespace, and the container's root holds
 capabilities over nothing but its own user namespace.
 
-The image's layers, the upper dir and the volumes are mounted idmapped with the container's
-mapping (on-disk UID u is the container's u, host UID base+u): files on disk keep the image's
-owners, so commit, export and layer sharing see what they saw without a user namespace.
+The image's layers, the upper dir, bind-mounted host paths and root's volumes are mounted
+idmapped with the container's mapping (on-disk UID u is the container's u, host UID base+u):
+files on disk keep the image's owners, so commit, export and layer sharing see what they saw
+without a user namespace. A volume owned by a range (volumes.py) is mounted with a mapping of
+its own (Idmaps): on-disk owner+u is the container's u.
 overlayfs does its upper-dir work with its mounter's credentials, so it is mounted with
 fsuid/fsgid = the range's root. overlayfs takes idmapped layers since Linux 5.19; older kernels than 6.18
 only when they are attached to the mounter's mount namespace (mount_overlay says how).
@@ -23,13 +25,14 @@ from machinectl_py.userns import map_line
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Iterable
 
     from machinectl_py.plan import Overlay
 
 
-def make_userns(base: int, size: int, private_network: bool = False) -> tuple[int, int]:
-    """fds of a new user namespace mapping container 0..size-1 to host base.., and with
+def make_userns(base: int, size: int, private_network: bool = False, first: int = 0) -> tuple[int, int]:
+    """fds of a new user namespace mapping container 0..size-1 (`first`..first+size-1) to host
+    base.., and with
     `private_network` of a new network namespace it owns (-1 without): a helper child unshares
     them and waits while we (host root) write the maps. A network namespace owned by the
     container's user namespace is what gives its root CAP_NET_RAW (ping) there and nowhere else."""
@@ -59,7 +62,7 @@ def make_userns(base: int, size: int, private_network: bool = False) -> tuple[in
             raise OSError(errno.EPERM, "cannot make a user namespace")
         for name in ("uid_map", "gid_map"):
             with open(f"/proc/{proc_pid}/{name}", "w") as f:
-                f.write(map_line(base, size) + "\n")
+                f.write(map_line(base, size, first) + "\n")
         netns_fd = os.open(f"/proc/{proc_pid}/ns/net", os.O_RDONLY | os.O_CLOEXEC) if private_network else -1
         return os.open(f"/proc/{proc_pid}/ns/user", os.O_RDONLY | os.O_CLOEXEC), netns_fd
     finally:
@@ -198,6 +201,30 @@ def mount_overlay(overlay: Overlay, target: str, container_dir: str, userns_fd: 
         for fd in fds:
             os.close(fd)
         os.close(target_fd)
+
+
+class Idmaps:
+    """The user namespaces binds are idmapped with: the container's own, and one per volume
+    owner its binds name (plan.Bind.ids), mapping on-disk first..first+size-1 to the
+    container's 0..size-1 (host base..). Made up front, while the init's fsuid is still root."""
+
+    def __init__(self, own_fd: int, base: int, owners: Iterable[tuple[int, int]]) -> None:
+        self.own_fd = own_fd
+        self.made: dict[tuple[int, int], int] = {}
+        try:
+            for first, size in set(owners):
+                self.made[first, size] = make_userns(base, size, first=first)[0]
+        except BaseException:
+            self.close()
+            raise
+
+    def fd(self, ids: tuple[int, int] | None) -> int:
+        return self.own_fd if ids is None else self.made[ids]
+
+    def close(self) -> None:
+        for fd in self.made.values():
+            os.close(fd)
+        self.made = {}
 
 
 def bind(source: str, target_path: str, userns_fd: int) -> bool:

@@ -83,13 +83,14 @@ def mount_overlay(overlay: Overlay, target: str) -> None:
     sc.mount("overlay", target, "overlay", 0, overlay.options())
 
 
-def apply(root: str, ops: Iterable[Op], userns_fd: int = -1) -> None:
-    """userns_fd: the container's user namespace; its binds are then idmapped (idmap.bind)."""
+def apply(root: str, ops: Iterable[Op], idmaps: idmap.Idmaps | None = None) -> None:
+    """idmaps: the container's user namespace and its volume owners'; the binds are then
+    idmapped (idmap.bind)."""
     root_fd = os.open(root, _O_PATH_DIR)
     try:
         for op in ops:
             try:
-                _apply_one(root_fd, op, userns_fd)
+                _apply_one(root_fd, op, idmaps)
             except OSError as e:
                 raise OSError(e.errno, f"setting up {op_target(op)} in the container: {e.strerror}",
                               e.filename) from e
@@ -103,7 +104,7 @@ def op_target(op: Op) -> str:
     return op.path
 
 
-def _apply_one(root_fd: int, op: Op, userns_fd: int = -1) -> None:
+def _apply_one(root_fd: int, op: Op, idmaps: idmap.Idmaps | None = None) -> None:
     if isinstance(op, Mount):
         _with_target(root_fd, op.target, "dir",
                      lambda t: sc.mount(op.source, t, op.fstype, op.flags, op.data))
@@ -124,7 +125,7 @@ def _apply_one(root_fd: int, op: Op, userns_fd: int = -1) -> None:
         finally:
             os.close(dir_fd)
     elif isinstance(op, Bind):
-        _bind(root_fd, op, userns_fd)
+        _bind(root_fd, op, idmaps)
     elif isinstance(op, Mask):
         _mask(root_fd, op.path)
     elif isinstance(op, ReadOnly):
@@ -144,13 +145,14 @@ def _parent(root_fd: int, path: str) -> tuple[int, str]:
     return open_in_root(root_fd, parent or "/", create="dir"), name
 
 
-def _bind(root_fd: int, op: Bind, userns_fd: int = -1) -> None:
+def _bind(root_fd: int, op: Bind, idmaps: idmap.Idmaps | None = None) -> None:
     src_fd = os.open(op.source, os.O_PATH | os.O_CLOEXEC)
     try:
         is_dir = stat.S_ISDIR(os.fstat(src_fd).st_mode)
         fd = open_in_root(root_fd, op.target, create="dir" if is_dir else "file")
         try:
-            if not (userns_fd >= 0 and op.idmapped and idmap.bind(fd_path(src_fd), fd_path(fd), userns_fd)):
+            if not (idmaps is not None and op.idmapped
+                    and idmap.bind(fd_path(src_fd), fd_path(fd), idmaps.fd(op.ids))):
                 sc.mount(fd_path(src_fd), fd_path(fd), None, sc.MS_BIND | sc.MS_REC)
         finally:
             os.close(fd)

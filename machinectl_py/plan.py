@@ -67,12 +67,15 @@ class Mount(Record):
 
 
 class Bind(Record):
-    __slots__ = ('source', 'target', 'read_only', 'is_file', 'idmapped')
-    _defaults = {'read_only': False, 'is_file': False, 'idmapped': True}
+    __slots__ = ('source', 'target', 'read_only', 'is_file', 'ids', 'idmapped')
+    _defaults = {'read_only': False, 'is_file': False, 'ids': None, 'idmapped': True}
     source: str  # a host path
     target: str
     read_only: bool
     is_file: bool
+    # With a user namespace: (first, size) when on-disk first+N is the container's N (a volume
+    # owned by a range, volumes.py); None: the container's own mapping, on-disk N is its N.
+    ids: tuple[int, int] | None
     # With a user namespace, bound idmapped where the file system allows it (its owners kept as
     # seen inside); False: always bound plainly (--boot's notify socket, chowned to the range).
     idmapped: bool

@@ -103,17 +103,17 @@ class ForegroundRun:
         cdir = state.claim(spec.name)
         keep_dir = False
         try:
-            binds: list[plan.Bind] = []
-            if spec.volumes:
-                from machinectl_py import volumes
-
-                spec = self.spec = volumes.create_anonymous(spec)
-                binds = volumes.bind_ops(spec)
-            net_binds = network_binds(spec)
-            binds += net_binds
             from machinectl_py import security, userns
 
             id_range = userns.for_container(spec.name, security.userns_mode(spec), None)
+            binds: list[plan.Bind] = []
+            if spec.volumes:  # after the range: a volume's first container may give it its owner
+                from machinectl_py import volumes
+
+                spec = self.spec = volumes.create_anonymous(spec)
+                binds = volumes.bind_ops(spec, id_range)
+            net_binds = network_binds(spec)
+            binds += net_binds
             record = state.ContainerRecord(
                 name=spec.name, id=self.container_id, image_name=image.name, image_id=image.id,
                 spec=spec, created=state.now(), unit=scope_name(spec.name), user=effective_user(spec, image.config),

@@ -128,7 +128,7 @@ def _setup(name: str) -> int:
     if spec.volumes:
         from machinectl_py import volumes
 
-        binds = volumes.bind_ops(spec)
+        binds = volumes.bind_ops(spec, id_range)  # a volume's first container may give it its owner
     binds += network_binds(spec)
 
     notify = _notify_socket(record.id, id_range) if spec.boot and init_speaks_notify(image) else None

@@ -14,6 +14,11 @@ O_EXCL (atomic: 20 concurrent starts get 20 different slots), under a flock on t
 holds the container's name; the container's record keeps (base, size), so a restart reuses
 it; `rm` frees it, and `gc` frees the claims of containers whose directory is gone.
 
+A named volume first mounted by a container with a range is owned by that range (volumes.py):
+it then holds the range too (a second line `volume:NAME` in the claim file), so the range
+stays out of the pool until both the container and the volume are gone: no later container
+ever runs as the host IDs that own the volume's files.
+
 File operations only: above the syscall line.
 """
 
@@ -22,7 +27,7 @@ from __future__ import annotations
 import os
 
 from machinectl_py.errors import PymachineError
-from machinectl_py.paths import container_path, state_path
+from machinectl_py.paths import container_path, state_path, volumes_dir
 
 POOL_START = 0x70000000
 POOL_END = 0x7FFE0000
@@ -92,17 +97,41 @@ def _overlaps(start: int, end: int, ranges: list[tuple[int, int]]) -> bool:
     return any(s < end and start < e for s, e in ranges)
 
 
-def _claimed_by(slot: int) -> str | None:
+# A claim file's lines: its holders, the container that claimed it first, then volumes.
+VOLUME_PREFIX = "volume:"
+
+
+def volume_holder(name: str) -> str:
+    """The holder name of volume `name` (container names have no ':')."""
+    return VOLUME_PREFIX + name
+
+
+def _holders(slot: int) -> list[str]:
     try:
         with open(os.path.join(_pool_dir(), str(slot))) as f:
-            return f.read().strip()
+            return [line.strip() for line in f if line.strip()]
     except FileNotFoundError:
-        return None
+        return []
 
 
 def holds(name: str, base: int, size: int) -> bool:
     """Do `name`'s claims still cover base..base+size (a record's range, on a restart)?"""
-    return all(_claimed_by(slot) == name for slot in _slots(base, size))
+    return all(name in _holders(slot) for slot in _slots(base, size))
+
+
+class _Locked:
+    """The pool's lock: claims are made, shared and freed one command at a time. (A class, not
+    contextlib's decorator: contextlib is too heavy an import for the start-up path.)"""
+
+    def __enter__(self) -> None:
+        import fcntl
+
+        os.makedirs(_pool_dir(), mode=0o700, exist_ok=True)
+        self.fd = os.open(_pool_dir(), os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        fcntl.flock(self.fd, fcntl.LOCK_EX)
+
+    def __exit__(self, *_: object) -> None:
+        os.close(self.fd)
 
 
 def acquire(name: str, size: int, previous: tuple[int, int] | None = None) -> tuple[int, int]:
@@ -110,26 +139,23 @@ def acquire(name: str, size: int, previous: tuple[int, int] | None = None) -> tu
     new one claimed from the pool. (base, size)."""
     if previous is not None and previous[1] == size and holds(name, *previous):
         return previous
-    import fcntl
-
-    os.makedirs(_pool_dir(), mode=0o700, exist_ok=True)
-    lock = os.open(_pool_dir(), os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        release(name)  # a previous range of another size
+    with _Locked():
+        _release(name)  # a previous range of another size
         taken = {int(n) for n in os.listdir(_pool_dir()) if n.isdigit()}
         reserved = _reserved_ranges()
-        span = -(-size // SLOT) * SLOT
+        span = _span(size)
         for base in range(POOL_START, POOL_END - span + 1, SLOT):
             slots = _slots(base, span)
             if taken.intersection(slots) or _overlaps(base, base + span, reserved):
                 continue
             if _claim(name, slots):
                 return base, size
-    finally:
-        os.close(lock)
     raise PymachineError(f"no free range of {size} user IDs left in pymachine's pool "
                          f"({POOL_START}-{POOL_END - 1})", hint="remove unused containers, or run pymachine gc")
+
+
+def _span(size: int) -> int:
+    return -(-size // SLOT) * SLOT
 
 
 def _claim(name: str, slots: list[int]) -> bool:
@@ -148,24 +174,52 @@ def _claim(name: str, slots: list[int]) -> bool:
     return True
 
 
+def share(holder: str, base: int, size: int) -> None:
+    """`holder` (a volume) holds the range base..base+size as well as the container that
+    claimed it: the range stays claimed until every holder has let it go."""
+    with _Locked():
+        for slot in _slots(base, _span(size)):
+            holders = _holders(slot)
+            if holder not in holders:
+                _write(slot, [*holders, holder])
+
+
 def release(name: str) -> None:
-    """Free every slot `name` holds (its `rm`, or its `run --rm` ending)."""
-    for slot, owner in claims().items():
-        if owner == name:
-            _unlink(slot)
+    """`name` lets go of every slot it holds (a container's `rm`, or its `run --rm` ending; a
+    volume's `rm`); a slot nobody holds any more is free."""
+    with _Locked():
+        _release(name)
 
 
-def claims() -> dict[int, str]:
-    """slot -> the name of the container that claimed it."""
+def _release(name: str) -> None:
+    for slot, holders in claims().items():
+        if name in holders:
+            _write(slot, [h for h in holders if h != name])
+
+
+def _write(slot: int, holders: list[str]) -> None:
+    """A claim file's new holders (none: the slot is free), replaced whole (readers take no lock)."""
+    path = os.path.join(_pool_dir(), str(slot))
+    if not holders:
+        _unlink(slot)
+        return
+    tmp = f"{path}.{os.getpid()}.tmp"
+    with open(tmp, "w") as f:
+        f.write("".join(h + "\n" for h in holders))
+    os.replace(tmp, path)
+
+
+def claims() -> dict[int, tuple[str, ...]]:
+    """slot -> its holders: the container that claimed it, and volumes that share it."""
     try:
         entries = [n for n in os.listdir(_pool_dir()) if n.isdigit()]
     except FileNotFoundError:
         return {}
     found = {}
     for entry in entries:
-        owner = _claimed_by(int(entry))
-        if owner is not None:
-            found[int(entry)] = owner
+        holders = _holders(int(entry))
+        if holders:
+            found[int(entry)] = tuple(holders)
     return found
 
 
@@ -176,23 +230,45 @@ def _unlink(slot: int) -> None:
         pass
 
 
-def orphaned() -> dict[int, str]:
-    """Claims of containers whose directory is gone (a `kill -9` between claim and cleanup)."""
-    return {slot: owner for slot, owner in claims().items() if not os.path.isdir(container_path(owner))}
+def orphaned() -> list[tuple[int, str]]:
+    """Holds of containers whose directory is gone (a `kill -9` between claim and cleanup) and
+    of volumes whose directory is gone (a `kill -9` in `volume rm`): (slot, holder)."""
+    found = []
+    for slot, holders in claims().items():
+        for holder in holders:
+            volume = holder.removeprefix(VOLUME_PREFIX)
+            gone = (not os.path.isdir(os.path.join(volumes_dir(), volume)) if volume != holder
+                    else not os.path.isdir(container_path(holder)))
+            if gone:
+                found.append((slot, holder))
+    return found
 
 
 def free_orphans() -> list[str]:
-    """`gc`: free the orphaned claims; one line each."""
+    """`gc`: free the orphaned holds; one line each."""
     lines = []
-    for slot, owner in orphaned().items():
-        _unlink(slot)
-        lines.append(f"freed user ID range {slot}-{slot + SLOT - 1} of removed container {owner}")
+    with _Locked():
+        for slot, holder in orphaned():
+            _write(slot, [h for h in _holders(slot) if h != holder])
+            lines.append(f"freed user ID range {slot}-{slot + SLOT - 1} of {describe(holder)}")
     return lines
 
 
-def map_line(base: int, size: int) -> str:
-    """/proc/PID/uid_map's line for the range: container 0 is host `base`."""
-    return f"0 {base} {size}"
+def free_hold(holder: str, slot: int) -> None:
+    """Let `holder` go of one slot (gc: a volume's hold its metadata does not record)."""
+    with _Locked():
+        _write(slot, [h for h in _holders(slot) if h != holder])
+
+
+def describe(holder: str) -> str:
+    volume = holder.removeprefix(VOLUME_PREFIX)
+    return f"removed volume {volume}" if volume != holder else f"removed container {holder}"
+
+
+def map_line(base: int, size: int, first: int = 0) -> str:
+    """/proc/PID/uid_map's line for the range: container 0 is host `base` (`first`: the ID
+    inside that is host `base`, for a volume's idmap: on-disk owner+N is the container's N)."""
+    return f"{first} {base} {size}"
 
 
 def for_container(name: str, mode: str | None, previous: tuple[int, int] | None) -> tuple[int, int] | None:

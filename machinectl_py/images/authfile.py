@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import contextlib
 import json
 import os
 from pathlib import Path
@@ -116,20 +115,7 @@ def remove(registry: str) -> bool:
 
 
 def _save(path: Path, data: dict[str, Any]) -> None:
+    from machinectl_py.images.store import atomic_write
+
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    tmp = path.with_name(f".{path.name}.{os.urandom(4).hex()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-    try:
-        with os.fdopen(fd, "w", closefd=False) as f:
-            json.dump(data, f, indent="\t")
-            f.write("\n")
-        os.fsync(fd)
-        os.close(fd)
-        fd = -1
-        os.rename(tmp, path)
-    except BaseException:
-        if fd >= 0:
-            os.close(fd)
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
-        raise
+    atomic_write(path, (json.dumps(data, indent="\t") + "\n").encode())  # mode 0600: it holds secrets

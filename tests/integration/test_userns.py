@@ -1,5 +1,6 @@
 """User namespaces (--userns): each container's root is an unprivileged host UID of its own
-range, while files on disk (layers, upper dir, volumes) keep the owners seen inside."""
+range, while files on disk (layers, upper dir, bind mounts) keep the owners seen inside, and a
+named volume's are its owner's range's (the first container with a range that mounted it)."""
 
 from __future__ import annotations
 
@@ -88,9 +89,10 @@ def test_bad_userns_value_is_one_line_and_exit_125(host: AnyHost) -> None:
     assert r.returncode == 125 and r.stderr.splitlines()[0] == "pymachine: invalid --userns value 'keep-id'"
 
 
-def test_volume_files_keep_their_owners(host: AnyHost, tmp_path: Path) -> None:
-    """The README: volumes are idmapped, so a file the container's root makes is root's on the
-    host too, and a host file of uid 1000 is uid 1000's inside."""
+def test_bind_mounted_host_files_keep_their_owners(host: AnyHost, tmp_path: Path) -> None:
+    """The README: a host path bound with -v is idmapped with the container's own mapping, so a
+    host file of uid 1000 is uid 1000's inside, and a file the container's root makes there is
+    root's on the host."""
     vol = tmp_path / "vol"  # pytest's temp root: a real file system, shared with the test host
     vol.mkdir()
     host.run(["chown", "1000:1000", str(vol)], check=True)
@@ -98,14 +100,101 @@ def test_volume_files_keep_their_owners(host: AnyHost, tmp_path: Path) -> None:
              "stat -c %u /v; touch /v/by-root; stat -c %u /v/by-root").stdout
     assert out == "1000\n0\n"
     assert host.run(["stat", "-c", "%u:%g", str(vol / "by-root")], check=True).stdout == "0:0\n"
-    named = unique("unsvol")
+
+
+def volume_path(name: str, *parts: str) -> str:
+    return "/".join((f"/var/lib/pymachine/volumes/{name}/_data", *parts))
+
+
+def owners(host: AnyHost, *paths: str) -> list[str]:
+    return host.run(["stat", "-c", "%u:%g", *paths], check=True).stdout.split()
+
+
+MAKE_FILES = ("touch /v/by-root && touch /v/by-1000 && chown 1000:1000 /v/by-1000 && "
+              "stat -c %u:%g /v /v/by-root /v/by-1000 && cat /proc/self/uid_map")
+
+
+def test_a_file_roots_creates_in_a_volume_is_the_volume_owners_and_root_only_with_userns_host(
+        host: AnyHost) -> None:
+    """The issue's words: a file created in a volume by the container's root appears owned by
+    root on the host only for --userns=host, and by the volume's owner as mapped otherwise (the
+    range of the first container with a user namespace that mounted it)."""
+    auto, plain = unique("unsvol"), unique("unsvolh")
     try:
-        pm(host, "run", "--rm", "--userns=auto", "-v", f"{named}:/v", "busybox", "sh", "-c",
-           "touch /v/f && chown 1000 /v/f")
-        path = f"/var/lib/pymachine/volumes/{named}/_data/f"
-        assert host.run(["stat", "-c", "%u", path], check=True).stdout == "1000\n"
+        out = pm(host, "run", "--rm", "--userns=auto", "-v", f"{auto}:/v", "busybox", "sh", "-c", MAKE_FILES
+                 ).stdout.split()
+        assert out[:3] == ["0:0", "0:0", "1000:1000"]  # its own, inside
+        base = int(out[4])
+        assert base >= POOL_START and base not in host_ids(host)
+        assert owners(host, volume_path(auto), volume_path(auto, "by-root"), volume_path(auto, "by-1000")) == \
+            [f"{base}:{base}", f"{base}:{base}", f"{base + 1000}:{base + 1000}"]
+        info = json.loads(pm(host, "volume", "inspect", auto).stdout)[0]
+        assert (info["UID"], info["GID"], info["UidMap"]) == (base, base, [f"0:{base}:65536"])
+        # the container is gone (run --rm), its range is not: the volume holds it
+        assert claims(host)[base] == [f"volume:{auto}"]
+        out = pm(host, "run", "--rm", "--userns=host", "-v", f"{plain}:/v", "busybox", "sh", "-c", MAKE_FILES
+                 ).stdout.split()
+        assert out[:3] == ["0:0", "0:0", "1000:1000"]
+        assert owners(host, volume_path(plain, "by-root"), volume_path(plain, "by-1000")) == ["0:0", "1000:1000"]
+        assert json.loads(pm(host, "volume", "inspect", plain).stdout)[0]["UID"] == 0
+        # a --userns=host container sees the host's IDs as they are
+        assert pm(host, "run", "--rm", "--userns=host", "-v", f"{auto}:/v", "busybox", "stat", "-c", "%u",
+                  "/v/by-root").stdout == f"{base}\n"
     finally:
-        pm(host, "volume", "rm", named, check=False)
+        pm(host, "volume", "rm", auto, plain, check=False)
+    assert base not in claims(host)  # `volume rm` freed the range
+
+
+def test_two_containers_with_ranges_sharing_a_volume_see_each_others_files_as_their_own(host: AnyHost) -> None:
+    """Two containers of different ranges: each sees the other's files with the owners it made
+    them with, and what either one's root makes is the volume owner's on the host. The owner
+    keeps its range after its container is gone, and no new container gets it."""
+    vol, a, b, c = unique("unsshare"), unique("unsa"), unique("unsb"), unique("unsc")
+    try:
+        for name in (a, b):
+            pm(host, "run", "-d", "--userns=auto", "--name", name, "-v", f"{vol}:/v", "busybox", "sleep", "300")
+        base_a, base_b = (int(pm(host, "exec", n, "cat", "/proc/self/uid_map").stdout.split()[1]) for n in (a, b))
+        assert base_a != base_b
+        pm(host, "exec", a, "sh", "-c", "echo a > /v/from-a && echo a > /v/a-1000 && chown 1000:1000 /v/a-1000")
+        pm(host, "exec", b, "sh", "-c", "echo b > /v/from-b && echo b > /v/b-1000 && chown 1000:1000 /v/b-1000")
+        for name in (a, b):
+            assert pm(host, "exec", name, "stat", "-c", "%u:%g", "/v/from-a", "/v/a-1000", "/v/from-b", "/v/b-1000"
+                      ).stdout.split() == ["0:0", "1000:1000", "0:0", "1000:1000"]
+            assert pm(host, "exec", name, "cat", "/v/from-a", "/v/from-b").stdout == "a\nb\n"
+        for name in (a, b):  # each one's root may write the other's files, as its own
+            pm(host, "exec", name, "sh", "-c", f"echo {name} >> /v/from-a && echo {name} >> /v/b-1000")
+        assert host.run(["cat", volume_path(vol, "from-a")], check=True).stdout == f"a\n{a}\n{b}\n"
+        # on the host, all of it is the volume owner's: the first container's range
+        assert owners(host, *(volume_path(vol, f) for f in ("from-a", "a-1000", "from-b", "b-1000"))) == \
+            [f"{base_a}:{base_a}", f"{base_a + 1000}:{base_a + 1000}"] * 2
+        pm(host, "rm", "-f", a)
+        assert claims(host)[base_a] == [f"volume:{vol}"]
+        pm(host, "run", "-d", "--userns=auto", "--name", c, "busybox", "sleep", "300")
+        base_c = int(pm(host, "exec", c, "cat", "/proc/self/uid_map").stdout.split()[1])
+        assert base_c not in (base_a, base_b)
+        pm(host, "exec", b, "sh", "-c", "touch /v/after-a")
+        assert owners(host, volume_path(vol, "after-a")) == [f"{base_a}:{base_a}"]
+        r = pm(host, "volume", "rm", vol, check=False)
+        assert r.returncode == 125 and "in use" in r.stderr
+    finally:
+        pm(host, "rm", "-f", a, b, c, check=False)
+        pm(host, "volume", "rm", vol, check=False)
+    assert base_a not in claims(host) and base_b not in claims(host)
+
+
+def test_rm_v_frees_the_range_an_anonymous_volume_held(host: AnyHost) -> None:
+    name = unique("unsanon")
+    pm(host, "run", "-d", "--userns=auto", "--name", name, "-v", "/scratch", "busybox", "sh", "-c",
+       "touch /scratch/f && exec sleep 300")
+    try:
+        base = int(pm(host, "exec", name, "cat", "/proc/self/uid_map").stdout.split()[1])
+        (mount,) = json.loads(pm(host, "inspect", name).stdout)[0]["Mounts"]
+        assert claims(host)[base] == [name, f"volume:{mount['Name']}"]
+        assert json.loads(pm(host, "volume", "inspect", mount["Name"]).stdout)[0]["UID"] == base
+    finally:
+        pm(host, "rm", "-f", "-v", name)
+    assert base not in claims(host)
+    assert pm(host, "volume", "inspect", mount["Name"], check=False).returncode != 0
 
 
 def test_commit_keeps_the_uids_inside(host: AnyHost, tmp_path: Path) -> None:
@@ -151,6 +240,30 @@ def test_gc_frees_the_range_of_a_vanished_container(host: AnyHost) -> None:
     assert host.run(["test", "-e", f"/var/lib/pymachine/userns/{slot}"]).returncode == 1
 
 
+def test_gc_frees_the_range_of_a_vanished_or_half_owned_volume(host: AnyHost) -> None:
+    """What a kill -9 leaves: the hold of a volume `volume rm` had removed before it let go of
+    its range, and the hold of a volume whose first mount was cut before its owner was recorded
+    (it shares the range first, then records it: volumes.owner_of)."""
+    slot = 0x7FFD0000
+    vol = unique("unshalf")
+    pm(host, "volume", "create", vol)
+    try:
+        for holder in ("volume:ghost-vol", f"volume:{vol}"):
+            host.run(["sh", "-c", f"mkdir -p /var/lib/pymachine/userns && "
+                      f"echo {holder} > /var/lib/pymachine/userns/{slot}"], check=True)
+            out = pm(host, "gc").stdout
+            assert (f"freed user ID range {slot}-{slot + 65535} of removed volume ghost-vol" in out
+                    if holder == "volume:ghost-vol" else
+                    f"freed user ID range {slot}-{slot + 65535} that volume {vol} held without owning it" in out), out
+            assert host.run(["test", "-e", f"/var/lib/pymachine/userns/{slot}"]).returncode == 1
+        # the volume is still undecided: its first container owns it
+        base = int(pm(host, "run", "--rm", "--userns=auto", "-v", f"{vol}:/v", "busybox", "sh", "-c",
+                      "touch /v/f && cat /proc/self/uid_map").stdout.split()[1])
+        assert owners(host, volume_path(vol, "f")) == [f"{base}:{base}"]
+    finally:
+        pm(host, "volume", "rm", vol, check=False)
+
+
 def test_twenty_concurrent_starts_get_twenty_separate_ranges_all_freed_after(host: AnyHost) -> None:
     """20 `run -d --userns=auto` at once, all running together: 20 distinct ranges that do not
     overlap one another or the host's users; `rm` frees every claim."""
@@ -172,16 +285,21 @@ def test_twenty_concurrent_starts_get_twenty_separate_ranges_all_freed_after(hos
         assert all(end <= following for (_, end), (following, _) in itertools.pairwise(ranges))
         ids = host_ids(host)
         assert not any(base <= i < end for base, end in ranges for i in ids)
-        assert sorted(base for base, owner in claims(host).items() if owner in names) == [b for b, _ in ranges]
+        assert sorted(base for base, holders in claims(host).items() if set(holders) & set(names)) == \
+            [b for b, _ in ranges]
     finally:
         pm(host, "rm", "-f", *names, check=False)
-    assert not set(names) & set(claims(host).values())
+    assert not set(names) & {h for holders in claims(host).values() for h in holders}
 
 
-def claims(host: AnyHost) -> dict[int, str]:
-    """The pool's claims: base -> container name (userns.py's files)."""
+def claims(host: AnyHost) -> dict[int, list[str]]:
+    """The pool's claims: base -> its holders (userns.py's files: the container, then volumes)."""
     out = host.run(["grep", "-r", "", "/var/lib/pymachine/userns"]).stdout
-    return {int(Path(path).name): owner for path, _, owner in (line.partition(":") for line in out.splitlines())}
+    found: dict[int, list[str]] = {}
+    for path, _, holder in (line.partition(":") for line in out.splitlines()):
+        if Path(path).name.isdigit():
+            found.setdefault(int(Path(path).name), []).append(holder)
+    return found
 
 
 def test_ports_below_1024_in_the_hosts_network_need_userns_host(host: AnyHost) -> None:

@@ -54,6 +54,23 @@ def test_named_volume_is_created_on_first_use_and_persists(host: AnyHost) -> Non
     assert host.run(["test", "-e", f"/var/lib/pymachine/volumes/{vol}"]).returncode == 1
 
 
+def test_a_file_roots_creates_in_a_named_volume_is_owned_as_the_userns_mode_says(host: AnyHost) -> None:
+    """In the suite's --userns default (tools/test runs it both ways): the volume's owner is the
+    range of its first container, or root when that one has no user namespace (the README's
+    User namespaces section)."""
+    vol = unique("volown")
+    try:
+        out = run(host, "-v", f"{vol}:/v", "busybox", "sh", "-c",
+                  "touch /v/f && stat -c %u:%g /v/f && cat /proc/self/uid_map").split()
+        base = int(out[2])  # --userns=host: "0 0 4294967295"
+        assert out[0] == "0:0"
+        on_host = host.run(["stat", "-c", "%u:%g", f"/var/lib/pymachine/volumes/{vol}/_data/f"], check=True).stdout
+        assert on_host == f"{base}:{base}\n"
+        assert json.loads(host.run(["pymachine", "volume", "inspect", vol], check=True).stdout)[0]["UID"] == base
+    finally:
+        host.run(["pymachine", "volume", "rm", vol])
+
+
 def test_anonymous_volume_lives_with_its_container(host: AnyHost) -> None:
     name = unique("anon")
     before = set(host.run(["pymachine", "volume", "ls", "-q"], check=True).stdout.split())

@@ -72,3 +72,17 @@ def test_only_container_units_signals_are_read() -> None:
     assert _container_path(unit_object_path("pymachine@web.service"))
     assert _container_path(unit_object_path("machine-web.scope")) and _container_path("/org/freedesktop/machine1")
     assert not _container_path(unit_object_path("cron.service"))
+
+
+def test_a_replayed_services_death_has_its_exit_code() -> None:
+    """systemd's "Main process exited, code=..., status=..." (the journal's, as systemd 252
+    writes it) gives a replayed die its exit code, also when machined's "terminated" came first."""
+    exited = {"MESSAGE_ID": "98e322203f7a4ed290d09fe03c09fe15", "UNIT": "pymachine@web.service",
+              "EXIT_CODE": "exited", "EXIT_STATUS": "3", "__REALTIME_TIMESTAMP": "7000000"}
+    assert system_event(exited) == ("web", "die", {"source": "systemd", "exitCode": "3"}, 7.0)
+    killed = {**exited, "EXIT_CODE": "killed", "EXIT_STATUS": "9"}
+    assert system_event(killed) == ("web", "die", {"source": "systemd", "exitCode": "137"}, 7.0)
+    merger = Merger()
+    merger.add("web", "die", {"source": "machined"}, 7.1)
+    merger.add("web", "die", {"source": "systemd", "exitCode": "3"}, 7.0)
+    assert merger.due(100.0) == [(7.1, "web", "die", {"source": "machined", "exitCode": "3"})]

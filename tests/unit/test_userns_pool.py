@@ -56,7 +56,7 @@ def test_ranges_are_distinct_reused_and_freed(state_dir: Path) -> None:
     assert a == (userns.POOL_START, 65536) and b == (userns.POOL_START + 65536, 65536)
     assert userns.acquire("a", 65536, previous=a) == a  # a restart keeps its range
     userns.release("a")
-    assert userns.claims() == {b[0]: "b"}
+    assert userns.claims() == {b[0]: ("b",)}
     # a bigger range takes consecutive slots
     big = userns.acquire("a", 65536 * 2 + 1)
     assert big[0] == userns.POOL_START + 2 * 65536 and len(userns.claims()) == 4
@@ -82,7 +82,7 @@ def test_concurrent_starts_get_distinct_ranges(state_dir: Path) -> None:
     with multiprocessing.get_context("fork").Pool(20) as pool:
         bases = pool.map(_acquire, names)
     assert len(set(bases)) == 20
-    assert sorted(userns.claims().values()) == sorted(names)
+    assert sorted(h for holders in userns.claims().values() for h in holders) == sorted(names)
 
 
 def test_gc_frees_the_ranges_of_removed_containers(state_dir: Path) -> None:
@@ -92,7 +92,31 @@ def test_gc_frees_the_ranges_of_removed_containers(state_dir: Path) -> None:
     base = userns.acquire("killed", 65536)[0]
     os.rmdir(state_dir / "containers" / "killed")  # a `kill -9` after the directory went
     assert userns.free_orphans() == [f"freed user ID range {base}-{base + 65535} of removed container killed"]
-    assert list(userns.claims().values()) == ["alive"]
+    assert list(userns.claims().values()) == [("alive",)]
+
+
+def test_a_volume_keeps_the_range_it_shares_claimed_until_it_goes_too(state_dir: Path) -> None:
+    """A volume owned by a container's range (volumes.owner_of) holds it with the container:
+    the container's rm leaves it claimed, so no new container gets the volume owner's IDs."""
+    make_container_dir(state_dir, "first")
+    make_container_dir(state_dir, "next")
+    base, size = userns.acquire("first", 65536 * 2)  # two slots
+    userns.share(userns.volume_holder("data"), base, size)
+    userns.share(userns.volume_holder("data"), base, size)  # idempotent
+    assert (state_dir / "userns" / str(base)).read_text() == "first\nvolume:data\n"
+    userns.release("first")
+    assert userns.claims() == {base: ("volume:data",), base + 65536: ("volume:data",)}
+    assert userns.acquire("next", 65536)[0] == base + 2 * 65536
+    # the volume's directory gone (a kill -9 in `volume rm`): gc frees its hold
+    assert userns.free_orphans() == [f"freed user ID range {s}-{s + 65535} of removed volume data"
+                                     for s in (base, base + 65536)]
+    assert list(userns.claims().values()) == [("next",)]
+    assert userns.holds("next", base + 2 * 65536, 65536) and not userns.holds("first", base, 65536)
+
+
+def test_volume_idmap_line() -> None:
+    assert userns.map_line(1879048192, 65536) == "0 1879048192 65536"
+    assert userns.map_line(1879113728, 1000, first=1879048192) == "1879048192 1879113728 1000"
 
 
 def test_tmpfs_and_devpts_belong_to_the_range() -> None:
