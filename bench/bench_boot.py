@@ -8,14 +8,16 @@ booted again and again (its first boot, which commits the machine id and makes t
 not timed; nspawn's tree keeps what its first boot wrote, and so does the container's upper dir):
   pymachine start pb                               the unit becomes active on the guest's READY=1
   systemd-run --unit nb -p Type=notify -p NotifyAccess=all ... systemd-nspawn --keep-unit -q -b
-      --notify-ready=yes -M nb -D TREE             nspawn's own readiness, passed on by its unit
+      --notify-ready=yes [-U] -M nb -D TREE        nspawn's own readiness, passed on by its unit
+Both with a user namespace (--userns auto, the default: pymachine's default, nspawn -U as its own
+systemd-nspawn@.service runs it) or both without (--userns host: nspawn without -U).
 pymachine's machine is in the host's network, as nspawn's (the bridge's cost is bench_network's).
 The image is tools/mkimage-debian's, cached as for the tests (tests/images/build.py); nspawn boots
 its tree (inside the test host, writes go to the test host's overlay, not to the cache). Each
 machine is stopped outside the timing. Prints the medians and pymachine/nspawn
 (target: <= 0.9).
 
-    python3 bench/bench_boot.py [--runs 5]
+    python3 bench/bench_boot.py [--runs 5] [--userns auto|host]
 """
 
 from __future__ import annotations
@@ -34,15 +36,15 @@ from images import build  # noqa: E402
 
 DRIVER = r"""
 import json, subprocess, sys, time
-runs, tar, tree = int(sys.argv[1]), sys.argv[2], sys.argv[3]
+runs, tar, tree, userns = int(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4]
 def run(cmd):
     subprocess.run(cmd, check=True, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
 run(["pymachine", "image", "import", tar, "--name", "debian-boot"])
-run(["pymachine", "create", "--name", "pb", "-b", "--network", "host", "debian-boot"])
+run(["pymachine", "create", "--name", "pb", "-b", "--network", "host", f"--userns={userns}", "debian-boot"])
 NSPAWN = ["systemd-run", "--quiet", "--unit=nb", "-p", "Type=notify", "-p", "NotifyAccess=all",
           "-p", "Delegate=yes", "-p", "Slice=machine.slice", "-p", "KillMode=mixed",
           "-p", "CollectMode=inactive-or-failed", "systemd-nspawn", "--keep-unit", "-q", "-b", "--notify-ready=yes",
-          "-M", "nb", "-D", tree]
+          "-M", "nb", *(["-U"] if userns == "auto" else []), "-D", tree]
 start = {"pymachine": ["pymachine", "start", "pb"], "nspawn": NSPAWN}
 stop = {"pymachine": ["pymachine", "stop", "pb"], "nspawn": ["systemctl", "stop", "nb.service"]}
 times = {"pymachine": [], "nspawn": []}
@@ -64,13 +66,14 @@ print(json.dumps(times))
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--runs", type=int, default=5)
+    ap.add_argument("--userns", choices=("auto", "host"), default="auto")
     args = ap.parse_args()
     tar = build.boot_image_tar()
     tree = build.BOOT_IMAGE_CACHE / "tree"
     shared = [str(ROOT)]  # not the cache: the test host sees it through its overlay, writes stay there
     with testhost.get_host(path_prepend=[str(ROOT / ".venv" / "bin")], shared_paths=shared) as host:
         # nspawn writes to its tree: inside a test host, to the overlay's copy of the cache.
-        result = host.run(["python3", "-c", DRIVER, str(args.runs), str(tar), str(tree)], timeout=1800)
+        result = host.run(["python3", "-c", DRIVER, str(args.runs), str(tar), str(tree), args.userns], timeout=1800)
     if result.returncode != 0:
         print(f"bench: a run failed:\n{result.stdout}{result.stderr}", file=sys.stderr)
         return 1
@@ -78,7 +81,7 @@ def main() -> int:
 
     times = json.loads(result.stdout.strip().splitlines()[-1])
     med = {k: statistics.median(v) * 1000 for k, v in times.items()}
-    print(f"boot until READY=1, {args.runs} runs each, alternating, median (min-max):")
+    print(f"boot until READY=1, {args.runs} runs each, alternating, --userns={args.userns}, median (min-max):")
     for side, label in (("pymachine", "pymachine start (--boot)"), ("nspawn", "systemd-nspawn -b (service)")):
         lo, hi = min(times[side]) * 1000, max(times[side]) * 1000
         print(f"  {label:30s} {med[side]:7.0f} ms  ({lo:.0f}-{hi:.0f})")

@@ -12,6 +12,8 @@ receiver readiness.py's. Pure: no system call, unit-tested.
 
 from __future__ import annotations
 
+import re
+
 from machinectl_py import plan
 
 TYPE_CHECKING = False
@@ -59,20 +61,20 @@ def command(args: tuple[str, ...] | None) -> tuple[str, ...]:
 
 
 def ops(host_os_release: str, manager_file: str, boot_id_file: str, notify_socket: str | None,
-        tty: bool) -> list[plan.Op]:
+        console: bool) -> list[plan.Op]:
     """The mounts of the container interface, after base_plan's /run tmpfs: the host's
     os-release and the manager's name read-only in /run/host; a boot id of this boot of the
     container over the kernel's (so the guest's journal tells its boots apart, as under
-    nspawn); the notify socket; with -t, the console is the payload's pty (the first of the
-    container's own devpts)."""
+    nspawn); the notify socket; with -t (`console`), the console is the payload's pty (the first
+    of the container's own devpts). A detached boot's console is the init's (payload.send_console)."""
     out: list[plan.Op] = [
         plan.Bind(host_os_release, "/run/host/os-release", read_only=True, is_file=True),
         plan.Bind(manager_file, "/run/host/container-manager", read_only=True, is_file=True),
         plan.Bind(boot_id_file, "/proc/sys/kernel/random/boot_id", read_only=True, is_file=True),
     ]
     if notify_socket is not None:
-        out.append(plan.Bind(notify_socket, NOTIFY_PATH, is_file=True))
-    if tty:
+        out.append(plan.Bind(notify_socket, NOTIFY_PATH, is_file=True, idmapped=False))
+    if console:
         out.append(plan.Symlink("/dev/console", "pts/0"))
     return out
 
@@ -95,6 +97,24 @@ def is_systemd(init_target: str) -> bool:
     """Is an image's /sbin/init (the link's target, or its own path) systemd, which sends
     READY=1? Another init (busybox's, tini...) never does: its container is up when it runs."""
     return init_target.rstrip("/").rsplit("/", 1)[-1] == "systemd"
+
+
+# A terminal's control sequences (CSI: colours, erasing) and its other control characters.
+_CSI = re.compile(rb"\x1b\[[0-?]*[ -/]*[@-~]")
+_CONTROL = re.compile(rb"[\x00-\x08\x0b-\x1f\x7f]")
+
+
+def console_lines(data: bytes) -> bytes:
+    """Complete console lines as a log holds them: each line as a terminal would show it last (the
+    text after its last carriage return: systemd's "A start job is running..." overwrites
+    itself), without colours or other control characters, empty lines dropped."""
+    out = []
+    for line in data.split(b"\n")[:-1]:
+        line = _CSI.sub(b"", line).rstrip(b"\r").rpartition(b"\r")[2]
+        line = _CONTROL.sub(b"", line)
+        if line.strip():
+            out.append(line + b"\n")
+    return b"".join(out)
 
 
 def parse_notify(datagram: bytes) -> dict[str, str]:

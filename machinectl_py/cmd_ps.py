@@ -305,8 +305,8 @@ def inspect_data(s: Status) -> dict[str, Any]:
 
     r, spec = s.record, s.record.spec
     fields = settings.inspect_fields(spec)
-    if (spec.privileged or spec.boot) and spec.userns is None:
-        fields["HostConfig"]["UsernsMode"] = "host"  # what --privileged and --boot run with (security.userns_mode)
+    if spec.privileged and spec.userns is None:
+        fields["HostConfig"]["UsernsMode"] = "host"  # what --privileged runs with (security.userns_mode)
     return {
         "Id": r.id, "Name": r.name, "Created": _iso(r.created), "Image": r.image_id, "ImageName": r.image_name,
         "Path": spec.command[0] if spec.command else None,

@@ -29,6 +29,7 @@ from machinectl_py.payload import (
     preload_console_modules,
     report,
     sealed_helper,
+    send_console,
 )
 from machinectl_py.plan import Bind, cgroup_plan, own_hierarchies
 from machinectl_py.record import Record
@@ -53,11 +54,11 @@ class ChildPlan(Record):
     __slots__ = ("container_dir", "rootfs", "overlay", "ops", "cgroup_layout", "hostname", "private_network",
                  "argv", "env", "workdir", "user", "capability_mask", "stdin_devnull", "detached", "tty", "seccomp",
                  "read_only_root", "rlimits", "join_namespaces", "start_fd", "groups", "no_new_privileges",
-                 "group_add", "sysctls", "oom_score_adj", "userns", "boot")
+                 "group_add", "sysctls", "oom_score_adj", "userns", "boot", "console_socket")
     _defaults = {"user": None, "stdin_devnull": True, "detached": False, "tty": False, "seccomp": b"",
                  "read_only_root": False, "rlimits": (), "join_namespaces": (), "start_fd": -1, "groups": None,
                  "no_new_privileges": False, "group_add": (), "sysctls": (), "oom_score_adj": None, "userns": None,
-                 "boot": False}
+                 "boot": False, "console_socket": -1}
     container_dir: str  # cwd while mounting the overlay (its options use relative names)
     rootfs: str
     # None: `rootfs` is a directory used as it is (an OCI bundle's root), bound onto itself.
@@ -107,6 +108,9 @@ class ChildPlan(Record):
     # --boot: systemd is the payload; on a host with v1 hierarchies its name=systemd one is
     # writable in the container's own subtree (plan.cgroup_plan).
     boot: bool
+    # A detached boot's: the socket the init sends its console's pty master to (the setup
+    # process copies the boot's messages to the journal until READY=1); -1: none.
+    console_socket: int
 
 
 def child_main(make_plan: Callable[[], ChildPlan], go_fd: int, status_fd: int, stdout_fd: int, stderr_fd: int,
@@ -175,7 +179,7 @@ def prepare(plan: ChildPlan, go_fd: int, status_fd: int, parent_pid: int) -> int
         sc.sethostname(plan.hostname)
     if plan.private_network:
         bring_up_loopback()
-    if plan.tty:
+    if plan.tty or plan.console_socket >= 0:
         preload_console_modules()  # after pivot_root the host's library is out of reach
     # Everything up to here runs while systemd makes the scope; only what needs the scope waits.
     mounts.pivot_into(plan.rootfs)
@@ -194,6 +198,100 @@ def prepare(plan: ChildPlan, go_fd: int, status_fd: int, parent_pid: int) -> int
         mounts.remount_read_only("/", "/sys/fs/cgroup")
     os.umask(0o022)
     return userns_fd
+
+
+# --boot with a user namespace (nspawn's inner and outer child): the init is born in its user
+# namespace (idmap.spawn_init) and waits while a host-root helper, born into its PID namespace,
+# mounts its root in its mount namespace. What they tell each other on their pipes:
+IN_CGROUP = b"c"  # helper -> init: you are in the unit's cgroup: make your cgroup namespace; init -> helper: done
+SET_UP = b"d"  # helper -> init: your root is the container's
+
+
+def boot_init_main(plan: ChildPlan, go_fd: int, status_fd: int, stdout_fd: int, stderr_fd: int, to_init: int,
+                   from_init: int, unused: tuple[int, ...]) -> None:
+    """The init of a booted OS with a user namespace, root of it only, PID 1 of the PID namespace
+    it owns. Never returns: it execs the payload once boot_setup_main has set its namespaces up
+    (or exits, quietly if the setup failed: the helper says why on the status pipe)."""
+    code = EXIT_ERROR
+    try:
+        for fd in unused:
+            os.close(fd)
+        os.setsid()
+        helper_fd = sealed_helper()  # while the host's files are reachable (payload.py says why)
+        if plan.tty or plan.console_socket >= 0:
+            preload_console_modules()
+        await_parent(to_init, IN_CGROUP)
+        if not plan.detached:
+            sc.set_parent_death_signal(signal.SIGKILL)  # we are our starter's child by now
+        sc.unshare(sc.CLONE_NEWCGROUP)  # rooted at the unit's cgroup
+        os.write(from_init, IN_CGROUP)
+        await_parent(to_init, SET_UP)
+        os.close(to_init)
+        os.close(from_init)
+        os.chdir("/")
+        os.umask(0o022)
+        code = EXIT_CANNOT_INVOKE
+        launch(plan, go_fd, status_fd, stdout_fd, stderr_fd, helper_fd)
+    except BaseException as e:
+        report(status_fd, code, describe(e))
+    os._exit(code)
+
+
+def boot_setup_main(plan: ChildPlan, go_fd: int, status_fd: int, to_init: int, from_init: int, init_pidfd: int,
+                    init_pid: int, userns_fd: int, unused: tuple[int, ...]) -> None:
+    """The host-root helper of boot_init_main's init, born into its PID namespace (so the /proc
+    it mounts is that namespace's): in the init's mount, UTS, IPC and network namespaces it does
+    what prepare() does for any container (the same plan), pivot_root included, which moves the
+    init's root too; then, once the init is in its unit's cgroup, its cgroup view. Mounts made
+    here belong to the init's mount namespace, unlocked, as nspawn's inner child's own are.
+    Never returns; a failure goes on the status pipe."""
+    code = EXIT_ERROR
+    try:
+        for fd in unused:
+            os.close(fd)
+        assert plan.overlay is not None and plan.userns is not None
+        base = plan.userns[0]
+        sc.set_parent_death_signal(signal.SIGKILL)
+        os.umask(0)
+        sc.setns(init_pidfd, sc.CLONE_NEWNS | sc.CLONE_NEWUTS | sc.CLONE_NEWIPC | sc.CLONE_NEWNET)
+        sc.mount(None, "/", None, sc.MS_REC | sc.MS_PRIVATE)
+        os.chdir(plan.container_dir)
+        idmap.mount_overlay(plan.overlay, plan.rootfs, plan.container_dir, userns_fd, base)
+        if plan.sysctls:
+            write_sysctls(plan.sysctls)
+        owners = (op.ids for op in plan.ops if isinstance(op, Bind) and op.ids is not None)
+        idmaps = idmap.Idmaps(userns_fd, base, owners)
+        sc.set_fs_ids(base, base)
+        try:
+            mounts.apply(plan.rootfs, plan.ops, idmaps)
+        finally:
+            idmaps.close()
+            sc.set_fs_ids(0, 0)
+        sc.set_parent_death_signal(signal.SIGKILL)  # a change of fsuid cleared it
+        if plan.read_only_root:
+            mounts.remount_root_read_only(plan.rootfs)
+        if plan.rlimits:
+            set_rlimits(plan.rlimits, 1)  # the init is PID 1 of our PID namespace
+        if plan.oom_score_adj is not None:
+            set_oom_score_adj(plan.oom_score_adj, str(init_pid))  # the host's /proc, until pivot_root
+        if plan.hostname:
+            sc.sethostname(plan.hostname)
+        if plan.private_network:
+            bring_up_loopback()
+        mounts.pivot_into(plan.rootfs)
+        await_parent(go_fd, IN_SCOPE)
+        os.write(to_init, IN_CGROUP)
+        await_parent(from_init, IN_CGROUP)
+        sc.setns(init_pidfd, sc.CLONE_NEWCGROUP)
+        with open("/proc/1/cgroup") as f:
+            layout = own_hierarchies(plan.cgroup_layout, f.read())
+        mounts.apply("/", cgroup_plan(layout, writable_systemd=True, owner=base))
+        delegate_cgroup(layout, base, boot=True)
+        os.write(to_init, SET_UP)
+        code = 0
+    except BaseException as e:
+        report(status_fd, code, describe(e))
+    os._exit(code)
 
 
 def mount_root(plan: ChildPlan) -> int:
@@ -225,12 +323,19 @@ def bundle_userns(plan: ChildPlan) -> int:
     return userns_fd
 
 
-def delegate_cgroup(layout: CgroupLayout, base: int) -> None:
-    """The container's root owns its cgroup v2 subtree (on a hybrid host: the unified one)."""
+def delegate_cgroup(layout: CgroupLayout, base: int, boot: bool = False) -> None:
+    """The container's root owns its cgroup v2 subtree (on a hybrid host: the unified one);
+    with --boot on a host with v1 hierarchies also its name=systemd subtree, which the guest's
+    systemd manages (nspawn -U chowns both)."""
     if layout.mode == "unified":
         idmap.delegate_cgroup("/sys/fs/cgroup", base)
-    elif layout.unified_dir:
+        return
+    if layout.unified_dir:
         idmap.delegate_cgroup(f"/sys/fs/cgroup/{layout.unified_dir}", base)
+    if boot:
+        for name, options in layout.v1:
+            if "name=systemd" in options.split(","):
+                idmap.delegate_cgroup(f"/sys/fs/cgroup/{name}", base)
 
 
 def enter_userns(userns_fd: int, detached: bool) -> None:
@@ -255,24 +360,24 @@ def write_sysctls(sysctls: tuple[tuple[str, str], ...]) -> None:
                           f"{e.strerror}") from None
 
 
-def set_oom_score_adj(value: int) -> None:
+def set_oom_score_adj(value: int, pid: str = "self") -> None:
     """--oom-score-adj on the init (inherited by everything it starts). Going below the
     inherited value takes CAP_SYS_RESOURCE, which a namespaced host may not have."""
     try:
-        with open("/proc/self/oom_score_adj", "w") as f:
+        with open(f"/proc/{pid}/oom_score_adj", "w") as f:
             f.write(str(value))
     except OSError as e:
         raise OSError(e.errno, f"--oom-score-adj {value}: cannot write /proc/self/oom_score_adj: {e.strerror}"
                       ) from None
 
 
-def set_rlimits(rlimits: tuple[tuple[int, int, int], ...]) -> None:
+def set_rlimits(rlimits: tuple[tuple[int, int, int], ...], pid: int = 0) -> None:
     """--ulimit, as runc sets process.rlimits: on the init, before the exec (inherited from there)."""
     import resource
 
     for number, soft, hard in rlimits:
-        resource.setrlimit(number, (resource.RLIM_INFINITY if soft < 0 else soft,
-                                    resource.RLIM_INFINITY if hard < 0 else hard))
+        resource.prlimit(pid, number, (resource.RLIM_INFINITY if soft < 0 else soft,
+                                       resource.RLIM_INFINITY if hard < 0 else hard))
 
 
 def await_parent(go_fd: int, expected: bytes) -> None:
@@ -296,6 +401,8 @@ def launch(plan: ChildPlan, go_fd: int, status_fd: int, stdout_fd: int, stderr_f
             console = open_console(stdout_fd)  # its master reaches the console socket at create, as runc's
         look_up(plan.argv[0], env, status_fd)
         await_start(plan.start_fd, status_fd)
+    if plan.console_socket >= 0:
+        send_console(plan.console_socket)
     confine(plan.seccomp, plan.capability_mask, uid, gid, groups, no_new_privs=plan.no_new_privileges)
     stdin = os.open("/dev/null", os.O_RDONLY) if plan.stdin_devnull else 0
     if plan.tty:

@@ -25,7 +25,7 @@ from machinectl_py.userns import map_line
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from collections.abc import Iterable
+    from collections.abc import Callable, Iterable
 
     from machinectl_py.plan import Overlay
 
@@ -69,6 +69,78 @@ def make_userns(base: int, size: int, private_network: bool = False, first: int 
         os.close(ready_r)
         os.close(done_w)  # the helper exits
         os.waitpid(pid, 0)
+
+
+PR_SET_CHILD_SUBREAPER = 36
+
+
+def spawn_init(base: int, size: int, private_network: bool, init_main: Callable[[], None]) -> tuple[int, int]:
+    """--boot with a user namespace: the container's init born *in* it, as nspawn's inner child
+    is cloned, PID 1 of a PID namespace that the user namespace owns (the guest's reboot() needs
+    CAP_SYS_BOOT over that owner), with a mount, UTS, IPC (and a private network's) namespace
+    of the user namespace's own too (systemd mounts, sets its host name, mounts /dev/mqueue).
+    Returns the user namespace's fd and the init's PID.
+
+    A helper child makes the user namespace (we, host root, write its maps), becomes its root,
+    makes the others and forks the init, which runs init_main() (never returning), and exits:
+    the init is reparented to us, a child subreaper (as the init we fork ourselves is our
+    child). The init is never host root: the host-root work in its namespaces is done for it
+    (container_init.boot_setup_main)."""
+    sc.prctl(PR_SET_CHILD_SUBREAPER, 1)
+    ready_r, ready_w = os.pipe()
+    done_r, done_w = os.pipe()
+    flags = sc.CLONE_NEWPID | sc.CLONE_NEWNS | sc.CLONE_NEWUTS | sc.CLONE_NEWIPC
+    if private_network:
+        flags |= sc.CLONE_NEWNET
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            os.close(ready_r)
+            os.close(done_w)
+            sc.unshare(sc.CLONE_NEWUSER)
+            os.write(ready_w, os.readlink("/proc/self").encode() + b"\n")
+            if os.read(done_r, 1) != b"m":
+                os._exit(1)
+            os.setgroups([])
+            os.setresgid(0, 0, 0)
+            os.setresuid(0, 0, 0)
+            sc.unshare(flags)  # owned by the new user namespace
+            init = os.fork()
+            if init == 0:
+                os.close(ready_w)
+                os.close(done_r)
+                init_main()
+                os._exit(1)
+            os.write(ready_w, f"{init}\n".encode())
+            code = 0
+        finally:
+            os._exit(code)
+    os.close(ready_w)
+    os.close(done_r)
+    userns_fd = -1
+    try:
+        with os.fdopen(os.dup(ready_r), "rb") as ready:
+            helper = ready.readline().decode().strip()
+            if not helper.isdigit():
+                raise OSError(errno.EPERM, "cannot make a user namespace")
+            for name in ("uid_map", "gid_map"):
+                with open(f"/proc/{helper}/{name}", "w") as f:
+                    f.write(map_line(base, size) + "\n")
+            userns_fd = os.open(f"/proc/{helper}/ns/user", os.O_RDONLY | os.O_CLOEXEC)
+            os.write(done_w, b"m")
+            init_pid = ready.readline().decode().strip()
+        if not init_pid.isdigit():
+            raise OSError(errno.EPERM, "cannot start the container's init in its user namespace")
+        return userns_fd, int(init_pid)
+    except BaseException:
+        if userns_fd >= 0:
+            os.close(userns_fd)
+        raise
+    finally:
+        os.close(ready_r)
+        os.close(done_w)
+        os.waitpid(pid, 0)  # the helper: its exit hands the init to us
 
 
 def idmapped_clone(path: str, userns_fd: int) -> int:
@@ -172,8 +244,10 @@ def bind(source: str, target_path: str, userns_fd: int) -> bool:
     return True
 
 
-# The files of a cgroup that its delegate writes (systemd's delegation doc; nspawn chowns the same).
-_DELEGATED_FILES = ("cgroup.procs", "cgroup.subtree_control", "cgroup.threads")
+# The files of a cgroup that its delegate writes (systemd's delegation doc), v2's and v1's
+# (name=systemd for --boot on a hybrid host): the ones nspawn chowns.
+_DELEGATED_FILES = ("cgroup.procs", "cgroup.subtree_control", "cgroup.threads", "cgroup.clone_children",
+                    "memory.oom.group", "memory.reclaim", "notify_on_release", "tasks")
 
 
 def delegate_cgroup(path: str, base: int) -> None:

@@ -99,10 +99,11 @@ def rootfs_of(cdir: str) -> str:
 def build_child_plan(spec: ContainerSpec, image: images.ResolvedImage, cdir: str, policy: Policy,
                      env: Mapping[str, str], argv: tuple[str, ...], *, binds: Sequence[plan.Bind] = (),
                      detached: bool = False, userns: tuple[int, int] | None = None,
-                     notify_socket: str | None = None) -> ChildPlan:
+                     notify_socket: str | None = None, console_socket: int = -1) -> ChildPlan:
     """Runs in the forked init (see HeldInit): makes the container dir's parts too.
     userns: the container's ID range (--userns=auto), from userns.acquire; notify_socket: with
-    --boot, the socket the guest's READY=1 goes to (readiness.py)."""
+    --boot, the socket the guest's READY=1 goes to (readiness.py); console_socket: a detached
+    boot's, where the init sends its console's pty (readiness.py copies the boot's messages)."""
     for sub in ("upper", "work", "rootfs"):
         os.makedirs(os.path.join(cdir, sub), mode=0o755, exist_ok=True)
     ops = [*plan.base_plan(policy, binds=binds, shm_size=spec.shm_size, tmpfs=tuple(spec.tmpfs.items()),
@@ -131,6 +132,7 @@ def build_child_plan(spec: ContainerSpec, image: images.ResolvedImage, cdir: str
         oom_score_adj=spec.oom_score_adj,
         userns=userns,
         boot=spec.boot,
+        console_socket=console_socket,
     )
     if os.environ.get("PYMACHINE_DEBUG"):
         for op in child_plan.ops:
@@ -138,7 +140,7 @@ def build_child_plan(spec: ContainerSpec, image: images.ResolvedImage, cdir: str
     return child_plan
 
 
-def boot_ops(cdir: str, notify_socket: str | None, tty: bool) -> list[plan.Op]:
+def boot_ops(cdir: str, notify_socket: str | None, console: bool) -> list[plan.Op]:
     """--boot's /run/host files (the manager's name written here, in the container's dir) and
     console (boot.py)."""
     from machinectl_py import boot
@@ -150,7 +152,7 @@ def boot_ops(cdir: str, notify_socket: str | None, tty: bool) -> list[plan.Op]:
     with open(boot_id, "w") as f:
         f.write(boot.new_boot_id(os.urandom(16)))
     os_release = next((p for p in boot.HOST_OS_RELEASE if os.path.exists(p)), "/dev/null")
-    return boot.ops(os_release, manager, boot_id, notify_socket, tty)
+    return boot.ops(os_release, manager, boot_id, notify_socket, console)
 
 
 def init_speaks_notify(image: images.ResolvedImage) -> bool:
@@ -345,6 +347,14 @@ def disconnect_network(name: str) -> None:
         netsetup.release(name)
 
 
+def boot_userns(spec: ContainerSpec, userns: tuple[int, int] | None) -> tuple[int, int, bool] | None:
+    """--boot with a user namespace: (base, size, private network) for HeldInit, whose init is then
+    born in its user namespace (idmap.spawn_init); None otherwise."""
+    if not spec.boot or userns is None:
+        return None
+    return (*userns, network.is_private(spec.network))
+
+
 class HeldInit:
     """The container's init, forked into a new PID namespace and held on its `go` pipe until
     the caller releases it (the release protocol above). Owns the parent's ends of both pipes.
@@ -353,7 +363,14 @@ class HeldInit:
     overlaps systemd's making of the unit, which needs only the child's PID. A plan that
     cannot be made is a failure the child reports on the status pipe, like any other."""
 
-    def __init__(self, make_plan: Callable[[], ChildPlan], out_w: int, err_w: int, in_r: int = -1) -> None:
+    def __init__(self, make_plan: Callable[[], ChildPlan], out_w: int, err_w: int, in_r: int = -1,
+                 boot_userns: tuple[int, int, bool] | None = None) -> None:
+        """boot_userns: --boot with a user namespace (launch.boot_userns): the init is born in
+        it, and a host-root helper sets it up (_spawn_booted)."""
+        self._setup_pid = 0
+        if boot_userns is not None:
+            self._spawn_booted(make_plan(), out_w, err_w, in_r, boot_userns)
+            return
         go_r, go_w = os.pipe()
         status_r, status_w = os.pipe()
         # unshare(CLONE_NEWPID) changes only where our *next* child goes: that child is
@@ -375,7 +392,49 @@ class HeldInit:
         os.close(go_r)
         os.close(status_w)
         self.pid = pid
-        self._go_w = go_w
+        self._go_w = self._run_w = go_w
+        self._status_r = status_r
+
+    def _spawn_booted(self, plan: ChildPlan, out_w: int, err_w: int, in_r: int,
+                      boot_userns: tuple[int, int, bool]) -> None:
+        """nspawn's split: the init (container_init.boot_init_main) is born in its user
+        namespace, PID 1 of a PID namespace that namespace owns, so the guest's reboot() works;
+        a host-root helper (boot_setup_main) born into that PID namespace mounts its root. The
+        plan is made here, before both (neither could make it: the init is not host root)."""
+        from machinectl_py import idmap
+        from machinectl_py.container_init import boot_init_main, boot_setup_main
+
+        setup_go_r, setup_go_w = os.pipe()  # IN_SCOPE, to the helper
+        run_r, run_w = os.pipe()  # RUN, to the init
+        status_r, status_w = os.pipe()  # both write their failure; EOF once it exec'd and the helper exited
+        to_init_r, to_init_w = os.pipe()
+        from_init_r, from_init_w = os.pipe()
+        ours = (setup_go_w, run_w, status_r)
+
+        def init_main() -> None:
+            if in_r >= 0:
+                os.dup2(in_r, 0)
+            boot_init_main(plan, run_r, status_w, out_w, err_w, to_init_r, from_init_w,
+                           (*ours, setup_go_r, to_init_w, from_init_r))
+
+        base, size, private = boot_userns
+        userns_fd, pid = idmap.spawn_init(base, size, private, init_main)
+        pidfd = os.pidfd_open(pid)
+        own_pid_ns = os.open("/proc/self/ns/pid", os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            sc.setns(pidfd, sc.CLONE_NEWPID)
+            helper = os.fork()
+            if helper == 0:
+                boot_setup_main(plan, setup_go_r, status_w, to_init_w, from_init_r, pidfd, pid, userns_fd,
+                                (*ours, run_r, to_init_r, from_init_w))
+            sc.setns(own_pid_ns, sc.CLONE_NEWPID)
+        finally:
+            for fd in (own_pid_ns, pidfd, userns_fd, setup_go_r, run_r, status_w, to_init_r, to_init_w,
+                       from_init_r, from_init_w):
+                os.close(fd)
+        self.pid = pid
+        self._setup_pid = helper
+        self._go_w, self._run_w = setup_go_w, run_w
         self._status_r = status_r
 
     def in_scope(self) -> None:
@@ -383,15 +442,19 @@ class HeldInit:
         self._tell(IN_SCOPE)
 
     def release(self) -> None:
-        """The machine is registered: the payload may run."""
+        """The machine is registered: the payload may run. A booted init's setup helper is done
+        by now (it ends before the init waits for this): reaped, or it would stay a zombie in
+        the container's PID namespace."""
         self._tell(RUN)
         self._close_go()
+        self._reap_setup()
 
     def failure(self) -> tuple[int, str] | None:
         """Block until the init execs the payload or fails; (exit code, why) if it failed.
         Closes the status pipe."""
         failure = payload.read_status(self._status_r)
         self._close_status()
+        self._reap_setup()
         return failure
 
     def abandon(self, name: str) -> PymachineError | None:
@@ -412,19 +475,27 @@ class HeldInit:
         """Close what is still open; EOF on `go` before the release: the init exits."""
         self._close_go()
         self._close_status()
+        self._reap_setup()
 
     def _tell(self, what: bytes) -> None:
         # An init that failed on its own is gone: its status pipe says why, so a broken pipe
         # here is not the error.
         try:
-            os.write(self._go_w, what)
+            os.write(self._run_w if what == RUN else self._go_w, what)
         except BrokenPipeError:
             pass
 
     def _close_go(self) -> None:
-        if self._go_w >= 0:
-            os.close(self._go_w)
-            self._go_w = -1
+        for fd in {self._go_w, self._run_w}:
+            if fd >= 0:
+                os.close(fd)
+        self._go_w = self._run_w = -1
+
+    def _reap_setup(self) -> None:
+        """A booted init's setup helper (_spawn_booted) has exited, or exits on EOF on `go`."""
+        if self._setup_pid:
+            payload.reap(self._setup_pid)
+            self._setup_pid = 0
 
     def _close_status(self) -> None:
         if self._status_r >= 0:

@@ -151,7 +151,8 @@ def _bind(root_fd: int, op: Bind, idmaps: idmap.Idmaps | None = None) -> None:
         is_dir = stat.S_ISDIR(os.fstat(src_fd).st_mode)
         fd = open_in_root(root_fd, op.target, create="dir" if is_dir else "file")
         try:
-            if not (idmaps is not None and idmap.bind(fd_path(src_fd), fd_path(fd), idmaps.fd(op.ids))):
+            if not (idmaps is not None and op.idmapped
+                    and idmap.bind(fd_path(src_fd), fd_path(fd), idmaps.fd(op.ids))):
                 sc.mount(fd_path(src_fd), fd_path(fd), None, sc.MS_BIND | sc.MS_REC)
         finally:
             os.close(fd)

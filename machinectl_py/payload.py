@@ -92,6 +92,32 @@ def open_console(sock_fd: int) -> int:
     return slave
 
 
+def send_console(sock_fd: int) -> None:
+    """A detached boot's console: a pty of the container's devpts bound on /dev/console (as
+    nspawn binds its console; not a link to pts/N, whose number a later session would reuse),
+    whose master goes to the parent over `sock_fd`; not our stdio (the guest's systemd opens
+    /dev/console itself). Needs preload_console_modules() first; we are in the container's
+    root and mount namespace."""
+    import fcntl
+    import socket
+    import struct
+
+    master = os.open("/dev/ptmx", os.O_RDWR | os.O_NOCTTY | os.O_CLOEXEC)
+    try:
+        fcntl.ioctl(master, _TIOCSPTLCK, struct.pack("i", 0))
+        number = struct.unpack("I", fcntl.ioctl(master, _TIOCGPTN, b"\0" * 4))[0]
+        os.close(os.open(BOOT_CONSOLE, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600))
+        sc.mount(f"/dev/pts/{number}", BOOT_CONSOLE, None, sc.MS_BIND)
+        with socket.socket(fileno=sock_fd) as sock:
+            socket.send_fds(sock, [b"m"], [master])
+    finally:
+        os.close(master)
+
+
+BOOT_CONSOLE = "/dev/console"
+_TIOCGPTN = 0x80045430  # asm-generic/ioctls.h: the pty's number
+
+
 def attach_stdio(stdin: int, stdout: int, stderr: int) -> None:
     """Make these fds 0, 1 and 2 (-1: leave that one as it is)."""
     for src, dst in ((stdin, 0), (stdout, 1), (stderr, 2)):
@@ -121,10 +147,11 @@ def finalize_and_exec(argv: Sequence[str], env: Mapping[str, str], status_fd: in
     needs. No host file descriptor may reach the command (CVE-2024-21626): the status pipe
     moves to fd 3, which closes itself on exec, the helper (see sealed_helper) to fd 4, which
     closes on exec too, and every fd above them is closed."""
-    os.set_inheritable(status_fd, False)
-    status_fd = os.dup2(status_fd, STATUS_FD, inheritable=False)
+    if helper_fd == STATUS_FD:  # out of the status pipe's way first
+        helper_fd = _move_fd(helper_fd, _SPARE_FD)
+    status_fd = _move_fd(status_fd, STATUS_FD)
     if helper_fd >= 0:
-        helper_fd = os.dup2(helper_fd, HELPER_FD, inheritable=False)
+        helper_fd = _move_fd(helper_fd, HELPER_FD)
     sc.close_fds_from(STATUS_FD + 1 if helper_fd < 0 else HELPER_FD + 1)
     if workdir is not None:
         try:
@@ -143,6 +170,17 @@ def finalize_and_exec(argv: Sequence[str], env: Mapping[str, str], status_fd: in
     not_found = error.errno in (_ENOENT, _ENOTDIR)
     report(status_fd, EXIT_NOT_FOUND if not_found else EXIT_CANNOT_INVOKE,
            f"cannot run {argv[0]!r}: {'executable file not found' if not_found else error.strerror}")
+
+
+_SPARE_FD = 255  # above the fds a start holds; closed with the rest before the exec
+
+
+def _move_fd(fd: int, target: int) -> int:
+    """`fd` as close-on-exec `target` (dup3 refuses the same fd twice: then only the flag)."""
+    if fd == target:
+        os.set_inheritable(fd, False)
+        return fd
+    return os.dup2(fd, target, inheritable=False)
 
 
 def sealed_helper() -> int:

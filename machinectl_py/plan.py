@@ -67,8 +67,8 @@ class Mount(Record):
 
 
 class Bind(Record):
-    __slots__ = ('source', 'target', 'read_only', 'is_file', 'ids')
-    _defaults = {'read_only': False, 'is_file': False, 'ids': None}
+    __slots__ = ('source', 'target', 'read_only', 'is_file', 'ids', 'idmapped')
+    _defaults = {'read_only': False, 'is_file': False, 'ids': None, 'idmapped': True}
     source: str  # a host path
     target: str
     read_only: bool
@@ -76,6 +76,9 @@ class Bind(Record):
     # With a user namespace: (first, size) when on-disk first+N is the container's N (a volume
     # owned by a range, volumes.py); None: the container's own mapping, on-disk N is its N.
     ids: tuple[int, int] | None
+    # With a user namespace, bound idmapped where the file system allows it (its owners kept as
+    # seen inside); False: always bound plainly (--boot's notify socket, chowned to the range).
+    idmapped: bool
 
 
 
@@ -257,7 +260,7 @@ def own_hierarchies(layout: CgroupLayout, proc_cgroup: str) -> CgroupLayout:
     return CgroupLayout(layout.mode, v1, layout.unified_dir, links)
 
 
-def cgroup_plan(layout: CgroupLayout, writable_systemd: bool = False) -> list[Op]:
+def cgroup_plan(layout: CgroupLayout, writable_systemd: bool = False, owner: int | None = None) -> list[Op]:
     """The container's view of /sys/fs/cgroup, mounted inside its cgroup namespace.
 
     Pure v2: one cgroup2 mount, writable, since the scope is delegated (Delegate=yes) and
@@ -266,12 +269,14 @@ def cgroup_plan(layout: CgroupLayout, writable_systemd: bool = False) -> list[Op
     only the hierarchies the container has its own cgroup in (own_hierarchies). With
     `writable_systemd` (--boot), systemd's own hierarchy (name=systemd) is writable, as nspawn
     mounts it for a booted systemd on such a host: the container's systemd makes its units'
-    cgroups there, inside the unit's delegated cgroup (the namespace's root).
+    cgroups there, inside the unit's delegated cgroup (the namespace's root). `owner`: the
+    host ID of the container root that owns the hybrid tmpfs (--boot with a user namespace).
     """
     root = "/sys/fs/cgroup"
     if layout.mode == "unified":
         return [CgroupMount(root, "cgroup2", "nsdelegate", read_only=False)]
-    ops: list[Op] = [Mount(root, "tmpfs", "tmpfs", NOSUID_NODEV_NOEXEC, "mode=755")]
+    data = "mode=755" if owner is None else f"mode=755,uid={owner},gid={owner}"
+    ops: list[Op] = [Mount(root, "tmpfs", "tmpfs", NOSUID_NODEV_NOEXEC, data)]
     for name, options in layout.v1:
         writable = writable_systemd and "name=systemd" in options.split(",")
         ops.append(CgroupMount(f"{root}/{name}", "cgroup", options, read_only=not writable))

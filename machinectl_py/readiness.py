@@ -16,13 +16,16 @@ import os
 import select
 import socket
 
-from machinectl_py.boot import parse_notify
+from machinectl_py.boot import console_lines, parse_notify
 
 
 class NotifySocket:
     """The guest's notify socket, bound at `path` (on the host) until closed."""
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, owner: int | None = None) -> None:
+        """owner: the host ID of the container's root (--userns=auto), who must write to it; the
+        socket is bound plainly (not idmapped, which tmpfs takes only from Linux 6.3), so it shows
+        as root's inside on every kernel."""
         os.makedirs(os.path.dirname(path), mode=0o755, exist_ok=True)
         try:
             os.unlink(path)  # a previous run's, left by a kill -9
@@ -32,14 +35,25 @@ class NotifySocket:
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
         self.sock.bind(path)
         os.chmod(path, 0o600)
+        if owner is not None:
+            os.chown(path, owner, owner)
 
-    def wait_ready(self, leader: int) -> tuple[bool, int | None]:
+    def wait_ready(self, leader: int, console: int = -1) -> tuple[bool, int | None]:
         """Block until the guest says READY=1 (True, None) or its init (our child) ends first
-        (False, its wait status). STATUS= texts are passed on to our own NOTIFY_SOCKET."""
+        (False, its wait status). STATUS= texts are passed on to our own NOTIFY_SOCKET.
+        console: the master of the guest's console pty (-1: none), whose lines go to our
+        stdout (the unit's journal stream, so `pymachine logs` has the boot) until then."""
         pidfd = os.pidfd_open(leader)
+        copy = ConsoleCopy(console, leader) if console >= 0 else None
         try:
             while True:
-                readable, _, _ = select.select([self.sock.fileno(), pidfd], [], [])
+                fds = [self.sock.fileno(), pidfd]
+                if copy is not None and copy.live:
+                    fds.append(console)
+                pause = None if copy is None or copy.live else 0.1
+                readable, _, _ = select.select(fds, [], [], pause)
+                if copy is not None:
+                    copy.pump(console in readable)
                 if self.sock.fileno() in readable:
                     fields = parse_notify(self.sock.recv(4096))
                     if "STATUS" in fields:
@@ -50,6 +64,8 @@ class NotifySocket:
                     _, status = os.waitpid(leader, 0)
                     return False, status
         finally:
+            if copy is not None:
+                copy.close()
             os.close(pidfd)
 
     def close(self) -> None:
@@ -58,6 +74,108 @@ class NotifySocket:
             os.unlink(self.path)
         except FileNotFoundError:
             pass
+
+
+class ConsoleCopy:
+    """The guest's console, copied line by line to our stdout while we wait for READY=1, as
+    nspawn's service copies it to its journal. We hold the pty's slave open too: a booted systemd
+    opens /dev/console for each message, and without any open slave the master reads EIO. A
+    hangup (a getty's vhangup) still can: then the master rests for 0.1 s (`live` False).
+    Once the guest is up, its /dev/console is taken away (take_console) and the pty let go:
+    nothing stays to read it."""
+
+    def __init__(self, master: int, leader: int) -> None:
+        import fcntl
+
+        from machinectl_py.payload import TIOCGPTPEER
+
+        self.master = master
+        self.leader = leader
+        os.set_blocking(master, False)
+        self.peer = fcntl.ioctl(master, TIOCGPTPEER, os.O_RDWR | os.O_NOCTTY | os.O_CLOEXEC)
+        self.pending = b""
+        self.live = True
+
+    def pump(self, readable: bool) -> None:
+        """Read what the console has (readable), or wake it after a rest."""
+        if not readable:
+            self.live = True
+            return
+        try:
+            data = os.read(self.master, 65536)
+        except BlockingIOError:
+            return
+        except OSError:
+            self.live = False  # EIO: no slave open for now (a hangup)
+            return
+        self.pending += data
+        done, _, self.pending = self.pending.rpartition(b"\n")
+        if done:
+            _write_all(1, console_lines(done + b"\n"))
+
+    def close(self) -> None:
+        """The rest of the console, then the pty is let go: the guest's later messages (and a
+        console getty) get a hangup; they are in its own journal."""
+        while self.live:
+            try:
+                self.pump(True)
+                if not select.select([self.master], [], [], 0)[0]:
+                    break
+            except OSError:
+                break
+        if self.pending:
+            _write_all(1, console_lines(self.pending + b"\n"))
+        take_console(self.leader)
+        os.close(self.peer)
+        os.close(self.master)
+
+
+def take_console(leader: int) -> None:
+    """Unmount and remove the guest's /dev/console (a child of ours in its mount namespace, where
+    paths are the container's): its console getty, hung up when we let the pty go, then finds
+    no console (ConditionPathExists=/dev/console) and stays down instead of failing. Best
+    effort: a guest that has gone or moved its /dev keeps what it has."""
+    from machinectl_py import syscalls as sc
+    from machinectl_py.payload import BOOT_CONSOLE
+
+    try:
+        pidfd = os.pidfd_open(leader)
+    except OSError:
+        return
+    pid = os.fork()
+    if pid == 0:
+        try:
+            sc.setns(pidfd, sc.CLONE_NEWNS)
+            try:
+                sc.umount(BOOT_CONSOLE, sc.MNT_DETACH | _UMOUNT_NOFOLLOW)
+            except OSError:
+                pass  # not a mount (any more): the file goes all the same
+            os.unlink(BOOT_CONSOLE)
+        finally:
+            os._exit(0)
+    os.close(pidfd)
+    os.waitpid(pid, 0)
+
+
+_UMOUNT_NOFOLLOW = 8  # linux/mount.h
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    try:
+        while data:
+            data = data[os.write(fd, data):]
+    except OSError:
+        pass  # the journal gone: the boot goes on
+
+
+def receive_console(sock_fd: int) -> int:
+    """The console pty's master the init sent over `sock_fd` (payload.send_console), -1 when it
+    sent none; the socket stays the caller's to close."""
+    if sock_fd < 0:
+        return -1
+    with socket.socket(fileno=os.dup(sock_fd)) as sock:
+        _msg, fds, _flags, _addr = socket.recv_fds(sock, 16, 1)
+    return fds[0] if fds else -1
 
 
 def notify_systemd(message: str) -> None:

@@ -23,6 +23,7 @@ from machinectl_py.journal import container_event, container_fields
 from machinectl_py.launch import (
     HeldInit,
     NetworkSetup,
+    boot_userns,
     build_child_plan,
     check_network,
     command_for,
@@ -67,6 +68,7 @@ class ForegroundRun:
         self.machine_registered = False
         self.released = False  # the payload was allowed to run
         self.cancelled_by = 0  # a signal that arrived before it was
+        self.rebooted = False  # --boot: the guest asked for a reboot (its init ended by SIGHUP)
 
     def run(self) -> int:
         # From here on Ctrl-C and SIGTERM never cut a step in half: before the payload
@@ -110,7 +112,8 @@ class ForegroundRun:
 
                 spec = self.spec = volumes.create_anonymous(spec)
                 binds = volumes.bind_ops(spec, id_range)
-            binds += network_binds(spec)
+            net_binds = network_binds(spec)
+            binds += net_binds
             record = state.ContainerRecord(
                 name=spec.name, id=self.container_id, image_name=image.name, image_id=image.id,
                 spec=spec, created=state.now(), unit=scope_name(spec.name), user=effective_user(spec, image.config),
@@ -120,6 +123,14 @@ class ForegroundRun:
                 return build_child_plan(spec, image, cdir, policy, env, argv, binds=binds, userns=id_range)
 
             code = self._start_and_wait(bus, record, make_plan, rootfs_of(cdir), policy, image.name)
+            while self.rebooted:
+                # As nspawn in the foreground: a reboot inside sets the container up again, in the
+                # same directory (the guest keeps its files, its machine id and its journal).
+                self._reset_for_reboot(cdir)
+                stale = len(net_binds)  # the teardown took the network's files: written again
+                net_binds = network_binds(spec)
+                binds[len(binds) - stale:] = net_binds
+                code = self._start_and_wait(bus, record, make_plan, rootfs_of(cdir), policy, image.name)
             keep_dir = not spec.remove
             return code
         finally:
@@ -130,6 +141,17 @@ class ForegroundRun:
 
                     volumes.remove_anonymous(spec)
             state.release_claim(spec.name)
+
+    def _reset_for_reboot(self, cdir: str) -> None:
+        """Between two boots: the last one is torn down (its machine and scope gone); a signal
+        from now on cancels the next start, as one before any payload ran. The overlay's work
+        dir goes: after a `volatile` mount (--rm) overlayfs refuses it until its
+        work/incompat/volatile is gone; the next mount makes it again."""
+        import shutil
+
+        self.rebooted = self.scope_started = self.machine_registered = self.released = False
+        self.signalled = self.cancelled_by = 0
+        shutil.rmtree(os.path.join(cdir, "work"), ignore_errors=True)
 
     def _start_and_wait(self, bus: Bus, record: state.ContainerRecord, make_plan: Callable[[], ChildPlan],
                         rootfs: str, policy: Policy, image_name: str) -> int:
@@ -154,7 +176,7 @@ class ForegroundRun:
                 stdin_relay = payload.fork_stdin_relay(in_w)
                 os.close(in_w)
                 in_w = -1
-            init = HeldInit(make_plan, child_out, child_err, in_r)
+            init = HeldInit(make_plan, child_out, child_err, in_r, boot_userns(spec, record.userns))
             payload.close_all((in_r,))
             self.leader = init.pid
             # -t: the pty relay below keeps out_w to copy what the terminal shows to the journal.
@@ -288,8 +310,9 @@ class ForegroundRun:
             self._end_machine(bus)
         elif self.scope_started:
             self._stop_scope()
-        if self.spec.remove:
-            # The container's mount namespace died with its init: nothing uses the dir now.
+        if self.spec.remove and not self.rebooted:
+            # The container's mount namespace died with its init: nothing uses the dir now
+            # (after a reboot inside, the next boot does).
             state.remove_dir(self.spec.name)
         if self.machine_registered:
             machined.wait_removed(bus, self.spec.name, REMOVAL_TIMEOUT_USEC)
@@ -358,6 +381,8 @@ class ForegroundRun:
         signal.alarm(0)
         if os.WIFSIGNALED(status):
             code = 128 + os.WTERMSIG(status)
+            # reboot(2) in a PID namespace ends its init by SIGHUP; one we passed on is not that.
+            self.rebooted = self.spec.boot and os.WTERMSIG(status) == signal.SIGHUP and not self.signalled
             if self.spec.boot:
                 from machinectl_py.boot import exit_code
 

@@ -164,10 +164,9 @@ def capability_names(mask: int) -> frozenset[str]:
 
 def userns_mode(spec: ContainerSpec) -> str | None:
     """The --userns a start runs with: --privileged gives the container the host's root, so it
-    means host whatever the default (as docker's userns-remap does); so does --boot without
-    --userns, until a booted systemd's cgroup tree is handed to the container's ID range
-    (spec.py refuses --boot --userns=auto); None: the default."""
-    return "host" if spec.privileged or (spec.boot and spec.userns is None) else spec.userns
+    means host whatever the default (as docker's userns-remap does); None: the default (a
+    booted OS too, as nspawn's own unit runs -U)."""
+    return "host" if spec.privileged else spec.userns
 
 
 def seccomp_choice(spec: ContainerSpec) -> str | None:

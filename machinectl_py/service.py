@@ -100,6 +100,7 @@ def _setup(name: str) -> int:
     from machinectl_py.launch import (
         HeldInit,
         NetworkSetup,
+        boot_userns,
         build_child_plan,
         command_for,
         effective_user,
@@ -130,16 +131,18 @@ def _setup(name: str) -> int:
         binds = volumes.bind_ops(spec, id_range)  # a volume's first container may give it its owner
     binds += network_binds(spec)
 
-    notify = _notify_socket(record.id) if spec.boot and init_speaks_notify(image) else None
+    notify = _notify_socket(record.id, id_range) if spec.boot and init_speaks_notify(image) else None
     if spec.boot:
         from machinectl_py import boot
 
         env = boot.environment(env, record.id, notify=notify is not None)
     notify_path = notify.path if notify else None
+    # The guest's console until it is up (readiness.py): its pty's master comes over this pair.
+    console_r, console_w = payload.console_socketpair() if notify is not None and not spec.tty else (-1, -1)
 
     def make_plan() -> ChildPlan:
         return build_child_plan(spec, image, record.dir_path, policy, env, argv, binds=binds, detached=True,
-                                userns=id_range, notify_socket=notify_path)
+                                userns=id_range, notify_socket=notify_path, console_socket=console_w)
 
     # The settings table (~1 ms of imports) only when the drop-in is stale, which is rare.
     live = []
@@ -154,9 +157,11 @@ def _setup(name: str) -> int:
             systemd.call(bus, "SetUnitProperties", "sba(sv)", unit_name(name), True, live)
     err_fd = journal_stream(name, 3)
     # stdout stays the service's own journal stream (priority info); stderr gets its own at err.
-    init = HeldInit(make_plan, 1, err_fd)
+    init = HeldInit(make_plan, 1, err_fd, boot_userns=boot_userns(spec, id_range))
     leader = init.pid
     os.close(err_fd)
+    if console_w >= 0:
+        os.close(console_w)  # the init's now: EOF once it has sent the master, or failed
     settled = False  # the init was released (systemd waits for it) or is reaped
     net = NetworkSetup(spec, leader, image.config.exposed_ports)  # while machined registers it
     try:
@@ -196,7 +201,7 @@ def _setup(name: str) -> int:
                 state.save_state(record)
                 return code
             if notify is not None:
-                return _await_boot(name, record, notify, leader)
+                return _await_boot(name, record, notify, leader, console_r)
             return 0
     finally:
         net.settle()  # done already, unless the bus failed: nothing is left half made
@@ -205,22 +210,27 @@ def _setup(name: str) -> int:
             payload.reap(leader)
         if notify is not None:
             notify.close()
+        if console_r >= 0:
+            os.close(console_r)
 
 
-def _notify_socket(container_id: str) -> NotifySocket:
-    """--boot with systemd as the init: the socket its READY=1 comes to (readiness.py)."""
+def _notify_socket(container_id: str, userns: tuple[int, int] | None) -> NotifySocket:
+    """--boot with systemd as the init: the socket its READY=1 comes to (readiness.py); with a
+    user namespace, the container root's."""
     from machinectl_py.paths import run_path
     from machinectl_py.readiness import NotifySocket
 
-    return NotifySocket(run_path("notify", container_id[:12]))
+    return NotifySocket(run_path("notify", container_id[:12]), owner=userns[0] if userns else None)
 
 
-def _await_boot(name: str, record: state.ContainerRecord, notify: NotifySocket, leader: int) -> int:
-    """--boot: the unit becomes active (we exit) when the guest says READY=1 (readiness.py)."""
+def _await_boot(name: str, record: state.ContainerRecord, notify: NotifySocket, leader: int,
+                console_socket: int) -> int:
+    """--boot: the unit becomes active (we exit) when the guest says READY=1 (readiness.py);
+    until then its console's output goes to our stdout, the unit's journal stream."""
     from machinectl_py import state
-    from machinectl_py.readiness import describe_exit
+    from machinectl_py.readiness import describe_exit, receive_console
 
-    ready, status = notify.wait_ready(leader)
+    ready, status = notify.wait_ready(leader, receive_console(console_socket))
     if ready:
         return 0
     assert status is not None

@@ -787,9 +787,6 @@ class ContainerSpec(Record):
         self._validate_network_options()
         if self.restart not in RESTART_POLICIES:
             raise UsageError(f"invalid restart policy {self.restart!r}", hint="use no, on-failure or always")
-        if self.boot and self.userns is not None and self.userns != "host":
-            # the guest's systemd needs its cgroup tree (name=systemd on v1) owned by its root
-            raise UsageError("--boot with a user namespace is not supported yet", hint="use --userns=host")
         if self.boot and (self.entrypoint is not None or self.init):
             raise UsageError("--boot runs the image's /sbin/init: it takes no --entrypoint or --init",
                              hint="arguments after the image are passed to the init")

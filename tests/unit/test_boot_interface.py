@@ -37,13 +37,13 @@ def test_container_interface_environment_and_command() -> None:
 
 
 def test_boot_ops_and_boot_id() -> None:
-    ops = boot.ops("/etc/os-release", "/c/container-manager", "/c/boot_id", "/run/pymachine/notify/x", tty=True)
+    ops = boot.ops("/etc/os-release", "/c/container-manager", "/c/boot_id", "/run/pymachine/notify/x", console=True)
     binds = {op.target: op for op in ops if isinstance(op, plan.Bind)}
     assert binds["/run/host/os-release"].read_only and binds["/run/host/container-manager"].read_only
     assert binds["/proc/sys/kernel/random/boot_id"].source == "/c/boot_id"
     assert binds["/run/host/notify"].source == "/run/pymachine/notify/x"
     assert plan.Symlink("/dev/console", "pts/0") in ops
-    assert not any(isinstance(op, plan.Symlink) for op in boot.ops("a", "b", "c", None, tty=False))
+    assert not any(isinstance(op, plan.Symlink) for op in boot.ops("a", "b", "c", None, console=False))
     text = boot.new_boot_id(bytes(16))
     assert text == "00000000-0000-4000-8000-000000000000\n"
 
@@ -93,9 +93,39 @@ def test_boot_refuses_entrypoint_and_init(kw: dict[str, object]) -> None:
         spec(boot=True, **kw).validate()
 
 
-def test_boot_runs_in_the_hosts_user_namespace_until_a_range_is_supported() -> None:
-    """The default (a user namespace of its own) does not apply to --boot; asking for one is refused."""
-    assert security.userns_mode(spec(boot=True).validate()) == "host"
+def test_boot_takes_the_default_user_namespace_and_opts_out_with_host() -> None:
+    """A booted OS gets the same default as any container (nspawn's own unit runs -U)."""
+    assert security.userns_mode(spec(boot=True).validate()) is None
+    assert security.userns_mode(spec(boot=True, userns="auto").validate()) == "auto"
     assert security.userns_mode(spec(boot=True, userns="host").validate()) == "host"
-    with pytest.raises(UsageError, match="--boot with a user namespace"):
-        spec(boot=True, userns="auto").validate()
+    assert security.userns_mode(spec(boot=True, privileged=True).validate()) == "host"
+
+
+def test_hybrid_cgroup_view_of_a_booted_os_with_a_user_namespace() -> None:
+    """With a user namespace, the /sys/fs/cgroup tmpfs is the range root's (nspawn -U mounts it
+    inside the namespace); name=systemd stays the only writable v1 hierarchy."""
+    layout = detect_cgroup_layout(LEGACY)
+    tmpfs = plan.cgroup_plan(layout, writable_systemd=True, owner=1879048192)[0]
+    assert isinstance(tmpfs, plan.Mount) and tmpfs.data == "mode=755,uid=1879048192,gid=1879048192"
+    assert plan.cgroup_plan(layout)[0] == plan.Mount("/sys/fs/cgroup", "tmpfs", "tmpfs",
+                                                      plan.NOSUID_NODEV_NOEXEC, "mode=755")
+
+
+def test_the_notify_socket_is_bound_plainly() -> None:
+    """Chowned to the range's root and never idmapped (tmpfs can be only from Linux 6.3): it shows
+    as root's inside on every kernel."""
+    ops = boot.ops("a", "b", "c", "/run/pymachine/notify/x", console=False)
+    notify = next(op for op in ops if isinstance(op, plan.Bind) and op.target == "/run/host/notify")
+    assert not notify.idmapped
+    assert all(op.idmapped for op in ops if isinstance(op, plan.Bind) and op is not notify)
+
+
+def test_console_lines_as_a_log_holds_them() -> None:
+    """A detached boot's console in the journal: the text a terminal would show last on each line,
+    without colours, carriage returns or empty lines."""
+    data = (b"\x1b[0;1;39mWelcome to \x1b[0mDebian!\r\n\r\n"
+            b"[  OK  ] Started \x1b[0;1;39mJournal\x1b[0m.\r\n"
+            b"[     ] A start job is running for x (1s / 90s)\r\x1b[K[  OK  ] Reached target Basic System.\r\n"
+            b"partial")
+    assert boot.console_lines(data) == (b"Welcome to Debian!\n[  OK  ] Started Journal.\n"
+                                        b"[  OK  ] Reached target Basic System.\n")
