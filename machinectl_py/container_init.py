@@ -154,31 +154,8 @@ def prepare(plan: ChildPlan, go_fd: int, status_fd: int, parent_pid: int) -> int
         userns_fd = mount_root(plan)
     if plan.sysctls:  # now that a private network's namespace exists (with a user namespace, its own)
         write_sysctls(plan.sysctls)
-    # An OCI bundle's binds are plain, as runc's: the engine owns the IDs of what it gives.
-    idmaps = None
-    if plan.userns is not None and plan.overlay is not None:
-        owners = (op.ids for op in plan.ops if isinstance(op, Bind) and op.ids is not None)
-        idmaps = idmap.Idmaps(userns_fd, plan.userns[0], owners)
-        # The mount points and device nodes made on the idmapped root are the container
-        # root's: the host's root has no ID on it (EOVERFLOW).
-        sc.set_fs_ids(plan.userns[0], plan.userns[0])
-    try:
-        mounts.apply(plan.rootfs, plan.ops, idmaps)
-    finally:
-        if idmaps is not None:
-            idmaps.close()
-            sc.set_fs_ids(0, 0)
-            sc.set_parent_death_signal(signal.SIGKILL)  # a change of fsuid cleared it
-    if plan.read_only_root:
-        mounts.remount_root_read_only(plan.rootfs)
-    if plan.rlimits:
-        set_rlimits(plan.rlimits)
-    if plan.oom_score_adj is not None:
-        set_oom_score_adj(plan.oom_score_adj)
-    if plan.hostname:  # "": a joined UTS namespace keeps its own
-        sc.sethostname(plan.hostname)
-    if plan.private_network:
-        bring_up_loopback()
+    with_idmaps = plan.userns is not None and plan.overlay is not None  # a bundle's: plain (set_up_root)
+    set_up_root(plan, userns_fd if with_idmaps else -1)
     if plan.tty or plan.console_socket >= 0:
         preload_console_modules()  # after pivot_root the host's library is out of reach
     # Everything up to here runs while systemd makes the scope; only what needs the scope waits.
@@ -259,25 +236,9 @@ def boot_setup_main(plan: ChildPlan, go_fd: int, status_fd: int, to_init: int, f
         idmap.mount_overlay(plan.overlay, plan.rootfs, plan.container_dir, userns_fd, base)
         if plan.sysctls:
             write_sysctls(plan.sysctls)
-        owners = (op.ids for op in plan.ops if isinstance(op, Bind) and op.ids is not None)
-        idmaps = idmap.Idmaps(userns_fd, base, owners)
-        sc.set_fs_ids(base, base)
-        try:
-            mounts.apply(plan.rootfs, plan.ops, idmaps)
-        finally:
-            idmaps.close()
-            sc.set_fs_ids(0, 0)
-        sc.set_parent_death_signal(signal.SIGKILL)  # a change of fsuid cleared it
-        if plan.read_only_root:
-            mounts.remount_root_read_only(plan.rootfs)
-        if plan.rlimits:
-            set_rlimits(plan.rlimits, 1)  # the init is PID 1 of our PID namespace
-        if plan.oom_score_adj is not None:
-            set_oom_score_adj(plan.oom_score_adj, str(init_pid))  # the host's /proc, until pivot_root
-        if plan.hostname:
-            sc.sethostname(plan.hostname)
-        if plan.private_network:
-            bring_up_loopback()
+        # On the init, not on us: PID 1 of our PID namespace for its rlimits; its host PID for
+        # its OOM score (the host's /proc, until pivot_root).
+        set_up_root(plan, userns_fd, rlimit_pid=1, oom_pid=str(init_pid))
         mounts.pivot_into(plan.rootfs)
         await_parent(go_fd, IN_SCOPE)
         os.write(to_init, IN_CGROUP)
@@ -292,6 +253,38 @@ def boot_setup_main(plan: ChildPlan, go_fd: int, status_fd: int, to_init: int, f
     except BaseException as e:
         report(status_fd, code, describe(e))
     os._exit(code)
+
+
+def set_up_root(plan: ChildPlan, userns_fd: int, rlimit_pid: int = 0, oom_pid: str = "self") -> None:
+    """The plan's mounts on the root (its volumes and binds idmapped through `userns_fd`, -1 for
+    none: an OCI bundle's binds are plain, as runc's, the engine owns the IDs of what it gives),
+    a read-only root, then the init's rlimits, OOM score, host name and loopback."""
+    idmaps = None
+    if userns_fd >= 0:
+        assert plan.userns is not None
+        base = plan.userns[0]
+        owners = (op.ids for op in plan.ops if isinstance(op, Bind) and op.ids is not None)
+        idmaps = idmap.Idmaps(userns_fd, base, owners)
+        # The mount points and device nodes made on the idmapped root are the container
+        # root's: the host's root has no ID on it (EOVERFLOW).
+        sc.set_fs_ids(base, base)
+    try:
+        mounts.apply(plan.rootfs, plan.ops, idmaps)
+    finally:
+        if idmaps is not None:
+            idmaps.close()
+            sc.set_fs_ids(0, 0)
+            sc.set_parent_death_signal(signal.SIGKILL)  # a change of fsuid cleared it
+    if plan.read_only_root:
+        mounts.remount_root_read_only(plan.rootfs)
+    if plan.rlimits:
+        set_rlimits(plan.rlimits, rlimit_pid)
+    if plan.oom_score_adj is not None:
+        set_oom_score_adj(plan.oom_score_adj, oom_pid)
+    if plan.hostname:  # "": a joined UTS namespace keeps its own
+        sc.sethostname(plan.hostname)
+    if plan.private_network:
+        bring_up_loopback()
 
 
 def mount_root(plan: ChildPlan) -> int:
