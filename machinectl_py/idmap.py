@@ -58,17 +58,23 @@ def make_userns(base: int, size: int, private_network: bool = False, first: int 
     os.close(done_r)
     try:
         proc_pid = os.read(ready_r, 32).decode()
-        if not proc_pid.isdigit():
-            raise OSError(errno.EPERM, "cannot make a user namespace")
-        for name in ("uid_map", "gid_map"):
-            with open(f"/proc/{proc_pid}/{name}", "w") as f:
-                f.write(map_line(base, size, first) + "\n")
+        write_maps(proc_pid, map_line(base, size, first))
         netns_fd = os.open(f"/proc/{proc_pid}/ns/net", os.O_RDONLY | os.O_CLOEXEC) if private_network else -1
         return os.open(f"/proc/{proc_pid}/ns/user", os.O_RDONLY | os.O_CLOEXEC), netns_fd
     finally:
         os.close(ready_r)
         os.close(done_w)  # the helper exits
         os.waitpid(pid, 0)
+
+
+def write_maps(proc_pid: str, line: str) -> None:
+    """The UID and GID maps of the new user namespace of the helper `proc_pid` (as its
+    /proc names it; anything else: the helper failed before it could say)."""
+    if not proc_pid.isdigit():
+        raise OSError(errno.EPERM, "cannot make a user namespace")
+    for name in ("uid_map", "gid_map"):
+        with open(f"/proc/{proc_pid}/{name}", "w") as f:
+            f.write(line + "\n")
 
 
 PR_SET_CHILD_SUBREAPER = 36
@@ -122,11 +128,7 @@ def spawn_init(base: int, size: int, private_network: bool, init_main: Callable[
     try:
         with os.fdopen(os.dup(ready_r), "rb") as ready:
             helper = ready.readline().decode().strip()
-            if not helper.isdigit():
-                raise OSError(errno.EPERM, "cannot make a user namespace")
-            for name in ("uid_map", "gid_map"):
-                with open(f"/proc/{helper}/{name}", "w") as f:
-                    f.write(map_line(base, size) + "\n")
+            write_maps(helper, map_line(base, size))
             userns_fd = os.open(f"/proc/{helper}/ns/user", os.O_RDONLY | os.O_CLOEXEC)
             os.write(done_w, b"m")
             init_pid = ready.readline().decode().strip()
