@@ -52,11 +52,16 @@ def timed(fn: Callable[[], object]) -> float:
     return time.perf_counter() - start
 
 
-def report(title: str, size: int, results: dict[str, list[float]], ours: str, theirs: list[str]) -> None:
+def report(title: str, size: int, results: dict[str, list[float]], ours: str, theirs: list[str],
+           time_ratio: bool = False) -> None:
+    """Medians, then a ratio per peer: throughput ours / theirs (1.0 = as fast; import's and
+    commit's targets are >= 0.8), or with `time_ratio` time ours / theirs (pull's target is <= 0.8)."""
     print(f"{title}: {size / 1e6:.0f} MB, {len(results[ours])} alternating runs, medians:")
     medians = {name: statistics.median(times) for name, times in results.items()}
     for name, value in medians.items():
         print(f"  {name:<34} {value * 1000:8.0f} ms  {size / value / 1e6:7.0f} MB/s")
     for other in theirs:
-        # Throughput ratio: ours / theirs (1.0 = as fast; the target is >= 0.8).
-        print(f"  ratio {ours} vs {other}: {medians[other] / medians[ours]:.2f}")
+        if time_ratio:
+            print(f"  time ratio {ours} / {other}: {medians[ours] / medians[other]:.2f}")
+        else:
+            print(f"  throughput ratio {ours} / {other}: {medians[other] / medians[ours]:.2f}")
