@@ -137,7 +137,10 @@ def take_console(leader: int) -> None:
     """Unmount and remove the guest's /dev/console (a child of ours in its mount namespace, where
     paths are the container's): its console getty, hung up when we let the pty go, then finds
     no console (ConditionPathExists=/dev/console) and stays down instead of failing. Best
-    effort: a guest that has gone or moved its /dev keeps what it has."""
+    effort: a guest that has gone or moved its /dev keeps what it has. Not waited for: the
+    unit turns active when we exit, which follows at once; the child, reparented then, is
+    reaped by systemd. It holds its copy of the pty's master until it is done, so the guest's
+    hangup still comes after its console is gone."""
     from machinectl_py import syscalls as sc
     from machinectl_py.payload import BOOT_CONSOLE
 
@@ -157,7 +160,6 @@ def take_console(leader: int) -> None:
         finally:
             os._exit(0)
     os.close(pidfd)
-    os.waitpid(pid, 0)
 
 
 _UMOUNT_NOFOLLOW = 8  # linux/mount.h

@@ -219,9 +219,9 @@ def _setup(name: str) -> int:
                 record.state, record.exit_code, record.finished, record.pid = "exited", code, state.now(), None
                 state.save_state(record)
                 return code
-            if notify is not None:
-                return _await_boot(name, record, notify, leader, console_r)
-            return 0
+        if notify is not None:  # the bus closed: nothing of it on the way from READY=1 to our exit
+            return _await_boot(name, record, notify, leader, console_r)
+        return 0
     finally:
         net.settle()  # done already, unless the bus failed: nothing is left half made
         init.close()  # before the release, EOF on `go`: the held init exits without running anything
