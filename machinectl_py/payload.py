@@ -395,10 +395,11 @@ def _drain(out_r: int, err_r: int, targets: dict[int, int]) -> None:
 
 
 def console_socketpair() -> tuple[int, int]:
-    """-t: (parent's end, child's end); the child sends the pty master it opens through it."""
-    import socket
+    """-t: (parent's end, child's end); the child sends the pty master it opens through it.
+    `_socket`, not `socket` (~3 ms of imports): a detached boot's setup process makes one too."""
+    import _socket
 
-    parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+    parent, child = _socket.socketpair(_socket.AF_UNIX, _socket.SOCK_STREAM | _socket.SOCK_CLOEXEC)
     return parent.detach(), child.detach()
 
 

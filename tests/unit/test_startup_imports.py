@@ -56,6 +56,10 @@ boot.environment({}, "ab" * 32, notify=True)
 boot.console_lines(b"\\x1b[0;32m  OK  \\x1b[0m] Started x.\\r\\n")
 boot.parse_notify(b"READY=1")
 readiness.notify_systemd("STATUS=x")
+import os
+from machinectl_py import payload
+for fd in payload.console_socketpair():
+    os.close(fd)
 print(" ".join(sorted(set(sys.modules) - base)))
 """
 
