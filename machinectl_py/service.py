@@ -10,6 +10,9 @@ journald tags the unit's output. No pymachine process stays resident. (With Type
 MAINPID= instead, systemd would take the init for an "alien" process it cannot wait for, and
 `systemctl stop` would SIGKILL it at once instead of granting the SIGTERM grace period.)
 
+A booted systemd (--boot) is released before the registration, which is made while it boots;
+the setup process then waits for its READY=1 (readiness.py) before it exits.
+
 The container comes from the lifecycle layer (lifecycle.Container: a definition never seen
 is adopted, an edited one synced), as for `pymachine start`. service_stop.py is ExecStopPost=.
 """
