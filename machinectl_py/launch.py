@@ -441,13 +441,16 @@ class HeldInit:
         """It is in its unit's cgroup: the setup that needs the cgroup may go on."""
         self._tell(IN_SCOPE)
 
-    def release(self) -> None:
+    def release(self, reap_setup: bool = True) -> None:
         """The machine is registered: the payload may run. A booted init's setup helper is done
         by now (it ends before the init waits for this): reaped, or it would stay a zombie in
-        the container's PID namespace."""
+        the container's PID namespace; reap_setup=False leaves that to failure() (a booted
+        systemd released before its registration: the helper may still be mounting its cgroups
+        while machined registers it)."""
         self._tell(RUN)
         self._close_go()
-        self._reap_setup()
+        if reap_setup:
+            self._reap_setup()
 
     def failure(self) -> tuple[int, str] | None:
         """Block until the init execs the payload or fails; (exit code, why) if it failed.

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import _signal
 import os
+import sys
 
 from machinectl_py import syscalls as sc
 from machinectl_py.errors import EXIT_CANNOT_INVOKE, EXIT_ERROR, EXIT_NOT_FOUND
@@ -65,11 +66,28 @@ def describe(e: BaseException) -> str:
 
 
 def preload_console_modules() -> None:
-    """open_console's modules, loaded while the host's Python library is still reachable
-    (before pivot_root or setns(CLONE_NEWNS) makes the container's root ours)."""
+    """open_console's and send_console's modules, loaded while the host's Python library is still
+    reachable (before pivot_root or setns(CLONE_NEWNS) makes the container's root ours). They
+    are the interpreter's built-in ones (`fcntl`, `_socket`; not `socket` or `struct`, files of
+    the library): a booted init's root is pivoted by its setup helper, at a time of its own."""
+    import _socket  # noqa: F401
     import fcntl  # noqa: F401
-    import socket  # noqa: F401
-    import struct  # noqa: F401
+
+
+def _int_bytes(value: int) -> bytes:
+    """A C int as ioctl(2) and SCM_RIGHTS take it (no `struct`)."""
+    return value.to_bytes(4, sys.byteorder, signed=True)
+
+
+def send_fd(sock_fd: int, fd: int) -> None:
+    """`fd` over the unix socket `sock_fd` (SCM_RIGHTS, one byte of data), which is closed."""
+    import _socket
+
+    sock = _socket.socket(fileno=sock_fd)
+    try:
+        sock.sendmsg([b"m"], [(_socket.SOL_SOCKET, _socket.SCM_RIGHTS, _int_bytes(fd))])
+    finally:
+        sock.close()
 
 
 def open_console(sock_fd: int) -> int:
@@ -77,14 +95,11 @@ def open_console(sock_fd: int) -> int:
     to the parent over `sock_fd`, make the slave our controlling terminal; returns the slave.
     Needs preload_console_modules() first."""
     import fcntl
-    import socket
-    import struct
 
     master = os.open("/dev/ptmx", os.O_RDWR | os.O_NOCTTY | os.O_CLOEXEC)
-    fcntl.ioctl(master, _TIOCSPTLCK, struct.pack("i", 0))
+    fcntl.ioctl(master, _TIOCSPTLCK, _int_bytes(0))
     slave: int = fcntl.ioctl(master, _TIOCGPTPEER, os.O_RDWR | os.O_NOCTTY)
-    with socket.socket(fileno=sock_fd) as sock:
-        socket.send_fds(sock, [b"m"], [master])
+    send_fd(sock_fd, master)
     os.close(master)
     if os.getsid(0) != os.getpid():
         os.setsid()  # a terminal is only ever the controlling terminal of a session leader
@@ -99,17 +114,14 @@ def send_console(sock_fd: int) -> None:
     /dev/console itself). Needs preload_console_modules() first; we are in the container's
     root and mount namespace."""
     import fcntl
-    import socket
-    import struct
 
     master = os.open("/dev/ptmx", os.O_RDWR | os.O_NOCTTY | os.O_CLOEXEC)
     try:
-        fcntl.ioctl(master, _TIOCSPTLCK, struct.pack("i", 0))
-        number = struct.unpack("I", fcntl.ioctl(master, _TIOCGPTN, b"\0" * 4))[0]
+        fcntl.ioctl(master, _TIOCSPTLCK, _int_bytes(0))
+        number = int.from_bytes(fcntl.ioctl(master, _TIOCGPTN, b"\0" * 4), sys.byteorder)
         os.close(os.open(BOOT_CONSOLE, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600))
         sc.mount(f"/dev/pts/{number}", BOOT_CONSOLE, None, sc.MS_BIND)
-        with socket.socket(fileno=sock_fd) as sock:
-            socket.send_fds(sock, [b"m"], [master])
+        send_fd(sock_fd, master)
     finally:
         os.close(master)
 
@@ -383,10 +395,11 @@ def _drain(out_r: int, err_r: int, targets: dict[int, int]) -> None:
 
 
 def console_socketpair() -> tuple[int, int]:
-    """-t: (parent's end, child's end); the child sends the pty master it opens through it."""
-    import socket
+    """-t: (parent's end, child's end); the child sends the pty master it opens through it.
+    `_socket`, not `socket` (~3 ms of imports): a detached boot's setup process makes one too."""
+    import _socket
 
-    parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+    parent, child = _socket.socketpair(_socket.AF_UNIX, _socket.SOCK_STREAM | _socket.SOCK_CLOEXEC)
     return parent.detach(), child.detach()
 
 

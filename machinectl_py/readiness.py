@@ -12,9 +12,12 @@ the answer.
 
 from __future__ import annotations
 
+# `_socket`, the C module under `socket`: the unit's setup process of every boot imports this,
+# and `socket` (with selectors and enum) costs it ~2-3 ms.
+import _socket
 import os
 import select
-import socket
+import sys
 
 from machinectl_py.boot import console_lines, parse_notify
 
@@ -32,7 +35,7 @@ class NotifySocket:
         except FileNotFoundError:
             pass
         self.path = path
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
+        self.sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_DGRAM | _socket.SOCK_CLOEXEC)
         self.sock.bind(path)
         os.chmod(path, 0o600)
         if owner is not None:
@@ -134,7 +137,10 @@ def take_console(leader: int) -> None:
     """Unmount and remove the guest's /dev/console (a child of ours in its mount namespace, where
     paths are the container's): its console getty, hung up when we let the pty go, then finds
     no console (ConditionPathExists=/dev/console) and stays down instead of failing. Best
-    effort: a guest that has gone or moved its /dev keeps what it has."""
+    effort: a guest that has gone or moved its /dev keeps what it has. Not waited for: the
+    unit turns active when we exit, which follows at once; the child, reparented then, is
+    reaped by systemd. It holds its copy of the pty's master until it is done, so the guest's
+    hangup still comes after its console is gone."""
     from machinectl_py import syscalls as sc
     from machinectl_py.payload import BOOT_CONSOLE
 
@@ -154,7 +160,6 @@ def take_console(leader: int) -> None:
         finally:
             os._exit(0)
     os.close(pidfd)
-    os.waitpid(pid, 0)
 
 
 _UMOUNT_NOFOLLOW = 8  # linux/mount.h
@@ -173,9 +178,15 @@ def receive_console(sock_fd: int) -> int:
     sent none; the socket stays the caller's to close."""
     if sock_fd < 0:
         return -1
-    with socket.socket(fileno=os.dup(sock_fd)) as sock:
-        _msg, fds, _flags, _addr = socket.recv_fds(sock, 16, 1)
-    return fds[0] if fds else -1
+    sock = _socket.socket(fileno=os.dup(sock_fd))
+    try:
+        _msg, ancillary, _flags, _addr = sock.recvmsg(16, _socket.CMSG_SPACE(4), _socket.MSG_CMSG_CLOEXEC)
+    finally:
+        sock.close()
+    for level, kind, data in ancillary:
+        if level == _socket.SOL_SOCKET and kind == _socket.SCM_RIGHTS and len(data) >= 4:
+            return int.from_bytes(data[:4], sys.byteorder, signed=True)
+    return -1
 
 
 def notify_systemd(message: str) -> None:
@@ -185,11 +196,13 @@ def notify_systemd(message: str) -> None:
         return
     if target.startswith("@"):
         target = "\0" + target[1:]
-    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as s:
-        try:
-            s.sendto(message.encode(), target)
-        except OSError:
-            pass  # a status text is not worth failing the start for
+    s = _socket.socket(_socket.AF_UNIX, _socket.SOCK_DGRAM | _socket.SOCK_CLOEXEC)
+    try:
+        s.sendto(message.encode(), target)
+    except OSError:
+        pass  # a status text is not worth failing the start for
+    finally:
+        s.close()
 
 
 def describe_exit(status: int) -> str:

@@ -10,6 +10,9 @@ journald tags the unit's output. No pymachine process stays resident. (With Type
 MAINPID= instead, systemd would take the init for an "alien" process it cannot wait for, and
 `systemctl stop` would SIGKILL it at once instead of granting the SIGTERM grace period.)
 
+A booted systemd (--boot) is released before the registration, which is made while it boots;
+the setup process then waits for its READY=1 (readiness.py) before it exits.
+
 The container comes from the lifecycle layer (lifecycle.Container: a definition never seen
 is adopted, an edited one synced), as for `pymachine start`. service_stop.py is ExecStopPost=.
 """
@@ -163,12 +166,28 @@ def _setup(name: str) -> int:
     if console_w >= 0:
         os.close(console_w)  # the init's now: EOF once it has sent the master, or failed
     settled = False  # the init was released (systemd waits for it) or is reaped
+    released = False  # a booted systemd, released before its registration (below)
     net = NetworkSetup(spec, leader, image.config.exposed_ports)  # while machined registers it
+    booting = notify is not None
     try:
+        # Forked in the unit's cgroup: the init may finish its setup while machined registers it.
+        init.in_scope()
+        if booting:
+            # A booted systemd is released before machined registers it: the unit becomes active
+            # only on its READY=1, a few hundred ms later, so its registration, record and PID
+            # file are made while it boots (the bus, machined and the state files are off the
+            # boot's path); a registration that fails stops it. Its network comes first.
+            try:
+                net.join()
+            except PymachineError as e:
+                early = init.abandon(name)
+                payload.reap(leader)
+                settled = True
+                raise (early or e) from None
+            init.release(reap_setup=False)
+            released = True
         with Bus.system() as bus:
             unit = unit_name(name)
-            # Forked in the unit's cgroup: the init may finish its setup while machined registers it.
-            init.in_scope()
             try:
                 try:
                     _register(bus, name, record.id, leader, rootfs_of(record.dir_path), unit)
@@ -177,6 +196,8 @@ def _setup(name: str) -> int:
                     raise
                 net.join()
             except PymachineError as e:
+                if released:
+                    _kill(leader)
                 early = init.abandon(name)  # the init exits, or has failed already
                 payload.reap(leader)
                 settled = True
@@ -186,7 +207,8 @@ def _setup(name: str) -> int:
             record.exit_code, record.finished, record.unit = None, None, unit
             state.save_state(record)
             write_pid_file(name, leader)
-            init.release()
+            if not released:
+                init.release()
             settled = True
             from machinectl_py.journal import container_event
 
@@ -200,18 +222,28 @@ def _setup(name: str) -> int:
                 record.state, record.exit_code, record.finished, record.pid = "exited", code, state.now(), None
                 state.save_state(record)
                 return code
-            if notify is not None:
-                return _await_boot(name, record, notify, leader, console_r)
-            return 0
+        if notify is not None:  # the bus closed: nothing of it on the way from READY=1 to our exit
+            return _await_boot(name, record, notify, leader, console_r)
+        return 0
     finally:
         net.settle()  # done already, unless the bus failed: nothing is left half made
         init.close()  # before the release, EOF on `go`: the held init exits without running anything
         if not settled:
+            if released:
+                _kill(leader)  # the bus failed: a guest that is not registered does not stay
             payload.reap(leader)
         if notify is not None:
             notify.close()
         if console_r >= 0:
             os.close(console_r)
+
+
+def _kill(pid: int) -> None:
+    """SIGKILL to a released init that cannot be kept (our child: reaped by the caller)."""
+    try:
+        os.kill(pid, 9)
+    except ProcessLookupError:
+        pass
 
 
 def _notify_socket(container_id: str, userns: tuple[int, int] | None) -> NotifySocket:

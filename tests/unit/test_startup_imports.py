@@ -47,6 +47,32 @@ def test_start_create_and_exec_paths_import_nothing_heavy() -> None:
     assert not HEAVY & set(out), f"heavy modules on the start/exec path: {sorted(HEAVY & set(out))}"
 
 
+BOOT_PROBE = """
+import sys
+base = set(sys.modules)
+import machinectl_py.cli, machinectl_py.service, machinectl_py.launch
+from machinectl_py import boot, readiness
+boot.environment({}, "ab" * 32, notify=True)
+boot.console_lines(b"\\x1b[0;32m  OK  \\x1b[0m] Started x.\\r\\n")
+boot.parse_notify(b"READY=1")
+readiness.notify_systemd("STATUS=x")
+import os
+from machinectl_py import payload
+for fd in payload.console_socketpair():
+    os.close(fd)
+print(" ".join(sorted(set(sys.modules) - base)))
+"""
+
+
+def test_boot_path_imports_nothing_heavy() -> None:
+    """The unit's setup process of a booted container also holds the guest's notify socket and
+    copies its console until READY=1: neither `re` nor `socket` (~5 and ~2 ms of every boot)."""
+    out = subprocess.run([sys.executable, "-c", BOOT_PROBE],
+                         capture_output=True, text=True, check=True).stdout.split()
+    assert "machinectl_py.readiness" in out
+    assert not HEAVY & set(out), f"heavy modules on the boot path: {sorted(HEAVY & set(out))}"
+
+
 FORWARDER_PROBE = """
 import sys
 base = set(sys.modules)
