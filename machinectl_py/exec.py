@@ -36,10 +36,12 @@ from machinectl_py.users import home_of, resolve_user
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from typing import Any
+    from typing import Any, NoReturn
 
     from machinectl_py.bus import Bus
     from machinectl_py.state import ContainerRecord
+
+    Raw = dict[str, Any]  # a container record as read: JSON values
 
 # `signal` and `contextlib` cost ~6 ms of imports (enum, collections, functools) on this hot
 # path; the C module under `signal` does all exec needs.
@@ -106,34 +108,62 @@ def find_machine(bus: Bus, name: str) -> tuple[int, str]:
     return int(props["Leader"]), str(props["Unit"])
 
 
-def load_record(name: str) -> ContainerRecord | None:
-    """The container's record, read once for all exec needs from it; None if unreadable."""
-    from machinectl_py import state
+def read_record(name: str) -> Raw | None:
+    """The container's record as JSON values, read once; None if unreadable. Not a
+    ContainerRecord: that takes spec.py (~1 ms of imports), which only the child needs (it builds
+    one from these values while we attach it: see Exec.run)."""
+    from machinectl_py.paths import container_path
+    from machinectl_py.record import load_json
+
+    if not (name.isascii() and name.replace("-", "a").replace(".", "a").isalnum()) or name.startswith(".") \
+            or ".." in name or len(name) > 64:
+        from machinectl_py.spec import validate_name
+
+        validate_name(name)  # a name is a path component under containers/: it says what is wrong
+        return None
+    try:
+        with open(container_path(name, "container.json"), encoding="utf-8") as f:
+            raw = load_json(f.read())
+    except (OSError, ValueError):
+        return None
+    return raw if isinstance(raw, dict) else None
+
+
+def load_record(raw: Raw | None) -> ContainerRecord | None:
+    """The record of read_record as a ContainerRecord; None if it is not one."""
+    if raw is None:
+        return None
+    from machinectl_py.state import ContainerRecord
 
     try:
-        return state.load(name)
-    except (NotFoundError, OSError, ValueError, KeyError):
+        return ContainerRecord.from_json(raw)
+    except (KeyError, TypeError, ValueError):
         return None
 
 
-def find_from_record(name: str, record: ContainerRecord | None = None) -> tuple[int, int, str] | None:
-    """(pidfd of the leader, its PID, unit) of the running container `name`, from its record and
-    /proc, with no bus call (machined took two round trips through the bus daemon here); None
-    when that cannot vouch for it: the caller then asks machined. The record's PID is the init
-    pymachine started and, for a detached one, systemd's MainPID (PIDFile=); once the pidfd pins
-    a process, it must be PID 1 of a namespace inside the container's unit, so a PID recycled
-    since the record was written is refused, and a process that dies now fails setns()."""
-    if record is None:
-        record = load_record(name)
-    if record is None or not record.pid or not record.unit or record.state != "running":
+def find_from_record(name: str, raw: Raw | None = None) -> tuple[int, int, str, str] | None:
+    """(pidfd of the leader, its PID, unit, its /proc/PID/cgroup) of the running container `name`,
+    from its record and /proc, with no bus call (machined took two round trips through the bus
+    daemon here); None when that cannot vouch for it: the caller then asks machined. The record's
+    PID is the init pymachine started and, for a detached one, systemd's MainPID (PIDFile=);
+    once the pidfd pins a process, it must be PID 1 of a namespace inside the container's unit,
+    so a PID recycled since the record was written is refused, and a process that dies now
+    fails setns()."""
+    if raw is None:
+        raw = read_record(name)
+    if raw is None:
+        return None
+    pid, unit = raw.get("pid"), raw.get("unit")
+    if not isinstance(pid, int) or not pid or not isinstance(unit, str) or not unit or raw.get("state") != "running":
         return None
     try:
-        pidfd = sc.pidfd_open(record.pid)
+        pidfd = sc.pidfd_open(pid)
     except OSError:
         return None
     try:
-        if _is_init_of(record.pid, record.unit):
-            return pidfd, record.pid, record.unit
+        cgroups = _init_cgroups(pid, unit)
+        if cgroups is not None:
+            return pidfd, pid, unit, cgroups
     except OSError:
         pass
     os.close(pidfd)
@@ -142,12 +172,19 @@ def find_from_record(name: str, record: ContainerRecord | None = None) -> tuple[
 
 def _is_init_of(pid: int, unit: str) -> bool:
     """PID is PID 1 of its PID namespace and lives in UNIT's cgroup (or below: it is delegated)."""
+    return _init_cgroups(pid, unit) is not None
+
+
+def _init_cgroups(pid: int, unit: str) -> str | None:
+    """/proc/PID/cgroup if _is_init_of(PID, UNIT), else None: the cgroups the exec'd process joins."""
     with open(f"/proc/{pid}/status") as f:
         nspid = next((line.split()[1:] for line in f if line.startswith("NSpid:")), [])
     if len(nspid) < 2 or nspid[-1] != "1":
-        return False
+        return None
     with open(f"/proc/{pid}/cgroup") as f:
-        return any(f"/{unit}/" in line.rstrip("\n").split(":", 2)[-1] + "/" for line in f)
+        text = f.read()
+    lines = text.splitlines()
+    return text if any(f"/{unit}/" in line.split(":", 2)[-1] + "/" for line in lines) else None
 
 
 def configured_user(record: ContainerRecord | None) -> str | None:
@@ -194,11 +231,14 @@ def main(argv: list[str]) -> int:
     opts = parse(argv)
     if opts is None:
         return 0
-    from machinectl_py.spec import parse_env
+    extra_env: dict[str, str] = {}
+    if opts.env:
+        from machinectl_py.spec import parse_env
 
-    extra_env = parse_env(opts.env, os.environ)
-    record = load_record(opts.name)
-    found = find_from_record(opts.name, record)
+        extra_env = parse_env(opts.env, os.environ)
+    raw = read_record(opts.name)
+    found = find_from_record(opts.name, raw)
+    cgroups = None
     if found is None:
         from machinectl_py.bus import Bus
 
@@ -206,34 +246,33 @@ def main(argv: list[str]) -> int:
             leader, unit = find_machine(machines, opts.name)
         pidfd = sc.pidfd_open(leader)
     else:
-        pidfd, leader, unit = found
-    if opts.user is None:
-        opts.user = configured_user(record)
+        pidfd, leader, unit, cgroups = found
     try:
-        env = leader_environment(leader)
-        env.update(extra_env)
-        caps = leader_capabilities(leader)
-        command = Exec(opts, pidfd, leader, unit, env, caps)
-        command.seccomp, command.no_new_privs = container_confinement(opts.name, record, caps)
-        return command.run()
+        return Exec(opts, pidfd, leader, unit, raw, extra_env, cgroups).run()
     finally:
         os.close(pidfd)
 
 
 class Exec:
-    def __init__(self, opts: ExecOptions, pidfd: int, leader: int, unit: str, env: dict[str, str],
-                 caps: int) -> None:
+    """The parent's side: fork as soon as the container is found, then attach the child to the
+    unit's cgroups while it prepares (Exec.prepare_child): the attach waits for the kernel (an
+    RCU grace period, 1.5-20 ms here), so what the child needs (the container's environment,
+    capabilities, seccomp program, user) is worked out beside that wait, not before the fork."""
+
+    def __init__(self, opts: ExecOptions, pidfd: int, leader: int, unit: str, raw: Raw | None,
+                 extra_env: dict[str, str], cgroups: str | None = None) -> None:
         self.opts = opts
         self.pidfd = pidfd
         self.leader = leader
         self.unit = unit
-        self.env = env
-        self.caps = caps
-        self.seccomp = b""
-        self.no_new_privs = False
+        self.raw = raw
+        self.extra_env = extra_env
+        self.cgroups = cgroups  # the leader's /proc/PID/cgroup, if already read
         self.child = 0
 
     def run(self) -> int:
+        from machinectl_py import cgroupfs  # noqa: F401 - before the fork: the attach starts at once after it
+
         go_r, go_w = os.pipe()
         status_r, status_w = os.pipe()
         pty_parent, pty_child = payload.console_socketpair() if self.opts.tty else (-1, -1)
@@ -243,6 +282,7 @@ class Exec:
         sc.setns(self.pidfd, sc.CLONE_NEWPID)
         self.child = os.fork()
         if self.child == 0:
+            sc.prctl(PR_SET_DUMPABLE, 0)  # first: we are in the container's PID namespace already
             os.close(go_w)
             os.close(status_r)
             if pty_parent >= 0:
@@ -252,8 +292,7 @@ class Exec:
             if theirs is not None:
                 payload.attach_stdio(*theirs)  # the command's stdio: pipes to us
                 payload.close_all(theirs)
-            _child(self.opts, self.pidfd, self.env, self.caps, (self.seccomp, self.no_new_privs), go_r, status_w,
-                   pty_child)
+            self.prepare_child(go_r, status_w, pty_child)
         if theirs is not None:
             payload.close_all(theirs)
         os.close(go_r)
@@ -285,12 +324,28 @@ class Exec:
             return failure[0]
         return EXIT_ERROR if code is None else code
 
+    def prepare_child(self, go_r: int, status_w: int, pty_child: int) -> NoReturn:
+        """In the child, before its setns(): what it needs from the container, from the host's
+        files (the record, the leader's /proc, the seccomp cache); then _child."""
+        try:
+            record = load_record(self.raw)
+            if self.opts.user is None:
+                self.opts.user = configured_user(record)
+            env = leader_environment(self.leader)
+            env.update(self.extra_env)
+            caps = leader_capabilities(self.leader)
+            confinement = container_confinement(self.opts.name, record, caps)
+        except BaseException as e:  # told to the parent, which says it
+            payload.report(status_w, EXIT_ERROR, payload.describe(e))
+        _child(self.opts, self.pidfd, env, caps, confinement, go_r, status_w, pty_child)
+        os._exit(EXIT_ERROR)  # _child never returns
+
     def _attach(self) -> None:
         """The child into the unit's cgroups: written beside the init (no bus round trip: systemd
         took 10-15 ms here, most of this command's time after the interpreter), else by systemd."""
         from machinectl_py import cgroupfs
 
-        if cgroupfs.join_unit(self.child, self.leader, self.unit):
+        if cgroupfs.join_unit(self.child, self.leader, self.unit, self.cgroups):
             return
         from machinectl_py import systemd
         from machinectl_py.bus import Bus, BusError
