@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 
-from machinectl_py._native import ffi, lib
+from machinectl_py._sys import ffi, lib  # libc only: not _native, which loads libsystemd
 
 CLONE_NEWNS: int = lib.CLONE_NEWNS
 CLONE_NEWUTS: int = lib.CLONE_NEWUTS
