@@ -39,7 +39,6 @@ if TYPE_CHECKING:
     from typing import Any, NoReturn
 
     from machinectl_py.bus import Bus
-    from machinectl_py.state import ContainerRecord
 
     Raw = dict[str, Any]  # a container record as read: JSON values
 
@@ -110,8 +109,9 @@ def find_machine(bus: Bus, name: str) -> tuple[int, str]:
 
 def read_record(name: str) -> Raw | None:
     """The container's record as JSON values, read once; None if unreadable. Not a
-    ContainerRecord: that takes spec.py (~1 ms of imports), which only the child needs (it builds
-    one from these values while we attach it: see Exec.run)."""
+    ContainerRecord: that takes state.py and spec.py (1-3 ms of imports and building a
+    ContainerSpec, here) for the few fields exec reads: pid, unit and state here; user,
+    privileged and security_opt in the child."""
     from machinectl_py.paths import container_path
     from machinectl_py.record import load_json
 
@@ -127,18 +127,6 @@ def read_record(name: str) -> Raw | None:
     except (OSError, ValueError):
         return None
     return raw if isinstance(raw, dict) else None
-
-
-def load_record(raw: Raw | None) -> ContainerRecord | None:
-    """The record of read_record as a ContainerRecord; None if it is not one."""
-    if raw is None:
-        return None
-    from machinectl_py.state import ContainerRecord
-
-    try:
-        return ContainerRecord.from_json(raw)
-    except (KeyError, TypeError, ValueError):
-        return None
 
 
 def find_from_record(name: str, raw: Raw | None = None) -> tuple[int, int, str, str] | None:
@@ -187,10 +175,11 @@ def _init_cgroups(pid: int, unit: str) -> str | None:
     return text if any(f"/{unit}/" in line.split(":", 2)[-1] + "/" for line in lines) else None
 
 
-def configured_user(record: ContainerRecord | None) -> str | None:
+def configured_user(raw: Raw | None) -> str | None:
     """The user the container's command runs as (its record: -u, else the image's User), which
     exec runs as too unless it has -u, as with docker; None: root (no readable record)."""
-    return record.user if record is not None else None
+    user = raw.get("user") if raw is not None else None
+    return user if isinstance(user, str) else None
 
 
 def leader_environment(leader: int) -> dict[str, str]:
@@ -214,17 +203,18 @@ def leader_capabilities(leader: int) -> int:
     raise OSError(f"no CapBnd in /proc/{leader}/status")
 
 
-def container_confinement(name: str, record: ContainerRecord | None, caps: int) -> tuple[bytes, bool]:
+def container_confinement(raw: Raw | None, caps: int) -> tuple[bytes, bool]:
     """The container's own seccomp program (its profile, for the capabilities it holds) and
-    its no_new_privs, from its record: exec gets no syscall the container lacks."""
+    its no_new_privs, from its record: exec gets no syscall the container lacks. No readable
+    record: pymachine's defaults (no --privileged, no --security-opt)."""
     from machinectl_py import seccomp_compile, security
-    from machinectl_py.spec import ContainerSpec
 
-    # No readable record: pymachine's defaults.
-    spec = record.spec if record is not None else ContainerSpec(name=name, image="")
-    choice = security.seccomp_choice(spec)
+    spec = raw.get("spec") if raw is not None else None
+    spec = spec if isinstance(spec, dict) else {}
+    security_opt = [opt for opt in spec.get("security_opt") or () if isinstance(opt, str)]
+    choice = security.seccomp_choice_of(bool(spec.get("privileged")), security_opt)
     program = b"" if choice == security.UNCONFINED else seccomp_compile.program(choice, security.capability_names(caps))
-    return program, security.no_new_privileges(spec)
+    return program, security.no_new_privileges_of(security_opt)
 
 
 def main(argv: list[str]) -> int:
@@ -328,13 +318,12 @@ class Exec:
         """In the child, before its setns(): what it needs from the container, from the host's
         files (the record, the leader's /proc, the seccomp cache); then _child."""
         try:
-            record = load_record(self.raw)
             if self.opts.user is None:
-                self.opts.user = configured_user(record)
+                self.opts.user = configured_user(self.raw)
             env = leader_environment(self.leader)
             env.update(self.extra_env)
             caps = leader_capabilities(self.leader)
-            confinement = container_confinement(self.opts.name, record, caps)
+            confinement = container_confinement(self.raw, caps)
         except BaseException as e:  # told to the parent, which says it
             payload.report(status_w, EXIT_ERROR, payload.describe(e))
         _child(self.opts, self.pidfd, env, caps, confinement, go_r, status_w, pty_child)
