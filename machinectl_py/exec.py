@@ -295,6 +295,10 @@ class Exec:
             os.close(go_w)
             payload.close_all(ours)
             payload.reap(self.child)
+            failure = payload.read_status(status_r)
+            if failure:  # it failed first (e.g. no such command): that is the answer
+                print(f"pymachine exec: {failure[1]}", file=sys.stderr)
+                return failure[0]
             raise
         try:
             os.write(go_w, b"g")
@@ -405,9 +409,9 @@ def _child(opts: ExecOptions, pidfd: int, env: dict[str, str], caps: int, confin
             env.setdefault("TERM", os.environ.get("TERM", "xterm"))
         if uid != 0:
             env["HOME"] = home_of(uid) or "/"
-        if os.read(go_fd, 1) != b"g":  # EOF: systemd could not attach us; the parent says why
-            os._exit(EXIT_ERROR)
-        payload.finalize_and_exec(opts.argv, env, status_fd, helper_fd=helper_fd)  # closes go_fd and every host fd
+        # Waits for `go` (our cgroup attach) right before the execve, with the command's path found:
+        # closes go_fd and every host fd.
+        payload.finalize_and_exec(opts.argv, env, status_fd, helper_fd=helper_fd, go_fd=go_fd)
     except SystemExit:
         raise
     except BaseException as e:
