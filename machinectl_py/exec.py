@@ -217,6 +217,47 @@ def container_confinement(raw: Raw | None, caps: int) -> tuple[bytes, bool]:
     return program, security.no_new_privileges_of(security_opt)
 
 
+EXEC_SECCOMP = "exec-seccomp"  # in the container's directory: see cached_confinement
+
+
+def cached_confinement(name: str, raw: Raw | None, caps: int, leader: int) -> tuple[bytes, bool]:
+    """container_confinement, kept in the container's directory for the life of its init: the
+    file is keyed by the init's PID and start time, its bounding set and the record's two fields,
+    so the next exec reads one file instead of importing the seccomp modules and reading and
+    hashing the profile (1.5-2.3 ms of the child's preparation here). A container's filter is
+    thus the one of its first exec until it restarts, as docker reads a profile at create."""
+    if raw is None:
+        return container_confinement(raw, caps)
+    from machinectl_py.paths import container_path
+
+    spec = raw.get("spec")
+    spec = spec if isinstance(spec, dict) else {}
+    with open(f"/proc/{leader}/stat", "rb") as f:
+        started = f.read().rpartition(b")")[2].split()[19]  # field 22, starttime
+    key = f"{leader} {started.decode()} {caps:x} {bool(spec.get('privileged'))} {spec.get('security_opt')!r}\n"
+    path = container_path(name, EXEC_SECCOMP)
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+        head, _, rest = data.partition(b"\n")
+        if head + b"\n" == key.encode() and rest[:1] in (b"0", b"1"):
+            return rest[1:], rest[:1] == b"1"
+    except OSError:
+        pass
+    program, no_new_privs = container_confinement(raw, caps)
+    temp = f"{path}.{os.getpid()}"
+    try:
+        with open(temp, "wb") as f:
+            f.write(key.encode() + (b"1" if no_new_privs else b"0") + program)
+        os.replace(temp, path)
+    except OSError:  # the next exec works it out again
+        try:
+            os.unlink(temp)
+        except OSError:
+            pass
+    return program, no_new_privs
+
+
 def main(argv: list[str]) -> int:
     opts = parse(argv)
     if opts is None:
@@ -327,7 +368,7 @@ class Exec:
             env = leader_environment(self.leader)
             env.update(self.extra_env)
             caps = leader_capabilities(self.leader)
-            confinement = container_confinement(self.raw, caps)
+            confinement = cached_confinement(self.opts.name, self.raw, caps, self.leader)
         except BaseException as e:  # told to the parent, which says it
             payload.report(status_w, EXIT_ERROR, payload.describe(e))
         _child(self.opts, self.pidfd, env, caps, confinement, go_r, status_w, pty_child)
