@@ -188,11 +188,12 @@ assert ex.parse(["-i", "web", "true"]) is not None
 print(" ".join(sorted(set(sys.modules) - base)))
 """
 
-# What exec's parent does not need before its fork: the child builds the record, the seccomp
-# program and the user from the host's files while the parent attaches it (exec.Exec).
+# What exec's parent does not need before its fork: the child works out the seccomp program
+# and the user from the host's files while the parent attaches it (exec.Exec); no bus call
+# (so not _native, which loads libsystemd), no ContainerRecord, no UID range allocation.
 EXEC_CHILD_ONLY = {"machinectl_py.spec", "machinectl_py.state", "machinectl_py.security", "machinectl_py.policy",
                    "machinectl_py.seccomp_compile", "machinectl_py.seccomp_profile", "machinectl_py.bus",
-                   "machinectl_py.systemd", "importlib", "warnings"}
+                   "machinectl_py.systemd", "machinectl_py._native", "machinectl_py.userns", "importlib", "warnings"}
 
 
 def test_exec_parent_imports_only_what_it_needs_before_the_fork(tmp_path: Path) -> None:
