@@ -6,21 +6,27 @@ so a recycled PID can never send us elsewhere. Then:
 
   parent (host)                               child
   setns(pidfd, PID)  -> only our children     (born in the container's PID namespace)
-  fork                                        PR_SET_DUMPABLE=0
-  child into the unit's cgroups (written      setns(pidfd, IPC|UTS|NET|CGROUP|MNT): root and cwd
-    beside the init: cgroupfs.join_unit;       become the container's; resolve -u from the
-    else systemd's AttachProcessesToUnit)      container's /etc/passwd; chdir -w (checked inside
-                                              the root); drop capabilities to the leader's
-                                              bounding set; wait on `go`
-  go                                          close every fd > 2; exec
-  wait, return the command's exit code
+  fork, as soon as the container is found     PR_SET_DUMPABLE=0, first
+  child into the unit's cgroups (written      from the host's files: the leader's environment
+    beside the init: cgroupfs.join_unit;        and bounding set, the container's seccomp
+    else systemd's AttachProcessesToUnit;       program (kept for its init's life); the sealed
+    the kernel's RCU grace period here is       exec helper
+    most of exec's wait)                      setns(pidfd, IPC|UTS|NET|CGROUP|MNT): root and cwd
+                                                become the container's; its user namespace last;
+                                                resolve -u from the container's /etc/passwd;
+                                                chdir -w (checked inside the root); the filter,
+                                                capabilities and ids; the command's path; every
+                                                fd > 5 closed; wait on `go`
+  go                                          exec (the helper, which execs the command)
+  relay stdio, wait, return the command's exit code
 
 The child is not dumpable, so no container process can reach this Python's /proc/PID/exe
 while it runs, and its last exec is made by the sealed exec helper (payload.sealed_helper),
 so a "#!/proc/self/exe" file finds no host executable either (CVE-2019-5736's class). It
 holds no host fd when the command starts (CVE-2024-21626), and without -t its stdio is pipes
-relayed by us (payload.stdio_pipes), never our terminal. Hot path: imports stay minimal (the
-bench compares with `runc exec`).
+relayed by us (payload.stdio_pipes), never our terminal. Hot path: the parent imports only
+what it needs before the fork (tests/unit/test_startup_imports.py); the README's "exec
+against its floor" says where the time goes.
 """
 
 from __future__ import annotations
