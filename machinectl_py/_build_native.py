@@ -83,6 +83,7 @@ sysbuilder.cdef(
     int pm_capset_keep(uint64_t keep);
     int pm_close_range(unsigned int first, unsigned int last, unsigned int flags);
     int pm_pidfd_open(int pid, unsigned int flags);
+    int pm_fork_into_cgroup(int cgroup_fd);
     int pm_open_tree(int dirfd, const char *path, unsigned int flags);
     int pm_mount_setattr_idmap(int fd, int userns_fd);
     int pm_set_fs_ids(unsigned int uid, unsigned int gid);
@@ -159,6 +160,39 @@ sysbuilder.set_source(
 
     static int pm_pidfd_open(int pid, unsigned int flags) {
         return (int)syscall(SYS_pidfd_open, pid, flags);
+    }
+
+    /* os.fork(), with the child born in the cgroup `cgroup_fd` (clone3's CLONE_INTO_CGROUP,
+       Linux 5.7, cgroup v2): no later write to cgroup.procs, which takes the kernel's cgroup
+       threadgroup lock for writing and so waits for an RCU grace period. The interpreter's
+       fork hooks run as os.fork() runs them, with the GIL (cffi released it for this call). */
+    #ifndef SYS_clone3
+    #define SYS_clone3 435
+    #endif
+    struct pm_clone_args {
+        uint64_t flags, pidfd, child_tid, parent_tid, exit_signal, stack, stack_size, tls,
+                 set_tid, set_tid_size, cgroup;
+    };
+    static int pm_fork_into_cgroup(int cgroup_fd) {
+        struct pm_clone_args args;
+        PyGILState_STATE gil;
+        long pid;
+        int saved;
+        memset(&args, 0, sizeof args);
+        args.flags = 0x200000000ULL; /* CLONE_INTO_CGROUP */
+        args.exit_signal = SIGCHLD;
+        args.cgroup = (uint64_t)cgroup_fd;
+        gil = PyGILState_Ensure();
+        PyOS_BeforeFork();
+        pid = syscall(SYS_clone3, &args, sizeof args);
+        saved = errno;
+        if (pid == 0)
+            PyOS_AfterFork_Child();
+        else
+            PyOS_AfterFork_Parent();
+        PyGILState_Release(gil);
+        errno = saved;
+        return (int)pid;
     }
 
     /* open_tree(2) and mount_setattr(2) (Linux 5.12), by number: Debian 12's glibc has no

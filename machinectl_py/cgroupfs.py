@@ -274,6 +274,19 @@ def unit_placement(cgroup_text: str, unit: str, unified_host: bool) -> list[tupl
     return placement
 
 
+def unit_dir_v2(member: int, unit: str, member_cgroups: str | None = None) -> str | None:
+    """On a pure cgroup v2 host, the directory of the cgroup join_unit would write a process
+    into (UNIT's own, beside MEMBER), for a child born there (clone3's CLONE_INTO_CGROUP);
+    None elsewhere (a hybrid host also needs its v1 hierarchies written)."""
+    if not unified():
+        return None
+    text = member_cgroups if member_cgroups is not None else read(f"/proc/{member}/cgroup") or ""
+    placement = unit_placement(text, unit, True)
+    if not placement or len(placement) != 1:
+        return None
+    return os.path.dirname(placement[0][0])
+
+
 def join_unit(pid: int, member: int, unit: str, member_cgroups: str | None = None) -> bool:
     """Move process PID (ours, not yet running anything) where AttachProcessesToUnit(UNIT) would,
     by writing it to cgroup.procs: beside MEMBER, a process of the delegated UNIT (its init).

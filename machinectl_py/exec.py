@@ -317,7 +317,7 @@ class Exec:
         ours, theirs = payload.stdio_pipes(self.opts.interactive) if not self.opts.tty else ((-1, -1, -1), None)
         # Our own PID namespace stays the host's; only the child is born in the container's.
         sc.setns(self.pidfd, sc.CLONE_NEWPID)
-        self.child = os.fork()
+        self.child, attached = self._fork()
         if self.child == 0:
             sc.prctl(PR_SET_DUMPABLE, 0)  # first: we are in the container's PID namespace already
             os.close(go_w)
@@ -337,7 +337,8 @@ class Exec:
         if pty_child >= 0:
             os.close(pty_child)
         try:
-            self._attach()
+            if not attached:
+                self._attach()
         except UsageError:
             os.close(go_w)
             payload.close_all(ours)
@@ -379,6 +380,30 @@ class Exec:
             payload.report(status_w, EXIT_ERROR, payload.describe(e))
         _child(self.opts, self.pidfd, env, caps, confinement, go_r, status_w, pty_child)
         os._exit(EXIT_ERROR)  # _child never returns
+
+    def _fork(self) -> tuple[int, bool]:
+        """(os.fork()'s answer, whether the child was born in the unit's cgroup). On a pure
+        cgroup v2 host, clone3(CLONE_INTO_CGROUP) into the cgroup _attach would write it into:
+        the kernel places it at birth, without the grace period of a move. Anything refused
+        (an old kernel, a unit whose cgroup holds no processes: a booted systemd's) forks
+        plainly, and _attach moves the child as before."""
+        from machinectl_py import cgroupfs
+
+        directory = cgroupfs.unit_dir_v2(self.leader, self.unit, self.cgroups)
+        if directory is not None:
+            try:
+                fd = os.open(directory, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+            except OSError:
+                fd = -1
+            if fd >= 0:
+                try:
+                    pid = sc.fork_into_cgroup(fd)
+                except OSError:
+                    pid = -1
+                os.close(fd)
+                if pid >= 0:
+                    return pid, True
+        return os.fork(), False
 
     def _attach(self) -> None:
         """The child into the unit's cgroups: written beside the init (no bus round trip: systemd

@@ -61,6 +61,14 @@ def unshare(flags: int) -> None:
         raise _fail(f"unshare({flags:#x})")
 
 
+def fork_into_cgroup(cgroup_fd: int) -> int:
+    """os.fork() with the child born in the cgroup directory `cgroup_fd` (pure cgroup v2)."""
+    pid: int = lib.pm_fork_into_cgroup(cgroup_fd)
+    if pid < 0:
+        raise _fail("clone3(CLONE_INTO_CGROUP)")
+    return pid
+
+
 def setns(fd: int, nstype: int = 0) -> None:
     if lib.setns(fd, nstype) != 0:
         raise _fail("setns", f"fd {fd}")
