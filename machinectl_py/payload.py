@@ -150,9 +150,9 @@ def finalize_and_exec(argv: Sequence[str], env: Mapping[str, str], status_fd: in
     the execve itself, the command's path included, is done before waiting for the parent's
     "g" on it (its cgroup attach), so that only the execve follows it; it closes on exec too."""
     if go_fd in (STATUS_FD, HELPER_FD):  # out of the way of the two below first
-        go_fd = _move_fd(go_fd, _SPARE_GO_FD)
+        go_fd = _dup_above(go_fd)
     if helper_fd == STATUS_FD:
-        helper_fd = _move_fd(helper_fd, _SPARE_FD)
+        helper_fd = _dup_above(helper_fd)
     status_fd = _move_fd(status_fd, STATUS_FD)
     if helper_fd >= 0:
         helper_fd = _move_fd(helper_fd, HELPER_FD)
@@ -179,9 +179,21 @@ def finalize_and_exec(argv: Sequence[str], env: Mapping[str, str], status_fd: in
            f"cannot run {argv[0]!r}: {'executable file not found' if not_found else error.strerror}")
 
 
-_SPARE_FD = 255  # above the fds a start holds; closed with the rest before the exec
-_SPARE_GO_FD = 254
 GO_FD = 5  # exec's go pipe (see finalize_and_exec)
+
+
+def _dup_above(fd: int) -> int:
+    """A close-on-exec copy of fd numbered above GO_FD, out of the way of the fds moved to 3-5,
+    and the lowest such (a process.json's RLIMIT_NOFILE may be low); os.dup, not fcntl's
+    F_DUPFD: no module to import once the container's root is ours."""
+    held = []
+    copy = os.dup(fd)
+    while copy <= GO_FD:
+        held.append(copy)
+        copy = os.dup(fd)
+    for spare in held:
+        os.close(spare)
+    return copy
 
 
 def _wait_go(go_fd: int) -> None:

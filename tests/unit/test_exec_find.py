@@ -46,3 +46,20 @@ def test_the_confinement_is_kept_for_the_life_of_the_init(monkeypatch: pytest.Mo
     assert exec_mod.cached_confinement("web", None, 2, me)  # no record: nothing kept
     assert calls == [3, 2, 2, 2, 2]
     assert sorted(p.name for p in (tmp_path / "containers" / "web").iterdir()) == ["exec-seccomp"]
+
+
+def test_a_go_pipe_in_the_way_moves_to_the_lowest_free_fd_above_5() -> None:
+    """finalize_and_exec moves a go pipe at fd 3 or 4 out of the way with os.dup (a process.json's
+    RLIMIT_NOFILE may be 77: fd 254 would fail), to the lowest free number above GO_FD."""
+    from machinectl_py import payload
+
+    r, w = os.pipe()
+    try:
+        copy = payload._dup_above(r)
+        assert copy > payload.GO_FD and not os.get_inheritable(copy)
+        os.write(w, b"g")
+        assert os.read(copy, 1) == b"g"
+        os.close(copy)
+    finally:
+        os.close(r)
+        os.close(w)
