@@ -1,4 +1,4 @@
-# The cffi extension (machinectl_py._native) is compiled at install time in cffi's
+# The cffi extensions (machinectl_py._native, machinectl_py._sys) are compiled at install time in cffi's
 # out-of-line API mode, so importing it costs no C parsing at run time.
 import os
 
@@ -41,4 +41,5 @@ class BuildPyWithTemplate(build_py):
         subprocess.run([cc, *HELPER_FLAGS, "-o", os.path.join(target, HELPER), HELPER_SOURCE], check=True)
 
 
-setup(cffi_modules=["machinectl_py/_build_native.py:ffibuilder"], cmdclass={"build_py": BuildPyWithTemplate})
+setup(cffi_modules=["machinectl_py/_build_native.py:ffibuilder", "machinectl_py/_build_native.py:sysbuilder"],
+      cmdclass={"build_py": BuildPyWithTemplate})

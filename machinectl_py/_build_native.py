@@ -1,14 +1,16 @@
-"""cffi builder for machinectl_py._native: the one compiled module.
+"""cffi builders for the two compiled modules.
 
 Out-of-line API mode: the C declarations are compiled at install time, so importing
-the module at run time parses nothing. It exposes two groups of C functions:
-  * raw system calls (mount, pivot_root, unshare, setns, ...), used only through
-    machinectl_py.syscalls;
-  * libnftables' command API (pm_nft_run), opened with dlopen at its first use: no build
-    dependency, and a missing library is an answer (-2) rather than an import failure;
-  * libsystemd's sd-bus client, used only through machinectl_py.bus. sd-bus is the
-    D-Bus library systemd itself uses; reaching it through cffi costs a few
-    milliseconds where importing dbus_next or pystemd costs 80-170 ms (see README).
+a module at run time parses nothing.
+  * machinectl_py._sys (`sysbuilder`), used only through machinectl_py.syscalls: raw system
+    calls (mount, pivot_root, unshare, setns, ...) and libnftables' command API (pm_nft_run),
+    opened with dlopen at its first use: no build dependency, and a missing library is an
+    answer (-2) rather than an import failure. It links nothing but libc, so a command that
+    makes no bus call (`exec`) does not pay the dynamic loader for libsystemd and the six
+    libraries it brings (libgcrypt, liblzma, libzstd, liblz4, libcap, libgpg-error: ~1 ms).
+  * machinectl_py._native (`ffibuilder`): libsystemd's sd-bus client, used only through
+    machinectl_py.bus. sd-bus is the D-Bus library systemd itself uses; reaching it through
+    cffi costs a few milliseconds where importing dbus_next or pystemd costs 80-170 ms (see README).
 """
 
 from cffi import FFI
@@ -17,46 +19,6 @@ ffibuilder = FFI()
 
 ffibuilder.cdef(
     r"""
-    /* ---- system calls ---- */
-    int mount(const char *source, const char *target, const char *fstype,
-              unsigned long flags, const void *data);
-    int umount2(const char *target, int flags);
-    int pm_pivot_root(const char *new_root, const char *put_old);
-    int unshare(int flags);
-    int setns(int fd, int nstype);
-    int sethostname(const char *name, size_t len);
-    int syncfs(int fd);
-    int prctl(int option, unsigned long arg2, unsigned long arg3, unsigned long arg4, unsigned long arg5);
-    int pm_capset_keep(uint64_t keep);
-    int pm_close_range(unsigned int first, unsigned int last, unsigned int flags);
-    int pm_pidfd_open(int pid, unsigned int flags);
-    int pm_open_tree(int dirfd, const char *path, unsigned int flags);
-    int pm_mount_setattr_idmap(int fd, int userns_fd);
-    int pm_set_fs_ids(unsigned int uid, unsigned int gid);
-    int pm_move_mount(int from_fd, const char *to_path);
-    int pm_seccomp_install(const unsigned char *filter, unsigned int instructions);
-    int pm_nft_run(const char *script, char *err, size_t errlen);
-
-    #define CLONE_NEWNS ...
-    #define CLONE_NEWUTS ...
-    #define CLONE_NEWIPC ...
-    #define CLONE_NEWPID ...
-    #define CLONE_NEWNET ...
-    #define CLONE_NEWCGROUP ...
-    #define CLONE_NEWUSER ...
-    #define MS_RDONLY ...
-    #define MS_NOSUID ...
-    #define MS_NODEV ...
-    #define MS_NOEXEC ...
-    #define MS_REMOUNT ...
-    #define MS_BIND ...
-    #define MS_REC ...
-    #define MS_PRIVATE ...
-    #define MS_STRICTATIME ...
-    #define MNT_DETACH ...
-    #define PR_SET_PDEATHSIG ...
-    #define PR_CAPBSET_DROP ...
-
     /* ---- sd-bus ---- */
     typedef struct sd_bus sd_bus;
     typedef struct sd_bus_message sd_bus_message;
@@ -100,6 +62,60 @@ ffibuilder.cdef(
 ffibuilder.set_source(
     "machinectl_py._native",
     r"""
+    #include <systemd/sd-bus.h>
+    """,
+    libraries=["systemd"],
+)
+
+sysbuilder = FFI()
+sysbuilder.cdef(
+    r"""
+    /* ---- system calls ---- */
+    int mount(const char *source, const char *target, const char *fstype,
+              unsigned long flags, const void *data);
+    int umount2(const char *target, int flags);
+    int pm_pivot_root(const char *new_root, const char *put_old);
+    int unshare(int flags);
+    int setns(int fd, int nstype);
+    int sethostname(const char *name, size_t len);
+    int syncfs(int fd);
+    int prctl(int option, unsigned long arg2, unsigned long arg3, unsigned long arg4, unsigned long arg5);
+    int pm_capset_keep(uint64_t keep);
+    int pm_close_range(unsigned int first, unsigned int last, unsigned int flags);
+    int pm_pidfd_open(int pid, unsigned int flags);
+    int pm_fork_into_cgroup(int cgroup_fd);
+    int pm_open_tree(int dirfd, const char *path, unsigned int flags);
+    int pm_mount_setattr_idmap(int fd, int userns_fd);
+    int pm_set_fs_ids(unsigned int uid, unsigned int gid);
+    int pm_move_mount(int from_fd, const char *to_path);
+    int pm_seccomp_install(const unsigned char *filter, unsigned int instructions);
+    int pm_nft_run(const char *script, char *err, size_t errlen);
+
+    #define CLONE_NEWNS ...
+    #define CLONE_NEWUTS ...
+    #define CLONE_NEWIPC ...
+    #define CLONE_NEWPID ...
+    #define CLONE_NEWNET ...
+    #define CLONE_NEWCGROUP ...
+    #define CLONE_NEWUSER ...
+    #define MS_RDONLY ...
+    #define MS_NOSUID ...
+    #define MS_NODEV ...
+    #define MS_NOEXEC ...
+    #define MS_REMOUNT ...
+    #define MS_BIND ...
+    #define MS_REC ...
+    #define MS_PRIVATE ...
+    #define MS_STRICTATIME ...
+    #define MNT_DETACH ...
+    #define PR_SET_PDEATHSIG ...
+    #define PR_CAPBSET_DROP ...
+
+    """
+)
+sysbuilder.set_source(
+    "machinectl_py._sys",
+    r"""
     #ifndef _GNU_SOURCE
     #define _GNU_SOURCE
     #endif
@@ -116,7 +132,6 @@ ffibuilder.set_source(
     #include <linux/capability.h>
     #include <linux/filter.h>
     #include <linux/seccomp.h>
-    #include <systemd/sd-bus.h>
 
     #ifndef SYS_close_range
     #define SYS_close_range 436
@@ -145,6 +160,39 @@ ffibuilder.set_source(
 
     static int pm_pidfd_open(int pid, unsigned int flags) {
         return (int)syscall(SYS_pidfd_open, pid, flags);
+    }
+
+    /* os.fork(), with the child born in the cgroup `cgroup_fd` (clone3's CLONE_INTO_CGROUP,
+       Linux 5.7, cgroup v2): no later write to cgroup.procs, which takes the kernel's cgroup
+       threadgroup lock for writing and so waits for an RCU grace period. The interpreter's
+       fork hooks run as os.fork() runs them, with the GIL (cffi released it for this call). */
+    #ifndef SYS_clone3
+    #define SYS_clone3 435
+    #endif
+    struct pm_clone_args {
+        uint64_t flags, pidfd, child_tid, parent_tid, exit_signal, stack, stack_size, tls,
+                 set_tid, set_tid_size, cgroup;
+    };
+    static int pm_fork_into_cgroup(int cgroup_fd) {
+        struct pm_clone_args args;
+        PyGILState_STATE gil;
+        long pid;
+        int saved;
+        memset(&args, 0, sizeof args);
+        args.flags = 0x200000000ULL; /* CLONE_INTO_CGROUP */
+        args.exit_signal = SIGCHLD;
+        args.cgroup = (uint64_t)cgroup_fd;
+        gil = PyGILState_Ensure();
+        PyOS_BeforeFork();
+        pid = syscall(SYS_clone3, &args, sizeof args);
+        saved = errno;
+        if (pid == 0)
+            PyOS_AfterFork_Child();
+        else
+            PyOS_AfterFork_Parent();
+        PyGILState_Release(gil);
+        errno = saved;
+        return (int)pid;
     }
 
     /* open_tree(2) and mount_setattr(2) (Linux 5.12), by number: Debian 12's glibc has no
@@ -248,8 +296,8 @@ ffibuilder.set_source(
         return rc == 0 ? 0 : -1;
     }
     """,
-    libraries=["systemd"],
 )
 
 if __name__ == "__main__":
     ffibuilder.compile(verbose=True)
+    sysbuilder.compile(verbose=True)

@@ -274,7 +274,20 @@ def unit_placement(cgroup_text: str, unit: str, unified_host: bool) -> list[tupl
     return placement
 
 
-def join_unit(pid: int, member: int, unit: str) -> bool:
+def unit_dir_v2(member: int, unit: str, member_cgroups: str | None = None) -> str | None:
+    """On a pure cgroup v2 host, the directory of the cgroup join_unit would write a process
+    into (UNIT's own, beside MEMBER), for a child born there (clone3's CLONE_INTO_CGROUP);
+    None elsewhere (a hybrid host also needs its v1 hierarchies written)."""
+    if not unified():
+        return None
+    text = member_cgroups if member_cgroups is not None else read(f"/proc/{member}/cgroup") or ""
+    placement = unit_placement(text, unit, True)
+    if not placement or len(placement) != 1:
+        return None
+    return os.path.dirname(placement[0][0])
+
+
+def join_unit(pid: int, member: int, unit: str, member_cgroups: str | None = None) -> bool:
     """Move process PID (ours, not yet running anything) where AttachProcessesToUnit(UNIT) would,
     by writing it to cgroup.procs: beside MEMBER, a process of the delegated UNIT (its init).
     False, having written nothing or only part, when that cannot be done; the caller then asks
@@ -284,8 +297,10 @@ def join_unit(pid: int, member: int, unit: str) -> bool:
     container manager's, and systemd tells a process's unit from its cgroup in the systemd
     hierarchy, where PID lands inside UNIT; in a v1 controller's hierarchy that UNIT has no
     cgroup of its own in, PID joins the slice systemd realized and put UNIT's init in. runc
-    (with systemd's cgroup driver too) joins an exec'd process the same way."""
-    placement = unit_placement(read(f"/proc/{member}/cgroup") or "", unit, unified())
+    (with systemd's cgroup driver too) joins an exec'd process the same way. member_cgroups:
+    MEMBER's /proc/PID/cgroup, if the caller has read it already."""
+    text = member_cgroups if member_cgroups is not None else read(f"/proc/{member}/cgroup") or ""
+    placement = unit_placement(text, unit, unified())
     if placement is None:
         return False
     try:

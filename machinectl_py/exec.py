@@ -6,21 +6,27 @@ so a recycled PID can never send us elsewhere. Then:
 
   parent (host)                               child
   setns(pidfd, PID)  -> only our children     (born in the container's PID namespace)
-  fork                                        PR_SET_DUMPABLE=0
-  child into the unit's cgroups (written      setns(pidfd, IPC|UTS|NET|CGROUP|MNT): root and cwd
-    beside the init: cgroupfs.join_unit;       become the container's; resolve -u from the
-    else systemd's AttachProcessesToUnit)      container's /etc/passwd; chdir -w (checked inside
-                                              the root); drop capabilities to the leader's
-                                              bounding set; wait on `go`
-  go                                          close every fd > 2; exec
-  wait, return the command's exit code
+  fork, as soon as the container is found     PR_SET_DUMPABLE=0, first
+  child into the unit's cgroups (written      from the host's files: the leader's environment
+    beside the init: cgroupfs.join_unit;        and bounding set, the container's seccomp
+    else systemd's AttachProcessesToUnit;       program (kept for its init's life); the sealed
+    the kernel's RCU grace period here is       exec helper
+    most of exec's wait)                      setns(pidfd, IPC|UTS|NET|CGROUP|MNT): root and cwd
+                                                become the container's; its user namespace last;
+                                                resolve -u from the container's /etc/passwd;
+                                                chdir -w (checked inside the root); the filter,
+                                                capabilities and ids; the command's path; every
+                                                fd > 5 closed; wait on `go`
+  go                                          exec (the helper, which execs the command)
+  relay stdio, wait, return the command's exit code
 
 The child is not dumpable, so no container process can reach this Python's /proc/PID/exe
 while it runs, and its last exec is made by the sealed exec helper (payload.sealed_helper),
 so a "#!/proc/self/exe" file finds no host executable either (CVE-2019-5736's class). It
 holds no host fd when the command starts (CVE-2024-21626), and without -t its stdio is pipes
-relayed by us (payload.stdio_pipes), never our terminal. Hot path: imports stay minimal (the
-bench compares with `runc exec`).
+relayed by us (payload.stdio_pipes), never our terminal. Hot path: the parent imports only
+what it needs before the fork (tests/unit/test_startup_imports.py); the README's "exec
+against its floor" says where the time goes.
 """
 
 from __future__ import annotations
@@ -36,10 +42,11 @@ from machinectl_py.users import home_of, resolve_user
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from typing import Any
+    from typing import Any, NoReturn
 
     from machinectl_py.bus import Bus
-    from machinectl_py.state import ContainerRecord
+
+    Raw = dict[str, Any]  # a container record as read: JSON values
 
 # `signal` and `contextlib` cost ~6 ms of imports (enum, collections, functools) on this hot
 # path; the C module under `signal` does all exec needs.
@@ -106,34 +113,51 @@ def find_machine(bus: Bus, name: str) -> tuple[int, str]:
     return int(props["Leader"]), str(props["Unit"])
 
 
-def load_record(name: str) -> ContainerRecord | None:
-    """The container's record, read once for all exec needs from it; None if unreadable."""
-    from machinectl_py import state
+def read_record(name: str) -> Raw | None:
+    """The container's record as JSON values, read once; None if unreadable. Not a
+    ContainerRecord: that takes state.py and spec.py (1-3 ms of imports and building a
+    ContainerSpec, here) for the few fields exec reads: pid, unit and state here; user,
+    privileged and security_opt in the child."""
+    from machinectl_py.paths import container_path
+    from machinectl_py.record import load_json
 
-    try:
-        return state.load(name)
-    except (NotFoundError, OSError, ValueError, KeyError):
-        return None
+    if not (name.isascii() and name.replace("-", "a").replace(".", "a").isalnum()) or name.startswith(".") \
+            or ".." in name or len(name) > 64:
+        from machinectl_py.spec import validate_name
 
-
-def find_from_record(name: str, record: ContainerRecord | None = None) -> tuple[int, int, str] | None:
-    """(pidfd of the leader, its PID, unit) of the running container `name`, from its record and
-    /proc, with no bus call (machined took two round trips through the bus daemon here); None
-    when that cannot vouch for it: the caller then asks machined. The record's PID is the init
-    pymachine started and, for a detached one, systemd's MainPID (PIDFile=); once the pidfd pins
-    a process, it must be PID 1 of a namespace inside the container's unit, so a PID recycled
-    since the record was written is refused, and a process that dies now fails setns()."""
-    if record is None:
-        record = load_record(name)
-    if record is None or not record.pid or not record.unit or record.state != "running":
+        validate_name(name)  # a name is a path component under containers/: it says what is wrong
         return None
     try:
-        pidfd = sc.pidfd_open(record.pid)
+        with open(container_path(name, "container.json"), encoding="utf-8") as f:
+            raw = load_json(f.read())
+    except (OSError, ValueError):
+        return None
+    return raw if isinstance(raw, dict) else None
+
+
+def find_from_record(name: str, raw: Raw | None = None) -> tuple[int, int, str, str] | None:
+    """(pidfd of the leader, its PID, unit, its /proc/PID/cgroup) of the running container `name`,
+    from its record and /proc, with no bus call (machined took two round trips through the bus
+    daemon here); None when that cannot vouch for it: the caller then asks machined. The record's
+    PID is the init pymachine started and, for a detached one, systemd's MainPID (PIDFile=);
+    once the pidfd pins a process, it must be PID 1 of a namespace inside the container's unit,
+    so a PID recycled since the record was written is refused, and a process that dies now
+    fails setns()."""
+    if raw is None:
+        raw = read_record(name)
+    if raw is None:
+        return None
+    pid, unit = raw.get("pid"), raw.get("unit")
+    if not isinstance(pid, int) or not pid or not isinstance(unit, str) or not unit or raw.get("state") != "running":
+        return None
+    try:
+        pidfd = sc.pidfd_open(pid)
     except OSError:
         return None
     try:
-        if _is_init_of(record.pid, record.unit):
-            return pidfd, record.pid, record.unit
+        cgroups = _init_cgroups(pid, unit)
+        if cgroups is not None:
+            return pidfd, pid, unit, cgroups
     except OSError:
         pass
     os.close(pidfd)
@@ -142,18 +166,26 @@ def find_from_record(name: str, record: ContainerRecord | None = None) -> tuple[
 
 def _is_init_of(pid: int, unit: str) -> bool:
     """PID is PID 1 of its PID namespace and lives in UNIT's cgroup (or below: it is delegated)."""
+    return _init_cgroups(pid, unit) is not None
+
+
+def _init_cgroups(pid: int, unit: str) -> str | None:
+    """/proc/PID/cgroup if _is_init_of(PID, UNIT), else None: the cgroups the exec'd process joins."""
     with open(f"/proc/{pid}/status") as f:
         nspid = next((line.split()[1:] for line in f if line.startswith("NSpid:")), [])
     if len(nspid) < 2 or nspid[-1] != "1":
-        return False
+        return None
     with open(f"/proc/{pid}/cgroup") as f:
-        return any(f"/{unit}/" in line.rstrip("\n").split(":", 2)[-1] + "/" for line in f)
+        text = f.read()
+    lines = text.splitlines()
+    return text if any(f"/{unit}/" in line.split(":", 2)[-1] + "/" for line in lines) else None
 
 
-def configured_user(record: ContainerRecord | None) -> str | None:
+def configured_user(raw: Raw | None) -> str | None:
     """The user the container's command runs as (its record: -u, else the image's User), which
     exec runs as too unless it has -u, as with docker; None: root (no readable record)."""
-    return record.user if record is not None else None
+    user = raw.get("user") if raw is not None else None
+    return user if isinstance(user, str) else None
 
 
 def leader_environment(leader: int) -> dict[str, str]:
@@ -177,28 +209,73 @@ def leader_capabilities(leader: int) -> int:
     raise OSError(f"no CapBnd in /proc/{leader}/status")
 
 
-def container_confinement(name: str, record: ContainerRecord | None, caps: int) -> tuple[bytes, bool]:
+def container_confinement(raw: Raw | None, caps: int) -> tuple[bytes, bool]:
     """The container's own seccomp program (its profile, for the capabilities it holds) and
-    its no_new_privs, from its record: exec gets no syscall the container lacks."""
+    its no_new_privs, from its record: exec gets no syscall the container lacks. No readable
+    record: pymachine's defaults (no --privileged, no --security-opt)."""
     from machinectl_py import seccomp_compile, security
-    from machinectl_py.spec import ContainerSpec
 
-    # No readable record: pymachine's defaults.
-    spec = record.spec if record is not None else ContainerSpec(name=name, image="")
-    choice = security.seccomp_choice(spec)
+    spec = raw.get("spec") if raw is not None else None
+    spec = spec if isinstance(spec, dict) else {}
+    security_opt = [opt for opt in spec.get("security_opt") or () if isinstance(opt, str)]
+    choice = security.seccomp_choice_of(bool(spec.get("privileged")), security_opt)
     program = b"" if choice == security.UNCONFINED else seccomp_compile.program(choice, security.capability_names(caps))
-    return program, security.no_new_privileges(spec)
+    return program, security.no_new_privileges_of(security_opt)
+
+
+EXEC_SECCOMP = "exec-seccomp"  # in the container's directory: see cached_confinement
+
+
+def cached_confinement(name: str, raw: Raw | None, caps: int, leader: int) -> tuple[bytes, bool]:
+    """container_confinement, kept in the container's directory for the life of its init: the
+    file is keyed by the init's PID and start time, its bounding set and the record's two fields,
+    so the next exec reads one file instead of importing the seccomp modules and reading and
+    hashing the profile (1.5-2.3 ms of the child's preparation here). A container's filter is
+    thus the one of its first exec until it restarts, as docker reads a profile at create."""
+    if raw is None:
+        return container_confinement(raw, caps)
+    from machinectl_py.paths import container_path
+
+    spec = raw.get("spec")
+    spec = spec if isinstance(spec, dict) else {}
+    with open(f"/proc/{leader}/stat", "rb") as f:
+        started = f.read().rpartition(b")")[2].split()[19]  # field 22, starttime
+    key = f"{leader} {started.decode()} {caps:x} {bool(spec.get('privileged'))} {spec.get('security_opt')!r}\n"
+    path = container_path(name, EXEC_SECCOMP)
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+        head, _, rest = data.partition(b"\n")
+        if head + b"\n" == key.encode() and rest[:1] in (b"0", b"1"):
+            return rest[1:], rest[:1] == b"1"
+    except OSError:
+        pass
+    program, no_new_privs = container_confinement(raw, caps)
+    temp = f"{path}.{os.getpid()}"
+    try:
+        with open(temp, "wb") as f:
+            f.write(key.encode() + (b"1" if no_new_privs else b"0") + program)
+        os.replace(temp, path)
+    except OSError:  # the next exec works it out again
+        try:
+            os.unlink(temp)
+        except OSError:
+            pass
+    return program, no_new_privs
 
 
 def main(argv: list[str]) -> int:
     opts = parse(argv)
     if opts is None:
         return 0
-    from machinectl_py.spec import parse_env
+    extra_env: dict[str, str] = {}
+    if opts.env:
+        from machinectl_py.spec import parse_env
 
-    extra_env = parse_env(opts.env, os.environ)
-    record = load_record(opts.name)
-    found = find_from_record(opts.name, record)
+        extra_env = parse_env(opts.env, os.environ)
+    raw = read_record(opts.name)
+    found = find_from_record(opts.name, raw) if raw is not None else None
+    cgroups = None
     if found is None:
         from machinectl_py.bus import Bus
 
@@ -206,31 +283,29 @@ def main(argv: list[str]) -> int:
             leader, unit = find_machine(machines, opts.name)
         pidfd = sc.pidfd_open(leader)
     else:
-        pidfd, leader, unit = found
-    if opts.user is None:
-        opts.user = configured_user(record)
+        pidfd, leader, unit, cgroups = found
     try:
-        env = leader_environment(leader)
-        env.update(extra_env)
-        caps = leader_capabilities(leader)
-        command = Exec(opts, pidfd, leader, unit, env, caps)
-        command.seccomp, command.no_new_privs = container_confinement(opts.name, record, caps)
-        return command.run()
+        return Exec(opts, pidfd, leader, unit, raw, extra_env, cgroups).run()
     finally:
         os.close(pidfd)
 
 
 class Exec:
-    def __init__(self, opts: ExecOptions, pidfd: int, leader: int, unit: str, env: dict[str, str],
-                 caps: int) -> None:
+    """The parent's side: fork as soon as the container is found, then attach the child to the
+    unit's cgroups while it prepares (Exec.prepare_child): the attach waits for the kernel (an
+    RCU grace period, 1.4-24 ms on the hybrid test host), so what the child needs (the
+    container's environment, capabilities, seccomp program, user) is worked out beside that
+    wait, not before the fork. On a pure v2 host the child is born in the cgroup (_fork)."""
+
+    def __init__(self, opts: ExecOptions, pidfd: int, leader: int, unit: str, raw: Raw | None,
+                 extra_env: dict[str, str], cgroups: str | None = None) -> None:
         self.opts = opts
         self.pidfd = pidfd
         self.leader = leader
         self.unit = unit
-        self.env = env
-        self.caps = caps
-        self.seccomp = b""
-        self.no_new_privs = False
+        self.raw = raw
+        self.extra_env = extra_env
+        self.cgroups = cgroups  # the leader's /proc/PID/cgroup, if already read
         self.child = 0
 
     def run(self) -> int:
@@ -241,8 +316,9 @@ class Exec:
         ours, theirs = payload.stdio_pipes(self.opts.interactive) if not self.opts.tty else ((-1, -1, -1), None)
         # Our own PID namespace stays the host's; only the child is born in the container's.
         sc.setns(self.pidfd, sc.CLONE_NEWPID)
-        self.child = os.fork()
+        self.child, attached = self._fork()
         if self.child == 0:
+            sc.prctl(PR_SET_DUMPABLE, 0)  # first: we are in the container's PID namespace already
             os.close(go_w)
             os.close(status_r)
             if pty_parent >= 0:
@@ -252,8 +328,7 @@ class Exec:
             if theirs is not None:
                 payload.attach_stdio(*theirs)  # the command's stdio: pipes to us
                 payload.close_all(theirs)
-            _child(self.opts, self.pidfd, self.env, self.caps, (self.seccomp, self.no_new_privs), go_r, status_w,
-                   pty_child)
+            self.prepare_child(go_r, status_w, pty_child)
         if theirs is not None:
             payload.close_all(theirs)
         os.close(go_r)
@@ -261,11 +336,16 @@ class Exec:
         if pty_child >= 0:
             os.close(pty_child)
         try:
-            self._attach()
+            if not attached:
+                self._attach()
         except UsageError:
             os.close(go_w)
             payload.close_all(ours)
             payload.reap(self.child)
+            failure = payload.read_status(status_r)
+            if failure:  # it failed first (e.g. no such command): that is the answer
+                print(f"pymachine exec: {failure[1]}", file=sys.stderr)
+                return failure[0]
             raise
         try:
             os.write(go_w, b"g")
@@ -285,12 +365,51 @@ class Exec:
             return failure[0]
         return EXIT_ERROR if code is None else code
 
+    def prepare_child(self, go_r: int, status_w: int, pty_child: int) -> NoReturn:
+        """In the child, before its setns(): what it needs from the container, from the host's
+        files (the record, the leader's /proc, the seccomp cache); then _child."""
+        try:
+            if self.opts.user is None:
+                self.opts.user = configured_user(self.raw)
+            env = leader_environment(self.leader)
+            env.update(self.extra_env)
+            caps = leader_capabilities(self.leader)
+            confinement = cached_confinement(self.opts.name, self.raw, caps, self.leader)
+        except BaseException as e:  # told to the parent, which says it
+            payload.report(status_w, EXIT_ERROR, payload.describe(e))
+        _child(self.opts, self.pidfd, env, caps, confinement, go_r, status_w, pty_child)
+        os._exit(EXIT_ERROR)  # _child never returns
+
+    def _fork(self) -> tuple[int, bool]:
+        """(os.fork()'s answer, whether the child was born in the unit's cgroup). On a pure
+        cgroup v2 host, clone3(CLONE_INTO_CGROUP) into the cgroup _attach would write it into:
+        the kernel places it at birth, without the grace period of a move. Anything refused
+        (an old kernel, a unit whose cgroup holds no processes: a booted systemd's) forks
+        plainly, and _attach moves the child as before."""
+        from machinectl_py import cgroupfs
+
+        directory = cgroupfs.unit_dir_v2(self.leader, self.unit, self.cgroups)
+        if directory is not None:
+            try:
+                fd = os.open(directory, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+            except OSError:
+                fd = -1
+            if fd >= 0:
+                try:
+                    pid = sc.fork_into_cgroup(fd)
+                except OSError:
+                    pid = -1
+                os.close(fd)
+                if pid >= 0:
+                    return pid, True
+        return os.fork(), False
+
     def _attach(self) -> None:
         """The child into the unit's cgroups: written beside the init (no bus round trip: systemd
         took 10-15 ms here, most of this command's time after the interpreter), else by systemd."""
         from machinectl_py import cgroupfs
 
-        if cgroupfs.join_unit(self.child, self.leader, self.unit):
+        if cgroupfs.join_unit(self.child, self.leader, self.unit, self.cgroups):
             return
         from machinectl_py import systemd
         from machinectl_py.bus import Bus, BusError
@@ -361,9 +480,9 @@ def _child(opts: ExecOptions, pidfd: int, env: dict[str, str], caps: int, confin
             env.setdefault("TERM", os.environ.get("TERM", "xterm"))
         if uid != 0:
             env["HOME"] = home_of(uid) or "/"
-        if os.read(go_fd, 1) != b"g":  # EOF: systemd could not attach us; the parent says why
-            os._exit(EXIT_ERROR)
-        payload.finalize_and_exec(opts.argv, env, status_fd, helper_fd=helper_fd)  # closes go_fd and every host fd
+        # Waits for `go` (our cgroup attach) right before the execve, with the command's path found:
+        # closes go_fd and every host fd.
+        payload.finalize_and_exec(opts.argv, env, status_fd, helper_fd=helper_fd, go_fd=go_fd)
     except SystemExit:
         raise
     except BaseException as e:

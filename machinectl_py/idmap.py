@@ -21,7 +21,6 @@ import errno
 import os
 
 from machinectl_py import syscalls as sc
-from machinectl_py.userns import map_line
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -36,6 +35,8 @@ def make_userns(base: int, size: int, private_network: bool = False, first: int 
     `private_network` of a new network namespace it owns (-1 without): a helper child unshares
     them and waits while we (host root) write the maps. A network namespace owned by the
     container's user namespace is what gives its root CAP_NET_RAW (ping) there and nowhere else."""
+    from machinectl_py.userns import map_line  # here, not at the top: exec imports this module for join()
+
     ready_r, ready_w = os.pipe()
     done_r, done_w = os.pipe()
     pid = os.fork()
@@ -92,6 +93,8 @@ def spawn_init(base: int, size: int, private_network: bool, init_main: Callable[
     the init is reparented to us, a child subreaper (as the init we fork ourselves is our
     child). The init is never host root: the host-root work in its namespaces is done for it
     (container_init.boot_setup_main)."""
+    from machinectl_py.userns import map_line
+
     sc.prctl(PR_SET_CHILD_SUBREAPER, 1)
     ready_r, ready_w = os.pipe()
     done_r, done_w = os.pipe()

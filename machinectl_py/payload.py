@@ -154,17 +154,23 @@ def confine(seccomp: bytes, capability_mask: int, uid: int, gid: int, groups: li
 
 
 def finalize_and_exec(argv: Sequence[str], env: Mapping[str, str], status_fd: int,
-                      workdir: str | None = None, helper_fd: int = -1) -> NoReturn:
+                      workdir: str | None = None, helper_fd: int = -1, go_fd: int = -1) -> NoReturn:
     """The last steps before the command, in the container: from here on only what the exec
     needs. No host file descriptor may reach the command (CVE-2024-21626): the status pipe
     moves to fd 3, which closes itself on exec, the helper (see sealed_helper) to fd 4, which
-    closes on exec too, and every fd above them is closed."""
-    if helper_fd == STATUS_FD:  # out of the status pipe's way first
-        helper_fd = _move_fd(helper_fd, _SPARE_FD)
+    closes on exec too, and every fd above them is closed. go_fd (exec's): everything up to
+    the execve itself, the command's path included, is done before waiting for the parent's
+    "g" on it (its cgroup attach), so that only the execve follows it; it closes on exec too."""
+    if go_fd in (STATUS_FD, HELPER_FD):  # out of the way of the two below first
+        go_fd = _dup_above(go_fd)
+    if helper_fd == STATUS_FD:
+        helper_fd = _dup_above(helper_fd)
     status_fd = _move_fd(status_fd, STATUS_FD)
     if helper_fd >= 0:
         helper_fd = _move_fd(helper_fd, HELPER_FD)
-    sc.close_fds_from(STATUS_FD + 1 if helper_fd < 0 else HELPER_FD + 1)
+    if go_fd >= 0:
+        go_fd = _move_fd(go_fd, GO_FD)
+    sc.close_fds_from(GO_FD + 1 if go_fd >= 0 else STATUS_FD + 1 if helper_fd < 0 else HELPER_FD + 1)
     if workdir is not None:
         try:
             os.chdir(workdir)
@@ -175,7 +181,8 @@ def finalize_and_exec(argv: Sequence[str], env: Mapping[str, str], status_fd: in
     _signal.pthread_sigmask(_signal.SIG_SETMASK, [])
     try:
         if helper_fd >= 0:
-            exec_through_helper(helper_fd, list(argv), dict(env), status_fd)
+            exec_through_helper(helper_fd, list(argv), dict(env), status_fd, go_fd)
+        _wait_go(go_fd)
         exec_in_path(list(argv), dict(env))
     except OSError as e:
         error = e
@@ -184,7 +191,30 @@ def finalize_and_exec(argv: Sequence[str], env: Mapping[str, str], status_fd: in
            f"cannot run {argv[0]!r}: {'executable file not found' if not_found else error.strerror}")
 
 
-_SPARE_FD = 255  # above the fds a start holds; closed with the rest before the exec
+GO_FD = 5  # exec's go pipe (see finalize_and_exec)
+
+
+def _dup_above(fd: int) -> int:
+    """A close-on-exec copy of fd numbered above GO_FD, out of the way of the fds moved to 3-5,
+    and the lowest such (a process.json's RLIMIT_NOFILE may be low); os.dup, not fcntl's
+    F_DUPFD: no module to import once the container's root is ours."""
+    held = []
+    copy = os.dup(fd)
+    while copy <= GO_FD:
+        held.append(copy)
+        copy = os.dup(fd)
+    for spare in held:
+        os.close(spare)
+    return copy
+
+
+def _wait_go(go_fd: int) -> None:
+    """exec's last wait: the parent's "g" once the child is in the unit's cgroups; EOF: it
+    could not attach us, and says why (no status from here)."""
+    if go_fd >= 0:
+        if os.read(go_fd, 1) != b"g":
+            os._exit(EXIT_ERROR)
+        os.close(go_fd)
 
 
 def _move_fd(fd: int, target: int) -> int:
@@ -221,7 +251,8 @@ def sealed_helper() -> int:
     return fd
 
 
-def exec_through_helper(helper_fd: int, argv: list[str], env: dict[str, str], status_fd: int) -> None:
+def exec_through_helper(helper_fd: int, argv: list[str], env: dict[str, str], status_fd: int,
+                        go_fd: int = -1) -> None:
     """Find the command in the container's PATH, then exec the helper (fexecve: execveat of
     the memfd) with PATH ARGV0 ARGS...; it execs the command, or reports `errno N` on the
     status pipe, which stays open for it (it marks it close-on-exec itself). Returns only
@@ -230,6 +261,7 @@ def exec_through_helper(helper_fd: int, argv: list[str], env: dict[str, str], st
     if not os.access(path, os.X_OK):  # ENOENT or EACCES named here, with the command's name
         raise PermissionError(13, "Permission denied", path) if os.path.exists(path) else \
             FileNotFoundError(_ENOENT, "not found", path)
+    _wait_go(go_fd)
     os.set_inheritable(status_fd, True)
     os.execve(helper_fd, [path, *argv], env)
 

@@ -18,7 +18,7 @@ from machinectl_py.policy import CAPABILITIES
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from collections.abc import Mapping
+    from collections.abc import Mapping, Sequence
 
     from machinectl_py.policy import Policy
     from machinectl_py.spec import ContainerSpec
@@ -172,16 +172,25 @@ def userns_mode(spec: ContainerSpec) -> str | None:
 def seccomp_choice(spec: ContainerSpec) -> str | None:
     """UNCONFINED (no filter: --privileged or seccomp=unconfined), a profile's path, or None
     for pymachine's default profile."""
-    if spec.privileged:
+    return seccomp_choice_of(spec.privileged, spec.security_opt)
+
+
+def seccomp_choice_of(privileged: bool, security_opt: Sequence[str]) -> str | None:
+    """seccomp_choice from the two fields it reads (exec has its record as JSON values)."""
+    if privileged:
         return UNCONFINED
-    for opt in spec.security_opt:
+    for opt in security_opt:
         if opt.startswith("seccomp="):
             return opt.removeprefix("seccomp=")
     return None
 
 
 def no_new_privileges(spec: ContainerSpec) -> bool:
-    return "no-new-privileges" in spec.security_opt
+    return no_new_privileges_of(spec.security_opt)
+
+
+def no_new_privileges_of(security_opt: Sequence[str]) -> bool:
+    return "no-new-privileges" in security_opt
 
 
 def device_allow(spec: ContainerSpec, policy_allow: tuple[tuple[str, str], ...]) -> tuple[tuple[str, str], ...]:

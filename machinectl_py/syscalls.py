@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 
-from machinectl_py._native import ffi, lib
+from machinectl_py._sys import ffi, lib  # libc only: not _native, which loads libsystemd
 
 CLONE_NEWNS: int = lib.CLONE_NEWNS
 CLONE_NEWUTS: int = lib.CLONE_NEWUTS
@@ -59,6 +59,14 @@ def pivot_root(new_root: str, put_old: str) -> None:
 def unshare(flags: int) -> None:
     if lib.unshare(flags) != 0:
         raise _fail(f"unshare({flags:#x})")
+
+
+def fork_into_cgroup(cgroup_fd: int) -> int:
+    """os.fork() with the child born in the cgroup directory `cgroup_fd` (pure cgroup v2)."""
+    pid: int = lib.pm_fork_into_cgroup(cgroup_fd)
+    if pid < 0:
+        raise _fail("clone3(CLONE_INTO_CGROUP)")
+    return pid
 
 
 def setns(fd: int, nstype: int = 0) -> None:

@@ -15,7 +15,10 @@ import stat
 
 from machinectl_py import syscalls as sc
 from machinectl_py.errors import UsageError
-from machinectl_py.spec import MAX_ID
+
+# spec.MAX_ID, the largest uid or gid ((uid_t)-1 means "no change" to setresuid), kept here too:
+# importing spec.py would put it on `exec`'s path, which needs none of it (a unit test ties them).
+MAX_ID = 2**32 - 2
 
 MAX_FILE = 1 << 20
 

@@ -40,16 +40,19 @@ def test_a_broken_contract_fails(tmp_path: Path) -> None:
     assert result.returncode != 0 and "BROKEN" in result.stdout, result.stdout
 
 
-NATIVE_IMPORT = re.compile(r"^\s*(from\s+machinectl_py(\._native\s+import|\s+import\s+.*\b_native\b)"
-                           r"|import\s+machinectl_py\._native)", re.MULTILINE)
+NATIVE_IMPORT = re.compile(r"^\s*(from\s+machinectl_py(\.(_native|_sys)\s+import|\s+import\s+.*\b(_native|_sys)\b)"
+                           r"|import\s+machinectl_py\.(_native|_sys))", re.MULTILINE)
 
 
-def test_only_the_syscall_and_bus_layers_load_the_compiled_module() -> None:
-    """_native (raw syscalls and libsystemd's sd-bus) is the package's only way to libc; ctypes
-    and cffi are forbidden elsewhere by the "no-libc" contract."""
+def test_only_the_syscall_and_bus_layers_load_the_compiled_modules() -> None:
+    """_sys (raw syscalls) and _native (libsystemd's sd-bus) are the package's only way to libc;
+    ctypes and cffi are forbidden elsewhere by the "no-libc" contract."""
     importers = sorted(str(path.relative_to(PACKAGE)) for path in PACKAGE.rglob("*.py")
                        if NATIVE_IMPORT.search(path.read_text()))
     assert importers == ["bus.py", "syscalls.py"]
+    sys_importers = sorted(str(path.relative_to(PACKAGE)) for path in PACKAGE.rglob("*.py")
+                           if "machinectl_py._sys import" in path.read_text())
+    assert sys_importers == ["syscalls.py"]
 
 
 def test_only_the_bus_layer_spells_out_bus_names() -> None:

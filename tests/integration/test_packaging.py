@@ -100,8 +100,9 @@ def test_package_installs_units_program_module_and_policy(deb: Path) -> None:
     files = _deb_files(deb)
     missing = [f for f in EXPECTED_FILES if f not in files]
     assert not missing, f"not in the package: {missing}"
-    natives = [f for f in files if re.fullmatch(rf"{SITE}/machinectl_py/_native\..*so", f)]
-    assert len(natives) == 1, f"compiled module machinectl_py._native: {natives}"
+    for module in ("_native", "_sys"):
+        natives = [f for f in files if re.fullmatch(rf"{SITE}/machinectl_py/{module}\..*so", f)]
+        assert len(natives) == 1, f"compiled module machinectl_py.{module}: {natives}"
     assert files["usr/bin/pymachine"].startswith("-rwxr-xr-x")
     # The generator is systemd's to run, from its generator dir; not a command on PATH.
     assert files["lib/systemd/system-generators/pymachine-generator"].startswith("-rwxr-xr-x")

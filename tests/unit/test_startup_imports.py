@@ -198,3 +198,40 @@ def test_bridge_path_executes_nothing_and_imports_little() -> None:
                              capture_output=True, text=True, check=True).stdout.split())
     allowed = {"json", "_socket"}
     assert not (HEAVY - allowed) & out, f"heavy modules on the bridge path: {sorted((HEAVY - allowed) & out)}"
+
+
+EXEC_PARENT_PROBE = """
+import os, sys
+base = set(sys.modules)
+import machinectl_py.cli, machinectl_py.exec as ex
+os.makedirs(os.path.join(sys.argv[1], "containers", "web"))
+with open(os.path.join(sys.argv[1], "containers", "web", "container.json"), "w") as f:
+    f.write('{"name": "web", "state": "running", "pid": %d, "unit": "x.service", "spec": {}}' % os.getpid())
+raw = ex.read_record("web")
+assert raw and raw["pid"] == os.getpid(), raw
+assert ex.find_from_record("web", raw) is None  # not a namespace's init
+assert ex.parse(["-i", "web", "true"]) is not None
+print(" ".join(sorted(set(sys.modules) - base)))
+"""
+
+# What exec's parent does not need before its fork: the child works out the seccomp program
+# and the user from the host's files while the parent attaches it (exec.Exec); no bus call
+# (so not _native, which loads libsystemd), no ContainerRecord, no UID range allocation.
+EXEC_CHILD_ONLY = {"machinectl_py.spec", "machinectl_py.state", "machinectl_py.security", "machinectl_py.policy",
+                   "machinectl_py.seccomp_compile", "machinectl_py.seccomp_profile", "machinectl_py.bus",
+                   "machinectl_py.systemd", "machinectl_py._native", "machinectl_py.userns", "importlib", "warnings"}
+
+
+def test_exec_parent_imports_only_what_it_needs_before_the_fork(tmp_path: Path) -> None:
+    """`exec`'s parent, from the launcher to the fork: the record read as JSON values, the pidfd
+    and /proc checks; nothing heavy, and not the modules only the child needs."""
+    out = set(subprocess.run([sys.executable, "-c", EXEC_PARENT_PROBE, str(tmp_path)], capture_output=True,
+                             text=True, check=True, env={"PYMACHINE_STATE_DIR": str(tmp_path)}).stdout.split())
+    assert not HEAVY & out, f"heavy modules on exec's path: {sorted(HEAVY & out)}"
+    assert not EXEC_CHILD_ONLY & out, f"child-only modules in exec's parent: {sorted(EXEC_CHILD_ONLY & out)}"
+
+
+def test_users_max_id_is_specs() -> None:
+    from machinectl_py import spec, users
+
+    assert users.MAX_ID == spec.MAX_ID
