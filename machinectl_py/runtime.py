@@ -15,9 +15,8 @@ import _signal as signal
 import os
 import sys
 
-from machinectl_py import images, machined, payload, plan, state, systemd
+from machinectl_py import cgroupfs, images, machined, payload, state, systemd
 from machinectl_py.bus import ERRORS_NO_SERVICE, Bus, BusError
-from machinectl_py.container_init import ChildPlan
 from machinectl_py.errors import PymachineError
 from machinectl_py.journal import container_event, container_fields
 from machinectl_py.launch import (
@@ -34,7 +33,6 @@ from machinectl_py.launch import (
     network_binds,
     rootfs_of,
 )
-from machinectl_py.mounts import unified_cgroup_host
 from machinectl_py.policy import Policy, load_policy
 from machinectl_py.spec import ContainerSpec
 from machinectl_py.systemd import scope_properties
@@ -42,6 +40,9 @@ from machinectl_py.systemd import scope_properties
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Callable
+
+    from machinectl_py import plan
+    from machinectl_py.container_init import ChildPlan
 
 REMOVAL_TIMEOUT_USEC = 15_000_000
 KILL_GRACE_SECONDS = 3
@@ -247,7 +248,7 @@ class ForegroundRun:
         its setup in the scope (its cgroup namespace and mounts) while machined registers it."""
         spec = self.spec
         unit = scope_name(spec.name)
-        unified = unified_cgroup_host()
+        unified = cgroupfs.unified()
         from machinectl_py.settings import check_host_support
 
         check_host_support(spec, unified)
@@ -288,8 +289,6 @@ class ForegroundRun:
     def _oom_killed(self) -> bool:
         """Did the OOM killer kill in the scope? Its memory cgroup says so, read through the
         forwarder, which is still in it (systemd records no result for a scope's OOM kill on v1)."""
-        from machinectl_py import cgroupfs
-
         cgroup = cgroupfs.cgroup_of(self.forwarder) if self.forwarder else None
         return cgroup is not None and cgroupfs.oom_kills(cgroup) > 0
 
