@@ -71,7 +71,6 @@ class ForegroundRun:
         self.cancelled_by = 0  # a signal that arrived before it was
         self.rebooted = False  # --boot: the guest asked for a reboot (its init ended by SIGHUP)
         self.dir_removed = False  # by the teardown (--rm): _run's cleanup has nothing left to do
-        self.termination_requested = False  # machined was asked to terminate the machine (_end_machine)
 
     def run(self) -> int:
         # From here on Ctrl-C and SIGTERM never cut a step in half: before the payload
@@ -138,7 +137,7 @@ class ForegroundRun:
             return code
         finally:
             if not keep_dir:
-                if not self.dir_removed:
+                if not self.dir_removed:  # a second time: the UID range's pool read and locked again
                     state.remove_dir(spec.name)
                 if spec.volumes:
                     from machinectl_py import volumes
@@ -154,7 +153,6 @@ class ForegroundRun:
         import shutil
 
         self.rebooted = self.scope_started = self.machine_registered = self.released = False
-        self.termination_requested = False
         self.signalled = self.cancelled_by = 0
         shutil.rmtree(os.path.join(cdir, "work"), ignore_errors=True)
 
@@ -222,9 +220,6 @@ class ForegroundRun:
                 journal_copy = -1
             failure = init.failure()
             code = self._wait_leader()
-            # The container's processes are gone with its init: machined and systemd end the
-            # machine and its scope while the OOM check, the event and the teardown run.
-            self._end_machine(bus)
             record.oom_killed = self._oom_killed()
             if failure:
                 code, message = failure
@@ -301,14 +296,7 @@ class ForegroundRun:
 
     def _teardown(self, bus: Bus, hold_w: int) -> None:
         """Undo in reverse: the container, then the forwarder (the scope's last process),
-        then the machine and its scope. Each step runs even if one before failed.
-
-        A registered machine's termination is asked for as soon as its init has exited (or, on
-        a failure before that, here), not once the forwarder has: machined's and systemd's work
-        (~5 ms here) then overlaps the OOM check, the forwarder's exit (~1 ms) and the removal
-        of the directory. The forwarder ignores the scope's SIGTERM and has the stop timeout
-        (10 s by default) to flush its last lines and ask journald to take them (forwarder.py),
-        as before; the scope's cgroup, which the OOM check reads, lives as long as it does."""
+        then the machine and its scope. Each step runs even if one before failed."""
         self._kill_and_reap_leader()
         try:
             disconnect_network(self.spec.name)
@@ -316,11 +304,12 @@ class ForegroundRun:
             print(f"pymachine: {self.spec.name}: {e}", file=sys.stderr)
         if hold_w >= 0:
             os.close(hold_w)  # the forwarder flushes what is left and exits
-        self._end_machine(bus)  # unless asked for already
         if self.forwarder:
             self._reap(self.forwarder)
             self.forwarder = 0
-        if self.scope_started and not self.machine_registered:
+        if self.machine_registered:
+            self._end_machine(bus)
+        elif self.scope_started:
             self._stop_scope()
         if self.spec.remove and not self.rebooted:
             # The container's mount namespace died with its init: nothing uses the dir now
@@ -417,17 +406,17 @@ class ForegroundRun:
         payload.reap(pid)
 
     def _end_machine(self, bus: Bus) -> None:
-        """Every process of the container is gone: ask machined to terminate the machine (once,
-        if it was registered); the caller waits for MachineRemoved once it has removed the
-        container dir meanwhile.
+        """Every process of the container is gone: ask machined to terminate the machine; the
+        caller waits for MachineRemoved once it has removed the container dir meanwhile.
         Left alone the scope would stop too, but only once systemd learns it is empty from
         cgroup.events, which the kernel signals at most every HZ/100 jiffies (12 ms with
         HZ=250): a container that lived less than that, `true` say, waited out the rest. The
-        stop job checks the cgroup there and then. Not waited for: a machine that is gone
-        already (machinectl terminate) sent its MachineRemoved, which is queued for us."""
-        if self.machine_registered and not self.termination_requested:
-            machined.request_termination(bus, self.spec.name)
-            self.termination_requested = True
+        stop job checks the cgroup there and then. So it is asked for only once the forwarder
+        has exited too: asked for while the forwarder still ran (to overlap its exit), the
+        stop job waited for systemd to learn of the empty scope, and MachineRemoved came ~9 ms
+        after the request instead of ~5 (tried on 2026-12-06). Not waited for: a machine that
+        is gone already (machinectl terminate) sent its MachineRemoved, which is queued for us."""
+        machined.request_termination(bus, self.spec.name)
 
 
 def _end_relay(pid: int) -> None:
