@@ -21,6 +21,8 @@ from machinectl_py import syscalls as sc
 from machinectl_py.errors import EXIT_CANNOT_INVOKE, EXIT_ERROR, EXIT_NOT_FOUND
 from machinectl_py.payload import (
     DEFAULT_PATH,
+    IN_SCOPE,
+    RUN,
     attach_stdio,
     confine,
     describe,
@@ -44,10 +46,7 @@ if TYPE_CHECKING:
 _SIOCGIFFLAGS = 0x8913
 _SIOCSIFFLAGS = 0x8914
 _IFF_UP = 0x1
-# What the parent writes on the `go` pipe; EOF instead of either: abandon the start.
-IN_SCOPE = b"c"
 PR_SET_NO_NEW_PRIVS = 38
-RUN = b"g"
 
 
 class ChildPlan(Record):

@@ -7,6 +7,9 @@ held on the `go` pipe; the caller tells it IN_SCOPE once systemd has put it in t
 cgroup, then RUN once machined has registered the machine; EOF instead abandons the start.
 What the init and `exec` share after that (console, fd closing, exec, status, reaping) is
 payload.py's.
+
+The caller's side imports neither the init's side (container_init, mounts, idmap) nor the plan
+(plan.py): the forked init imports them while systemd makes the unit, off the start's path.
 """
 
 from __future__ import annotations
@@ -14,16 +17,19 @@ from __future__ import annotations
 import os
 import sys
 
-from machinectl_py import images, network, payload, plan
+from machinectl_py import images, network, payload
 from machinectl_py import syscalls as sc
-from machinectl_py.container_init import IN_SCOPE, RUN, ChildPlan, child_main
 from machinectl_py.errors import PymachineError, UsageError
+from machinectl_py.payload import IN_SCOPE, RUN
 from machinectl_py.policy import Policy
 from machinectl_py.spec import RLIMITS, ContainerSpec
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping, Sequence
+
+    from machinectl_py import plan
+    from machinectl_py.container_init import ChildPlan
 
 
 def command_for(spec: ContainerSpec, config: images.ImageConfig) -> tuple[str, ...]:
@@ -42,8 +48,10 @@ def command_for(spec: ContainerSpec, config: images.ImageConfig) -> tuple[str, .
         raise UsageError(f"no command given and image {spec.image!r} has none",
                          hint=f"pymachine run {spec.image} COMMAND")
     if spec.init:
+        from machinectl_py.plan import INIT_PATH
+
         init_binary(spec)  # checked here, before anything is made
-        return (plan.INIT_PATH, "--", *argv)
+        return (INIT_PATH, "--", *argv)
     return argv
 
 
@@ -104,6 +112,9 @@ def build_child_plan(spec: ContainerSpec, image: images.ResolvedImage, cdir: str
     userns: the container's ID range (--userns=auto), from userns.acquire; notify_socket: with
     --boot, the socket the guest's READY=1 goes to (readiness.py); console_socket: a detached
     boot's, where the init sends its console's pty (readiness.py copies the boot's messages)."""
+    from machinectl_py import plan
+    from machinectl_py.container_init import ChildPlan
+
     for sub in ("upper", "work", "rootfs"):
         os.makedirs(os.path.join(cdir, sub), mode=0o755, exist_ok=True)
     ops = [*plan.base_plan(policy, binds=binds, shm_size=spec.shm_size, tmpfs=tuple(spec.tmpfs.items()),
@@ -210,11 +221,12 @@ def device_nodes(spec: ContainerSpec) -> tuple[plan.Op, ...]:
     mknod: the unit's device list (DeviceAllow= without "m") applies to the setup process
     of a detached container too, and a bind needs no mknod there (nor in a user namespace)."""
     from machinectl_py import security
+    from machinectl_py.plan import Bind
 
     binds: list[plan.Op] = []
     for host, target, _perms in map(security.split_device, spec.devices):
         security.device_numbers(host)  # still a device node
-        binds.append(plan.Bind(host, target, is_file=True))
+        binds.append(Bind(host, target, is_file=True))
     return tuple(binds)
 
 
@@ -297,9 +309,10 @@ def network_binds(spec: ContainerSpec) -> list[plan.Bind]:
     container:NAME: that container's, if it has them."""
     if spec.network.startswith("container:"):
         from machinectl_py.paths import run_path
+        from machinectl_py.plan import Bind
 
         files = run_path("netfiles", spec.network[10:])
-        return [plan.Bind(source=os.path.join(files, f), target=f"/etc/{f}", is_file=True)
+        return [Bind(source=os.path.join(files, f), target=f"/etc/{f}", is_file=True)
                 for f in ("hosts", "resolv.conf") if os.path.exists(os.path.join(files, f))]
     if network.attached_network(spec.network) is None:
         return []
@@ -380,6 +393,8 @@ class HeldInit:
         sc.unshare(sc.CLONE_NEWPID)
         pid = os.fork()
         if pid == 0:
+            from machinectl_py.container_init import child_main
+
             os.close(go_w)
             os.close(status_r)
             if in_r >= 0:  # `run -i` without -t: stdin is a pipe from us (payload.fork_stdin_relay)

@@ -41,6 +41,11 @@ _TIOCGPTPEER = 0x5441
 _TIOCSCTTY = 0x540E
 _ENOENT, _ENOTDIR = 2, 20
 PR_SET_NO_NEW_PRIVS = 38
+# What a container's starter writes on its held init's `go` pipe (launch.HeldInit,
+# container_init.await_parent); EOF instead of either: abandon the start. Here, not in
+# container_init, so that the starter need not import the init's side (mounts, idmaps).
+IN_SCOPE = b"c"
+RUN = b"g"
 # Dispositions survive exec only when ignored (Python ignores SIGPIPE and SIGXFSZ); handlers
 # the parent pymachine installed before the fork are reset by the exec itself.
 _RESET_SIGNALS = (_signal.SIGINT, _signal.SIGTERM, _signal.SIGHUP, _signal.SIGQUIT, _signal.SIGPIPE,

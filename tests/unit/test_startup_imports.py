@@ -27,6 +27,17 @@ def test_run_path_imports_nothing_heavy() -> None:
     assert not HEAVY & set(out), f"heavy modules on the start-up path: {sorted(HEAVY & set(out))}"
 
 
+# The container init's side: imported by the forked init while systemd makes the scope, not by
+# `run` before it forks (launch.py says why).
+INIT_SIDE = {"machinectl_py.container_init", "machinectl_py.mounts", "machinectl_py.idmap", "machinectl_py.plan"}
+
+
+def test_run_leaves_the_init_side_to_the_init() -> None:
+    out = subprocess.run([sys.executable, "-c", PROBE],
+                         capture_output=True, text=True, check=True).stdout.split()
+    assert not INIT_SIDE & set(out), f"the init's modules imported by run itself: {sorted(INIT_SIDE & set(out))}"
+
+
 DETACHED_PROBE = """
 import sys
 base = set(sys.modules)
