@@ -298,7 +298,8 @@ class ForegroundRun:
         then the machine and its scope. Each step runs even if one before failed."""
         self._kill_and_reap_leader()
         try:
-            disconnect_network(self.spec.name)
+            # The kernel's part (the bridge with the last lease) is not waited for: we exit next.
+            disconnect_network(self.spec.name, defer=True)
         except PymachineError as e:
             print(f"pymachine: {self.spec.name}: {e}", file=sys.stderr)
         if hold_w >= 0:

@@ -21,6 +21,7 @@ from testhost import UPLINK_ADDRESS, TestHost
 pytestmark = pytest.mark.integration
 
 LEASES = "/run/pymachine/networks/pymachine.json"
+LOCK = "/run/pymachine/networks/lock"
 SUBNET_PREFIX = "10.89."
 
 
@@ -45,7 +46,14 @@ def leases(host: AnyHost) -> dict[str, dict[str, object]]:
 Snapshot = tuple[list[str], list[str], dict[str, dict[str, object]]]
 
 
+def settled(host: AnyHost) -> None:
+    """Wait for pymachine's network work to be done: `run`'s exit leaves the kernel's part (the
+    bridge, the table) to a child that holds the networks' lock until it is done (netsetup.release)."""
+    host.run(["sh", "-c", f"[ ! -e {LOCK} ] || flock {LOCK} true"], check=True, timeout=60)
+
+
 def snapshot(host: AnyHost) -> Snapshot:
+    settled(host)
     return links(host), nft_tables(host), leases(host)
 
 
