@@ -16,7 +16,12 @@ Everything runs in the test host's own network namespace (tools/testhost.py).
 With `--baseline DIR` (another install's bin dir, an older pymachine), its `run --rm --network
 bridge busybox true` is timed in the same alternation: a before/after on the same load.
 
-    python3 bench/bench_network.py [--runs 20] [--bin DIR] [--baseline DIR]
+`--settle SECONDS` (default 0.3) pauses after each command: nspawn leaves its veth to the
+kernel's asynchronous cleanup of the namespace, pymachine leaves the bridge to a detached child
+(netsetup.release), podman its own; without the pause, that work lands on whichever command runs
+next (`--settle 0`: back to back, as a loop of starts would meet it).
+
+    python3 bench/bench_network.py [--runs 20] [--bin DIR] [--baseline DIR] [--settle SECONDS]
 """
 
 from __future__ import annotations
@@ -46,6 +51,7 @@ cmds = {
                "true"],
 }
 notes = {}
+settle = float(sys.argv[4]) if len(sys.argv) > 4 else 0.0
 if len(sys.argv) > 3 and sys.argv[3]:
     cmds["baseline"] = [os.path.join(sys.argv[3], "pymachine"), *cmds["bridge"][1:]]
 archive = os.path.join(tempfile.mkdtemp(), "busybox.tar")
@@ -67,6 +73,7 @@ for _ in range(runs):
         t = time.perf_counter()
         subprocess.run(cmd, check=True, stdin=subprocess.DEVNULL, capture_output=True)
         times[name].append(time.perf_counter() - t)
+        time.sleep(settle)
 
 SIZE = 100 * 1024 * 1024
 def send(host, port):
@@ -112,14 +119,16 @@ def main() -> int:
     ap.add_argument("--runs", type=int, default=20)
     add_bin_option(ap)
     add_baseline_option(ap)
+    ap.add_argument("--settle", type=float, default=0.3, metavar="SECONDS",
+                    help="pause after each command, for the kernel's deferred work to finish (default 0.3)")
     args = ap.parse_args()
     load_before = os.getloadavg()[0]
-    out = run_driver(args.bin, DRIVER, args.runs, args.baseline)
+    out = run_driver(args.bin, DRIVER, args.runs, args.baseline, str(args.settle))
     if out is None:
         return 1
     print(f"load average (1 min) before {load_before:.2f}, after {os.getloadavg()[0]:.2f} ({os.cpu_count()} CPUs)")
     med = {k: statistics.median(v) * 1000 for k, v in out["times"].items()}
-    print(f"start to exit, {args.runs} runs each, alternating, median:")
+    print(f"start to exit, {args.runs} runs each, alternating, {args.settle} s apart, median:")
     labels = {"host": "pymachine run --rm --network host busybox true  ",
               "bridge": "pymachine run --rm --network bridge busybox true",
               "veth": "pymachine run --rm --network veth busybox true  ",
