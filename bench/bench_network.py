@@ -16,12 +16,12 @@ Everything runs in the test host's own network namespace (tools/testhost.py).
 With `--baseline DIR` (another install's bin dir, an older pymachine), its `run --rm --network
 bridge busybox true` is timed in the same alternation: a before/after on the same load.
 
-`--settle SECONDS` (default 0.3) pauses after each command: nspawn leaves its veth to the
+`--settle SECONDS` (default 0.1) pauses after each command: nspawn leaves its veth to the
 kernel's asynchronous cleanup of the namespace, pymachine leaves the bridge to a detached child
 (netsetup.release), podman its own; without the pause, that work lands on whichever command runs
 next (`--settle 0`: back to back, as a loop of starts would meet it).
 
-    python3 bench/bench_network.py [--runs 20] [--bin DIR] [--baseline DIR] [--settle SECONDS]
+    python3 bench/bench_network.py [--runs 20] [--bin DIR] [--baseline DIR] [--settle SECONDS] [--transfers N]
 """
 
 from __future__ import annotations
@@ -52,6 +52,7 @@ cmds = {
 }
 notes = {}
 settle = float(sys.argv[4]) if len(sys.argv) > 4 else 0.0
+transfers = int(sys.argv[5]) if len(sys.argv) > 5 else 3
 if len(sys.argv) > 3 and sys.argv[3]:
     cmds["baseline"] = [os.path.join(sys.argv[3], "pymachine"), *cmds["bridge"][1:]]
 archive = os.path.join(tempfile.mkdtemp(), "busybox.tar")
@@ -93,7 +94,7 @@ def send(host, port):
     return time.perf_counter() - t
 
 throughput = {"published": [], "host": []}
-for i in range(3):
+for i in range(transfers):
     name = f"bench-net-{os.getpid()}-{i}"
     subprocess.run(["pymachine", "run", "-d", "--name", name, "--network", "bridge", "-p", "18080:80", "busybox",
                     "sh", "-c", "nc -l -p 80 > /dev/null"], check=True, capture_output=True)
@@ -119,11 +120,12 @@ def main() -> int:
     ap.add_argument("--runs", type=int, default=20)
     add_bin_option(ap)
     add_baseline_option(ap)
-    ap.add_argument("--settle", type=float, default=0.3, metavar="SECONDS",
-                    help="pause after each command, for the kernel's deferred work to finish (default 0.3)")
+    ap.add_argument("--settle", type=float, default=0.1, metavar="SECONDS",
+                    help="pause after each command, for the kernel's deferred work to finish (default 0.1)")
+    ap.add_argument("--transfers", type=int, default=3, help="100 MB transfers each way (default 3)")
     args = ap.parse_args()
     load_before = os.getloadavg()[0]
-    out = run_driver(args.bin, DRIVER, args.runs, args.baseline, str(args.settle))
+    out = run_driver(args.bin, DRIVER, args.runs, args.baseline, str(args.settle), str(args.transfers))
     if out is None:
         return 1
     print(f"load average (1 min) before {load_before:.2f}, after {os.getloadavg()[0]:.2f} ({os.cpu_count()} CPUs)")
@@ -148,7 +150,7 @@ def main() -> int:
     if "podman" in med:
         print(f"  ratio bridge/podman                               {med['bridge'] / med['podman']:7.2f}")
     tp = {k: statistics.median(v) for k, v in out["throughput"].items()}
-    print("100 MB, median of 3 (MB/s):")
+    print(f"100 MB, median of {args.transfers} (MB/s):")
     print(f"  to 127.0.0.1:PORT published by a container        {tp['published']:7.0f}")
     print(f"  to the test host's own address                    {tp['host']:7.0f}")
     ratio = tp["published"] / tp["host"]
