@@ -1,11 +1,11 @@
 #!/usr/bin/env python3
 """Network start latency and published-port throughput (issue #17, item 9), in one test host.
 
-Start to exit, alternating: `pymachine run --rm --network bridge busybox true` and `--network
-veth` (and `--network host`, what the network costs) against `systemd-nspawn -q --network-veth
--D ROOTFS /bin/true` (target: pymachine bridge / nspawn veth <= 0.6) and, where podman runs
-here, `podman run --rm --network bridge busybox true` (the same busybox, exported by pymachine
-and loaded into podman).
+Start to exit, alternating (a shuffled order each round): `pymachine run --rm --network bridge
+busybox true` and `--network veth` (and `--network host`, what the network costs) against
+`systemd-nspawn -q --network-veth -D ROOTFS /bin/true` (target: pymachine bridge / nspawn veth
+<= 0.6) and, where podman runs here, `podman run --rm --network bridge busybox true` (the same
+busybox, exported by pymachine and loaded into podman).
 
 Throughput: 100 MB sent by the test host to 127.0.0.1:PORT, published by a container whose
 busybox `nc -l` reads it, against the same transfer to an `nc -l` of the test host itself on
@@ -39,7 +39,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 from bench_exec import add_baseline_option, add_bin_option, run_driver  # noqa: E402
 
 DRIVER = r"""
-import json, os, socket, subprocess, sys, tempfile, time
+import json, os, random, socket, subprocess, sys, tempfile, time
 runs, rootfs = int(sys.argv[1]), sys.argv[2]
 cmds = {
     "host": ["pymachine", "run", "--rm", "--network", "host", "busybox", "true"],
@@ -69,8 +69,11 @@ except (subprocess.CalledProcessError, OSError, IndexError) as e:
 times = {k: [] for k in cmds}
 for cmd in cmds.values():
     subprocess.run(cmd, check=True, stdin=subprocess.DEVNULL, capture_output=True)
+order = list(cmds)
 for _ in range(runs):
-    for name, cmd in cmds.items():
+    random.shuffle(order)  # no command always follows the same one (podman's heavy run, say)
+    for name in order:
+        cmd = cmds[name]
         t = time.perf_counter()
         subprocess.run(cmd, check=True, stdin=subprocess.DEVNULL, capture_output=True)
         times[name].append(time.perf_counter() - t)
