@@ -22,6 +22,7 @@ kernel's asynchronous cleanup of the namespace, pymachine leaves the bridge to a
 next (`--settle 0`: back to back, as a loop of starts would meet it).
 
     python3 bench/bench_network.py [--runs 20] [--bin DIR] [--baseline DIR] [--settle SECONDS] [--transfers N]
+                                   [--skip veth,podman,throughput]
 """
 
 from __future__ import annotations
@@ -55,8 +56,14 @@ settle = float(sys.argv[4]) if len(sys.argv) > 4 else 0.0
 transfers = int(sys.argv[5]) if len(sys.argv) > 5 else 3
 if len(sys.argv) > 3 and sys.argv[3]:
     cmds["baseline"] = [os.path.join(sys.argv[3], "pymachine"), *cmds["bridge"][1:]]
+    cmds["baseline-host"] = [os.path.join(sys.argv[3], "pymachine"), *cmds["host"][1:]]
+skip = set(sys.argv[6].split(",")) if len(sys.argv) > 6 and sys.argv[6] else set()
+for key in skip & set(cmds):
+    del cmds[key]
 archive = os.path.join(tempfile.mkdtemp(), "busybox.tar")
 try:
+    if "podman" not in cmds:
+        raise OSError("skipped")
     subprocess.run(["pymachine", "image", "export", "busybox", archive], check=True, capture_output=True)
     podman = ["podman", "--storage-driver=vfs"]
     subprocess.run([*podman, "load", "-q", "-i", archive], check=True, capture_output=True)
@@ -65,7 +72,7 @@ try:
     subprocess.run(cmds["podman"], check=True, capture_output=True, stdin=subprocess.DEVNULL)
 except (subprocess.CalledProcessError, OSError, IndexError) as e:
     notes["podman"] = f"not run: {getattr(e, 'stderr', b'') or e}"[:300]
-    del cmds["podman"]
+    cmds.pop("podman", None)
 times = {k: [] for k in cmds}
 for cmd in cmds.values():
     subprocess.run(cmd, check=True, stdin=subprocess.DEVNULL, capture_output=True)
@@ -97,7 +104,7 @@ def send(host, port):
     return time.perf_counter() - t
 
 throughput = {"published": [], "host": []}
-for i in range(transfers):
+for i in range(0 if "throughput" in skip else transfers):
     name = f"bench-net-{os.getpid()}-{i}"
     subprocess.run(["pymachine", "run", "-d", "--name", name, "--network", "bridge", "-p", "18080:80", "busybox",
                     "sh", "-c", "nc -l -p 80 > /dev/null"], check=True, capture_output=True)
@@ -126,9 +133,12 @@ def main() -> int:
     ap.add_argument("--settle", type=float, default=0.1, metavar="SECONDS",
                     help="pause after each command, for the kernel's deferred work to finish (default 0.1)")
     ap.add_argument("--transfers", type=int, default=3, help="100 MB transfers each way (default 3)")
+    ap.add_argument("--skip", default="", metavar="LIST",
+                    help="leave out some of veth,podman,throughput (comma-separated): more rounds in the same time")
     args = ap.parse_args()
     load_before = os.getloadavg()[0]
-    out = run_driver(args.bin, DRIVER, args.runs, args.baseline, str(args.settle), str(args.transfers))
+    out = run_driver(args.bin, DRIVER, args.runs, args.baseline, str(args.settle), str(args.transfers),
+                     args.skip)
     if out is None:
         return 1
     print(f"load average (1 min) before {load_before:.2f}, after {os.getloadavg()[0]:.2f} ({os.cpu_count()} CPUs)")
@@ -139,7 +149,8 @@ def main() -> int:
               "veth": "pymachine run --rm --network veth busybox true  ",
               "nspawn": "systemd-nspawn -q --network-veth -D ROOTFS true ",
               "podman": "podman run --rm --network bridge busybox true   ",
-              "baseline": "the same as bridge with --baseline's pymachine  "}
+              "baseline": "the same as bridge with --baseline's pymachine  ",
+              "baseline-host": "the same as host with --baseline's pymachine    "}
     for key, label in labels.items():
         if key in med:
             print(f"  {label}  {med[key]:7.1f} ms")
@@ -147,11 +158,16 @@ def main() -> int:
             print(f"  {label}  {out['notes'].get(key, 'not run')}")
     ratio = med["bridge"] / med["nspawn"]
     print(f"  ratio bridge/nspawn-veth                          {ratio:7.2f}   (target <= 0.60)")
-    print(f"  ratio veth/nspawn-veth                            {med['veth'] / med['nspawn']:7.2f}")
+    if "veth" in med:
+        print(f"  ratio veth/nspawn-veth                            {med['veth'] / med['nspawn']:7.2f}")
+    print(f"  the network's cost (bridge - host)                {med['bridge'] - med['host']:7.1f} ms")
     if "baseline" in med:
         print(f"  ratio bridge/baseline bridge                      {med['bridge'] / med['baseline']:7.2f}")
+        print(f"  the baseline's network cost                       {med['baseline'] - med['baseline-host']:7.1f} ms")
     if "podman" in med:
         print(f"  ratio bridge/podman                               {med['bridge'] / med['podman']:7.2f}")
+    if not out["throughput"]["host"]:
+        return 0
     tp = {k: statistics.median(v) for k, v in out["throughput"].items()}
     print(f"100 MB, median of {args.transfers} (MB/s):")
     print(f"  to 127.0.0.1:PORT published by a container        {tp['published']:7.0f}")
