@@ -348,6 +348,15 @@ def disconnect_network(name: str, *, defer: bool = False) -> None:
         netsetup.release(name, defer=defer)
 
 
+def finish_network(detach: bool = True) -> None:
+    """The end of a foreground `run`: the kernel's part of its network teardown, if it left one
+    (netsetup.finish_deferred; detach=False on the way out with an error)."""
+    if "machinectl_py.netsetup" in sys.modules:
+        from machinectl_py import netsetup
+
+        netsetup.finish_deferred(detach)
+
+
 def boot_userns(spec: ContainerSpec, userns: tuple[int, int] | None) -> tuple[int, int, bool] | None:
     """--boot with a user namespace: (base, size, private network) for HeldInit, whose init is then
     born in its user namespace (idmap.spawn_init); None otherwise."""

@@ -13,7 +13,8 @@ network is in use, so other tables (docker's, podman's, firewalld's) are never t
 Teardown: the container's end of its veth lives in its namespace, so the kernel removes the
 pair when the namespace dies (a dying container, a `kill -9` of pymachine). What is left is
 the lease (freed at stop, rm and by `gc`; ignored once its holder is gone, see ipam.py), and
-the bridge and nft table of a network with no lease left, removed with its last lease.
+the bridge and nft table of a network with no lease left, removed with its last lease (after a
+foreground `run`, by a detached child holding the lock: release(defer=True)).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from __future__ import annotations
 import errno
 import ipaddress
 import os
+import sys
 import time
 import zlib
 from collections.abc import Callable
@@ -476,12 +478,11 @@ def _kernel_teardown(links: list[str], rules: bool) -> None:
 def _detached(lock_fd: int, fn: Callable[[], None]) -> bool:
     """fn() in a detached child that holds the networks' lock until it is done (it shares the
     lock's open file); False if it could not be forked (the caller does the work itself). Not
-    waited for: the caller exits next (a zombie until then; `run` after a reboot inside the
-    container leaves one per reboot), and then init reaps it.
+    waited for: the caller exits next (a zombie until then), and then init reaps it.
 
-    Its stdio is /dev/null and every other descriptor is closed, so that no pipe the caller's
-    own waiter reads (the log forwarder's, the shell's `$(...)`) stays open after the caller
-    exits; its own session, so that a terminal's signals do not reach it."""
+    Its stdio is /dev/null and every other descriptor is closed, so that no pipe a waiter reads
+    stays open after the caller exits; its own session, so that a terminal's signals do not
+    reach it."""
     try:
         if os.fork():
             return True
@@ -562,16 +563,21 @@ def delete_links(names: list[str]) -> None:
         _request(_host(), netlink.del_group(group), f"remove {', '.join(names)}", create=False)
 
 
+_PENDING: list[tuple[int, Callable[[], None]]] = []  # a deferred release: (the lock, held by a dup; the work)
+
+
 def release(name: str | None, *, defer: bool = False) -> None:
     """Free container `name`'s leases (None: only leases whose holder is gone), then the bridges
     and rules no container uses any more, all networks' links in one request.
 
     defer (`run`'s exit): the leases and /etc/hosts files change now; what the kernel still has
     to do (removing the bridge, the host end of the veth if the kernel has not yet, and the
-    table: ~35-50 ms of its RCU grace periods) is left to a detached child that holds the lock
-    until it is done. So the next pymachine command that touches networks waits for it, and
-    `ip link` shows the bridge for that moment after `run` has returned, as nspawn's veth
-    outlives nspawn until the kernel has cleaned the namespace up."""
+    table: ~35-50 ms of its RCU grace periods) waits, with the lock held, for finish_deferred()
+    at the very end of `run`, which leaves it to a detached child. So the next pymachine command
+    that touches networks waits for it, and `ip link` shows the bridge for that moment after
+    `run` has returned, as nspawn's veth outlives nspawn until the kernel has cleaned the
+    namespace up."""
+    _finish_pending(detach=False)  # never two: the lock is held by the first
     with ipam.locked() as lock:
         links: list[str] = []
         rules = False
@@ -582,9 +588,40 @@ def release(name: str | None, *, defer: bool = False) -> None:
         refresh_hosts()
         if not links and not rules:
             return
-        if defer and _detached(lock, lambda: _kernel_teardown(links, rules)):
+        if defer:
+            _PENDING.append((os.dup(lock), lambda: _kernel_teardown(links, rules)))  # the dup keeps it locked
             return
         _kernel_teardown(links, rules)
+
+
+def finish_deferred(detach: bool = True) -> None:
+    """The end of `run`: the work release(defer=True) left, by a detached child that holds the
+    lock until it is done (detach), or here (an error is on its way out: its message must reach
+    stderr, which the child's fork would not let us keep).
+
+    Our stdin, stdout and stderr become /dev/null first: the child is forked with them, and a
+    caller that reads our output to its end (`$(...)`, a pipe) would otherwise wait until the
+    child has been scheduled and closed its copies (~20 ms at a load average of 5)."""
+    _finish_pending(detach)
+
+
+def _finish_pending(detach: bool) -> None:
+    if not _PENDING:
+        return
+    lock, work = _PENDING.pop()
+    try:
+        if detach:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            null = os.open("/dev/null", os.O_RDWR)
+            for fd in (0, 1, 2):
+                os.dup2(null, fd)
+            os.close(null)
+            if _detached(lock, work):
+                return
+        work()
+    finally:
+        os.close(lock)
 
 
 def remove_orphan_bridges() -> list[str]:
