@@ -155,6 +155,9 @@ def test_same_name_again_right_after_run_rm_and_rm(host: AnyHost, clean: Snapsho
     once = f"pymachine run --rm --name {name} --network bridge busybox true"
     r = host.run(["sh", "-c", f"{once} && cat {LEASES} 2>/dev/null; {once} && {once} && echo ok"], timeout=120)
     assert r.returncode == 0 and r.stdout == "ok\n", (r.stdout, r.stderr)  # no lease file between them
+    # run's stdio becomes /dev/null only at its very end, after the container's output and status
+    r = pm(host, "run", "--rm", "--network", "bridge", "busybox", "sh", "-c", "echo out; echo err >&2; exit 3")
+    assert (r.returncode, r.stdout, r.stderr) == (3, "out\n", "err\n"), r
     try:
         for _ in range(2):
             r = pm(host, "run", "-d", "--name", name, "-p", "18090:80", "busybox", "httpd", "-f", "-p", "80")
