@@ -620,6 +620,8 @@ def _finish_pending(detach: bool) -> None:
             if _detached(lock, work):
                 return
         work()
+    except PymachineError as e:  # the container's status stays the command's: said, as a teardown's error
+        print(f"pymachine: {e}", file=sys.stderr)
     finally:
         os.close(lock)
 
