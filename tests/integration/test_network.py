@@ -174,7 +174,9 @@ def test_gc_removes_the_bridge_and_table_a_killed_teardown_left(host: AnyHost, c
     work, see netsetup.release) leaves an idle bridge and pymachine's table: gc removes both."""
     proc = host.popen(["pymachine", "run", "--rm", "--network", "bridge", "busybox", "sleep", "100"])
     try:
+        # the table is written beside the veth (netsetup.attach): wait for both
         wait_until(lambda: any(link.startswith("pmv") for link in links(host)), what="the veth")
+        wait_until(lambda: "inet pymachine" in nft_tables(host), what="the table")
         proc.send_signal(signal.SIGKILL)
         proc.wait(30)
     finally:
