@@ -1,11 +1,11 @@
 #!/usr/bin/env python3
 """Network start latency and published-port throughput (issue #17, item 9), in one test host.
 
-Start to exit, alternating: `pymachine run --rm --network bridge busybox true` and `--network
-veth` (and `--network host`, what the network costs) against `systemd-nspawn -q --network-veth
--D ROOTFS /bin/true` (target: pymachine bridge / nspawn veth <= 0.6) and, where podman runs
-here, `podman run --rm --network bridge busybox true` (the same busybox, exported by pymachine
-and loaded into podman).
+Start to exit, alternating (a shuffled order each round): `pymachine run --rm --network bridge
+busybox true` and `--network veth` (and `--network host`, what the network costs) against
+`systemd-nspawn -q --network-veth -D ROOTFS /bin/true` (target: pymachine bridge / nspawn veth
+<= 0.6) and, where podman runs here, `podman run --rm --network bridge busybox true` (the same
+busybox, exported by pymachine and loaded into podman).
 
 Throughput: 100 MB sent by the test host to 127.0.0.1:PORT, published by a container whose
 busybox `nc -l` reads it, against the same transfer to an `nc -l` of the test host itself on
@@ -16,7 +16,13 @@ Everything runs in the test host's own network namespace (tools/testhost.py).
 With `--baseline DIR` (another install's bin dir, an older pymachine), its `run --rm --network
 bridge busybox true` is timed in the same alternation: a before/after on the same load.
 
-    python3 bench/bench_network.py [--runs 20] [--bin DIR] [--baseline DIR]
+`--settle SECONDS` (default 0.1) pauses after each command: nspawn leaves its veth to the
+kernel's asynchronous cleanup of the namespace, pymachine leaves the bridge to a detached child
+(netsetup.release), podman its own; without the pause, that work lands on whichever command runs
+next (`--settle 0`: back to back, as a loop of starts would meet it).
+
+    python3 bench/bench_network.py [--runs 20] [--bin DIR] [--baseline DIR] [--settle SECONDS] [--transfers N]
+                                   [--skip veth,podman,throughput]
 """
 
 from __future__ import annotations
@@ -34,7 +40,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 from bench_exec import add_baseline_option, add_bin_option, run_driver  # noqa: E402
 
 DRIVER = r"""
-import json, os, socket, subprocess, sys, tempfile, time
+import json, os, random, socket, subprocess, sys, tempfile, time
 runs, rootfs = int(sys.argv[1]), sys.argv[2]
 cmds = {
     "host": ["pymachine", "run", "--rm", "--network", "host", "busybox", "true"],
@@ -46,10 +52,18 @@ cmds = {
                "true"],
 }
 notes = {}
+settle = float(sys.argv[4]) if len(sys.argv) > 4 else 0.0
+transfers = int(sys.argv[5]) if len(sys.argv) > 5 else 3
 if len(sys.argv) > 3 and sys.argv[3]:
     cmds["baseline"] = [os.path.join(sys.argv[3], "pymachine"), *cmds["bridge"][1:]]
+    cmds["baseline-host"] = [os.path.join(sys.argv[3], "pymachine"), *cmds["host"][1:]]
+skip = set(sys.argv[6].split(",")) if len(sys.argv) > 6 and sys.argv[6] else set()
+for key in skip & set(cmds):
+    del cmds[key]
 archive = os.path.join(tempfile.mkdtemp(), "busybox.tar")
 try:
+    if "podman" not in cmds:
+        raise OSError("skipped")
     subprocess.run(["pymachine", "image", "export", "busybox", archive], check=True, capture_output=True)
     podman = ["podman", "--storage-driver=vfs"]
     subprocess.run([*podman, "load", "-q", "-i", archive], check=True, capture_output=True)
@@ -58,15 +72,19 @@ try:
     subprocess.run(cmds["podman"], check=True, capture_output=True, stdin=subprocess.DEVNULL)
 except (subprocess.CalledProcessError, OSError, IndexError) as e:
     notes["podman"] = f"not run: {getattr(e, 'stderr', b'') or e}"[:300]
-    del cmds["podman"]
+    cmds.pop("podman", None)
 times = {k: [] for k in cmds}
 for cmd in cmds.values():
     subprocess.run(cmd, check=True, stdin=subprocess.DEVNULL, capture_output=True)
+order = list(cmds)
 for _ in range(runs):
-    for name, cmd in cmds.items():
+    random.shuffle(order)  # no command always follows the same one (podman's heavy run, say)
+    for name in order:
+        cmd = cmds[name]
         t = time.perf_counter()
         subprocess.run(cmd, check=True, stdin=subprocess.DEVNULL, capture_output=True)
         times[name].append(time.perf_counter() - t)
+        time.sleep(settle)
 
 SIZE = 100 * 1024 * 1024
 def send(host, port):
@@ -86,7 +104,7 @@ def send(host, port):
     return time.perf_counter() - t
 
 throughput = {"published": [], "host": []}
-for i in range(3):
+for i in range(0 if "throughput" in skip else transfers):
     name = f"bench-net-{os.getpid()}-{i}"
     subprocess.run(["pymachine", "run", "-d", "--name", name, "--network", "bridge", "-p", "18080:80", "busybox",
                     "sh", "-c", "nc -l -p 80 > /dev/null"], check=True, capture_output=True)
@@ -112,20 +130,27 @@ def main() -> int:
     ap.add_argument("--runs", type=int, default=20)
     add_bin_option(ap)
     add_baseline_option(ap)
+    ap.add_argument("--settle", type=float, default=0.1, metavar="SECONDS",
+                    help="pause after each command, for the kernel's deferred work to finish (default 0.1)")
+    ap.add_argument("--transfers", type=int, default=3, help="100 MB transfers each way (default 3)")
+    ap.add_argument("--skip", default="", metavar="LIST",
+                    help="leave out some of veth,podman,throughput (comma-separated): more rounds in the same time")
     args = ap.parse_args()
     load_before = os.getloadavg()[0]
-    out = run_driver(args.bin, DRIVER, args.runs, args.baseline)
+    out = run_driver(args.bin, DRIVER, args.runs, args.baseline, str(args.settle), str(args.transfers),
+                     args.skip)
     if out is None:
         return 1
     print(f"load average (1 min) before {load_before:.2f}, after {os.getloadavg()[0]:.2f} ({os.cpu_count()} CPUs)")
     med = {k: statistics.median(v) * 1000 for k, v in out["times"].items()}
-    print(f"start to exit, {args.runs} runs each, alternating, median:")
+    print(f"start to exit, {args.runs} runs each, alternating, {args.settle} s apart, median:")
     labels = {"host": "pymachine run --rm --network host busybox true  ",
               "bridge": "pymachine run --rm --network bridge busybox true",
               "veth": "pymachine run --rm --network veth busybox true  ",
               "nspawn": "systemd-nspawn -q --network-veth -D ROOTFS true ",
               "podman": "podman run --rm --network bridge busybox true   ",
-              "baseline": "the same as bridge with --baseline's pymachine  "}
+              "baseline": "the same as bridge with --baseline's pymachine  ",
+              "baseline-host": "the same as host with --baseline's pymachine    "}
     for key, label in labels.items():
         if key in med:
             print(f"  {label}  {med[key]:7.1f} ms")
@@ -133,13 +158,18 @@ def main() -> int:
             print(f"  {label}  {out['notes'].get(key, 'not run')}")
     ratio = med["bridge"] / med["nspawn"]
     print(f"  ratio bridge/nspawn-veth                          {ratio:7.2f}   (target <= 0.60)")
-    print(f"  ratio veth/nspawn-veth                            {med['veth'] / med['nspawn']:7.2f}")
+    if "veth" in med:
+        print(f"  ratio veth/nspawn-veth                            {med['veth'] / med['nspawn']:7.2f}")
+    print(f"  the network's cost (bridge - host)                {med['bridge'] - med['host']:7.1f} ms")
     if "baseline" in med:
         print(f"  ratio bridge/baseline bridge                      {med['bridge'] / med['baseline']:7.2f}")
+        print(f"  the baseline's network cost                       {med['baseline'] - med['baseline-host']:7.1f} ms")
     if "podman" in med:
         print(f"  ratio bridge/podman                               {med['bridge'] / med['podman']:7.2f}")
+    if not out["throughput"]["host"]:
+        return 0
     tp = {k: statistics.median(v) for k, v in out["throughput"].items()}
-    print("100 MB, median of 3 (MB/s):")
+    print(f"100 MB, median of {args.transfers} (MB/s):")
     print(f"  to 127.0.0.1:PORT published by a container        {tp['published']:7.0f}")
     print(f"  to the test host's own address                    {tp['host']:7.0f}")
     ratio = tp["published"] / tp["host"]

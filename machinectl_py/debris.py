@@ -157,6 +157,8 @@ def _collect_network() -> list[str]:
         for address in sorted(addresses - set(ipam.read_leases(network))):
             done.append(f"freed the lease of {address} on network {network}")
     done += [f"removed bridge {bridge} (of no network)" for bridge in netsetup.remove_orphan_bridges()]
+    if netsetup.remove_idle_table():
+        done.append(f"removed nft table inet {netsetup.NFT_TABLE} (of no network)")
     return done
 
 

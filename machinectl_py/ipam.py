@@ -200,13 +200,15 @@ def leases_path(network: str) -> str:
 
 
 @contextmanager
-def locked() -> Iterator[None]:
-    """Hold the networks' lock: leases, bridges and pymachine's nft table change under it."""
+def locked() -> Iterator[int]:
+    """Hold the networks' lock: leases, bridges and pymachine's nft table change under it. Yields
+    the lock file's descriptor: a child forked meanwhile shares the lock (an flock belongs to the
+    open file), and holds it after this process has let go (netsetup.release's deferred work)."""
     os.makedirs(run_path("networks"), exist_ok=True)
     fd = os.open(run_path("networks", "lock"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
+        yield fd
     finally:
         os.close(fd)
 

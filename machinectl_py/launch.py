@@ -342,8 +342,9 @@ def check_network(spec: ContainerSpec, ports: bool = True) -> None:
         netsetup.check_ports(spec.name, spec.ports, name or network.DEFAULT_NETWORK)
 
 
-def disconnect_network(name: str) -> None:
-    """Free the container's lease, and its network's bridge and rules if it was the last."""
+def disconnect_network(name: str, *, defer: bool = False) -> None:
+    """Free the container's lease, and its network's bridge and rules if it was the last
+    (defer: the kernel's part by a detached child, see netsetup.release)."""
     from machinectl_py.paths import run_path
 
     if os.path.isdir(run_path("netfiles", name)):
@@ -357,7 +358,16 @@ def disconnect_network(name: str) -> None:
     if leases:
         from machinectl_py import netsetup
 
-        netsetup.release(name)
+        netsetup.release(name, defer=defer)
+
+
+def finish_network(detach: bool = True) -> None:
+    """The end of a foreground `run`: the kernel's part of its network teardown, if it left one
+    (netsetup.finish_deferred; detach=False on the way out with an error)."""
+    if "machinectl_py.netsetup" in sys.modules:
+        from machinectl_py import netsetup
+
+        netsetup.finish_deferred(detach)
 
 
 def boot_userns(spec: ContainerSpec, userns: tuple[int, int] | None) -> tuple[int, int, bool] | None:

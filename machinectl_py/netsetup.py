@@ -13,7 +13,8 @@ network is in use, so other tables (docker's, podman's, firewalld's) are never t
 Teardown: the container's end of its veth lives in its namespace, so the kernel removes the
 pair when the namespace dies (a dying container, a `kill -9` of pymachine). What is left is
 the lease (freed at stop, rm and by `gc`; ignored once its holder is gone, see ipam.py), and
-the bridge and nft table of a network with no lease left, removed with its last lease.
+the bridge and nft table of a network with no lease left, removed with its last lease (after a
+foreground `run`, by a detached child holding the lock: release(defer=True)).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from __future__ import annotations
 import errno
 import ipaddress
 import os
+import sys
 import time
 import zlib
 from collections.abc import Callable
@@ -309,17 +311,22 @@ def attach(network: str, name: str, pid: int, ports: tuple[str, ...] = (), *, ip
     ports, veth, address (and, on its primary network, the default route). Returns its address.
     On failure its lease is freed again."""
     net = ipam.load(network)
-    _wait_own_netns(pid)
     with ipam.locked():
         ifname = ("host0" if net.point_to_point else "eth0") if primary else _next_ifname(name, network)
         address = ipam.allocate(net, name, pid, resolve_ports(name, ports), ip=ip, aliases=aliases, ifname=ifname)
         try:
             ensure_bridge(net)
-            apply_ruleset(_networks_in_use(net))
-            if net.point_to_point:
-                _add_p2p(net, name, pid, str(address))
-            else:
-                _add_veth(net, name, pid, str(address), ifname, primary)
+            # The table (~10-20 ms of the kernel's, registering its hooks) meanwhile: it does not
+            # need the container's namespace, which may still be in the making.
+            rules = Background(lambda: apply_ruleset(_networks_in_use(net)))
+            try:
+                _wait_own_netns(pid)
+                if net.point_to_point:
+                    _add_p2p(net, name, pid, str(address))
+                else:
+                    _add_veth(net, name, pid, str(address), ifname, primary)
+            finally:
+                rules.join()
         except BaseException:
             _release_locked(network, name)
             raise
@@ -436,23 +443,72 @@ class _Netns:
 def _release_locked(network: str, name: str | None, veth: str | None = None) -> None:
     """Free `name`'s lease (and dead holders') on `network` and remove its host-side `veth`;
     the bridge goes with the last lease; the table is rewritten (published ports of the freed
-    leases go with them). The links go in one request, while the table is rewritten in another
-    thread: the kernel waits for RCU grace periods in each (~10-40 ms), and these overlap."""
+    leases go with them). Caller holds the lock."""
+    links, rules = _free_lease(network, name, veth)
+    _kernel_teardown(links, rules)
+    refresh_hosts()
+
+
+def _free_lease(network: str, name: str | None, veth: str | None) -> tuple[list[str], bool]:
+    """The file side of a release: the leases go now. Returns what the kernel still has to
+    remove: the links (`veth`, and the bridge with the last lease) and whether the table needs
+    rewriting."""
     before = ipam.read_leases(network)
     links, last = [veth] if veth else [], ipam.release(network, name)
     if last:
         net = _load_quietly(network)
         if net is not None and not net.point_to_point:
             links.append(net.bridge)
-    if last or ipam.read_leases(network) != before:
-        rules = Background(lambda: apply_ruleset(_networks_in_use()))
-        try:
-            delete_links(links)
-        finally:
-            rules.join()
-    else:
+    return links, last or ipam.read_leases(network) != before
+
+
+def _kernel_teardown(links: list[str], rules: bool) -> None:
+    """The links go in one request, while the table is rewritten in another thread: the kernel
+    waits for RCU grace periods in each (~10-40 ms), and these overlap."""
+    if not rules:
         delete_links(links)
-    refresh_hosts()
+        return
+    task = Background(lambda: apply_ruleset(_networks_in_use()))
+    try:
+        delete_links(links)
+    finally:
+        task.join()
+
+
+def _detached(lock_fd: int, fn: Callable[[], None]) -> bool:
+    """fn() in a detached child that holds the networks' lock until it is done (it shares the
+    lock's open file); False if it could not be forked (the caller does the work itself). Not
+    waited for: the caller exits next (a zombie until then), and then init reaps it.
+
+    Its stdio is /dev/null and every other descriptor is closed, so that no pipe a waiter reads
+    stays open after the caller exits; its own session, so that a terminal's signals do not
+    reach it."""
+    try:
+        if os.fork():
+            return True
+    except OSError:
+        return False
+    try:
+        _detach_stdio(lock_fd)
+        _HOST.clear()  # its socket was closed with the rest
+        fn()
+    except BaseException:  # nobody is left to tell: `gc` and the next start clean up
+        pass
+    os._exit(0)
+
+
+def _detach_stdio(lock_fd: int) -> None:
+    import _signal
+
+    os.setsid()
+    for sig in (_signal.SIGINT, _signal.SIGTERM, _signal.SIGHUP):
+        _signal.signal(sig, _signal.SIG_IGN)
+    _signal.pthread_sigmask(_signal.SIG_SETMASK, set())
+    null = os.open("/dev/null", os.O_RDWR)
+    for fd in (0, 1, 2):
+        os.dup2(null, fd)
+    os.dup2(lock_fd, 3)
+    syscalls.close_fds_from(4)
 
 
 class Background:
@@ -489,31 +545,85 @@ def delete_links(names: list[str]) -> None:
     """`ip link del` of each link that is there, in one request: the kernel then waits once for
     all (its RCU grace periods and reference counts), not once per link. They are put in a link
     group of a random number above 2^31 (none of the host's own links has one) and the group is
-    deleted; the first one (a container's host-side veth) is best effort, the kernel takes the pair
-    with the container's namespace anyway."""
+    deleted; a link already gone is skipped (a container's host-side veth: the kernel takes the
+    pair with the container's namespace)."""
     if len(names) < 2:
         for name in names:
             delete_link(name)
         return
     group, marked = int.from_bytes(os.urandom(4), "little") | 0x80000000, 0
-    for i, name in enumerate(names):
+    for name in names:
         try:
             _host().request(netlink.set_group(name, group), f"remove {name}")
             marked += 1
         except OSError as e:
-            if e.errno != errno.ENODEV and i > 0:
+            if e.errno != errno.ENODEV:
                 raise PymachineError(str(e.strerror)) from None
     if marked:
         _request(_host(), netlink.del_group(group), f"remove {', '.join(names)}", create=False)
 
 
-def release(name: str | None) -> None:
+_PENDING: list[tuple[int, Callable[[], None]]] = []  # a deferred release: (the lock, held by a dup; the work)
+
+
+def release(name: str | None, *, defer: bool = False) -> None:
     """Free container `name`'s leases (None: only leases whose holder is gone), then the bridges
-    and rules no container uses any more. Best effort per network; the first error is raised."""
-    with ipam.locked():
+    and rules no container uses any more, all networks' links in one request.
+
+    defer (`run`'s exit): the leases and /etc/hosts files change now; what the kernel still has
+    to do (removing the bridge, the host end of the veth if the kernel has not yet, and the
+    table: ~35-50 ms of its RCU grace periods) waits, with the lock held, for finish_deferred()
+    at the very end of `run`, which leaves it to a detached child. So the next pymachine command
+    that touches networks waits for it, and `ip link` shows the bridge for that moment after
+    `run` has returned, as nspawn's veth outlives nspawn until the kernel has cleaned the
+    namespace up."""
+    _finish_pending(detach=False)  # never two: the lock is held by the first
+    with ipam.locked() as lock:
+        links: list[str] = []
+        rules = False
         for network in ipam.networks_with_leases():
             veth = host_veth(name, network) if name and ipam.lease_of(network, name) else None
-            _release_locked(network, name, veth)
+            more, changed = _free_lease(network, name, veth)
+            links, rules = links + more, rules or changed
+        refresh_hosts()
+        if not links and not rules:
+            return
+        if defer:
+            _PENDING.append((os.dup(lock), lambda: _kernel_teardown(links, rules)))  # the dup keeps it locked
+            return
+        _kernel_teardown(links, rules)
+
+
+def finish_deferred(detach: bool = True) -> None:
+    """The end of `run`: the work release(defer=True) left, by a detached child that holds the
+    lock until it is done (detach), or here (an error is on its way out: its message must reach
+    stderr, which the child's fork would not let us keep).
+
+    Our stdin, stdout and stderr become /dev/null first: the child is forked with them, and a
+    caller that reads our output to its end (`$(...)`, a pipe) would otherwise wait until the
+    child has been scheduled and closed its copies (~20 ms at a load average of 5)."""
+    _finish_pending(detach)
+
+
+def _finish_pending(detach: bool) -> None:
+    if not _PENDING:
+        return
+    lock, work = _PENDING.pop()
+    try:
+        if detach:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            null = os.open("/dev/null", os.O_RDWR)
+            for fd in (0, 1, 2):
+                os.dup2(null, fd)
+            os.close(null)
+            if _detached(lock, work):
+                return
+        work()
+    except PymachineError as e:  # the container's status stays the command's: said, as a teardown's error
+        print(f"pymachine: {e}", file=sys.stderr)
+    finally:
+        os.close(lock)
 
 
 def remove_orphan_bridges() -> list[str]:
@@ -537,6 +647,28 @@ def _remove_orphan_bridges() -> list[str]:
         except PymachineError:
             pass
     return orphans
+
+
+def remove_idle_table() -> bool:
+    """`gc`: pymachine's nft table while no network is in use (a teardown killed between freeing
+    the last lease and its kernel work, see release). True if it was there."""
+    with ipam.locked():
+        if _networks_in_use() or not _table_exists():
+            return False
+        apply_ruleset([])
+        return True
+
+
+def _table_exists() -> bool:
+    try:
+        syscalls.nft_run(f"list table inet {NFT_TABLE}")
+    except syscalls.NftUnavailable:
+        import subprocess
+
+        return subprocess.run(["nft", "list", "table", "inet", NFT_TABLE], capture_output=True).returncode == 0
+    except OSError:
+        return False
+    return True
 
 
 def forget(network: str) -> None:

@@ -29,6 +29,7 @@ from machinectl_py.launch import (
     disconnect_network,
     effective_user,
     environment,
+    finish_network,
     in_unit_cgroup,
     network_binds,
     rootfs_of,
@@ -83,10 +84,15 @@ class ForegroundRun:
         self.pid1 = Bus.systemd()
         try:
             machined.watch_removal(bus)
-            return self._run(bus)
+            code = self._run(bus)
+        except BaseException:
+            finish_network(detach=False)  # its error's message still goes to stderr
+            raise
         finally:
             self.pid1.close()
             bus.close()
+        finish_network()  # the last thing: our stdio is /dev/null after it
+        return code
 
     def _run(self, bus: Bus) -> int:
         spec = self.spec
@@ -299,7 +305,9 @@ class ForegroundRun:
         then the machine and its scope. Each step runs even if one before failed."""
         self._kill_and_reap_leader()
         try:
-            disconnect_network(self.spec.name)
+            # The kernel's part (the bridge with the last lease) is left to the end of run() and
+            # not waited for (finish_network); after a reboot inside, the next start needs it.
+            disconnect_network(self.spec.name, defer=not self.rebooted)
         except PymachineError as e:
             print(f"pymachine: {self.spec.name}: {e}", file=sys.stderr)
         if hold_w >= 0:

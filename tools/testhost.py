@@ -1055,6 +1055,7 @@ class TestHost(_HostBase):
             return
         self._stopped = True
         try:
+            self._settle()
             self._kill()
             if self.scope:
                 stop_scope(self.scope)
@@ -1070,6 +1071,15 @@ class TestHost(_HostBase):
         finally:
             with _LIVE_LOCK:
                 _LIVE.discard(self)
+
+    def _settle(self) -> None:
+        """Let pymachine's deferred network teardown finish (a child of a `run` that holds the
+        networks' lock, netsetup.release): killed in a netlink request it dies only once the
+        kernel's RCU waits are over, and meanwhile keeps the host's cgroup busy."""
+        if self.alive():
+            lock = "/run/pymachine/networks/lock"
+            with contextlib.suppress(TestHostError, subprocess.SubprocessError, OSError):
+                self.run(["sh", "-c", f"[ ! -e {lock} ] || timeout 20 flock {lock} true"], timeout=30)
 
     def _kill(self) -> None:
         assert self._state is not None

@@ -21,6 +21,7 @@ from testhost import UPLINK_ADDRESS, TestHost
 pytestmark = pytest.mark.integration
 
 LEASES = "/run/pymachine/networks/pymachine.json"
+LOCK = "/run/pymachine/networks/lock"
 SUBNET_PREFIX = "10.89."
 
 
@@ -45,7 +46,14 @@ def leases(host: AnyHost) -> dict[str, dict[str, object]]:
 Snapshot = tuple[list[str], list[str], dict[str, dict[str, object]]]
 
 
+def settled(host: AnyHost) -> None:
+    """Wait for pymachine's network work to be done: `run`'s exit leaves the kernel's part (the
+    bridge, the table) to a child that holds the networks' lock until it is done (netsetup.release)."""
+    host.run(["sh", "-c", f"[ ! -e {LOCK} ] || flock {LOCK} true"], check=True, timeout=60)
+
+
 def snapshot(host: AnyHost) -> Snapshot:
+    settled(host)
     return links(host), nft_tables(host), leases(host)
 
 
@@ -137,6 +145,52 @@ def test_gc_frees_what_a_killed_pymachine_left(host: AnyHost, clean: Snapshot) -
     # the --rm container's record, state directory and /etc/hosts files went too
     assert host.run(["ls", "/var/lib/pymachine/containers"]).stdout.split() == [], r.stdout
     assert host.run(["ls", "/run/pymachine/netfiles"]).stdout.split() == [], r.stdout
+
+
+def test_same_name_again_right_after_run_rm_and_rm(host: AnyHost, clean: Snapshot) -> None:
+    """`run`'s exit frees the lease at once and leaves the kernel's part (the bridge, the table)
+    to a child holding the networks' lock: a start right after, with the same name (so the same
+    host-side veth name) and the same published port, waits for it and works."""
+    name = unique("again")
+    once = f"pymachine run --rm --name {name} --network bridge busybox true"
+    r = host.run(["sh", "-c", f"{once} && cat {LEASES} 2>/dev/null; {once} && {once} && echo ok"], timeout=120)
+    assert r.returncode == 0 and r.stdout == "ok\n", (r.stdout, r.stderr)  # no lease file between them
+    # run's stdio becomes /dev/null only at its very end, after the container's output and status
+    r = pm(host, "run", "--rm", "--network", "bridge", "busybox", "sh", "-c", "echo out; echo err >&2; exit 3")
+    assert (r.returncode, r.stdout, r.stderr) == (3, "out\n", "err\n"), r
+    try:
+        for _ in range(2):
+            r = pm(host, "run", "-d", "--name", name, "-p", "18090:80", "busybox", "httpd", "-f", "-p", "80")
+            assert r.returncode == 0, r.stderr
+            assert pm(host, "rm", "-f", name).returncode == 0
+            assert leases(host) == {}, "rm frees the lease before it returns"
+    finally:
+        pm(host, "rm", "-f", name)
+    assert snapshot(host) == clean
+
+
+def test_gc_removes_the_bridge_and_table_a_killed_teardown_left(host: AnyHost, clean: Snapshot) -> None:
+    """A teardown killed after it freed the last lease and before the kernel's part (its child's
+    work, see netsetup.release) leaves an idle bridge and pymachine's table: gc removes both."""
+    proc = host.popen(["pymachine", "run", "--rm", "--network", "bridge", "busybox", "sleep", "100"])
+    try:
+        # the table is written beside the veth (netsetup.attach): wait for both
+        wait_until(lambda: any(link.startswith("pmv") for link in links(host)), what="the veth")
+        wait_until(lambda: "inet pymachine" in nft_tables(host), what="the table")
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    wait_until(lambda: not any(link.startswith("pmv") for link in links(host)), what="the veth to go")
+    host.run(["rm", LEASES], check=True)  # as the teardown had freed it
+    left = snapshot(host)
+    assert "pm-pymachine" in left[0] and "inet pymachine" in left[1] and left[2] == {}, left
+    r = pm(host, "gc")
+    assert r.returncode == 0, r.stderr
+    assert "removed bridge pm-pymachine (of no network)" in r.stdout, r.stdout
+    assert "removed nft table inet pymachine (of no network)" in r.stdout, r.stdout
+    assert snapshot(host) == clean, r.stdout
 
 
 def http(host: AnyHost, url: str) -> str:

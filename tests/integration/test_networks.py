@@ -387,6 +387,8 @@ def test_a_crash_leaves_nothing_that_gc_or_a_hand_removed_definition_trips_over(
     proc = host.popen(["pymachine", "run", "--rm", "--name", victim, "--network", name, "busybox", "sleep", "100"])
     try:
         wait_until(lambda: bool(_leases_of(host, name)), what="the lease")
+        # and its record (saved while systemd makes the scope; the lease may come first)
+        wait_until(lambda: pm(host, "inspect", victim).returncode == 0, what="the container's record")
         proc.send_signal(signal.SIGKILL)
         proc.wait(30)
     finally:
