@@ -12,7 +12,7 @@ import json
 import os
 import secrets
 import signal
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 from helpers import HTTP_GET, AnyHost, pm, wait_until
@@ -126,18 +126,26 @@ def test_concurrent_starts_get_distinct_addresses(host: AnyHost, clean: Snapshot
     assert snapshot(host) == clean
 
 
-def test_gc_frees_what_a_killed_pymachine_left(host: AnyHost, clean: Snapshot) -> None:
-    proc = host.popen(["pymachine", "run", "--rm", "--network", "bridge", "busybox", "sleep", "100"])
+def kill_when(host: AnyHost, argv: list[str], *ready: tuple[Callable[[], bool], str]) -> None:
+    """Start `argv` (a pymachine command), wait for each (condition, what) in turn, SIGKILL it,
+    then wait for its veth to go (the kernel's, with the container's namespace)."""
+    proc = host.popen(argv)
     try:
-        wait_until(lambda: bool(leases(host)), what="the lease")
-        wait_until(lambda: any(link.startswith("pmv") for link in links(host)), what="the veth")
+        for condition, what in ready:
+            wait_until(condition, what=what)
         proc.send_signal(signal.SIGKILL)
         proc.wait(30)
     finally:
         if proc.poll() is None:
             proc.kill()
-    # The init died with pymachine (its parent-death signal), and its veth with its namespace.
     wait_until(lambda: not any(link.startswith("pmv") for link in links(host)), what="the veth to go")
+
+
+def test_gc_frees_what_a_killed_pymachine_left(host: AnyHost, clean: Snapshot) -> None:
+    # The init dies with pymachine (its parent-death signal), and its veth with its namespace.
+    kill_when(host, ["pymachine", "run", "--rm", "--network", "bridge", "busybox", "sleep", "100"],
+              (lambda: bool(leases(host)), "the lease"),
+              (lambda: any(link.startswith("pmv") for link in links(host)), "the veth"))
     assert leases(host), "nobody freed the lease: pymachine was killed"
     r = pm(host, "gc")
     assert r.returncode == 0, r.stderr
@@ -172,17 +180,10 @@ def test_same_name_again_right_after_run_rm_and_rm(host: AnyHost, clean: Snapsho
 def test_gc_removes_the_bridge_and_table_a_killed_teardown_left(host: AnyHost, clean: Snapshot) -> None:
     """A teardown killed after it freed the last lease and before the kernel's part (its child's
     work, see netsetup.release) leaves an idle bridge and pymachine's table: gc removes both."""
-    proc = host.popen(["pymachine", "run", "--rm", "--network", "bridge", "busybox", "sleep", "100"])
-    try:
-        # the table is written beside the veth (netsetup.attach): wait for both
-        wait_until(lambda: any(link.startswith("pmv") for link in links(host)), what="the veth")
-        wait_until(lambda: "inet pymachine" in nft_tables(host), what="the table")
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    wait_until(lambda: not any(link.startswith("pmv") for link in links(host)), what="the veth to go")
+    # the table is written beside the veth (netsetup.attach): wait for both
+    kill_when(host, ["pymachine", "run", "--rm", "--network", "bridge", "busybox", "sleep", "100"],
+              (lambda: any(link.startswith("pmv") for link in links(host)), "the veth"),
+              (lambda: "inet pymachine" in nft_tables(host), "the table"))
     host.run(["rm", LEASES], check=True)  # as the teardown had freed it
     left = snapshot(host)
     assert "pm-pymachine" in left[0] and "inet pymachine" in left[1] and left[2] == {}, left

@@ -10,9 +10,9 @@ import secrets
 from collections.abc import Iterator
 
 import pytest
-from helpers import HTTP_GET, AnyHost, pm, wait_until
+from helpers import HTTP_GET, AnyHost, pm
 from images import build
-from test_network import Snapshot, leases, links, nft_tables, snapshot, unique
+from test_network import Snapshot, kill_when, leases, links, nft_tables, snapshot, unique
 from testhost import UPLINK6_ADDRESS, UPLINK_ADDRESS
 
 pytestmark = pytest.mark.integration
@@ -379,22 +379,13 @@ def test_a_crash_leaves_nothing_that_gc_or_a_hand_removed_definition_trips_over(
     """A kill -9 leaves a lease whose holder is gone (and the container's record): `network rm`
     refuses while the record names the network; with the definition removed by hand, the next
     start on another network still works and `gc` frees the dead lease and the bridge."""
-    import signal
-
     name = create(host, networks, "--subnet", "10.81.0.0/24")
     bridge = inspect(host, name)["Options"]["com.docker.network.bridge.name"]  # type: ignore[index]
     victim = unique("crash")
-    proc = host.popen(["pymachine", "run", "--rm", "--name", victim, "--network", name, "busybox", "sleep", "100"])
-    try:
-        wait_until(lambda: bool(_leases_of(host, name)), what="the lease")
-        # and its record (saved while systemd makes the scope; the lease may come first)
-        wait_until(lambda: pm(host, "inspect", victim).returncode == 0, what="the container's record")
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    wait_until(lambda: not any(link.startswith("pmv") for link in links(host)), what="the veth to go")
+    # the lease, and its record (saved while systemd makes the scope; the lease may come first)
+    kill_when(host, ["pymachine", "run", "--rm", "--name", victim, "--network", name, "busybox", "sleep", "100"],
+              (lambda: bool(_leases_of(host, name)), "the lease"),
+              (lambda: pm(host, "inspect", victim).returncode == 0, "the container's record"))
     assert _leases_of(host, name) and bridge in links(host), "left by the kill"
     r = pm(host, "network", "rm", name)
     assert r.returncode == 125 and f"network {name} is in use by {victim}" in r.stderr, r.stderr
