@@ -107,6 +107,10 @@ def find_machine(bus: Bus, name: str) -> tuple[int, str]:
 
     props = machined.machine_properties(bus, name)
     if props is None:
+        from machinectl_py.paths import container_path
+
+        if not os.path.isdir(container_path(name)):
+            raise NotFoundError(f"no such container: {name}", hint="see 'pymachine ps -a'")
         raise NotFoundError(f"container {name} is not running", hint="see 'pymachine ps -a'")
     if props.get("Service") != "pymachine":
         raise NotFoundError(f"machine {name} is not a pymachine container (registered by {props.get('Service')})")

@@ -135,7 +135,14 @@ def test_exec_into_a_foreground_container(host: AnyHost) -> None:
 
 def test_exec_into_nothing(host: AnyHost) -> None:
     code, _, err = ex(host, "no-such-container", "true")
-    assert code == 125 and "not running" in err
+    assert code == 125 and "no such container: no-such-container" in err, err
+    name = f"made-{secrets.token_hex(3)}"
+    assert host.run(["pymachine", "create", "--name", name, "busybox", "true"]).returncode == 0
+    try:
+        code, _, err = ex(host, name, "true")
+        assert code == 125 and f"container {name} is not running" in err, err
+    finally:
+        host.run(["pymachine", "rm", name])
 
 
 # Where the shell's prompt ends (busybox ash as root, in /).
