@@ -459,6 +459,7 @@ def kill(bus: Bus, name: str, signal: int) -> None:
     from machinectl_py import machined
 
     if not machined.kill_machine(bus, name, signal, who="leader"):
+        state.load(name)  # no record: "no such container"
         raise NotFoundError(f"container {name} is not running")
     try:
         _event("kill", state.load(name), signal=str(signal))

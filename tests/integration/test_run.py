@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import re
+import secrets
 import signal
 import time
 
@@ -388,3 +389,15 @@ def test_host_files_untouched_by_a_hostile_image(host: AnyHost) -> None:
     assert host.run(["ls", "-A", "/var/lib/victim"], check=True).stdout == ""
     pm(host, "image", "rm", "hostile")
     host.run(["rm", "-rf", "/var/lib/victim", "/var/lib/hostile.tar"], check=True)
+
+
+def test_kill_names_what_is_wrong(host: AnyHost) -> None:
+    r = pm(host, "kill", "no-such-container")
+    assert r.returncode == 125 and "no such container: no-such-container" in r.stderr, r.stderr
+    name = f"made-{secrets.token_hex(3)}"
+    assert pm(host, "create", "--name", name, "busybox", "true").returncode == 0
+    try:
+        r = pm(host, "kill", name)
+        assert r.returncode == 125 and f"container {name} is not running" in r.stderr, r.stderr
+    finally:
+        pm(host, "rm", name)
