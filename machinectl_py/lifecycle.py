@@ -188,19 +188,36 @@ class Container:
         unit = unit_name(self.name)
         # An explicit start resets the unit's start rate limit (and a failed state), as
         # `systemctl reset-failed` does. Not waited for: systemd handles one connection's
-        # calls in order, so both are done before StartUnit (and their errors do not matter).
-        systemd.send(bus, "LoadUnit", "s", unit)
-        systemd.send(bus, "ResetFailedUnit", "s", unit)
+        # calls in order, so it is done before StartUnit (and its error does not matter).
+        systemd.send(bus, "ResetFailedUnit", "s", unit)  # a unit that is not loaded has nothing to reset
+        started_before = self.record.started
         result = systemd.run_job(bus, "StartUnit", unit)
-        if result != "done":
+        if result != "done" and not self._ended_at_once(started_before):
             raise PymachineError(f"container {self.name} failed to start: {self._failure_reason(bus, result)}",
                                  hint=f"see 'pymachine logs {self.name}' and 'systemctl status {unit}'")
+
+    def _ended_at_once(self, started_before: float | None) -> bool:
+        """The payload ran and ended before systemd read the PID file, which systemd takes for
+        a failed start ('protocol'; its exit code is lost): the setup process reported no
+        error, and recorded this start (its stop hook then recorded the end, or removed a
+        `--rm` container). docker's `start` succeeds there too."""
+        if read_last_error(self.name):
+            return False
+        try:
+            record = state.load(self.name)
+        except NotFoundError:
+            return self.record.spec.remove
+        return record.started is not None and record.started != started_before and record.state == "exited"
 
     def _failure_reason(self, bus: Bus, result: str | None) -> str:
         from machinectl_py import systemd
 
         text = read_last_error(self.name)
         if text:
+            try:
+                os.unlink(_removed_error_path(self.name))  # a removed container's, read now
+            except FileNotFoundError:
+                pass
             return text
         props = systemd.unit_properties(bus, unit_name(self.name), "Service")
         if props:
@@ -513,23 +530,48 @@ def record_error(name: str, message: str) -> None:
         pass
 
 
+def _removed_error_path(name: str) -> str:
+    from machinectl_py.paths import run_path
+
+    return run_path(f"{name}.{LAST_ERROR}")
+
+
+def keep_error_beyond_removal(name: str) -> None:
+    """A `run -d --rm` container that failed to start is removed by its stop hook before
+    `start` reads why: its error moves to the run directory (read and removed by `start`,
+    cleared at the name's next start, gone at reboot)."""
+    from machinectl_py.paths import container_path, run_path
+
+    try:
+        with open(container_path(name, LAST_ERROR)) as f:
+            text = f.read()
+        os.makedirs(run_path(), mode=0o755, exist_ok=True)
+        with open(_removed_error_path(name), "w") as f:  # another file system: no rename
+            f.write(text)
+    except OSError:
+        pass
+
+
 def clear_error(name: str) -> None:
     from machinectl_py.paths import container_path
 
-    try:
-        os.unlink(container_path(name, LAST_ERROR))
-    except FileNotFoundError:
-        pass
+    for path in (container_path(name, LAST_ERROR), _removed_error_path(name)):
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
 
 
 def read_last_error(name: str) -> str:
     from machinectl_py.paths import container_path
 
-    try:
-        with open(container_path(name, LAST_ERROR)) as f:
-            return f.read().strip()
-    except OSError:
-        return ""
+    for path in (container_path(name, LAST_ERROR), _removed_error_path(name)):
+        try:
+            with open(path) as f:
+                return f.read().strip()
+        except OSError:
+            continue
+    return ""
 
 
 def _running(name: str) -> ConflictError:

@@ -44,6 +44,7 @@ def stopped_main(argv: list[str]) -> int:
     container.record_exit(code, oom_killed=was_oom_killed(os.environ))
     record_end_events(container.record)
     if container.record.spec.remove:  # run -d --rm
+        lifecycle.keep_error_beyond_removal(name)
         container.remove_files()
     return 0
 
