@@ -9,7 +9,11 @@ busybox, exported by pymachine and loaded into podman).
 
 Throughput: 100 MB sent by the test host to 127.0.0.1:PORT, published by a container whose
 busybox `nc -l` reads it, against the same transfer to an `nc -l` of the test host itself on
-its uplink address (target: >= 0.9).
+its uplink address (target: >= 0.9). busybox `nc` reads 1 KB a call, so this way also
+measures the container's seccomp filter (see the README's Networking). The other way, as a web
+server's download: a 100 MB file fetched from a container's busybox `httpd` (sendfile(2): a few
+syscalls) against the same file fetched from the test host's own `httpd`. Where podman runs, both
+transfers to and from its container's published port as well (its default filter too).
 
 Everything runs in the test host's own network namespace (tools/testhost.py).
 
@@ -103,7 +107,39 @@ def send(host, port):
     s.close()
     return time.perf_counter() - t
 
-throughput = {"published": [], "host": []}
+def fetch(host, port):
+    for _ in range(100):
+        try:
+            s = socket.create_connection((host, port), timeout=10)
+            break
+        except OSError:
+            time.sleep(0.05)
+    t = time.perf_counter()
+    s.sendall(b"GET /big HTTP/1.0\r\n\r\n")
+    got = 0
+    while chunk := s.recv(1 << 20):
+        got += len(chunk)
+    s.close()
+    assert got > SIZE, got
+    return time.perf_counter() - t
+
+def wait_listening(port):
+    for _ in range(100):
+        try:
+            socket.create_connection(("10.231.0.2", port), timeout=1).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+
+# The file is written (not sparse) on each side's root, an overlayfs both: sendfile(2) from tmpfs
+# (the container's /tmp) is slower than from overlayfs, which would be a file system's cost, not the network's.
+SERVE = f"mkdir -p /www && dd if=/dev/zero of=/www/big bs=1M count={SIZE >> 20} 2>/dev/null && " \
+        "exec httpd -f -p 80 -h /www"
+throughput = {"published": [], "host": [], "published-get": [], "host-get": [], "podman": [], "podman-get": []}
+www = tempfile.mkdtemp(dir="/var/tmp")
+subprocess.run(["dd", "if=/dev/zero", f"of={www}/big", "bs=1M", f"count={SIZE >> 20}"], check=True,
+               capture_output=True)
+have_busybox = subprocess.run(["which", "busybox"], capture_output=True).returncode == 0
 for i in range(0 if "throughput" in skip else transfers):
     name = f"bench-net-{os.getpid()}-{i}"
     subprocess.run(["pymachine", "run", "-d", "--name", name, "--network", "bridge", "-p", "18080:80", "busybox",
@@ -113,7 +149,7 @@ for i in range(0 if "throughput" in skip else transfers):
     finally:
         subprocess.run(["pymachine", "rm", "-f", name], capture_output=True)
     listener = subprocess.Popen(["busybox", "nc", "-l", "-p", "18081"], stdout=subprocess.DEVNULL) \
-        if subprocess.run(["which", "busybox"], capture_output=True).returncode == 0 else \
+        if have_busybox else \
         subprocess.Popen(["python3", "-c", "import socket\ns=socket.socket();s.setsockopt(socket.SOL_SOCKET,"
                           "socket.SO_REUSEADDR,1);s.bind(('0.0.0.0',18081));s.listen();c,_=s.accept()\n"
                           "while c.recv(1<<20): pass\nc.close()"])
@@ -121,6 +157,43 @@ for i in range(0 if "throughput" in skip else transfers):
         throughput["host"].append(SIZE / send("10.231.0.2", 18081) / 1e6)
     finally:
         listener.wait(30)
+    if not have_busybox:
+        continue
+    # The other way, as a web server's download: busybox httpd sends the file with sendfile(2),
+    # so the server makes a handful of syscalls and the figure is the network path's.
+    subprocess.run(["pymachine", "run", "-d", "--name", name, "--network", "bridge", "-p", "18080:80", "busybox",
+                    "sh", "-c", SERVE], check=True, capture_output=True)
+    try:
+        wait_listening(18080)
+        throughput["published-get"].append(SIZE / fetch("127.0.0.1", 18080) / 1e6)
+    finally:
+        subprocess.run(["pymachine", "rm", "-f", name], capture_output=True)
+    server = subprocess.Popen(["busybox", "httpd", "-f", "-p", "18081", "-h", www])
+    try:
+        wait_listening(18081)
+        throughput["host-get"].append(SIZE / fetch("10.231.0.2", 18081) / 1e6)
+    finally:
+        server.kill()
+        server.wait()
+    # podman, both ways, on its published port of the uplink address (its default filter too)
+    for key, script, measure in (("podman", "nc -l -p 80 > /dev/null", send), ("podman-get", SERVE, fetch)):
+        if "podman" not in cmds:
+            break
+        pod = subprocess.run(["podman", "--storage-driver=vfs", "run", "-d", "--network", "bridge", "-p",
+                              "18082:80", "localhost/busybox:latest", "sh", "-c", script],
+                             capture_output=True, text=True)
+        if pod.returncode != 0:
+            notes[key] = f"not run: {pod.stderr.strip()}"[:300]
+            continue
+        try:
+            if measure is fetch:
+                wait_listening(18082)
+            throughput[key].append(SIZE / measure("10.231.0.2", 18082) / 1e6)
+        except (OSError, AssertionError) as e:
+            notes[key] = f"failed: {e}"[:300]
+        finally:
+            subprocess.run(["podman", "--storage-driver=vfs", "rm", "-f", pod.stdout.strip()], capture_output=True)
+subprocess.run(["rm", "-rf", www])
 print(json.dumps({"times": times, "throughput": throughput, "notes": notes}))
 """
 
@@ -168,12 +241,27 @@ def main() -> int:
         print(f"  ratio bridge/podman                               {med['bridge'] / med['podman']:7.2f}")
     if not out["throughput"]["host"]:
         return 0
-    tp = {k: statistics.median(v) for k, v in out["throughput"].items()}
+    tp = {k: statistics.median(v) for k, v in out["throughput"].items() if v}
     print(f"100 MB, median of {args.transfers} (MB/s):")
-    print(f"  to 127.0.0.1:PORT published by a container        {tp['published']:7.0f}")
-    print(f"  to the test host's own address                    {tp['host']:7.0f}")
+    print(f"  sent to 127.0.0.1:PORT, a container's nc reads it  {tp['published']:7.0f}")
+    print(f"  sent to the test host's own address, its nc        {tp['host']:7.0f}")
     ratio = tp["published"] / tp["host"]
-    print(f"  ratio                                             {ratio:7.2f}   (target >= 0.90)")
+    print(f"  ratio                                              {ratio:7.2f}   (target >= 0.90)")
+    if "host-get" in tp:
+        print(f"  fetched from 127.0.0.1:PORT, a container's httpd  {tp['published-get']:7.0f}")
+        print(f"  fetched from the test host's own httpd            {tp['host-get']:7.0f}")
+        ratio = tp["published-get"] / tp["host-get"]
+        print(f"  ratio                                              {ratio:7.2f}   (target >= 0.90)")
+    if "podman" in tp:
+        print(f"  sent to podman's published port (uplink), its nc   {tp['podman']:7.0f}"
+              f"   ratio to the host {tp['podman'] / tp['host']:.2f}")
+    elif "podman" in out["notes"] and "host-get" in tp:
+        print(f"  podman's nc: {out['notes']['podman']}")
+    if "podman-get" in tp:
+        print(f"  fetched from podman's published port (uplink)     {tp['podman-get']:7.0f}"
+              f"   ratio to the host {tp['podman-get'] / tp['host-get']:.2f}")
+    elif "podman-get" in out["notes"]:
+        print(f"  podman's httpd: {out['notes']['podman-get']}")
     return 0
 
 
