@@ -122,11 +122,10 @@ def read_record(name: str) -> Raw | None:
     ContainerRecord: that takes state.py and spec.py (1-3 ms of imports and building a
     ContainerSpec, here) for the few fields exec reads: pid, unit and state here; user,
     privileged and security_opt in the child."""
-    from machinectl_py.paths import container_path
+    from machinectl_py.paths import container_path, is_machine_name
     from machinectl_py.record import load_json
 
-    if not (name.isascii() and name.replace("-", "a").replace(".", "a").isalnum()) or name.startswith(".") \
-            or ".." in name or len(name) > 64:
+    if not is_machine_name(name):
         from machinectl_py.spec import validate_name
 
         validate_name(name)  # a name is a path component under containers/: it says what is wrong

@@ -33,6 +33,17 @@ def container_path(name: str, *parts: str) -> str:
     return state_path("containers", name, *parts)
 
 
+_MACHINE_NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-.")
+
+
+def is_machine_name(name: str) -> bool:
+    """machined's rule for machine names, and so for containers': 1-64 of [a-zA-Z0-9-.], not
+    starting with '.' and without '..'. A name is also a path component under containers/.
+    spec.validate_name says what is wrong; this answers only yes or no, for the fast paths."""
+    return 1 <= len(name) <= 64 and _MACHINE_NAME_CHARS.issuperset(name) and not name.startswith(".") \
+        and ".." not in name
+
+
 def _path(text: str) -> Path:
     from pathlib import Path
 

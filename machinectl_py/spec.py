@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 
 from machinectl_py.errors import UsageError
+from machinectl_py.paths import is_machine_name
 from machinectl_py.record import Record
 
 TYPE_CHECKING = False
@@ -20,7 +21,6 @@ if TYPE_CHECKING:
 _ALNUM = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789")
 # machined's rule for machine names (machine_name_is_valid() in systemd: a valid hostname):
 # 1-64 characters of [a-zA-Z0-9-.], no leading dot, no "..". machined refuses "_".
-_NAME_CHARS = _ALNUM | frozenset("-.")
 _ENV_KEY_CHARS = _ALNUM | frozenset("_")
 
 _SIZE_UNITS = {
@@ -43,7 +43,7 @@ MIN_MEMORY = 6 * 1024**2
 
 
 def validate_name(name: str, what: str = "container name") -> str:
-    if not 1 <= len(name) <= 64 or not _NAME_CHARS.issuperset(name) or name.startswith(".") or ".." in name:
+    if not is_machine_name(name):
         raise UsageError(
             f"invalid {what} {name!r}",
             hint="use 1-64 characters of [a-zA-Z0-9-.], not starting with '.' and without '..' "
