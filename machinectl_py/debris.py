@@ -86,6 +86,10 @@ def collect(bus: Bus, *, grace: float = GRACE_SECONDS) -> list[str]:
             if record.spec.remove:
                 container.remove_files()
                 done.append(f"{name}: removed (--rm)")
+    for path in lifecycle.unread_errors_of_removed(older_than=grace):
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+            done.append(f"removed {path}")
     for dropin in _dropin_names():
         if not os.path.exists(container_path(dropin)) and not config.definition_exists(dropin):
             remove_dropin(dropin)

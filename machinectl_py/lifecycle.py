@@ -552,6 +552,30 @@ def keep_error_beyond_removal(name: str) -> None:
         pass
 
 
+def unread_errors_of_removed(older_than: float) -> list[str]:
+    """The last errors of removed `--rm` containers that no `start` read (a `systemctl start`
+    of one, say), older than `older_than` seconds: for `gc`."""
+    import time
+
+    from machinectl_py.paths import container_path, run_path
+
+    suffix = f".{LAST_ERROR}"
+    try:
+        entries = [e for e in os.listdir(run_path()) if e.endswith(suffix)]
+    except OSError:
+        return []
+    found = []
+    for entry in entries:
+        path = run_path(entry)
+        try:
+            old = time.time() - os.stat(path).st_mtime > older_than
+        except FileNotFoundError:
+            continue
+        if old and not os.path.isdir(container_path(entry.removesuffix(suffix))):
+            found.append(path)
+    return found
+
+
 def clear_error(name: str) -> None:
     from machinectl_py.paths import container_path
 

@@ -185,6 +185,14 @@ def test_a_detached_rm_container_that_fails_to_start_says_why_and_leaves_nothing
     assert r.returncode == 125 and "executable file not found" in r.stderr, r.stderr
     assert name not in pm(host, "ps", "-a")
     assert not host.run(["sh", "-c", f"ls /run/pymachine/{name}.* 2>/dev/null"]).stdout
+    # Started by systemctl, nobody reads its error: gc removes it.
+    pm(host, "create", "--rm", "--name", name, "busybox", "no-such-command")
+    assert host.run(["systemctl", "start", f"pymachine@{name}.service"]).returncode != 0
+    assert name not in pm(host, "ps", "-a")
+    left = f"/run/pymachine/{name}.last-error"
+    assert "executable file not found" in host.run(["cat", left], check=True).stdout
+    assert f"removed {left}" in pm(host, "gc", "--grace", "0")
+    assert host.run(["test", "-e", left]).returncode != 0
 
 
 def test_restart_policy_maps_to_restart(host: AnyHost, cleanup: list[str]) -> None:
