@@ -37,8 +37,9 @@ _MACHINE_NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTU
 
 
 def is_machine_name(name: str) -> bool:
-    """machined's rule for machine names, and so for containers': 1-64 of [a-zA-Z0-9-.], not
-    starting with '.' and without '..'. A name is also a path component under containers/.
+    """machined's rule for machine names (machine_name_is_valid() in systemd: a valid hostname),
+    and so for containers': 1-64 of [a-zA-Z0-9-.] ("_" refused), not starting with '.' and
+    without '..'. A name is also a path component under containers/.
     spec.validate_name says what is wrong; this answers only yes or no, for the fast paths."""
     return 1 <= len(name) <= 64 and _MACHINE_NAME_CHARS.issuperset(name) and not name.startswith(".") \
         and ".." not in name

@@ -19,8 +19,6 @@ if TYPE_CHECKING:
 
 # No `re` and no `dataclasses` here: this module is on the start-up path (see record.py).
 _ALNUM = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789")
-# machined's rule for machine names (machine_name_is_valid() in systemd: a valid hostname):
-# 1-64 characters of [a-zA-Z0-9-.], no leading dot, no "..". machined refuses "_".
 _ENV_KEY_CHARS = _ALNUM | frozenset("_")
 
 _SIZE_UNITS = {
