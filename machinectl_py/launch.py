@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Mapping, Sequence
 
     from machinectl_py import plan
+    from machinectl_py.bus import Bus
     from machinectl_py.container_init import ChildPlan
 
 
@@ -230,22 +231,24 @@ def device_nodes(spec: ContainerSpec) -> tuple[plan.Op, ...]:
     return tuple(binds)
 
 
-def connect_network(spec: ContainerSpec, leader: int, exposed: tuple[str, ...] = ()) -> None:
+def connect_network(spec: ContainerSpec, leader: int, exposed: tuple[str, ...] = ()) -> list[tuple[int, str]]:
     """bridge or a user network: the held init's namespace gets its veth, address and route
-    (before release)."""
+    (before release). Returns the published ports' [::1] proxies to start (host port, target)."""
     name = network.attached_network(spec.network)
-    if name is not None:
-        from machinectl_py import netsetup  # json (the leases): only for a container on a network
+    if name is None:
+        return []
+    from machinectl_py import netsetup  # json (the leases): only for a container on a network
 
-        ports = tuple(spec.ports)  # a list when read back from the definition
-        if spec.publish_all:
-            ports += network.publish_all(ports, tuple(exposed))
-        netsetup.attach(name, spec.name, leader, ports, ip=spec.ip, aliases=spec.network_aliases)
-        from machinectl_py.spec import parse_connection
+    ports = tuple(spec.ports)  # a list when read back from the definition
+    if spec.publish_all:
+        ports += network.publish_all(ports, tuple(exposed))
+    netsetup.attach(name, spec.name, leader, ports, ip=spec.ip, aliases=spec.network_aliases)
+    from machinectl_py.spec import parse_connection
 
-        for item in spec.connections:  # kept by `network connect`: eth1, eth2... again
-            other, ip, aliases = parse_connection(item)
-            netsetup.attach(other, spec.name, leader, ip=ip, aliases=aliases, primary=False)
+    for item in spec.connections:  # kept by `network connect`: eth1, eth2... again
+        other, ip, aliases = parse_connection(item)
+        netsetup.attach(other, spec.name, leader, ip=ip, aliases=aliases, primary=False)
+    return netsetup.loopback6_targets(name, spec.name) if ports else []
 
 
 class NetworkSetup:
@@ -255,15 +258,27 @@ class NetworkSetup:
 
     def __init__(self, spec: ContainerSpec, leader: int, exposed: tuple[str, ...] = ()) -> None:
         self.task = None
+        self.name = spec.name
+        self.loopback6: list[tuple[int, str]] = []  # known after join()
         if network.attached_network(spec.network) is not None:
             from machinectl_py import netsetup
 
-            self.task = netsetup.Background(lambda: connect_network(spec, leader, exposed))
+            def connect() -> None:
+                self.loopback6 = connect_network(spec, leader, exposed)
+
+            self.task = netsetup.Background(connect)
 
     def join(self) -> None:
         """Wait for it; its failure is raised here."""
         if self.task is not None:
             self.task.join()
+
+    def start_proxies(self, bus: Bus, owner: str) -> None:
+        """After join(): the published ports' [::1] sides, bound to the container's unit."""
+        if self.loopback6:
+            from machinectl_py import systemd
+
+            systemd.start_loopback6_proxies(bus, owner, self.name, self.loopback6)
 
     def settle(self) -> None:
         """Wait for it, its failure dropped: the start fails for another reason already."""

@@ -232,6 +232,24 @@ def _published(networks: list[ipam.Network]) -> list[Published]:
     return out
 
 
+def loopback6_targets(network: str, name: str) -> list[tuple[int, str]]:
+    """(host port, the container's ADDRESS:PORT) of each TCP port `name` publishes on every
+    address of the host (as docker's `-p 8080:80` and `-p [::]:8080:80`): their [::1] side is
+    systemd-socket-proxyd's (systemd.loopback6_proxy_units). Its IPv6 address where it has one,
+    unbracketed (the proxy splits HOST:PORT at the last colon and resolves HOST as it is)."""
+    net = ipam.load(network)
+    targets = []
+    for address, lease in ipam.read_leases(network).items():
+        if lease.get("name") != name:
+            continue
+        address6 = net.address6(address)
+        to = address6 if address6 is not None else address
+        for host_ip, host_port, port, proto in lease.get("ports") or []:  # type: ignore[attr-defined]
+            if proto == "tcp" and host_ip in ("", "::"):
+                targets.append((int(host_port), f"{to}:{port}"))
+    return targets
+
+
 def _networks_in_use(extra: ipam.Network | None = None) -> list[ipam.Network]:
     names = set(ipam.networks_with_leases())
     # A network whose definition is gone (removed by hand) has no live lease: `network rm`

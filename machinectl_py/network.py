@@ -98,7 +98,7 @@ def _host_ip(spec: str, item: str) -> tuple[str, str]:
         # The kernel routes a connection from ::1 to no other namespace (loopback is strict in
         # IPv6: there is no route_localnet), so a DNAT rule for it would never answer.
         raise UsageError(f"invalid port {item!r}: {address} cannot be published",
-                         hint="publish on [::] or another IPv6 address of the host")
+                         hint="publish without an address or on [::]: such a TCP port answers on [::1] too")
     return address, rest
 
 

@@ -268,6 +268,7 @@ class ForegroundRun:
             net.settle()
             raise
         net.join()  # a failure here abandons the start like any other
+        net.start_proxies(self.pid1, unit)
 
     def _scope_and_machine(self, bus: Bus, rootfs: str, unit: str, props: list[systemd.Property],
                            record: state.ContainerRecord, init: HeldInit) -> None:

@@ -210,6 +210,7 @@ def _setup(name: str) -> int:
             if not released:
                 init.release()
             settled = True
+            net.start_proxies(bus, unit)
             from machinectl_py.journal import container_event
 
             container_event("start", record)

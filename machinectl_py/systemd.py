@@ -381,6 +381,51 @@ def start_scope(bus: Bus, unit: str, properties: list[Property]) -> str:
     return str(call(bus, "StartTransientUnit", "ssa(sv)a(sa(sv))", unit, "fail", properties, [])[0])
 
 
+SOCKET_PROXYD = ("/usr/lib/systemd/systemd-socket-proxyd", "/lib/systemd/systemd-socket-proxyd")
+
+
+def loopback6_proxy_units(owner: str, name: str, host_port: int, target: str,
+                          proxyd: str) -> tuple[str, list[Property], list[tuple[str, list[Property]]]]:
+    """A published port's [::1] side, which no DNAT rule can serve (the kernel routes no IPv6
+    loopback packet to another namespace): a transient socket unit listening on [::1]:PORT and
+    systemd's own proxy behind it, started on the first connection, both bound to the
+    container's unit (they stop with it). Pure: (socket unit, its properties, [its service])."""
+    stem = f"pymachine-proxy-{name}-{host_port}"
+    bound = [("BindsTo", ("as", [owner])), ("After", ("as", [owner])),
+             ("CollectMode", ("s", "inactive-or-failed"))]
+    socket: list[Property] = [
+        ("Description", ("s", f"pymachine container {name}: [::1]:{host_port} -> {target}")),
+        ("Listen", ("a(ss)", [("Stream", f"[::1]:{host_port}")])),  # ListenStream=
+        ("BindIPv6Only", ("s", "ipv6-only")),
+        *bound,
+    ]
+    service: list[Property] = [
+        ("Description", ("s", f"pymachine container {name}: [::1]:{host_port} -> {target}")),
+        ("ExecStart", ("a(sasb)", [(proxyd, [proxyd, target], False)])),
+        *bound,
+    ]
+    return f"{stem}.socket", socket, [(f"{stem}.service", service)]
+
+
+def start_loopback6_proxies(bus: Bus, owner: str, name: str, targets: list[tuple[int, str]]) -> None:
+    """loopback6_proxy_units for each (host port, target), their jobs not waited for. A proxy
+    that cannot be made is said on stderr (the journal, for a detached container) and the
+    port's other addresses answer still; one whose [::1] port is taken leaves its socket
+    unit failed."""
+    import os
+    import sys
+
+    proxyd = next((path for path in SOCKET_PROXYD if os.path.exists(path)), None)
+    if proxyd is None:
+        return
+    for host_port, target in targets:
+        unit, props, aux = loopback6_proxy_units(owner, name, host_port, target, proxyd)
+        try:
+            call(bus, "StartTransientUnit", "ssa(sv)a(sa(sv))", unit, "fail", props, aux)
+        except BusError as e:
+            print(f"pymachine: {name}: port {host_port} is not published on [::1]: {e.message}", file=sys.stderr)
+
+
 def wait_scope_started(bus: Bus, unit: str, job: str) -> None:
     """When this returns, the scope exists, its PIDs are in its cgroup and its limits apply.
     A job that does not end in "done" is an error."""

@@ -207,8 +207,9 @@ def test_published_port_done_when(host: AnyHost, clean: Snapshot) -> None:
         r = pm(host, "run", "-d", "--name", name, "--network", "bridge", "-p", "8080:80", "busybox", "sh", "-c",
                "mkdir -p /www && echo page > /www/index.html && exec httpd -f -p 80 -h /www")
         assert r.returncode == 0, r.stderr
-        for address in ("127.0.0.1", "localhost", UPLINK_ADDRESS):
+        for address in ("127.0.0.1", "localhost", UPLINK_ADDRESS, "[::1]"):
             assert http(host, f"http://{address}:8080/") == "page\n", address
+        assert proxy_units(host) == [f"pymachine-proxy-{name}-8080.service", f"pymachine-proxy-{name}-8080.socket"]
         hairpin = pm(host, "run", "--rm", "--network", "bridge", "busybox", "sh", "-c",
                      f"printf 'GET / HTTP/1.0\\r\\n\\r\\n' | nc -w 5 {UPLINK_ADDRESS} 8080")
         assert hairpin.stdout.endswith("page\n"), hairpin
@@ -220,8 +221,36 @@ def test_published_port_done_when(host: AnyHost, clean: Snapshot) -> None:
         assert second not in pm(host, "ps", "-a").stdout and snapshot(host) == before_second
         assert nft_tables(host) == sorted([*clean[1], "inet pymachine"])
         assert pm(host, "stop", "-t", "1", name).returncode == 0
+        wait_until(lambda: not proxy_units(host), what="the [::1] proxy to stop with its container")
+        assert pm(host, "start", name).returncode == 0
+        assert http(host, "http://[::1]:8080/") == "page\n", "a restart publishes [::1] again"
     finally:
         pm(host, "rm", "-f", name)
+    assert snapshot(host) == clean
+    assert not proxy_units(host)
+
+
+def proxy_units(host: AnyHost) -> list[str]:
+    out = host.run(["systemctl", "list-units", "--all", "--no-legend", "--plain", "pymachine-proxy-*"]).stdout
+    return sorted(line.split()[0] for line in out.splitlines() if line.strip())
+
+
+def test_a_foreground_containers_port_answers_on_ipv6_loopback(host: AnyHost, clean: Snapshot) -> None:
+    """No DNAT rule reaches [::1] (the kernel routes no IPv6 loopback packet to another
+    namespace): systemd's socket proxy serves it, socket-activated, bound to the scope."""
+    name = unique("fg")
+    script = ("mkdir -p /www && echo fg > /www/index.html && httpd -p 80 -h /www && "
+              "while [ ! -e /www/done ]; do sleep 0.1; done")
+    run = host.popen(["pymachine", "run", "--rm", "--name", name, "-p", "8087:80", "busybox", "sh", "-c", script])
+    try:
+        wait_until(lambda: f"pymachine-proxy-{name}-8087.socket" in proxy_units(host), what="the proxy's socket")
+        assert http(host, "http://[::1]:8087/") == "fg\n"
+        pm(host, "exec", name, "touch", "/www/done")
+        assert run.wait(60) == 0
+    finally:
+        if run.poll() is None:
+            run.kill()
+    wait_until(lambda: not proxy_units(host), what="the proxy to stop with the scope")
     assert snapshot(host) == clean
 
 

@@ -343,7 +343,9 @@ def test_ports_are_published_on_the_hosts_ipv6_addresses_too(
         host: AnyHost, clean: Snapshot, networks: list[str]) -> None:
     """As docker: `-p 8091:80` on a network with an IPv6 subnet answers on the host's IPv6
     addresses (the fake uplink's, the bridge's) besides its IPv4 ones; `-p [V6]:...` only there.
-    [::1] is refused in words (the kernel routes no IPv6 loopback packet to another namespace)."""
+    `-p [::1]:...` is refused in words (the kernel routes no IPv6 loopback packet to another
+    namespace); a port published on every address answers on [::1] through systemd's socket
+    proxy, which connects to the container's IPv6 address."""
     name = create(host, networks, "--ipv6", "--subnet", "10.82.0.0/24", "--subnet", "fd82::/64")
     web, other = unique("web6"), unique("web6b")
     page = "mkdir -p /www && echo six > /www/index.html && exec httpd -f -p 80 -h /www"
@@ -351,7 +353,7 @@ def test_ports_are_published_on_the_hosts_ipv6_addresses_too(
         r = pm(host, "run", "-d", "--name", web, "--network", name, "-p", "8091:80", "busybox", "sh", "-c", page)
         assert r.returncode == 0, r.stderr
         for url in (f"http://[{UPLINK6_ADDRESS}]:8091/", "http://[fd82::1]:8091/", f"http://{UPLINK_ADDRESS}:8091/",
-                    "http://127.0.0.1:8091/"):
+                    "http://127.0.0.1:8091/", "http://[::1]:8091/"):
             got = host.run(["python3", "-c", HTTP_GET, url])
             assert got.stdout == "six\n", (url, got.stdout, got.stderr)
         r = pm(host, "exec", web, "sh", "-c", f"printf 'GET / HTTP/1.0\\r\\n\\r\\n' | nc -w 5 {UPLINK6_ADDRESS} 8091")
@@ -365,6 +367,10 @@ def test_ports_are_published_on_the_hosts_ipv6_addresses_too(
         assert f"ip6 daddr {UPLINK6_ADDRESS} fib daddr type local tcp dport 8092 dnat ip6 to [fd82::3]:80" in ruleset
         assert "dport 8092 dnat ip to" not in ruleset, ruleset
         assert pm(host, "port", other).stdout == f"80/tcp -> [{UPLINK6_ADDRESS}]:8092\n"
+        proxy = host.run(["systemctl", "show", "-p", "ExecStart", f"pymachine-proxy-{web}-8091.service"]).stdout
+        assert "fd82::2:80" in proxy, proxy
+        assert host.run(["systemctl", "cat", f"pymachine-proxy-{other}-8092.socket"]).returncode != 0, \
+            "a port published on one address only gets no [::1] side"
         r = pm(host, "run", "--rm", "--network", name, "-p", "[::1]:8093:80", "busybox", "true")
         assert r.returncode == 125 and "::1 cannot be published" in r.stderr, r.stderr
         r = pm(host, "run", "--rm", "-p", f"[{UPLINK6_ADDRESS}]:8093:80", "busybox", "true")

@@ -156,6 +156,24 @@ def test_a_published_host_port_is_taken_once(tmp_path: Path, monkeypatch: pytest
         assert isinstance(picked, int) and netsetup.EPHEMERAL[0] < picked < netsetup.EPHEMERAL[1]
 
 
+def test_a_published_ports_ipv6_loopback_side_is_a_socket_unit_and_systemds_proxy_bound_to_the_container() -> None:
+    from machinectl_py import systemd
+
+    unit, socket, aux = systemd.loopback6_proxy_units("pymachine@web.service", "web", 8080, "10.89.0.2:80",
+                                                      "/usr/lib/systemd/systemd-socket-proxyd")
+    assert unit == "pymachine-proxy-web-8080.socket"
+    props = dict(socket)
+    assert props["Listen"] == ("a(ss)", [("Stream", "[::1]:8080")])
+    assert props["BindIPv6Only"] == ("s", "ipv6-only")
+    assert props["BindsTo"] == props["After"] == ("as", ["pymachine@web.service"])
+    [(service, service_props)] = aux
+    assert service == "pymachine-proxy-web-8080.service"
+    exec_start = dict(service_props)["ExecStart"]
+    assert exec_start == ("a(sasb)", [("/usr/lib/systemd/systemd-socket-proxyd",
+                                       ["/usr/lib/systemd/systemd-socket-proxyd", "10.89.0.2:80"], False)])
+    assert dict(service_props)["BindsTo"] == ("as", ["pymachine@web.service"])
+
+
 def test_resolv_conf_is_the_upstream_servers_never_a_loopback_stub() -> None:
     upstream = "# stub\nnameserver 127.0.0.53\nnameserver 192.0.2.53\nsearch corp.example\noptions edns0\n"
     text = netfiles.resolv_text((), upstream)
