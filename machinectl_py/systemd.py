@@ -402,6 +402,9 @@ def loopback6_proxy_units(owner: str, name: str, host_port: int, target: str,
     service: list[Property] = [
         ("Description", ("s", f"pymachine container {name}: [::1]:{host_port} -> {target}")),
         ("ExecStart", ("a(sasb)", [(proxyd, [proxyd, target], False)])),
+        # It relays a container's bytes: no root for it (DynamicUser=yes also makes the file
+        # system read-only to it, /tmp private, and no new privileges).
+        ("DynamicUser", ("b", True)),
         *bound,
     ]
     return f"{stem}.socket", socket, [(f"{stem}.service", service)]

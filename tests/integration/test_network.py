@@ -210,6 +210,9 @@ def test_published_port_done_when(host: AnyHost, clean: Snapshot) -> None:
         for address in ("127.0.0.1", "localhost", UPLINK_ADDRESS, "[::1]"):
             assert http(host, f"http://{address}:8080/") == "page\n", address
         assert proxy_units(host) == [f"pymachine-proxy-{name}-8080.service", f"pymachine-proxy-{name}-8080.socket"]
+        proxy = host.run(["systemctl", "show", "-p", "MainPID", "--value", f"pymachine-proxy-{name}-8080.service"],
+                         check=True).stdout.strip()
+        assert host.run(["stat", "-c", "%u", f"/proc/{proxy}"], check=True).stdout.strip() != "0", "not root"
         hairpin = pm(host, "run", "--rm", "--network", "bridge", "busybox", "sh", "-c",
                      f"printf 'GET / HTTP/1.0\\r\\n\\r\\n' | nc -w 5 {UPLINK_ADDRESS} 8080")
         assert hairpin.stdout.endswith("page\n"), hairpin

@@ -172,6 +172,7 @@ def test_a_published_ports_ipv6_loopback_side_is_a_socket_unit_and_systemds_prox
     assert exec_start == ("a(sasb)", [("/usr/lib/systemd/systemd-socket-proxyd",
                                        ["/usr/lib/systemd/systemd-socket-proxyd", "10.89.0.2:80"], False)])
     assert dict(service_props)["BindsTo"] == ("as", ["pymachine@web.service"])
+    assert dict(service_props)["DynamicUser"] == ("b", True)
 
 
 def test_resolv_conf_is_the_upstream_servers_never_a_loopback_stub() -> None:
