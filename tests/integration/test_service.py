@@ -172,9 +172,13 @@ def test_detached_commands_that_end_at_once_start(host: AnyHost) -> None:
         for _ in range(10):
             r = host.run(["pymachine", "run", "-d", "--rm", "busybox", "true"])
             assert r.returncode == 0, r.stderr
-        wait_for(lambda: all(s.startswith("exited") for s in
-                             pm(host, "ps", "-a", "--format", "{{.Status}}").split("\n") if s),
-                 what="all of them to have ended")
+
+        def ended() -> bool:
+            table = pm(host, "ps", "-a", "--format", "{{.Names}} {{.Status}}")
+            rows = [line.split(" ", 1) for line in table.splitlines()]
+            return all(status.startswith("exited") for row_name, status in rows if row_name in names)
+
+        wait_for(ended, what="all of them to have ended")
     finally:
         host.run(["pymachine", "rm", "-f", *names])
 
