@@ -382,6 +382,7 @@ def start_scope(bus: Bus, unit: str, properties: list[Property]) -> str:
 
 
 SOCKET_PROXYD = ("/usr/lib/systemd/systemd-socket-proxyd", "/lib/systemd/systemd-socket-proxyd")
+PROXY_JOB_TIMEOUT_USEC = 5_000_000
 
 
 def loopback6_proxy_units(owner: str, name: str, host_port: int, target: str,
@@ -391,8 +392,9 @@ def loopback6_proxy_units(owner: str, name: str, host_port: int, target: str,
     systemd's own proxy behind it, started on the first connection, both bound to the
     container's unit (they stop with it). Pure: (socket unit, its properties, [its service])."""
     stem = f"pymachine-proxy-{name}-{host_port}"
-    bound = [("BindsTo", ("as", [owner])), ("After", ("as", [owner])),
-             ("CollectMode", ("s", "inactive-or-failed"))]
+    # Not After= the container's unit: made while that unit starts, the socket listens before
+    # the start returns (start_loopback6_proxies waits for it); BindsTo= alone stops it with it.
+    bound = [("BindsTo", ("as", [owner])), ("CollectMode", ("s", "inactive-or-failed"))]
     socket: list[Property] = [
         ("Description", ("s", f"pymachine container {name}: [::1]:{host_port} -> {target}")),
         ("Listen", ("a(ss)", [("Stream", f"[::1]:{host_port}")])),  # ListenStream=
@@ -411,22 +413,30 @@ def loopback6_proxy_units(owner: str, name: str, host_port: int, target: str,
 
 
 def start_loopback6_proxies(bus: Bus, owner: str, name: str, targets: list[tuple[int, str]]) -> None:
-    """loopback6_proxy_units for each (host port, target), their jobs not waited for. A proxy
-    that cannot be made is said on stderr (the journal, for a detached container) and the
-    port's other addresses answer still; one whose [::1] port is taken leaves its socket
-    unit failed."""
+    """loopback6_proxy_units for each (host port, target), listening when this returns (their
+    jobs are waited for: a client right after `run -d` finds [::1] answering). A proxy that
+    cannot be made (its [::1] port taken, say) is said on stderr (the journal, for a detached
+    container), and the port's other addresses answer still."""
     import os
     import sys
 
     proxyd = next((path for path in SOCKET_PROXYD if os.path.exists(path)), None)
     if proxyd is None:
         return
+    watch_jobs(bus)
+    jobs = []
     for host_port, target in targets:
         unit, props, aux = loopback6_proxy_units(owner, name, host_port, target, proxyd)
         try:
-            call(bus, "StartTransientUnit", "ssa(sv)a(sa(sv))", unit, "fail", props, aux)
+            jobs.append((host_port, str(call(bus, "StartTransientUnit", "ssa(sv)a(sa(sv))", unit, "fail", props,
+                                             aux)[0])))
         except BusError as e:
             print(f"pymachine: {name}: port {host_port} is not published on [::1]: {e.message}", file=sys.stderr)
+    for host_port, job in jobs:
+        result = wait_job(bus, job, PROXY_JOB_TIMEOUT_USEC)
+        if result != "done":
+            print(f"pymachine: {name}: port {host_port} is not published on [::1]: its socket unit's job "
+                  f"{result or 'timed out'} (see its journal)", file=sys.stderr)
 
 
 def wait_scope_started(bus: Bus, unit: str, job: str) -> None:

@@ -204,10 +204,13 @@ def test_published_port_done_when(host: AnyHost, clean: Snapshot) -> None:
     port fails before anything exists; stop and rm leave links, rules and leases as before."""
     name, second = unique("web"), unique("web")
     try:
-        r = pm(host, "run", "-d", "--name", name, "--network", "bridge", "-p", "8080:80", "busybox", "sh", "-c",
-               "mkdir -p /www && echo page > /www/index.html && exec httpd -f -p 80 -h /www")
+        # One connection to [::1] right after `run -d` returns, from the same shell (bash's
+        # /dev/tcp: no client to start): its socket listens by then.
+        r = host.run(["bash", "-c", f"pymachine run -d --name {name} --network bridge -p 8080:80 busybox sh -c "
+                      "'mkdir -p /www && echo page > /www/index.html && exec httpd -f -p 80 -h /www' && "
+                      "exec 3<>/dev/tcp/::1/8080"])
         assert r.returncode == 0, r.stderr
-        for address in ("127.0.0.1", "localhost", UPLINK_ADDRESS, "[::1]"):
+        for address in ("[::1]", "127.0.0.1", "localhost", UPLINK_ADDRESS):
             assert http(host, f"http://{address}:8080/") == "page\n", address
         assert proxy_units(host) == [f"pymachine-proxy-{name}-8080.service", f"pymachine-proxy-{name}-8080.socket"]
         proxy = host.run(["systemctl", "show", "-p", "MainPID", "--value", f"pymachine-proxy-{name}-8080.service"],
