@@ -363,6 +363,20 @@ def wait_job(bus: Bus, job: str, timeout_usec: int = JOB_TIMEOUT_USEC) -> str | 
     return None
 
 
+def wait_jobs(bus: Bus, jobs: list[str], timeout_usec: int = JOB_TIMEOUT_USEC) -> dict[str, str]:
+    """wait_job for several jobs at once, whichever ends first: {job: result} of those that
+    ended within the timeout."""
+    results: dict[str, str] = {}
+    if not jobs:
+        return results
+    for _path, _iface, member, args in bus.signals(timeout_usec, ("JobRemoved",)):
+        if member == "JobRemoved" and len(args) >= 4 and str(args[1]) in jobs:
+            results[str(args[1])] = str(args[3])
+            if len(results) == len(jobs):
+                break
+    return results
+
+
 def run_job(bus: Bus, method: str, unit: str, mode: str = "replace",
             timeout_usec: int = JOB_TIMEOUT_USEC) -> str | None:
     """StartUnit/StopUnit/RestartUnit... and wait for the job; its result as wait_job's."""
@@ -432,11 +446,11 @@ def start_loopback6_proxies(bus: Bus, owner: str, name: str, targets: list[tuple
                                              aux)[0])))
         except BusError as e:
             print(f"pymachine: {name}: port {host_port} is not published on [::1]: {e.message}", file=sys.stderr)
+    results = wait_jobs(bus, [job for _, job in jobs], PROXY_JOB_TIMEOUT_USEC)
     for host_port, job in jobs:
-        result = wait_job(bus, job, PROXY_JOB_TIMEOUT_USEC)
-        if result != "done":
+        if results.get(job) != "done":
             print(f"pymachine: {name}: port {host_port} is not published on [::1]: its socket unit's job "
-                  f"{result or 'timed out'} (see its journal)", file=sys.stderr)
+                  f"{results.get(job) or 'timed out'} (see its journal)", file=sys.stderr)
 
 
 def wait_scope_started(bus: Bus, unit: str, job: str) -> None:

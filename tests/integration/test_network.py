@@ -247,10 +247,12 @@ def test_a_foreground_containers_port_answers_on_ipv6_loopback(host: AnyHost, cl
     name = unique("fg")
     script = ("mkdir -p /www && echo fg > /www/index.html && httpd -p 80 -h /www && "
               "while [ ! -e /www/done ]; do sleep 0.1; done")
-    run = host.popen(["pymachine", "run", "--rm", "--name", name, "-p", "8087:80", "busybox", "sh", "-c", script])
+    run = host.popen(["pymachine", "run", "--rm", "--name", name, "-p", "8087:80", "-p", "8088:80", "busybox", "sh",
+                      "-c", script])
     try:
-        wait_until(lambda: f"pymachine-proxy-{name}-8087.socket" in proxy_units(host), what="the proxy's socket")
-        assert http(host, "http://[::1]:8087/") == "fg\n"
+        wait_until(lambda: {f"pymachine-proxy-{name}-{port}.socket" for port in (8087, 8088)} <= set(proxy_units(host)),
+                   what="the proxies' sockets")
+        assert http(host, "http://[::1]:8087/") == "fg\n" and http(host, "http://[::1]:8088/") == "fg\n"
         pm(host, "exec", name, "touch", "/www/done")
         assert run.wait(60) == 0
     finally:
