@@ -357,10 +357,7 @@ def watch_jobs(bus: Bus) -> None:
 
 def wait_job(bus: Bus, job: str, timeout_usec: int = JOB_TIMEOUT_USEC) -> str | None:
     """The job's result ("done", "failed", "canceled", "timeout", ...), or None on timeout."""
-    for _path, _iface, member, args in bus.signals(timeout_usec, ("JobRemoved",)):
-        if member == "JobRemoved" and len(args) >= 4 and str(args[1]) == job:
-            return str(args[3])
-    return None
+    return wait_jobs(bus, [job], timeout_usec).get(job)
 
 
 def wait_jobs(bus: Bus, jobs: list[str], timeout_usec: int = JOB_TIMEOUT_USEC) -> dict[str, str]:
